@@ -1,0 +1,266 @@
+//! Unit tests of one shard's ledger. Cross-shard interleavings live in `cluster/tests/protocol.rs`.
+
+use super::*;
+use crate::money::Currency;
+
+fn usd() -> Currency {
+    Currency::from_code("USD").unwrap()
+}
+
+fn id(text: &str) -> AccountId {
+    AccountId::new(text).unwrap()
+}
+
+fn tid(text: &str) -> TransferId {
+    TransferId::new(text).unwrap()
+}
+
+/// Finds account ids that live on `shard` among `shards`, so tests can build same-shard and
+/// cross-shard pairs without knowing the hash.
+fn ids_on(shard: ShardId, shards: u32, count: usize) -> Vec<AccountId> {
+    (0..).map(|n| id(&format!("acct-{n}"))).filter(|a| shard_of(a, shards) == shard).take(count).collect()
+}
+
+fn create(ledger: &mut Ledger, account: &AccountId, kind: AccountKind) {
+    let command = Command::CreateAccount(CreateAccount { id: account.clone(), currency: usd(), kind });
+    assert_eq!(ledger.apply(1, &command), Applied::Account(AccountOutcome::Created));
+}
+
+fn transfer(ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
+    let command = Command::Transfer(TransferCmd {
+        id: tid(id),
+        from: from.clone(),
+        to: to.clone(),
+        amount,
+        currency: usd(),
+    });
+    ledger.apply(2, &command)
+}
+
+/// Creating an account is idempotent for the same body and a conflict for a different one.
+#[test]
+fn create_account_is_idempotent_and_detects_conflicts() {
+    let mut ledger = Ledger::new(0, 1);
+    let alice = id("alice");
+    create(&mut ledger, &alice, AccountKind::Customer);
+    let same = Command::CreateAccount(CreateAccount { id: alice.clone(), currency: usd(), kind: AccountKind::Customer });
+    assert_eq!(ledger.apply(3, &same), Applied::Account(AccountOutcome::AlreadyExists));
+    let different = Command::CreateAccount(CreateAccount { id: alice.clone(), currency: usd(), kind: AccountKind::Merchant });
+    assert_eq!(ledger.apply(3, &different), Applied::Account(AccountOutcome::Conflict));
+    assert_eq!(ledger.account(&alice).unwrap().kind, AccountKind::Customer);
+}
+
+/// A same-shard transfer posts both sides in one apply; settlement accounts may go negative.
+#[test]
+fn same_shard_transfer_posts_atomically() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, bob) = (id("bank"), id("alice"), id("bob"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    create(&mut ledger, &bob, AccountKind::Customer);
+    let funded = transfer(&mut ledger, "fund", &bank, &alice, 1_000);
+    assert_eq!(funded, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)));
+    let paid = transfer(&mut ledger, "t1", &alice, &bob, 400);
+    assert_eq!(paid, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)));
+    assert_eq!(ledger.account(&bank).unwrap().balance, -1_000);
+    assert_eq!(ledger.account(&alice).unwrap().balance, 600);
+    assert_eq!(ledger.account(&bob).unwrap().balance, 400);
+    ledger.check_invariants();
+}
+
+/// Insufficient funds is stored under the id: a retry returns it even after the payer is funded.
+#[test]
+fn rejection_is_stored_and_replayed() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, bob) = (id("bank"), id("alice"), id("bob"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    create(&mut ledger, &bob, AccountKind::Customer);
+    let first = transfer(&mut ledger, "t1", &alice, &bob, 1);
+    let rejected = TransferStatus::Rejected(RejectCode::InsufficientFunds);
+    assert_eq!(first, Applied::Transfer(TransferOutcome::Recorded(rejected.clone())));
+    transfer(&mut ledger, "fund", &bank, &alice, 10);
+    assert_eq!(transfer(&mut ledger, "t1", &alice, &bob, 1), Applied::Transfer(TransferOutcome::Replayed(rejected)));
+    assert_eq!(ledger.account(&bob).unwrap().balance, 0);
+}
+
+/// The same id with a different body is refused and leaves the original untouched.
+#[test]
+fn reused_id_with_different_body_is_refused() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice) = (id("bank"), id("alice"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    transfer(&mut ledger, "t1", &bank, &alice, 5);
+    let reused = transfer(&mut ledger, "t1", &bank, &alice, 6);
+    assert_eq!(reused, Applied::Transfer(TransferOutcome::Refused(RejectCode::IdempotencyKeyReused)));
+    assert_eq!(ledger.account(&alice).unwrap().balance, 5);
+    assert_eq!(ledger.transfer(&tid("t1")).unwrap().amount, 5);
+}
+
+/// Missing accounts and wrong currencies are stored rejections that move nothing.
+#[test]
+fn missing_accounts_and_currency_mismatch_are_rejected() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, ghost) = (id("bank"), id("alice"), id("ghost"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    let to_ghost = transfer(&mut ledger, "t1", &bank, &ghost, 5);
+    assert_eq!(to_ghost, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::PayeeNotFound))));
+    let from_ghost = transfer(&mut ledger, "t2", &ghost, &bank, 5);
+    assert_eq!(from_ghost, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::PayerNotFound))));
+    let eur = Currency::from_code("EUR").unwrap();
+    let command = Command::Transfer(TransferCmd { id: tid("t3"), from: bank.clone(), to: alice.clone(), amount: 5, currency: eur });
+    assert_eq!(ledger.apply(2, &command), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::CurrencyMismatch))));
+    assert_eq!(ledger.account(&bank).unwrap().balance, 0);
+    ledger.check_invariants();
+}
+
+/// Cross-shard: prepare holds the funds, the payee's first decision wins, finalize copies it once.
+#[test]
+fn cross_shard_prepare_credit_finalize() {
+    let shards = 2;
+    let payers = ids_on(0, shards, 2);
+    let payees = ids_on(1, shards, 1);
+    let (bank, alice, bob) = (&payers[0], &payers[1], &payees[0]);
+    let mut p = Ledger::new(0, shards);
+    let mut q = Ledger::new(1, shards);
+    create(&mut p, bank, AccountKind::Settlement);
+    create(&mut p, alice, AccountKind::Customer);
+    create(&mut q, bob, AccountKind::Customer);
+    transfer(&mut p, "fund", bank, alice, 100);
+
+    let prepared = transfer(&mut p, "x1", alice, bob, 70);
+    assert_eq!(prepared, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
+    assert_eq!(p.account(alice).unwrap().available(), 30);
+    // The held funds cannot be spent twice.
+    let second = transfer(&mut p, "x2", alice, bob, 70);
+    assert_eq!(second, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::InsufficientFunds))));
+
+    let record = p.transfer(&tid("x1")).unwrap().clone();
+    let credit = Command::Credit(CreditCmd::for_record(&record, 0, false));
+    let decided = q.apply(3, &credit);
+    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Decision::Credited, decided_now: true }));
+    // A duplicate, even a late "prevent", returns the first decision and credits nothing more.
+    let prevent = Command::Credit(CreditCmd::for_record(&record, 0, true));
+    assert_eq!(q.apply(4, &prevent), Applied::Credit(CreditOutcome { decision: Decision::Credited, decided_now: false }));
+    assert_eq!(q.account(bob).unwrap().balance, 70);
+
+    let finalize = Command::Finalize(FinalizeCmd { id: tid("x1"), decision: Decision::Credited });
+    assert_eq!(p.apply(5, &finalize), Applied::Finalize(FinalizeOutcome { status: Some(TransferStatus::Posted), finalized_now: true }));
+    assert_eq!(p.apply(6, &finalize), Applied::Finalize(FinalizeOutcome { status: Some(TransferStatus::Posted), finalized_now: false }));
+    assert_eq!(p.account(alice).unwrap().balance, 30);
+    assert_eq!(p.account(alice).unwrap().debits_pending, 0);
+    assert_eq!(p.pending_count(), 0);
+    let total = p.net_inflow()[&usd()] + q.net_inflow()[&usd()];
+    assert_eq!(total, 0);
+    p.check_invariants();
+    q.check_invariants();
+}
+
+/// A refused credit releases the held funds and stores the payee's reason.
+#[test]
+fn refused_credit_releases_the_hold() {
+    let shards = 2;
+    let payers = ids_on(0, shards, 2);
+    let payees = ids_on(1, shards, 1);
+    let (bank, alice, missing) = (&payers[0], &payers[1], &payees[0]);
+    let mut p = Ledger::new(0, shards);
+    let mut q = Ledger::new(1, shards);
+    create(&mut p, bank, AccountKind::Settlement);
+    create(&mut p, alice, AccountKind::Customer);
+    transfer(&mut p, "fund", bank, alice, 100);
+    transfer(&mut p, "x1", alice, missing, 60);
+    let record = p.transfer(&tid("x1")).unwrap().clone();
+    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    let refused = Decision::Refused(RejectCode::PayeeNotFound);
+    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: refused.clone(), decided_now: true }));
+    p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("x1"), decision: refused }));
+    assert_eq!(p.account(alice).unwrap().available(), 100);
+    assert_eq!(p.transfer(&tid("x1")).unwrap().status, TransferStatus::Rejected(RejectCode::PayeeNotFound));
+    p.check_invariants();
+    q.check_invariants();
+}
+
+/// History lists newest first and pages with a cursor until the oldest item.
+#[test]
+fn history_pages_newest_first() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice) = (id("bank"), id("alice"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    for n in 0..5 {
+        transfer(&mut ledger, &format!("t{n}"), &bank, &alice, 1);
+    }
+    let (first, cursor) = ledger.history(&alice, None, 2).unwrap();
+    let ids: Vec<&str> = first.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(ids, vec!["t4", "t3"]);
+    let (second, cursor) = ledger.history(&alice, cursor, 2).unwrap();
+    assert_eq!(second.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), vec!["t2", "t1"]);
+    let (last, cursor) = ledger.history(&alice, cursor, 2).unwrap();
+    assert_eq!(last.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), vec!["t0"]);
+    assert_eq!(cursor, None);
+}
+
+mod model {
+    //! Property test: one shard's ledger behaves like a BTreeMap of balances.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Transfer { id: u8, from: u8, to: u8, amount: i128 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        (0u8..40, 0u8..5, 0u8..5, 1i128..200).prop_map(|(id, from, to, amount)| Op::Transfer { id, from, to, amount })
+    }
+
+    proptest! {
+        /// Any sequence of transfers (with retried and reused ids) leaves balances equal to a
+        /// model that posts a transfer iff its id is new and the payer can afford it.
+        #[test]
+        fn ledger_matches_balance_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut ledger = Ledger::new(0, 1);
+            let accounts: Vec<AccountId> = (0..5).map(|n| id(&format!("a{n}"))).collect();
+            // Account 0 is the settlement account that funds the others.
+            create(&mut ledger, &accounts[0], AccountKind::Settlement);
+            for account in &accounts[1..] {
+                create(&mut ledger, account, AccountKind::Customer);
+            }
+            let mut balances: BTreeMap<u8, i128> = (0..5).map(|n| (n, 0)).collect();
+            let mut seen: BTreeMap<u8, (u8, u8, i128, bool)> = BTreeMap::new();
+            for op in ops {
+                let Op::Transfer { id: tid_n, from, to, amount } = op;
+                let applied = transfer(&mut ledger, &format!("t{tid_n}"), &accounts[usize::from(from)], &accounts[usize::from(to)], amount);
+                // Dedup by id comes first, then validation, then funds.
+                let expected = if let Some((f, t, a, posted)) = seen.get(&tid_n) {
+                    if (*f, *t, *a) == (from, to, amount) {
+                        TransferOutcome::Replayed(if *posted { TransferStatus::Posted } else { TransferStatus::Rejected(RejectCode::InsufficientFunds) })
+                    } else {
+                        TransferOutcome::Refused(RejectCode::IdempotencyKeyReused)
+                    }
+                } else if from == to {
+                    TransferOutcome::Refused(RejectCode::SameAccount)
+                } else {
+                    let affordable = from == 0 || balances[&from] >= amount;
+                    seen.insert(tid_n, (from, to, amount, affordable));
+                    if affordable {
+                        *balances.get_mut(&from).unwrap() -= amount;
+                        *balances.get_mut(&to).unwrap() += amount;
+                        TransferOutcome::Recorded(TransferStatus::Posted)
+                    } else {
+                        TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::InsufficientFunds))
+                    }
+                };
+                prop_assert_eq!(applied, Applied::Transfer(expected));
+            }
+            for (n, balance) in &balances {
+                prop_assert_eq!(ledger.account(&accounts[usize::from(*n)]).unwrap().balance, *balance);
+            }
+            prop_assert_eq!(balances.values().sum::<i128>(), 0);
+            ledger.check_invariants();
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The ledger's nouns: accounts, records, commands and their outcomes.
+
+use crate::ids::{AccountId, ShardId, TransferId};
+use crate::money::{Currency, Minor};
+use serde::{Deserialize, Serialize};
+
+/// What an account is for. Only settlement accounts (money held outside the cluster, such as at
+/// the bank) may go negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    Customer,
+    Merchant,
+    Settlement,
+}
+
+impl AccountKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::Merchant => "merchant",
+            AccountKind::Settlement => "settlement",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AccountKind> {
+        match text {
+            "customer" => Some(AccountKind::Customer),
+            "merchant" => Some(AccountKind::Merchant),
+            "settlement" => Some(AccountKind::Settlement),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub kind: AccountKind,
+    /// Posted balance, in minor units.
+    pub balance: Minor,
+    /// Debits of cross-shard transfers prepared but not yet finalized.
+    pub debits_pending: Minor,
+    pub created_at_ms: u64,
+    /// Every transfer that touched this account on this shard, oldest first.
+    pub history: Vec<HistoryItem>,
+}
+
+impl Account {
+    /// Posted balance minus pending debits: what the account can still spend.
+    pub fn available(&self) -> Minor {
+        self.balance - self.debits_pending
+    }
+
+    /// Invariant 3: no overdraft for non-settlement accounts; pending debits never negative.
+    pub fn assert_invariants(&self) {
+        assert!(self.debits_pending >= 0, "account {} has negative pending debits", self.id);
+        if self.kind != AccountKind::Settlement {
+            assert!(self.available() >= 0, "account {} is overdrawn: available {}", self.id, self.available());
+        }
+    }
+}
+
+/// Which record of this shard a history item points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKind {
+    /// The payer-side record (every same-shard transfer, and the debit of a cross-shard one).
+    Transfer,
+    /// The payee-side decision of a cross-shard transfer.
+    Credit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub transfer: TransferId,
+    pub record: RecordKind,
+}
+
+/// Why a transfer was not applied. Stored rejections are final: a retry returns the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    PayerNotFound,
+    PayeeNotFound,
+    InsufficientFunds,
+    CurrencyMismatch,
+    /// The payee shard refused because the coordinator asked it to prevent a late credit.
+    CreditTimeout,
+    /// A balance would leave the representable range (never with realistic amounts).
+    BalanceOverflow,
+    /// Not stored: the id names a different transfer.
+    IdempotencyKeyReused,
+    /// Not stored: caught at the edge; the core refuses it too.
+    SameAccount,
+    /// Not stored: caught at the edge; the core refuses it too.
+    InvalidAmount,
+}
+
+impl RejectCode {
+    /// The stable snake_case code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectCode::PayerNotFound | RejectCode::PayeeNotFound => "account_not_found",
+            RejectCode::InsufficientFunds => "insufficient_funds",
+            RejectCode::CurrencyMismatch => "currency_mismatch",
+            RejectCode::CreditTimeout => "credit_timeout",
+            RejectCode::BalanceOverflow => "balance_overflow",
+            RejectCode::IdempotencyKeyReused => "idempotency_key_reused",
+            RejectCode::SameAccount => "same_account",
+            RejectCode::InvalidAmount => "invalid_amount",
+        }
+    }
+
+    /// The HTTP status a client sees for this rejection.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            RejectCode::PayerNotFound | RejectCode::PayeeNotFound => 404,
+            RejectCode::SameAccount | RejectCode::InvalidAmount => 400,
+            _ => 422,
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            RejectCode::PayerNotFound => "the payer account does not exist",
+            RejectCode::PayeeNotFound => "the payee account does not exist",
+            RejectCode::InsufficientFunds => "the payer's available balance is less than the amount",
+            RejectCode::CurrencyMismatch => "the transfer's currency differs from an account's currency",
+            RejectCode::CreditTimeout => "the payee shard did not credit in time; the debit was released",
+            RejectCode::BalanceOverflow => "a balance would leave the representable range",
+            RejectCode::IdempotencyKeyReused => "this transfer id was already used for a different transfer",
+            RejectCode::SameAccount => "payer and payee are the same account",
+            RejectCode::InvalidAmount => "the amount must be positive and within limits",
+        }
+    }
+}
+
+/// A transfer as its payer shard knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferStatus {
+    /// Cross-shard: the debit is pending until the payee shard's decision is finalized here.
+    Pending,
+    Posted,
+    Rejected(RejectCode),
+}
+
+impl TransferStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransferStatus::Pending => "pending",
+            TransferStatus::Posted => "posted",
+            TransferStatus::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// The payer-side record of a transfer, kept forever under its id (the idempotency key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub status: TransferStatus,
+    pub cross_shard: bool,
+    pub created_at_ms: u64,
+    pub finalized_at_ms: Option<u64>,
+}
+
+impl TransferRecord {
+    /// Whether a retried command asks for exactly this transfer.
+    pub fn same_request(&self, command: &TransferCmd) -> bool {
+        self.from == command.from
+            && self.to == command.to
+            && self.amount == command.amount
+            && self.currency == command.currency
+    }
+}
+
+/// The payee shard's decision on a cross-shard transfer. First decision wins, forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    Credited,
+    Refused(RejectCode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditRecord {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub payer_shard: ShardId,
+    pub decision: Decision,
+    pub decided_at_ms: u64,
+}
+
+/// A transfer as a reader sees it, from whichever record a shard holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferView {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub status: TransferStatus,
+    pub created_at_ms: u64,
+    /// True when the view comes from the payee shard's decision rather than the payer record.
+    pub payee_side: bool,
+}
+
+impl From<&TransferRecord> for TransferView {
+    fn from(record: &TransferRecord) -> TransferView {
+        TransferView {
+            id: record.id.clone(),
+            from: record.from.clone(),
+            to: record.to.clone(),
+            amount: record.amount,
+            currency: record.currency,
+            status: record.status.clone(),
+            created_at_ms: record.created_at_ms,
+            payee_side: false,
+        }
+    }
+}
+
+impl From<&CreditRecord> for TransferView {
+    fn from(record: &CreditRecord) -> TransferView {
+        let status = match &record.decision {
+            Decision::Credited => TransferStatus::Posted,
+            Decision::Refused(code) => TransferStatus::Rejected(*code),
+        };
+        TransferView {
+            id: record.id.clone(),
+            from: record.from.clone(),
+            to: record.to.clone(),
+            amount: record.amount,
+            currency: record.currency,
+            status,
+            created_at_ms: record.decided_at_ms,
+            payee_side: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAccount {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub kind: AccountKind,
+}
+
+/// A client's transfer, proposed on the payer's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferCmd {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+}
+
+/// The coordinator's request for a decision, proposed on the payee's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditCmd {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub payer_shard: ShardId,
+    /// Past its deadline the coordinator asks the payee shard to refuse unless it already decided.
+    pub prevent: bool,
+}
+
+impl CreditCmd {
+    pub fn for_record(record: &TransferRecord, payer_shard: ShardId, prevent: bool) -> CreditCmd {
+        CreditCmd {
+            id: record.id.clone(),
+            from: record.from.clone(),
+            to: record.to.clone(),
+            amount: record.amount,
+            currency: record.currency,
+            payer_shard,
+            prevent,
+        }
+    }
+}
+
+/// The payee shard's decision, copied into the payer's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeCmd {
+    pub id: TransferId,
+    pub decision: Decision,
+}
+
+/// One ledger command. A log entry carries a batch of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateAccount(CreateAccount),
+    Transfer(TransferCmd),
+    Credit(CreditCmd),
+    Finalize(FinalizeCmd),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountOutcome {
+    Created,
+    /// Same id, same currency and kind: nothing changed.
+    AlreadyExists,
+    /// Same id, different body: nothing changed.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferOutcome {
+    /// A new record was stored with this status.
+    Recorded(TransferStatus),
+    /// The id was known with the same body: its stored status.
+    Replayed(TransferStatus),
+    /// Nothing stored (the id is reused for a different transfer, or the command is invalid).
+    Refused(RejectCode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditOutcome {
+    pub decision: Decision,
+    pub decided_now: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizeOutcome {
+    /// The record's status after the command; `None` if the id is unknown here.
+    pub status: Option<TransferStatus>,
+    pub finalized_now: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Account(AccountOutcome),
+    Transfer(TransferOutcome),
+    Credit(CreditOutcome),
+    Finalize(FinalizeOutcome),
+}

@@ -1,0 +1,9 @@
+//! The deterministic core of Settle. Nothing in this crate does IO, reads a clock, spawns a
+//! thread or draws from an unseeded RNG: every input arrives through a method call (entries,
+//! messages, ticks with a timestamp, a seed) and every effect leaves as a returned value. That is
+//! what lets the simulator in `chaos/` drive the same code production runs.
+
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod placement;
