@@ -7,3 +7,11 @@ pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod placement;
+pub mod recovery;
+pub mod message;
+pub mod replica;
+pub mod storage;
+
+mod core;
+pub use crate::core::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus};
+pub use raft;

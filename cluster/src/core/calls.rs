@@ -1,0 +1,289 @@
+//! The origin side of a client request: split it into one leg per shard, send each leg to the
+//! shard's leader (locally or over the peer link), retry on NotLeader, silence or an unknown
+//! leader until the call's deadline, and assemble the reply. Every leg is idempotent (transfers
+//! and account creation dedup by id; reads have no effect), so a retry is always safe.
+
+use super::tasks::Origin;
+use super::{Effect, NodeCore};
+use crate::ids::{NodeId, ShardId};
+use crate::ledger::{TransferCmd, TransferView};
+use crate::message::{PeerMessage, Reply, Request, TransferResult};
+use std::collections::BTreeMap;
+
+/// The driver's handle for a client request.
+pub type CallId = u64;
+
+/// Redirects followed at once for one leg before it waits for the next tick.
+const REDIRECTS_PER_TICK_MAX: u32 = 3;
+
+#[derive(Default)]
+pub(super) struct Calls {
+    calls: BTreeMap<CallId, Call>,
+    legs: BTreeMap<u64, Leg>,
+    next_leg: u64,
+    /// Leaders learned from NotLeader replies, for shards with no replica here.
+    hints: BTreeMap<ShardId, NodeId>,
+    transfers_inflight: usize,
+}
+
+impl Calls {
+    pub(super) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub(super) fn leader_hint(&self, shard: ShardId) -> Option<NodeId> {
+        self.hints.get(&shard).copied()
+    }
+}
+
+struct Call {
+    deadline_ms: u64,
+    state: CallState,
+    legs: Vec<u64>,
+    transfers: usize,
+}
+
+enum CallState {
+    /// One leg whose reply is the call's reply.
+    Single(Option<Reply>),
+    /// Transfers by item position; each leg fills the positions it carries.
+    Batch(Vec<Option<TransferResult>>),
+    /// A transfer looked up on every shard: the payer record wins over the payee decision.
+    Lookup(Option<TransferView>),
+}
+
+struct Leg {
+    call: CallId,
+    shard: ShardId,
+    request: Request,
+    /// For batch legs: the call's item positions, in the order of the leg's transfers.
+    items: Vec<usize>,
+    deadline_ms: u64,
+    /// When the current attempt left, and to whom; `None` means waiting for the next tick.
+    sent: Option<(u64, NodeId)>,
+    redirects: u32,
+}
+
+impl NodeCore {
+    pub(super) fn start_call(&mut self, call: CallId, request: Request, deadline_ms: u64) {
+        let limits = &self.config.limits;
+        let transfers = match &request {
+            Request::Transfers(items) => items.len(),
+            _ => 0,
+        };
+        let overloaded = self.calls.calls.len() >= limits.calls_inflight_max
+            || self.calls.transfers_inflight + transfers > limits.transfers_inflight_max;
+        if overloaded {
+            self.effects.push(Effect::Reply { call, reply: Reply::Overloaded });
+            return;
+        }
+        let placement = &self.config.placement;
+        let mut legs: Vec<(ShardId, Request, Vec<usize>)> = Vec::new();
+        let state = match request {
+            Request::CreateAccount(create) => {
+                legs.push((placement.shard_of(&create.id), Request::CreateAccount(create), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Transfers(items) => {
+                let count = items.len();
+                let mut by_shard: BTreeMap<ShardId, (Vec<TransferCmd>, Vec<usize>)> = BTreeMap::new();
+                for (position, item) in items.into_iter().enumerate() {
+                    let entry = by_shard.entry(placement.shard_of(&item.from)).or_default();
+                    entry.0.push(item);
+                    entry.1.push(position);
+                }
+                for (shard, (commands, positions)) in by_shard {
+                    legs.push((shard, Request::Transfers(commands), positions));
+                }
+                CallState::Batch(vec![None; count])
+            }
+            Request::ReadAccount(account) => {
+                legs.push((placement.shard_of(&account), Request::ReadAccount(account), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::History { account, before, limit } => {
+                let shard = placement.shard_of(&account);
+                legs.push((shard, Request::History { account, before, limit }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadTransfer { id, payer: Some(payer) } => {
+                let request = Request::ReadTransfer { id, payer: None };
+                legs.push((placement.shard_of(&payer), request, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadTransfer { id, payer: None } => {
+                for shard in placement.shard_ids() {
+                    legs.push((shard, Request::ReadTransfer { id: id.clone(), payer: None }, Vec::new()));
+                }
+                CallState::Lookup(None)
+            }
+        };
+        if legs.is_empty() {
+            // An empty batch: nothing to route, answer at once.
+            self.effects.push(Effect::Reply { call, reply: Reply::Transfers(Vec::new()) });
+            return;
+        }
+        let mut leg_ids = Vec::new();
+        for (shard, request, items) in legs {
+            let leg_id = self.calls.next_leg;
+            self.calls.next_leg += 1;
+            let leg = Leg { call, shard, request, items, deadline_ms, sent: None, redirects: 0 };
+            self.calls.legs.insert(leg_id, leg);
+            leg_ids.push(leg_id);
+        }
+        self.calls.transfers_inflight += transfers;
+        self.calls.calls.insert(call, Call { deadline_ms, state, legs: leg_ids.clone(), transfers });
+        for leg_id in leg_ids {
+            self.dispatch_leg(leg_id);
+        }
+    }
+
+    /// Who leads `shard` as far as this node knows: its own replica's view, else a learned hint,
+    /// else the preferred leader.
+    pub(super) fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        match self.replicas.get(&shard) {
+            Some(replica) => replica.leader(),
+            None => Some(self.calls.hints.get(&shard).copied().unwrap_or_else(|| self.config.placement.preferred_leader(shard))),
+        }
+    }
+
+    fn dispatch_leg(&mut self, leg_id: u64) {
+        let Some(leg) = self.calls.legs.get(&leg_id) else {
+            return;
+        };
+        let shard = leg.shard;
+        let node = self.config.node;
+        let target = self.leader_of(shard);
+        match target {
+            Some(leader) if leader == node => {
+                let leads = self.replicas.get(&shard).is_some_and(|replica| replica.is_leader());
+                if !leads {
+                    self.calls.legs.get_mut(&leg_id).expect("looked up").sent = None;
+                    return;
+                }
+                let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
+                leg.sent = Some((self.now_ms, node));
+                let (deadline_ms, request) = (leg.deadline_ms, leg.request.clone());
+                self.accept_leg(Origin::Local(leg_id), shard, deadline_ms, request);
+            }
+            Some(leader) => {
+                let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
+                leg.sent = Some((self.now_ms, leader));
+                let message = PeerMessage::Leg { leg: leg_id, shard, deadline_ms: leg.deadline_ms, request: leg.request.clone() };
+                self.send(leader, message);
+            }
+            None => {
+                self.calls.legs.get_mut(&leg_id).expect("looked up").sent = None;
+            }
+        }
+    }
+
+    /// A leader (this node when `from` is `None`) answered a leg.
+    pub(super) fn leg_replied(&mut self, leg_id: u64, from: Option<NodeId>, reply: Reply) {
+        let Some(leg) = self.calls.legs.get_mut(&leg_id) else {
+            return;
+        };
+        match reply {
+            Reply::NotLeader { leader } => {
+                let node = self.config.node;
+                let useful = leader.filter(|hint| Some(*hint) != from && *hint != node);
+                leg.sent = None;
+                if let Some(hint) = useful {
+                    let shard = leg.shard;
+                    if !self.replicas.contains_key(&shard) {
+                        self.calls.hints.insert(shard, hint);
+                    }
+                    if leg.redirects < REDIRECTS_PER_TICK_MAX {
+                        leg.redirects += 1;
+                        self.dispatch_leg(leg_id);
+                    }
+                }
+            }
+            Reply::Unavailable | Reply::Overloaded => {
+                leg.sent = None;
+            }
+            reply => self.leg_done(leg_id, reply),
+        }
+    }
+
+    fn leg_done(&mut self, leg_id: u64, reply: Reply) {
+        let leg = self.calls.legs.remove(&leg_id).expect("caller checked");
+        let Some(call) = self.calls.calls.get_mut(&leg.call) else {
+            return;
+        };
+        call.legs.retain(|id| *id != leg_id);
+        let mut finished = call.legs.is_empty();
+        match (&mut call.state, reply) {
+            (CallState::Single(slot), reply) => *slot = Some(reply),
+            (CallState::Batch(slots), Reply::Transfers(results)) => {
+                assert_eq!(results.len(), leg.items.len(), "a leader answered every transfer of a leg");
+                for (position, result) in leg.items.iter().zip(results) {
+                    slots[*position] = Some(result);
+                }
+            }
+            (CallState::Lookup(found), Reply::Transfer(Some(view))) => {
+                if !view.payee_side {
+                    // The payer's record is the authority: no need to wait for other shards.
+                    finished = true;
+                    *found = Some(view);
+                } else if found.is_none() {
+                    *found = Some(view);
+                }
+            }
+            (CallState::Lookup(_), _) => {}
+            (CallState::Batch(_), other) => panic!("a transfer leg was answered with {other:?}"),
+        }
+        if finished {
+            self.finish_call(leg.call, false);
+        }
+    }
+
+    fn finish_call(&mut self, call_id: CallId, timed_out: bool) {
+        let Some(call) = self.calls.calls.remove(&call_id) else {
+            return;
+        };
+        for leg in &call.legs {
+            self.calls.legs.remove(leg);
+        }
+        self.calls.transfers_inflight -= call.transfers;
+        let reply = match call.state {
+            CallState::Single(Some(reply)) => reply,
+            CallState::Single(None) => Reply::Unavailable,
+            CallState::Batch(slots) => {
+                Reply::Transfers(slots.into_iter().map(|slot| slot.unwrap_or(TransferResult::Unavailable)).collect())
+            }
+            CallState::Lookup(found) if timed_out && found.is_none() => Reply::Unavailable,
+            CallState::Lookup(found) => Reply::Transfer(found),
+        };
+        self.effects.push(Effect::Reply { call: call_id, reply });
+    }
+
+    /// Deadlines and retries: expired calls answer `Unavailable` for what is missing; legs
+    /// without an answer are sent again to whoever leads now.
+    pub(super) fn calls_tick(&mut self) {
+        let now = self.now_ms;
+        let expired: Vec<CallId> =
+            self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
+        for call in expired {
+            self.finish_call(call, true);
+        }
+        let attempt_timeout = self.config.limits.leg_attempt_timeout_ms;
+        let mut retry = Vec::new();
+        for (leg_id, leg) in self.calls.legs.iter_mut() {
+            leg.redirects = 0;
+            // A local leader answers every task, at the latest by failing it when it loses the
+            // shard, so only legs sent to another node need a timeout.
+            let due = match leg.sent {
+                None => true,
+                Some((_, target)) if target == self.config.node => false,
+                Some((sent_ms, _)) => now.saturating_sub(sent_ms) >= attempt_timeout,
+            };
+            if due {
+                retry.push(*leg_id);
+            }
+        }
+        for leg_id in retry {
+            self.dispatch_leg(leg_id);
+        }
+    }
+}

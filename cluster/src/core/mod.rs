@@ -1,0 +1,546 @@
+//! `NodeCore`: everything one node does, as a deterministic state machine. It owns the node's
+//! shard replicas and
+//! - routes client requests to shard leaders (`calls.rs`: the origin side, split into legs),
+//! - serves legs where it leads the shard (`tasks.rs`: proposals, ReadIndex reads, waiters),
+//! - drives cross-shard transfers (`coordinator.rs`: credits, decisions, re-drive).
+//!
+//! Inputs are method calls (`tick`, `receive`, `submit`, `persisted`, `checkpointed`) and
+//! `poll` turns pending work into `Effect`s the driver carries out: messages to send, rounds to
+//! make durable, checkpoints to store, replies to clients. No IO, no clock, no threads: time is
+//! the `now_ms` passed to `tick`, randomness a seeded RNG.
+
+mod calls;
+mod coordinator;
+mod tasks;
+
+use crate::ids::{NodeId, ShardId, TransferId};
+use crate::ledger::Ledger;
+use crate::message::{PeerMessage, Proposer, Reply, Request};
+use crate::placement::Placement;
+use crate::replica::{Checkpoint, RaftSettings, ShardReplica, ShardWrite};
+use crate::storage::ShardStorage;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use calls::CallId;
+
+/// Bounds and periods of the core, all in config with units last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoreLimits {
+    /// A leg waits this long for the leader it was sent to before it is sent again.
+    pub leg_attempt_timeout_ms: u64,
+    /// A coordinator re-sends a pending transfer's credit request this often.
+    pub redrive_interval_ms: u64,
+    /// Past this age a pending transfer's credit request asks the payee to refuse (prevent).
+    pub prevent_after_ms: u64,
+    /// Checkpoint a shard after this many applied entries...
+    pub checkpoint_entries: u64,
+    /// ...or after this long with anything applied.
+    pub checkpoint_interval_ms: u64,
+    /// Entries kept in the log behind a checkpoint, so a briefly lagging follower needs no snapshot.
+    pub compaction_lag_entries: u64,
+    /// How often a leader checks whether to hand its shard back to the preferred leader.
+    pub leader_balance_interval_ms: u64,
+    /// Client calls in flight on this node; more are refused with `Reply::Overloaded`.
+    pub calls_inflight_max: usize,
+    /// Transfers in flight on this node (the items of all calls).
+    pub transfers_inflight_max: usize,
+}
+
+impl Default for CoreLimits {
+    fn default() -> Self {
+        CoreLimits {
+            leg_attempt_timeout_ms: 2_000,
+            redrive_interval_ms: 1_000,
+            prevent_after_ms: 30_000,
+            checkpoint_entries: 20_000,
+            checkpoint_interval_ms: 60_000,
+            compaction_lag_entries: 1_000,
+            leader_balance_interval_ms: 3_000,
+            calls_inflight_max: 20_000,
+            transfers_inflight_max: 400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node: NodeId,
+    pub placement: Placement,
+    pub raft: RaftSettings,
+    pub limits: CoreLimits,
+}
+
+/// One shard's durable state as recovered by the driver at start (absent for a fresh shard).
+pub struct RecoveredShard {
+    pub storage: ShardStorage,
+    pub ledger: Ledger,
+    pub applied_index: u64,
+}
+
+/// A batch of writes to make durable, in order. The driver reports it with `persisted(id)`.
+#[derive(Debug, Clone, Default)]
+pub struct PersistRound {
+    pub id: u64,
+    pub writes: Vec<ShardWrite>,
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Messages for one node, in order (one frame on the wire).
+    Send { to: NodeId, messages: Vec<PeerMessage> },
+    Persist(PersistRound),
+    Checkpoint(Checkpoint),
+    Reply { call: CallId, reply: Reply },
+}
+
+/// A shard as `/v1/cluster` and `settle status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub id: ShardId,
+    pub leader: Option<NodeId>,
+    pub replicas: Vec<NodeId>,
+    pub term: u64,
+    pub role: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub pending_transfers: usize,
+}
+
+pub struct NodeCore {
+    config: NodeConfig,
+    proposer: Proposer,
+    now_ms: u64,
+    rng: SmallRng,
+    replicas: BTreeMap<ShardId, ShardReplica>,
+    effects: Vec<Effect>,
+    outgoing: BTreeMap<NodeId, Vec<PeerMessage>>,
+    next_round: u64,
+    /// Rounds handed to the driver and not yet durable: per shard the Ready number and the
+    /// messages that may only leave once it is durable.
+    rounds_inflight: BTreeMap<u64, Vec<(ShardId, u64, Vec<Message>)>>,
+    /// Log compactions to pass to the log store with the next round.
+    compactions: BTreeMap<ShardId, (u64, u64)>,
+    checkpoints_inflight: BTreeSet<ShardId>,
+    last_checkpoint_ms: BTreeMap<ShardId, u64>,
+    /// Shards this node should campaign for at the first tick (fresh bootstrap, preferred leader).
+    campaign_at_start: BTreeSet<ShardId>,
+    /// Snapshot messages sent, to report to raft at the next tick.
+    snapshots_sent: Vec<(ShardId, NodeId)>,
+    /// The term in which this node last saw itself leading each shard.
+    leading: BTreeMap<ShardId, u64>,
+    last_balance_ms: u64,
+    calls: calls::Calls,
+    tasks: tasks::Tasks,
+    coordinator: coordinator::Coordinator,
+}
+
+impl NodeCore {
+    /// Builds the core from recovered shards (a shard missing from `recovered` starts fresh).
+    /// `incarnation` must differ between starts of the same node; `seed` drives election timers.
+    pub fn new(
+        config: NodeConfig,
+        mut recovered: BTreeMap<ShardId, RecoveredShard>,
+        incarnation: u64,
+        seed: u64,
+        logger: &slog::Logger,
+    ) -> Result<NodeCore, raft::Error> {
+        let node = config.node;
+        let shard_count = config.placement.shard_count();
+        let mut replicas = BTreeMap::new();
+        let mut campaign_at_start = BTreeSet::new();
+        for shard in config.placement.shards_on(node) {
+            let replica = match recovered.remove(&shard) {
+                Some(state) => ShardReplica::new(
+                    node,
+                    shard,
+                    state.storage,
+                    state.ledger,
+                    state.applied_index,
+                    &config.raft,
+                    logger,
+                )?,
+                None => {
+                    if config.placement.preferred_leader(shard) == node {
+                        campaign_at_start.insert(shard);
+                    }
+                    let voters = config.placement.replicas(shard);
+                    let storage = ShardStorage::bootstrap(voters);
+                    let ledger = Ledger::new(shard, shard_count);
+                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, logger)?
+                }
+            };
+            replicas.insert(shard, replica);
+        }
+        let mut core = NodeCore {
+            proposer: Proposer { node, incarnation },
+            now_ms: 0,
+            rng: SmallRng::seed_from_u64(seed),
+            replicas,
+            effects: Vec::new(),
+            outgoing: BTreeMap::new(),
+            next_round: 1,
+            rounds_inflight: BTreeMap::new(),
+            compactions: BTreeMap::new(),
+            checkpoints_inflight: BTreeSet::new(),
+            last_checkpoint_ms: BTreeMap::new(),
+            campaign_at_start,
+            snapshots_sent: Vec::new(),
+            leading: BTreeMap::new(),
+            last_balance_ms: 0,
+            calls: calls::Calls::default(),
+            tasks: tasks::Tasks::default(),
+            coordinator: coordinator::Coordinator::default(),
+            config,
+        };
+        let shards: Vec<ShardId> = core.replicas.keys().copied().collect();
+        for shard in shards {
+            core.redraw_election_timeout(shard);
+        }
+        Ok(core)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.config.placement
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn replica(&self, shard: ShardId) -> Option<&ShardReplica> {
+        self.replicas.get(&shard)
+    }
+
+    pub fn replicas(&self) -> impl Iterator<Item = &ShardReplica> {
+        self.replicas.values()
+    }
+
+    /// Calls waiting for replies on this node (origin side).
+    pub fn calls_inflight(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn rounds_inflight(&self) -> usize {
+        self.rounds_inflight.len()
+    }
+
+    /// Every shard's state as this node sees it.
+    pub fn shard_status(&self) -> Vec<ShardStatus> {
+        let placement = &self.config.placement;
+        placement
+            .shard_ids()
+            .map(|shard| {
+                let replicas = placement.replicas(shard);
+                match self.replicas.get(&shard) {
+                    Some(replica) => ShardStatus {
+                        id: shard,
+                        leader: replica.leader(),
+                        replicas,
+                        term: replica.term(),
+                        role: format!("{:?}", replica.role()).to_lowercase(),
+                        commit_index: replica.commit_index(),
+                        applied_index: replica.applied_index(),
+                        pending_transfers: replica.ledger().pending_count(),
+                    },
+                    None => ShardStatus {
+                        id: shard,
+                        leader: self.calls.leader_hint(shard),
+                        replicas,
+                        term: 0,
+                        role: "none".to_string(),
+                        commit_index: 0,
+                        applied_index: 0,
+                        pending_transfers: 0,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Advances time by one tick: raft timers, retries, deadlines, re-drive, checkpoints.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let campaign: Vec<ShardId> = std::mem::take(&mut self.campaign_at_start).into_iter().collect();
+        for shard in campaign {
+            if let Some(replica) = self.replicas.get_mut(&shard) {
+                // A failed campaign only means an election later; nothing to handle.
+                let _ = replica.campaign();
+            }
+        }
+        for (shard, peer) in std::mem::take(&mut self.snapshots_sent) {
+            if let Some(replica) = self.replicas.get_mut(&shard) {
+                replica.report_snapshot_sent(peer);
+            }
+        }
+        let shards: Vec<ShardId> = self.replicas.keys().copied().collect();
+        for shard in &shards {
+            self.replicas.get_mut(shard).expect("listed").tick();
+            self.redraw_election_timeout(*shard);
+        }
+        self.calls_tick();
+        self.tasks_tick();
+        self.coordinator_tick();
+        self.checkpoint_tick();
+        self.balance_tick();
+    }
+
+    /// A message from another node.
+    pub fn receive(&mut self, from: NodeId, message: PeerMessage) {
+        match message {
+            PeerMessage::Raft { shard, message } => {
+                let Ok(raft_message) = Message::parse_from_bytes(&message) else {
+                    return;
+                };
+                if let Some(replica) = self.replicas.get_mut(&shard) {
+                    // Raft refuses messages from unknown peers or stale terms; nothing to do then.
+                    let _ = replica.step(raft_message);
+                    self.redraw_election_timeout(shard);
+                }
+            }
+            PeerMessage::Leg { leg, shard, deadline_ms, request } => {
+                self.accept_leg(tasks::Origin::Remote(from, leg), shard, deadline_ms, request);
+            }
+            PeerMessage::LegReply { leg, reply } => self.leg_replied(leg, Some(from), reply),
+            PeerMessage::Credits { shard, credits } => self.credits_received(shard, credits),
+            PeerMessage::Decisions { shard, decisions } => self.decisions_received(shard, decisions),
+        }
+    }
+
+    /// A client request arriving at this node; answered later by `Effect::Reply` with `call`.
+    pub fn submit(&mut self, call: CallId, request: Request, deadline_ms: u64) {
+        self.start_call(call, request, deadline_ms);
+    }
+
+    /// The driver made round `id` durable (and every earlier one).
+    pub fn persisted(&mut self, id: u64) {
+        let done: Vec<u64> = self.rounds_inflight.range(..=id).map(|(round, _)| *round).collect();
+        for round in done {
+            let shards = self.rounds_inflight.remove(&round).expect("listed");
+            for (shard, number, messages) in shards {
+                if let Some(replica) = self.replicas.get_mut(&shard) {
+                    replica.on_persisted(number);
+                }
+                self.send_raft(shard, messages);
+            }
+        }
+    }
+
+    /// The state store holds `shard`'s checkpoint at `index`: compact the log behind it.
+    pub fn checkpointed(&mut self, shard: ShardId, index: u64) {
+        self.checkpoints_inflight.remove(&shard);
+        let lag = self.config.limits.compaction_lag_entries;
+        let Some(replica) = self.replicas.get_mut(&shard) else {
+            return;
+        };
+        if let Some(compact_to) = replica.checkpointed(index, lag) {
+            self.compactions.insert(shard, compact_to);
+        }
+    }
+
+    /// Turns pending work into effects. Call after every batch of inputs.
+    pub fn poll(&mut self) {
+        // Applying can queue more local work (a credit for a shard this node also leads), so
+        // go round a few times; anything left waits for the next poll.
+        for _ in 0..4 {
+            let progressed = self.poll_once();
+            if !progressed {
+                break;
+            }
+        }
+        self.flush_outgoing();
+    }
+
+    /// Takes the effects produced so far.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        self.flush_outgoing();
+        std::mem::take(&mut self.effects)
+    }
+
+    fn poll_once(&mut self) -> bool {
+        self.coordinator_flush();
+        let shards: Vec<ShardId> = self.replicas.keys().copied().collect();
+        for shard in &shards {
+            self.flush_shard_proposals(*shard);
+            self.flush_shard_reads(*shard);
+            let replica = self.replicas.get_mut(shard).expect("listed");
+            replica.serve_snapshot_request();
+        }
+        let mut round = Vec::new();
+        let mut writes = Vec::new();
+        for shard in &shards {
+            let replica = self.replicas.get_mut(shard).expect("listed");
+            let Some(output) = replica.handle_ready(self.proposer) else {
+                continue;
+            };
+            self.send_raft(*shard, output.messages);
+            if output.installed_snapshot {
+                self.shard_reset(*shard);
+            }
+            self.read_states(*shard, output.read_states);
+            self.applied(*shard, output.applied);
+            if !output.write.is_empty() {
+                writes.push(output.write);
+            }
+            round.push((*shard, output.number, output.persisted_messages));
+        }
+        for (shard, compact_to) in std::mem::take(&mut self.compactions) {
+            match writes.iter_mut().find(|write| write.shard == shard) {
+                Some(write) => write.compact_to = Some(compact_to),
+                None => writes.push(ShardWrite { shard, compact_to: Some(compact_to), ..ShardWrite::default() }),
+            }
+        }
+        let progressed = !round.is_empty() || !writes.is_empty();
+        if progressed {
+            self.emit_round(round, writes);
+        }
+        for shard in &shards {
+            self.serve_applied_reads(*shard);
+            self.check_leadership(*shard);
+        }
+        progressed
+    }
+
+    fn emit_round(&mut self, round: Vec<(ShardId, u64, Vec<Message>)>, writes: Vec<ShardWrite>) {
+        let id = self.next_round;
+        self.next_round += 1;
+        if writes.is_empty() && self.rounds_inflight.is_empty() {
+            // Nothing to make durable and nothing ahead of it: durable already.
+            for (shard, number, messages) in round {
+                self.replicas.get_mut(&shard).expect("listed").on_persisted(number);
+                self.send_raft(shard, messages);
+            }
+            return;
+        }
+        self.rounds_inflight.insert(id, round);
+        self.effects.push(Effect::Persist(PersistRound { id, writes }));
+    }
+
+    fn send_raft(&mut self, shard: ShardId, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.push((shard, to));
+            }
+            let bytes = message.write_to_bytes().expect("in-memory protobuf encoding cannot fail");
+            self.send(to, PeerMessage::Raft { shard, message: bytes });
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: PeerMessage) {
+        assert_ne!(to, self.config.node, "a node never sends to itself");
+        self.outgoing.entry(to).or_default().push(message);
+    }
+
+    fn flush_outgoing(&mut self) {
+        for (to, messages) in std::mem::take(&mut self.outgoing) {
+            if !messages.is_empty() {
+                self.effects.push(Effect::Send { to, messages });
+            }
+        }
+    }
+
+    /// Re-draws raft's election timeout from the core's seeded RNG whenever raft reset it.
+    fn redraw_election_timeout(&mut self, shard: ShardId) {
+        let election = self.config.raft.election_ticks;
+        let replica = self.replicas.get_mut(&shard).expect("known shard");
+        if replica.election_timer_reset() {
+            let ticks = self.rng.gen_range(election..election * 2);
+            replica.set_election_timeout(ticks);
+        }
+    }
+
+    /// Notices leadership gained or lost since the last poll and cleans up after a loss.
+    fn check_leadership(&mut self, shard: ShardId) {
+        let replica = &self.replicas[&shard];
+        let now_leading = if replica.is_leader() { Some(replica.term()) } else { None };
+        let before = self.leading.get(&shard).copied();
+        if before == now_leading {
+            return;
+        }
+        match now_leading {
+            Some(term) => {
+                self.leading.insert(shard, term);
+            }
+            None => {
+                self.leading.remove(&shard);
+            }
+        }
+        if before.is_some() {
+            self.shard_reset(shard);
+        }
+    }
+
+    /// This node stopped leading `shard` (or its ledger was replaced): every waiter on it is
+    /// told to look for the new leader, and the coordinator forgets what it was driving.
+    fn shard_reset(&mut self, shard: ShardId) {
+        let hint = self.replicas.get(&shard).and_then(|replica| replica.leader());
+        let hint = hint.filter(|leader| *leader != self.config.node);
+        self.fail_shard_tasks(shard, hint);
+        self.coordinator.forget_shard(shard);
+    }
+
+    fn checkpoint_tick(&mut self) {
+        let limits = &self.config.limits;
+        let mut due = Vec::new();
+        for (shard, replica) in &self.replicas {
+            if self.checkpoints_inflight.contains(shard) {
+                continue;
+            }
+            let behind = replica.applied_index().saturating_sub(replica.checkpoint_index());
+            let last = self.last_checkpoint_ms.get(shard).copied().unwrap_or(0);
+            let stale = behind > 0 && self.now_ms.saturating_sub(last) >= limits.checkpoint_interval_ms;
+            if behind >= limits.checkpoint_entries || stale {
+                due.push(*shard);
+            }
+        }
+        for shard in due {
+            let checkpoint = self.replicas[&shard].checkpoint();
+            self.checkpoints_inflight.insert(shard);
+            self.last_checkpoint_ms.insert(shard, self.now_ms);
+            self.effects.push(Effect::Checkpoint(checkpoint));
+        }
+    }
+
+    /// Hands shards back to their preferred leader once it has caught up, so leaders stay
+    /// spread evenly after a failover.
+    fn balance_tick(&mut self) {
+        if self.now_ms.saturating_sub(self.last_balance_ms) < self.config.limits.leader_balance_interval_ms {
+            return;
+        }
+        self.last_balance_ms = self.now_ms;
+        let node = self.config.node;
+        for (shard, replica) in self.replicas.iter_mut() {
+            if !replica.leader_ready() {
+                continue;
+            }
+            let preferred = self.config.placement.preferred_leader(*shard);
+            if preferred == node {
+                continue;
+            }
+            if replica.peer_matched(preferred) == Some(replica.last_index()) {
+                replica.transfer_leader(preferred);
+            }
+        }
+    }
+
+    /// Records and transfers pending on shards this node leads, for status and tests.
+    pub fn pending_transfers(&self) -> Vec<(ShardId, TransferId)> {
+        let mut pending = Vec::new();
+        for (shard, replica) in &self.replicas {
+            for record in replica.ledger().pending() {
+                pending.push((*shard, record.id.clone()));
+            }
+        }
+        pending
+    }
+}

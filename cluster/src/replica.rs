@@ -1,0 +1,391 @@
+//! `ShardReplica`: one replica of one shard — a `raft::RawNode` over `ShardStorage` plus the
+//! shard's `Ledger`. It turns raft's Ready into plain values (messages to send, writes to make
+//! durable, applied commands) and never does IO itself. Readies are persisted asynchronously:
+//! `advance_append_async` right away, `on_persist_ready` once the driver reports the write durable.
+
+use crate::ids::{NodeId, ShardId};
+use crate::ledger::{Applied, Command, Ledger};
+use crate::message::{decode, encode, EntryPayload, Proposer, Tagged};
+use crate::storage::ShardStorage;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use raft::{RawNode, ReadState, StateRole};
+use serde::{Deserialize, Serialize};
+
+/// Raft options, every one passed explicitly to raft-rs at the call site in `ShardReplica::new`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RaftSettings {
+    pub tick_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub message_bytes_max: u64,
+    pub inflight_messages_max: usize,
+    pub uncommitted_bytes_max: u64,
+    pub committed_bytes_per_ready_max: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            message_bytes_max: 1 << 20,
+            inflight_messages_max: 256,
+            uncommitted_bytes_max: 64 << 20,
+            committed_bytes_per_ready_max: 16 << 20,
+        }
+    }
+}
+
+/// What one shard needs made durable from one round, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ShardWrite {
+    pub shard: ShardId,
+    /// A snapshot installed from the leader: the ledger state at its index. The state store
+    /// must hold it before the log store drops the entries it replaces.
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    /// Log entries up to this index (and term) may be deleted: a checkpoint covers them.
+    pub compact_to: Option<(u64, u64)>,
+}
+
+impl ShardWrite {
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none()
+    }
+}
+
+/// One applied command, with who (if anyone on this node) waits for it.
+#[derive(Debug, Clone)]
+pub struct AppliedCommand {
+    pub index: u64,
+    /// The tag if this node (this incarnation) proposed it, else 0.
+    pub tag: u64,
+    pub command: Command,
+    pub applied: Applied,
+}
+
+/// The plain-value result of handling one Ready.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    pub messages: Vec<Message>,
+    pub write: ShardWrite,
+    pub applied: Vec<AppliedCommand>,
+    pub read_states: Vec<ReadState>,
+    /// Ready number to report back in `on_persisted`, with the messages that may only leave after.
+    pub number: u64,
+    pub persisted_messages: Vec<Message>,
+    /// A snapshot from the leader replaced the ledger (waiters on this shard must be re-routed).
+    pub installed_snapshot: bool,
+}
+
+pub struct ShardReplica {
+    shard: ShardId,
+    node: NodeId,
+    raw: RawNode<ShardStorage>,
+    ledger: Ledger,
+    applied_index: u64,
+    /// Commands waiting for this round's proposal (one entry per shard per round).
+    proposals: Vec<Tagged>,
+    /// Last checkpointed (durable in the state store) applied index.
+    checkpoint_index: u64,
+    /// The Ready number that installed a snapshot, until it is durable.
+    snapshot_ready: Option<u64>,
+}
+
+impl ShardReplica {
+    /// Builds a replica. `applied_index` is the checkpoint the ledger was restored from (0 fresh).
+    pub fn new(
+        node: NodeId,
+        shard: ShardId,
+        storage: ShardStorage,
+        ledger: Ledger,
+        applied_index: u64,
+        settings: &RaftSettings,
+        logger: &slog::Logger,
+    ) -> Result<ShardReplica, raft::Error> {
+        let config = raft::Config {
+            id: node,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied: applied_index,
+            max_size_per_msg: settings.message_bytes_max,
+            max_inflight_msgs: settings.inflight_messages_max,
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: settings.election_ticks,
+            max_election_tick: settings.election_ticks * 2,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            skip_bcast_commit: false,
+            batch_append: true,
+            priority: 0,
+            max_uncommitted_size: settings.uncommitted_bytes_max,
+            max_committed_size_per_ready: settings.committed_bytes_per_ready_max,
+        };
+        config.validate()?;
+        let logger = logger.new(slog::o!("shard" => shard));
+        let raw = RawNode::new(&config, storage, &logger)?;
+        Ok(ShardReplica {
+            shard,
+            node,
+            raw,
+            ledger,
+            applied_index,
+            proposals: Vec::new(),
+            checkpoint_index: applied_index,
+            snapshot_ready: None,
+        })
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn checkpoint_index(&self) -> u64 {
+        self.checkpoint_index
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The leader this replica knows of, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    pub fn log_entry_count(&self) -> usize {
+        self.raw.store().entry_count()
+    }
+
+    /// A leader may act on its applied state (re-drive transfers, answer known decisions) once
+    /// it has applied an entry of its own term: then it has seen every earlier committed entry.
+    pub fn leader_ready(&self) -> bool {
+        self.is_leader() && self.raw.raft.apply_to_current_term()
+    }
+
+    /// The match index of a peer as this leader tracks it (None when not leader or unknown).
+    pub fn peer_matched(&self, peer: NodeId) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.raw.raft.prs().get(peer).map(|progress| progress.matched)
+    }
+
+    /// Hands leadership to a caught-up peer (raft's leader transfer).
+    pub fn transfer_leader(&mut self, peer: NodeId) {
+        self.raw.transfer_leader(peer);
+    }
+
+    /// Tells raft a snapshot message to `peer` left (it probes the follower again from there).
+    pub fn report_snapshot_sent(&mut self, peer: NodeId) {
+        self.raw.report_snapshot(peer, raft::SnapshotStatus::Finish);
+    }
+
+    pub fn campaign(&mut self) -> Result<(), raft::Error> {
+        self.raw.campaign()
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.raw.step(message)
+    }
+
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.raw.read_index(context);
+    }
+
+    /// Raft resets its election timer from `thread_rng`; the core re-draws it from its own seeded
+    /// RNG instead (through this hook) so that a simulation replays identically.
+    pub fn election_timer_reset(&self) -> bool {
+        self.raw.raft.election_elapsed == 0
+    }
+
+    pub fn set_election_timeout(&mut self, ticks: usize) {
+        self.raw.raft.set_randomized_election_timeout(ticks);
+    }
+
+    pub fn queue_proposal(&mut self, tagged: Tagged) {
+        self.proposals.push(tagged);
+    }
+
+    pub fn has_proposals(&self) -> bool {
+        !self.proposals.is_empty()
+    }
+
+    /// Proposes every queued command as one log entry. On failure (not leader, or raft dropped
+    /// it) the commands come back so their waiters can be told.
+    pub fn flush_proposals(&mut self, proposer: Proposer, now_ms: u64) -> Result<(), Vec<Tagged>> {
+        if self.proposals.is_empty() {
+            return Ok(());
+        }
+        let commands = std::mem::take(&mut self.proposals);
+        if !self.is_leader() {
+            return Err(commands);
+        }
+        let payload = EntryPayload { proposer, timestamp_ms: now_ms, commands };
+        let data = encode(&payload);
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(payload.commands),
+        }
+    }
+
+    /// Builds the snapshot raft asked for (a follower fell behind the compacted log).
+    pub fn serve_snapshot_request(&mut self) -> bool {
+        if !self.raw.store().take_snapshot_request() {
+            return false;
+        }
+        let data = encode(&self.ledger);
+        let index = self.applied_index;
+        self.raw.mut_store().set_snapshot(index, data);
+        true
+    }
+
+    /// The checkpoint to write: the ledger at the applied index, with what recovery needs.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let index = self.applied_index;
+        Checkpoint {
+            shard: self.shard,
+            index,
+            term: self.raw.store().term_of(index).unwrap_or(0),
+            conf_state: self.raw.store().conf_state().clone(),
+            ledger: encode(&self.ledger),
+        }
+    }
+
+    /// The state store holds the ledger at `index`: the log up to `index - lag` may go (the lag
+    /// keeps entries for a briefly lagging follower). Returns the new compaction point.
+    pub fn checkpointed(&mut self, index: u64, lag: u64) -> Option<(u64, u64)> {
+        self.checkpoint_index = self.checkpoint_index.max(index);
+        let compact_to = index.min(self.applied_index).saturating_sub(lag);
+        if compact_to <= self.raw.store().compacted_index() {
+            return None;
+        }
+        self.raw.mut_store().compact(compact_to);
+        let term = self.raw.store().term_of(compact_to).expect("compaction point is known");
+        Some((compact_to, term))
+    }
+
+    /// Handles one Ready if raft has one. `proposer` identifies this node's own proposals.
+    pub fn handle_ready(&mut self, proposer: Proposer) -> Option<ReadyOutput> {
+        if !self.raw.has_ready() {
+            return None;
+        }
+        let mut ready = self.raw.ready();
+        let mut output = ReadyOutput { number: ready.number(), ..ReadyOutput::default() };
+        output.write.shard = self.shard;
+        output.read_states = ready.take_read_states();
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let ledger: Ledger = decode(&snapshot.data).expect("a leader's snapshot decodes");
+            ledger.check_invariants();
+            self.ledger = ledger;
+            self.raw.mut_store().apply_snapshot(&snapshot);
+            self.applied_index = snapshot.get_metadata().index;
+            self.checkpoint_index = self.applied_index;
+            output.write.snapshot = Some(snapshot);
+            output.installed_snapshot = true;
+        }
+        if !ready.entries().is_empty() {
+            let entries = ready.take_entries();
+            self.raw.mut_store().append(&entries);
+            output.write.entries = entries;
+        }
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hard_state.clone());
+            output.write.hard_state = Some(hard_state.clone());
+        }
+        output.messages = ready.take_messages();
+        let committed = ready.take_committed_entries();
+        let applied_any = !committed.is_empty();
+        self.apply_entries(committed, proposer, &mut output.applied);
+        output.persisted_messages = ready.take_persisted_messages();
+        if output.installed_snapshot {
+            self.snapshot_ready = Some(output.number);
+        }
+        self.raw.advance_append_async(ready);
+        if applied_any {
+            self.raw.advance_apply_to(self.applied_index);
+        }
+        Some(output)
+    }
+
+    /// The driver made a Ready durable: raft may count it and release follow-up messages.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        // Raft counts an installed snapshot as applied only once it is durable.
+        if self.snapshot_ready.is_some_and(|snapshot| snapshot <= number) {
+            self.snapshot_ready = None;
+            self.raw.advance_apply_to(self.applied_index);
+        }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, applied: &mut Vec<AppliedCommand>) {
+        for entry in entries {
+            assert!(entry.index > self.applied_index || entry.index == 0, "entry {} applied twice", entry.index);
+            self.applied_index = entry.index;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                continue;
+            }
+            let payload: EntryPayload = decode(&entry.data).expect("committed entries decode");
+            let ours = payload.proposer == proposer;
+            for tagged in payload.commands {
+                let result = self.ledger.apply(payload.timestamp_ms, &tagged.command);
+                applied.push(AppliedCommand {
+                    index: entry.index,
+                    tag: if ours { tagged.tag } else { 0 },
+                    command: tagged.command,
+                    applied: result,
+                });
+            }
+        }
+    }
+
+    /// The node this replica runs on.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+}
+
+/// The ledger of one shard at an applied index, for the state store.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub shard: ShardId,
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: ConfState,
+    /// `encode(&Ledger)`.
+    pub ledger: Vec<u8>,
+}
