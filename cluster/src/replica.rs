@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Raft options, every one passed explicitly to raft-rs at the call site in `ShardReplica::new`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RaftSettings {
     pub tick_ms: u64,
     pub election_ticks: usize,

@@ -1,1 +1,116 @@
-fn main() {}
+//! `settle`: one binary for a node (`start`), a local cluster (`local`), and the tools around it.
+
+mod api;
+mod local;
+mod metrics;
+mod settings;
+
+use actix_web::web;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use settings::{check_identity, ClusterIdentity, NodeSettings, StartFlags};
+use settle_actors::DriverConfig;
+use settle_cluster::placement::Placement;
+use settle_cluster::NodeConfig;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "settle", version, about = "Settle: a replicated payment ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start one node of a cluster.
+    Start(StartFlags),
+    /// Start a whole local cluster (child processes on loopback) and stop it on Ctrl-C.
+    Local(local::LocalFlags),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Start(flags) => start(flags),
+        Command::Local(flags) => local::run(flags),
+    }
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    // A second init (tests) keeps the first subscriber.
+    drop(result);
+}
+
+fn start(flags: StartFlags) -> anyhow::Result<()> {
+    let settings = NodeSettings::load(&flags)?;
+    init_logging(&settings.log_format);
+    let members = settings.members()?;
+    let identity = ClusterIdentity {
+        node_id: settings.node_id,
+        shards: settings.shards,
+        members: members.keys().copied().collect(),
+    };
+    let bootstrapped = check_identity(&settings.data_dir, &identity)?;
+    let placement = Placement::new(identity.members.clone(), settings.shards);
+    let config = DriverConfig {
+        core: NodeConfig {
+            node: settings.node_id,
+            placement,
+            raft: settings.raft.clone(),
+            limits: settings.limits.clone(),
+        },
+        data_dir: settings.data_dir.clone(),
+        peer_listen: settings.peer,
+        peers: members,
+        frame_bytes_max: settings.frame_bytes_max,
+        inbox_calls_max: settings.inbox_calls_max,
+        io_queue_jobs_max: settings.io_queue_jobs_max,
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let (driver, driver_thread) = settle_actors::start(config, logger).context("starting the node")?;
+    tracing::info!(
+        node = settings.node_id,
+        http = %settings.http,
+        peer = %settings.peer,
+        shards = settings.shards,
+        bootstrapped,
+        "node started"
+    );
+    let settings = Arc::new(settings);
+    let state = web::Data::new(api::AppState {
+        driver: driver.clone(),
+        metrics: Arc::new(metrics::Metrics::new(settings.node_id)),
+        settings: settings.clone(),
+        started: Instant::now(),
+        request_counter: AtomicU64::new(u64::from(rand_u32()) << 32),
+    });
+    let http = settings.http;
+    let workers = settings.http_workers;
+    actix_web::rt::System::new().block_on(async move {
+        let server = actix_web::HttpServer::new(move || api::app(state.clone()))
+            .workers(workers)
+            .shutdown_timeout(5)
+            .bind(http)
+            .with_context(|| format!("binding the HTTP API on {http}"))?
+            .run();
+        server.await.context("HTTP server")?;
+        tracing::info!("shutting down: waiting for queued writes");
+        driver.stop().await;
+        anyhow::Ok(())
+    })?;
+    driver_thread.join().map_err(|_| anyhow::anyhow!("driver thread panicked"))?;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    nanos ^ std::process::id()
+}

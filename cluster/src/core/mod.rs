@@ -30,6 +30,7 @@ pub use calls::CallId;
 
 /// Bounds and periods of the core, all in config with units last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CoreLimits {
     /// A leg waits this long for the leader it was sent to before it is sent again.
     pub leg_attempt_timeout_ms: u64,
@@ -49,6 +50,8 @@ pub struct CoreLimits {
     pub calls_inflight_max: usize,
     /// Transfers in flight on this node (the items of all calls).
     pub transfers_inflight_max: usize,
+    /// Persist rounds handed to the driver and not yet durable; at the cap no new Ready is taken.
+    pub rounds_inflight_max: usize,
 }
 
 impl Default for CoreLimits {
@@ -63,6 +66,7 @@ impl Default for CoreLimits {
             leader_balance_interval_ms: 3_000,
             calls_inflight_max: 20_000,
             transfers_inflight_max: 400_000,
+            rounds_inflight_max: 32,
         }
     }
 }
@@ -267,6 +271,12 @@ impl NodeCore {
             .collect()
     }
 
+    /// Moves the clock forward without a raft tick, so entries proposed between ticks carry a
+    /// fresh timestamp. The clock never goes back.
+    pub fn advance_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     /// Advances time by one tick: raft timers, retries, deadlines, re-drive, checkpoints.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
@@ -377,7 +387,8 @@ impl NodeCore {
         }
         let mut round = Vec::new();
         let mut writes = Vec::new();
-        for shard in &shards {
+        let io_backlogged = self.rounds_inflight.len() >= self.config.limits.rounds_inflight_max;
+        for shard in shards.iter().filter(|_| !io_backlogged) {
             let replica = self.replicas.get_mut(shard).expect("listed");
             let Some(output) = replica.handle_ready(self.proposer) else {
                 continue;

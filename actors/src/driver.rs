@@ -1,0 +1,282 @@
+//! The node driver: the one thread that owns a node's `NodeCore`. It feeds the core its inputs
+//! (client calls from the HTTP edge, peer messages, IO completions, ticks), polls it, and carries
+//! out its effects: frames to peers, rounds and checkpoints to the IO thread, replies to the
+//! waiting HTTP handlers. Every channel is bounded; a full client inbox answers `Overloaded`.
+
+use crate::io::{run_io, IoDone, IoJob, IoStats, Storage, StorageError};
+use crate::transport::{self, Inbound, LinkFaults, Transport, TransportStats};
+use settle_cluster::ids::NodeId;
+use settle_cluster::message::{Reply, Request};
+use settle_cluster::{CallId, Effect, NodeConfig, NodeCore, ShardStatus};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs taken from each channel per wake-up before the core is polled.
+const INPUTS_PER_POLL_MAX: usize = 4_096;
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub core: NodeConfig,
+    pub data_dir: PathBuf,
+    pub peer_listen: SocketAddr,
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub frame_bytes_max: u32,
+    /// Client calls queued for the driver before new ones are refused.
+    pub inbox_calls_max: usize,
+    /// Persist rounds and checkpoints queued for the IO thread (the driver waits beyond it).
+    pub io_queue_jobs_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] settle_cluster::raft::Error),
+    #[error("peer listener on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the node reports about itself.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub shards: Vec<ShardStatus>,
+    pub calls_inflight: usize,
+    pub rounds_inflight: usize,
+}
+
+enum Command {
+    Submit { request: Request, deadline_ms: u64, reply: oneshot::Sender<Reply> },
+    Status(oneshot::Sender<NodeStatus>),
+    Stop,
+}
+
+/// The handle the HTTP edge and the process use to talk to the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+    pub io_stats: Arc<IoStats>,
+    pub transport_stats: Arc<TransportStats>,
+    pub link_faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+}
+
+impl DriverHandle {
+    /// Runs a client request through the cluster, answering `Unavailable` at the deadline.
+    pub async fn call(&self, request: Request, timeout: Duration) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = now_ms().saturating_add(timeout_ms);
+        let command = Command::Submit { request, deadline_ms, reply };
+        if self.commands.try_send(command).is_err() {
+            return Reply::Overloaded;
+        }
+        answer.await.unwrap_or(Reply::Unavailable)
+    }
+
+    pub async fn status(&self) -> Option<NodeStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Status(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks the driver to stop after the IO already queued is durable.
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop).await;
+    }
+}
+
+/// Wall-clock milliseconds: the timestamps the core stamps on entries and the deadlines of calls.
+pub fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Recovers the node's state, starts the IO thread, the peer transport and the driver thread.
+pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle, std::thread::JoinHandle<()>), StartError> {
+    let storage = Storage::open(&config.data_dir)?;
+    let recovered = storage.recover(&config.core.placement)?;
+    let recovered_shards = recovered.len();
+    let incarnation = now_ms() ^ rand::random::<u64>();
+    let seed = rand::random::<u64>();
+    let core = NodeCore::new(config.core.clone(), recovered, incarnation, seed, &logger)?;
+    tracing::info!(node = config.core.node, recovered_shards, "node core ready");
+
+    let network = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("settle-net")
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
+    let (inbound_sender, inbound) = mpsc::channel::<Inbound>(4_096);
+    let transport = transport::start(
+        network.handle(),
+        config.core.node,
+        config.peer_listen,
+        config.peers.clone(),
+        config.frame_bytes_max,
+        inbound_sender,
+    )
+    .map_err(|source| StartError::Listen { address: config.peer_listen, source })?;
+
+    let io_stats = Arc::new(IoStats::default());
+    let (io_jobs, io_receiver) = std::sync::mpsc::sync_channel::<IoJob>(config.io_queue_jobs_max);
+    // Room for a report per queued job and more: the IO thread must never wait on the driver
+    // while the driver waits on it.
+    let (io_done_sender, io_done) = mpsc::channel::<Vec<IoDone>>(config.io_queue_jobs_max * 4 + 64);
+    let io_thread = {
+        let stats = io_stats.clone();
+        std::thread::Builder::new()
+            .name("settle-io".to_string())
+            .spawn(move || run_io(storage, io_receiver, |done| io_done_sender.blocking_send(done).is_ok(), stats))
+            .map_err(StartError::Thread)?
+    };
+
+    let (commands_sender, commands) = mpsc::channel(config.inbox_calls_max);
+    let handle = DriverHandle {
+        commands: commands_sender,
+        io_stats,
+        transport_stats: transport.stats.clone(),
+        link_faults: transport.faults.clone(),
+    };
+    let tick = Duration::from_millis(config.core.raft.tick_ms);
+    let driver_thread = std::thread::Builder::new()
+        .name("settle-driver".to_string())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("driver runtime");
+            let mut driver = Driver { core, transport, io_jobs, replies: BTreeMap::new(), next_call: 1 };
+            runtime.block_on(driver.run(tick, commands, inbound, io_done));
+            // Closing the job channel lets the IO thread finish what is queued and exit.
+            drop(driver.io_jobs);
+            let _ = io_thread.join();
+            drop(network);
+            tracing::info!("node driver stopped");
+        })
+        .map_err(StartError::Thread)?;
+    Ok((handle, driver_thread))
+}
+
+struct Driver {
+    core: NodeCore,
+    transport: Transport,
+    io_jobs: std::sync::mpsc::SyncSender<IoJob>,
+    replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
+    next_call: CallId,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        tick: Duration,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut io_done: mpsc::Receiver<Vec<IoDone>>,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = io_done.recv() => self.io_done(done),
+                Some((from, messages)) = inbound.recv() => self.peer(from, messages),
+                command = commands.recv() => match command {
+                    Some(Command::Stop) | None => return,
+                    Some(command) => self.command(command),
+                },
+                _ = ticker.tick() => self.core.tick(now_ms()),
+            }
+            for _ in 0..INPUTS_PER_POLL_MAX {
+                let mut progressed = false;
+                if let Ok(done) = io_done.try_recv() {
+                    self.io_done(done);
+                    progressed = true;
+                }
+                if let Ok((from, messages)) = inbound.try_recv() {
+                    self.peer(from, messages);
+                    progressed = true;
+                }
+                match commands.try_recv() {
+                    Ok(Command::Stop) => return,
+                    Ok(command) => {
+                        self.command(command);
+                        progressed = true;
+                    }
+                    Err(_) => {}
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            self.core.advance_clock(now_ms());
+            self.core.poll();
+            self.effects();
+        }
+    }
+
+    fn io_done(&mut self, done: Vec<IoDone>) {
+        for item in done {
+            match item {
+                IoDone::Persisted { round } => self.core.persisted(round),
+                IoDone::Checkpointed { shard, index } => self.core.checkpointed(shard, index),
+            }
+        }
+    }
+
+    fn peer(&mut self, from: NodeId, messages: Vec<settle_cluster::message::PeerMessage>) {
+        for message in messages {
+            self.core.receive(from, message);
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Submit { request, deadline_ms, reply } => {
+                let call = self.next_call;
+                self.next_call += 1;
+                self.replies.insert(call, reply);
+                self.core.submit(call, request, deadline_ms);
+            }
+            Command::Status(reply) => {
+                let status = NodeStatus {
+                    node: self.core.node(),
+                    shards: self.core.shard_status(),
+                    calls_inflight: self.core.calls_inflight(),
+                    rounds_inflight: self.core.rounds_inflight(),
+                };
+                let _ = reply.send(status);
+            }
+            Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn effects(&mut self) {
+        for effect in self.core.drain_effects() {
+            match effect {
+                Effect::Send { to, messages } => self.transport.send(to, messages),
+                Effect::Persist(round) => {
+                    if self.io_jobs.send(IoJob::Persist(round)).is_err() {
+                        tracing::error!("io thread gone; stopping");
+                        std::process::exit(70);
+                    }
+                }
+                Effect::Checkpoint(checkpoint) => {
+                    if self.io_jobs.send(IoJob::Checkpoint(checkpoint)).is_err() {
+                        tracing::error!("io thread gone; stopping");
+                        std::process::exit(70);
+                    }
+                }
+                Effect::Reply { call, reply } => {
+                    if let Some(waiter) = self.replies.remove(&call) {
+                        let _ = waiter.send(reply);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The IO thread: drains persist rounds and checkpoints queued by the driver, writes them as one
+//! group (checkpoints to the state store first, then every round's log writes in one redb
+//! transaction, one sync), and reports what is durable. Rounds complete in order.
+
+use crate::log_store::{LogStore, LogStoreError};
+use crate::state_store::{StateStore, StateStoreError};
+use settle_cluster::ids::ShardId;
+use settle_cluster::placement::Placement;
+use settle_cluster::recovery::{recover_shard, RecoveryError};
+use settle_cluster::replica::Checkpoint;
+use settle_cluster::{PersistRound, RecoveredShard};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Jobs taken in one IO round at most (a bound on one transaction's size).
+pub const IO_ROUND_JOBS_MAX: usize = 1_024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error(transparent)]
+    State(#[from] StateStoreError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("data dir: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub enum IoJob {
+    Persist(PersistRound),
+    Checkpoint(Checkpoint),
+}
+
+pub enum IoDone {
+    Persisted { round: u64 },
+    Checkpointed { shard: ShardId, index: u64 },
+}
+
+/// Counters the IO thread keeps for metrics.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    pub rounds: AtomicU64,
+    pub syncs: AtomicU64,
+    pub entries: AtomicU64,
+    pub sync_micros_total: AtomicU64,
+    pub last_sync_micros: AtomicU64,
+    /// Fault injection: extra delay before every sync (slow-disk drills).
+    pub sync_delay_ms: AtomicU64,
+}
+
+/// Both stores of one node.
+pub struct Storage {
+    log: LogStore,
+    state: StateStore,
+}
+
+impl Storage {
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
+        let state = StateStore::open(&data_dir.join("state.sled"))?;
+        Ok(Storage { log, state })
+    }
+
+    /// Rebuilds every shard replica's starting state from both stores.
+    pub fn recover(&self, placement: &Placement) -> Result<BTreeMap<ShardId, RecoveredShard>, StorageError> {
+        let mut durable = self.log.load()?;
+        for (shard, checkpoint) in self.state.load()? {
+            durable.entry(shard).or_default().checkpoint = Some(checkpoint);
+        }
+        let mut recovered = BTreeMap::new();
+        for (shard, state) in durable {
+            if let Some(replica) = recover_shard(placement, shard, state)? {
+                recovered.insert(shard, replica);
+            }
+        }
+        Ok(recovered)
+    }
+
+    pub fn state_bytes(&self) -> u64 {
+        self.state.size_on_disk()
+    }
+
+    /// Writes one group of jobs durably.
+    pub fn write_group(&mut self, jobs: &[IoJob]) -> Result<(), StorageError> {
+        let mut checkpoints: Vec<Checkpoint> = Vec::new();
+        let mut writes = Vec::new();
+        for job in jobs {
+            match job {
+                IoJob::Checkpoint(checkpoint) => checkpoints.push(checkpoint.clone()),
+                IoJob::Persist(round) => {
+                    for write in &round.writes {
+                        if let Some(snapshot) = &write.snapshot {
+                            // The ledger state must be stored before the log drops what it replaces.
+                            let metadata = snapshot.get_metadata();
+                            checkpoints.push(Checkpoint {
+                                shard: write.shard,
+                                index: metadata.index,
+                                term: metadata.term,
+                                conf_state: metadata.get_conf_state().clone(),
+                                ledger: snapshot.data.to_vec(),
+                            });
+                        }
+                        writes.push(write);
+                    }
+                }
+            }
+        }
+        let refs: Vec<&Checkpoint> = checkpoints.iter().collect();
+        self.state.save(&refs)?;
+        if !writes.is_empty() {
+            self.log.write(&writes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the IO loop until the job channel closes. Any storage error is fatal for the node: a
+/// replica that cannot persist must stop rather than acknowledge what is not durable.
+pub fn run_io(
+    mut storage: Storage,
+    jobs: std::sync::mpsc::Receiver<IoJob>,
+    mut report: impl FnMut(Vec<IoDone>) -> bool,
+    stats: Arc<IoStats>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < IO_ROUND_JOBS_MAX {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let delay = stats.sync_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let started = Instant::now();
+        if let Err(error) = storage.write_group(&group) {
+            tracing::error!(%error, "storage write failed; stopping the node");
+            std::process::exit(70);
+        }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        stats.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
+        stats.last_sync_micros.store(micros, Ordering::Relaxed);
+        let mut done = Vec::new();
+        for job in &group {
+            match job {
+                IoJob::Persist(round) => {
+                    stats.rounds.fetch_add(1, Ordering::Relaxed);
+                    let entries: usize = round.writes.iter().map(|write| write.entries.len()).sum();
+                    stats.entries.fetch_add(u64::try_from(entries).unwrap_or(0), Ordering::Relaxed);
+                    done.push(IoDone::Persisted { round: round.id });
+                }
+                IoJob::Checkpoint(checkpoint) => {
+                    done.push(IoDone::Checkpointed { shard: checkpoint.shard, index: checkpoint.index });
+                }
+            }
+        }
+        if !report(done) {
+            break;
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Peer transport: one outbound TCP connection per remote node, carrying length-prefixed,
+//! checksummed frames (`[u32 length][u32 crc32][payload]`, little endian), each frame a batch
+//! of messages from one driver round. The length is checked against `frame_bytes_max` before
+//! anything is read or decoded. A link that fails drops what it was sending and reconnects;
+//! Raft and the request legs retry on their own.
+
+use serde::{Deserialize, Serialize};
+use settle_cluster::ids::NodeId;
+use settle_cluster::message::{decode, encode, PeerMessage};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Batches queued per link before new ones are dropped.
+pub const LINK_QUEUE_BATCHES_MAX: usize = 1_024;
+const RECONNECT_DELAY_MS_MIN: u64 = 50;
+const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
+
+#[derive(Serialize, Deserialize)]
+struct Frame {
+    from: NodeId,
+    messages: Vec<PeerMessage>,
+}
+
+/// Per-link fault switches (set through the admin endpoint when faults are enabled).
+#[derive(Debug, Default)]
+pub struct LinkFaults {
+    /// Drop everything sent to this peer.
+    pub drop_outbound: AtomicBool,
+    /// Drop everything received from this peer.
+    pub drop_inbound: AtomicBool,
+    /// Delay each outbound frame by this many milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Drop this share (per million) of outbound frames.
+    pub loss_per_million: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub batches_dropped: AtomicU64,
+    pub frames_rejected: AtomicU64,
+}
+
+/// The sending half handed to the driver.
+pub struct Transport {
+    links: BTreeMap<NodeId, mpsc::Sender<Vec<PeerMessage>>>,
+    pub faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    pub stats: Arc<TransportStats>,
+}
+
+impl Transport {
+    /// Queues messages for a peer; drops them (and counts it) when the link is backed up.
+    pub fn send(&self, to: NodeId, messages: Vec<PeerMessage>) {
+        let Some(link) = self.links.get(&to) else {
+            return;
+        };
+        if link.try_send(messages).is_err() {
+            self.stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What arrives from peers: (sender, batch).
+pub type Inbound = (NodeId, Vec<PeerMessage>);
+
+/// Binds the peer listener and starts one link task per peer on `runtime`. Received batches go
+/// to `inbound` (awaiting room there is the back-pressure on a peer's connection).
+pub fn start(
+    runtime: &tokio::runtime::Handle,
+    node: NodeId,
+    listen: SocketAddr,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    frame_bytes_max: u32,
+    inbound: mpsc::Sender<Inbound>,
+) -> std::io::Result<Transport> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let faults: Arc<BTreeMap<NodeId, LinkFaults>> =
+        Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
+    let stats = Arc::new(TransportStats::default());
+    {
+        let _guard = runtime.enter();
+        let listener = TcpListener::from_std(listener)?;
+        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone()));
+    }
+    let mut links = BTreeMap::new();
+    for (peer, address) in peers {
+        if peer == node {
+            continue;
+        }
+        let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
+        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone()));
+        links.insert(peer, sender);
+    }
+    Ok(Transport { links, faults, stats })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    frame_bytes_max: u32,
+    inbound: mpsc::Sender<Inbound>,
+    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    stats: Arc<TransportStats>,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let inbound = inbound.clone();
+        let faults = faults.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            if let Err(error) = read_frames(stream, frame_bytes_max, inbound, faults, stats).await {
+                tracing::debug!(%remote, %error, "peer connection closed");
+            }
+        });
+    }
+}
+
+async fn read_frames(
+    mut stream: TcpStream,
+    frame_bytes_max: u32,
+    inbound: mpsc::Sender<Inbound>,
+    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    stats: Arc<TransportStats>,
+) -> std::io::Result<()> {
+    let mut header = [0u8; 8];
+    let mut payload = Vec::new();
+    loop {
+        stream.read_exact(&mut header).await?;
+        let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let checksum = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if length > frame_bytes_max {
+            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {length} bytes over the cap")));
+        }
+        payload.resize(usize::try_from(length).expect("u32 fits usize"), 0);
+        stream.read_exact(&mut payload).await?;
+        if crc32fast::hash(&payload) != checksum {
+            stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame checksum mismatch"));
+        }
+        let frame: Frame = decode(&payload).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))?;
+        stats.frames_received.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_received.fetch_add(u64::from(length), Ordering::Relaxed);
+        if faults.get(&frame.from).is_some_and(|f| f.drop_inbound.load(Ordering::Relaxed)) {
+            continue;
+        }
+        if inbound.send((frame.from, frame.messages)).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn link_loop(
+    node: NodeId,
+    peer: NodeId,
+    address: SocketAddr,
+    frame_bytes_max: u32,
+    mut queue: mpsc::Receiver<Vec<PeerMessage>>,
+    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    stats: Arc<TransportStats>,
+) {
+    let mut delay_ms = RECONNECT_DELAY_MS_MIN;
+    let mut frame = Vec::new();
+    'connect: loop {
+        let connected = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(address)).await;
+        let mut stream = match connected {
+            Ok(Ok(stream)) => stream,
+            _ => {
+                // Drop what piled up while the peer is unreachable: it is stale by now.
+                while queue.try_recv().is_ok() {
+                    stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+                continue 'connect;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        delay_ms = RECONNECT_DELAY_MS_MIN;
+        tracing::info!(peer, %address, "peer link connected");
+        while let Some(mut messages) = queue.recv().await {
+            // Coalesce whatever else is queued into the same frame.
+            while messages.len() < 4_096 {
+                match queue.try_recv() {
+                    Ok(more) => messages.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let link_faults = &faults[&peer];
+            if link_faults.drop_outbound.load(Ordering::Relaxed) {
+                continue;
+            }
+            let loss = link_faults.loss_per_million.load(Ordering::Relaxed);
+            if loss > 0 && rand::random::<u64>() % 1_000_000 < loss {
+                continue;
+            }
+            let delay = link_faults.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            frame.clear();
+            frame.extend_from_slice(&[0u8; 8]);
+            let payload = encode(&Frame { from: node, messages });
+            let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+            if length > frame_bytes_max {
+                // The peer would refuse it; raft re-sends in smaller pieces or a snapshot.
+                tracing::warn!(peer, length, "outbound frame over the cap dropped");
+                stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            frame[..4].copy_from_slice(&length.to_le_bytes());
+            frame[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            frame.extend_from_slice(&payload);
+            if let Err(error) = stream.write_all(&frame).await {
+                tracing::info!(peer, %error, "peer link lost");
+                continue 'connect;
+            }
+            stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_sent.fetch_add(u64::try_from(frame.len()).unwrap_or(0), Ordering::Relaxed);
+        }
+        return;
+    }
+}

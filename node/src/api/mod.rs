@@ -1,0 +1,338 @@
+//! HTTP API v1 on actix-web. Handlers validate, hand a `Request` to the node driver, and map
+//! its `Reply` to status codes and the error shape. Any node serves any account: the core
+//! routes to shard leaders.
+
+pub mod amount;
+pub mod errors;
+pub mod types;
+
+use crate::metrics::Metrics;
+use crate::settings::NodeSettings;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use errors::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_actors::DriverHandle;
+use settle_cluster::ledger::{AccountOutcome, TransferStatus};
+use settle_cluster::message::{Reply, Request, TransferResult};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct AppState {
+    pub driver: DriverHandle,
+    pub settings: Arc<NodeSettings>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// Generated request ids: node id plus this counter, which starts at a random value so ids
+    /// do not repeat across restarts.
+    pub request_counter: AtomicU64,
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Request bodies larger than this are refused (a full batch is about 1.2 MB).
+pub const BODY_BYTES_MAX: usize = 8 << 20;
+
+/// Routes, the JSON 404 and the request-id/metrics middleware.
+pub fn app(
+    state: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let middleware_state = state.clone();
+    actix_web::App::new()
+        .app_data(state)
+        .app_data(web::PayloadConfig::new(BODY_BYTES_MAX))
+        .wrap_fn(move |request, service| {
+            let state = middleware_state.clone();
+            let started = Instant::now();
+            let request_id = request
+                .headers()
+                .get("request-id")
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| !value.is_empty() && value.len() <= 128)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    let counter = state.request_counter.fetch_add(1, Ordering::Relaxed);
+                    format!("n{}-{counter:016x}", state.settings.node_id)
+                });
+            let endpoint = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+            let future = service.call(request);
+            async move {
+                let mut response: ServiceResponse = future.await?;
+                let status = response.status().as_u16().to_string();
+                state.metrics.http_requests.with_label_values(&[&endpoint, &status]).inc();
+                state.metrics.http_latency.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(HeaderName::from_static("request-id"), value);
+                }
+                Ok(response)
+            }
+        })
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/cluster", web::get().to(cluster))
+        .route("/v1/accounts", web::post().to(create_account))
+        .route("/v1/accounts/{id}", web::get().to(get_account))
+        .route("/v1/accounts/{id}/transfers", web::get().to(list_transfers))
+        .route("/v1/transfers", web::post().to(create_transfer))
+        .route("/v1/transfers/batch", web::post().to(batch_transfers))
+        .route("/v1/transfers/{id}", web::get().to(get_transfer))
+        .default_service(web::to(|request: HttpRequest| async move {
+            ApiError::not_found(request.path()).error_response_owned()
+        }))
+}
+
+trait OwnedErrorResponse {
+    fn error_response_owned(self) -> HttpResponse;
+}
+
+impl OwnedErrorResponse for ApiError {
+    fn error_response_owned(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+impl AppState {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.request_timeout_ms)
+    }
+
+    async fn call(&self, request: Request) -> Result<Reply> {
+        match self.driver.call(request, self.timeout()).await {
+            Reply::Unavailable => Err(ApiError::unavailable()),
+            Reply::Overloaded => Err(ApiError::overloaded()),
+            reply => Ok(reply),
+        }
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+/// Ready when every shard with a replica here knows its leader.
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let Some(status) = state.driver.status().await else {
+        return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "driver stopped" }));
+    };
+    let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none").collect();
+    let leaderless = hosted.iter().filter(|shard| shard.leader.is_none()).count();
+    let body = json!({ "ready": leaderless == 0, "shards": hosted.len(), "shards_without_leader": leaderless });
+    if leaderless == 0 {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let status = state.driver.status().await;
+    let text = state.metrics.render(&state.driver, status.as_ref());
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
+}
+
+async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
+    let status = state.driver.status().await.ok_or_else(ApiError::unavailable)?;
+    let members = state.settings.members().map_err(|_| ApiError::unavailable())?;
+    let nodes: Vec<Value> = members
+        .iter()
+        .map(|(id, peer)| {
+            let leads = status.shards.iter().filter(|shard| shard.leader == Some(*id)).count();
+            json!({ "id": id, "peer": peer.to_string(), "self": *id == status.node, "leader_of": leads })
+        })
+        .collect();
+    let shards: Vec<Value> = status
+        .shards
+        .iter()
+        .map(|shard| {
+            json!({
+                "id": shard.id,
+                "leader": shard.leader,
+                "replicas": shard.replicas,
+                "term": shard.term,
+                "commit_index": shard.commit_index,
+                "applied_index": shard.applied_index,
+            })
+        })
+        .collect();
+    let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let body = json!({ "node": status.node, "uptime_ms": uptime_ms, "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "shards": shards });
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn create_account(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+    let object = types::parse_object(&body)?;
+    let create = types::create_account(&object)?;
+    let id = create.id.to_string();
+    match state.call(Request::CreateAccount(create)).await? {
+        Reply::Account { outcome, account } => {
+            let body = account.as_ref().map(types::account_json).unwrap_or(Value::Null);
+            match outcome {
+                AccountOutcome::Created => Ok(HttpResponse::Created().json(body)),
+                AccountOutcome::AlreadyExists => Ok(HttpResponse::Ok().json(body)),
+                AccountOutcome::Conflict => Err(ApiError::account_exists(&id)),
+            }
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_account(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
+    let id = types::account_id(&path, "id")?;
+    match state.call(Request::ReadAccount(id.clone())).await? {
+        Reply::AccountState(Some(view)) => Ok(HttpResponse::Ok().json(types::account_json(&view))),
+        Reply::AccountState(None) => Err(ApiError::account_not_found(id.as_str())),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Transfers listed per page at most.
+const LIST_LIMIT_MAX: u32 = 500;
+
+async fn list_transfers(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<ListQuery>) -> Result<HttpResponse> {
+    let id = types::account_id(&path, "id")?;
+    let limit = match &query.limit {
+        None => 50,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=LIST_LIMIT_MAX).contains(limit))
+            .ok_or_else(|| ApiError::invalid_request("limit", format!("limit must be 1..={LIST_LIMIT_MAX}")))?,
+    };
+    let before = match &query.cursor {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::invalid_request("cursor", "cursor is not one this API returned"))?),
+    };
+    match state.call(Request::History { account: id.clone(), before, limit }).await? {
+        Reply::History(Some(page)) => {
+            let transfers: Vec<Value> = page.transfers.iter().map(types::transfer_json).collect();
+            let next = page.next_cursor.map(|cursor| cursor.to_string());
+            Ok(HttpResponse::Ok().json(json!({ "transfers": transfers, "next_cursor": next })))
+        }
+        Reply::History(None) => Err(ApiError::account_not_found(id.as_str())),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Deserialize)]
+struct TransferQuery {
+    from: Option<String>,
+}
+
+async fn get_transfer(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<TransferQuery>) -> Result<HttpResponse> {
+    let id = types::transfer_id(&path, "id")?;
+    let payer = query.from.as_deref().map(|from| types::account_id(from, "from")).transpose()?;
+    match state.call(Request::ReadTransfer { id: id.clone(), payer }).await? {
+        Reply::Transfer(Some(view)) => Ok(HttpResponse::Ok().json(types::transfer_json(&view))),
+        Reply::Transfer(None) => Err(ApiError::transfer_not_found(id.as_str())),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn create_transfer(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+    let object = types::parse_object(&body)?;
+    let transfer = types::transfer(&object)?;
+    let result = match state.call(Request::Transfers(vec![transfer])).await? {
+        Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
+        other => return Err(unexpected(other)),
+    };
+    let outcome = transfer_outcome(result);
+    record_outcome(&state, &outcome);
+    outcome.map(|(status, body)| HttpResponse::build(status).json(body))
+}
+
+async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+    let object = types::parse_object(&body)?;
+    let Some(Value::Array(items)) = object.get("transfers") else {
+        return Err(ApiError::invalid_request("transfers", "transfers must be an array"));
+    };
+    if items.len() > types::BATCH_TRANSFERS_MAX {
+        let message = format!("a batch carries at most {} transfers", types::BATCH_TRANSFERS_MAX);
+        return Err(ApiError::invalid_request("transfers", message));
+    }
+    // Invalid items are answered in place; the valid ones go to the cluster together.
+    let mut results: Vec<Option<Value>> = vec![None; items.len()];
+    let mut valid = Vec::new();
+    let mut positions = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let parsed = match item {
+            Value::Object(object) => types::transfer(object),
+            _ => Err(ApiError::invalid_body("each transfer must be a JSON object")),
+        };
+        match parsed {
+            Ok(transfer) => {
+                valid.push(transfer);
+                positions.push(position);
+            }
+            Err(error) => results[position] = Some(item_error(&error)),
+        }
+    }
+    if !valid.is_empty() {
+        let answers = match state.driver.call(Request::Transfers(valid), state.timeout()).await {
+            Reply::Transfers(answers) => answers,
+            Reply::Overloaded => return Err(ApiError::overloaded()),
+            Reply::Unavailable => return Err(ApiError::unavailable()),
+            other => return Err(unexpected(other)),
+        };
+        for (position, answer) in positions.into_iter().zip(answers) {
+            let outcome = transfer_outcome(answer);
+            record_outcome(&state, &outcome);
+            results[position] = Some(match outcome {
+                Ok((status, transfer)) => json!({ "status": status.as_u16(), "transfer": transfer }),
+                Err(error) => item_error(&error),
+            });
+        }
+    }
+    let results: Vec<Value> = results.into_iter().map(|result| result.expect("every item answered")).collect();
+    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+}
+
+fn item_error(error: &ApiError) -> Value {
+    let mut body = error.body();
+    body["status"] = json!(error.status.as_u16());
+    body
+}
+
+fn transfer_outcome(result: TransferResult) -> Result<(actix_web::http::StatusCode, Value)> {
+    use actix_web::http::StatusCode;
+    match result {
+        TransferResult::Done(view) => match &view.status {
+            TransferStatus::Posted => Ok((StatusCode::CREATED, types::transfer_json(&view))),
+            TransferStatus::Pending => Ok((StatusCode::ACCEPTED, types::transfer_json(&view))),
+            TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", types::transfer_json(&view))),
+        },
+        TransferResult::Refused(code) => Err(ApiError::rejected(code)),
+        TransferResult::Unavailable => Err(ApiError::unavailable()),
+    }
+}
+
+fn record_outcome(state: &AppState, outcome: &Result<(actix_web::http::StatusCode, Value)>) {
+    let label = match outcome {
+        Ok((status, _)) if status.as_u16() == 201 => "posted",
+        Ok(_) => "pending",
+        Err(error) => error.code,
+    };
+    state.metrics.transfers.with_label_values(&[label]).inc();
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    tracing::error!(?reply, "unexpected reply from the core");
+    ApiError::unavailable()
+}

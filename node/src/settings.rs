@@ -1,0 +1,214 @@
+//! Node settings: defaults, then the TOML file given by `--config`, then `SETTLE_*` environment
+//! variables, then command-line flags (flags win). Nested keys use `__` in the environment:
+//! `SETTLE_RAFT__TICK_MS=50`, `SETTLE_LIMITS__CALLS_INFLIGHT_MAX=5000`.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use settle_cluster::ids::NodeId;
+use settle_cluster::replica::RaftSettings;
+use settle_cluster::CoreLimits;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSettings {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub peer: SocketAddr,
+    /// Every initial member's peer address: `1=127.0.0.1:9080,2=...`.
+    pub cluster: String,
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// How long the HTTP edge waits for the cluster before answering 503 `unavailable`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "default_http_workers")]
+    pub http_workers: usize,
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: u32,
+    #[serde(default = "default_inbox_calls_max")]
+    pub inbox_calls_max: usize,
+    #[serde(default = "default_io_queue_jobs_max")]
+    pub io_queue_jobs_max: usize,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub limits: CoreLimits,
+}
+
+fn default_shards() -> u32 {
+    64
+}
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+fn default_http_workers() -> usize {
+    2
+}
+fn default_frame_bytes_max() -> u32 {
+    256 << 20
+}
+fn default_inbox_calls_max() -> usize {
+    8_192
+}
+fn default_io_queue_jobs_max() -> usize {
+    256
+}
+fn default_log_format() -> String {
+    "text".to_string()
+}
+
+/// Flags given on the command line (absent ones fall through to env, file, defaults).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct StartFlags {
+    /// This node's id (1, 2, 3, ...), also its Raft peer id.
+    #[arg(long)]
+    pub node_id: Option<NodeId>,
+    /// Where this node keeps its Raft log and ledger checkpoints.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Peer (Raft) address, e.g. 127.0.0.1:9080.
+    #[arg(long)]
+    pub peer: Option<SocketAddr>,
+    /// Every initial member's peer address: 1=ADDR,2=ADDR,3=ADDR.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Shards, fixed at bootstrap (default 64).
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// A TOML file with any of these settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+impl NodeSettings {
+    pub fn load(flags: &StartFlags) -> anyhow::Result<NodeSettings> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = &flags.config {
+            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("SETTLE").prefix_separator("_").separator("__"));
+        let overrides: [(&str, Option<String>); 7] = [
+            ("node_id", flags.node_id.map(|v| v.to_string())),
+            ("data_dir", flags.data_dir.as_ref().map(|v| v.display().to_string())),
+            ("http", flags.http.map(|v| v.to_string())),
+            ("peer", flags.peer.map(|v| v.to_string())),
+            ("cluster", flags.cluster.clone()),
+            ("shards", flags.shards.map(|v| v.to_string())),
+            ("log_format", flags.log_format.clone()),
+        ];
+        for (key, value) in overrides {
+            if let Some(value) = value {
+                builder = builder.set_override(key, value)?;
+            }
+        }
+        let settings: NodeSettings = builder
+            .build()?
+            .try_deserialize()
+            .context("settings (flags, SETTLE_* environment, --config file)")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let members = self.members()?;
+        if !members.contains_key(&self.node_id) {
+            bail!("--cluster does not list this node's id {}", self.node_id);
+        }
+        if members[&self.node_id] != self.peer {
+            bail!("--cluster lists {} for node {}, but --peer is {}", members[&self.node_id], self.node_id, self.peer);
+        }
+        if self.shards == 0 {
+            bail!("--shards must be at least 1");
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            bail!("--log-format must be text or json");
+        }
+        Ok(())
+    }
+
+    /// The `--cluster` list as node id → peer address.
+    pub fn members(&self) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {
+        parse_cluster(&self.cluster)
+    }
+}
+
+pub fn parse_cluster(text: &str) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let (id, address) = part.split_once('=').with_context(|| format!("cluster member {part:?} is not ID=ADDR"))?;
+        let id: NodeId = id.trim().parse().with_context(|| format!("node id in {part:?}"))?;
+        let address: SocketAddr = address.trim().parse().with_context(|| format!("address in {part:?}"))?;
+        if id == 0 {
+            bail!("node ids start at 1");
+        }
+        if members.insert(id, address).is_some() {
+            bail!("node {id} listed twice in --cluster");
+        }
+    }
+    if members.is_empty() {
+        bail!("--cluster lists no members");
+    }
+    Ok(members)
+}
+
+/// What a data dir was bootstrapped with; a restart with different values is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub node_id: NodeId,
+    pub shards: u32,
+    pub members: Vec<NodeId>,
+}
+
+/// Writes the identity on first start, or checks it on a restart.
+pub fn check_identity(data_dir: &Path, identity: &ClusterIdentity) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("cluster.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let stored: ClusterIdentity = serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+            if stored != *identity {
+                bail!("{} was bootstrapped as {stored:?}, not {identity:?}", path.display());
+            }
+            Ok(false)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temporary = data_dir.join("cluster.json.tmp");
+            std::fs::write(&temporary, serde_json::to_vec_pretty(identity)?)?;
+            std::fs::File::open(&temporary)?.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(data_dir)?.sync_all()?;
+            Ok(true)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cluster list parses ids and addresses and refuses duplicates and junk.
+    #[test]
+    fn cluster_list_parses_and_rejects_bad_input() {
+        let members = parse_cluster("1=127.0.0.1:9001, 2=127.0.0.1:9002").unwrap();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[&2].port(), 9002);
+        assert!(parse_cluster("1=127.0.0.1:9001,1=127.0.0.1:9002").is_err());
+        assert!(parse_cluster("x=127.0.0.1:9001").is_err());
+        assert!(parse_cluster("1=nowhere").is_err());
+        assert!(parse_cluster("").is_err());
+        assert!(parse_cluster("0=127.0.0.1:1").is_err());
+    }
+}
