@@ -273,10 +273,14 @@ impl NodeCore {
             leg.redirects = 0;
             // A local leader answers every task, at the latest by failing it when it loses the
             // shard, so only legs sent to another node need a timeout.
+            // A leg sent to a leader that has since been replaced goes to the new one at once.
             let due = match leg.sent {
                 None => true,
                 Some((_, target)) if target == self.config.node => false,
-                Some((sent_ms, _)) => now.saturating_sub(sent_ms) >= attempt_timeout,
+                Some((sent_ms, target)) => {
+                    let replaced = self.replicas.get(&leg.shard).and_then(|replica| replica.leader()).is_some_and(|leader| leader != target);
+                    replaced || now.saturating_sub(sent_ms) >= attempt_timeout
+                }
             };
             if due {
                 retry.push(*leg_id);

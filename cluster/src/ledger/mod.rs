@@ -234,6 +234,10 @@ impl Ledger {
     fn credit_command(&mut self, now_ms: u64, credit: &CreditCmd) -> CreditOutcome {
         assert_eq!(self.owner(&credit.to), self.shard, "credit {} routed to the wrong shard", credit.id);
         if let Some(existing) = self.credits.get(&credit.id) {
+            if !existing.same_transfer(credit) {
+                // Another payer used this id already: refuse without touching the first decision.
+                return CreditOutcome { decision: Decision::Refused(RejectCode::IdempotencyKeyReused), decided_now: false };
+            }
             return CreditOutcome { decision: existing.decision.clone(), decided_now: false };
         }
         let decision = if credit.prevent {

@@ -186,6 +186,8 @@ pub enum Decision {
     Refused(RejectCode),
 }
 
+/// Transfer ids are global idempotency keys: a payee shard that already decided an id for one
+/// transfer refuses it for any other (`same_transfer` false).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditRecord {
     pub id: TransferId,
@@ -196,6 +198,12 @@ pub struct CreditRecord {
     pub payer_shard: ShardId,
     pub decision: Decision,
     pub decided_at_ms: u64,
+}
+
+impl CreditRecord {
+    pub fn same_transfer(&self, credit: &CreditCmd) -> bool {
+        self.from == credit.from && self.to == credit.to && self.amount == credit.amount && self.currency == credit.currency
+    }
 }
 
 /// A transfer as a reader sees it, from whichever record a shard holds.

@@ -1,0 +1,193 @@
+//! A real cluster for tests: `settle start` processes on loopback ports, each with a data dir in
+//! a temporary directory, killed and restarted by pid. Every wait is a bounded retry loop.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    pub cluster_arg: String,
+    pub shards: u32,
+    pub client: reqwest::Client,
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub http_port: u16,
+    pub peer_port: u16,
+    pub child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+/// Ports the OS hands out now; a loopback race with another process is possible but rare.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|listener| listener.local_addr().expect("addr").port()).collect()
+}
+
+impl TestCluster {
+    /// Starts `count` nodes and waits until every one is ready.
+    pub async fn start(count: u64, shards: u32) -> TestCluster {
+        let ports = free_ports(usize::try_from(count * 2).expect("small"));
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let index = usize::try_from(id - 1).expect("small");
+            nodes.push(TestNode { id, http_port: ports[2 * index], peer_port: ports[2 * index + 1], child: None });
+        }
+        let cluster_arg =
+            nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        let mut cluster = TestCluster { dir: tempfile::tempdir().expect("temp dir"), nodes, cluster_arg, shards, client };
+        for id in 1..=count {
+            cluster.spawn(id);
+        }
+        for id in 1..=count {
+            cluster.wait_ready(id, Duration::from_secs(60)).await;
+        }
+        cluster
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|node| node.id == id).expect("known node")
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes.iter().find(|node| node.id == id).expect("known node")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let data_dir = self.data_dir(id);
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("settle.log")).expect("log");
+        let (http_port, peer_port) = {
+            let node = self.node(id);
+            (node.http_port, node.peer_port)
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_settle"))
+            .arg("start")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .args(["--peer", &format!("127.0.0.1:{peer_port}")])
+            .args(["--cluster", &self.cluster_arg])
+            .args(["--shards", &self.shards.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn settle");
+        self.node_mut(id).child = Some(child);
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut child = self.node_mut(id).child.take().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_ready(id, Duration::from_secs(60)).await;
+    }
+
+    pub async fn wait_ready(&self, id: u64, timeout: Duration) {
+        let url = format!("{}/health/ready", self.node(id).url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(response) = self.client.get(&url).timeout(Duration::from_secs(2)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {id} not ready within {timeout:?}; log in {}", self.data_dir(id).display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(TestNode::url).collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|node| node.child.is_some()).map(|node| node.id).collect()
+    }
+
+    /// `/v1/cluster` from one node.
+    pub async fn cluster_view(&self, id: u64) -> Value {
+        self.get_json(id, "/v1/cluster").await.1
+    }
+
+    pub async fn get_json(&self, id: u64, path: &str) -> (u16, Value) {
+        let response = self.client.get(format!("{}{path}", self.node(id).url())).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.post(format!("{}{path}", self.node(id).url())).json(body).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an account through a node, retrying while the cluster answers 5xx.
+    pub async fn create_account(&self, id: u64, account: &str, currency: &str, kind: &str) {
+        let body = json!({ "id": account, "currency": currency, "kind": kind });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, reply) = self.post_json(id, "/v1/accounts", &body).await;
+            if status == 201 || status == 200 {
+                return;
+            }
+            assert!(status >= 500 && Instant::now() < deadline, "create {account}: {status} {reply}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
