@@ -7,12 +7,12 @@ use crate::io::{run_io, IoDone, IoJob, IoStats, Storage, StorageError};
 use crate::transport::{self, Inbound, LinkFaults, Transport, TransportStats};
 use settle_cluster::ids::NodeId;
 use settle_cluster::message::{Reply, Request};
-use settle_cluster::{CallId, Effect, NodeConfig, NodeCore, ShardStatus};
+use settle_cluster::{CallId, Effect, NodeConfig, NodeCore, ShardStatus, Time};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 /// Inputs taken from each channel per wake-up before the core is polled.
@@ -53,7 +53,7 @@ pub struct NodeStatus {
 }
 
 enum Command {
-    Submit { request: Request, deadline_ms: u64, reply: oneshot::Sender<Reply> },
+    Submit { request: Request, timeout_ms: u64, reply: oneshot::Sender<Reply> },
     Status(oneshot::Sender<NodeStatus>),
     Stop,
 }
@@ -72,8 +72,7 @@ impl DriverHandle {
     pub async fn call(&self, request: Request, timeout: Duration) -> Reply {
         let (reply, answer) = oneshot::channel();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let deadline_ms = now_ms().saturating_add(timeout_ms);
-        let command = Command::Submit { request, deadline_ms, reply };
+        let command = Command::Submit { request, timeout_ms, reply };
         if self.commands.try_send(command).is_err() {
             return Reply::Overloaded;
         }
@@ -150,7 +149,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         .name("settle-driver".to_string())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("driver runtime");
-            let mut driver = Driver { core, transport, io_jobs, replies: BTreeMap::new(), next_call: 1 };
+            let mut driver = Driver { core, transport, io_jobs, replies: BTreeMap::new(), next_call: 1, started: Instant::now() };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
             drop(driver.io_jobs);
@@ -168,6 +167,7 @@ struct Driver {
     io_jobs: std::sync::mpsc::SyncSender<IoJob>,
     replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
     next_call: CallId,
+    started: Instant,
 }
 
 impl Driver {
@@ -189,7 +189,7 @@ impl Driver {
                     Some(Command::Stop) | None => return,
                     Some(command) => self.command(command),
                 },
-                _ = ticker.tick() => self.core.tick(now_ms()),
+                _ = ticker.tick() => self.core.tick(self.time()),
             }
             for _ in 0..INPUTS_PER_POLL_MAX {
                 let mut progressed = false;
@@ -213,10 +213,15 @@ impl Driver {
                     break;
                 }
             }
-            self.core.advance_clock(now_ms());
+            self.core.advance_clock(self.time());
             self.core.poll();
             self.effects();
         }
+    }
+
+    fn time(&self) -> Time {
+        let monotonic_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Time { wall_ms: now_ms(), monotonic_ms }
     }
 
     fn io_done(&mut self, done: Vec<IoDone>) {
@@ -236,11 +241,11 @@ impl Driver {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Submit { request, deadline_ms, reply } => {
+            Command::Submit { request, timeout_ms, reply } => {
                 let call = self.next_call;
                 self.next_call += 1;
                 self.replies.insert(call, reply);
-                self.core.submit(call, request, deadline_ms);
+                self.core.submit(call, request, timeout_ms);
             }
             Command::Status(reply) => {
                 let status = NodeStatus {

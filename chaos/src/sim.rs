@@ -2,23 +2,26 @@
 //! choosing message latencies, drops, duplicates and IO completion times. Storage is the
 //! reference `DurableShard`: a persist round becomes durable only when its IO completes, so a
 //! crash loses exactly the rounds still in flight. Same seed and same calls, same run.
+//!
+//! Fault primitives: `crash`/`start`, `pause`/`resume` (events for a paused node wait; it comes
+//! back with a stale view), `block` (one direction of a link) / `isolate` / `heal`, per-node clock
+//! offsets (`jump_clock`), network and disk settings changed at run time (`network_mut`), and
+//! `fail_next_flush` (the node's next IO fails, which stops the node like a real storage error).
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Reply, Request};
 use settle_cluster::placement::Placement;
+use settle_cluster::planted::PlantedBug;
 use settle_cluster::recovery::{recover_shard, DurableShard};
 use settle_cluster::replica::{Checkpoint, RaftSettings};
-use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound};
-use std::collections::{BTreeMap, BTreeSet};
+use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// How the simulated network and disks behave.
+/// How the simulated network and disks behave; changeable during a run.
 #[derive(Debug, Clone)]
-pub struct SimConfig {
-    pub nodes: u64,
-    pub shards: u32,
-    pub seed: u64,
+pub struct NetworkSettings {
     pub latency_ms_min: u64,
     pub latency_ms_max: u64,
     /// Probability (per million) that a frame is dropped / delivered twice.
@@ -26,7 +29,32 @@ pub struct SimConfig {
     pub duplicate_per_million: u32,
     pub io_latency_ms_min: u64,
     pub io_latency_ms_max: u64,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            latency_ms_min: 1,
+            latency_ms_max: 5,
+            drop_per_million: 0,
+            duplicate_per_million: 0,
+            io_latency_ms_min: 1,
+            io_latency_ms_max: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: u64,
+    pub shards: u32,
+    pub seed: u64,
+    pub network: NetworkSettings,
     pub limits: CoreLimits,
+    pub raft: RaftSettings,
+    pub planted: PlantedBug,
+    /// Keep every trace line (for `settle sim --trace`), not just the last ones.
+    pub verbose: bool,
 }
 
 impl SimConfig {
@@ -35,13 +63,11 @@ impl SimConfig {
             nodes,
             shards,
             seed,
-            latency_ms_min: 1,
-            latency_ms_max: 5,
-            drop_per_million: 0,
-            duplicate_per_million: 0,
-            io_latency_ms_min: 1,
-            io_latency_ms_max: 3,
+            network: NetworkSettings::default(),
             limits: CoreLimits::default(),
+            raft: RaftSettings::default(),
+            planted: PlantedBug::None,
+            verbose: false,
         }
     }
 }
@@ -54,13 +80,30 @@ enum Event {
     CheckpointDone { node: NodeId, incarnation: u64, checkpoint: Checkpoint },
 }
 
+impl Event {
+    fn node(&self) -> NodeId {
+        match self {
+            Event::Deliver { to, .. } => *to,
+            Event::Tick { node, .. } | Event::PersistDone { node, .. } | Event::CheckpointDone { node, .. } => *node,
+        }
+    }
+}
+
 struct SimNode {
     core: Option<NodeCore>,
     durable: BTreeMap<ShardId, DurableShard>,
     incarnation: u64,
     /// When this node's disk finishes the IO queued so far (IO completes in order).
     io_free_at_ms: u64,
+    paused: bool,
+    /// Events that arrived while paused, delivered in order on resume.
+    deferred: Vec<Event>,
+    clock_offset_ms: i64,
+    fail_next_flush: bool,
 }
+
+/// Lines kept for the failure report.
+const TRACE_LINES_MAX: usize = 64;
 
 pub struct SimCluster {
     config: SimConfig,
@@ -70,12 +113,15 @@ pub struct SimCluster {
     nodes: BTreeMap<NodeId, SimNode>,
     events: BTreeMap<(u64, u64), Event>,
     sequence: u64,
-    replies: BTreeMap<CallId, (NodeId, Reply)>,
+    replies: BTreeMap<CallId, Reply>,
     calls_open: BTreeMap<CallId, NodeId>,
     next_call: CallId,
     /// Directed links that drop everything (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
     trace_hash: u64,
+    trace: VecDeque<String>,
+    trace_capacity: usize,
+    events_handled: u64,
     logger: slog::Logger,
 }
 
@@ -95,11 +141,24 @@ impl SimCluster {
             next_call: 1,
             blocked: BTreeSet::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            trace: VecDeque::new(),
+            trace_capacity: if config.verbose { usize::MAX } else { TRACE_LINES_MAX },
+            events_handled: 0,
+            logger: std::env::var("SETTLE_SIM_RAFT_LOG").map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
         };
         for node in node_ids {
-            cluster.nodes.insert(node, SimNode { core: None, durable: BTreeMap::new(), incarnation: 0, io_free_at_ms: 0 });
+            let sim_node = SimNode {
+                core: None,
+                durable: BTreeMap::new(),
+                incarnation: 0,
+                io_free_at_ms: 0,
+                paused: false,
+                deferred: Vec::new(),
+                clock_offset_ms: 0,
+                fail_next_flush: false,
+            };
+            cluster.nodes.insert(node, sim_node);
             cluster.start(node);
         }
         cluster
@@ -113,9 +172,33 @@ impl SimCluster {
         &self.placement
     }
 
+    pub fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+
     /// A hash of every event handled so far: equal for two runs of one seed.
     pub fn trace_hash(&self) -> u64 {
         self.trace_hash
+    }
+
+    pub fn events_handled(&self) -> u64 {
+        self.events_handled
+    }
+
+    /// Notes a line for the failure report (faults, client outcomes).
+    pub fn note(&mut self, line: String) {
+        if self.trace.len() == self.trace_capacity {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>8} ms  {line}", self.now_ms));
+    }
+
+    pub fn trace_lines(&self) -> Vec<String> {
+        self.trace.iter().cloned().collect()
+    }
+
+    pub fn network_mut(&mut self) -> &mut NetworkSettings {
+        &mut self.config.network
     }
 
     pub fn core(&self, node: NodeId) -> Option<&NodeCore> {
@@ -130,12 +213,24 @@ impl SimCluster {
         self.nodes[&node].core.is_some()
     }
 
+    pub fn is_paused(&self, node: NodeId) -> bool {
+        self.nodes[&node].paused
+    }
+
+    /// Nodes that are running and not paused.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, node)| node.core.is_some() && !node.paused).map(|(id, _)| *id).collect()
+    }
+
     /// Starts (or restarts) a node from its durable state.
     pub fn start(&mut self, node: NodeId) {
         let seed = self.rng.gen();
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         assert!(sim_node.core.is_none(), "node {node} is already up");
         sim_node.incarnation += 1;
+        sim_node.paused = false;
+        sim_node.deferred.clear();
+        sim_node.fail_next_flush = false;
         let incarnation = sim_node.incarnation;
         let mut recovered = BTreeMap::new();
         for (shard, durable) in &sim_node.durable {
@@ -147,30 +242,71 @@ impl SimCluster {
         let config = NodeConfig {
             node,
             placement: self.placement.clone(),
-            raft: RaftSettings::default(),
+            raft: self.config.raft.clone(),
             limits: self.config.limits.clone(),
+            planted: self.config.planted,
         };
         let core = NodeCore::new(config, recovered, incarnation, seed, &self.logger).expect("core starts");
         sim_node.core = Some(core);
         sim_node.io_free_at_ms = self.now_ms;
-        let offset = self.rng.gen_range(0..RaftSettings::default().tick_ms);
+        let offset = self.rng.gen_range(0..self.config.raft.tick_ms);
         self.schedule(self.now_ms + offset, Event::Tick { node, incarnation });
+        self.note(format!("node {node} started (incarnation {incarnation})"));
     }
 
-    /// Kills a node: everything not yet durable is lost, in-flight messages to it are dropped.
+    /// Kills a node: everything not yet durable is lost, its clients' calls fail (the
+    /// connection dropped: the outcome is unknown).
     pub fn crash(&mut self, node: NodeId) {
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         sim_node.core = None;
+        sim_node.paused = false;
+        sim_node.deferred.clear();
         let calls: Vec<CallId> =
             self.calls_open.iter().filter(|(_, origin)| **origin == node).map(|(call, _)| *call).collect();
         for call in calls {
             self.calls_open.remove(&call);
+            self.replies.insert(call, Reply::Unavailable);
         }
+        self.note(format!("node {node} crashed"));
+    }
+
+    /// Stops delivering anything to a node until `resume` (a GC pause, SIGSTOP).
+    pub fn pause(&mut self, node: NodeId) {
+        if self.is_up(node) {
+            self.nodes.get_mut(&node).expect("known node").paused = true;
+            self.note(format!("node {node} paused"));
+        }
+    }
+
+    pub fn resume(&mut self, node: NodeId) {
+        let sim_node = self.nodes.get_mut(&node).expect("known node");
+        if !sim_node.paused {
+            return;
+        }
+        sim_node.paused = false;
+        let deferred = std::mem::take(&mut sim_node.deferred);
+        for event in deferred {
+            self.schedule(self.now_ms, event);
+        }
+        self.note(format!("node {node} resumed"));
+    }
+
+    /// Moves a node's clock (the timestamps it stamps and its deadlines) by `delta_ms`.
+    pub fn jump_clock(&mut self, node: NodeId, delta_ms: i64) {
+        self.nodes.get_mut(&node).expect("known node").clock_offset_ms += delta_ms;
+        self.note(format!("node {node} clock jumped {delta_ms} ms"));
+    }
+
+    /// The node's next IO fails; a storage error stops the node.
+    pub fn fail_next_flush(&mut self, node: NodeId) {
+        self.nodes.get_mut(&node).expect("known node").fail_next_flush = true;
+        self.note(format!("node {node}: next flush will fail"));
     }
 
     /// Cuts the link from `from` to `to` (one direction).
     pub fn block(&mut self, from: NodeId, to: NodeId) {
         self.blocked.insert((from, to));
+        self.note(format!("link {from} -> {to} cut"));
     }
 
     /// Isolates a node from every other in both directions.
@@ -181,33 +317,36 @@ impl SimCluster {
                 self.blocked.insert((other, node));
             }
         }
+        self.note(format!("node {node} isolated"));
     }
 
-    pub fn heal(&mut self) {
+    pub fn heal_network(&mut self) {
         self.blocked.clear();
+        self.note("network healed".to_string());
     }
 
-    /// Submits a client request to a node; the reply shows up in `reply(call)`.
+    /// Submits a client request to a node; the reply shows up in `take_reply(call)`.
     pub fn submit(&mut self, node: NodeId, request: Request, timeout_ms: u64) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
-        let deadline = self.now_ms + timeout_ms;
-        let Some(core) = self.nodes.get_mut(&node).and_then(|n| n.core.as_mut()) else {
-            self.replies.insert(call, (node, Reply::Unavailable));
+        let sim_node = self.nodes.get_mut(&node).expect("known node");
+        let Some(core) = sim_node.core.as_mut().filter(|_| !sim_node.paused) else {
+            self.replies.insert(call, Reply::Unavailable);
             return call;
         };
-        core.submit(call, request, deadline);
+        core.submit(call, request, timeout_ms);
         self.calls_open.insert(call, node);
         self.after_input(node);
         call
     }
 
-    pub fn reply(&self, call: CallId) -> Option<&Reply> {
-        self.replies.get(&call).map(|(_, reply)| reply)
+    pub fn take_reply(&mut self, call: CallId) -> Option<Reply> {
+        self.replies.remove(&call)
     }
 
-    pub fn take_reply(&mut self, call: CallId) -> Option<Reply> {
-        self.replies.remove(&call).map(|(_, reply)| reply)
+    /// Whether `call` was submitted and has no reply yet.
+    pub fn is_open(&self, call: CallId) -> bool {
+        self.calls_open.contains_key(&call)
     }
 
     /// Runs events until `done` holds or `max_ms` of virtual time passed; true if `done` held.
@@ -218,6 +357,7 @@ impl SimCluster {
                 return true;
             }
             let Some((&(at, sequence), _)) = self.events.iter().next() else {
+                self.now_ms = end;
                 return done(self);
             };
             if at > end {
@@ -241,6 +381,13 @@ impl SimCluster {
         self.take_reply(call)
     }
 
+    /// A node's clocks: the wall clock carries its offset (clock jumps), the monotonic one is
+    /// the simulation's own time.
+    fn node_now(&self, node: NodeId) -> Time {
+        let offset = self.nodes[&node].clock_offset_ms;
+        Time { wall_ms: self.now_ms.saturating_add_signed(offset), monotonic_ms: self.now_ms }
+    }
+
     fn schedule(&mut self, at: u64, event: Event) {
         self.sequence += 1;
         self.events.insert((at, self.sequence), event);
@@ -252,6 +399,17 @@ impl SimCluster {
     }
 
     fn handle(&mut self, event: Event) {
+        self.events_handled += 1;
+        let node = event.node();
+        let sim_node = self.nodes.get_mut(&node).expect("known node");
+        if sim_node.paused {
+            let is_tick = matches!(event, Event::Tick { .. });
+            let tick_waiting = sim_node.deferred.iter().any(|e| matches!(e, Event::Tick { .. }));
+            if !(is_tick && tick_waiting) {
+                sim_node.deferred.push(event);
+            }
+            return;
+        }
         self.mix(self.now_ms);
         match event {
             Event::Deliver { from, to, messages } => {
@@ -265,6 +423,7 @@ impl SimCluster {
                 self.after_input(to);
             }
             Event::Tick { node, incarnation } => {
+                let now = self.node_now(node);
                 let sim_node = self.nodes.get_mut(&node).expect("known node");
                 if sim_node.incarnation != incarnation {
                     return;
@@ -272,17 +431,17 @@ impl SimCluster {
                 let Some(core) = sim_node.core.as_mut() else {
                     return;
                 };
-                core.tick(self.now_ms);
+                core.tick(now);
                 self.after_input(node);
-                let next = self.now_ms + RaftSettings::default().tick_ms;
+                let next = self.now_ms + self.config.raft.tick_ms;
                 self.schedule(next, Event::Tick { node, incarnation });
             }
             Event::PersistDone { node, incarnation, round } => {
                 self.mix(round.id);
-                let sim_node = self.nodes.get_mut(&node).expect("known node");
-                if sim_node.incarnation != incarnation || sim_node.core.is_none() {
+                if !self.io_done(node, incarnation) {
                     return;
                 }
+                let sim_node = self.nodes.get_mut(&node).expect("known node");
                 for write in &round.writes {
                     sim_node.durable.entry(write.shard).or_default().apply_write(write);
                 }
@@ -290,10 +449,10 @@ impl SimCluster {
                 self.after_input(node);
             }
             Event::CheckpointDone { node, incarnation, checkpoint } => {
-                let sim_node = self.nodes.get_mut(&node).expect("known node");
-                if sim_node.incarnation != incarnation || sim_node.core.is_none() {
+                if !self.io_done(node, incarnation) {
                     return;
                 }
+                let sim_node = self.nodes.get_mut(&node).expect("known node");
                 sim_node.durable.entry(checkpoint.shard).or_default().apply_checkpoint(&checkpoint);
                 sim_node.core.as_mut().expect("up").checkpointed(checkpoint.shard, checkpoint.index);
                 self.after_input(node);
@@ -301,13 +460,30 @@ impl SimCluster {
         }
     }
 
+    /// Whether an IO completion still applies: same incarnation, node up, flush not failing.
+    fn io_done(&mut self, node: NodeId, incarnation: u64) -> bool {
+        let sim_node = self.nodes.get_mut(&node).expect("known node");
+        if sim_node.incarnation != incarnation || sim_node.core.is_none() {
+            return false;
+        }
+        if sim_node.fail_next_flush {
+            // A real node stops on a storage error (actors::io); nothing of this IO is durable.
+            self.crash(node);
+            self.note(format!("node {node} stopped: flush failed"));
+            return false;
+        }
+        true
+    }
+
     /// Polls a node after an input and carries out its effects.
     fn after_input(&mut self, node: NodeId) {
+        let now = self.node_now(node);
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         let incarnation = sim_node.incarnation;
         let Some(core) = sim_node.core.as_mut() else {
             return;
         };
+        core.advance_clock(now);
         core.poll();
         let effects = core.drain_effects();
         for effect in effects {
@@ -324,14 +500,15 @@ impl SimCluster {
                 Effect::Reply { call, reply } => {
                     self.calls_open.remove(&call);
                     self.mix(call);
-                    self.replies.insert(call, (node, reply));
+                    self.replies.insert(call, reply);
                 }
             }
         }
     }
 
     fn io_completion(&mut self, node: NodeId) -> u64 {
-        let latency = self.rng.gen_range(self.config.io_latency_ms_min..=self.config.io_latency_ms_max);
+        let network = &self.config.network;
+        let latency = self.rng.gen_range(network.io_latency_ms_min..=network.io_latency_ms_max);
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         let at = sim_node.io_free_at_ms.max(self.now_ms) + latency;
         sim_node.io_free_at_ms = at;
@@ -342,15 +519,38 @@ impl SimCluster {
         if self.blocked.contains(&(from, to)) {
             return;
         }
-        if self.rng.gen_range(0..1_000_000) < self.config.drop_per_million {
+        let network = self.config.network.clone();
+        if self.rng.gen_range(0..1_000_000) < network.drop_per_million {
             return;
         }
-        let duplicate = self.rng.gen_range(0..1_000_000) < self.config.duplicate_per_million;
-        let latency = self.rng.gen_range(self.config.latency_ms_min..=self.config.latency_ms_max);
+        let duplicate = self.rng.gen_range(0..1_000_000) < network.duplicate_per_million;
+        let latency = self.rng.gen_range(network.latency_ms_min..=network.latency_ms_max);
         if duplicate {
-            let again = self.rng.gen_range(self.config.latency_ms_min..=self.config.latency_ms_max * 4);
+            let again = self.rng.gen_range(network.latency_ms_min..=network.latency_ms_max * 4);
             self.schedule(self.now_ms + again, Event::Deliver { from, to, messages: messages.clone() });
         }
         self.schedule(self.now_ms + latency, Event::Deliver { from, to, messages });
+    }
+}
+
+/// Debugging aid: raft's own log on stderr when SETTLE_SIM_RAFT_LOG is set.
+struct DebugDrain;
+
+impl slog::Drain for DebugDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Collect(String);
+        impl slog::Serializer for Collect {
+            fn emit_arguments(&mut self, key: slog::Key, value: &std::fmt::Arguments<'_>) -> slog::Result {
+                self.0.push_str(&format!(" {key}={value}"));
+                Ok(())
+            }
+        }
+        let mut collect = Collect(String::new());
+        let _ = slog::KV::serialize(values, record, &mut collect);
+        let _ = slog::KV::serialize(&record.kv(), record, &mut collect);
+        eprintln!("{} {}{}", record.level(), record.msg(), collect.0);
+        Ok(())
     }
 }

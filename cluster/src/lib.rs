@@ -7,11 +7,12 @@ pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod placement;
+pub mod planted;
 pub mod recovery;
 pub mod message;
 pub mod replica;
 pub mod storage;
 
 mod core;
-pub use crate::core::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus};
+pub use crate::core::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time};
 pub use raft;

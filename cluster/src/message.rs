@@ -140,13 +140,18 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
     Raft { shard: ShardId, message: Vec<u8> },
-    /// A leg of a client request for the shard's leader; `leg` names it at the origin.
-    Leg { leg: u64, shard: ShardId, deadline_ms: u64, request: Request },
+    /// A leg of a client request for the shard's leader; `leg` names it at the origin, and the
+    /// leader may drop it `timeout_ms` after it arrives (clocks of two nodes are not compared).
+    Leg { leg: u64, shard: ShardId, timeout_ms: u64, request: Request },
     LegReply { leg: u64, reply: Reply },
-    /// Coordinator → payee shard leader: decide these credits.
-    Credits { shard: ShardId, credits: Vec<CreditCmd> },
+    /// Coordinator → payee shard leader: decide these credits. `hops` counts forwards by nodes
+    /// that did not lead the shard (bounded, so two stale views cannot bounce it forever).
+    Credits { shard: ShardId, credits: Vec<CreditCmd>, hops: u8 },
     /// Payee shard leader → payer shard leader: these are the decisions.
-    Decisions { shard: ShardId, decisions: Vec<(TransferId, Decision)> },
+    Decisions { shard: ShardId, decisions: Vec<(TransferId, Decision)>, hops: u8 },
+    /// "I do not lead `shard`; `leader` does": lets a node without a replica of the shard
+    /// find its leader.
+    LeaderHint { shard: ShardId, leader: NodeId },
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use crate::ids::{NodeId, ShardId};
 use crate::ledger::{Applied, Command, Ledger};
 use crate::message::{decode, encode, EntryPayload, Proposer, Tagged};
+use crate::planted::PlantedBug;
 use crate::storage::ShardStorage;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
@@ -93,6 +94,7 @@ pub struct ShardReplica {
     checkpoint_index: u64,
     /// The Ready number that installed a snapshot, until it is durable.
     snapshot_ready: Option<u64>,
+    planted: PlantedBug,
 }
 
 impl ShardReplica {
@@ -104,8 +106,11 @@ impl ShardReplica {
         ledger: Ledger,
         applied_index: u64,
         settings: &RaftSettings,
+        planted: PlantedBug,
         logger: &slog::Logger,
     ) -> Result<ShardReplica, raft::Error> {
+        let mut ledger = ledger;
+        ledger.set_planted(planted);
         let config = raft::Config {
             id: node,
             election_tick: settings.election_ticks,
@@ -119,7 +124,10 @@ impl ShardReplica {
             max_election_tick: settings.election_ticks * 2,
             read_only_option: raft::ReadOnlyOption::Safe,
             skip_bcast_commit: false,
-            batch_append: true,
+            // raft-rs 0.7's batch_append can merge entries into an empty MsgAppend whose index
+            // does not precede them; the follower then acknowledges an index it does not have
+            // (found by the simulator: seed 51, duplicated messages). We batch per round anyway.
+            batch_append: false,
             priority: 0,
             max_uncommitted_size: settings.uncommitted_bytes_max,
             max_committed_size_per_ready: settings.committed_bytes_per_ready_max,
@@ -136,6 +144,7 @@ impl ShardReplica {
             proposals: Vec::new(),
             checkpoint_index: applied_index,
             snapshot_ready: None,
+            planted,
         })
     }
 
@@ -212,14 +221,26 @@ impl ShardReplica {
     }
 
     pub fn campaign(&mut self) -> Result<(), raft::Error> {
+        if self.snapshot_ready.is_some() {
+            return Ok(());
+        }
         self.raw.campaign()
     }
 
+    /// While an installed snapshot is not yet durable, raft's applied index lags our log's
+    /// start and raft-rs 0.7 would fail looking for entries to check before a campaign (found by
+    /// the simulator: seed 2898). So this replica neither ticks nor takes a leader transfer
+    /// until the snapshot is durable — one IO round.
     pub fn tick(&mut self) {
-        self.raw.tick();
+        if self.snapshot_ready.is_none() {
+            self.raw.tick();
+        }
     }
 
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        if self.snapshot_ready.is_some() && message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+            return Ok(());
+        }
         self.raw.step(message)
     }
 
@@ -310,8 +331,9 @@ impl ShardReplica {
         output.read_states = ready.take_read_states();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            let ledger: Ledger = decode(&snapshot.data).expect("a leader's snapshot decodes");
+            let mut ledger: Ledger = decode(&snapshot.data).expect("a leader's snapshot decodes");
             ledger.check_invariants();
+            ledger.set_planted(self.planted);
             self.ledger = ledger;
             self.raw.mut_store().apply_snapshot(&snapshot);
             self.applied_index = snapshot.get_metadata().index;

@@ -4,6 +4,7 @@ mod api;
 mod local;
 mod metrics;
 mod settings;
+mod sim_cli;
 
 use actix_web::web;
 use anyhow::Context;
@@ -29,6 +30,8 @@ enum Command {
     Start(StartFlags),
     /// Start a whole local cluster (child processes on loopback) and stop it on Ctrl-C.
     Local(local::LocalFlags),
+    /// Run the deterministic simulator over many seeds, or replay one (--seed S --trace).
+    Sim(sim_cli::SimFlags),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Start(flags) => start(flags),
         Command::Local(flags) => local::run(flags),
+        Command::Sim(flags) => sim_cli::run(flags),
     }
 }
 
@@ -65,6 +69,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
             placement,
             raft: settings.raft.clone(),
             limits: settings.limits.clone(),
+            planted: settle_cluster::planted::PlantedBug::None,
         },
         data_dir: settings.data_dir.clone(),
         peer_listen: settings.peer,

@@ -147,6 +147,26 @@ impl NodeCore {
         }
     }
 
+    /// Records who leads a shard this node has no replica of.
+    pub(super) fn learn_leader(&mut self, shard: ShardId, leader: NodeId) {
+        if !self.replicas.contains_key(&shard) && leader != self.config.node {
+            self.calls.hints.insert(shard, leader);
+        }
+    }
+
+    /// For a shard with no replica here whose presumed leader went silent: try the next
+    /// replica (any replica answers NotLeader with the leader it knows).
+    pub(super) fn rotate_hint(&mut self, shard: ShardId) {
+        if self.replicas.contains_key(&shard) {
+            return;
+        }
+        let replicas = self.config.placement.replicas(shard);
+        let current = self.leader_of(shard).unwrap_or(replicas[0]);
+        let position = replicas.iter().position(|node| *node == current).unwrap_or(0);
+        let next = replicas[(position + 1) % replicas.len()];
+        self.calls.hints.insert(shard, next);
+    }
+
     fn dispatch_leg(&mut self, leg_id: u64) {
         let Some(leg) = self.calls.legs.get(&leg_id) else {
             return;
@@ -162,14 +182,15 @@ impl NodeCore {
                     return;
                 }
                 let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
-                leg.sent = Some((self.now_ms, node));
+                leg.sent = Some((self.clock_ms, node));
                 let (deadline_ms, request) = (leg.deadline_ms, leg.request.clone());
                 self.accept_leg(Origin::Local(leg_id), shard, deadline_ms, request);
             }
             Some(leader) => {
                 let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
-                leg.sent = Some((self.now_ms, leader));
-                let message = PeerMessage::Leg { leg: leg_id, shard, deadline_ms: leg.deadline_ms, request: leg.request.clone() };
+                leg.sent = Some((self.clock_ms, leader));
+                let timeout_ms = leg.deadline_ms.saturating_sub(self.clock_ms);
+                let message = PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone() };
                 self.send(leader, message);
             }
             None => {
@@ -261,7 +282,7 @@ impl NodeCore {
     /// Deadlines and retries: expired calls answer `Unavailable` for what is missing; legs
     /// without an answer are sent again to whoever leads now.
     pub(super) fn calls_tick(&mut self) {
-        let now = self.now_ms;
+        let now = self.clock_ms;
         let expired: Vec<CallId> =
             self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
         for call in expired {
@@ -269,8 +290,12 @@ impl NodeCore {
         }
         let attempt_timeout = self.config.limits.leg_attempt_timeout_ms;
         let mut retry = Vec::new();
+        let mut silent = Vec::new();
         for (leg_id, leg) in self.calls.legs.iter_mut() {
             leg.redirects = 0;
+            if leg.sent.is_some_and(|(sent_ms, target)| target != self.config.node && now.saturating_sub(sent_ms) >= attempt_timeout) {
+                silent.push(leg.shard);
+            }
             // A local leader answers every task, at the latest by failing it when it loses the
             // shard, so only legs sent to another node need a timeout.
             // A leg sent to a leader that has since been replaced goes to the new one at once.
@@ -285,6 +310,10 @@ impl NodeCore {
             if due {
                 retry.push(*leg_id);
             }
+        }
+        silent.dedup();
+        for shard in silent {
+            self.rotate_hint(shard);
         }
         for leg_id in retry {
             self.dispatch_leg(leg_id);

@@ -9,7 +9,12 @@ use super::NodeCore;
 use crate::ids::{ShardId, TransferId};
 use crate::ledger::{Command, CreditCmd, Decision, FinalizeCmd, TransferStatus};
 use crate::message::{PeerMessage, Tagged};
+use crate::planted::{planted, PlantedBug};
+use crate::ids::NodeId;
 use std::collections::BTreeMap;
+
+/// Forwards of one credit or decision batch by nodes that do not lead its shard.
+const PROTOCOL_HOPS_MAX: u8 = 2;
 
 #[derive(Default)]
 pub(super) struct Coordinator {
@@ -23,6 +28,8 @@ pub(super) struct Coordinator {
     finalize_proposed_ms: BTreeMap<(ShardId, TransferId), u64>,
     /// Payee side: credits proposed and not yet applied.
     credit_proposed_ms: BTreeMap<(ShardId, TransferId), u64>,
+    /// Payer side: since when this leader has seen each transfer pending (monotonic clock).
+    pending_since_ms: BTreeMap<(ShardId, TransferId), u64>,
 }
 
 impl Coordinator {
@@ -31,6 +38,7 @@ impl Coordinator {
         self.credit_sent_ms.retain(|(payer, _), _| *payer != shard);
         self.finalize_proposed_ms.retain(|(payer, _), _| *payer != shard);
         self.credit_proposed_ms.retain(|(payee, _), _| *payee != shard);
+        self.pending_since_ms.retain(|(payer, _), _| *payer != shard);
     }
 }
 
@@ -41,7 +49,8 @@ impl NodeCore {
         let payee_shard = self.config.placement.shard_of(&record.to);
         let credit = CreditCmd::for_record(record, shard, false);
         self.coordinator.credit_outbox.entry(payee_shard).or_default().push(credit);
-        self.coordinator.credit_sent_ms.insert((shard, id.clone()), self.now_ms);
+        self.coordinator.credit_sent_ms.insert((shard, id.clone()), self.clock_ms);
+        self.coordinator.pending_since_ms.insert((shard, id.clone()), self.clock_ms);
     }
 
     /// The payee shard (led here) recorded or replayed a decision: tell the payer shard.
@@ -54,33 +63,59 @@ impl NodeCore {
         let key = (shard, id.clone());
         self.coordinator.credit_sent_ms.remove(&key);
         self.coordinator.finalize_proposed_ms.remove(&key);
+        self.coordinator.pending_since_ms.remove(&key);
     }
 
-    /// Credit requests from another node's coordinator, for a payee shard led here.
-    pub(super) fn credits_received(&mut self, shard: ShardId, credits: Vec<CreditCmd>) {
-        // A node that does not lead the shard drops them: forwarding could bounce between two
-        // stale views, and the coordinator re-sends anyway.
+    /// Credit requests from another node's coordinator, for a payee shard led here (or
+    /// forwarded once toward the leader this node knows).
+    pub(super) fn credits_received(&mut self, from: NodeId, shard: ShardId, credits: Vec<CreditCmd>, hops: u8) {
         if self.replicas.get(&shard).is_some_and(|replica| replica.is_leader()) {
+            // Credit requests come from the payer shard's leader: that is where decisions go.
+            if hops == 0 {
+                for credit in &credits {
+                    self.learn_leader(credit.payer_shard, from);
+                }
+            }
             self.coordinator.credit_outbox.entry(shard).or_default().extend(credits);
+            return;
+        }
+        if let Some(leader) = self.redirect(from, shard, hops) {
+            self.send(leader, PeerMessage::Credits { shard, credits, hops: hops + 1 });
         }
     }
 
-    pub(super) fn decisions_received(&mut self, shard: ShardId, decisions: Vec<(TransferId, Decision)>) {
+    pub(super) fn decisions_received(&mut self, from: NodeId, shard: ShardId, decisions: Vec<(TransferId, Decision)>, hops: u8) {
         if self.replicas.get(&shard).is_some_and(|replica| replica.is_leader()) {
             self.coordinator.decision_outbox.entry(shard).or_default().extend(decisions);
+            return;
         }
+        if let Some(leader) = self.redirect(from, shard, hops) {
+            self.send(leader, PeerMessage::Decisions { shard, decisions, hops: hops + 1 });
+        }
+    }
+
+    /// Where to forward a protocol message for a shard this node does not lead: to the leader
+    /// it knows, at most `PROTOCOL_HOPS_MAX` times, telling the sender who leads. `None` drops
+    /// it (the coordinator re-sends anyway).
+    fn redirect(&mut self, from: NodeId, shard: ShardId, hops: u8) -> Option<NodeId> {
+        let node = self.config.node;
+        let leader = self.leader_of(shard).filter(|leader| *leader != node && *leader != from)?;
+        if self.replicas.contains_key(&shard) {
+            self.send(from, PeerMessage::LeaderHint { shard, leader });
+        }
+        (hops < PROTOCOL_HOPS_MAX).then_some(leader)
     }
 
     /// Routes the outboxes: proposals on shards led here, messages to other leaders.
     pub(super) fn coordinator_flush(&mut self) {
         let node = self.config.node;
-        let now = self.now_ms;
+        let now = self.clock_ms;
         let retry_after = self.config.limits.redrive_interval_ms;
         for (payee_shard, credits) in std::mem::take(&mut self.coordinator.credit_outbox) {
             let local_leader = self.replicas.get(&payee_shard).is_some_and(|replica| replica.is_leader());
             if !local_leader {
                 if let Some(leader) = self.leader_of(payee_shard).filter(|leader| *leader != node) {
-                    self.send(leader, PeerMessage::Credits { shard: payee_shard, credits });
+                    self.send(leader, PeerMessage::Credits { shard: payee_shard, credits, hops: 0 });
                 }
                 continue;
             }
@@ -104,7 +139,7 @@ impl NodeCore {
             let local_leader = self.replicas.get(&payer_shard).is_some_and(|replica| replica.is_leader());
             if !local_leader {
                 if let Some(leader) = self.leader_of(payer_shard).filter(|leader| *leader != node) {
-                    self.send(leader, PeerMessage::Decisions { shard: payer_shard, decisions });
+                    self.send(leader, PeerMessage::Decisions { shard: payer_shard, decisions, hops: 0 });
                 }
                 continue;
             }
@@ -130,7 +165,7 @@ impl NodeCore {
     /// Re-drives pending transfers on shards led here: re-send credit requests that had no
     /// answer in `redrive_interval_ms`, and past `prevent_after_ms` ask the payee to refuse.
     pub(super) fn coordinator_tick(&mut self) {
-        let now = self.now_ms;
+        let now = self.clock_ms;
         let limits = self.config.limits.clone();
         let placement = self.config.placement.clone();
         let mut resend = Vec::new();
@@ -140,16 +175,29 @@ impl NodeCore {
             }
             for record in replica.ledger().pending() {
                 let key = (*shard, record.id.clone());
+                let since = *self.coordinator.pending_since_ms.entry(key.clone()).or_insert(now);
                 let last = self.coordinator.credit_sent_ms.get(&key).copied();
                 if last.is_some_and(|sent| now.saturating_sub(sent) < limits.redrive_interval_ms) {
                     continue;
                 }
-                let prevent = now.saturating_sub(record.created_at_ms) >= limits.prevent_after_ms;
+                // Measured on this leader's monotonic clock from when it first saw the transfer
+                // pending: a new leader gives the payee shard the full period again.
+                let prevent = now.saturating_sub(since) >= limits.prevent_after_ms;
                 resend.push((key, placement.shard_of(&record.to), CreditCmd::for_record(record, *shard, prevent)));
             }
         }
+        let mut rotated = std::collections::BTreeSet::new();
         for (key, payee_shard, credit) in resend {
-            self.coordinator.credit_sent_ms.insert(key, now);
+            if self.coordinator.credit_sent_ms.insert(key.clone(), now).is_some() && rotated.insert(payee_shard) {
+                // No answer since the last send: the leader we know of may be gone.
+                self.rotate_hint(payee_shard);
+            }
+            if credit.prevent && planted(self.config.planted, PlantedBug::CoordinatorAbortsAlone) {
+                let decision = Decision::Refused(crate::ledger::RejectCode::CreditTimeout);
+                let finalize = Command::Finalize(FinalizeCmd { id: credit.id, decision });
+                self.replicas.get_mut(&key.0).expect("led here").queue_proposal(Tagged { tag: 0, command: finalize });
+                continue;
+            }
             self.coordinator.credit_outbox.entry(payee_shard).or_default().push(credit);
         }
         let stale_after = limits.redrive_interval_ms.saturating_mul(10);

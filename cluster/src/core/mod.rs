@@ -7,7 +7,8 @@
 //! Inputs are method calls (`tick`, `receive`, `submit`, `persisted`, `checkpointed`) and
 //! `poll` turns pending work into `Effect`s the driver carries out: messages to send, rounds to
 //! make durable, checkpoints to store, replies to clients. No IO, no clock, no threads: time is
-//! the `now_ms` passed to `tick`, randomness a seeded RNG.
+//! the `Time` passed to `tick`/`advance_clock` (a wall clock only stamps entries; every timer
+//! and deadline runs on the monotonic one), randomness a seeded RNG.
 
 mod calls;
 mod coordinator;
@@ -17,6 +18,7 @@ use crate::ids::{NodeId, ShardId, TransferId};
 use crate::ledger::Ledger;
 use crate::message::{PeerMessage, Proposer, Reply, Request};
 use crate::placement::Placement;
+use crate::planted::{planted, PlantedBug};
 use crate::replica::{Checkpoint, RaftSettings, ShardReplica, ShardWrite};
 use crate::storage::ShardStorage;
 use protobuf::Message as _;
@@ -27,6 +29,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use calls::CallId;
+
+/// The two clocks the driver reads: the wall clock stamps log entries (what clients see as
+/// `created_at`); the monotonic clock drives every timer and deadline, so a wall-clock jump
+/// cannot stall re-drives or expire calls early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub wall_ms: u64,
+    pub monotonic_ms: u64,
+}
 
 /// Bounds and periods of the core, all in config with units last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +88,8 @@ pub struct NodeConfig {
     pub placement: Placement,
     pub raft: RaftSettings,
     pub limits: CoreLimits,
+    /// Test-only (inert without the `planted-bugs` feature).
+    pub planted: PlantedBug,
 }
 
 /// One shard's durable state as recovered by the driver at start (absent for a fresh shard).
@@ -119,7 +132,10 @@ pub struct ShardStatus {
 pub struct NodeCore {
     config: NodeConfig,
     proposer: Proposer,
+    /// Wall clock (entry timestamps only), never going back.
     now_ms: u64,
+    /// Monotonic clock for timers and deadlines.
+    clock_ms: u64,
     rng: SmallRng,
     replicas: BTreeMap<ShardId, ShardReplica>,
     effects: Vec<Effect>,
@@ -167,6 +183,7 @@ impl NodeCore {
                     state.ledger,
                     state.applied_index,
                     &config.raft,
+                    config.planted,
                     logger,
                 )?,
                 None => {
@@ -176,7 +193,7 @@ impl NodeCore {
                     let voters = config.placement.replicas(shard);
                     let storage = ShardStorage::bootstrap(voters);
                     let ledger = Ledger::new(shard, shard_count);
-                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, logger)?
+                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, config.planted, logger)?
                 }
             };
             replicas.insert(shard, replica);
@@ -184,6 +201,7 @@ impl NodeCore {
         let mut core = NodeCore {
             proposer: Proposer { node, incarnation },
             now_ms: 0,
+            clock_ms: 0,
             rng: SmallRng::seed_from_u64(seed),
             replicas,
             effects: Vec::new(),
@@ -271,15 +289,16 @@ impl NodeCore {
             .collect()
     }
 
-    /// Moves the clock forward without a raft tick, so entries proposed between ticks carry a
-    /// fresh timestamp. The clock never goes back.
-    pub fn advance_clock(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    /// Moves the clocks forward without a raft tick, so entries proposed between ticks carry a
+    /// fresh timestamp. Neither clock goes back.
+    pub fn advance_clock(&mut self, time: Time) {
+        self.now_ms = self.now_ms.max(time.wall_ms);
+        self.clock_ms = self.clock_ms.max(time.monotonic_ms);
     }
 
     /// Advances time by one tick: raft timers, retries, deadlines, re-drive, checkpoints.
-    pub fn tick(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    pub fn tick(&mut self, time: Time) {
+        self.advance_clock(time);
         let campaign: Vec<ShardId> = std::mem::take(&mut self.campaign_at_start).into_iter().collect();
         for shard in campaign {
             if let Some(replica) = self.replicas.get_mut(&shard) {
@@ -317,17 +336,21 @@ impl NodeCore {
                     self.redraw_election_timeout(shard);
                 }
             }
-            PeerMessage::Leg { leg, shard, deadline_ms, request } => {
+            PeerMessage::Leg { leg, shard, timeout_ms, request } => {
+                let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
                 self.accept_leg(tasks::Origin::Remote(from, leg), shard, deadline_ms, request);
             }
             PeerMessage::LegReply { leg, reply } => self.leg_replied(leg, Some(from), reply),
-            PeerMessage::Credits { shard, credits } => self.credits_received(shard, credits),
-            PeerMessage::Decisions { shard, decisions } => self.decisions_received(shard, decisions),
+            PeerMessage::Credits { shard, credits, hops } => self.credits_received(from, shard, credits, hops),
+            PeerMessage::Decisions { shard, decisions, hops } => self.decisions_received(from, shard, decisions, hops),
+            PeerMessage::LeaderHint { shard, leader } => self.learn_leader(shard, leader),
         }
     }
 
-    /// A client request arriving at this node; answered later by `Effect::Reply` with `call`.
-    pub fn submit(&mut self, call: CallId, request: Request, deadline_ms: u64) {
+    /// A client request arriving at this node; answered later by `Effect::Reply` with `call`,
+    /// at the latest `timeout_ms` after now (then `Unavailable` for what is missing).
+    pub fn submit(&mut self, call: CallId, request: Request, timeout_ms: u64) {
+        let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
         self.start_call(call, request, deadline_ms);
     }
 
@@ -432,6 +455,14 @@ impl NodeCore {
             }
             return;
         }
+        if planted(self.config.planted, PlantedBug::AckBeforeFlush) {
+            for (shard, number, messages) in round {
+                self.replicas.get_mut(&shard).expect("listed").on_persisted(number);
+                self.send_raft(shard, messages);
+            }
+            self.effects.push(Effect::Persist(PersistRound { id, writes }));
+            return;
+        }
         self.rounds_inflight.insert(id, round);
         self.effects.push(Effect::Persist(PersistRound { id, writes }));
     }
@@ -509,7 +540,7 @@ impl NodeCore {
             }
             let behind = replica.applied_index().saturating_sub(replica.checkpoint_index());
             let last = self.last_checkpoint_ms.get(shard).copied().unwrap_or(0);
-            let stale = behind > 0 && self.now_ms.saturating_sub(last) >= limits.checkpoint_interval_ms;
+            let stale = behind > 0 && self.clock_ms.saturating_sub(last) >= limits.checkpoint_interval_ms;
             if behind >= limits.checkpoint_entries || stale {
                 due.push(*shard);
             }
@@ -517,7 +548,7 @@ impl NodeCore {
         for shard in due {
             let checkpoint = self.replicas[&shard].checkpoint();
             self.checkpoints_inflight.insert(shard);
-            self.last_checkpoint_ms.insert(shard, self.now_ms);
+            self.last_checkpoint_ms.insert(shard, self.clock_ms);
             self.effects.push(Effect::Checkpoint(checkpoint));
         }
     }
@@ -525,10 +556,10 @@ impl NodeCore {
     /// Hands shards back to their preferred leader once it has caught up, so leaders stay
     /// spread evenly after a failover.
     fn balance_tick(&mut self) {
-        if self.now_ms.saturating_sub(self.last_balance_ms) < self.config.limits.leader_balance_interval_ms {
+        if self.clock_ms.saturating_sub(self.last_balance_ms) < self.config.limits.leader_balance_interval_ms {
             return;
         }
-        self.last_balance_ms = self.now_ms;
+        self.last_balance_ms = self.clock_ms;
         let node = self.config.node;
         for (shard, replica) in self.replicas.iter_mut() {
             if !replica.leader_ready() {

@@ -12,6 +12,7 @@ pub use types::*;
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor};
 use crate::placement::shard_of;
+use crate::planted::{planted, PlantedBug};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +31,9 @@ pub struct Ledger {
     /// Per currency: money that entered this shard through posted cross-shard credits minus money
     /// that left through posted cross-shard debits. The sum of balances must equal it.
     net_inflow: BTreeMap<Currency, Minor>,
+    /// Test-only: a planted bug (see `planted.rs`); never serialised.
+    #[serde(skip)]
+    planted: PlantedBug,
 }
 
 impl Ledger {
@@ -43,7 +47,13 @@ impl Ledger {
             credits: BTreeMap::new(),
             pending: BTreeSet::new(),
             net_inflow: BTreeMap::new(),
+            planted: PlantedBug::None,
         }
+    }
+
+    /// Test-only: plants a bug in this ledger (inert without the `planted-bugs` feature).
+    pub fn set_planted(&mut self, bug: PlantedBug) {
+        self.planted = bug;
     }
 
     pub fn shard(&self) -> ShardId {
@@ -163,7 +173,11 @@ impl Ledger {
             return TransferOutcome::Refused(RejectCode::InvalidAmount);
         }
         let cross_shard = self.owner(&transfer.to) != self.shard;
-        let status = match self.check_payer(transfer) {
+        let payer_check = match self.check_payer(transfer) {
+            Err(RejectCode::InsufficientFunds) if cross_shard && planted(self.planted, PlantedBug::SkipOverdraftCheck) => Ok(()),
+            other => other,
+        };
+        let status = match payer_check {
             Err(code) => TransferStatus::Rejected(code),
             Ok(()) if cross_shard => TransferStatus::Pending,
             Ok(()) => match self.check_payee(&transfer.to, transfer.currency) {
@@ -238,7 +252,13 @@ impl Ledger {
                 // Another payer used this id already: refuse without touching the first decision.
                 return CreditOutcome { decision: Decision::Refused(RejectCode::IdempotencyKeyReused), decided_now: false };
             }
-            return CreditOutcome { decision: existing.decision.clone(), decided_now: false };
+            let decision = existing.decision.clone();
+            if decision == Decision::Credited && planted(self.planted, PlantedBug::DoubleCredit) {
+                self.post_credit(&credit.to, credit.amount, &credit.id, RecordKind::Credit);
+                let inflow = self.net_inflow.entry(credit.currency).or_insert(0);
+                *inflow += credit.amount;
+            }
+            return CreditOutcome { decision, decided_now: false };
         }
         let decision = if credit.prevent {
             Decision::Refused(RejectCode::CreditTimeout)

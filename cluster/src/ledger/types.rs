@@ -63,7 +63,7 @@ impl Account {
 }
 
 /// Which record of this shard a history item points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RecordKind {
     /// The payer-side record (every same-shard transfer, and the debit of a cross-shard one).
     Transfer,

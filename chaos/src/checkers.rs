@@ -1,0 +1,207 @@
+//! The invariant checkers, each named as in the report. Periodic ones run on every replica of
+//! every live node during the run; final ones run after the faults heal and the cluster settles.
+//!
+//! - `conservation`: per currency, the balances of all shards sum to zero (settlement accounts
+//!   hold the money outside the cluster) once nothing is in flight; every shard's balances equal
+//!   its net cross-shard inflow at every check.
+//! - `no_overdraft`: no non-settlement account has available balance below zero.
+//! - `at_most_once`: a transfer's payer record and payee decision never change once final, and an
+//!   account's history never lists a transfer twice.
+//! - `acknowledged_durable` (RPO 0): every transfer a client was told is posted is posted in the
+//!   cluster after every crash and restart.
+//! - `rejected_never_posted`: a transfer answered with a 4xx is never posted.
+//! - `linearizable_reads`: checked by the workload as reads return (`workload.rs`).
+//! - `liveness`: after the faults heal, every shard elects a leader, every ambiguous transfer is
+//!   resolved and nothing stays pending, within a bounded virtual time.
+//! - `replicas_converge`: replicas of a shard reach the same applied index with identical state.
+
+use crate::sim::SimCluster;
+use crate::workload::Workload;
+use settle_cluster::ids::{AccountId, ShardId, TransferId};
+use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferStatus};
+use settle_cluster::message::encode;
+use settle_cluster::money::{Currency, Minor};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A broken invariant: which checker, and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub checker: &'static str,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(checker: &'static str, message: impl Into<String>) -> Violation {
+        Violation { checker, message: message.into() }
+    }
+}
+
+/// State the periodic checks remember between runs.
+#[derive(Default)]
+pub struct Checkers {
+    final_statuses: BTreeMap<(ShardId, TransferId), TransferStatus>,
+    decisions: BTreeMap<(ShardId, TransferId), Decision>,
+}
+
+impl Checkers {
+    /// Checks every replica of every running node.
+    pub fn periodic(&mut self, cluster: &SimCluster) -> Result<(), Violation> {
+        for node in cluster.node_ids() {
+            let Some(core) = cluster.core(node) else {
+                continue;
+            };
+            for replica in core.replicas() {
+                let ledger = replica.ledger();
+                check_shard(ledger)?;
+                self.check_final(ledger)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, ledger: &Ledger) -> Result<(), Violation> {
+        let shard = ledger.shard();
+        for record in ledger.transfers() {
+            if record.status == TransferStatus::Pending {
+                continue;
+            }
+            let key = (shard, record.id.clone());
+            match self.final_statuses.get(&key) {
+                Some(earlier) if *earlier != record.status => {
+                    let message = format!("transfer {} on shard {shard} was {earlier:?}, now {:?}", record.id, record.status);
+                    return Err(Violation::new("at_most_once", message));
+                }
+                Some(_) => {}
+                None => {
+                    self.final_statuses.insert(key, record.status.clone());
+                }
+            }
+        }
+        for credit in ledger.credits() {
+            let key = (shard, credit.id.clone());
+            match self.decisions.get(&key) {
+                Some(earlier) if *earlier != credit.decision => {
+                    let message = format!("decision for {} on shard {shard} was {earlier:?}, now {:?}", credit.id, credit.decision);
+                    return Err(Violation::new("at_most_once", message));
+                }
+                Some(_) => {}
+                None => {
+                    self.decisions.insert(key, credit.decision.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one shard can check alone, without panicking.
+pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
+    let shard = ledger.shard();
+    let mut sums: BTreeMap<Currency, Minor> = BTreeMap::new();
+    for account in ledger.accounts() {
+        if account.kind != AccountKind::Settlement && account.available() < 0 {
+            let message = format!("account {} on shard {shard} has available {}", account.id, account.available());
+            return Err(Violation::new("no_overdraft", message));
+        }
+        let mut seen = BTreeSet::new();
+        for item in &account.history {
+            if !seen.insert((item.transfer.clone(), item.record)) {
+                let message = format!("account {} lists transfer {} twice", account.id, item.transfer);
+                return Err(Violation::new("at_most_once", message));
+            }
+        }
+        *sums.entry(account.currency).or_insert(0) += account.balance;
+    }
+    for (currency, sum) in &sums {
+        let inflow = ledger.net_inflow().get(currency).copied().unwrap_or(0);
+        if *sum != inflow {
+            let message = format!("shard {shard} {currency}: balances sum to {sum}, net inflow is {inflow}");
+            return Err(Violation::new("conservation", message));
+        }
+    }
+    Ok(())
+}
+
+/// The state of each shard on its most advanced live replica.
+pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, Ledger> {
+    let mut best: BTreeMap<ShardId, (u64, Ledger)> = BTreeMap::new();
+    for node in cluster.live_nodes() {
+        let core = cluster.core(node).expect("live");
+        for replica in core.replicas() {
+            let shard = replica.ledger().shard();
+            let newer = best.get(&shard).map_or(true, |(applied, _)| replica.applied_index() > *applied);
+            if newer {
+                best.insert(shard, (replica.applied_index(), replica.ledger().clone()));
+            }
+        }
+    }
+    best.into_iter().map(|(shard, (_, ledger))| (shard, ledger)).collect()
+}
+
+/// Replicas of each shard on live nodes agree: same applied index, identical ledgers.
+pub fn replicas_converged(cluster: &SimCluster) -> Result<(), Violation> {
+    let mut seen: BTreeMap<ShardId, (u64, Vec<u8>)> = BTreeMap::new();
+    for node in cluster.live_nodes() {
+        let core = cluster.core(node).expect("live");
+        for replica in core.replicas() {
+            let shard = replica.ledger().shard();
+            let state = (replica.applied_index(), encode(replica.ledger()));
+            match seen.get(&shard) {
+                Some(first) if *first != state => {
+                    let message = format!("shard {shard}: replicas differ (applied {} vs {})", first.0, state.0);
+                    return Err(Violation::new("replicas_converge", message));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(shard, state);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks on the settled cluster against what clients were told.
+pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Violation> {
+    let ledgers = latest_ledgers(cluster);
+    let shards = cluster.placement().shard_count();
+    if ledgers.len() != usize::try_from(shards).expect("fits") {
+        return Err(Violation::new("liveness", format!("only {} of {shards} shards have a live replica", ledgers.len())));
+    }
+    let mut totals: BTreeMap<Currency, Minor> = BTreeMap::new();
+    for ledger in ledgers.values() {
+        if ledger.pending_count() > 0 {
+            let message = format!("shard {} still has {} pending transfers", ledger.shard(), ledger.pending_count());
+            return Err(Violation::new("liveness", message));
+        }
+        for account in ledger.accounts() {
+            *totals.entry(account.currency).or_insert(0) += account.balance;
+        }
+    }
+    for (currency, total) in &totals {
+        if *total != 0 {
+            return Err(Violation::new("conservation", format!("{currency} balances sum to {total}, not 0")));
+        }
+    }
+    let placement = cluster.placement();
+    let record_of = |payer: &AccountId, id: &TransferId| {
+        let shard = placement.shard_of(payer);
+        ledgers.get(&shard).and_then(|ledger| ledger.transfer(id).cloned())
+    };
+    for (id, acknowledged) in &workload.posted {
+        let record = record_of(&acknowledged.command.from, id);
+        if record.as_ref().map(|r| &r.status) != Some(&TransferStatus::Posted) {
+            let message = format!("{id} was acknowledged posted at {} ms but the cluster has {:?}", acknowledged.at_ms, record.map(|r| r.status));
+            return Err(Violation::new("acknowledged_durable", message));
+        }
+    }
+    for (id, (command, code)) in &workload.rejected {
+        if let Some(record) = record_of(&command.from, id) {
+            if record.status == TransferStatus::Posted {
+                let message = format!("{id} was rejected ({}) but is posted", code.code());
+                return Err(Violation::new("rejected_never_posted", message));
+            }
+        }
+    }
+    Ok(())
+}

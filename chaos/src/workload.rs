@@ -1,0 +1,355 @@
+//! The simulated clients: transfers (same- and cross-shard, hot accounts, amounts that often
+//! exceed balances) and reads, over the simulated network, retrying an ambiguous transfer with
+//! the same id like a real client. The workload records what clients were told, which is what
+//! the checkers hold the cluster to, and checks each read against it as the read returns.
+
+use crate::checkers::Violation;
+use crate::sim::SimCluster;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use settle_cluster::ids::{AccountId, NodeId, TransferId};
+use settle_cluster::ledger::{AccountKind, CreateAccount, RejectCode, TransferCmd, TransferStatus};
+use settle_cluster::message::{Reply, Request, TransferResult};
+use settle_cluster::money::{Currency, Minor};
+use settle_cluster::CallId;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub clients: usize,
+    pub accounts: usize,
+    /// Share (percent) of transfers that touch one of the first `hot_accounts` accounts.
+    pub hot_percent: u32,
+    pub hot_accounts: usize,
+    pub funding_minor: Minor,
+    /// Transfer amounts are drawn from 1..=amount_max_minor (often above a balance).
+    pub amount_max_minor: Minor,
+    /// Share (percent) of operations that are reads.
+    pub read_percent: u32,
+    pub call_timeout_ms: u64,
+    pub think_ms_max: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            clients: 6,
+            accounts: 12,
+            hot_percent: 30,
+            hot_accounts: 2,
+            funding_minor: 1_000,
+            amount_max_minor: 400,
+            read_percent: 30,
+            call_timeout_ms: 3_000,
+            think_ms_max: 40,
+        }
+    }
+}
+
+/// What a client was told about a transfer.
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    pub command: TransferCmd,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Operation {
+    Transfer { command: TransferCmd, first_sent_ms: u64 },
+    ReadTransfer { id: TransferId, payer: AccountId, expect_posted: bool, started_ms: u64 },
+    ReadAccount { account: AccountId, started_ms: u64, acked_before: u64, seen_before: u64 },
+}
+
+struct Client {
+    id: usize,
+    rng: SmallRng,
+    next_transfer: u64,
+    /// The operation in flight and its call, or the time of the next operation.
+    current: Option<(Operation, Option<CallId>)>,
+    next_at_ms: u64,
+}
+
+pub struct Workload {
+    config: WorkloadConfig,
+    currency: Currency,
+    pub accounts: Vec<AccountId>,
+    clients: Vec<Client>,
+    /// Transfers a client was told are posted.
+    pub posted: BTreeMap<TransferId, Acknowledged>,
+    /// Transfers a client was told were rejected (a 4xx: definitely not applied).
+    pub rejected: BTreeMap<TransferId, (TransferCmd, RejectCode)>,
+    /// Transfers whose last answer was "unknown"; their client keeps retrying.
+    pub ambiguous: BTreeMap<TransferId, TransferCmd>,
+    /// Per account: acknowledged transfers touching it, by acknowledgement time.
+    touched_at: BTreeMap<AccountId, Vec<u64>>,
+    /// Per account: the largest transfer count a completed read returned, with its time.
+    reads_seen: BTreeMap<AccountId, Vec<(u64, u64)>>,
+    pub violations: Vec<Violation>,
+    pub operations: u64,
+}
+
+impl Workload {
+    pub fn new(config: WorkloadConfig, seed: u64) -> Workload {
+        let accounts: Vec<AccountId> = (0..config.accounts.max(3)).map(|n| AccountId::new(format!("acct-{n}")).expect("valid")).collect();
+        let clients = (0..config.clients)
+            .map(|id| Client {
+                id,
+                rng: SmallRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(u64::try_from(id).expect("small") + 1))),
+                next_transfer: 0,
+                current: None,
+                next_at_ms: 0,
+            })
+            .collect();
+        Workload {
+            config,
+            currency: Currency::from_code("USD").expect("USD"),
+            accounts,
+            clients,
+            posted: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            ambiguous: BTreeMap::new(),
+            touched_at: BTreeMap::new(),
+            reads_seen: BTreeMap::new(),
+            violations: Vec::new(),
+            operations: 0,
+        }
+    }
+
+    /// The settlement account that funds everyone.
+    pub fn bank(&self) -> &AccountId {
+        &self.accounts[0]
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    /// Creates and funds the accounts before any fault; false if the cluster could not.
+    pub fn setup(&mut self, cluster: &mut SimCluster) -> bool {
+        for (n, account) in self.accounts.clone().iter().enumerate() {
+            let kind = if n == 0 { AccountKind::Settlement } else { AccountKind::Customer };
+            let create = Request::CreateAccount(CreateAccount { id: account.clone(), currency: self.currency, kind });
+            if !retry(cluster, create, |reply| matches!(reply, Reply::Account { .. })) {
+                return false;
+            }
+        }
+        for account in self.accounts.clone().iter().skip(1) {
+            let command = TransferCmd {
+                id: TransferId::new(format!("fund-{account}")).expect("valid"),
+                from: self.bank().clone(),
+                to: account.clone(),
+                amount: self.config.funding_minor,
+                currency: self.currency,
+            };
+            let posted = |reply: &Reply| matches!(reply, Reply::Transfers(results) if matches!(&results[0], TransferResult::Done(view) if view.status == TransferStatus::Posted));
+            if !retry(cluster, Request::Transfers(vec![command.clone()]), posted) {
+                return false;
+            }
+            self.acknowledge(command, cluster.now_ms());
+        }
+        true
+    }
+
+    /// Advances every client: collect replies, start the next operation when due.
+    pub fn step(&mut self, cluster: &mut SimCluster, issue_new: bool) {
+        for index in 0..self.clients.len() {
+            self.step_client(index, cluster, issue_new);
+        }
+    }
+
+    /// Whether every client is idle (nothing in flight, nothing ambiguous).
+    pub fn quiet(&self) -> bool {
+        self.ambiguous.is_empty() && self.clients.iter().all(|client| client.current.is_none())
+    }
+
+    fn step_client(&mut self, index: usize, cluster: &mut SimCluster, issue_new: bool) {
+        let now = cluster.now_ms();
+        let Some((operation, call)) = self.clients[index].current.clone() else {
+            if issue_new && now >= self.clients[index].next_at_ms {
+                let operation = self.next_operation(index, now);
+                self.send(index, operation, cluster);
+            }
+            return;
+        };
+        let Some(call) = call else {
+            // Waiting to retry.
+            if now >= self.clients[index].next_at_ms {
+                self.send(index, operation, cluster);
+            }
+            return;
+        };
+        let Some(reply) = cluster.take_reply(call) else {
+            return;
+        };
+        let finished = self.handle_reply(&operation, reply, now, cluster);
+        let client = &mut self.clients[index];
+        let think = client.rng.gen_range(0..=self.config.think_ms_max);
+        client.next_at_ms = now + think;
+        client.current = if finished { None } else { Some((operation, None)) };
+    }
+
+    fn send(&mut self, index: usize, operation: Operation, cluster: &mut SimCluster) {
+        let live = cluster.live_nodes();
+        let all = cluster.node_ids();
+        let client = &mut self.clients[index];
+        // Clients pick a node at random, like a load balancer would; a dead one just fails.
+        let node: NodeId = if !live.is_empty() && client.rng.gen_range(0..10) < 9 {
+            live[client.rng.gen_range(0..live.len())]
+        } else {
+            all[client.rng.gen_range(0..all.len())]
+        };
+        let request = match &operation {
+            Operation::Transfer { command, .. } => Request::Transfers(vec![command.clone()]),
+            Operation::ReadTransfer { id, payer, .. } => Request::ReadTransfer { id: id.clone(), payer: Some(payer.clone()) },
+            Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
+        };
+        let call = cluster.submit(node, request, self.config.call_timeout_ms);
+        self.operations += 1;
+        self.clients[index].current = Some((operation, Some(call)));
+    }
+
+    fn next_operation(&mut self, index: usize, now: u64) -> Operation {
+        let accounts = self.accounts.len();
+        let hot = self.config.hot_accounts.clamp(1, accounts - 1);
+        let read = self.clients[index].rng.gen_range(0..100) < self.config.read_percent;
+        if read && !self.posted.is_empty() {
+            let client = &mut self.clients[index];
+            if client.rng.gen_bool(0.5) {
+                let account = self.accounts[client.rng.gen_range(1..accounts)].clone();
+                let acked_before = self.touched_at.get(&account).map_or(0, |times| times.len() as u64);
+                let seen_before = self.reads_seen.get(&account).and_then(|seen| seen.iter().map(|(count, _)| *count).max()).unwrap_or(0);
+                return Operation::ReadAccount { account, started_ms: now, acked_before, seen_before };
+            }
+            let pick_rejected = !self.rejected.is_empty() && client.rng.gen_bool(0.3);
+            let (id, payer, expect_posted) = if pick_rejected {
+                let position = client.rng.gen_range(0..self.rejected.len());
+                let (id, (command, _)) = self.rejected.iter().nth(position).expect("in range");
+                (id.clone(), command.from.clone(), false)
+            } else {
+                let position = client.rng.gen_range(0..self.posted.len());
+                let (id, acked) = self.posted.iter().nth(position).expect("in range");
+                (id.clone(), acked.command.from.clone(), true)
+            };
+            return Operation::ReadTransfer { id, payer, expect_posted, started_ms: now };
+        }
+        let client = &mut self.clients[index];
+        let pick = |rng: &mut SmallRng| {
+            if rng.gen_range(0..100) < self.config.hot_percent {
+                rng.gen_range(1..=hot)
+            } else {
+                rng.gen_range(1..accounts)
+            }
+        };
+        let from = pick(&mut client.rng);
+        let mut to = pick(&mut client.rng);
+        if to == from {
+            to = if from + 1 < accounts { from + 1 } else { 1 };
+        }
+        // Now and then the settlement account pays out, so money keeps flowing in.
+        let from = if client.rng.gen_range(0..20) == 0 { 0 } else { from };
+        let amount = client.rng.gen_range(1..=self.config.amount_max_minor);
+        let id = TransferId::new(format!("c{}-{}", client.id, client.next_transfer)).expect("valid");
+        client.next_transfer += 1;
+        let command = TransferCmd { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
+        Operation::Transfer { command, first_sent_ms: now }
+    }
+
+    /// Handles a reply; true when the operation is finished.
+    fn handle_reply(&mut self, operation: &Operation, reply: Reply, now: u64, cluster: &mut SimCluster) -> bool {
+        match operation {
+            Operation::Transfer { command, first_sent_ms } => {
+                let result = match reply {
+                    Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
+                    _ => TransferResult::Unavailable,
+                };
+                match result {
+                    TransferResult::Done(view) if view.status == TransferStatus::Posted => {
+                        self.ambiguous.remove(&command.id);
+                        cluster.note(format!("ack {} posted ({} -> {} {})", command.id, command.from, command.to, command.amount));
+                        self.acknowledge(command.clone(), now);
+                        true
+                    }
+                    TransferResult::Done(view) => match view.status {
+                        TransferStatus::Rejected(code) => {
+                            self.ambiguous.remove(&command.id);
+                            cluster.note(format!("ack {} rejected {}", command.id, code.code()));
+                            self.rejected.insert(command.id.clone(), (command.clone(), code));
+                            true
+                        }
+                        _ => {
+                            self.ambiguous.insert(command.id.clone(), command.clone());
+                            false
+                        }
+                    },
+                    TransferResult::Refused(code) => {
+                        self.ambiguous.remove(&command.id);
+                        self.rejected.insert(command.id.clone(), (command.clone(), code));
+                        true
+                    }
+                    TransferResult::Unavailable => {
+                        // Unknown outcome: retry the same id (from the sim's start, keep going).
+                        let _ = first_sent_ms;
+                        self.ambiguous.insert(command.id.clone(), command.clone());
+                        false
+                    }
+                }
+            }
+            Operation::ReadTransfer { id, expect_posted, started_ms, .. } => {
+                if let Reply::Transfer(found) = reply {
+                    let status = found.map(|view| view.status);
+                    let posted = status == Some(TransferStatus::Posted);
+                    if *expect_posted && !posted {
+                        self.violations.push(Violation::new(
+                            "linearizable_reads",
+                            format!("read of {id} started at {started_ms} ms after its acknowledgement returned {status:?}"),
+                        ));
+                    }
+                    if !*expect_posted && posted {
+                        self.violations.push(Violation::new("rejected_never_posted", format!("{id} was rejected with a 4xx but reads back posted")));
+                    }
+                }
+                true
+            }
+            Operation::ReadAccount { account, started_ms, acked_before, seen_before } => {
+                if let Reply::AccountState(Some(view)) = reply {
+                    if view.transfer_count < *acked_before {
+                        self.violations.push(Violation::new(
+                            "linearizable_reads",
+                            format!("read of {account} started at {started_ms} ms saw {} transfers; {acked_before} were acknowledged before", view.transfer_count),
+                        ));
+                    }
+                    if view.transfer_count < *seen_before {
+                        self.violations.push(Violation::new(
+                            "linearizable_reads",
+                            format!("read of {account} started at {started_ms} ms saw {} transfers; an earlier read saw {seen_before}", view.transfer_count),
+                        ));
+                    }
+                    self.reads_seen.entry(account.clone()).or_default().push((view.transfer_count, now));
+                }
+                true
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, command: TransferCmd, at_ms: u64) {
+        self.touched_at.entry(command.from.clone()).or_default().push(at_ms);
+        self.touched_at.entry(command.to.clone()).or_default().push(at_ms);
+        self.posted.insert(command.id.clone(), Acknowledged { command, at_ms });
+    }
+}
+
+/// Submits a request until `accepted` holds for its reply (setup before faults).
+fn retry(cluster: &mut SimCluster, request: Request, accepted: impl Fn(&Reply) -> bool) -> bool {
+    for attempt in 0..50 {
+        let nodes = cluster.live_nodes();
+        let node = nodes[attempt % nodes.len()];
+        let call = cluster.submit(node, request.clone(), 3_000);
+        if let Some(reply) = cluster.wait(call, 5_000) {
+            if accepted(&reply) {
+                return true;
+            }
+        }
+        cluster.run_for(200);
+    }
+    false
+}
