@@ -100,11 +100,11 @@ pub fn now_ms() -> u64 {
 /// Recovers the node's state, starts the IO thread, the peer transport and the driver thread.
 pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle, std::thread::JoinHandle<()>), StartError> {
     let storage = Storage::open(&config.data_dir)?;
-    let recovered = storage.recover(&config.core.placement)?;
+    let (recovered, quarantined) = storage.recover(&config.core.placement)?;
     let recovered_shards = recovered.len();
     let incarnation = now_ms() ^ rand::random::<u64>();
     let seed = rand::random::<u64>();
-    let core = NodeCore::new(config.core.clone(), recovered, incarnation, seed, &logger)?;
+    let core = NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), incarnation, seed, &logger)?;
     tracing::info!(node = config.core.node, recovered_shards, "node core ready");
 
     let network = tokio::runtime::Builder::new_multi_thread()

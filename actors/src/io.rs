@@ -66,19 +66,36 @@ impl Storage {
         Ok(Storage { log, state })
     }
 
-    /// Rebuilds every shard replica's starting state from both stores.
-    pub fn recover(&self, placement: &Placement) -> Result<BTreeMap<ShardId, RecoveredShard>, StorageError> {
+    /// Rebuilds every shard replica's starting state from both stores; replicas with corrupt
+    /// records come back in the second map (quarantined, with the reason).
+    pub fn recover(&self, placement: &Placement) -> Result<(BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>), StorageError> {
         let mut durable = self.log.load()?;
         for (shard, checkpoint) in self.state.load()? {
-            durable.entry(shard).or_default().checkpoint = Some(checkpoint);
-        }
-        let mut recovered = BTreeMap::new();
-        for (shard, state) in durable {
-            if let Some(replica) = recover_shard(placement, shard, state)? {
-                recovered.insert(shard, replica);
+            let entry = durable.entry(shard).or_default();
+            match checkpoint {
+                Ok(checkpoint) => entry.checkpoint = Some(checkpoint),
+                Err(error) => {
+                    tracing::error!(shard, %error, "checkpoint failed its checksum; quarantining the replica");
+                    entry.corrupt = Some(error.to_string());
+                }
             }
         }
-        Ok(recovered)
+        let mut recovered = BTreeMap::new();
+        let mut quarantined = BTreeMap::new();
+        for (shard, state) in durable {
+            match recover_shard(placement, shard, state) {
+                Ok(Some(replica)) => {
+                    recovered.insert(shard, replica);
+                }
+                Ok(None) => {}
+                Err(RecoveryError::Corrupt { shard, reason }) => {
+                    tracing::error!(shard, %reason, "replica quarantined: it will not serve or vote until rebuilt");
+                    quarantined.insert(shard, reason);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok((recovered, quarantined))
     }
 
     pub fn state_bytes(&self) -> u64 {

@@ -93,19 +93,24 @@ impl LogStore {
         for row in table.iter().map_err(redb_error)? {
             let (key, value) = row.map_err(redb_error)?;
             let (shard, index) = key.value();
-            let payload = open(value.value()).map_err(|source| LogStoreError::Record { shard, source })?;
-            let entry = Entry::parse_from_bytes(payload)
-                .map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
-            if entry.index != index {
-                return Err(LogStoreError::Decode { shard, detail: format!("entry {} stored at {index}", entry.index) });
-            }
             let durable = shards.entry(shard).or_default();
             if index <= durable.compacted_index {
-                // Compaction deletes lazily-ordered rows in the same transaction; never seen,
-                // but an entry behind the compaction point is harmless to skip.
                 continue;
             }
-            durable.entries.push(entry);
+            // A record that fails its checksum or does not decode is never served: the whole
+            // replica is quarantined (recovery.rs) and the shard runs on its other replicas.
+            let entry = open(value.value())
+                .ok()
+                .and_then(|payload| Entry::parse_from_bytes(payload).ok())
+                .filter(|entry| entry.index == index);
+            match entry {
+                Some(entry) if durable.corrupt.is_none() => durable.entries.push(entry),
+                Some(_) => {}
+                None => {
+                    tracing::error!(shard, index, "log record failed its checksum; quarantining the replica");
+                    durable.corrupt.get_or_insert_with(|| format!("log record {index} failed its checksum"));
+                }
+            }
         }
         Ok(shards)
     }

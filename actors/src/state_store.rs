@@ -68,7 +68,9 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn load(&self) -> Result<BTreeMap<ShardId, Checkpoint>, StateStoreError> {
+    /// Every shard's checkpoint; a checkpoint that fails its checksum or does not decode comes
+    /// back as `Err` for that shard (recovery then rebuilds the shard from the log or the leader).
+    pub fn load(&self) -> Result<BTreeMap<ShardId, Result<Checkpoint, StateStoreError>>, StateStoreError> {
         let mut loaded = BTreeMap::new();
         for row in self.checkpoints.iter() {
             let (key, value) = row?;
@@ -76,12 +78,7 @@ impl StateStore {
                 shard: 0,
                 detail: format!("bad key {key:?}"),
             })?);
-            let payload = open(&value).map_err(|source| StateStoreError::Record { shard, source })?;
-            let record: CheckpointRecord = settle_cluster::message::decode(payload)
-                .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
-            let conf_state = ConfState::parse_from_bytes(&record.conf_state)
-                .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
-            loaded.insert(shard, Checkpoint { shard, index: record.index, term: record.term, conf_state, ledger: record.ledger });
+            loaded.insert(shard, decode_checkpoint(shard, &value));
         }
         Ok(loaded)
     }
@@ -89,4 +86,14 @@ impl StateStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+fn decode_checkpoint(shard: ShardId, value: &[u8]) -> Result<Checkpoint, StateStoreError> {
+    let payload = open(value).map_err(|source| StateStoreError::Record { shard, source })?;
+    let record: CheckpointRecord = settle_cluster::message::decode(payload)
+        .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
+    let conf_state = ConfState::parse_from_bytes(&record.conf_state)
+        .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
+    // The ledger itself is checked when recovery decodes it.
+    Ok(Checkpoint { shard, index: record.index, term: record.term, conf_state, ledger: record.ledger })
 }

@@ -17,7 +17,7 @@
 
 use crate::sim::SimCluster;
 use crate::workload::Workload;
-use settle_cluster::ids::{AccountId, ShardId, TransferId};
+use settle_cluster::ids::{AccountId, NodeId, ShardId, TransferId};
 use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferStatus};
 use settle_cluster::message::encode;
 use settle_cluster::money::{Currency, Minor};
@@ -41,6 +41,11 @@ impl Violation {
 pub struct Checkers {
     final_statuses: BTreeMap<(ShardId, TransferId), TransferStatus>,
     decisions: BTreeMap<(ShardId, TransferId), Decision>,
+    /// State machine safety: the ledger hash any replica had at each applied index.
+    applied_states: BTreeMap<(ShardId, u64), (NodeId, u64)>,
+    /// Leader completeness: for entries a leader reported committed, the entry's term and the
+    /// term of the leader that reported it.
+    committed_terms: BTreeMap<(ShardId, u64), (u64, u64)>,
 }
 
 impl Checkers {
@@ -52,8 +57,43 @@ impl Checkers {
             };
             for replica in core.replicas() {
                 let ledger = replica.ledger();
+                if replica.is_leader() {
+                    // Leader completeness: a leader of a later term holds every committed entry.
+                    let shard = ledger.shard();
+                    for (key, (term, reported_in)) in self.committed_terms.range((shard, 0)..=(shard, u64::MAX)) {
+                        if replica.term() <= *reported_in {
+                            continue;
+                        }
+                        if let Some(held) = replica.entry_term(key.1) {
+                            if held != *term {
+                                let message = format!(
+                                    "shard {shard}: leader {node} of term {} has term {held} at index {}, committed with term {term} in term {reported_in}",
+                                    replica.term(),
+                                    key.1
+                                );
+                                return Err(Violation::new("acknowledged_durable", message));
+                            }
+                        }
+                    }
+                    let commit = replica.commit_index();
+                    if let Some(term) = replica.entry_term(commit) {
+                        self.committed_terms.entry((shard, commit)).or_insert((term, replica.term()));
+                    }
+                }
                 check_shard(ledger)?;
                 self.check_final(ledger)?;
+                let hash = settle_cluster::placement::fnv1a_64(&encode(ledger));
+                let key = (ledger.shard(), replica.applied_index());
+                match self.applied_states.get(&key) {
+                    Some((other, earlier)) if *earlier != hash => {
+                        let message = format!("shard {} at applied index {}: node {node} differs from node {other}", key.0, key.1);
+                        return Err(Violation::new("replicas_converge", message));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.applied_states.insert(key, (node, hash));
+                    }
+                }
             }
         }
         Ok(())

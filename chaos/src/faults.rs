@@ -61,6 +61,8 @@ pub enum Fault {
     ClockJump { node: NodeId, delta_ms: i64 },
     FailFlush { node: NodeId },
     SlowDisk { max_ms: u64 },
+    /// A bit flip in one stored record (the node is stopped, restarted at the end).
+    Corrupt { node: NodeId },
 }
 
 #[derive(Debug, Clone)]
@@ -89,8 +91,8 @@ impl FaultPlan {
             let kinds: &[u8] = match class {
                 FaultClass::Net => &[0, 1, 2, 3, 4, 5],
                 FaultClass::Crash => &[6, 7, 8, 9],
-                FaultClass::Disk => &[10, 11, 6],
-                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                FaultClass::Disk => &[10, 11, 6, 12],
+                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
                 FaultClass::None => unreachable!("returned above"),
             };
             let fault = match kinds[rng.gen_range(0..kinds.len())] {
@@ -105,7 +107,8 @@ impl FaultPlan {
                 8 => Fault::Pause { node },
                 9 => Fault::ClockJump { node, delta_ms: rng.gen_range(-60_000..=120_000) },
                 10 => Fault::FailFlush { node },
-                _ => Fault::SlowDisk { max_ms: rng.gen_range(20..=200) },
+                11 => Fault::SlowDisk { max_ms: rng.gen_range(20..=200) },
+                _ => Fault::Corrupt { node },
             };
             faults.push(ScheduledFault { start_ms, end_ms: start_ms + length, fault });
         }
@@ -175,6 +178,7 @@ pub fn apply(cluster: &mut SimCluster, fault: Fault) {
             cluster.network_mut().io_latency_ms_max = max_ms;
             cluster.note(format!("disk latency up to {max_ms} ms"));
         }
+        Fault::Corrupt { node } => cluster.corrupt_record(node),
     }
 }
 
@@ -187,7 +191,9 @@ pub fn undo(cluster: &mut SimCluster, fault: Fault) {
         Fault::Duplicates { .. } => cluster.network_mut().duplicate_per_million = 0,
         Fault::Latency { .. } => cluster.network_mut().latency_ms_max = defaults.latency_ms_max,
         Fault::SlowDisk { .. } => cluster.network_mut().io_latency_ms_max = defaults.io_latency_ms_max,
-        Fault::Crash { .. } | Fault::CrashAll | Fault::FailFlush { .. } => restart_stopped(cluster),
+        Fault::Crash { .. } | Fault::CrashAll | Fault::FailFlush { .. } | Fault::Corrupt { .. } => {
+            restart_stopped(cluster)
+        }
         Fault::Pause { node } => cluster.resume(node),
         Fault::ClockJump { .. } => {}
     }
@@ -203,6 +209,7 @@ pub fn restart_stopped(cluster: &mut SimCluster) {
 
 /// Removes every fault: network, disk, paused and stopped nodes.
 pub fn heal_all(cluster: &mut SimCluster) {
+    cluster.clear_flush_failures();
     cluster.heal_network();
     *cluster.network_mut() = crate::sim::NetworkSettings::default();
     for node in cluster.node_ids() {

@@ -54,6 +54,7 @@ pub struct RunReport {
     pub operations: u64,
     pub posted: usize,
     pub rejected: usize,
+    pub corruptions: u64,
     pub wall: Duration,
 }
 
@@ -104,6 +105,7 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         operations: workload.operations,
         posted: workload.posted.len(),
         rejected: workload.rejected.len(),
+        corruptions: cluster.corruptions(),
         wall: started.elapsed(),
     }
 }
@@ -211,6 +213,20 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
         applied_indexes_agree(cluster),
         workload.quiet(),
     );
+    for node in cluster.live_nodes() {
+        for replica in cluster.core(node).expect("live").replicas() {
+            if replica.leader().is_none() {
+                message.push_str(&format!(
+                    "; node {node} shard {}: {:?} term {} last {} commit {}",
+                    replica.shard(),
+                    replica.role(),
+                    replica.term(),
+                    replica.last_index(),
+                    replica.commit_index(),
+                ));
+            }
+        }
+    }
     for (id, command) in workload.ambiguous.iter().take(3) {
         let shard = cluster.placement().shard_of(&command.from);
         let status = ledgers.get(&shard).and_then(|ledger| ledger.transfer(id)).map(|record| record.status.clone());

@@ -122,6 +122,7 @@ pub struct SimCluster {
     trace: VecDeque<String>,
     trace_capacity: usize,
     events_handled: u64,
+    corruptions: u64,
     logger: slog::Logger,
 }
 
@@ -144,6 +145,7 @@ impl SimCluster {
             trace: VecDeque::new(),
             trace_capacity: if config.verbose { usize::MAX } else { TRACE_LINES_MAX },
             events_handled: 0,
+            corruptions: 0,
             logger: std::env::var("SETTLE_SIM_RAFT_LOG").map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
         };
@@ -183,6 +185,11 @@ impl SimCluster {
 
     pub fn events_handled(&self) -> u64 {
         self.events_handled
+    }
+
+    /// Stored records corrupted so far.
+    pub fn corruptions(&self) -> u64 {
+        self.corruptions
     }
 
     /// Notes a line for the failure report (faults, client outcomes).
@@ -233,10 +240,17 @@ impl SimCluster {
         sim_node.fail_next_flush = false;
         let incarnation = sim_node.incarnation;
         let mut recovered = BTreeMap::new();
+        let mut quarantined = BTreeSet::new();
         for (shard, durable) in &sim_node.durable {
-            let state = recover_shard(&self.placement, *shard, durable.clone()).expect("durable state recovers");
-            if let Some(state) = state {
-                recovered.insert(*shard, state);
+            match recover_shard(&self.placement, *shard, durable.clone()) {
+                Ok(Some(state)) => {
+                    recovered.insert(*shard, state);
+                }
+                Ok(None) => {}
+                Err(settle_cluster::recovery::RecoveryError::Corrupt { .. }) => {
+                    quarantined.insert(*shard);
+                }
+                Err(error) => panic!("node {node} cannot recover: {error}"),
             }
         }
         let config = NodeConfig {
@@ -246,7 +260,7 @@ impl SimCluster {
             limits: self.config.limits.clone(),
             planted: self.config.planted,
         };
-        let core = NodeCore::new(config, recovered, incarnation, seed, &self.logger).expect("core starts");
+        let core = NodeCore::new(config, recovered, quarantined, incarnation, seed, &self.logger).expect("core starts");
         sim_node.core = Some(core);
         sim_node.io_free_at_ms = self.now_ms;
         let offset = self.rng.gen_range(0..self.config.raft.tick_ms);
@@ -297,10 +311,44 @@ impl SimCluster {
         self.note(format!("node {node} clock jumped {delta_ms} ms"));
     }
 
+    /// Cancels every pending flush failure (healing).
+    pub fn clear_flush_failures(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.fail_next_flush = false;
+        }
+    }
+
     /// The node's next IO fails; a storage error stops the node.
     pub fn fail_next_flush(&mut self, node: NodeId) {
         self.nodes.get_mut(&node).expect("known node").fail_next_flush = true;
         self.note(format!("node {node}: next flush will fail"));
+    }
+
+    /// Whether another node has a corrupt (quarantined) replica. The simulator corrupts one
+    /// node at a time: two replicas of a shard lost together is a double fault the cluster is
+    /// not built to survive.
+    fn corrupt_elsewhere(&self, node: NodeId) -> bool {
+        self.nodes.iter().filter(|(id, _)| **id != node).any(|(_, other)| other.durable.values().any(|durable| durable.corrupt.is_some()))
+    }
+
+    /// Flips bits in one stored record of a node (stopping it first): on restart the record
+    /// fails its checksum and that replica is quarantined, never served.
+    pub fn corrupt_record(&mut self, node: NodeId) {
+        if self.corrupt_elsewhere(node) {
+            return;
+        }
+        if self.is_up(node) {
+            self.crash(node);
+        }
+        let candidates: Vec<ShardId> = self.nodes[&node].durable.iter().filter(|(_, durable)| !durable.is_empty()).map(|(shard, _)| *shard).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let shard = candidates[self.rng.gen_range(0..candidates.len())];
+        let durable = self.nodes.get_mut(&node).expect("known node").durable.get_mut(&shard).expect("listed");
+        durable.corrupt = Some("a stored record failed its checksum".to_string());
+        self.corruptions += 1;
+        self.note(format!("node {node} shard {shard}: a stored record corrupted"));
     }
 
     /// Cuts the link from `from` to `to` (one direction).

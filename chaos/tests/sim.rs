@@ -101,3 +101,25 @@ fn regression_seeds_clock_jump_stalls() {
 fn regression_five_node_routing() {
     assert_passes([1, 17, 42, 44, 61, 88, 94, 102].into_iter(), 5, FaultClass::All);
 }
+
+/// Seed 1339 found a node that restarted while a peer's reply to one of its earlier legs was in
+/// flight: leg ids restarted at zero, so the old reply (another transfer's "posted") answered a
+/// new call. Fixed by starting leg ids from the incarnation and checking every reply fits its
+/// leg.
+#[test]
+fn regression_seed_1339_stale_leg_reply_after_restart() {
+    assert_passes([1339].into_iter(), 3, FaultClass::Disk);
+}
+
+/// A record corrupted on disk is never served: the replica is quarantined and the shard keeps
+/// serving from its other replicas (disk faults include corruption, one node at a time).
+#[test]
+fn corrupt_records_quarantine_the_replica_and_the_shard_serves_on() {
+    let mut quarantines = 0;
+    for seed in 0..80 {
+        let report = run(seed, 3, FaultClass::Disk);
+        assert!(report.passed(), "seed {seed}: {:?}", report.violation);
+        quarantines += report.corruptions;
+    }
+    assert!(quarantines > 0, "the disk fault plans corrupted at least one record");
+}

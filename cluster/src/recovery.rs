@@ -22,10 +22,16 @@ pub struct DurableShard {
     /// Entries after the compaction point, contiguous.
     pub entries: Vec<Entry>,
     pub checkpoint: Option<Checkpoint>,
+    /// A stored record of this shard failed its checksum (a torn or flipped write).
+    pub corrupt: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    /// The replica is quarantined: it may have acknowledged entries it no longer holds, so it
+    /// must neither serve nor vote. The shard runs on its other replicas.
+    #[error("shard {shard}: {reason}; the replica is quarantined")]
+    Corrupt { shard: ShardId, reason: String },
     #[error("shard {shard}: the log was compacted to {compacted} beyond the checkpoint at {checkpoint}")]
     CompactedBeyondCheckpoint { shard: ShardId, compacted: u64, checkpoint: u64 },
     #[error("shard {shard}: commit index {commit} beyond the last log index {last}")]
@@ -46,6 +52,7 @@ impl DurableShard {
             && self.checkpoint.is_none()
             && self.compacted_index == 0
             && self.hard_state == HardState::default()
+            && self.corrupt.is_none()
     }
 
     /// Applies one shard's part of a persist round, in the order the log store must.
@@ -100,7 +107,10 @@ pub fn recover_shard(
     if durable.is_empty() {
         return Ok(None);
     }
-    let DurableShard { mut hard_state, mut compacted_index, mut compacted_term, mut entries, checkpoint } = durable;
+    let DurableShard { mut hard_state, mut compacted_index, mut compacted_term, mut entries, checkpoint, corrupt } = durable;
+    if let Some(reason) = corrupt {
+        return Err(RecoveryError::Corrupt { shard, reason });
+    }
     for (offset, entry) in entries.iter().enumerate() {
         let expected = compacted_index + 1 + u64::try_from(offset).expect("fits u64");
         if entry.index != expected {

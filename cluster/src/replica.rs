@@ -192,6 +192,11 @@ impl ShardReplica {
         self.raw.raft.raft_log.last_index()
     }
 
+    /// The term of a log entry this replica still holds (None when compacted or absent).
+    pub fn entry_term(&self, index: u64) -> Option<u64> {
+        self.raw.store().term_of(index).filter(|_| index > self.raw.store().compacted_index())
+    }
+
     pub fn log_entry_count(&self) -> usize {
         self.raw.store().entry_count()
     }

@@ -150,6 +150,8 @@ pub struct NodeCore {
     last_checkpoint_ms: BTreeMap<ShardId, u64>,
     /// Shards this node should campaign for at the first tick (fresh bootstrap, preferred leader).
     campaign_at_start: BTreeSet<ShardId>,
+    /// Replicas of this node kept out because their stored records failed a checksum.
+    quarantined: BTreeSet<ShardId>,
     /// Snapshot messages sent, to report to raft at the next tick.
     snapshots_sent: Vec<(ShardId, NodeId)>,
     /// The term in which this node last saw itself leading each shard.
@@ -161,11 +163,13 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// Builds the core from recovered shards (a shard missing from `recovered` starts fresh).
-    /// `incarnation` must differ between starts of the same node; `seed` drives election timers.
+    /// Builds the core from recovered shards (a shard missing from `recovered` starts fresh;
+    /// a `quarantined` one is not run here at all). `incarnation` must differ between starts of
+    /// the same node; `seed` drives election timers.
     pub fn new(
         config: NodeConfig,
         mut recovered: BTreeMap<ShardId, RecoveredShard>,
+        quarantined: BTreeSet<ShardId>,
         incarnation: u64,
         seed: u64,
         logger: &slog::Logger,
@@ -175,6 +179,9 @@ impl NodeCore {
         let mut replicas = BTreeMap::new();
         let mut campaign_at_start = BTreeSet::new();
         for shard in config.placement.shards_on(node) {
+            if quarantined.contains(&shard) {
+                continue;
+            }
             let replica = match recovered.remove(&shard) {
                 Some(state) => ShardReplica::new(
                     node,
@@ -212,10 +219,11 @@ impl NodeCore {
             checkpoints_inflight: BTreeSet::new(),
             last_checkpoint_ms: BTreeMap::new(),
             campaign_at_start,
+            quarantined,
             snapshots_sent: Vec::new(),
             leading: BTreeMap::new(),
             last_balance_ms: 0,
-            calls: calls::Calls::default(),
+            calls: calls::Calls::starting_at(incarnation),
             tasks: tasks::Tasks::default(),
             coordinator: coordinator::Coordinator::default(),
             config,
@@ -245,6 +253,11 @@ impl NodeCore {
 
     pub fn replicas(&self) -> impl Iterator<Item = &ShardReplica> {
         self.replicas.values()
+    }
+
+    /// Shards whose replica on this node is quarantined (corrupt records).
+    pub fn quarantined(&self) -> &BTreeSet<ShardId> {
+        &self.quarantined
     }
 
     /// Calls waiting for replies on this node (origin side).
@@ -279,7 +292,7 @@ impl NodeCore {
                         leader: self.calls.leader_hint(shard),
                         replicas,
                         term: 0,
-                        role: "none".to_string(),
+                        role: if self.quarantined.contains(&shard) { "quarantined" } else { "none" }.to_string(),
                         commit_index: 0,
                         applied_index: 0,
                         pending_transfers: 0,
