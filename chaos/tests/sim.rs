@@ -123,3 +123,11 @@ fn corrupt_records_quarantine_the_replica_and_the_shard_serves_on() {
     }
     assert!(quarantines > 0, "the disk fault plans corrupted at least one record");
 }
+
+/// Five-node seeds found legs looping on a replica that could not name the leader (one with a
+/// quarantined replica guessed itself). Fixed: a node never guesses itself for a shard it does
+/// not run, and a NotLeader without a hint moves the guess to the next replica.
+#[test]
+fn regression_five_node_leader_guessing() {
+    assert_passes([3617, 3688, 3793, 4238, 4338, 4464, 4486, 4670, 4775, 4990].into_iter(), 5, FaultClass::All);
+}

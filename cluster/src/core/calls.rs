@@ -148,10 +148,15 @@ impl NodeCore {
     /// Who leads `shard` as far as this node knows: its own replica's view, else a learned hint,
     /// else the preferred leader.
     pub(super) fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
-        match self.replicas.get(&shard) {
-            Some(replica) => replica.leader(),
-            None => Some(self.calls.hints.get(&shard).copied().unwrap_or_else(|| self.config.placement.preferred_leader(shard))),
+        if let Some(replica) = self.replicas.get(&shard) {
+            return replica.leader();
         }
+        if let Some(hint) = self.calls.hints.get(&shard) {
+            return Some(*hint);
+        }
+        // No replica here (or a quarantined one): guess the first other replica.
+        let node = self.config.node;
+        self.config.placement.replicas(shard).into_iter().find(|replica| *replica != node)
     }
 
     /// Records who leads a shard this node has no replica of.
@@ -167,9 +172,13 @@ impl NodeCore {
         if self.replicas.contains_key(&shard) {
             return;
         }
-        let replicas = self.config.placement.replicas(shard);
-        let current = self.leader_of(shard).unwrap_or(replicas[0]);
-        let position = replicas.iter().position(|node| *node == current).unwrap_or(0);
+        let node = self.config.node;
+        let replicas: Vec<NodeId> = self.config.placement.replicas(shard).into_iter().filter(|replica| *replica != node).collect();
+        let Some(first) = replicas.first().copied() else {
+            return;
+        };
+        let current = self.leader_of(shard).unwrap_or(first);
+        let position = replicas.iter().position(|replica| *replica == current).unwrap_or(0);
         let next = replicas[(position + 1) % replicas.len()];
         self.calls.hints.insert(shard, next);
     }
@@ -220,15 +229,20 @@ impl NodeCore {
                 let node = self.config.node;
                 let useful = leader.filter(|hint| Some(*hint) != from && *hint != node);
                 leg.sent = None;
-                if let Some(hint) = useful {
-                    let shard = leg.shard;
-                    if !self.replicas.contains_key(&shard) {
-                        self.calls.hints.insert(shard, hint);
+                let shard = leg.shard;
+                match useful {
+                    Some(hint) => {
+                        if !self.replicas.contains_key(&shard) {
+                            self.calls.hints.insert(shard, hint);
+                        }
+                        if leg.redirects < REDIRECTS_PER_TICK_MAX {
+                            leg.redirects += 1;
+                            self.dispatch_leg(leg_id);
+                        }
                     }
-                    if leg.redirects < REDIRECTS_PER_TICK_MAX {
-                        leg.redirects += 1;
-                        self.dispatch_leg(leg_id);
-                    }
+                    // A replica that does not know the leader either: ask another one next.
+                    None if from.is_some() => self.rotate_hint(shard),
+                    None => {}
                 }
             }
             Reply::Unavailable | Reply::Overloaded => {
