@@ -1,6 +1,7 @@
 //! `settle`: one binary for a node (`start`), a local cluster (`local`), and the tools around it.
 
 mod api;
+mod bench;
 mod local;
 mod metrics;
 mod settings;
@@ -32,6 +33,8 @@ enum Command {
     Local(local::LocalFlags),
     /// Run the deterministic simulator over many seeds, or replay one (--seed S --trace).
     Sim(sim_cli::SimFlags),
+    /// Benchmark a running cluster (--target) or a fresh local one.
+    Bench(bench::BenchFlags),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Start(flags) => start(flags),
         Command::Local(flags) => local::run(flags),
         Command::Sim(flags) => sim_cli::run(flags),
+        Command::Bench(flags) => bench::run(flags),
     }
 }
 

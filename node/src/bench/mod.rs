@@ -1,0 +1,360 @@
+//! `settle bench`: a load generator for a running cluster (`--target`) or for a fresh local
+//! cluster it starts itself. Closed loop (`--concurrency`) or open loop (`--rate`, latency
+//! measured from each request's intended send time so stalls are not hidden), single transfers
+//! or batches, skewed account choice and a chosen share of cross-shard transfers. It funds its
+//! own accounts, checks at the end that their balances add up (conservation), and reports
+//! throughput, latency percentiles (HdrHistogram) and errors by code.
+
+mod report;
+mod workload;
+
+use crate::local::{LocalCluster, LocalFlags};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use report::Report;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use workload::{Distribution, Plan};
+
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct BenchFlags {
+    /// Node URLs to spread load over (comma-separated). Without it, a local 3-node cluster is
+    /// started in a temporary directory and stopped at the end.
+    #[arg(long, value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// How long to measure (e.g. 30s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_seconds")]
+    pub duration: Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_seconds")]
+    pub warmup: Duration,
+    /// Accounts the bench creates and funds for itself.
+    #[arg(long, default_value_t = 1_000)]
+    pub accounts: usize,
+    /// Requests in flight (closed loop), or the most in flight at once (open loop).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Open loop: requests started per second at fixed intervals, whatever the latency.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Transfers per request: 1 uses POST /v1/transfers, more the batch endpoint.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Which accounts receive: uniform, zipf:S (exponent S) or hot:N (N accounts take 90%).
+    #[arg(long, default_value = "uniform")]
+    pub distribution: Distribution,
+    /// Share of transfers whose payee is on another shard than the payer (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.5)]
+    pub cross_shard_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print the ratios against an earlier --json report.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Embedded cluster: nodes and shards.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    #[arg(long, default_value_t = 64)]
+    pub shards: u32,
+}
+
+fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// "10s", "500ms", "2m" or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(position) => text.split_at(position),
+        None => (text, "s"),
+    };
+    let value: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("bad duration unit in {text:?} (ms, s, m)")),
+    }
+}
+
+/// Requests whose answer was unknown (timeouts, 5xx) and must be looked up at the end.
+const AMBIGUOUS_TRACKED_MAX: usize = 100_000;
+/// Every request gives up after this long (then counted as `timeout`, outcome looked up later).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most requests the open loop starts (a bound on one run).
+const OPEN_LOOP_REQUESTS_MAX: u64 = 50_000_000;
+
+pub fn run(flags: BenchFlags) -> anyhow::Result<()> {
+    validate(&flags)?;
+    let embedded = if flags.target.is_empty() { Some(start_embedded(&flags)?) } else { None };
+    let targets = match &embedded {
+        Some((cluster, _)) => cluster.urls.clone(),
+        None => flags.target.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let report = runtime.block_on(run_bench(&flags, &targets));
+    drop(embedded);
+    let report = report?;
+    report.print();
+    if let Some(path) = &flags.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report.to_json(&flags, &targets))?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &flags.compare {
+        let old: Value = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+        report.print_comparison(&old);
+    }
+    if !report.conserved {
+        bail!("conservation check FAILED: the bench accounts do not add up");
+    }
+    Ok(())
+}
+
+fn validate(flags: &BenchFlags) -> anyhow::Result<()> {
+    if flags.accounts < 2 {
+        bail!("--accounts must be at least 2");
+    }
+    if flags.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if flags.batch_size == 0 || flags.batch_size > 8_000 {
+        bail!("--batch-size must be 1..=8000");
+    }
+    if !(0.0..=1.0).contains(&flags.cross_shard_ratio) {
+        bail!("--cross-shard-ratio must be between 0 and 1");
+    }
+    if flags.rate == Some(0) {
+        bail!("--rate must be at least 1");
+    }
+    Ok(())
+}
+
+/// A fresh local cluster on free ports in a temporary directory (removed afterwards).
+fn start_embedded(flags: &BenchFlags) -> anyhow::Result<(LocalCluster, TempDir)> {
+    let dir = TempDir::new()?;
+    let http_port = free_port_range(flags.nodes)?;
+    let peer_port = free_port_range(flags.nodes)?;
+    let local = LocalFlags { nodes: flags.nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards: flags.shards };
+    eprintln!("bench: starting a local {}-node cluster ({} shards) in {}", flags.nodes, flags.shards, dir.path.display());
+    let cluster = LocalCluster::start(&local, Duration::from_secs(60))?;
+    Ok((cluster, dir))
+}
+
+/// The first port of `count` consecutive free loopback ports, found by binding them.
+fn free_port_range(count: u64) -> anyhow::Result<u16> {
+    let count = u16::try_from(count).context("too many nodes")?;
+    for _ in 0..50 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = probe.local_addr()?.port();
+        drop(probe);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let all_free = (0..count).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports found")
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let path = std::env::temp_dir().join(format!("settle-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    client: reqwest::Client,
+    targets: Vec<String>,
+    plan: Plan,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    transfers: AtomicU64,
+    requests: AtomicU64,
+    error_count: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    latency: Mutex<Histogram<u64>>,
+    interval: Mutex<Histogram<u64>>,
+    /// Per account: net minor units moved by acknowledged transfers.
+    net: Mutex<Vec<i128>>,
+    ambiguous: Mutex<Vec<workload::Transfer>>,
+}
+
+async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(flags.concurrency.max(16)).build()?;
+    let plan = workload::setup(&client, targets, flags).await?;
+    let accounts = plan.accounts.len();
+    let shared = Arc::new(Shared {
+        client,
+        targets: targets.to_vec(),
+        plan,
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        transfers: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        error_count: AtomicU64::new(0),
+        errors: Mutex::new(BTreeMap::new()),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        interval: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        net: Mutex::new(vec![0; accounts]),
+        ambiguous: Mutex::new(Vec::new()),
+    });
+    let started = Instant::now();
+    let total = flags.warmup + flags.duration;
+    let next_slot = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..flags.concurrency {
+        let shared = shared.clone();
+        let next_slot = next_slot.clone();
+        let (rate, batch, seed) = (flags.rate, flags.batch_size, flags.seed);
+        workers.push(tokio::spawn(async move {
+            worker_loop(shared, worker, rate, batch, seed, started, next_slot).await;
+        }));
+    }
+    let mut measured_from = None;
+    let mut last = (Instant::now(), 0u64, 0u64);
+    while started.elapsed() < total {
+        tokio::time::sleep(Duration::from_millis(1_000).min(total.saturating_sub(started.elapsed()))).await;
+        if measured_from.is_none() && started.elapsed() >= flags.warmup {
+            reset_counters(&shared);
+            shared.measuring.store(true, Ordering::Relaxed);
+            measured_from = Some((Instant::now(), shared.transfers.load(Ordering::Relaxed), shared.requests.load(Ordering::Relaxed)));
+            last = (Instant::now(), 0, 0);
+            eprintln!("bench: warmup done, measuring for {:?}", flags.duration);
+            continue;
+        }
+        let transfers = shared.transfers.load(Ordering::Relaxed);
+        let elapsed = last.0.elapsed().as_secs_f64().max(1e-9);
+        let p99_ms = {
+            let mut interval = shared.interval.lock().expect("interval");
+            let p99 = interval.value_at_quantile(0.99) as f64 / 1000.0;
+            interval.reset();
+            p99
+        };
+        eprintln!(
+            "bench: {:>5.1}s  {:>9.0} transfers/s  p99 {:>7.2} ms  errors {}",
+            started.elapsed().as_secs_f64(),
+            (transfers - last.1) as f64 / elapsed,
+            p99_ms,
+            shared.error_count.load(Ordering::Relaxed)
+        );
+        last = (Instant::now(), transfers, 0);
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let measured_for = measured_from.map_or(Duration::ZERO, |(at, _, _)| at.elapsed());
+    for worker in workers {
+        worker.await?;
+    }
+    let conserved = workload::check_conservation(&shared.client, targets, &shared.plan, &shared.net, &shared.ambiguous).await?;
+    let latency = shared.latency.lock().expect("latency").clone();
+    let errors = shared.errors.lock().expect("errors").clone();
+    Ok(Report::new(
+        shared.transfers.load(Ordering::Relaxed),
+        shared.requests.load(Ordering::Relaxed),
+        measured_for,
+        latency,
+        errors,
+        conserved,
+    ))
+}
+
+fn reset_counters(shared: &Shared) {
+    shared.transfers.store(0, Ordering::Relaxed);
+    shared.requests.store(0, Ordering::Relaxed);
+    shared.error_count.store(0, Ordering::Relaxed);
+    shared.errors.lock().expect("errors").clear();
+    shared.latency.lock().expect("latency").reset();
+}
+
+async fn worker_loop(shared: Arc<Shared>, worker: usize, rate: Option<u64>, batch: usize, seed: u64, started: Instant, next_slot: Arc<AtomicU64>) {
+    let mut rng = workload::worker_rng(seed, worker);
+    let mut sequence = 0u64;
+    let target = shared.targets[worker % shared.targets.len()].clone();
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Open loop: each request has an intended start; latency counts from it.
+        let intended = match rate {
+            Some(rate) => {
+                let slot = next_slot.fetch_add(1, Ordering::Relaxed);
+                if slot >= OPEN_LOOP_REQUESTS_MAX {
+                    return;
+                }
+                let at = started + Duration::from_nanos(slot.saturating_mul(1_000_000_000) / rate);
+                let now = Instant::now();
+                if at > now {
+                    tokio::time::sleep(at - now).await;
+                }
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        let transfers = shared.plan.transfers(&mut rng, batch, worker, &mut sequence);
+        let outcome = workload::send(&shared.client, &target, &transfers, &shared.plan).await;
+        let micros = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+        record(&shared, &transfers, outcome, micros);
+    }
+}
+
+fn record(shared: &Shared, transfers: &[workload::Transfer], outcome: workload::Outcome, micros: u64) {
+    let measuring = shared.measuring.load(Ordering::Relaxed);
+    let mut posted = 0u64;
+    {
+        let mut net = shared.net.lock().expect("net");
+        for (transfer, result) in transfers.iter().zip(&outcome.results) {
+            if result == "posted" {
+                net[transfer.from] -= transfer.amount;
+                net[transfer.to] += transfer.amount;
+                posted += 1;
+            } else if workload::is_ambiguous(result) {
+                let mut ambiguous = shared.ambiguous.lock().expect("ambiguous");
+                if ambiguous.len() < AMBIGUOUS_TRACKED_MAX {
+                    ambiguous.push(transfer.clone());
+                }
+            }
+        }
+    }
+    if !measuring {
+        return;
+    }
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    shared.transfers.fetch_add(posted, Ordering::Relaxed);
+    let _ = shared.latency.lock().expect("latency").record(micros);
+    let _ = shared.interval.lock().expect("interval").record(micros);
+    let failures: Vec<&String> = outcome.results.iter().filter(|result| *result != "posted").collect();
+    if !failures.is_empty() {
+        shared.error_count.fetch_add(u64::try_from(failures.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let mut errors = shared.errors.lock().expect("errors");
+        for failure in failures {
+            *errors.entry(failure.clone()).or_insert(0) += 1;
+        }
+    }
+}

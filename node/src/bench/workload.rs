@@ -1,0 +1,398 @@
+//! The bench's accounts, how it picks transfers, how it sends them, and the conservation
+//! check of its own accounts at the end.
+
+use super::BenchFlags;
+use anyhow::{bail, Context};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use settle_cluster::ids::AccountId;
+use settle_cluster::placement::shard_of;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Each bench account starts with this many cents: far more than a run can spend.
+const FUNDING_MINOR: i128 = 1_000_000_000;
+const AMOUNT_MINOR_MAX: i128 = 100;
+/// Setup and checks keep this many requests in flight.
+const SETUP_CONCURRENCY: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distribution {
+    Uniform,
+    /// Payees drawn with probability proportional to 1 / rank^s.
+    Zipf(f64),
+    /// 90% of payees are among the first N accounts.
+    Hot(usize),
+}
+
+impl FromStr for Distribution {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            None if text == "uniform" => Ok(Distribution::Uniform),
+            Some(("zipf", s)) => s.parse::<f64>().ok().filter(|s| *s > 0.0).map(Distribution::Zipf).ok_or_else(|| format!("bad zipf exponent {s:?}")),
+            Some(("hot", n)) => n.parse::<usize>().ok().filter(|n| *n > 0).map(Distribution::Hot).ok_or_else(|| format!("bad hot count {n:?}")),
+            _ => Err(format!("unknown distribution {text:?} (uniform, zipf:S, hot:N)")),
+        }
+    }
+}
+
+impl fmt::Display for Distribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Distribution::Uniform => write!(f, "uniform"),
+            Distribution::Zipf(s) => write!(f, "zipf:{s}"),
+            Distribution::Hot(n) => write!(f, "hot:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for Distribution {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub id: String,
+    pub from: usize,
+    pub to: usize,
+    pub amount: i128,
+}
+
+/// The bench's accounts and how transfers are drawn from them.
+pub struct Plan {
+    pub run: String,
+    pub bank: String,
+    pub accounts: Vec<String>,
+    shard: Vec<u32>,
+    by_shard: Vec<Vec<usize>>,
+    /// Cumulative weights for payee choice (empty for uniform).
+    cdf: Vec<f64>,
+    hot: Option<usize>,
+    cross_shard_ratio: f64,
+}
+
+pub fn worker_rng(seed: u64, worker: usize) -> SmallRng {
+    SmallRng::seed_from_u64(seed ^ (u64::try_from(worker).unwrap_or(0).wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+impl Plan {
+    fn pick_payee(&self, rng: &mut SmallRng) -> usize {
+        let count = self.accounts.len();
+        if let Some(hot) = self.hot {
+            if rng.gen_range(0..10) < 9 {
+                return rng.gen_range(0..hot.min(count));
+            }
+            return rng.gen_range(0..count);
+        }
+        if self.cdf.is_empty() {
+            return rng.gen_range(0..count);
+        }
+        let draw: f64 = rng.gen();
+        self.cdf.partition_point(|weight| *weight < draw).min(count - 1)
+    }
+
+    /// A payer for `payee`: on its shard or on another one, by the cross-shard ratio.
+    fn pick_payer(&self, rng: &mut SmallRng, payee: usize) -> usize {
+        let cross = rng.gen_bool(self.cross_shard_ratio);
+        let shard = self.shard[payee];
+        for _ in 0..32 {
+            let candidate = if cross {
+                rng.gen_range(0..self.accounts.len())
+            } else {
+                let same = &self.by_shard[usize::try_from(shard).expect("fits")];
+                same[rng.gen_range(0..same.len())]
+            };
+            if candidate != payee && (self.shard[candidate] != shard) == cross {
+                return candidate;
+            }
+        }
+        // A shard with one account (or a single shard): take any other account.
+        (payee + 1) % self.accounts.len()
+    }
+
+    pub fn transfers(&self, rng: &mut SmallRng, batch: usize, worker: usize, sequence: &mut u64) -> Vec<Transfer> {
+        (0..batch)
+            .map(|_| {
+                let to = self.pick_payee(rng);
+                let from = self.pick_payer(rng, to);
+                let id = format!("t{}-{worker}-{sequence}", self.run);
+                *sequence += 1;
+                Transfer { id, from, to, amount: rng.gen_range(1..=AMOUNT_MINOR_MAX) }
+            })
+            .collect()
+    }
+
+    fn body(&self, transfer: &Transfer) -> Value {
+        json!({
+            "id": transfer.id,
+            "from": self.accounts[transfer.from],
+            "to": self.accounts[transfer.to],
+            "amount": cents(transfer.amount),
+            "currency": "USD",
+        })
+    }
+}
+
+fn cents(minor: i128) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let magnitude = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", magnitude / 100, magnitude % 100)
+}
+
+fn parse_cents(text: &str) -> Option<i128> {
+    let negative = text.starts_with('-');
+    let (whole, fraction) = text.trim_start_matches('-').split_once('.')?;
+    let value = whole.parse::<i128>().ok()? * 100 + fraction.parse::<i128>().ok()?;
+    Some(if negative { -value } else { value })
+}
+
+/// Creates and funds the bench's accounts on the cluster.
+pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFlags) -> anyhow::Result<Plan> {
+    let cluster: Value = client.get(format!("{}/v1/cluster", targets[0])).send().await?.json().await.context("reading /v1/cluster")?;
+    let shards = u32::try_from(cluster["shards"].as_array().map_or(0, Vec::len)).context("shard count")?;
+    if shards == 0 {
+        bail!("{} reports no shards", targets[0]);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+    let run = format!("{:06x}", (nanos ^ u32::try_from(flags.seed & 0xffff_ffff).unwrap_or(0)) & 0xff_ffff);
+    let bank = format!("b{run}-bank");
+    let accounts: Vec<String> = (0..flags.accounts).map(|n| format!("b{run}-{n}")).collect();
+    let shard: Vec<u32> = accounts.iter().map(|name| shard_of(&AccountId::new(name).expect("valid id"), shards)).collect();
+    let mut by_shard = vec![Vec::new(); usize::try_from(shards).expect("fits")];
+    for (index, account_shard) in shard.iter().enumerate() {
+        by_shard[usize::try_from(*account_shard).expect("fits")].push(index);
+    }
+    by_shard.retain(|_| true);
+    let (cdf, hot) = match &flags.distribution {
+        Distribution::Uniform => (Vec::new(), None),
+        Distribution::Hot(n) => (Vec::new(), Some(*n)),
+        Distribution::Zipf(exponent) => {
+            let weights: Vec<f64> = (1..=accounts.len()).map(|rank| 1.0 / (rank as f64).powf(*exponent)).collect();
+            let total: f64 = weights.iter().sum();
+            let mut running = 0.0;
+            (weights.iter().map(|w| { running += w / total; running }).collect(), None)
+        }
+    };
+    let plan = Plan { run, bank: bank.clone(), accounts, shard, by_shard, cdf, hot, cross_shard_ratio: flags.cross_shard_ratio };
+    eprintln!("bench: creating {} accounts and funding them ({} shards)", plan.accounts.len(), shards);
+    let started = Instant::now();
+    create_account(client, &targets[0], &bank, "settlement").await?;
+    let names: Vec<String> = plan.accounts.clone();
+    for_each_bounded(names, |name, index| {
+        let target = targets[index % targets.len()].clone();
+        async move { create_account(client, &target, &name, "customer").await }
+    })
+    .await?;
+    let funding: Vec<Value> = plan
+        .accounts
+        .iter()
+        .map(|name| json!({ "id": format!("fund-{name}"), "from": bank, "to": name, "amount": cents(FUNDING_MINOR), "currency": "USD" }))
+        .collect();
+    for chunk in funding.chunks(1_000) {
+        post_until_posted(client, &targets[0], chunk).await?;
+    }
+    eprintln!("bench: setup took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(plan)
+}
+
+async fn for_each_bounded<F, Fut>(items: Vec<String>, make: F) -> anyhow::Result<()>
+where
+    F: Fn(String, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures_util::stream::{self, StreamExt};
+    let results: Vec<anyhow::Result<()>> =
+        stream::iter(items.into_iter().enumerate().map(|(index, item)| make(item, index))).buffer_unordered(SETUP_CONCURRENCY).collect().await;
+    results.into_iter().collect()
+}
+
+async fn create_account(client: &reqwest::Client, target: &str, id: &str, kind: &str) -> anyhow::Result<()> {
+    let body = json!({ "id": id, "currency": "USD", "kind": kind });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.post(format!("{target}/v1/accounts")).json(&body).send().await {
+            let status = response.status().as_u16();
+            if status == 200 || status == 201 {
+                return Ok(());
+            }
+            if (400..500).contains(&status) && status != 429 {
+                bail!("creating account {id}: HTTP {status}: {}", response.text().await.unwrap_or_default());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("creating account {id}: no answer within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post_until_posted(client: &reqwest::Client, target: &str, items: &[Value]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(response) = client.post(format!("{target}/v1/transfers/batch")).json(&json!({ "transfers": items })).send().await {
+            if response.status().as_u16() == 200 {
+                let body: Value = response.json().await?;
+                let results = body["results"].as_array().cloned().unwrap_or_default();
+                let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap_or(0)).collect();
+                if statuses.iter().all(|status| *status == 201) {
+                    return Ok(());
+                }
+                if let Some(bad) = results.iter().find(|r| matches!(r["status"].as_u64(), Some(400..=499))) {
+                    bail!("funding refused: {bad}");
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("funding did not complete within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What happened to each transfer of a request: "posted", or an error code.
+pub struct Outcome {
+    pub results: Vec<String>,
+}
+
+pub fn is_ambiguous(code: &str) -> bool {
+    matches!(code, "unavailable" | "timeout" | "connection_error" | "internal")
+}
+
+fn error_code(body: &Value, status: u16) -> String {
+    body["error"]["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string)
+}
+
+pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer], plan: &Plan) -> Outcome {
+    let count = transfers.len();
+    let fail = |code: &str| Outcome { results: vec![code.to_string(); count] };
+    let (url, body) = if count == 1 {
+        (format!("{target}/v1/transfers"), plan.body(&transfers[0]))
+    } else {
+        let items: Vec<Value> = transfers.iter().map(|transfer| plan.body(transfer)).collect();
+        (format!("{target}/v1/transfers/batch"), json!({ "transfers": items }))
+    };
+    let response = match client.post(url).json(&body).send().await {
+        Ok(response) => response,
+        Err(error) if error.is_timeout() => return fail("timeout"),
+        Err(_) => return fail("connection_error"),
+    };
+    let status = response.status().as_u16();
+    let body: Value = match response.json().await {
+        Ok(body) => body,
+        Err(error) if error.is_timeout() => return fail("timeout"),
+        Err(_) => Value::Null,
+    };
+    if count == 1 {
+        return if status == 201 { fail("posted") } else { fail(&error_code(&body, status)) };
+    }
+    if status != 200 {
+        return fail(&error_code(&body, status));
+    }
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    if results.len() != count {
+        return fail("internal");
+    }
+    let results = results
+        .iter()
+        .map(|result| match result["status"].as_u64() {
+            Some(201) => "posted".to_string(),
+            Some(status) => error_code(result, u16::try_from(status).unwrap_or(0)),
+            None => "internal".to_string(),
+        })
+        .collect();
+    Outcome { results }
+}
+
+/// Resolves ambiguous transfers, then checks every bench account's balance equals its funding
+/// plus the transfers the cluster posted, and that the bench's money sums to zero.
+pub async fn check_conservation(
+    client: &reqwest::Client,
+    targets: &[String],
+    plan: &Plan,
+    net: &Mutex<Vec<i128>>,
+    ambiguous: &Mutex<Vec<Transfer>>,
+) -> anyhow::Result<bool> {
+    let unresolved: Vec<Transfer> = ambiguous.lock().expect("ambiguous").clone();
+    let mut net = net.lock().expect("net").clone();
+    for transfer in &unresolved {
+        if resolve(client, &targets[0], plan, transfer).await? {
+            net[transfer.from] -= transfer.amount;
+            net[transfer.to] += transfer.amount;
+        }
+    }
+    let mut all_match = true;
+    let mut total = balance(client, &targets[0], &plan.bank).await?;
+    let expected_bank = -FUNDING_MINOR * i128::try_from(plan.accounts.len()).unwrap_or(0);
+    if total != expected_bank {
+        eprintln!("bench: conservation: {} has {total}, expected {expected_bank}", plan.bank);
+        all_match = false;
+    }
+    for chunk in plan.accounts.chunks(SETUP_CONCURRENCY) {
+        let reads = chunk.iter().enumerate().map(|(offset, name)| balance(client, &targets[offset % targets.len()], name));
+        let balances = futures_util::future::join_all(reads).await;
+        for (name, result) in chunk.iter().zip(balances) {
+            let index = plan.accounts.iter().position(|account| account == name).expect("listed");
+            let got = result?;
+            let expected = FUNDING_MINOR + net[index];
+            total += got;
+            if got != expected {
+                if all_match {
+                    eprintln!("bench: conservation: {name} has {got}, expected {expected}");
+                }
+                all_match = false;
+            }
+        }
+    }
+    if total != 0 {
+        eprintln!("bench: conservation: the bench accounts sum to {total}, not 0");
+    }
+    Ok(all_match && total == 0)
+}
+
+/// Whether an ambiguous transfer ended posted (waits while it is pending).
+async fn resolve(client: &reqwest::Client, target: &str, plan: &Plan, transfer: &Transfer) -> anyhow::Result<bool> {
+    let url = format!("{target}/v1/transfers/{}?from={}", transfer.id, plan.accounts[transfer.from]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(&url).send().await {
+            match response.status().as_u16() {
+                404 => return Ok(false),
+                200 => {
+                    let body: Value = response.json().await?;
+                    match body["status"].as_str() {
+                        Some("posted") => return Ok(true),
+                        Some("rejected") => return Ok(false),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("transfer {} still unresolved after 60 s", transfer.id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn balance(client: &reqwest::Client, target: &str, account: &str) -> anyhow::Result<i128> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{target}/v1/accounts/{account}")).send().await {
+            if response.status().as_u16() == 200 {
+                let body: Value = response.json().await?;
+                return body["balance"].as_str().and_then(parse_cents).with_context(|| format!("balance of {account}: {body}"));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("reading {account}: no answer within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
