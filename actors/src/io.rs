@@ -1,6 +1,6 @@
 //! The IO thread: drains persist rounds and checkpoints queued by the driver, writes them as one
-//! group (checkpoints to the state store first, then every round's log writes in one redb
-//! transaction, one sync), and reports what is durable. Rounds complete in order.
+//! group (checkpoints to the state store first, then every round's log writes in one
+//! raft-engine batch, one sync), and reports what is durable. Rounds complete in order.
 
 use crate::log_store::{LogStore, LogStoreError};
 use crate::state_store::{StateStore, StateStoreError};
@@ -61,7 +61,7 @@ pub struct Storage {
 impl Storage {
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(data_dir)?;
-        let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
+        let log = LogStore::open(&data_dir.join("raft-log"))?;
         let state = StateStore::open(&data_dir.join("state.sled"))?;
         Ok(Storage { log, state })
     }

@@ -1,5 +1,5 @@
 //! The runtime around the deterministic core: the driver thread that owns a node's `NodeCore`,
-//! the IO thread with the two storage engines (redb for the Raft log, sled for checkpoints), and
+//! the IO thread with the two storage engines (raft-engine for the Raft log, sled for checkpoints), and
 //! the peer transport. Everything that touches a socket, a disk, a clock or a thread for the
 //! cluster lives here; the HTTP edge lives in `node`.
 
