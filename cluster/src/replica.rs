@@ -263,6 +263,11 @@ impl ShardReplica {
         self.raw.raft.set_randomized_election_timeout(ticks);
     }
 
+    /// Whether raft has a Ready waiting (more committed entries than one Ready carries, say).
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready() || !self.proposals.is_empty()
+    }
+
     pub fn queue_proposal(&mut self, tagged: Tagged) {
         self.proposals.push(tagged);
     }

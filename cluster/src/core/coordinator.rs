@@ -133,6 +133,7 @@ impl NodeCore {
                 self.coordinator.credit_proposed_ms.insert(key, now);
                 let replica = self.replicas.get_mut(&payee_shard).expect("checked");
                 replica.queue_proposal(Tagged { tag: 0, command: Command::Credit(credit) });
+                self.dirty.insert(payee_shard);
             }
         }
         for (payer_shard, decisions) in std::mem::take(&mut self.coordinator.decision_outbox) {
@@ -158,6 +159,7 @@ impl NodeCore {
                 self.coordinator.finalize_proposed_ms.insert(key, now);
                 let replica = self.replicas.get_mut(&payer_shard).expect("checked");
                 replica.queue_proposal(Tagged { tag: 0, command: Command::Finalize(FinalizeCmd { id, decision }) });
+                self.dirty.insert(payer_shard);
             }
         }
     }
@@ -196,6 +198,7 @@ impl NodeCore {
                 let decision = Decision::Refused(crate::ledger::RejectCode::CreditTimeout);
                 let finalize = Command::Finalize(FinalizeCmd { id: credit.id, decision });
                 self.replicas.get_mut(&key.0).expect("led here").queue_proposal(Tagged { tag: 0, command: finalize });
+                self.dirty.insert(key.0);
                 continue;
             }
             self.coordinator.credit_outbox.entry(payee_shard).or_default().push(credit);

@@ -156,6 +156,8 @@ pub struct NodeCore {
     snapshots_sent: Vec<(ShardId, NodeId)>,
     /// The term in which this node last saw itself leading each shard.
     leading: BTreeMap<ShardId, u64>,
+    /// Shards touched by an input since they were last polled: only these can have work.
+    dirty: BTreeSet<ShardId>,
     last_balance_ms: u64,
     calls: calls::Calls,
     tasks: tasks::Tasks,
@@ -222,6 +224,7 @@ impl NodeCore {
             quarantined,
             snapshots_sent: Vec::new(),
             leading: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             last_balance_ms: 0,
             calls: calls::Calls::starting_at(incarnation),
             tasks: tasks::Tasks::default(),
@@ -329,11 +332,17 @@ impl NodeCore {
             self.replicas.get_mut(shard).expect("listed").tick();
             self.redraw_election_timeout(*shard);
         }
+        self.dirty.extend(shards);
         self.calls_tick();
         self.tasks_tick();
         self.coordinator_tick();
         self.checkpoint_tick();
         self.balance_tick();
+    }
+
+    /// Marks a shard as having work for the next poll.
+    pub(super) fn touch(&mut self, shard: ShardId) {
+        self.dirty.insert(shard);
     }
 
     /// A message from another node.
@@ -347,6 +356,7 @@ impl NodeCore {
                     // Raft refuses messages from unknown peers or stale terms; nothing to do then.
                     let _ = replica.step(raft_message);
                     self.redraw_election_timeout(shard);
+                    self.dirty.insert(shard);
                 }
             }
             PeerMessage::Leg { leg, shard, timeout_ms, request } => {
@@ -375,6 +385,7 @@ impl NodeCore {
             for (shard, number, messages) in shards {
                 if let Some(replica) = self.replicas.get_mut(&shard) {
                     replica.on_persisted(number);
+                    self.dirty.insert(shard);
                 }
                 self.send_raft(shard, messages);
             }
@@ -414,7 +425,7 @@ impl NodeCore {
 
     fn poll_once(&mut self) -> bool {
         self.coordinator_flush();
-        let shards: Vec<ShardId> = self.replicas.keys().copied().collect();
+        let shards: Vec<ShardId> = std::mem::take(&mut self.dirty).into_iter().filter(|shard| self.replicas.contains_key(shard)).collect();
         for shard in &shards {
             self.flush_shard_proposals(*shard);
             self.flush_shard_reads(*shard);
@@ -440,6 +451,10 @@ impl NodeCore {
             }
             round.push((*shard, output.number, output.persisted_messages));
         }
+        if io_backlogged {
+            // Nothing was taken: look at these shards again once IO catches up.
+            self.dirty.extend(shards.iter().copied());
+        }
         for (shard, compact_to) in std::mem::take(&mut self.compactions) {
             match writes.iter_mut().find(|write| write.shard == shard) {
                 Some(write) => write.compact_to = Some(compact_to),
@@ -453,6 +468,9 @@ impl NodeCore {
         for shard in &shards {
             self.serve_applied_reads(*shard);
             self.check_leadership(*shard);
+            if self.replicas[shard].has_ready() {
+                self.dirty.insert(*shard);
+            }
         }
         progressed
     }

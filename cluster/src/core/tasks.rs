@@ -113,6 +113,7 @@ impl NodeCore {
         }
         self.tasks.tasks.insert(task_id, task);
         self.tasks.by_shard.entry(shard).or_default().insert(task_id);
+        self.touch(shard);
     }
 
     /// Proposes the shard's queued commands as one entry; if that fails, their tasks are told.
