@@ -107,8 +107,9 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     let core = NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), incarnation, seed, &logger)?;
     tracing::info!(node = config.core.node, recovered_shards, "node core ready");
 
+    // One network thread: on small machines every extra thread is a context switch per frame.
     let network = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("settle-net")
         .enable_all()
         .build()
