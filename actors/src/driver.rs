@@ -4,10 +4,10 @@
 //! waiting HTTP handlers. Every channel is bounded; a full client inbox answers `Overloaded`.
 
 use crate::io::{run_io, IoDone, IoJob, IoStats, Storage, StorageError};
-use crate::transport::{self, Inbound, LinkFaults, Transport, TransportStats};
+use crate::transport::{self, Inbound, LinkFaults, LinkState, Transport, TransportStats};
 use settle_cluster::ids::NodeId;
-use settle_cluster::message::{Reply, Request};
-use settle_cluster::{CallId, Effect, NodeConfig, NodeCore, ShardStatus, Time};
+use settle_cluster::message::{PeerMessage, Reply, Request};
+use settle_cluster::{CallId, CoreStats, Effect, NodeConfig, NodeCore, ShardStatus, Time};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ pub struct DriverConfig {
     pub inbox_calls_max: usize,
     /// Persist rounds and checkpoints queued for the IO thread (the driver waits beyond it).
     pub io_queue_jobs_max: usize,
+    /// This node's HTTP address and version, told to peers (for `/v1/cluster`, `settle status`).
+    pub http_advertise: String,
+    pub version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +53,29 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     pub calls_inflight: usize,
     pub rounds_inflight: usize,
+    pub stats: CoreStats,
+    pub peers: Vec<PeerStatus>,
 }
 
+/// What this node knows of another: its HTTP address and version as it introduced itself, and
+/// whether they talk.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub http: Option<String>,
+    pub version: Option<String>,
+    pub started_ms: Option<u64>,
+    /// The outbound link is connected.
+    pub connected: bool,
+    /// Milliseconds since a frame last arrived from it (None: never).
+    pub last_heard_ms: Option<u64>,
+}
+
+/// Ticks between two introductions to every peer.
+const NODE_INFO_EVERY_TICKS: u64 = 20;
+
 enum Command {
-    Submit { request: Request, timeout_ms: u64, reply: oneshot::Sender<Reply> },
+    Submit { request: Request, timeout_ms: u64, request_id: Option<String>, reply: oneshot::Sender<Reply> },
     Status(oneshot::Sender<NodeStatus>),
     Stop,
 }
@@ -65,18 +87,29 @@ pub struct DriverHandle {
     pub io_stats: Arc<IoStats>,
     pub transport_stats: Arc<TransportStats>,
     pub link_faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    pub link_states: Arc<BTreeMap<NodeId, LinkState>>,
 }
 
 impl DriverHandle {
     /// Runs a client request through the cluster, answering `Unavailable` at the deadline.
     pub async fn call(&self, request: Request, timeout: Duration) -> Reply {
+        self.call_traced(request, timeout, None).await
+    }
+
+    /// `call`, carrying the client's request id to every node the request touches.
+    pub async fn call_traced(&self, request: Request, timeout: Duration, request_id: Option<String>) -> Reply {
         let (reply, answer) = oneshot::channel();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let command = Command::Submit { request, timeout_ms, reply };
+        let command = Command::Submit { request, timeout_ms, request_id, reply };
         if self.commands.try_send(command).is_err() {
             return Reply::Overloaded;
         }
         answer.await.unwrap_or(Reply::Unavailable)
+    }
+
+    /// Client calls queued for the driver (its mailbox depth).
+    pub fn inbox_depth(&self) -> usize {
+        self.commands.max_capacity() - self.commands.capacity()
     }
 
     pub async fn status(&self) -> Option<NodeStatus> {
@@ -144,13 +177,25 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         io_stats,
         transport_stats: transport.stats.clone(),
         link_faults: transport.faults.clone(),
+        link_states: transport.links_state.clone(),
     };
     let tick = Duration::from_millis(config.core.raft.tick_ms);
     let driver_thread = std::thread::Builder::new()
         .name("settle-driver".to_string())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("driver runtime");
-            let mut driver = Driver { core, transport, io_jobs, replies: BTreeMap::new(), next_call: 1, started: Instant::now() };
+            let info = PeerMessage::NodeInfo { http: config.http_advertise.clone(), version: config.version.clone(), started_ms: now_ms() };
+            let mut driver = Driver {
+                core,
+                transport,
+                io_jobs,
+                replies: BTreeMap::new(),
+                next_call: 1,
+                started: Instant::now(),
+                info,
+                peers: BTreeMap::new(),
+                ticks: 0,
+            };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
             drop(driver.io_jobs);
@@ -169,6 +214,10 @@ struct Driver {
     replies: BTreeMap<CallId, oneshot::Sender<Reply>>,
     next_call: CallId,
     started: Instant,
+    /// How this node introduces itself, and what peers said of themselves.
+    info: PeerMessage,
+    peers: BTreeMap<NodeId, (String, String, u64)>,
+    ticks: u64,
 }
 
 impl Driver {
@@ -190,7 +239,7 @@ impl Driver {
                     Some(Command::Stop) | None => return,
                     Some(command) => self.command(command),
                 },
-                _ = ticker.tick() => self.core.tick(self.time()),
+                _ = ticker.tick() => self.tick(),
             }
             for _ in 0..INPUTS_PER_POLL_MAX {
                 let mut progressed = false;
@@ -220,6 +269,16 @@ impl Driver {
         }
     }
 
+    fn tick(&mut self) {
+        self.core.tick(self.time());
+        if self.ticks % NODE_INFO_EVERY_TICKS == 0 {
+            for peer in self.transport.peers() {
+                self.transport.send(peer, vec![self.info.clone()]);
+            }
+        }
+        self.ticks += 1;
+    }
+
     fn time(&self) -> Time {
         let monotonic_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Time { wall_ms: now_ms(), monotonic_ms }
@@ -234,26 +293,56 @@ impl Driver {
         }
     }
 
-    fn peer(&mut self, from: NodeId, messages: Vec<settle_cluster::message::PeerMessage>) {
+    fn peer(&mut self, from: NodeId, messages: Vec<PeerMessage>) {
         for message in messages {
-            self.core.receive(from, message);
+            match message {
+                PeerMessage::NodeInfo { http, version, started_ms } => {
+                    self.peers.insert(from, (http, version, started_ms));
+                }
+                message => {
+                    if let PeerMessage::Leg { request_id: Some(request_id), shard, .. } = &message {
+                        tracing::debug!(request_id = %request_id, shard_id = shard, from, "leg received");
+                    }
+                    self.core.receive(from, message);
+                }
+            }
         }
     }
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Submit { request, timeout_ms, reply } => {
+            Command::Submit { request, timeout_ms, request_id, reply } => {
                 let call = self.next_call;
                 self.next_call += 1;
                 self.replies.insert(call, reply);
-                self.core.submit(call, request, timeout_ms);
+                self.core.submit_traced(call, request, timeout_ms, request_id);
             }
             Command::Status(reply) => {
+                let now = now_ms();
+                let peers = self
+                    .transport
+                    .peers()
+                    .map(|id| {
+                        let state = self.transport.links_state.get(&id);
+                        let heard = state.map_or(0, |state| state.last_received_ms.load(std::sync::atomic::Ordering::Relaxed));
+                        let info = self.peers.get(&id);
+                        PeerStatus {
+                            id,
+                            http: info.map(|(http, _, _)| http.clone()),
+                            version: info.map(|(_, version, _)| version.clone()),
+                            started_ms: info.map(|(_, _, started)| *started),
+                            connected: state.is_some_and(|state| state.connected.load(std::sync::atomic::Ordering::Relaxed)),
+                            last_heard_ms: (heard > 0).then(|| now.saturating_sub(heard)),
+                        }
+                    })
+                    .collect();
                 let status = NodeStatus {
                     node: self.core.node(),
                     shards: self.core.shard_status(),
                     calls_inflight: self.core.calls_inflight(),
                     rounds_inflight: self.core.rounds_inflight(),
+                    stats: self.core.stats().clone(),
+                    peers,
                 };
                 let _ = reply.send(status);
             }

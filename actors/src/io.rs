@@ -40,16 +40,43 @@ pub enum IoDone {
     Checkpointed { shard: ShardId, index: u64 },
 }
 
-/// Counters the IO thread keeps for metrics.
-#[derive(Debug, Default)]
+/// What the IO thread measures (Prometheus histograms are lock-free; the node registers them).
 pub struct IoStats {
     pub rounds: AtomicU64,
     pub syncs: AtomicU64,
     pub entries: AtomicU64,
     pub sync_micros_total: AtomicU64,
     pub last_sync_micros: AtomicU64,
+    /// Write + sync of one IO group, in seconds.
+    pub sync_seconds: prometheus::Histogram,
+    /// Raft entries and shards one IO group carried.
+    pub group_entries: prometheus::Histogram,
+    pub group_shards: prometheus::Histogram,
     /// Fault injection: extra delay before every sync (slow-disk drills).
     pub sync_delay_ms: AtomicU64,
+}
+
+impl Default for IoStats {
+    fn default() -> Self {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram")
+        };
+        IoStats {
+            rounds: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            sync_micros_total: AtomicU64::new(0),
+            last_sync_micros: AtomicU64::new(0),
+            sync_seconds: histogram(
+                "io_sync_seconds",
+                "Write and sync of one IO group (every shard's rounds), seconds",
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            ),
+            group_entries: histogram("io_group_entries", "Raft entries made durable by one IO group", prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets")),
+            group_shards: histogram("io_group_shards", "Shards whose writes one IO group carried", vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            sync_delay_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Both stores of one node.
@@ -161,11 +188,23 @@ pub fn run_io(
             tracing::error!(%error, "storage write failed; stopping the node");
             std::process::exit(70);
         }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        stats.sync_seconds.observe(elapsed.as_secs_f64());
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         stats.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
         stats.last_sync_micros.store(micros, Ordering::Relaxed);
         let mut done = Vec::new();
+        let mut group_entries = 0usize;
+        let mut group_shards = std::collections::BTreeSet::new();
+        for job in &group {
+            if let IoJob::Persist(round) = job {
+                group_entries += round.writes.iter().map(|write| write.entries.len()).sum::<usize>();
+                group_shards.extend(round.writes.iter().map(|write| write.shard));
+            }
+        }
+        stats.group_entries.observe(group_entries as f64);
+        stats.group_shards.observe(group_shards.len() as f64);
         for job in &group {
             match job {
                 IoJob::Persist(round) => {

@@ -10,4 +10,4 @@ pub mod record;
 pub mod state_store;
 pub mod transport;
 
-pub use driver::{now_ms, start, DriverConfig, DriverHandle, NodeStatus, StartError};
+pub use driver::{now_ms, start, DriverConfig, DriverHandle, NodeStatus, PeerStatus, StartError};

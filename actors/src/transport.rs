@@ -40,6 +40,15 @@ pub struct LinkFaults {
     pub loss_per_million: AtomicU64,
 }
 
+/// Whether the outbound link to a peer is connected right now.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    /// When a frame last arrived from this peer (ms since the Unix epoch; 0 never).
+    pub last_received_ms: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 pub struct TransportStats {
     pub frames_sent: AtomicU64,
@@ -55,9 +64,15 @@ pub struct Transport {
     links: BTreeMap<NodeId, mpsc::Sender<Vec<PeerMessage>>>,
     pub faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     pub stats: Arc<TransportStats>,
+    pub links_state: Arc<BTreeMap<NodeId, LinkState>>,
 }
 
 impl Transport {
+    /// Every peer this node has a link to.
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.links.keys().copied()
+    }
+
     /// Queues messages for a peer; drops them (and counts it) when the link is backed up.
     pub fn send(&self, to: NodeId, messages: Vec<PeerMessage>) {
         let Some(link) = self.links.get(&to) else {
@@ -87,10 +102,12 @@ pub fn start(
     let faults: Arc<BTreeMap<NodeId, LinkFaults>> =
         Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
     let stats = Arc::new(TransportStats::default());
+    let links_state: Arc<BTreeMap<NodeId, LinkState>> =
+        Arc::new(peers.keys().filter(|peer| **peer != node).map(|peer| (*peer, LinkState::default())).collect());
     {
         let _guard = runtime.enter();
         let listener = TcpListener::from_std(listener)?;
-        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone()));
+        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone(), links_state.clone()));
     }
     let mut links = BTreeMap::new();
     for (peer, address) in peers {
@@ -98,10 +115,10 @@ pub fn start(
             continue;
         }
         let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
-        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone()));
+        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone(), links_state.clone()));
         links.insert(peer, sender);
     }
-    Ok(Transport { links, faults, stats })
+    Ok(Transport { links, faults, stats, links_state })
 }
 
 async fn accept_loop(
@@ -110,6 +127,7 @@ async fn accept_loop(
     inbound: mpsc::Sender<Inbound>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
+    states: Arc<BTreeMap<NodeId, LinkState>>,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -119,8 +137,9 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let faults = faults.clone();
         let stats = stats.clone();
+        let states = states.clone();
         tokio::spawn(async move {
-            if let Err(error) = read_frames(stream, frame_bytes_max, inbound, faults, stats).await {
+            if let Err(error) = read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await {
                 tracing::debug!(%remote, %error, "peer connection closed");
             }
         });
@@ -133,6 +152,7 @@ async fn read_frames(
     inbound: mpsc::Sender<Inbound>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
+    states: Arc<BTreeMap<NodeId, LinkState>>,
 ) -> std::io::Result<()> {
     let mut header = [0u8; 8];
     let mut payload = Vec::new();
@@ -156,6 +176,9 @@ async fn read_frames(
         if faults.get(&frame.from).is_some_and(|f| f.drop_inbound.load(Ordering::Relaxed)) {
             continue;
         }
+        if let Some(state) = states.get(&frame.from) {
+            state.last_received_ms.store(crate::driver::now_ms(), Ordering::Relaxed);
+        }
         if inbound.send((frame.from, frame.messages)).await.is_err() {
             return Ok(());
         }
@@ -170,7 +193,9 @@ async fn link_loop(
     mut queue: mpsc::Receiver<Vec<PeerMessage>>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
+    states: Arc<BTreeMap<NodeId, LinkState>>,
 ) {
+    let state = &states[&peer];
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     let mut frame = Vec::new();
     'connect: loop {
@@ -189,6 +214,8 @@ async fn link_loop(
         };
         let _ = stream.set_nodelay(true);
         delay_ms = RECONNECT_DELAY_MS_MIN;
+        state.connected.store(true, Ordering::Relaxed);
+        state.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer, %address, "peer link connected");
         while let Some(mut messages) = queue.recv().await {
             // Coalesce whatever else is queued into the same frame.
@@ -224,6 +251,7 @@ async fn link_loop(
             frame[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             frame.extend_from_slice(&payload);
             if let Err(error) = stream.write_all(&frame).await {
+                state.connected.store(false, Ordering::Relaxed);
                 tracing::info!(peer, %error, "peer link lost");
                 continue 'connect;
             }

@@ -142,7 +142,8 @@ pub enum PeerMessage {
     Raft { shard: ShardId, message: Vec<u8> },
     /// A leg of a client request for the shard's leader; `leg` names it at the origin, and the
     /// leader may drop it `timeout_ms` after it arrives (clocks of two nodes are not compared).
-    Leg { leg: u64, shard: ShardId, timeout_ms: u64, request: Request },
+    /// `request_id` is the client's Request-Id, carried so every node's logs can name it.
+    Leg { leg: u64, shard: ShardId, timeout_ms: u64, request: Request, request_id: Option<String> },
     LegReply { leg: u64, reply: Reply },
     /// Coordinator → payee shard leader: decide these credits. `hops` counts forwards by nodes
     /// that did not lead the shard (bounded, so two stale views cannot bounce it forever).
@@ -152,6 +153,8 @@ pub enum PeerMessage {
     /// "I do not lead `shard`; `leader` does": lets a node without a replica of the shard
     /// find its leader.
     LeaderHint { shard: ShardId, leader: NodeId },
+    /// A node introduces itself to its peers (handled by the driver, not the core).
+    NodeInfo { http: String, version: String, started_ms: u64 },
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 use serde::{Deserialize, Serialize};
 
+/// Proposal times kept for the propose→apply latency (older ones are simply not timed).
+const PROPOSAL_TIMES_MAX: usize = 4_096;
+
 /// Raft options, every one passed explicitly to raft-rs at the call site in `ShardReplica::new`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -80,6 +83,8 @@ pub struct ReadyOutput {
     pub persisted_messages: Vec<Message>,
     /// A snapshot from the leader replaced the ledger (waiters on this shard must be re-routed).
     pub installed_snapshot: bool,
+    /// Propose→apply latencies (ms) of this replica's own entries applied in this Ready.
+    pub apply_latencies_ms: Vec<u64>,
 }
 
 pub struct ShardReplica {
@@ -95,6 +100,10 @@ pub struct ShardReplica {
     /// The Ready number that installed a snapshot, until it is durable.
     snapshot_ready: Option<u64>,
     planted: PlantedBug,
+    /// When each of this replica's own proposals was made (entry index, monotonic ms).
+    proposed_at: std::collections::VecDeque<(u64, u64)>,
+    last_leader: Option<NodeId>,
+    leader_changes: u64,
 }
 
 impl ShardReplica {
@@ -145,6 +154,9 @@ impl ShardReplica {
             checkpoint_index: applied_index,
             snapshot_ready: None,
             planted,
+            proposed_at: std::collections::VecDeque::new(),
+            last_leader: None,
+            leader_changes: 0,
         })
     }
 
@@ -276,20 +288,31 @@ impl ShardReplica {
         !self.proposals.is_empty()
     }
 
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+    }
+
     /// Proposes every queued command as one log entry. On failure (not leader, or raft dropped
-    /// it) the commands come back so their waiters can be told.
-    pub fn flush_proposals(&mut self, proposer: Proposer, now_ms: u64) -> Result<(), Vec<Tagged>> {
+    /// it) the commands come back so their waiters can be told. `now_ms` stamps the entry;
+    /// `clock_ms` (monotonic) times it to its apply.
+    pub fn flush_proposals(&mut self, proposer: Proposer, now_ms: u64, clock_ms: u64) -> Result<usize, Vec<Tagged>> {
         if self.proposals.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let commands = std::mem::take(&mut self.proposals);
+        let count = commands.len();
         if !self.is_leader() {
             return Err(commands);
         }
         let payload = EntryPayload { proposer, timestamp_ms: now_ms, commands };
         let data = encode(&payload);
         match self.raw.propose(Vec::new(), data) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.proposed_at.len() < PROPOSAL_TIMES_MAX {
+                    self.proposed_at.push_back((self.raw.raft.raft_log.last_index(), clock_ms));
+                }
+                Ok(count)
+            }
             Err(_) => Err(payload.commands),
         }
     }
@@ -331,12 +354,21 @@ impl ShardReplica {
     }
 
     /// Handles one Ready if raft has one. `proposer` identifies this node's own proposals.
-    pub fn handle_ready(&mut self, proposer: Proposer) -> Option<ReadyOutput> {
+    pub fn handle_ready(&mut self, proposer: Proposer, clock_ms: u64) -> Option<ReadyOutput> {
         if !self.raw.has_ready() {
             return None;
         }
         let mut ready = self.raw.ready();
         let mut output = ReadyOutput { number: ready.number(), ..ReadyOutput::default() };
+        if let Some(soft) = ready.ss() {
+            let leader = (soft.leader_id != 0).then_some(soft.leader_id);
+            if leader.is_some() && leader != self.last_leader {
+                self.leader_changes += 1;
+            }
+            if leader.is_some() {
+                self.last_leader = leader;
+            }
+        }
         output.write.shard = self.shard;
         output.read_states = ready.take_read_states();
         if !ready.snapshot().is_empty() {
@@ -364,6 +396,13 @@ impl ShardReplica {
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
         self.apply_entries(committed, proposer, &mut output.applied);
+        while let Some((index, at)) = self.proposed_at.front().copied() {
+            if index > self.applied_index {
+                break;
+            }
+            self.proposed_at.pop_front();
+            output.apply_latencies_ms.push(clock_ms.saturating_sub(at));
+        }
         output.persisted_messages = ready.take_persisted_messages();
         if output.installed_snapshot {
             self.snapshot_ready = Some(output.number);

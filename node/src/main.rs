@@ -3,9 +3,11 @@
 mod api;
 mod bench;
 mod local;
+mod logging;
 mod metrics;
 mod settings;
 mod sim_cli;
+mod status;
 
 use actix_web::web;
 use anyhow::Context;
@@ -35,6 +37,8 @@ enum Command {
     Sim(sim_cli::SimFlags),
     /// Benchmark a running cluster (--target) or a fresh local one.
     Bench(bench::BenchFlags),
+    /// The cluster at a glance; exits non-zero when something needs attention.
+    Status(status::StatusFlags),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,16 +48,12 @@ fn main() -> anyhow::Result<()> {
         Command::Local(flags) => local::run(flags),
         Command::Sim(flags) => sim_cli::run(flags),
         Command::Bench(flags) => bench::run(flags),
+        Command::Status(flags) => status::run(flags),
     }
 }
 
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
-    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
-    // A second init (tests) keeps the first subscriber.
-    drop(result);
+    logging::init(format);
 }
 
 fn start(flags: StartFlags) -> anyhow::Result<()> {
@@ -81,8 +81,11 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         frame_bytes_max: settings.frame_bytes_max,
         inbox_calls_max: settings.inbox_calls_max,
         io_queue_jobs_max: settings.io_queue_jobs_max,
+        http_advertise: format!("http://{}", settings.http),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    // raft-rs logs through slog; its records go to tracing (filter with RUST_LOG=raft=...).
+    let logger = slog::Logger::root(slog::Fuse(logging::RaftToTracing), slog::o!());
     let (driver, driver_thread) = settle_actors::start(config, logger).context("starting the node")?;
     tracing::info!(
         node = settings.node_id,
@@ -95,7 +98,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let state = web::Data::new(api::AppState {
         driver: driver.clone(),
-        metrics: Arc::new(metrics::Metrics::new(settings.node_id)),
+        metrics: Arc::new(metrics::Metrics::new(settings.node_id, &driver)),
         settings: settings.clone(),
         started: Instant::now(),
         request_counter: AtomicU64::new(u64::from(rand_u32()) << 32),

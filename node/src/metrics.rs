@@ -1,34 +1,32 @@
-//! Prometheus metrics of one node, served on `/metrics`. Label values are bounded: endpoints
-//! are route patterns, outcomes are status names and error codes, never ids.
+//! Prometheus metrics of one node, served on `/metrics`. Three sources: metrics this process
+//! updates as it goes (HTTP, business outcomes, IO histograms, process collector); gauges read
+//! from the node's status at scrape time (per shard: role, term, lag...); and counters the core
+//! keeps itself (`CoreStats`), turned into families at scrape time. Label values are bounded:
+//! route patterns, outcome codes, currencies from the built-in table, shard and node ids —
+//! never account or transfer ids.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::proto::{Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use settle_actors::{DriverHandle, NodeStatus};
+use settle_cluster::Buckets;
+use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+const PREFIX: &str = "settle_";
 
 pub struct Metrics {
     registry: Registry,
+    node: String,
+    started: Instant,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub transfers: IntCounterVec,
-    shards_led: IntGauge,
-    shards_without_leader: IntGauge,
-    shard_term: IntGaugeVec,
-    shard_is_leader: IntGaugeVec,
-    pending_transfers: IntGauge,
-    calls_inflight: IntGauge,
-    io_syncs: IntGauge,
-    io_rounds: IntGauge,
-    io_entries: IntGauge,
-    io_sync_seconds_total: prometheus::Gauge,
-    peer_frames_sent: IntGauge,
-    peer_frames_received: IntGauge,
-    peer_batches_dropped: IntGauge,
+    pub transfer_volume: IntCounterVec,
 }
 
 impl Metrics {
-    pub fn new(node: u64) -> Metrics {
+    pub fn new(node: u64, driver: &DriverHandle) -> Metrics {
         let labels = std::collections::HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(Some("settle".to_string()), Some(labels)).expect("valid registry");
         let http_requests = IntCounterVec::new(
@@ -43,103 +41,197 @@ impl Metrics {
         )
         .expect("valid metric");
         let transfers = IntCounterVec::new(
-            Opts::new("transfers_total", "Transfers answered by this node's API, by outcome (posted or an error code)"),
+            Opts::new("transfers_total", "Transfers answered by this node's API, by outcome (posted, pending or an error code)"),
             &["outcome"],
         )
         .expect("valid metric");
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let metrics = Metrics {
-            http_requests,
-            http_latency,
-            transfers,
-            shards_led: gauge("shards_led", "Shards this node leads"),
-            shards_without_leader: gauge("shards_without_leader", "Shards with a replica here that know no leader"),
-            shard_term: IntGaugeVec::new(Opts::new("shard_term", "Raft term of each shard replica here"), &["shard"])
-                .expect("valid metric"),
-            shard_is_leader: IntGaugeVec::new(Opts::new("shard_is_leader", "1 when this node leads the shard"), &["shard"])
-                .expect("valid metric"),
-            pending_transfers: gauge("pending_transfers", "Cross-shard transfers prepared and not yet finalized, on shards led here"),
-            calls_inflight: gauge("calls_inflight", "Client calls waiting for the cluster on this node"),
-            io_syncs: gauge("io_syncs_total", "IO rounds written and synced (one sync each)"),
-            io_rounds: gauge("io_persist_rounds_total", "Persist rounds made durable"),
-            io_entries: gauge("io_entries_total", "Raft entries made durable"),
-            io_sync_seconds_total: prometheus::Gauge::new("io_sync_seconds_total", "Time spent writing and syncing").expect("valid metric"),
-            peer_frames_sent: gauge("peer_frames_sent_total", "Frames sent to peers"),
-            peer_frames_received: gauge("peer_frames_received_total", "Frames received from peers"),
-            peer_batches_dropped: gauge("peer_batches_dropped_total", "Message batches dropped because a link was backed up or down"),
-            registry,
-        };
-        metrics.register();
+        let transfer_volume = IntCounterVec::new(
+            Opts::new("transfer_volume_minor_total", "Amount of posted transfers answered by this node, in minor units, by currency"),
+            &["currency"],
+        )
+        .expect("valid metric");
+        let metrics = Metrics { registry, node: node.to_string(), started: Instant::now(), http_requests, http_latency, transfers, transfer_volume };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_latency.clone()),
+            Box::new(metrics.transfers.clone()),
+            Box::new(metrics.transfer_volume.clone()),
+            Box::new(driver.io_stats.sync_seconds.clone()),
+            Box::new(driver.io_stats.group_entries.clone()),
+            Box::new(driver.io_stats.group_shards.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("unique metric names");
+        }
         metrics
     }
 
-    fn register(&self) {
-        let registry = &self.registry;
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.http_requests.clone()),
-            Box::new(self.http_latency.clone()),
-            Box::new(self.transfers.clone()),
-            Box::new(self.shards_led.clone()),
-            Box::new(self.shards_without_leader.clone()),
-            Box::new(self.shard_term.clone()),
-            Box::new(self.shard_is_leader.clone()),
-            Box::new(self.pending_transfers.clone()),
-            Box::new(self.calls_inflight.clone()),
-            Box::new(self.io_syncs.clone()),
-            Box::new(self.io_rounds.clone()),
-            Box::new(self.io_entries.clone()),
-            Box::new(self.io_sync_seconds_total.clone()),
-            Box::new(self.peer_frames_sent.clone()),
-            Box::new(self.peer_frames_received.clone()),
-            Box::new(self.peer_batches_dropped.clone()),
-        ];
-        for collector in collectors {
-            registry.register(collector).expect("unique metric names");
-        }
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        registry.register(Box::new(process)).expect("process collector registers once");
-    }
-
-    /// Refreshes the gauges from the driver and renders the text format.
-    pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>) -> String {
-        if let Some(status) = status {
-            let mut led = 0;
-            let mut leaderless = 0;
-            let mut pending = 0;
-            for shard in &status.shards {
-                if shard.role == "none" {
-                    continue;
-                }
-                let label = shard.id.to_string();
-                let leads = shard.leader == Some(status.node);
-                led += i64::from(leads);
-                leaderless += i64::from(shard.leader.is_none());
-                if leads {
-                    pending += i64::try_from(shard.pending_transfers).unwrap_or(i64::MAX);
-                }
-                self.shard_term.with_label_values(&[&label]).set(i64::try_from(shard.term).unwrap_or(i64::MAX));
-                self.shard_is_leader.with_label_values(&[&label]).set(i64::from(leads));
-            }
-            self.shards_led.set(led);
-            self.shards_without_leader.set(leaderless);
-            self.pending_transfers.set(pending);
-            self.calls_inflight.set(i64::try_from(status.calls_inflight).unwrap_or(i64::MAX));
-        }
-        let load = |value: &std::sync::atomic::AtomicU64| i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    /// The text exposition: registered metrics plus families built from the node's status.
+    pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>, data_dir: &Path) -> String {
+        let mut families = self.registry.gather();
+        let mut scrape = Scrape { node: self.node.clone(), families: Vec::new() };
+        scrape.gauge("build_info", "Version of this node (value 1)", vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)]);
+        scrape.gauge("uptime_seconds", "Seconds since this node started", vec![(vec![], self.started.elapsed().as_secs_f64())]);
+        scrape.gauge("data_dir_bytes", "Bytes used by this node's data dir", vec![(vec![], dir_bytes(data_dir) as f64)]);
+        scrape.gauge("driver_inbox_depth", "Client calls queued for the node driver", vec![(vec![], driver.inbox_depth() as f64)]);
+        let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;
-        self.io_syncs.set(load(&io.syncs));
-        self.io_rounds.set(load(&io.rounds));
-        self.io_entries.set(load(&io.entries));
-        let sync_micros = io.sync_micros_total.load(Ordering::Relaxed);
-        self.io_sync_seconds_total.set(Duration::from_micros(sync_micros).as_secs_f64());
+        scrape.counter("io_syncs_total", "IO groups written and synced (one sync each)", vec![(vec![], load(&io.syncs))]);
+        scrape.counter("io_persist_rounds_total", "Persist rounds made durable", vec![(vec![], load(&io.rounds))]);
+        scrape.counter("io_entries_total", "Raft entries made durable", vec![(vec![], load(&io.entries))]);
         let peers = &driver.transport_stats;
-        self.peer_frames_sent.set(load(&peers.frames_sent));
-        self.peer_frames_received.set(load(&peers.frames_received));
-        self.peer_batches_dropped.set(load(&peers.batches_dropped));
+        scrape.counter("peer_frames_sent_total", "Frames sent to peers", vec![(vec![], load(&peers.frames_sent))]);
+        scrape.counter("peer_frames_received_total", "Frames received from peers", vec![(vec![], load(&peers.frames_received))]);
+        scrape.counter("peer_bytes_sent_total", "Bytes sent to peers", vec![(vec![], load(&peers.bytes_sent))]);
+        scrape.counter("peer_batches_dropped_total", "Message batches dropped: link backed up, down or faulted", vec![(vec![], load(&peers.batches_dropped))]);
+        scrape.counter("peer_frames_rejected_total", "Frames refused: over the size cap or failing their checksum", vec![(vec![], load(&peers.frames_rejected))]);
+        let links = driver.link_states.iter().map(|(peer, state)| (vec![("peer", peer.to_string())], f64::from(u8::from(state.connected.load(Ordering::Relaxed))))).collect();
+        scrape.gauge("peer_link_up", "1 while the outbound link to a peer is connected", links);
+        if let Some(status) = status {
+            scrape.node_status(status);
+        }
+        families.extend(scrape.families);
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
+        TextEncoder::new().encode(&families, &mut buffer).expect("text encoding");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
 }
 
-use std::time::Duration;
+/// Families built at scrape time, with the registry's prefix and node label.
+struct Scrape {
+    node: String,
+    families: Vec<MetricFamily>,
+}
+
+type Sample = (Vec<(&'static str, String)>, f64);
+
+impl Scrape {
+    fn labels(&self, labels: &[(&'static str, String)]) -> Vec<LabelPair> {
+        let mut pairs = Vec::new();
+        for (name, value) in labels.iter().map(|(n, v)| (n.to_string(), v.clone())).chain(std::iter::once(("node".to_string(), self.node.clone()))) {
+            let mut pair = LabelPair::default();
+            pair.set_name(name);
+            pair.set_value(value);
+            pairs.push(pair);
+        }
+        pairs
+    }
+
+    fn family(&mut self, name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) {
+        let mut family = MetricFamily::default();
+        family.set_name(format!("{PREFIX}{name}"));
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        family.set_metric(metrics);
+        self.families.push(family);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, samples: Vec<Sample>) {
+        let metrics = samples
+            .into_iter()
+            .map(|(labels, value)| {
+                let mut gauge = Gauge::default();
+                gauge.set_value(value);
+                let mut metric = Metric::default();
+                metric.set_label(self.labels(&labels));
+                metric.set_gauge(gauge);
+                metric
+            })
+            .collect();
+        self.family(name, help, MetricType::GAUGE, metrics);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, samples: Vec<Sample>) {
+        let metrics = samples
+            .into_iter()
+            .map(|(labels, value)| {
+                let mut counter = Counter::default();
+                counter.set_value(value);
+                let mut metric = Metric::default();
+                metric.set_label(self.labels(&labels));
+                metric.set_counter(counter);
+                metric
+            })
+            .collect();
+        self.family(name, help, MetricType::COUNTER, metrics);
+    }
+
+    /// A histogram in seconds from the core's millisecond buckets.
+    fn histogram(&mut self, name: &str, help: &str, buckets: &Buckets) {
+        let mut histogram = prometheus::proto::Histogram::default();
+        let mut cumulative = 0;
+        let mut list = Vec::new();
+        for (bound, count) in buckets.bounds_ms.iter().zip(&buckets.counts) {
+            cumulative += count;
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(*bound as f64 / 1000.0);
+            bucket.set_cumulative_count(cumulative);
+            list.push(bucket);
+        }
+        histogram.set_bucket(list);
+        histogram.set_sample_count(buckets.count);
+        histogram.set_sample_sum(buckets.sum_ms as f64 / 1000.0);
+        let mut metric = Metric::default();
+        metric.set_label(self.labels(&[]));
+        metric.set_histogram(histogram);
+        self.family(name, help, MetricType::HISTOGRAM, vec![metric]);
+    }
+
+    fn node_status(&mut self, status: &NodeStatus) {
+        let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none").collect();
+        let shard_label = |id: u32| vec![("shard", id.to_string())];
+        let per_shard = |value: &dyn Fn(&settle_cluster::ShardStatus) -> f64| hosted.iter().map(|shard| (shard_label(shard.id), value(shard))).collect::<Vec<_>>();
+        let role_code = |role: &str| match role {
+            "leader" => 3.0,
+            "candidate" | "precandidate" => 2.0,
+            "follower" => 1.0,
+            _ => 0.0,
+        };
+        self.gauge("shard_role", "Raft role of each shard replica here: 3 leader, 2 candidate, 1 follower, 0 quarantined", per_shard(&|s| role_code(&s.role)));
+        self.gauge("shard_is_leader", "1 when this node leads the shard", per_shard(&|s| f64::from(u8::from(s.leader == Some(status.node)))));
+        self.gauge("shard_has_leader", "1 when this replica knows a leader of the shard", per_shard(&|s| f64::from(u8::from(s.leader.is_some()))));
+        self.gauge("shard_term", "Raft term of each shard replica here", per_shard(&|s| s.term as f64));
+        self.gauge("shard_commit_index", "Raft commit index of each shard replica here", per_shard(&|s| s.commit_index as f64));
+        self.gauge("shard_applied_index", "Applied index of each shard replica here", per_shard(&|s| s.applied_index as f64));
+        self.gauge("shard_apply_lag_entries", "Committed but not yet applied entries", per_shard(&|s| s.commit_index.saturating_sub(s.applied_index) as f64));
+        self.gauge("shard_log_entries", "Raft log entries held (since the last compaction)", per_shard(&|s| s.log_entries as f64));
+        self.gauge("shard_accounts", "Accounts on each shard replica here", per_shard(&|s| s.accounts as f64));
+        self.counter("shard_leader_changes_total", "Leader changes each shard replica here has seen", per_shard(&|s| s.leader_changes as f64));
+        self.gauge("pending_transfers", "Cross-shard transfers in doubt (prepared, not finalized) on shards led here", per_shard(&|s| if s.leader == Some(status.node) { s.pending_transfers as f64 } else { 0.0 }));
+        self.gauge("pending_transfer_oldest_seconds", "Age of the oldest in-doubt transfer on shards led here", per_shard(&|s| s.pending_oldest_ms as f64 / 1000.0));
+        let quarantined = status.shards.iter().filter(|shard| shard.role == "quarantined").count();
+        self.gauge("shards_quarantined", "Replicas here kept out because a stored record failed its checksum", vec![(vec![], quarantined as f64)]);
+        self.gauge("calls_inflight", "Client calls waiting for the cluster on this node", vec![(vec![], status.calls_inflight as f64)]);
+        self.gauge("rounds_inflight", "Persist rounds handed to the IO thread and not yet durable", vec![(vec![], status.rounds_inflight as f64)]);
+        let stats = &status.stats;
+        self.counter("raft_proposals_total", "Commands proposed to raft on shards led here", vec![(vec![], stats.proposals as f64)]);
+        let dropped: Vec<Sample> = ["not_leader", "raft"].iter().map(|reason| (vec![("reason", reason.to_string())], stats.proposals_dropped.get(*reason).copied().unwrap_or(0) as f64)).collect();
+        self.counter("raft_proposals_dropped_total", "Commands dropped before they were logged, by reason", dropped);
+        self.histogram("raft_propose_apply_seconds", "From proposing an entry on the leader to applying it there", &stats.propose_apply_ms);
+        self.histogram("raft_read_index_seconds", "From asking for a read index to holding it", &stats.read_index_ms);
+        self.counter("raft_snapshots_sent_total", "Raft snapshots sent to lagging followers", vec![(vec![], stats.snapshots_sent as f64)]);
+        self.counter("raft_snapshots_installed_total", "Raft snapshots installed from a leader", vec![(vec![], stats.snapshots_installed as f64)]);
+        self.counter("transfer_redrives_total", "Credit requests re-sent for in-doubt transfers", vec![(vec![], stats.redrives as f64)]);
+        self.counter("transfer_prevents_total", "Re-sent credit requests asking the payee shard to refuse (past prevent_after_ms)", vec![(vec![], stats.prevents as f64)]);
+        self.counter("legs_forwarded_total", "Request legs sent to another node's shard leader", vec![(vec![], stats.legs_forwarded as f64)]);
+        self.counter("calls_timed_out_total", "Client calls answered unavailable at their deadline", vec![(vec![], stats.calls_timed_out as f64)]);
+        self.counter("calls_overloaded_total", "Client calls refused because too much was in flight", vec![(vec![], stats.calls_overloaded as f64)]);
+    }
+}
+
+/// Bytes in a directory tree (the data dir is a few files; walking it per scrape is cheap).
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => total += dir_bytes(&entry.path()),
+            Ok(metadata) => total += metadata.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}

@@ -69,10 +69,11 @@ struct Leg {
     /// When the current attempt left, and to whom; `None` means waiting for the next tick.
     sent: Option<(u64, NodeId)>,
     redirects: u32,
+    request_id: Option<String>,
 }
 
 impl NodeCore {
-    pub(super) fn start_call(&mut self, call: CallId, request: Request, deadline_ms: u64) {
+    pub(super) fn start_call(&mut self, call: CallId, request: Request, deadline_ms: u64, request_id: Option<String>) {
         let limits = &self.config.limits;
         let transfers = match &request {
             Request::Transfers(items) => items.len(),
@@ -81,6 +82,7 @@ impl NodeCore {
         let overloaded = self.calls.calls.len() >= limits.calls_inflight_max
             || self.calls.transfers_inflight + transfers > limits.transfers_inflight_max;
         if overloaded {
+            self.stats.calls_overloaded += 1;
             self.effects.push(Effect::Reply { call, reply: Reply::Overloaded });
             return;
         }
@@ -134,7 +136,7 @@ impl NodeCore {
         for (shard, request, items) in legs {
             let leg_id = self.calls.next_leg;
             self.calls.next_leg = self.calls.next_leg.wrapping_add(1);
-            let leg = Leg { call, shard, request, items, deadline_ms, sent: None, redirects: 0 };
+            let leg = Leg { call, shard, request, items, deadline_ms, sent: None, redirects: 0, request_id: request_id.clone() };
             self.calls.legs.insert(leg_id, leg);
             leg_ids.push(leg_id);
         }
@@ -205,8 +207,9 @@ impl NodeCore {
             Some(leader) => {
                 let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
                 leg.sent = Some((self.clock_ms, leader));
+                self.stats.legs_forwarded += 1;
                 let timeout_ms = leg.deadline_ms.saturating_sub(self.clock_ms);
-                let message = PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone() };
+                let message = PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone(), request_id: leg.request_id.clone() };
                 self.send(leader, message);
             }
             None => {
@@ -311,6 +314,7 @@ impl NodeCore {
         let expired: Vec<CallId> =
             self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
         for call in expired {
+            self.stats.calls_timed_out += 1;
             self.finish_call(call, true);
         }
         let attempt_timeout = self.config.limits.leg_attempt_timeout_ms;

@@ -33,6 +33,11 @@ pub(super) struct Coordinator {
 }
 
 impl Coordinator {
+    /// Since when each pending transfer on a shard led here has been pending.
+    pub(super) fn pending_since(&self) -> impl Iterator<Item = (&(ShardId, TransferId), &u64)> {
+        self.pending_since_ms.iter()
+    }
+
     /// This node no longer leads `shard`: its bookkeeping is the new leader's job now.
     pub(super) fn forget_shard(&mut self, shard: ShardId) {
         self.credit_sent_ms.retain(|(payer, _), _| *payer != shard);
@@ -190,6 +195,10 @@ impl NodeCore {
         }
         let mut rotated = std::collections::BTreeSet::new();
         for (key, payee_shard, credit) in resend {
+            self.stats.redrives += 1;
+            if credit.prevent {
+                self.stats.prevents += 1;
+            }
             if self.coordinator.credit_sent_ms.insert(key.clone(), now).is_some() && rotated.insert(payee_shard) {
                 // No answer since the last send: the leader we know of may be gone.
                 self.rotate_hint(payee_shard);

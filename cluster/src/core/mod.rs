@@ -12,6 +12,7 @@
 
 mod calls;
 mod coordinator;
+mod stats;
 mod tasks;
 
 use crate::ids::{NodeId, ShardId, TransferId};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use calls::CallId;
+pub use stats::{Buckets, CoreStats, ShardStatus};
 
 /// The two clocks the driver reads: the wall clock stamps log entries (what clients see as
 /// `created_at`); the monotonic clock drives every timer and deadline, so a wall-clock jump
@@ -116,19 +118,6 @@ pub enum Effect {
     Reply { call: CallId, reply: Reply },
 }
 
-/// A shard as `/v1/cluster` and `settle status` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardStatus {
-    pub id: ShardId,
-    pub leader: Option<NodeId>,
-    pub replicas: Vec<NodeId>,
-    pub term: u64,
-    pub role: String,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub pending_transfers: usize,
-}
-
 pub struct NodeCore {
     config: NodeConfig,
     proposer: Proposer,
@@ -162,6 +151,7 @@ pub struct NodeCore {
     calls: calls::Calls,
     tasks: tasks::Tasks,
     coordinator: coordinator::Coordinator,
+    stats: CoreStats,
 }
 
 impl NodeCore {
@@ -229,6 +219,7 @@ impl NodeCore {
             calls: calls::Calls::starting_at(incarnation),
             tasks: tasks::Tasks::default(),
             coordinator: coordinator::Coordinator::default(),
+            stats: CoreStats::default(),
             config,
         };
         let shards: Vec<ShardId> = core.replicas.keys().copied().collect();
@@ -270,39 +261,6 @@ impl NodeCore {
 
     pub fn rounds_inflight(&self) -> usize {
         self.rounds_inflight.len()
-    }
-
-    /// Every shard's state as this node sees it.
-    pub fn shard_status(&self) -> Vec<ShardStatus> {
-        let placement = &self.config.placement;
-        placement
-            .shard_ids()
-            .map(|shard| {
-                let replicas = placement.replicas(shard);
-                match self.replicas.get(&shard) {
-                    Some(replica) => ShardStatus {
-                        id: shard,
-                        leader: replica.leader(),
-                        replicas,
-                        term: replica.term(),
-                        role: format!("{:?}", replica.role()).to_lowercase(),
-                        commit_index: replica.commit_index(),
-                        applied_index: replica.applied_index(),
-                        pending_transfers: replica.ledger().pending_count(),
-                    },
-                    None => ShardStatus {
-                        id: shard,
-                        leader: self.calls.leader_hint(shard),
-                        replicas,
-                        term: 0,
-                        role: if self.quarantined.contains(&shard) { "quarantined" } else { "none" }.to_string(),
-                        commit_index: 0,
-                        applied_index: 0,
-                        pending_transfers: 0,
-                    },
-                }
-            })
-            .collect()
     }
 
     /// Moves the clocks forward without a raft tick, so entries proposed between ticks carry a
@@ -359,7 +317,7 @@ impl NodeCore {
                     self.dirty.insert(shard);
                 }
             }
-            PeerMessage::Leg { leg, shard, timeout_ms, request } => {
+            PeerMessage::Leg { leg, shard, timeout_ms, request, request_id: _ } => {
                 let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
                 self.accept_leg(tasks::Origin::Remote(from, leg), shard, deadline_ms, request);
             }
@@ -367,14 +325,20 @@ impl NodeCore {
             PeerMessage::Credits { shard, credits, hops } => self.credits_received(from, shard, credits, hops),
             PeerMessage::Decisions { shard, decisions, hops } => self.decisions_received(from, shard, decisions, hops),
             PeerMessage::LeaderHint { shard, leader } => self.learn_leader(shard, leader),
+            PeerMessage::NodeInfo { .. } => {}
         }
     }
 
     /// A client request arriving at this node; answered later by `Effect::Reply` with `call`,
     /// at the latest `timeout_ms` after now (then `Unavailable` for what is missing).
     pub fn submit(&mut self, call: CallId, request: Request, timeout_ms: u64) {
+        self.submit_traced(call, request, timeout_ms, None);
+    }
+
+    /// `submit` with the client's request id, carried to every node a leg goes to.
+    pub fn submit_traced(&mut self, call: CallId, request: Request, timeout_ms: u64, request_id: Option<String>) {
         let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
-        self.start_call(call, request, deadline_ms);
+        self.start_call(call, request, deadline_ms, request_id);
     }
 
     /// The driver made round `id` durable (and every earlier one).
@@ -437,9 +401,15 @@ impl NodeCore {
         let io_backlogged = self.rounds_inflight.len() >= self.config.limits.rounds_inflight_max;
         for shard in shards.iter().filter(|_| !io_backlogged) {
             let replica = self.replicas.get_mut(shard).expect("listed");
-            let Some(output) = replica.handle_ready(self.proposer) else {
+            let Some(output) = replica.handle_ready(self.proposer, self.clock_ms) else {
                 continue;
             };
+            for latency in &output.apply_latencies_ms {
+                self.stats.propose_apply_ms.observe(*latency);
+            }
+            if output.installed_snapshot {
+                self.stats.snapshots_installed += 1;
+            }
             self.send_raft(*shard, output.messages);
             if output.installed_snapshot {
                 self.shard_reset(*shard);
@@ -503,6 +473,7 @@ impl NodeCore {
             let to = message.to;
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_sent.push((shard, to));
+                self.stats.snapshots_sent += 1;
             }
             let bytes = message.write_to_bytes().expect("in-memory protobuf encoding cannot fail");
             self.send(to, PeerMessage::Raft { shard, message: bytes });

@@ -35,8 +35,8 @@ pub(super) struct Tasks {
     finalize_waiters: BTreeMap<(ShardId, TransferId), Vec<(u64, usize)>>,
     /// Read tasks waiting for this round's ReadIndex request.
     reads_queued: BTreeMap<ShardId, Vec<u64>>,
-    /// ReadIndex requests in flight by context.
-    reads_requested: BTreeMap<u64, (ShardId, Vec<u64>)>,
+    /// ReadIndex requests in flight by context, with when they were asked (monotonic ms).
+    reads_requested: BTreeMap<u64, (ShardId, Vec<u64>, u64)>,
     /// Reads with a read index, waiting for the replica to apply up to it.
     reads_indexed: BTreeMap<ShardId, Vec<(u64, Vec<u64>)>>,
     next_read_context: u64,
@@ -122,7 +122,14 @@ impl NodeCore {
         if !replica.has_proposals() {
             return;
         }
-        if let Err(dropped) = replica.flush_proposals(self.proposer, self.now_ms) {
+        let result = replica.flush_proposals(self.proposer, self.now_ms, self.clock_ms);
+        if let Ok(count) = result {
+            self.stats.proposals += u64::try_from(count).unwrap_or(u64::MAX);
+        }
+        if let Err(dropped) = result {
+            let replica = &self.replicas[&shard];
+            let reason = if replica.is_leader() { "raft" } else { "not_leader" };
+            *self.stats.proposals_dropped.entry(reason.to_string()).or_insert(0) += u64::try_from(dropped.len()).unwrap_or(u64::MAX);
             let hint = replica.leader().filter(|leader| *leader != self.config.node);
             let mut failed = BTreeSet::new();
             for tagged in dropped {
@@ -152,7 +159,7 @@ impl NodeCore {
         let context = self.tasks.next_read_context;
         self.tasks.next_read_context += 1;
         replica.read_index(context.to_be_bytes().to_vec());
-        self.tasks.reads_requested.insert(context, (shard, queued));
+        self.tasks.reads_requested.insert(context, (shard, queued, self.clock_ms));
     }
 
     pub(super) fn read_states(&mut self, shard: ShardId, states: Vec<ReadState>) {
@@ -161,8 +168,9 @@ impl NodeCore {
                 continue;
             };
             let context = u64::from_be_bytes(bytes);
-            if let Some((read_shard, tasks)) = self.tasks.reads_requested.remove(&context) {
+            if let Some((read_shard, tasks, asked_ms)) = self.tasks.reads_requested.remove(&context) {
                 assert_eq!(read_shard, shard, "read index answered on its own shard");
+                self.stats.read_index_ms.observe(self.clock_ms.saturating_sub(asked_ms));
                 self.tasks.reads_indexed.entry(shard).or_default().push((state.index, tasks));
             }
         }
@@ -314,7 +322,7 @@ impl NodeCore {
         }
         self.tasks.reads_queued.remove(&shard);
         self.tasks.reads_indexed.remove(&shard);
-        self.tasks.reads_requested.retain(|_, (read_shard, _)| *read_shard != shard);
+        self.tasks.reads_requested.retain(|_, (read_shard, _, _)| *read_shard != shard);
         self.tasks.finalize_waiters.retain(|(waiting_shard, _), _| *waiting_shard != shard);
     }
 

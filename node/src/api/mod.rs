@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::settings::NodeSettings;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use errors::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,6 +20,10 @@ use settle_cluster::message::{Reply, Request, TransferResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The request id of the request being handled (set by the middleware for the handlers).
+#[derive(Clone)]
+pub struct RequestId(pub String);
 
 pub struct AppState {
     pub driver: DriverHandle,
@@ -66,12 +70,22 @@ pub fn app(
                     format!("n{}-{counter:016x}", state.settings.node_id)
                 });
             let endpoint = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+            let method = request.method().to_string();
+            let path = request.path().to_string();
+            request.extensions_mut().insert(RequestId(request_id.clone()));
             let future = service.call(request);
             async move {
                 let mut response: ServiceResponse = future.await?;
-                let status = response.status().as_u16().to_string();
-                state.metrics.http_requests.with_label_values(&[&endpoint, &status]).inc();
-                state.metrics.http_latency.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
+                let status = response.status().as_u16();
+                let elapsed = started.elapsed();
+                state.metrics.http_requests.with_label_values(&[&endpoint, &status.to_string()]).inc();
+                state.metrics.http_latency.with_label_values(&[&endpoint]).observe(elapsed.as_secs_f64());
+                let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                if status >= 500 {
+                    tracing::warn!(request_id = %request_id, %method, %path, status, latency_ms, "request failed");
+                } else {
+                    tracing::debug!(request_id = %request_id, %method, %path, status, latency_ms, "request");
+                }
                 if let Ok(value) = HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(HeaderName::from_static("request-id"), value);
                 }
@@ -108,8 +122,8 @@ impl AppState {
         Duration::from_millis(self.settings.request_timeout_ms)
     }
 
-    async fn call(&self, request: Request) -> Result<Reply> {
-        match self.driver.call(request, self.timeout()).await {
+    async fn call_with(&self, request_id: &RequestId, request: Request) -> Result<Reply> {
+        match self.driver.call_traced(request, self.timeout(), Some(request_id.0.clone())).await {
             Reply::Unavailable => Err(ApiError::unavailable()),
             Reply::Overloaded => Err(ApiError::overloaded()),
             reply => Ok(reply),
@@ -121,35 +135,64 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "live" }))
 }
 
-/// Ready when every shard with a replica here knows its leader.
+/// Ready when this node hears from a quorum of the cluster (itself included) and every shard
+/// with a replica here knows its leader. A node cut off from the others turns unready within a
+/// few seconds, and ready again once it is back.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let Some(status) = state.driver.status().await else {
         return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "driver stopped" }));
     };
-    let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none").collect();
+    let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none" && shard.role != "quarantined").collect();
     let leaderless = hosted.iter().filter(|shard| shard.leader.is_none()).count();
-    let body = json!({ "ready": leaderless == 0, "shards": hosted.len(), "shards_without_leader": leaderless });
-    if leaderless == 0 {
+    let members = status.peers.len() + 1;
+    let heard = 1 + status.peers.iter().filter(|peer| peer.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS)).count();
+    let quorum = heard * 2 > members;
+    let ready = quorum && leaderless == 0;
+    let body = json!({
+        "ready": ready,
+        "shards": hosted.len(),
+        "shards_without_leader": leaderless,
+        "nodes_reachable": heard,
+        "nodes": members,
+    });
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
+/// A peer not heard from for this long counts as unreachable for readiness.
+const PEER_SILENCE_MS: u64 = 3_000;
+
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.driver.status().await;
-    let text = state.metrics.render(&state.driver, status.as_ref());
+    let text = state.metrics.render(&state.driver, status.as_ref(), &state.settings.data_dir);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }
 
 async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
     let status = state.driver.status().await.ok_or_else(ApiError::unavailable)?;
     let members = state.settings.members().map_err(|_| ApiError::unavailable())?;
+    let now = settle_actors::now_ms();
     let nodes: Vec<Value> = members
         .iter()
         .map(|(id, peer)| {
             let leads = status.shards.iter().filter(|shard| shard.leader == Some(*id)).count();
-            json!({ "id": id, "peer": peer.to_string(), "self": *id == status.node, "leader_of": leads })
+            let mut node = json!({ "id": id, "peer": peer.to_string(), "self": *id == status.node, "leader_of": leads });
+            if *id == status.node {
+                node["http"] = json!(format!("http://{}", state.settings.http));
+                node["version"] = json!(env!("CARGO_PKG_VERSION"));
+                node["uptime_ms"] = json!(u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                node["reachable"] = json!(true);
+            } else if let Some(info) = status.peers.iter().find(|peer| peer.id == *id) {
+                node["http"] = json!(info.http);
+                node["version"] = json!(info.version);
+                node["uptime_ms"] = json!(info.started_ms.map(|started| now.saturating_sub(started)));
+                node["reachable"] = json!(info.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS));
+                node["last_heard_ms"] = json!(info.last_heard_ms);
+            }
+            node
         })
         .collect();
     let shards: Vec<Value> = status
@@ -161,8 +204,12 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
                 "leader": shard.leader,
                 "replicas": shard.replicas,
                 "term": shard.term,
+                "role": shard.role,
                 "commit_index": shard.commit_index,
                 "applied_index": shard.applied_index,
+                "last_index": shard.last_index,
+                "pending_transfers": shard.pending_transfers,
+                "pending_oldest_ms": shard.pending_oldest_ms,
             })
         })
         .collect();
@@ -171,11 +218,11 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn create_account(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+async fn create_account(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let object = types::parse_object(&body)?;
     let create = types::create_account(&object)?;
     let id = create.id.to_string();
-    match state.call(Request::CreateAccount(create)).await? {
+    match state.call_with(&request_id, Request::CreateAccount(create)).await? {
         Reply::Account { outcome, account } => {
             let body = account.as_ref().map(types::account_json).unwrap_or(Value::Null);
             match outcome {
@@ -188,9 +235,9 @@ async fn create_account(state: web::Data<AppState>, body: web::Bytes) -> Result<
     }
 }
 
-async fn get_account(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse> {
+async fn get_account(state: web::Data<AppState>, path: web::Path<String>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let id = types::account_id(&path, "id")?;
-    match state.call(Request::ReadAccount(id.clone())).await? {
+    match state.call_with(&request_id, Request::ReadAccount(id.clone())).await? {
         Reply::AccountState(Some(view)) => Ok(HttpResponse::Ok().json(types::account_json(&view))),
         Reply::AccountState(None) => Err(ApiError::account_not_found(id.as_str())),
         other => Err(unexpected(other)),
@@ -206,7 +253,7 @@ struct ListQuery {
 /// Transfers listed per page at most.
 const LIST_LIMIT_MAX: u32 = 500;
 
-async fn list_transfers(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<ListQuery>) -> Result<HttpResponse> {
+async fn list_transfers(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<ListQuery>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let id = types::account_id(&path, "id")?;
     let limit = match &query.limit {
         None => 50,
@@ -220,7 +267,7 @@ async fn list_transfers(state: web::Data<AppState>, path: web::Path<String>, que
         None => None,
         Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::invalid_request("cursor", "cursor is not one this API returned"))?),
     };
-    match state.call(Request::History { account: id.clone(), before, limit }).await? {
+    match state.call_with(&request_id, Request::History { account: id.clone(), before, limit }).await? {
         Reply::History(Some(page)) => {
             let transfers: Vec<Value> = page.transfers.iter().map(types::transfer_json).collect();
             let next = page.next_cursor.map(|cursor| cursor.to_string());
@@ -236,20 +283,20 @@ struct TransferQuery {
     from: Option<String>,
 }
 
-async fn get_transfer(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<TransferQuery>) -> Result<HttpResponse> {
+async fn get_transfer(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<TransferQuery>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let id = types::transfer_id(&path, "id")?;
     let payer = query.from.as_deref().map(|from| types::account_id(from, "from")).transpose()?;
-    match state.call(Request::ReadTransfer { id: id.clone(), payer }).await? {
+    match state.call_with(&request_id, Request::ReadTransfer { id: id.clone(), payer }).await? {
         Reply::Transfer(Some(view)) => Ok(HttpResponse::Ok().json(types::transfer_json(&view))),
         Reply::Transfer(None) => Err(ApiError::transfer_not_found(id.as_str())),
         other => Err(unexpected(other)),
     }
 }
 
-async fn create_transfer(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+async fn create_transfer(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let object = types::parse_object(&body)?;
     let transfer = types::transfer(&object)?;
-    let result = match state.call(Request::Transfers(vec![transfer])).await? {
+    let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
         Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
         other => return Err(unexpected(other)),
     };
@@ -258,7 +305,7 @@ async fn create_transfer(state: web::Data<AppState>, body: web::Bytes) -> Result
     outcome.map(|(status, body)| HttpResponse::build(status).json(body))
 }
 
-async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse> {
+async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let object = types::parse_object(&body)?;
     let Some(Value::Array(items)) = object.get("transfers") else {
         return Err(ApiError::invalid_request("transfers", "transfers must be an array"));
@@ -285,7 +332,7 @@ async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes) -> Result
         }
     }
     if !valid.is_empty() {
-        let answers = match state.driver.call(Request::Transfers(valid), state.timeout()).await {
+        let answers = match state.driver.call_traced(Request::Transfers(valid), state.timeout(), Some(request_id.0.clone())).await {
             Reply::Transfers(answers) => answers,
             Reply::Overloaded => return Err(ApiError::overloaded()),
             Reply::Unavailable => return Err(ApiError::unavailable()),
@@ -324,12 +371,30 @@ fn transfer_outcome(result: TransferResult) -> Result<(actix_web::http::StatusCo
 }
 
 fn record_outcome(state: &AppState, outcome: &Result<(actix_web::http::StatusCode, Value)>) {
+    if let Ok((status, transfer)) = outcome {
+        if status.as_u16() == 201 {
+            record_volume(state, transfer);
+        }
+    }
     let label = match outcome {
         Ok((status, _)) if status.as_u16() == 201 => "posted",
         Ok(_) => "pending",
         Err(error) => error.code,
     };
     state.metrics.transfers.with_label_values(&[label]).inc();
+}
+
+/// Adds a posted transfer's amount (in minor units) to the volume by currency.
+fn record_volume(state: &AppState, transfer: &Value) {
+    let (Some(currency), Some(amount)) = (transfer["currency"].as_str(), transfer["amount"].as_str()) else {
+        return;
+    };
+    let Some(currency) = settle_cluster::money::Currency::from_code(currency) else {
+        return;
+    };
+    if let Ok(minor) = amount::parse_amount(amount, currency) {
+        state.metrics.transfer_volume.with_label_values(&[currency.code()]).inc_by(u64::try_from(minor).unwrap_or(u64::MAX));
+    }
 }
 
 fn unexpected(reply: Reply) -> ApiError {

@@ -1,0 +1,157 @@
+//! What the core counts for monitoring: plain counters and fixed-bucket latency histograms (the
+//! core has no metrics library; the node turns these into Prometheus families at scrape time),
+//! and each shard's status as `/v1/cluster` and `settle status` show it.
+
+use super::NodeCore;
+use crate::ids::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Upper bounds of the latency buckets, in milliseconds.
+const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
+
+/// A cumulative-friendly histogram: counts per upper bound (the last bucket is +Inf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buckets {
+    pub bounds_ms: Vec<u64>,
+    /// `counts[i]` observations ≤ `bounds_ms[i]` and > the previous bound; one extra for +Inf.
+    pub counts: Vec<u64>,
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets { bounds_ms: LATENCY_BOUNDS_MS.to_vec(), counts: vec![0; LATENCY_BOUNDS_MS.len() + 1], sum_ms: 0, count: 0 }
+    }
+}
+
+impl Buckets {
+    pub fn observe(&mut self, value_ms: u64) {
+        let slot = self.bounds_ms.iter().position(|bound| value_ms <= *bound).unwrap_or(self.bounds_ms.len());
+        self.counts[slot] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(value_ms);
+        self.count += 1;
+    }
+}
+
+/// Counters of one node's core since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStats {
+    /// Commands handed to raft (one log entry carries a round's worth per shard).
+    pub proposals: u64,
+    /// Commands raft or leadership loss dropped before they were logged, by reason.
+    pub proposals_dropped: BTreeMap<String, u64>,
+    /// From proposing an entry on the leader to applying it there.
+    pub propose_apply_ms: Buckets,
+    /// From asking for a read index to holding it.
+    pub read_index_ms: Buckets,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    /// Credit requests re-sent for pending transfers, and those asking to prevent.
+    pub redrives: u64,
+    pub prevents: u64,
+    /// Legs sent to another node's leader.
+    pub legs_forwarded: u64,
+    /// Client calls that ran out of time (answered `Unavailable` for what was missing).
+    pub calls_timed_out: u64,
+    pub calls_overloaded: u64,
+}
+
+/// A shard as `/v1/cluster` and `settle status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub id: ShardId,
+    pub leader: Option<NodeId>,
+    pub replicas: Vec<NodeId>,
+    pub term: u64,
+    /// `leader`, `follower`, `candidate`, `precandidate`, `none` (no replica here) or
+    /// `quarantined`.
+    pub role: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// Entries held in the log (since the last compaction).
+    pub log_entries: u64,
+    /// Times this replica saw the shard's leader change.
+    pub leader_changes: u64,
+    pub accounts: u64,
+    /// Cross-shard transfers prepared here and not finalized (in doubt).
+    pub pending_transfers: usize,
+    /// On the leader: how long the oldest of them has been pending, in milliseconds.
+    pub pending_oldest_ms: u64,
+}
+
+impl NodeCore {
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Every shard's state as this node sees it.
+    pub fn shard_status(&self) -> Vec<ShardStatus> {
+        let placement = &self.config.placement;
+        let mut oldest: BTreeMap<ShardId, u64> = BTreeMap::new();
+        for ((shard, _), since) in self.coordinator.pending_since() {
+            let age = self.clock_ms.saturating_sub(*since);
+            let entry = oldest.entry(*shard).or_insert(0);
+            *entry = (*entry).max(age);
+        }
+        placement
+            .shard_ids()
+            .map(|shard| {
+                let replicas = placement.replicas(shard);
+                match self.replicas.get(&shard) {
+                    Some(replica) => ShardStatus {
+                        id: shard,
+                        leader: replica.leader(),
+                        replicas,
+                        term: replica.term(),
+                        role: format!("{:?}", replica.role()).to_lowercase(),
+                        commit_index: replica.commit_index(),
+                        applied_index: replica.applied_index(),
+                        last_index: replica.last_index(),
+                        log_entries: u64::try_from(replica.log_entry_count()).unwrap_or(u64::MAX),
+                        leader_changes: replica.leader_changes(),
+                        accounts: u64::try_from(replica.ledger().accounts().count()).unwrap_or(u64::MAX),
+                        pending_transfers: replica.ledger().pending_count(),
+                        pending_oldest_ms: if replica.is_leader() { oldest.get(&shard).copied().unwrap_or(0) } else { 0 },
+                    },
+                    None => ShardStatus {
+                        id: shard,
+                        leader: self.calls.leader_hint(shard),
+                        replicas,
+                        term: 0,
+                        role: if self.quarantined.contains(&shard) { "quarantined" } else { "none" }.to_string(),
+                        commit_index: 0,
+                        applied_index: 0,
+                        last_index: 0,
+                        log_entries: 0,
+                        leader_changes: 0,
+                        accounts: 0,
+                        pending_transfers: 0,
+                        pending_oldest_ms: 0,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Observations land in the first bucket whose bound holds them; the rest go to +Inf.
+    #[test]
+    fn buckets_count_by_upper_bound() {
+        let mut buckets = Buckets::default();
+        for value in [0, 1, 2, 7, 6_000] {
+            buckets.observe(value);
+        }
+        assert_eq!(buckets.counts[0], 2);
+        assert_eq!(buckets.counts[1], 1);
+        assert_eq!(buckets.counts[3], 1);
+        assert_eq!(*buckets.counts.last().unwrap(), 1);
+        assert_eq!((buckets.count, buckets.sum_ms), (5, 6_010));
+    }
+}

@@ -1,0 +1,146 @@
+//! `settle status`: the cluster at a glance for SREs — nodes (up/down, version, uptime), shards
+//! and leaders per node, shards without a leader, lagging or quarantined replicas, in-doubt
+//! transfers — from every node's `/v1/cluster`. Exits non-zero when something needs attention,
+//! so scripts and cron jobs can use it.
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusFlags {
+    /// Any node of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// A replica further behind its leader than this many entries counts as lagging.
+    #[arg(long, default_value_t = 1_000)]
+    pub lag_entries_max: u64,
+    /// An in-doubt (pending cross-shard) transfer older than this needs attention.
+    #[arg(long, default_value_t = 30)]
+    pub in_doubt_seconds_max: u64,
+}
+
+struct NodeView {
+    id: u64,
+    http: Option<String>,
+    cluster: Option<Value>,
+}
+
+pub fn run(flags: StatusFlags) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let problems = runtime.block_on(report(&flags))?;
+    if !problems.is_empty() {
+        println!();
+        for problem in &problems {
+            println!("ATTENTION: {problem}");
+        }
+        bail!("{} problem(s) need attention", problems.len());
+    }
+    println!();
+    println!("ok: every node up, every shard led, nothing lagging or in doubt");
+    Ok(())
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = client.get(format!("{url}/v1/cluster")).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let target = flags.target.trim_end_matches('/');
+    let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;
+    let mut views = Vec::new();
+    for node in first["nodes"].as_array().cloned().unwrap_or_default() {
+        let id = node["id"].as_u64().unwrap_or(0);
+        let http = node["http"].as_str().map(str::to_string);
+        let cluster = match &http {
+            Some(_) if node["self"] == true => Some(first.clone()),
+            Some(url) => fetch(&client, url).await,
+            None => None,
+        };
+        views.push(NodeView { id, http, cluster });
+    }
+    let mut problems = Vec::new();
+
+    println!("{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}", "node", "http", "state", "version", "uptime", "shards", "leads");
+    for view in &views {
+        let (state, version, uptime, shards, leads) = match &view.cluster {
+            Some(cluster) => {
+                let me = cluster["nodes"].as_array().and_then(|nodes| nodes.iter().find(|n| n["self"] == true)).cloned().unwrap_or(Value::Null);
+                let hosted = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| !matches!(s["role"].as_str(), Some("none"))).count());
+                let leads = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == Some(view.id)).count());
+                let uptime = me["uptime_ms"].as_u64().map_or_else(|| "?".to_string(), |ms| format_age(ms));
+                ("up", me["version"].as_str().unwrap_or("?").to_string(), uptime, hosted.to_string(), leads.to_string())
+            }
+            None => {
+                problems.push(format!("node {} ({}) is down or unreachable", view.id, view.http.as_deref().unwrap_or("address unknown")));
+                ("DOWN", "-".to_string(), "-".to_string(), "-".to_string(), "-".to_string())
+            }
+        };
+        println!("{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}", view.id, view.http.as_deref().unwrap_or("?"), state, version, uptime, shards, leads);
+    }
+
+    // Every up node's view of every shard: leader, indexes, role.
+    let mut by_shard: BTreeMap<u64, Vec<(u64, Value)>> = BTreeMap::new();
+    for view in &views {
+        if let Some(cluster) = &view.cluster {
+            for shard in cluster["shards"].as_array().cloned().unwrap_or_default() {
+                by_shard.entry(shard["id"].as_u64().unwrap_or(0)).or_default().push((view.id, shard));
+            }
+        }
+    }
+    let mut leaderless = Vec::new();
+    let mut lagging = Vec::new();
+    let mut quarantined = Vec::new();
+    let mut in_doubt = 0u64;
+    let mut oldest_ms = 0u64;
+    for (shard, replicas) in &by_shard {
+        let leader = replicas.iter().find(|(node, view)| view["leader"].as_u64() == Some(*node) && view["role"] == "leader");
+        let Some((leader_node, leader_view)) = leader else {
+            leaderless.push(*shard);
+            continue;
+        };
+        let commit = leader_view["commit_index"].as_u64().unwrap_or(0);
+        in_doubt += leader_view["pending_transfers"].as_u64().unwrap_or(0);
+        oldest_ms = oldest_ms.max(leader_view["pending_oldest_ms"].as_u64().unwrap_or(0));
+        for (node, view) in replicas {
+            if view["role"] == "quarantined" {
+                quarantined.push(format!("shard {shard} on node {node}"));
+            } else if node != leader_node && view["role"] != "none" {
+                let applied = view["applied_index"].as_u64().unwrap_or(0);
+                if commit.saturating_sub(applied) > flags.lag_entries_max {
+                    lagging.push(format!("shard {shard} on node {node} ({} entries behind)", commit - applied));
+                }
+            }
+        }
+    }
+    println!();
+    println!("shards          {}", by_shard.len());
+    println!("without leader  {}", leaderless.len());
+    println!("lagging         {}", lagging.len());
+    println!("quarantined     {}", quarantined.len());
+    println!("in-doubt        {in_doubt} (oldest {})", format_age(oldest_ms));
+    if !leaderless.is_empty() {
+        problems.push(format!("{} shard(s) without a leader: {:?}", leaderless.len(), leaderless));
+    }
+    problems.extend(lagging.into_iter().map(|replica| format!("replica lagging: {replica}")));
+    problems.extend(quarantined.into_iter().map(|replica| format!("replica quarantined (corrupt records): {replica}")));
+    if oldest_ms > flags.in_doubt_seconds_max * 1_000 {
+        problems.push(format!("an in-doubt transfer is {} old", format_age(oldest_ms)));
+    }
+    Ok(problems)
+}
+
+fn format_age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{}s", ms / 1_000),
+        60_000..=3_599_999 => format!("{}m{}s", ms / 60_000, (ms / 1_000) % 60),
+        _ => format!("{}h{}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
+}
