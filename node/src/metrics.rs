@@ -74,6 +74,10 @@ impl Metrics {
         scrape.gauge("build_info", "Version of this node (value 1)", vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)]);
         scrape.gauge("uptime_seconds", "Seconds since this node started", vec![(vec![], self.started.elapsed().as_secs_f64())]);
         scrape.gauge("data_dir_bytes", "Bytes used by this node's data dir", vec![(vec![], dir_bytes(data_dir) as f64)]);
+        if let Some((size, free)) = filesystem_bytes(data_dir) {
+            scrape.gauge("data_dir_fs_size_bytes", "Size of the filesystem holding the data dir", vec![(vec![], size as f64)]);
+            scrape.gauge("data_dir_fs_free_bytes", "Bytes available to this process on that filesystem", vec![(vec![], free as f64)]);
+        }
         scrape.gauge("driver_inbox_depth", "Client calls queued for the node driver", vec![(vec![], driver.inbox_depth() as f64)]);
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;
@@ -234,4 +238,20 @@ fn dir_bytes(path: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Size and free space of the filesystem holding `path` (statvfs).
+fn filesystem_bytes(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes the struct on success; we read it only then.
+    let result = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so the struct is initialised.
+    let stats = unsafe { stats.assume_init() };
+    let block = u64::from(stats.f_frsize);
+    Some((u64::from(stats.f_blocks).saturating_mul(block), u64::from(stats.f_bavail).saturating_mul(block)))
 }

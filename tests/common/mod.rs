@@ -15,6 +15,8 @@ pub struct TestCluster {
     pub cluster_arg: String,
     pub shards: u32,
     pub client: reqwest::Client,
+    /// Extra environment for every node (log format and filter, say).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct TestNode {
@@ -39,6 +41,11 @@ fn free_ports(count: usize) -> Vec<u16> {
 impl TestCluster {
     /// Starts `count` nodes and waits until every one is ready.
     pub async fn start(count: u64, shards: u32) -> TestCluster {
+        TestCluster::start_with_env(count, shards, &[]).await
+    }
+
+    /// `start`, with extra environment variables for every node.
+    pub async fn start_with_env(count: u64, shards: u32, env: &[(&str, &str)]) -> TestCluster {
         let ports = free_ports(usize::try_from(count * 2).expect("small"));
         let mut nodes = Vec::new();
         for id in 1..=count {
@@ -48,7 +55,8 @@ impl TestCluster {
         let cluster_arg =
             nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        let mut cluster = TestCluster { dir: tempfile::tempdir().expect("temp dir"), nodes, cluster_arg, shards, client };
+        let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let mut cluster = TestCluster { dir: tempfile::tempdir().expect("temp dir"), nodes, cluster_arg, shards, client, env };
         for id in 1..=count {
             cluster.spawn(id);
         }
@@ -88,6 +96,7 @@ impl TestCluster {
             .args(["--cluster", &self.cluster_arg])
             .args(["--shards", &self.shards.to_string()])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
