@@ -5,9 +5,9 @@
 
 use crate::io::{run_io, IoDone, IoJob, IoStats, Storage, StorageError};
 use crate::transport::{self, Inbound, LinkFaults, LinkState, Transport, TransportStats};
-use settle_cluster::ids::NodeId;
+use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Reply, Request};
-use settle_cluster::{CallId, CoreStats, Effect, NodeConfig, NodeCore, ShardStatus, Time};
+use settle_cluster::{AdminError, CallId, CoreStats, Effect, NodeConfig, NodeCore, ShardStatus, Time};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +77,8 @@ const NODE_INFO_EVERY_TICKS: u64 = 20;
 enum Command {
     Submit { request: Request, timeout_ms: u64, request_id: Option<String>, reply: oneshot::Sender<Reply> },
     Status(oneshot::Sender<NodeStatus>),
+    TransferLeader { shard: ShardId, to: NodeId, reply: oneshot::Sender<Result<(), AdminError>> },
+    Drain { draining: bool, reply: oneshot::Sender<usize> },
     Stop,
 }
 
@@ -115,6 +117,20 @@ impl DriverHandle {
     pub async fn status(&self) -> Option<NodeStatus> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Status(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Asks this node's leader of `shard` to hand leadership to `to`.
+    pub async fn transfer_leader(&self, shard: ShardId, to: NodeId) -> Option<Result<(), AdminError>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::TransferLeader { shard, to, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Starts or stops draining; answers how many shards this node still leads.
+    pub async fn drain(&self, draining: bool) -> Option<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Drain { draining, reply }).await.ok()?;
         answer.await.ok()
     }
 
@@ -184,7 +200,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         .name("settle-driver".to_string())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("driver runtime");
-            let info = PeerMessage::NodeInfo { http: config.http_advertise.clone(), version: config.version.clone(), started_ms: now_ms() };
+            let info = NodeInfo { http: config.http_advertise.clone(), version: config.version.clone(), started_ms: now_ms() };
             let mut driver = Driver {
                 core,
                 transport,
@@ -207,6 +223,12 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     Ok((handle, driver_thread))
 }
 
+struct NodeInfo {
+    http: String,
+    version: String,
+    started_ms: u64,
+}
+
 struct Driver {
     core: NodeCore,
     transport: Transport,
@@ -215,7 +237,7 @@ struct Driver {
     next_call: CallId,
     started: Instant,
     /// How this node introduces itself, and what peers said of themselves.
-    info: PeerMessage,
+    info: NodeInfo,
     peers: BTreeMap<NodeId, (String, String, u64)>,
     ticks: u64,
 }
@@ -272,11 +294,23 @@ impl Driver {
     fn tick(&mut self) {
         self.core.tick(self.time());
         if self.ticks % NODE_INFO_EVERY_TICKS == 0 {
-            for peer in self.transport.peers() {
-                self.transport.send(peer, vec![self.info.clone()]);
-            }
+            self.introduce();
         }
         self.ticks += 1;
+    }
+
+    /// Tells every peer who this node is (HTTP address, version) and whether it drains.
+    fn introduce(&mut self) {
+        let message = PeerMessage::NodeInfo {
+            http: self.info.http.clone(),
+            version: self.info.version.clone(),
+            started_ms: self.info.started_ms,
+            draining: self.core.draining(),
+        };
+        let peers: Vec<NodeId> = self.transport.peers().collect();
+        for peer in peers {
+            self.transport.send(peer, vec![message.clone()]);
+        }
     }
 
     fn time(&self) -> Time {
@@ -296,8 +330,9 @@ impl Driver {
     fn peer(&mut self, from: NodeId, messages: Vec<PeerMessage>) {
         for message in messages {
             match message {
-                PeerMessage::NodeInfo { http, version, started_ms } => {
+                PeerMessage::NodeInfo { http, version, started_ms, draining } => {
                     self.peers.insert(from, (http, version, started_ms));
+                    self.core.set_peer_draining(from, draining);
                 }
                 message => {
                     if let PeerMessage::Leg { request_id: Some(request_id), shard, .. } = &message {
@@ -345,6 +380,14 @@ impl Driver {
                     peers,
                 };
                 let _ = reply.send(status);
+            }
+            Command::TransferLeader { shard, to, reply } => {
+                let _ = reply.send(self.core.transfer_leader(shard, to));
+            }
+            Command::Drain { draining, reply } => {
+                self.core.set_draining(draining);
+                self.introduce();
+                let _ = reply.send(self.core.led_shards());
             }
             Command::Stop => unreachable!("handled by the loop"),
         }

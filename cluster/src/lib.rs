@@ -14,5 +14,5 @@ pub mod replica;
 pub mod storage;
 
 mod core;
-pub use crate::core::{Buckets, CallId, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time};
+pub use crate::core::{AdminError, Buckets, CallId, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time};
 pub use raft;

@@ -154,7 +154,7 @@ pub enum PeerMessage {
     /// find its leader.
     LeaderHint { shard: ShardId, leader: NodeId },
     /// A node introduces itself to its peers (handled by the driver, not the core).
-    NodeInfo { http: String, version: String, started_ms: u64 },
+    NodeInfo { http: String, version: String, started_ms: u64, draining: bool },
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! consecutive loopback ports, each with its own data dir and log file — stopped on Ctrl-C.
 
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,10 @@ pub struct LocalFlags {
 /// A running local cluster; dropping it stops the nodes.
 pub struct LocalCluster {
     pub urls: Vec<String>,
-    children: Vec<Child>,
+    /// How to start each node again (binary, arguments, log file).
+    specs: Vec<(std::path::PathBuf, Vec<std::ffi::OsString>, std::path::PathBuf)>,
+    env: Vec<(String, String)>,
+    children: Vec<Option<Child>>,
     /// Children whose exit was already reported.
     reported: Vec<usize>,
 }
@@ -36,6 +39,11 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts the nodes and waits (at most `ready_timeout`) until each serves requests.
     pub fn start(flags: &LocalFlags, ready_timeout: Duration) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with_env(flags, ready_timeout, Vec::new())
+    }
+
+    /// `start`, with extra environment variables for every node (drills enable faults).
+    pub fn start_with_env(flags: &LocalFlags, ready_timeout: Duration, env: Vec<(String, String)>) -> anyhow::Result<LocalCluster> {
         if flags.nodes == 0 {
             bail!("--nodes must be at least 1");
         }
@@ -50,58 +58,120 @@ impl LocalCluster {
         }
         let cluster = members.join(",");
         let binary = std::env::current_exe().context("locating the settle binary")?;
-        let mut started = LocalCluster { urls: Vec::new(), children: Vec::new(), reported: Vec::new() };
+        let mut started = LocalCluster { urls: Vec::new(), specs: Vec::new(), env, children: Vec::new(), reported: Vec::new() };
         for node in 1..=flags.nodes {
             let data_dir = flags.data_dir.join(format!("node-{node}"));
             std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-            let log_path = data_dir.join("settle.log");
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
             let http_port = port(flags.http_port, node)?;
-            let child = Command::new(&binary)
-                .arg("start")
-                .args(["--node-id", &node.to_string()])
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(["--http", &format!("127.0.0.1:{http_port}")])
-                .args(["--peer", &format!("127.0.0.1:{}", port(peer_base, node)?)])
-                .args(["--cluster", &cluster])
-                .args(["--shards", &flags.shards.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting node {node}"))?;
-            started.children.push(child);
+            let args: Vec<std::ffi::OsString> = vec![
+                "start".into(),
+                "--node-id".into(),
+                node.to_string().into(),
+                "--data-dir".into(),
+                data_dir.clone().into_os_string(),
+                "--http".into(),
+                format!("127.0.0.1:{http_port}").into(),
+                "--peer".into(),
+                format!("127.0.0.1:{}", port(peer_base, node)?).into(),
+                "--cluster".into(),
+                cluster.clone().into(),
+                "--shards".into(),
+                flags.shards.to_string().into(),
+            ];
+            started.specs.push((binary.clone(), args, data_dir.join("settle.log")));
+            started.children.push(None);
             started.urls.push(format!("http://127.0.0.1:{http_port}"));
+            started.spawn(usize::try_from(node).expect("small"))?;
         }
-        started.wait_ready(ready_timeout, &flags.data_dir)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for node in 1..=started.urls.len() {
+            runtime.block_on(started.wait_ready(node, ready_timeout))?;
+        }
         Ok(started)
     }
 
-    fn wait_ready(&mut self, timeout: Duration, data_dir: &Path) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// Starts node `node` (1-based) from its spec.
+    pub fn spawn(&mut self, node: usize) -> anyhow::Result<()> {
+        let (binary, args, log_path) = &self.specs[node - 1];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+        let child = Command::new(binary)
+            .args(args)
+            .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {node}"))?;
+        self.children[node - 1] = Some(child);
+        self.reported.retain(|index| *index != node - 1);
+        Ok(())
+    }
+
+    /// Waits until node `node` answers /health/ready (or fails if it exits or time runs out).
+    pub async fn wait_ready(&mut self, node: usize, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let url = self.urls[node - 1].clone();
         let deadline = Instant::now() + timeout;
-        for (index, url) in self.urls.clone().iter().enumerate() {
-            loop {
-                if let Some(status) = self.children[index].try_wait()? {
-                    let log = data_dir.join(format!("node-{}", index + 1)).join("settle.log");
-                    bail!("node {} exited with {status}; see {}", index + 1, log.display());
+        loop {
+            if let Some(child) = self.children[node - 1].as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("node {node} exited with {status}; see {}", self.specs[node - 1].2.display());
                 }
-                let ready = runtime.block_on(async {
-                    let response = client.get(format!("{url}/health/ready")).send().await;
-                    response.is_ok_and(|response| response.status().is_success())
-                });
-                if ready {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("node {} at {url} not ready within {timeout:?}", index + 1);
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            }
+            let response = client.get(format!("{url}/health/ready")).send().await;
+            if response.is_ok_and(|response| response.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {node} at {url} not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pid(&self, node: usize) -> Option<libc::pid_t> {
+        self.children[node - 1].as_ref().and_then(|child| libc::pid_t::try_from(child.id()).ok())
+    }
+
+    /// Sends a signal to node `node` (SIGSTOP, SIGCONT, SIGTERM...).
+    pub fn signal(&self, node: usize, signal: libc::c_int) {
+        if let Some(pid) = self.pid(node) {
+            // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+            unsafe {
+                libc::kill(pid, signal);
             }
         }
-        Ok(())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most `timeout`, then SIGKILL) for the node to exit.
+    pub async fn terminate(&mut self, node: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(node, libc::SIGCONT);
+        self.signal(node, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.children[node - 1].as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[node - 1] = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                self.kill(node);
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn is_running(&self, node: usize) -> bool {
+        self.children[node - 1].is_some()
     }
 
     /// Nodes that exited since the last call, with their exit status.
@@ -111,6 +181,9 @@ impl LocalCluster {
             if self.reported.contains(&index) {
                 continue;
             }
+            let Some(child) = child.as_mut() else {
+                continue;
+            };
             if let Ok(Some(status)) = child.try_wait() {
                 self.reported.push(index);
                 exited.push((index + 1, status));
@@ -125,15 +198,14 @@ impl LocalCluster {
 
     /// SIGTERM every node, wait up to 10 s each, then SIGKILL what is left.
     pub fn stop(&mut self) {
-        for child in &self.children {
-            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
+        for node in 1..=self.children.len() {
+            self.signal(node, libc::SIGCONT);
+            self.signal(node, libc::SIGTERM);
         }
-        for child in &mut self.children {
+        for slot in &mut self.children {
+            let Some(child) = slot.as_mut() else {
+                continue;
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match child.try_wait() {
@@ -146,8 +218,8 @@ impl LocalCluster {
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
+            *slot = None;
         }
-        self.children.clear();
     }
 }
 

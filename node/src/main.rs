@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod drill;
 mod local;
 mod logging;
 mod metrics;
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::BenchFlags),
     /// The cluster at a glance; exits non-zero when something needs attention.
     Status(status::StatusFlags),
+    /// Run a failover drill under load and check nothing was lost (`settle drill heal` undoes faults).
+    Drill(drill::DrillFlags),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(flags) => sim_cli::run(flags),
         Command::Bench(flags) => bench::run(flags),
         Command::Status(flags) => status::run(flags),
+        Command::Drill(flags) => drill::run(flags),
     }
 }
 

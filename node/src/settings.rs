@@ -35,6 +35,12 @@ pub struct NodeSettings {
     /// `text` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Fault injection through `/admin/faults` (for drills); off unless asked for.
+    #[serde(default)]
+    pub faults_enabled: bool,
+    /// Bearer token every `/admin/*` request must carry; admin endpoints are off without it.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -90,6 +96,12 @@ pub struct StartFlags {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Allow fault injection through /admin/faults (drills).
+    #[arg(long)]
+    pub faults_enabled: bool,
+    /// Bearer token for /admin/* endpoints (better from SETTLE_ADMIN_TOKEN than a flag).
+    #[arg(long)]
+    pub admin_token: Option<String>,
 }
 
 impl NodeSettings {
@@ -99,7 +111,7 @@ impl NodeSettings {
             builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(config::Environment::with_prefix("SETTLE").prefix_separator("_").separator("__"));
-        let overrides: [(&str, Option<String>); 7] = [
+        let overrides: [(&str, Option<String>); 9] = [
             ("node_id", flags.node_id.map(|v| v.to_string())),
             ("data_dir", flags.data_dir.as_ref().map(|v| v.display().to_string())),
             ("http", flags.http.map(|v| v.to_string())),
@@ -107,6 +119,8 @@ impl NodeSettings {
             ("cluster", flags.cluster.clone()),
             ("shards", flags.shards.map(|v| v.to_string())),
             ("log_format", flags.log_format.clone()),
+            ("faults_enabled", flags.faults_enabled.then(|| "true".to_string())),
+            ("admin_token", flags.admin_token.clone()),
         ];
         for (key, value) in overrides {
             if let Some(value) = value {

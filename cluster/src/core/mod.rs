@@ -41,6 +41,17 @@ pub struct Time {
     pub monotonic_ms: u64,
 }
 
+/// Why a planned operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node has no replica of the shard")]
+    NoReplica,
+    #[error("this node does not lead the shard")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("that node has no replica of the shard")]
+    NotAReplica,
+}
+
 /// Bounds and periods of the core, all in config with units last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -147,6 +158,10 @@ pub struct NodeCore {
     leading: BTreeMap<ShardId, u64>,
     /// Shards touched by an input since they were last polled: only these can have work.
     dirty: BTreeSet<ShardId>,
+    /// Draining for maintenance: hand every led shard away and refuse leader transfers here.
+    draining: bool,
+    /// Peers that said they are draining: no shard is handed to them.
+    peers_draining: BTreeSet<NodeId>,
     last_balance_ms: u64,
     calls: calls::Calls,
     tasks: tasks::Tasks,
@@ -215,6 +230,8 @@ impl NodeCore {
             snapshots_sent: Vec::new(),
             leading: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            draining: false,
+            peers_draining: BTreeSet::new(),
             last_balance_ms: 0,
             calls: calls::Calls::starting_at(incarnation),
             tasks: tasks::Tasks::default(),
@@ -296,6 +313,76 @@ impl NodeCore {
         self.coordinator_tick();
         self.checkpoint_tick();
         self.balance_tick();
+        self.drain_tick();
+    }
+
+    /// Asks the local leader of `shard` to hand leadership to `to` (a planned operation). Errors
+    /// name who leads instead.
+    pub fn transfer_leader(&mut self, shard: ShardId, to: NodeId) -> Result<(), AdminError> {
+        let node = self.config.node;
+        let Some(replica) = self.replicas.get_mut(&shard) else {
+            return Err(AdminError::NoReplica);
+        };
+        if !replica.is_leader() {
+            return Err(AdminError::NotLeader { leader: replica.leader() });
+        }
+        if to == node {
+            return Ok(());
+        }
+        if !self.config.placement.replicas(shard).contains(&to) {
+            return Err(AdminError::NotAReplica);
+        }
+        replica.transfer_leader(to);
+        self.dirty.insert(shard);
+        Ok(())
+    }
+
+    /// Draining: this node hands every shard it leads to a caught-up replica (at every tick)
+    /// and refuses leadership handed to it, until undrained. For maintenance and rolling
+    /// restarts without a write pause.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        if draining {
+            self.drain_tick();
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// A peer announced whether it is draining.
+    pub fn set_peer_draining(&mut self, peer: NodeId, draining: bool) {
+        if draining {
+            self.peers_draining.insert(peer);
+        } else {
+            self.peers_draining.remove(&peer);
+        }
+    }
+
+    /// Shards this node leads right now.
+    pub fn led_shards(&self) -> usize {
+        self.replicas.values().filter(|replica| replica.is_leader()).count()
+    }
+
+    fn drain_tick(&mut self) {
+        if !self.draining {
+            return;
+        }
+        for (shard, replica) in self.replicas.iter_mut() {
+            if !replica.is_leader() {
+                continue;
+            }
+            let last = replica.last_index();
+            let peers_draining = &self.peers_draining;
+            let target = self.config.placement.replicas(*shard).into_iter().find(|peer| {
+                *peer != self.config.node && !peers_draining.contains(peer) && replica.peer_matched(*peer) == Some(last)
+            });
+            if let Some(peer) = target {
+                replica.transfer_leader(peer);
+                self.dirty.insert(*shard);
+            }
+        }
     }
 
     /// Marks a shard as having work for the next poll.
@@ -311,6 +398,10 @@ impl NodeCore {
                     return;
                 };
                 if let Some(replica) = self.replicas.get_mut(&shard) {
+                    if self.draining && raft_message.get_msg_type() == MessageType::MsgTimeoutNow {
+                        // A draining node does not take leadership handed to it.
+                        return;
+                    }
                     // Raft refuses messages from unknown peers or stale terms; nothing to do then.
                     let _ = replica.step(raft_message);
                     self.redraw_election_timeout(shard);
@@ -568,7 +659,7 @@ impl NodeCore {
                 continue;
             }
             let preferred = self.config.placement.preferred_leader(*shard);
-            if preferred == node {
+            if preferred == node || self.peers_draining.contains(&preferred) || self.draining {
                 continue;
             }
             if replica.peer_matched(preferred) == Some(replica.last_index()) {

@@ -2,6 +2,7 @@
 //! its `Reply` to status codes and the error shape. Any node serves any account: the core
 //! routes to shard leaders.
 
+pub mod admin;
 pub mod amount;
 pub mod errors;
 pub mod types;
@@ -102,6 +103,12 @@ pub fn app(
         .route("/v1/transfers", web::post().to(create_transfer))
         .route("/v1/transfers/batch", web::post().to(batch_transfers))
         .route("/v1/transfers/{id}", web::get().to(get_transfer))
+        .route("/admin/faults", web::get().to(admin::get_faults))
+        .route("/admin/faults", web::post().to(admin::set_faults))
+        .route("/admin/faults", web::delete().to(admin::clear_faults))
+        .route("/admin/shards/{id}/transfer-leader", web::post().to(admin::transfer_leader))
+        .route("/admin/drain", web::post().to(admin::drain))
+        .route("/admin/drain", web::delete().to(admin::drain))
         .default_service(web::to(|request: HttpRequest| async move {
             ApiError::not_found(request.path()).error_response_owned()
         }))

@@ -152,7 +152,7 @@ fn start_embedded(flags: &BenchFlags) -> anyhow::Result<(LocalCluster, TempDir)>
 }
 
 /// The first port of `count` consecutive free loopback ports, found by binding them.
-fn free_port_range(count: u64) -> anyhow::Result<u16> {
+pub fn free_port_range(count: u64) -> anyhow::Result<u16> {
     let count = u16::try_from(count).context("too many nodes")?;
     for _ in 0..50 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -176,8 +176,12 @@ pub struct TempDir {
 
 impl TempDir {
     fn new() -> anyhow::Result<TempDir> {
+        TempDir::new_for("bench")
+    }
+
+    pub fn new_for(purpose: &str) -> anyhow::Result<TempDir> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-        let path = std::env::temp_dir().join(format!("settle-bench-{}-{nanos}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("settle-{purpose}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(TempDir { path })
     }

@@ -1,0 +1,452 @@
+//! `settle drill SCENARIO`: breaks a cluster on purpose under a steady workload, heals it, waits
+//! for recovery, and checks the recorded history (conservation, no overdraft, at most once,
+//! acknowledged transfers durable, rejected never posted, linearizable reads). Scenarios are
+//! named for what SREs rehearse; each writes a Markdown, JSON and JUnit report. Process faults
+//! (kill, pause, restart) need `--local` (a cluster the drill starts); network faults, a slow
+//! disk and leader transfers go through the admin endpoints and work against any deployment
+//! started with `--faults-enabled` and an admin token.
+
+mod report;
+mod workload;
+
+use crate::bench::parse_duration;
+use crate::local::{LocalCluster, LocalFlags};
+use anyhow::{bail, Context};
+use report::Report;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use workload::Workload;
+
+pub const SCENARIOS: [&str; 8] =
+    ["leader-kill", "node-pause", "partition-minority", "partition-leader", "rolling-restart", "full-restart", "slow-disk", "leader-transfer"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrillFlags {
+    /// leader-kill, node-pause, partition-minority, partition-leader, rolling-restart,
+    /// full-restart, slow-disk, leader-transfer, all — or `heal` to remove every injected fault.
+    pub scenario: String,
+    /// Nodes of a running cluster (started with --faults-enabled and an admin token).
+    #[arg(long, value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// Start a local cluster for the drill (the default without --target).
+    #[arg(long)]
+    pub local: bool,
+    /// Workload time per scenario: a quarter steady state, the fault, the rest recovery.
+    #[arg(long, default_value = "16s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Transfers per second of the steady workload.
+    #[arg(long, default_value_t = 400)]
+    pub rate: u64,
+    /// Faults injected per scenario (write-pause p50/p99 are over these).
+    #[arg(long, default_value_t = 1)]
+    pub repeats: u32,
+    /// The drill fails if the cluster has not recovered this long after healing.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub recovery_timeout: Duration,
+    /// Where reports go (Markdown, JSON, JUnit per scenario).
+    #[arg(long, default_value = "drill-reports")]
+    pub report_dir: PathBuf,
+    /// Also write the JSON report (all scenarios' for `all`) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Admin bearer token for --target clusters (or SETTLE_ADMIN_TOKEN).
+    #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Local cluster shape.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    #[arg(long, default_value_t = 8)]
+    pub shards: u32,
+}
+
+/// The cluster under drill: its URLs, the admin token, and (local) its processes.
+struct Drilled {
+    urls: Vec<String>,
+    token: String,
+    local: Option<LocalCluster>,
+    client: reqwest::Client,
+    /// Nodes currently SIGSTOPped or killed by the drill (healed on the way out).
+    paused: Vec<usize>,
+    killed: Vec<usize>,
+}
+
+pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
+    let scenarios: Vec<&str> = match flags.scenario.as_str() {
+        "all" => SCENARIOS.to_vec(),
+        "heal" => Vec::new(),
+        name if SCENARIOS.contains(&name) => vec![name],
+        other => bail!("unknown scenario {other:?}; one of {}, all, heal", SCENARIOS.join(", ")),
+    };
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut scratch = None;
+    let mut drilled = if flags.target.is_empty() {
+        if flags.scenario == "heal" {
+            bail!("`settle drill heal` needs --target (a local drill heals itself on Ctrl-C)");
+        }
+        let dir = crate::bench::TempDir::new_for("drill")?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let local = LocalFlags {
+            nodes: flags.nodes,
+            data_dir: dir.path.clone(),
+            http_port: crate::bench::free_port_range(flags.nodes)?,
+            peer_port: Some(crate::bench::free_port_range(flags.nodes)?),
+            shards: flags.shards,
+        };
+        eprintln!("drill: starting a local {}-node cluster ({} shards) in {}", flags.nodes, flags.shards, dir.path.display());
+        let env = vec![("SETTLE_FAULTS_ENABLED".to_string(), "true".to_string()), ("SETTLE_ADMIN_TOKEN".to_string(), token.clone())];
+        let cluster = LocalCluster::start_with_env(&local, Duration::from_secs(60), env)?;
+        scratch = Some(dir);
+        Drilled { urls: cluster.urls.clone(), token, local: Some(cluster), client, paused: Vec::new(), killed: Vec::new() }
+    } else {
+        let token = flags.admin_token.clone().context("--admin-token (or SETTLE_ADMIN_TOKEN) is needed to drill a running cluster")?;
+        Drilled { urls: flags.target.iter().map(|url| url.trim_end_matches('/').to_string()).collect(), token, local: None, client, paused: Vec::new(), killed: Vec::new() }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if scenarios.is_empty() {
+        runtime.block_on(drilled.heal());
+        println!("drill: every injected fault removed");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&flags.report_dir).with_context(|| format!("creating {}", flags.report_dir.display()))?;
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run_all(&flags, &scenarios, &mut drilled) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // The kill switch: whatever happened, no fault stays behind.
+    runtime.block_on(drilled.heal());
+    if let Some(cluster) = drilled.local.as_mut() {
+        cluster.stop();
+    }
+    drop(scratch);
+    let reports = outcome?;
+    let failed: Vec<&str> = reports.iter().filter(|report| !report.passed()).map(|report| report.scenario.as_str()).collect();
+    if let Some(path) = &flags.json {
+        let body = if reports.len() == 1 {
+            reports[0].to_json()
+        } else {
+            json!({ "verdict": if failed.is_empty() { "pass" } else { "fail" }, "scenarios": reports.iter().map(Report::to_json).collect::<Vec<_>>() })
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&body)?)?;
+    }
+    println!();
+    for report in &reports {
+        println!(
+            "drill {:<20} {}  write pause {:>5} ms  recovery {:>6}  lost {}  errors {}",
+            report.scenario,
+            if report.passed() { "PASS" } else { "FAIL" },
+            report.write_pause_ms(),
+            report.recovery_ms.map_or("-".to_string(), |ms| format!("{ms} ms")),
+            report.acknowledged_lost,
+            report.errors.values().sum::<u64>()
+        );
+    }
+    println!("reports in {}", flags.report_dir.display());
+    if !failed.is_empty() {
+        bail!("drill failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+async fn run_all(flags: &DrillFlags, scenarios: &[&str], drilled: &mut Drilled) -> anyhow::Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for scenario in scenarios {
+        eprintln!("drill: {scenario}");
+        let report = run_scenario(flags, scenario, drilled).await?;
+        let base = flags.report_dir.join(scenario);
+        std::fs::write(base.with_extension("md"), report.to_markdown())?;
+        std::fs::write(base.with_extension("json"), serde_json::to_vec_pretty(&report.to_json())?)?;
+        std::fs::write(base.with_extension("xml"), report.to_junit())?;
+        eprintln!("drill: {scenario}: {}", if report.passed() { "pass" } else { "FAIL" });
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled) -> anyhow::Result<Report> {
+    let needs_processes = matches!(scenario, "leader-kill" | "node-pause" | "rolling-restart" | "full-restart");
+    if needs_processes && drilled.local.is_none() {
+        bail!("{scenario} kills or pauses processes: run it with --local");
+    }
+    let shards = drilled.shard_count().await?;
+    let mut workload = Workload::setup(&drilled.client, &drilled.urls, shards).await?;
+    workload.start(&drilled.client, &drilled.urls, flags.rate, 16);
+    let quarter = flags.duration / 4;
+    let hold = quarter.max(Duration::from_millis(2_500));
+    let mut timeline = vec![(workload.now_ms(), "workload started".to_string())];
+    let steady_from = workload.now_ms();
+    tokio::time::sleep(quarter).await;
+    let steady_to = workload.now_ms();
+    let mut pauses = Vec::new();
+    let mut recovery_ms = Some(0);
+    let mut first_inject = None;
+    for repeat in 0..flags.repeats.max(1) {
+        let injected_at = workload.now_ms();
+        first_inject.get_or_insert(injected_at);
+        let healed_at = drilled.inject(scenario, hold, &workload, &mut timeline).await?;
+        let _ = repeat;
+        match drilled.wait_recovered(flags.recovery_timeout).await {
+            Some(after) => {
+                let recovered_at = workload.now_ms();
+                timeline.push((recovered_at, format!("recovered: every shard led, nothing in doubt ({after} ms after healing)")));
+                recovery_ms = recovery_ms.map(|worst: u64| worst.max(after));
+                // Let writes flow again before measuring the pause.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                pauses.push(report::write_pause_ms(&workload.history.lock().expect("history"), injected_at.saturating_sub(200), recovered_at));
+            }
+            None => {
+                timeline.push((workload.now_ms(), format!("NOT recovered within {:?} of healing", flags.recovery_timeout)));
+                recovery_ms = None;
+                break;
+            }
+        }
+        let _ = healed_at;
+    }
+    tokio::time::sleep(quarter).await;
+    timeline.push((workload.now_ms(), "workload stopped".to_string()));
+    workload.stop().await;
+    let verdicts = workload::check(&drilled.client, &drilled.urls, &workload).await?;
+    let history = workload.history.lock().expect("history");
+    let mut report = Report::new(scenario, timeline, &history, verdicts);
+    let (throughput, p50, p99) = report::steady_state(&history, steady_from, steady_to);
+    report.steady_transfers_per_sec = throughput;
+    report.steady_p50_ms = p50;
+    report.steady_p99_ms = p99;
+    report.time_to_detect_ms = first_inject.and_then(|at| history.failures.iter().map(|(time, _)| *time).filter(|time| *time >= at).min().map(|time| time - at));
+    report.write_pauses_ms = pauses;
+    report.recovery_ms = recovery_ms;
+    let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
+    report.targets = targets(scenario, &report, success);
+    Ok(report)
+}
+
+fn targets(scenario: &str, report: &Report, success: f64) -> Vec<(String, String, bool)> {
+    let pause = report.write_pause_ms();
+    let mut targets = vec![("RPO 0 (no acknowledged transfer lost)".to_string(), report.acknowledged_lost.to_string(), report.acknowledged_lost == 0)];
+    match scenario {
+        "leader-kill" => targets.push(("writes resume in under 2 s".to_string(), format!("{pause} ms"), pause < 2_000)),
+        "leader-transfer" => targets.push(("planned leader transfer pauses writes under 300 ms".to_string(), format!("{pause} ms"), pause < 300)),
+        "rolling-restart" => {
+            targets.push(("zero failed requests for retrying clients".to_string(), report.failed_finally.to_string(), report.failed_finally == 0))
+        }
+        "node-pause" | "partition-minority" | "partition-leader" | "slow-disk" => {
+            targets.push(("≥ 99.9% of requests succeed with one node down".to_string(), format!("{:.3}%", success * 100.0), success >= 0.999))
+        }
+        _ => {}
+    }
+    targets
+}
+
+impl Drilled {
+    async fn get(&self, url: &str, path: &str) -> Option<Value> {
+        let response = self.client.get(format!("{url}{path}")).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    async fn admin(&self, url: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self.client.request(method, format!("{url}{path}")).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("{url}{path}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{url}{path}: HTTP {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    async fn shard_count(&self) -> anyhow::Result<u32> {
+        for url in &self.urls {
+            if let Some(view) = self.get(url, "/v1/cluster").await {
+                return u32::try_from(view["shards"].as_array().map_or(0, Vec::len)).context("shard count");
+            }
+        }
+        bail!("no node answers /v1/cluster")
+    }
+
+    /// Leaders per node as the first answering node sees them.
+    async fn leaders(&self) -> Vec<(usize, usize)> {
+        for url in &self.urls {
+            if let Some(view) = self.get(url, "/v1/cluster").await {
+                return (1..=self.urls.len())
+                    .map(|node| {
+                        let count = view["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == u64::try_from(node).ok()).count());
+                        (node, count)
+                    })
+                    .collect();
+            }
+        }
+        Vec::new()
+    }
+
+    async fn busiest_leader(&self) -> usize {
+        self.leaders().await.into_iter().max_by_key(|(_, count)| *count).map_or(1, |(node, _)| node)
+    }
+
+    async fn quietest_node(&self) -> usize {
+        self.leaders().await.into_iter().min_by_key(|(_, count)| *count).map_or(1, |(node, _)| node)
+    }
+
+    fn url(&self, node: usize) -> String {
+        self.urls[node - 1].clone()
+    }
+
+    /// Cuts `node` off from every other node, both ways, through the admin fault hooks.
+    async fn isolate(&self, node: usize) -> anyhow::Result<()> {
+        let cut = json!({ "drop_outbound": true, "drop_inbound": true });
+        let mut on_victim = serde_json::Map::new();
+        for other in 1..=self.urls.len() {
+            if other == node {
+                continue;
+            }
+            on_victim.insert(other.to_string(), cut.clone());
+            let body = json!({ "peers": { node.to_string(): cut } });
+            self.admin(&self.url(other), reqwest::Method::POST, "/admin/faults", Some(body)).await?;
+        }
+        self.admin(&self.url(node), reqwest::Method::POST, "/admin/faults", Some(json!({ "peers": on_victim }))).await?;
+        Ok(())
+    }
+
+    /// Removes every fault the drill may have left: admin faults, draining, paused or killed
+    /// local processes. Best effort: it runs on the way out of any drill, failed or not.
+    async fn heal(&mut self) {
+        if let Some(cluster) = self.local.as_mut() {
+            for node in self.paused.drain(..) {
+                cluster.signal(node, libc::SIGCONT);
+            }
+            for node in self.killed.drain(..) {
+                if !cluster.is_running(node) && cluster.spawn(node).is_ok() {
+                    let _ = cluster.wait_ready(node, Duration::from_secs(60)).await;
+                }
+            }
+        }
+        for url in self.urls.clone() {
+            let _ = self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await;
+            let _ = self.admin(&url, reqwest::Method::DELETE, "/admin/drain", None).await;
+        }
+    }
+
+    /// Every node answers, every shard has a leader in every node's view and no transfer is in
+    /// doubt on any leader. Returns how long that took.
+    async fn wait_recovered(&self, timeout: Duration) -> Option<u64> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            let mut recovered = true;
+            for url in &self.urls {
+                let Some(view) = self.get(url, "/v1/cluster").await else {
+                    recovered = false;
+                    break;
+                };
+                let shards = view["shards"].as_array().cloned().unwrap_or_default();
+                let led = shards.iter().all(|shard| shard["leader"].is_u64());
+                let in_doubt: u64 = shards.iter().filter(|shard| shard["role"] == "leader").map(|shard| shard["pending_transfers"].as_u64().unwrap_or(0)).sum();
+                if !led || in_doubt > 0 {
+                    recovered = false;
+                    break;
+                }
+            }
+            if recovered {
+                return Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Injects the scenario's fault, holds it, heals it; returns when it was healed.
+    async fn inject(&mut self, scenario: &str, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<u64> {
+        match scenario {
+            "leader-kill" => {
+                let victim = self.busiest_leader().await;
+                self.local.as_mut().expect("local").kill(victim);
+                self.killed.push(victim);
+                timeline.push((workload.now_ms(), format!("SIGKILL node {victim} (leader of the most shards)")));
+                tokio::time::sleep(hold).await;
+                let cluster = self.local.as_mut().expect("local");
+                cluster.spawn(victim)?;
+                self.killed.retain(|node| *node != victim);
+                timeline.push((workload.now_ms(), format!("node {victim} restarted")));
+                cluster.wait_ready(victim, Duration::from_secs(60)).await?;
+            }
+            "node-pause" => {
+                let victim = self.busiest_leader().await;
+                self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
+                self.paused.push(victim);
+                timeline.push((workload.now_ms(), format!("SIGSTOP node {victim} (leader of the most shards)")));
+                tokio::time::sleep(hold.max(Duration::from_secs(3))).await;
+                self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
+                self.paused.retain(|node| *node != victim);
+                timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
+            }
+            "partition-minority" | "partition-leader" => {
+                let victim = if scenario == "partition-leader" { self.busiest_leader().await } else { self.quietest_node().await };
+                self.isolate(victim).await?;
+                timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
+                tokio::time::sleep(hold).await;
+                for url in self.urls.clone() {
+                    self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await?;
+                }
+                timeline.push((workload.now_ms(), "partition healed".to_string()));
+            }
+            "slow-disk" => {
+                let victim = self.busiest_leader().await;
+                self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
+                timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
+                tokio::time::sleep(hold).await;
+                self.admin(&self.url(victim), reqwest::Method::DELETE, "/admin/faults", None).await?;
+                timeline.push((workload.now_ms(), format!("node {victim}: disk back to normal")));
+            }
+            "leader-transfer" => {
+                let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
+                let shard = view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
+                let (id, leader) = (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1));
+                let to = shard["replicas"].as_array().and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader)).context("another replica")?;
+                let leader_url = self.url(usize::try_from(leader).unwrap_or(1));
+                self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
+                timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            "rolling-restart" => {
+                for node in 1..=self.urls.len() {
+                    let url = self.url(node);
+                    self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?;
+                    timeline.push((workload.now_ms(), format!("node {node} draining")));
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let leading = self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?["leading"].as_u64().unwrap_or(0);
+                        if leading == 0 || Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    timeline.push((workload.now_ms(), format!("node {node} leads nothing; SIGTERM")));
+                    let cluster = self.local.as_mut().expect("local");
+                    cluster.terminate(node, Duration::from_secs(20)).await;
+                    cluster.spawn(node)?;
+                    cluster.wait_ready(node, Duration::from_secs(60)).await?;
+                    timeline.push((workload.now_ms(), format!("node {node} restarted and ready")));
+                }
+            }
+            "full-restart" => {
+                let cluster = self.local.as_mut().expect("local");
+                for node in 1..=self.urls.len() {
+                    cluster.kill(node);
+                }
+                timeline.push((workload.now_ms(), "SIGKILL every node".to_string()));
+                for node in 1..=self.urls.len() {
+                    cluster.spawn(node)?;
+                }
+                for node in 1..=self.urls.len() {
+                    cluster.wait_ready(node, Duration::from_secs(60)).await?;
+                }
+                timeline.push((workload.now_ms(), "every node restarted and ready (cold start)".to_string()));
+            }
+            other => bail!("unknown scenario {other}"),
+        }
+        Ok(workload.now_ms())
+    }
+}

@@ -1,0 +1,372 @@
+//! The drill's steady workload and its history: clients send transfers at a set rate through
+//! every node and retry an unknown outcome with the same id (as the API asks), a reader checks
+//! that acknowledged transfers read back posted. Everything is recorded with timestamps so the
+//! report can measure pauses and the checkers can hold the cluster to what clients were told.
+
+use anyhow::{bail, Context};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use settle_cluster::ids::AccountId;
+use settle_cluster::placement::shard_of;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FUNDING_MINOR: i128 = 10_000_000;
+const ACCOUNTS: usize = 40;
+/// A client gives up retrying one transfer after this long (then it is resolved at the end).
+const RETRY_FOR: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub id: String,
+    pub from: usize,
+    pub to: usize,
+    pub amount: i128,
+    pub shard: u32,
+}
+
+/// One transfer's story, as its client saw it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub transfer: Transfer,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// "posted", a 4xx code (definitely not applied), or "unknown" (gave up retrying).
+    pub result: String,
+    pub attempts: u32,
+}
+
+#[derive(Default)]
+pub struct History {
+    pub outcomes: Vec<Outcome>,
+    /// Every failed attempt (5xx, 429, timeout, connection error), by code, with its time.
+    pub failures: Vec<(u64, String)>,
+    pub anomalies: Vec<String>,
+    pub reads: u64,
+}
+
+pub struct Workload {
+    pub run: String,
+    pub bank: String,
+    pub accounts: Vec<String>,
+    pub shards: u32,
+    started: Instant,
+    pub history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Creates and funds the drill's accounts.
+    pub async fn setup(client: &reqwest::Client, urls: &[String], shards: u32) -> anyhow::Result<Workload> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let run = format!("{:06x}", nanos & 0xff_ffff);
+        let bank = format!("d{run}-bank");
+        let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("d{run}-{n}")).collect();
+        post_retry(client, urls, "/v1/accounts", &json!({ "id": bank, "currency": "USD", "kind": "settlement" }), &[200, 201]).await?;
+        for account in &accounts {
+            post_retry(client, urls, "/v1/accounts", &json!({ "id": account, "currency": "USD" }), &[200, 201]).await?;
+        }
+        let funding: Vec<Value> = accounts
+            .iter()
+            .map(|account| json!({ "id": format!("fund-{account}"), "from": bank, "to": account, "amount": cents(FUNDING_MINOR), "currency": "USD" }))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = client.post(format!("{}/v1/transfers/batch", urls[0])).json(&json!({ "transfers": funding })).send().await;
+            if let Ok(response) = response {
+                if response.status().as_u16() == 200 {
+                    let body: Value = response.json().await?;
+                    if body["results"].as_array().is_some_and(|results| results.iter().all(|r| r["status"] == 201)) {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("funding the drill accounts did not finish in 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Workload {
+            run,
+            bank,
+            accounts,
+            shards,
+            started: Instant::now(),
+            history: Arc::new(Mutex::new(History::default())),
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Starts `clients` writers sharing `rate` transfers per second, and one reader.
+    pub fn start(&mut self, client: &reqwest::Client, urls: &[String], rate: u64, clients: usize) {
+        let sequence = Arc::new(AtomicU64::new(0));
+        let interval_ns = 1_000_000_000 / rate.max(1);
+        for worker in 0..clients {
+            let client = client.clone();
+            let urls = urls.to_vec();
+            let accounts = self.accounts.clone();
+            let (history, stop, sequence) = (self.history.clone(), self.stop.clone(), sequence.clone());
+            let (run, shards, started) = (self.run.clone(), self.shards, self.started);
+            self.tasks.push(tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(u64::try_from(worker).unwrap_or(0) + 11);
+                while !stop.load(Ordering::Relaxed) {
+                    // Open loop: slot n is due at n × interval, whoever takes it.
+                    let slot = sequence.fetch_add(1, Ordering::Relaxed);
+                    let due = started + Duration::from_nanos(slot.saturating_mul(interval_ns));
+                    let now = Instant::now();
+                    if due > now {
+                        tokio::time::sleep(due - now).await;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let from = rng.gen_range(0..accounts.len());
+                    let to = (from + rng.gen_range(1..accounts.len())) % accounts.len();
+                    let id = format!("x{run}-{slot}");
+                    let shard = shard_of(&AccountId::new(&accounts[from]).expect("valid"), shards);
+                    let transfer = Transfer { id, from, to, amount: rng.gen_range(1..=500), shard };
+                    let outcome = send_until_definitive(&client, &urls, &accounts, transfer, worker, &history, started).await;
+                    history.lock().expect("history").outcomes.push(outcome);
+                }
+            }));
+        }
+        let client = client.clone();
+        let urls = urls.to_vec();
+        let accounts = self.accounts.clone();
+        let (history, stop) = (self.history.clone(), self.stop.clone());
+        self.tasks.push(tokio::spawn(async move {
+            let mut turn = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let sample = {
+                    let history = history.lock().expect("history");
+                    history.outcomes.iter().rev().find(|o| o.result == "posted").cloned()
+                };
+                let Some(outcome) = sample else {
+                    continue;
+                };
+                turn += 1;
+                let url = &urls[turn % urls.len()];
+                let payer = &accounts[outcome.transfer.from];
+                let response = client.get(format!("{url}/v1/transfers/{}?from={payer}", outcome.transfer.id)).send().await;
+                let Ok(response) = response else {
+                    continue;
+                };
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let mut history = history.lock().expect("history");
+                history.reads += 1;
+                if status == 404 || (status == 200 && body["status"] != "posted") {
+                    history.anomalies.push(format!(
+                        "linearizable_reads: {} was acknowledged posted but read back {status} {}",
+                        outcome.transfer.id, body["status"]
+                    ));
+                }
+            }
+        }));
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+fn cents(minor: i128) -> String {
+    format!("{}.{:02}", minor / 100, minor % 100)
+}
+
+fn parse_cents(text: &str) -> Option<i128> {
+    let negative = text.starts_with('-');
+    let (whole, fraction) = text.trim_start_matches('-').split_once('.')?;
+    let value = whole.parse::<i128>().ok()? * 100 + fraction.parse::<i128>().ok()?;
+    Some(if negative { -value } else { value })
+}
+
+async fn post_retry(client: &reqwest::Client, urls: &[String], path: &str, body: &Value, accept: &[u16]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    loop {
+        let url = &urls[turn % urls.len()];
+        turn += 1;
+        if let Ok(response) = client.post(format!("{url}{path}")).json(body).send().await {
+            let status = response.status().as_u16();
+            if accept.contains(&status) {
+                return Ok(());
+            }
+            if (400..500).contains(&status) && status != 429 {
+                bail!("POST {path} {body}: HTTP {status}");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("POST {path} did not succeed within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends one transfer, retrying the same id on the next node after any unknown outcome.
+async fn send_until_definitive(
+    client: &reqwest::Client,
+    urls: &[String],
+    accounts: &[String],
+    transfer: Transfer,
+    worker: usize,
+    history: &Mutex<History>,
+    started: Instant,
+) -> Outcome {
+    let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let started_ms = now_ms();
+    let body = json!({
+        "id": transfer.id,
+        "from": accounts[transfer.from],
+        "to": accounts[transfer.to],
+        "amount": cents(transfer.amount),
+        "currency": "USD",
+    });
+    let give_up = Instant::now() + RETRY_FOR;
+    let mut attempts = 0u32;
+    loop {
+        let url = &urls[(worker + usize::try_from(attempts).unwrap_or(0)) % urls.len()];
+        attempts += 1;
+        let code = match client.post(format!("{url}/v1/transfers")).json(&body).timeout(REQUEST_TIMEOUT).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                match status {
+                    201 => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "posted".to_string(), attempts },
+                    400..=499 if status != 408 && status != 429 => {
+                        let code = body["error"]["code"].as_str().unwrap_or("http_4xx").to_string();
+                        return Outcome { transfer, started_ms, finished_ms: now_ms(), result: code, attempts };
+                    }
+                    _ => body["error"]["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string),
+                }
+            }
+            Err(error) if error.is_timeout() => "timeout".to_string(),
+            Err(_) => "connection_error".to_string(),
+        };
+        history.lock().expect("history").failures.push((now_ms(), code));
+        if Instant::now() > give_up {
+            return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "unknown".to_string(), attempts };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The checkers on the recorded history, against the cluster's final state.
+pub struct Verdicts {
+    pub acknowledged_lost: u64,
+    pub checks: BTreeMap<&'static str, Result<(), String>>,
+}
+
+pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workload) -> anyhow::Result<Verdicts> {
+    let history = workload.history.lock().expect("history").outcomes.clone();
+    let anomalies = workload.history.lock().expect("history").anomalies.clone();
+    let mut checks: BTreeMap<&'static str, Result<(), String>> = BTreeMap::new();
+    let mut net = vec![0i128; workload.accounts.len()];
+    let mut lost = 0u64;
+    let mut rejected_posted = Vec::new();
+    for outcome in &history {
+        let status = read_status(client, urls, workload, &outcome.transfer).await?;
+        match outcome.result.as_str() {
+            "posted" => {
+                if status != "posted" {
+                    lost += 1;
+                }
+            }
+            "unknown" => {}
+            code => {
+                if status == "posted" {
+                    rejected_posted.push(format!("{} ({code})", outcome.transfer.id));
+                }
+            }
+        }
+        if status == "posted" {
+            net[outcome.transfer.from] -= outcome.transfer.amount;
+            net[outcome.transfer.to] += outcome.transfer.amount;
+        }
+    }
+    checks.insert("acknowledged_durable", if lost == 0 { Ok(()) } else { Err(format!("{lost} acknowledged transfers are not posted")) });
+    checks.insert(
+        "rejected_never_posted",
+        if rejected_posted.is_empty() { Ok(()) } else { Err(format!("rejected but posted: {}", rejected_posted.join(", "))) },
+    );
+    let mut total = balance(client, urls, &workload.bank).await?;
+    let mut mismatched = Vec::new();
+    let mut overdrawn = Vec::new();
+    for (index, account) in workload.accounts.iter().enumerate() {
+        let got = balance(client, urls, account).await?;
+        total += got;
+        if got != FUNDING_MINOR + net[index] {
+            mismatched.push(format!("{account}: {got} != {}", FUNDING_MINOR + net[index]));
+        }
+        if got < 0 {
+            overdrawn.push(account.clone());
+        }
+    }
+    let conserved = total == 0;
+    checks.insert("conservation", if conserved { Ok(()) } else { Err(format!("the drill accounts sum to {total}, not 0")) });
+    checks.insert("at_most_once", if mismatched.is_empty() { Ok(()) } else { Err(format!("balances differ from posted transfers: {}", mismatched.join("; "))) });
+    checks.insert("no_overdraft", if overdrawn.is_empty() { Ok(()) } else { Err(format!("overdrawn: {}", overdrawn.join(", "))) });
+    checks.insert("linearizable_reads", if anomalies.is_empty() { Ok(()) } else { Err(anomalies.join("; ")) });
+    Ok(Verdicts { acknowledged_lost: lost, checks })
+}
+
+/// The cluster's final word on a transfer: "posted", "rejected", "pending" or "absent".
+async fn read_status(client: &reqwest::Client, urls: &[String], workload: &Workload, transfer: &Transfer) -> anyhow::Result<String> {
+    let payer = &workload.accounts[transfer.from];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    loop {
+        let url = &urls[turn % urls.len()];
+        turn += 1;
+        if let Ok(response) = client.get(format!("{url}/v1/transfers/{}?from={payer}", transfer.id)).send().await {
+            match response.status().as_u16() {
+                404 => return Ok("absent".to_string()),
+                200 => {
+                    let body: Value = response.json().await?;
+                    let status = body["status"].as_str().unwrap_or("").to_string();
+                    if status != "pending" {
+                        return Ok(status);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("transfer {} unresolved after 60 s", transfer.id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn balance(client: &reqwest::Client, urls: &[String], account: &str) -> anyhow::Result<i128> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = 0;
+    loop {
+        let url = &urls[turn % urls.len()];
+        turn += 1;
+        if let Ok(response) = client.get(format!("{url}/v1/accounts/{account}")).send().await {
+            if response.status().as_u16() == 200 {
+                let body: Value = response.json().await?;
+                return body["balance"].as_str().and_then(parse_cents).with_context(|| format!("balance of {account}"));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("reading {account}: no answer within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
