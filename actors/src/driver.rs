@@ -211,6 +211,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 info,
                 peers: BTreeMap::new(),
                 ticks: 0,
+                links_up: BTreeMap::new(),
             };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
@@ -240,6 +241,8 @@ struct Driver {
     info: NodeInfo,
     peers: BTreeMap<NodeId, (String, String, u64)>,
     ticks: u64,
+    /// Whether each peer's link was up at the last tick.
+    links_up: BTreeMap<NodeId, bool>,
 }
 
 impl Driver {
@@ -292,6 +295,15 @@ impl Driver {
     }
 
     fn tick(&mut self) {
+        // A link that just went down: its node is likely dead, so its shards elect sooner.
+        for (peer, state) in self.transport.links_state.iter() {
+            let connected = state.connected.load(std::sync::atomic::Ordering::Relaxed);
+            let was = self.links_up.insert(*peer, connected).unwrap_or(false);
+            if was && !connected {
+                tracing::info!(peer, "peer link down; shards it leads will elect sooner");
+                self.core.peer_unreachable(*peer);
+            }
+        }
         self.core.tick(self.time());
         if self.ticks % NODE_INFO_EVERY_TICKS == 0 {
             self.introduce();

@@ -271,6 +271,13 @@ impl SimCluster {
     /// Kills a node: everything not yet durable is lost, its clients' calls fail (the
     /// connection dropped: the outcome is unknown).
     pub fn crash(&mut self, node: NodeId) {
+        // Its peers' connections to it break (as TCP does when a process dies).
+        let peers: Vec<NodeId> = self.nodes.keys().copied().filter(|peer| *peer != node).collect();
+        for peer in peers {
+            if let Some(core) = self.nodes.get_mut(&peer).and_then(|n| n.core.as_mut()) {
+                core.peer_unreachable(node);
+            }
+        }
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         sim_node.core = None;
         sim_node.paused = false;

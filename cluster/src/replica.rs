@@ -227,6 +227,16 @@ impl ShardReplica {
         self.raw.raft.prs().get(peer).map(|progress| progress.matched)
     }
 
+    /// The transport says the leader this replica follows is gone (its connection broke): skip
+    /// the rest of the lease so an election starts within the randomized part of the timeout
+    /// instead of after all of it. Elections are always safe; a false alarm costs one.
+    pub fn leader_unreachable(&mut self) {
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Leader && raft.leader_id != 0 {
+            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        }
+    }
+
     /// Hands leadership to a caught-up peer (raft's leader transfer).
     pub fn transfer_leader(&mut self, peer: NodeId) {
         self.raw.transfer_leader(peer);

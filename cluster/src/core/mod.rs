@@ -385,6 +385,17 @@ impl NodeCore {
         }
     }
 
+    /// The transport lost its connection to `peer` (the process died or the link broke):
+    /// replicas that follow it start an election sooner (see `ShardReplica::leader_unreachable`).
+    pub fn peer_unreachable(&mut self, peer: NodeId) {
+        for (shard, replica) in self.replicas.iter_mut() {
+            if replica.leader() == Some(peer) {
+                replica.leader_unreachable();
+                self.dirty.insert(*shard);
+            }
+        }
+    }
+
     /// Marks a shard as having work for the next poll.
     pub(super) fn touch(&mut self, shard: ShardId) {
         self.dirty.insert(shard);
