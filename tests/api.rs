@@ -183,3 +183,64 @@ async fn batches_history_headers_metrics_and_clean_shutdown() {
     let exit = cluster.terminate(2);
     assert!(exit.success(), "SIGTERM exits cleanly: {exit:?}");
 }
+
+/// Admin endpoints: refused without a token (403) or with a wrong one (401); fault injection
+/// refused on a node without --faults-enabled; a planned leader transfer moves the shard's
+/// leadership; draining leaves the node leading nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_are_authenticated_and_move_leadership() {
+    let cluster = TestCluster::start_with_env(3, 4, &[("SETTLE_ADMIN_TOKEN", "s3cret")]).await;
+    let url = cluster.node(1).url();
+    let client = &cluster.client;
+    let (status, body) = cluster.get_json(1, "/admin/faults").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    let wrong = client.get(format!("{url}/admin/faults")).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let refused = client.post(format!("{url}/admin/faults")).bearer_auth("s3cret").json(&json!({ "disk_delay_ms": 5 })).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "faults need --faults-enabled");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(error_code(&body), "faults_disabled");
+
+    let view = cluster.cluster_view(1).await;
+    let shard = &view["shards"][0];
+    let leader = shard["leader"].as_u64().unwrap();
+    let to = shard["replicas"].as_array().unwrap().iter().filter_map(Value::as_u64).find(|node| *node != leader).unwrap();
+    let not_leader = if leader == 1 { 2 } else { 1 };
+    let answer = client
+        .post(format!("{}/admin/shards/0/transfer-leader", cluster.node(not_leader).url()))
+        .bearer_auth("s3cret")
+        .json(&json!({ "to": to }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 409, "only the leader hands leadership over");
+    let answer = client
+        .post(format!("{}/admin/shards/0/transfer-leader", cluster.node(leader).url()))
+        .bearer_auth("s3cret")
+        .json(&json!({ "to": to }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if cluster.cluster_view(leader).await["shards"][0]["leader"].as_u64() == Some(to) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "shard 0 moved to node {to}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let drain = |method: reqwest::Method| client.request(method, format!("{url}/admin/drain")).bearer_auth("s3cret").send();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let body: Value = drain(reqwest::Method::POST).await.unwrap().json().await.unwrap();
+        if body["leading"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 1 still leads {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let body: Value = drain(reqwest::Method::DELETE).await.unwrap().json().await.unwrap();
+    assert_eq!(body["draining"], false);
+}
