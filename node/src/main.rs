@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod client;
 mod drill;
 mod local;
 mod logging;

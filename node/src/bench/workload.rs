@@ -2,6 +2,7 @@
 //! check of its own accounts at the end.
 
 use super::BenchFlags;
+use crate::client::{balance, cents, final_status};
 use anyhow::{bail, Context};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -137,19 +138,6 @@ impl Plan {
             "currency": "USD",
         })
     }
-}
-
-fn cents(minor: i128) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let magnitude = minor.unsigned_abs();
-    format!("{sign}{}.{:02}", magnitude / 100, magnitude % 100)
-}
-
-fn parse_cents(text: &str) -> Option<i128> {
-    let negative = text.starts_with('-');
-    let (whole, fraction) = text.trim_start_matches('-').split_once('.')?;
-    let value = whole.parse::<i128>().ok()? * 100 + fraction.parse::<i128>().ok()?;
-    Some(if negative { -value } else { value })
 }
 
 /// Creates and funds the bench's accounts on the cluster.
@@ -321,20 +309,20 @@ pub async fn check_conservation(
     let unresolved: Vec<Transfer> = ambiguous.lock().expect("ambiguous").clone();
     let mut net = net.lock().expect("net").clone();
     for transfer in &unresolved {
-        if resolve(client, &targets[0], plan, transfer).await? {
+        if final_status(client, targets, &transfer.id, &plan.accounts[transfer.from]).await? == "posted" {
             net[transfer.from] -= transfer.amount;
             net[transfer.to] += transfer.amount;
         }
     }
     let mut all_match = true;
-    let mut total = balance(client, &targets[0], &plan.bank).await?;
+    let mut total = balance(client, targets, &plan.bank).await?;
     let expected_bank = -FUNDING_MINOR * i128::try_from(plan.accounts.len()).unwrap_or(0);
     if total != expected_bank {
         eprintln!("bench: conservation: {} has {total}, expected {expected_bank}", plan.bank);
         all_match = false;
     }
     for chunk in plan.accounts.chunks(SETUP_CONCURRENCY) {
-        let reads = chunk.iter().enumerate().map(|(offset, name)| balance(client, &targets[offset % targets.len()], name));
+        let reads = chunk.iter().map(|name| balance(client, targets, name));
         let balances = futures_util::future::join_all(reads).await;
         for (name, result) in chunk.iter().zip(balances) {
             let index = plan.accounts.iter().position(|account| account == name).expect("listed");
@@ -355,44 +343,3 @@ pub async fn check_conservation(
     Ok(all_match && total == 0)
 }
 
-/// Whether an ambiguous transfer ended posted (waits while it is pending).
-async fn resolve(client: &reqwest::Client, target: &str, plan: &Plan, transfer: &Transfer) -> anyhow::Result<bool> {
-    let url = format!("{target}/v1/transfers/{}?from={}", transfer.id, plan.accounts[transfer.from]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(&url).send().await {
-            match response.status().as_u16() {
-                404 => return Ok(false),
-                200 => {
-                    let body: Value = response.json().await?;
-                    match body["status"].as_str() {
-                        Some("posted") => return Ok(true),
-                        Some("rejected") => return Ok(false),
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("transfer {} still unresolved after 60 s", transfer.id);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn balance(client: &reqwest::Client, target: &str, account: &str) -> anyhow::Result<i128> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(format!("{target}/v1/accounts/{account}")).send().await {
-            if response.status().as_u16() == 200 {
-                let body: Value = response.json().await?;
-                return body["balance"].as_str().and_then(parse_cents).with_context(|| format!("balance of {account}: {body}"));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("reading {account}: no answer within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

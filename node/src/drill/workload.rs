@@ -3,7 +3,8 @@
 //! that acknowledged transfers read back posted. Everything is recorded with timestamps so the
 //! report can measure pauses and the checkers can hold the cluster to what clients were told.
 
-use anyhow::{bail, Context};
+use crate::client::{balance, cents, final_status};
+use anyhow::bail;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -184,17 +185,6 @@ impl Workload {
     }
 }
 
-fn cents(minor: i128) -> String {
-    format!("{}.{:02}", minor / 100, minor % 100)
-}
-
-fn parse_cents(text: &str) -> Option<i128> {
-    let negative = text.starts_with('-');
-    let (whole, fraction) = text.trim_start_matches('-').split_once('.')?;
-    let value = whole.parse::<i128>().ok()? * 100 + fraction.parse::<i128>().ok()?;
-    Some(if negative { -value } else { value })
-}
-
 async fn post_retry(client: &reqwest::Client, urls: &[String], path: &str, body: &Value, accept: &[u16]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut turn = 0;
@@ -279,7 +269,7 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     let mut lost = 0u64;
     let mut rejected_posted = Vec::new();
     for outcome in &history {
-        let status = read_status(client, urls, workload, &outcome.transfer).await?;
+        let status = final_status(client, urls, &outcome.transfer.id, &workload.accounts[outcome.transfer.from]).await?;
         match outcome.result.as_str() {
             "posted" => {
                 if status != "posted" {
@@ -324,49 +314,3 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     Ok(Verdicts { acknowledged_lost: lost, checks })
 }
 
-/// The cluster's final word on a transfer: "posted", "rejected", "pending" or "absent".
-async fn read_status(client: &reqwest::Client, urls: &[String], workload: &Workload, transfer: &Transfer) -> anyhow::Result<String> {
-    let payer = &workload.accounts[transfer.from];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut turn = 0;
-    loop {
-        let url = &urls[turn % urls.len()];
-        turn += 1;
-        if let Ok(response) = client.get(format!("{url}/v1/transfers/{}?from={payer}", transfer.id)).send().await {
-            match response.status().as_u16() {
-                404 => return Ok("absent".to_string()),
-                200 => {
-                    let body: Value = response.json().await?;
-                    let status = body["status"].as_str().unwrap_or("").to_string();
-                    if status != "pending" {
-                        return Ok(status);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("transfer {} unresolved after 60 s", transfer.id);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn balance(client: &reqwest::Client, urls: &[String], account: &str) -> anyhow::Result<i128> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut turn = 0;
-    loop {
-        let url = &urls[turn % urls.len()];
-        turn += 1;
-        if let Ok(response) = client.get(format!("{url}/v1/accounts/{account}")).send().await {
-            if response.status().as_u16() == 200 {
-                let body: Value = response.json().await?;
-                return body["balance"].as_str().and_then(parse_cents).with_context(|| format!("balance of {account}"));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("reading {account}: no answer within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
