@@ -53,6 +53,10 @@ pub struct DrillFlags {
     /// Admin bearer token for --target clusters (or SETTLE_ADMIN_TOKEN).
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The node to break (kill, pause, isolate, slow down) instead of the one leading the most
+    /// shards (or, for partition-minority, the one leading the fewest).
+    #[arg(long)]
+    pub node: Option<usize>,
     /// Local cluster shape.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
@@ -185,7 +189,7 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     for repeat in 0..flags.repeats.max(1) {
         let injected_at = workload.now_ms();
         first_inject.get_or_insert(injected_at);
-        let healed_at = drilled.inject(scenario, hold, &workload, &mut timeline).await?;
+        let healed_at = drilled.inject(scenario, hold, flags.node, &workload, &mut timeline).await?;
         let _ = repeat;
         match drilled.wait_recovered(flags.recovery_timeout).await {
             Some(after) => {
@@ -358,13 +362,21 @@ impl Drilled {
     }
 
     /// Injects the scenario's fault, holds it, heals it; returns when it was healed.
-    async fn inject(&mut self, scenario: &str, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<u64> {
+    async fn inject(&mut self, scenario: &str, hold: Duration, named: Option<usize>, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<u64> {
+        if let Some(node) = named {
+            if node == 0 || node > self.urls.len() {
+                bail!("--node {node}: the cluster has nodes 1..={}", self.urls.len());
+            }
+        }
         match scenario {
             "leader-kill" => {
-                let victim = self.busiest_leader().await;
+                let victim = match named {
+                    Some(node) => node,
+                    None => self.busiest_leader().await,
+                };
                 self.local.as_mut().expect("local").kill(victim);
                 self.killed.push(victim);
-                timeline.push((workload.now_ms(), format!("SIGKILL node {victim} (leader of the most shards)")));
+                timeline.push((workload.now_ms(), format!("SIGKILL node {victim}")));
                 tokio::time::sleep(hold).await;
                 let cluster = self.local.as_mut().expect("local");
                 cluster.spawn(victim)?;
@@ -373,17 +385,24 @@ impl Drilled {
                 cluster.wait_ready(victim, Duration::from_secs(60)).await?;
             }
             "node-pause" => {
-                let victim = self.busiest_leader().await;
+                let victim = match named {
+                    Some(node) => node,
+                    None => self.busiest_leader().await,
+                };
                 self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
                 self.paused.push(victim);
-                timeline.push((workload.now_ms(), format!("SIGSTOP node {victim} (leader of the most shards)")));
+                timeline.push((workload.now_ms(), format!("SIGSTOP node {victim}")));
                 tokio::time::sleep(hold.max(Duration::from_secs(3))).await;
                 self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
                 self.paused.retain(|node| *node != victim);
                 timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
             }
             "partition-minority" | "partition-leader" => {
-                let victim = if scenario == "partition-leader" { self.busiest_leader().await } else { self.quietest_node().await };
+                let victim = match named {
+                    Some(node) => node,
+                    None if scenario == "partition-leader" => self.busiest_leader().await,
+                    None => self.quietest_node().await,
+                };
                 self.isolate(victim).await?;
                 timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
                 tokio::time::sleep(hold).await;
@@ -393,7 +412,10 @@ impl Drilled {
                 timeline.push((workload.now_ms(), "partition healed".to_string()));
             }
             "slow-disk" => {
-                let victim = self.busiest_leader().await;
+                let victim = match named {
+                    Some(node) => node,
+                    None => self.busiest_leader().await,
+                };
                 self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
                 timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
                 tokio::time::sleep(hold).await;
