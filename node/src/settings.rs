@@ -213,6 +213,43 @@ pub fn check_identity(data_dir: &Path, identity: &ClusterIdentity) -> anyhow::Re
 mod tests {
     use super::*;
 
+    /// Defaults < TOML file < SETTLE_* environment < flags, for every key.
+    #[test]
+    fn flags_win_over_environment_which_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("settle-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("settle.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\ndata_dir = \"/from/file\"\nhttp = \"127.0.0.1:1\"\npeer = \"127.0.0.1:9002\"\ncluster = \"1=127.0.0.1:9001,2=127.0.0.1:9002\"\nshards = 5\nrequest_timeout_ms = 1234\n[raft]\ntick_ms = 50\n",
+        )
+        .unwrap();
+        // Only this test sets SETTLE_* variables in this process.
+        std::env::set_var("SETTLE_SHARDS", "7");
+        std::env::set_var("SETTLE_DATA_DIR", "/from/env");
+        std::env::set_var("SETTLE_LIMITS__CALLS_INFLIGHT_MAX", "99");
+        let flags = StartFlags {
+            config: Some(file),
+            http: Some("127.0.0.1:8088".parse().unwrap()),
+            data_dir: Some(PathBuf::from("/from/flag")),
+            ..StartFlags::default()
+        };
+        let settings = NodeSettings::load(&flags);
+        std::env::remove_var("SETTLE_SHARDS");
+        std::env::remove_var("SETTLE_DATA_DIR");
+        std::env::remove_var("SETTLE_LIMITS__CALLS_INFLIGHT_MAX");
+        let settings = settings.unwrap();
+        assert_eq!(settings.node_id, 2, "from the file");
+        assert_eq!(settings.request_timeout_ms, 1234, "from the file");
+        assert_eq!(settings.raft.tick_ms, 50, "nested key from the file");
+        assert_eq!(settings.raft.election_ticks, 10, "default for a key nobody set");
+        assert_eq!(settings.shards, 7, "environment over file");
+        assert_eq!(settings.limits.calls_inflight_max, 99, "nested key from the environment");
+        assert_eq!(settings.data_dir, PathBuf::from("/from/flag"), "flag over environment");
+        assert_eq!(settings.http.port(), 8088, "flag over file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The cluster list parses ids and addresses and refuses duplicates and junk.
     #[test]
     fn cluster_list_parses_and_rejects_bad_input() {
