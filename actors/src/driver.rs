@@ -32,6 +32,8 @@ pub struct DriverConfig {
     /// This node's HTTP address and version, told to peers (for `/v1/cluster`, `settle status`).
     pub http_advertise: String,
     pub version: String,
+    /// Certificate, key and CA (PEM files) for mutual TLS between peers; plain TCP without.
+    pub peer_tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum StartError {
     Listen { address: SocketAddr, source: std::io::Error },
     #[error("thread: {0}")]
     Thread(std::io::Error),
+    #[error("peer tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What the node reports about itself.
@@ -164,6 +168,10 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         .build()
         .map_err(StartError::Thread)?;
     let (inbound_sender, inbound) = mpsc::channel::<Inbound>(4_096);
+    let tls = match &config.peer_tls {
+        Some((cert, key, ca)) => Some(Arc::new(crate::tls::load(cert, key, ca)?)),
+        None => None,
+    };
     let transport = transport::start(
         network.handle(),
         config.core.node,
@@ -171,6 +179,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         config.peers.clone(),
         config.frame_bytes_max,
         inbound_sender,
+        tls,
     )
     .map_err(|source| StartError::Listen { address: config.peer_listen, source })?;
 

@@ -8,6 +8,7 @@ pub mod io;
 pub mod log_store;
 pub mod record;
 pub mod state_store;
+pub mod tls;
 pub mod transport;
 
 pub use driver::{now_ms, start, DriverConfig, DriverHandle, NodeStatus, PeerStatus, StartError};

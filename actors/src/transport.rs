@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::tls::PeerTls;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -96,6 +97,7 @@ pub fn start(
     peers: BTreeMap<NodeId, SocketAddr>,
     frame_bytes_max: u32,
     inbound: mpsc::Sender<Inbound>,
+    tls: Option<Arc<PeerTls>>,
 ) -> std::io::Result<Transport> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
@@ -107,7 +109,7 @@ pub fn start(
     {
         let _guard = runtime.enter();
         let listener = TcpListener::from_std(listener)?;
-        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone(), links_state.clone()));
+        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
     }
     let mut links = BTreeMap::new();
     for (peer, address) in peers {
@@ -115,7 +117,7 @@ pub fn start(
             continue;
         }
         let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
-        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone(), links_state.clone()));
+        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
         links.insert(peer, sender);
     }
     Ok(Transport { links, faults, stats, links_state })
@@ -128,6 +130,7 @@ async fn accept_loop(
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
     states: Arc<BTreeMap<NodeId, LinkState>>,
+    tls: Option<Arc<PeerTls>>,
 ) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -138,16 +141,27 @@ async fn accept_loop(
         let faults = faults.clone();
         let stats = stats.clone();
         let states = states.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await {
+            let result = match tls {
+                Some(tls) => match tls.acceptor.accept(stream).await {
+                    Ok(stream) => read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await,
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "peer tls handshake refused");
+                        return;
+                    }
+                },
+                None => read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await,
+            };
+            if let Err(error) = result {
                 tracing::debug!(%remote, %error, "peer connection closed");
             }
         });
     }
 }
 
-async fn read_frames(
-    mut stream: TcpStream,
+async fn read_frames<S: AsyncRead + Unpin>(
+    mut stream: S,
     frame_bytes_max: u32,
     inbound: mpsc::Sender<Inbound>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
@@ -194,13 +208,14 @@ async fn link_loop(
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
     states: Arc<BTreeMap<NodeId, LinkState>>,
+    tls: Option<Arc<PeerTls>>,
 ) {
     let state = &states[&peer];
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     let mut frame = Vec::new();
     'connect: loop {
         let connected = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(address)).await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(Ok(stream)) => stream,
             _ => {
                 // Drop what piled up while the peer is unreachable: it is stale by now.
@@ -213,6 +228,21 @@ async fn link_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let mut stream: Box<dyn AsyncWrite + Unpin + Send> = match &tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+                match tls.connector.connect(name, stream).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(error) => {
+                        tracing::warn!(peer, %error, "peer tls handshake failed");
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+                        continue 'connect;
+                    }
+                }
+            }
+            None => Box::new(stream),
+        };
         delay_ms = RECONNECT_DELAY_MS_MIN;
         state.connected.store(true, Ordering::Relaxed);
         state.connects.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +280,11 @@ async fn link_loop(
             frame[..4].copy_from_slice(&length.to_le_bytes());
             frame[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             frame.extend_from_slice(&payload);
-            if let Err(error) = stream.write_all(&frame).await {
+            let written = match stream.write_all(&frame).await {
+                Ok(()) => stream.flush().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
                 state.connected.store(false, Ordering::Relaxed);
                 tracing::info!(peer, %error, "peer link lost");
                 continue 'connect;

@@ -88,6 +88,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         io_queue_jobs_max: settings.io_queue_jobs_max,
         http_advertise: format!("http://{}", settings.http),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        peer_tls: settings.peer_tls(),
     };
     // raft-rs logs through slog; its records go to tracing (filter with RUST_LOG=raft=...).
     let logger = slog::Logger::root(slog::Fuse(logging::RaftToTracing), slog::o!());
@@ -98,6 +99,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         peer = %settings.peer,
         shards = settings.shards,
         bootstrapped,
+        peer_tls = settings.peer_tls().is_some(),
         "node started"
     );
     let settings = Arc::new(settings);

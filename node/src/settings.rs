@@ -41,6 +41,14 @@ pub struct NodeSettings {
     /// Bearer token every `/admin/*` request must carry; admin endpoints are off without it.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Mutual TLS between peers: this node's certificate (naming its peer IP), its key, and the
+    /// cluster CA, all PEM. All three or none (plain TCP).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -102,6 +110,13 @@ pub struct StartFlags {
     /// Bearer token for /admin/* endpoints (better from SETTLE_ADMIN_TOKEN than a flag).
     #[arg(long)]
     pub admin_token: Option<String>,
+    /// Peer mutual TLS: this node's certificate, key and the cluster CA (PEM files).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl NodeSettings {
@@ -111,7 +126,7 @@ impl NodeSettings {
             builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(config::Environment::with_prefix("SETTLE").prefix_separator("_").separator("__"));
-        let overrides: [(&str, Option<String>); 9] = [
+        let overrides: [(&str, Option<String>); 12] = [
             ("node_id", flags.node_id.map(|v| v.to_string())),
             ("data_dir", flags.data_dir.as_ref().map(|v| v.display().to_string())),
             ("http", flags.http.map(|v| v.to_string())),
@@ -121,6 +136,9 @@ impl NodeSettings {
             ("log_format", flags.log_format.clone()),
             ("faults_enabled", flags.faults_enabled.then(|| "true".to_string())),
             ("admin_token", flags.admin_token.clone()),
+            ("tls_cert", flags.tls_cert.as_ref().map(|v| v.display().to_string())),
+            ("tls_key", flags.tls_key.as_ref().map(|v| v.display().to_string())),
+            ("tls_ca", flags.tls_ca.as_ref().map(|v| v.display().to_string())),
         ];
         for (key, value) in overrides {
             if let Some(value) = value {
@@ -149,7 +167,16 @@ impl NodeSettings {
         if self.log_format != "text" && self.log_format != "json" {
             bail!("--log-format must be text or json");
         }
+        let tls_given = [&self.tls_cert, &self.tls_key, &self.tls_ca].iter().filter(|path| path.is_some()).count();
+        if tls_given != 0 && tls_given != 3 {
+            bail!("peer TLS needs all of --tls-cert, --tls-key and --tls-ca");
+        }
         Ok(())
+    }
+
+    /// Certificate, key and CA for peer mTLS, when configured.
+    pub fn peer_tls(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        Some((self.tls_cert.clone()?, self.tls_key.clone()?, self.tls_ca.clone()?))
     }
 
     /// The `--cluster` list as node id → peer address.
