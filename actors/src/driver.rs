@@ -221,6 +221,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 peers: BTreeMap::new(),
                 ticks: 0,
                 links_up: BTreeMap::new(),
+                leaders_seen: BTreeMap::new(),
             };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
@@ -252,6 +253,8 @@ struct Driver {
     ticks: u64,
     /// Whether each peer's link was up at the last tick.
     links_up: BTreeMap<NodeId, bool>,
+    /// Each shard's leader and term at the last tick.
+    leaders_seen: BTreeMap<ShardId, (Option<NodeId>, u64)>,
 }
 
 impl Driver {
@@ -314,10 +317,24 @@ impl Driver {
             }
         }
         self.core.tick(self.time());
+        self.log_leader_changes();
         if self.ticks % NODE_INFO_EVERY_TICKS == 0 {
             self.introduce();
         }
         self.ticks += 1;
+    }
+
+    /// One log line per shard whose leader changed since the last tick (SREs read elections
+    /// from the logs as well as the metrics).
+    fn log_leader_changes(&mut self) {
+        for replica in self.core.replicas() {
+            let shard = replica.shard();
+            let now = (replica.leader(), replica.term());
+            let before = self.leaders_seen.insert(shard, now);
+            if before.is_some_and(|(leader, _)| leader != now.0) {
+                tracing::info!(shard_id = shard, term = now.1, leader = ?now.0, index = replica.commit_index(), "shard leader changed");
+            }
+        }
     }
 
     /// Tells every peer who this node is (HTTP address, version) and whether it drains.

@@ -303,12 +303,18 @@ async fn get_transfer(state: web::Data<AppState>, path: web::Path<String>, query
 async fn create_transfer(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let object = types::parse_object(&body)?;
     let transfer = types::transfer(&object)?;
+    let transfer_id = transfer.id.clone();
     let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
         Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
         other => return Err(unexpected(other)),
     };
     let outcome = transfer_outcome(result);
     record_outcome(&state, &outcome);
+    let answer = match &outcome {
+        Ok((status, _)) => status.as_u16().to_string(),
+        Err(error) => error.code.to_string(),
+    };
+    tracing::debug!(request_id = %request_id.0, transfer_id = %transfer_id, %answer, "transfer answered");
     outcome.map(|(status, body)| HttpResponse::build(status).json(body))
 }
 
