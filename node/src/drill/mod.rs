@@ -186,11 +186,10 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     let mut pauses = Vec::new();
     let mut recovery_ms = Some(0);
     let mut first_inject = None;
-    for repeat in 0..flags.repeats.max(1) {
+    for _ in 0..flags.repeats.max(1) {
         let injected_at = workload.now_ms();
         first_inject.get_or_insert(injected_at);
-        let healed_at = drilled.inject(scenario, hold, flags.node, &workload, &mut timeline).await?;
-        let _ = repeat;
+        drilled.inject(scenario, hold, flags.node, &workload, &mut timeline).await?;
         match drilled.wait_recovered(flags.recovery_timeout).await {
             Some(after) => {
                 let recovered_at = workload.now_ms();
@@ -206,7 +205,6 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
                 break;
             }
         }
-        let _ = healed_at;
     }
     tokio::time::sleep(quarter).await;
     timeline.push((workload.now_ms(), "workload stopped".to_string()));
@@ -361,114 +359,128 @@ impl Drilled {
         None
     }
 
-    /// Injects the scenario's fault, holds it, heals it; returns when it was healed.
-    async fn inject(&mut self, scenario: &str, hold: Duration, named: Option<usize>, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<u64> {
+    /// Injects the scenario's fault, holds it, and heals it.
+    async fn inject(&mut self, scenario: &str, hold: Duration, named: Option<usize>, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
         if let Some(node) = named {
             if node == 0 || node > self.urls.len() {
                 bail!("--node {node}: the cluster has nodes 1..={}", self.urls.len());
             }
         }
+        let busiest = match named {
+            Some(node) => node,
+            None => self.busiest_leader().await,
+        };
         match scenario {
-            "leader-kill" => {
+            "leader-kill" => self.kill_and_restart(busiest, hold, workload, timeline).await?,
+            "node-pause" => self.pause(busiest, hold.max(Duration::from_secs(3)), workload, timeline).await,
+            "partition-leader" => self.partition(busiest, hold, workload, timeline).await?,
+            "partition-minority" => {
                 let victim = match named {
                     Some(node) => node,
-                    None => self.busiest_leader().await,
-                };
-                self.local.as_mut().expect("local").kill(victim);
-                self.killed.push(victim);
-                timeline.push((workload.now_ms(), format!("SIGKILL node {victim}")));
-                tokio::time::sleep(hold).await;
-                let cluster = self.local.as_mut().expect("local");
-                cluster.spawn(victim)?;
-                self.killed.retain(|node| *node != victim);
-                timeline.push((workload.now_ms(), format!("node {victim} restarted")));
-                cluster.wait_ready(victim, Duration::from_secs(60)).await?;
-            }
-            "node-pause" => {
-                let victim = match named {
-                    Some(node) => node,
-                    None => self.busiest_leader().await,
-                };
-                self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
-                self.paused.push(victim);
-                timeline.push((workload.now_ms(), format!("SIGSTOP node {victim}")));
-                tokio::time::sleep(hold.max(Duration::from_secs(3))).await;
-                self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
-                self.paused.retain(|node| *node != victim);
-                timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
-            }
-            "partition-minority" | "partition-leader" => {
-                let victim = match named {
-                    Some(node) => node,
-                    None if scenario == "partition-leader" => self.busiest_leader().await,
                     None => self.quietest_node().await,
                 };
-                self.isolate(victim).await?;
-                timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
-                tokio::time::sleep(hold).await;
-                for url in self.urls.clone() {
-                    self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await?;
-                }
-                timeline.push((workload.now_ms(), "partition healed".to_string()));
+                self.partition(victim, hold, workload, timeline).await?;
             }
-            "slow-disk" => {
-                let victim = match named {
-                    Some(node) => node,
-                    None => self.busiest_leader().await,
-                };
-                self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
-                timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
-                tokio::time::sleep(hold).await;
-                self.admin(&self.url(victim), reqwest::Method::DELETE, "/admin/faults", None).await?;
-                timeline.push((workload.now_ms(), format!("node {victim}: disk back to normal")));
-            }
-            "leader-transfer" => {
-                let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
-                let shard = view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
-                let (id, leader) = (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1));
-                let to = shard["replicas"].as_array().and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader)).context("another replica")?;
-                let leader_url = self.url(usize::try_from(leader).unwrap_or(1));
-                self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
-                timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            "rolling-restart" => {
-                for node in 1..=self.urls.len() {
-                    let url = self.url(node);
-                    self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?;
-                    timeline.push((workload.now_ms(), format!("node {node} draining")));
-                    let deadline = Instant::now() + Duration::from_secs(15);
-                    loop {
-                        let leading = self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?["leading"].as_u64().unwrap_or(0);
-                        if leading == 0 || Instant::now() > deadline {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    timeline.push((workload.now_ms(), format!("node {node} leads nothing; SIGTERM")));
-                    let cluster = self.local.as_mut().expect("local");
-                    cluster.terminate(node, Duration::from_secs(20)).await;
-                    cluster.spawn(node)?;
-                    cluster.wait_ready(node, Duration::from_secs(60)).await?;
-                    timeline.push((workload.now_ms(), format!("node {node} restarted and ready")));
-                }
-            }
-            "full-restart" => {
-                let cluster = self.local.as_mut().expect("local");
-                for node in 1..=self.urls.len() {
-                    cluster.kill(node);
-                }
-                timeline.push((workload.now_ms(), "SIGKILL every node".to_string()));
-                for node in 1..=self.urls.len() {
-                    cluster.spawn(node)?;
-                }
-                for node in 1..=self.urls.len() {
-                    cluster.wait_ready(node, Duration::from_secs(60)).await?;
-                }
-                timeline.push((workload.now_ms(), "every node restarted and ready (cold start)".to_string()));
-            }
+            "slow-disk" => self.slow_disk(busiest, hold, workload, timeline).await?,
+            "leader-transfer" => self.transfer_one_leader(workload, timeline).await?,
+            "rolling-restart" => self.rolling_restart(workload, timeline).await?,
+            "full-restart" => self.full_restart(workload, timeline).await?,
             other => bail!("unknown scenario {other}"),
         }
-        Ok(workload.now_ms())
+        Ok(())
+    }
+
+    async fn kill_and_restart(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        self.local.as_mut().expect("local").kill(victim);
+        self.killed.push(victim);
+        timeline.push((workload.now_ms(), format!("SIGKILL node {victim}")));
+        tokio::time::sleep(hold).await;
+        let cluster = self.local.as_mut().expect("local");
+        cluster.spawn(victim)?;
+        self.killed.retain(|node| *node != victim);
+        timeline.push((workload.now_ms(), format!("node {victim} restarted")));
+        cluster.wait_ready(victim, Duration::from_secs(60)).await
+    }
+
+    async fn pause(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) {
+        self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
+        self.paused.push(victim);
+        timeline.push((workload.now_ms(), format!("SIGSTOP node {victim}")));
+        tokio::time::sleep(hold).await;
+        self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
+        self.paused.retain(|node| *node != victim);
+        timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
+    }
+
+    async fn partition(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        self.isolate(victim).await?;
+        timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
+        tokio::time::sleep(hold).await;
+        for url in self.urls.clone() {
+            self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await?;
+        }
+        timeline.push((workload.now_ms(), "partition healed".to_string()));
+        Ok(())
+    }
+
+    async fn slow_disk(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
+        timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
+        tokio::time::sleep(hold).await;
+        self.admin(&self.url(victim), reqwest::Method::DELETE, "/admin/faults", None).await?;
+        timeline.push((workload.now_ms(), format!("node {victim}: disk back to normal")));
+        Ok(())
+    }
+
+    async fn transfer_one_leader(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
+        let shard = view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
+        let (id, leader) = (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1));
+        let to = shard["replicas"].as_array().and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader)).context("another replica")?;
+        let leader_url = self.url(usize::try_from(leader).unwrap_or(1));
+        self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
+        timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(())
+    }
+
+    /// Drain, SIGTERM, restart, wait ready — one node after the other.
+    async fn rolling_restart(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        for node in 1..=self.urls.len() {
+            let url = self.url(node);
+            self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?;
+            timeline.push((workload.now_ms(), format!("node {node} draining")));
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let leading = self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?["leading"].as_u64().unwrap_or(0);
+                if leading == 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            timeline.push((workload.now_ms(), format!("node {node} leads nothing; SIGTERM")));
+            let cluster = self.local.as_mut().expect("local");
+            cluster.terminate(node, Duration::from_secs(20)).await;
+            cluster.spawn(node)?;
+            cluster.wait_ready(node, Duration::from_secs(60)).await?;
+            timeline.push((workload.now_ms(), format!("node {node} restarted and ready")));
+        }
+        Ok(())
+    }
+
+    async fn full_restart(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        let cluster = self.local.as_mut().expect("local");
+        for node in 1..=self.urls.len() {
+            cluster.kill(node);
+        }
+        timeline.push((workload.now_ms(), "SIGKILL every node".to_string()));
+        for node in 1..=self.urls.len() {
+            cluster.spawn(node)?;
+        }
+        for node in 1..=self.urls.len() {
+            cluster.wait_ready(node, Duration::from_secs(60)).await?;
+        }
+        timeline.push((workload.now_ms(), "every node restarted and ready (cold start)".to_string()));
+        Ok(())
     }
 }
