@@ -50,6 +50,11 @@ pub struct BenchFlags {
     /// Which accounts receive: uniform, zipf:S (exponent S) or hot:N (N accounts take 90%).
     #[arg(long, default_value = "uniform")]
     pub distribution: Distribution,
+    /// `spread`: requests go round-robin to every node (a load balancer; most are forwarded to
+    /// the shard leader). `leader`: single transfers go straight to the payer shard's leader,
+    /// learned from /v1/cluster and refreshed every second (a smart client).
+    #[arg(long, default_value = "spread")]
+    pub route: String,
     /// Share of transfers whose payee is on another shard than the payer (0.0 to 1.0).
     #[arg(long, default_value_t = 0.5)]
     pub cross_shard_ratio: f64,
@@ -137,6 +142,9 @@ fn validate(flags: &BenchFlags) -> anyhow::Result<()> {
     if flags.rate == Some(0) {
         bail!("--rate must be at least 1");
     }
+    if flags.route != "spread" && flags.route != "leader" {
+        bail!("--route must be spread or leader");
+    }
     Ok(())
 }
 
@@ -209,6 +217,9 @@ struct Shared {
     /// Per account: net minor units moved by acknowledged transfers.
     net: Mutex<Vec<i128>>,
     ambiguous: Mutex<Vec<workload::Transfer>>,
+    /// `--route leader`: the target index leading each shard (refreshed every second).
+    leaders: std::sync::RwLock<Vec<Option<usize>>>,
+    route_to_leader: bool,
 }
 
 async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Report> {
@@ -229,7 +240,22 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
         interval: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         net: Mutex::new(vec![0; accounts]),
         ambiguous: Mutex::new(Vec::new()),
+        leaders: std::sync::RwLock::new(Vec::new()),
+        route_to_leader: flags.route == "leader",
     });
+    if shared.route_to_leader {
+        *shared.leaders.write().expect("leaders") = workload::shard_leaders(&shared.client, &shared.targets).await;
+        let refresher = shared.clone();
+        tokio::spawn(async move {
+            while !refresher.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let leaders = workload::shard_leaders(&refresher.client, &refresher.targets).await;
+                if !leaders.is_empty() {
+                    *refresher.leaders.write().expect("leaders") = leaders;
+                }
+            }
+        });
+    }
     let started = Instant::now();
     let total = flags.warmup + flags.duration;
     let next_slot = Arc::new(AtomicU64::new(0));
@@ -322,7 +348,14 @@ async fn worker_loop(shared: Arc<Shared>, worker: usize, rate: Option<u64>, batc
             None => Instant::now(),
         };
         let transfers = shared.plan.transfers(&mut rng, batch, worker, &mut sequence);
-        let outcome = workload::send(&shared.client, &target, &transfers, &shared.plan).await;
+        let leader = if shared.route_to_leader {
+            let shard = usize::try_from(shared.plan.shard[transfers[0].from]).expect("fits");
+            shared.leaders.read().expect("leaders").get(shard).copied().flatten()
+        } else {
+            None
+        };
+        let target = leader.map_or(target.as_str(), |index| shared.targets[index].as_str());
+        let outcome = workload::send(&shared.client, target, &transfers, &shared.plan).await;
         let micros = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         record(&shared, &transfers, outcome, micros);
     }

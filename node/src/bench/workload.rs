@@ -70,7 +70,7 @@ pub struct Plan {
     pub run: String,
     pub bank: String,
     pub accounts: Vec<String>,
-    shard: Vec<u32>,
+    pub shard: Vec<u32>,
     by_shard: Vec<Vec<usize>>,
     /// Cumulative weights for payee choice (empty for uniform).
     cdf: Vec<f64>,
@@ -343,3 +343,26 @@ pub async fn check_conservation(
     Ok(all_match && total == 0)
 }
 
+
+/// For `--route leader`: which target URL leads each shard, from `/v1/cluster` (node ids matched
+/// to targets by the HTTP address each node advertises). `None` where unknown.
+pub async fn shard_leaders(client: &reqwest::Client, targets: &[String]) -> Vec<Option<usize>> {
+    for target in targets {
+        let Ok(response) = client.get(format!("{target}/v1/cluster")).send().await else {
+            continue;
+        };
+        let Ok(view) = response.json::<Value>().await else {
+            continue;
+        };
+        let node_target = |id: u64| -> Option<usize> {
+            let node = view["nodes"].as_array()?.iter().find(|node| node["id"].as_u64() == Some(id))?;
+            let http = node["http"].as_str()?.trim_end_matches('/');
+            targets.iter().position(|target| target.trim_end_matches('/') == http)
+        };
+        return view["shards"]
+            .as_array()
+            .map(|shards| shards.iter().map(|shard| shard["leader"].as_u64().and_then(node_target)).collect())
+            .unwrap_or_default();
+    }
+    Vec::new()
+}
