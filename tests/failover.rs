@@ -236,7 +236,8 @@ async fn leader_kill_under_load_and_full_restart_lose_nothing() {
         assert!(!matches!(outcome, Outcome::Unknown), "transfer {id} still unresolved");
         record(&history, id, &from, &to, amount, outcome, body);
     }
-    let history = history.lock().expect("lock");
+    // The workers have stopped: take the history out rather than hold the lock across awaits.
+    let history = std::mem::take(&mut *history.lock().expect("lock"));
     for (from, to, amount) in history.posted.values() {
         *expected.get_mut(from).expect("payer") -= amount;
         *expected.get_mut(to).expect("payee") += amount;

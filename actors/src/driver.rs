@@ -318,7 +318,7 @@ impl Driver {
         }
         self.core.tick(self.time());
         self.log_leader_changes();
-        if self.ticks % NODE_INFO_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(NODE_INFO_EVERY_TICKS) {
             self.introduce();
         }
         self.ticks += 1;

@@ -54,7 +54,7 @@ fn load(storage: &Storage) -> BTreeMap<u32, DurableShard> {
         .into_iter()
         .map(|(shard, replica)| {
             let store = replica.storage;
-            let entries = (store.compacted_index() + 1..=store.last_index()).map(|i| i).collect::<Vec<_>>();
+            let entries = (store.compacted_index() + 1..=store.last_index()).collect::<Vec<_>>();
             let durable = DurableShard {
                 hard_state: store.hard_state().clone(),
                 compacted_index: store.compacted_index(),

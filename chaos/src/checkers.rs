@@ -169,7 +169,7 @@ pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, Ledger> {
         let core = cluster.core(node).expect("live");
         for replica in core.replicas() {
             let shard = replica.ledger().shard();
-            let newer = best.get(&shard).map_or(true, |(applied, _)| replica.applied_index() > *applied);
+            let newer = best.get(&shard).is_none_or(|(applied, _)| replica.applied_index() > *applied);
             if newer {
                 best.insert(shard, (replica.applied_index(), replica.ledger().clone()));
             }

@@ -111,7 +111,7 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
 }
 
 fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload) -> Result<(), Violation> {
-    let elected = cluster.run_until(20_000, |c| all_shards_led(c));
+    let elected = cluster.run_until(20_000, all_shards_led);
     if !elected {
         return Err(Violation::new("liveness", "no leader for every shard 20 s after start"));
     }

@@ -90,7 +90,7 @@ impl DurableShard {
 
     /// Stores a checkpoint (the state store's only write); older ones are ignored.
     pub fn apply_checkpoint(&mut self, checkpoint: &Checkpoint) {
-        let newer = self.checkpoint.as_ref().map_or(true, |existing| checkpoint.index > existing.index);
+        let newer = self.checkpoint.as_ref().is_none_or(|existing| checkpoint.index > existing.index);
         if newer {
             self.checkpoint = Some(checkpoint.clone());
         }

@@ -252,6 +252,6 @@ fn filesystem_bytes(path: &Path) -> Option<(u64, u64)> {
     }
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let stats = unsafe { stats.assume_init() };
-    let block = u64::from(stats.f_frsize);
-    Some((u64::from(stats.f_blocks).saturating_mul(block), u64::from(stats.f_bavail).saturating_mul(block)))
+    let block = stats.f_frsize;
+    Some((stats.f_blocks.saturating_mul(block), stats.f_bavail.saturating_mul(block)))
 }

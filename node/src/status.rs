@@ -74,7 +74,7 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
                 let me = cluster["nodes"].as_array().and_then(|nodes| nodes.iter().find(|n| n["self"] == true)).cloned().unwrap_or(Value::Null);
                 let hosted = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| !matches!(s["role"].as_str(), Some("none"))).count());
                 let leads = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == Some(view.id)).count());
-                let uptime = me["uptime_ms"].as_u64().map_or_else(|| "?".to_string(), |ms| format_age(ms));
+                let uptime = me["uptime_ms"].as_u64().map_or_else(|| "?".to_string(), format_age);
                 ("up", me["version"].as_str().unwrap_or("?").to_string(), uptime, hosted.to_string(), leads.to_string())
             }
             None => {

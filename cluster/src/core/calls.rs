@@ -363,10 +363,10 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                 })
         }
         (Request::CreateAccount(create), Reply::Account { account, .. }) => {
-            account.as_ref().map_or(true, |account| account.id == create.id)
+            account.as_ref().is_none_or(|account| account.id == create.id)
         }
-        (Request::ReadAccount(id), Reply::AccountState(state)) => state.as_ref().map_or(true, |account| account.id == *id),
-        (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().map_or(true, |view| view.id == *id),
+        (Request::ReadAccount(id), Reply::AccountState(state)) => state.as_ref().is_none_or(|account| account.id == *id),
+        (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
         (Request::History { .. }, Reply::History(_)) => true,
         _ => false,
     }
