@@ -109,11 +109,13 @@ async fn transfers_are_idempotent_and_rejections_are_final() {
 
     cluster.create_account(2, "yen-bank", "JPY", "settlement").await;
     cluster.create_account(2, "yen", "JPY", "customer").await;
-    let (status, body) = transfer(&cluster, 2, json!({ "id": "jpy-1", "from": "yen-bank", "to": "yen", "amount": "500", "currency": "JPY" })).await;
+    let (status, body) =
+        transfer(&cluster, 2, json!({ "id": "jpy-1", "from": "yen-bank", "to": "yen", "amount": "500", "currency": "JPY" })).await;
     assert_eq!((status, body["amount"].as_str()), (201, Some("500")));
     cluster.create_account(2, "kwd-bank", "KWD", "settlement").await;
     cluster.create_account(2, "kwd", "KWD", "customer").await;
-    let (status, body) = transfer(&cluster, 3, json!({ "id": "kwd-1", "from": "kwd-bank", "to": "kwd", "amount": "1.005", "currency": "KWD" })).await;
+    let (status, body) =
+        transfer(&cluster, 3, json!({ "id": "kwd-1", "from": "kwd-bank", "to": "kwd", "amount": "1.005", "currency": "KWD" })).await;
     assert_eq!((status, body["amount"].as_str()), (201, Some("1.005")));
 }
 
@@ -149,7 +151,8 @@ async fn batches_history_headers_metrics_and_clean_shutdown() {
     assert_eq!(statuses, vec![422, 201, 201, 422], "{body}");
     assert_eq!(cluster.get_json(2, "/v1/accounts/a0").await.1["balance"], "0.00");
 
-    let too_many: Vec<Value> = (0..8_001).map(|n| json!({ "id": format!("x{n}"), "from": "a0", "to": "a1", "amount": "0.01", "currency": "USD" })).collect();
+    let too_many: Vec<Value> =
+        (0..8_001).map(|n| json!({ "id": format!("x{n}"), "from": "a0", "to": "a1", "amount": "0.01", "currency": "USD" })).collect();
     let (status, body) = cluster.post_json(1, "/v1/transfers/batch", &json!({ "transfers": too_many })).await;
     assert_eq!((status, error_code(&body)), (400, "invalid_request"));
 
@@ -196,7 +199,8 @@ async fn admin_endpoints_are_authenticated_and_move_leadership() {
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
     let wrong = client.get(format!("{url}/admin/faults")).bearer_auth("nope").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
-    let refused = client.post(format!("{url}/admin/faults")).bearer_auth("s3cret").json(&json!({ "disk_delay_ms": 5 })).send().await.unwrap();
+    let refused =
+        client.post(format!("{url}/admin/faults")).bearer_auth("s3cret").json(&json!({ "disk_delay_ms": 5 })).send().await.unwrap();
     assert_eq!(refused.status(), 403, "faults need --faults-enabled");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(error_code(&body), "faults_disabled");

@@ -44,7 +44,8 @@ fn bench_reports_throughput_latency_errors_and_conservation() {
     assert!(output.contains("transfers/s"), "{output}");
 
     let batched = dir.path().join("batched.json");
-    let (ok, output, report) = bench(&["--concurrency", "2", "--batch-size", "50", "--cross-shard-ratio", "1.0", "--distribution", "zipf:1.1"], &batched);
+    let (ok, output, report) =
+        bench(&["--concurrency", "2", "--batch-size", "50", "--cross-shard-ratio", "1.0", "--distribution", "zipf:1.1"], &batched);
     assert!(ok, "{output}");
     assert_report(&report, &output);
     assert!(report["transfers_per_sec"].as_f64().unwrap() > report["requests_per_sec"].as_f64().unwrap(), "batches carry many transfers");

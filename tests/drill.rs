@@ -27,7 +27,16 @@ fn every_drill_scenario_passes_on_a_local_cluster() {
     let names: Vec<&str> = scenarios.iter().map(|s| s["scenario"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["leader-kill", "node-pause", "partition-minority", "partition-leader", "rolling-restart", "full-restart", "slow-disk", "leader-transfer"]
+        [
+            "leader-kill",
+            "node-pause",
+            "partition-minority",
+            "partition-leader",
+            "rolling-restart",
+            "full-restart",
+            "slow-disk",
+            "leader-transfer"
+        ]
     );
     for scenario in scenarios {
         assert_eq!(scenario["verdict"], "pass", "{scenario}");

@@ -146,7 +146,8 @@ async fn leader_kill_under_load_and_full_restart_lose_nothing() {
     for (n, account) in customers.iter().chain(probes.values()).enumerate() {
         let node = 1 + u64::try_from(n % 3).expect("small");
         cluster.create_account(node, account, "USD", "customer").await;
-        let body = json!({ "id": format!("fund-{account}"), "from": "bank", "to": account, "amount": cents(FUNDING_MINOR), "currency": "USD" });
+        let body =
+            json!({ "id": format!("fund-{account}"), "from": "bank", "to": account, "amount": cents(FUNDING_MINOR), "currency": "USD" });
         let outcome = submit(&cluster.client, &urls, &body, n, deadline()).await;
         assert!(matches!(outcome, Outcome::Posted), "funding {account}");
         expected.insert(account.clone(), FUNDING_MINOR);
@@ -260,8 +261,7 @@ async fn leader_kill_under_load_and_full_restart_lose_nothing() {
     }
 
     // Every node SIGKILLed at once, then restarted: nothing acknowledged is lost.
-    let sample: Vec<(String, String)> =
-        history.posted.iter().take(200).map(|(id, (from, _, _))| (id.clone(), from.clone())).collect();
+    let sample: Vec<(String, String)> = history.posted.iter().take(200).map(|(id, (from, _, _))| (id.clone(), from.clone())).collect();
     for node in 1..=3 {
         cluster.kill(node);
     }

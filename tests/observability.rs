@@ -98,11 +98,7 @@ fn referenced_metrics(text: &str) -> BTreeSet<String> {
 
 /// The sample names a scrape exposes (histogram families add _bucket, _sum, _count).
 fn exposed_metrics(scrape: &str) -> BTreeSet<String> {
-    scrape
-        .lines()
-        .filter(|line| line.starts_with("settle_"))
-        .map(|line| line.split(['{', ' ']).next().unwrap().to_string())
-        .collect()
+    scrape.lines().filter(|line| line.starts_with("settle_")).map(|line| line.split(['{', ' ']).next().unwrap().to_string()).collect()
 }
 
 /// The alert rules and their unit tests pass promtool; Prometheus scrapes a live cluster, every
@@ -190,7 +186,11 @@ async fn prometheus_scrapes_the_cluster_and_node_down_fires() {
     loop {
         let alerts = api(&client, &prometheus, "/api/v1/alerts").await.unwrap_or(Value::Null);
         let firing = alerts["data"]["alerts"].as_array().is_some_and(|alerts| {
-            alerts.iter().any(|a| a["labels"]["alertname"] == "SettleNodeDown" && a["labels"]["instance"] == killed_instance.as_str() && a["state"] == "firing")
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "SettleNodeDown"
+                    && a["labels"]["instance"] == killed_instance.as_str()
+                    && a["state"] == "firing"
+            })
         });
         if firing {
             println!("SettleNodeDown fired {:?} after the kill", killed_at.elapsed());

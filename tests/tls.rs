@@ -37,7 +37,9 @@ async fn peers_talk_over_mutual_tls_and_refuse_strangers() {
     let cluster = TestCluster::start_with_env(3, 4, &env).await;
     cluster.create_account(1, "bank", "USD", "settlement").await;
     cluster.create_account(2, "alice", "USD", "customer").await;
-    let (status, body) = cluster.post_json(3, "/v1/transfers", &json!({ "id": "tls-1", "from": "bank", "to": "alice", "amount": "3.00", "currency": "USD" })).await;
+    let (status, body) = cluster
+        .post_json(3, "/v1/transfers", &json!({ "id": "tls-1", "from": "bank", "to": "alice", "amount": "3.00", "currency": "USD" }))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(cluster.get_json(1, "/v1/accounts/alice").await.1["balance"], "3.00");
 

@@ -72,8 +72,16 @@ impl Default for IoStats {
                 "Write and sync of one IO group (every shard's rounds), seconds",
                 vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
-            group_entries: histogram("io_group_entries", "Raft entries made durable by one IO group", prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets")),
-            group_shards: histogram("io_group_shards", "Shards whose writes one IO group carried", vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            group_entries: histogram(
+                "io_group_entries",
+                "Raft entries made durable by one IO group",
+                prometheus::exponential_buckets(1.0, 4.0, 9).expect("buckets"),
+            ),
+            group_shards: histogram(
+                "io_group_shards",
+                "Shards whose writes one IO group carried",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
             sync_delay_ms: AtomicU64::new(0),
         }
     }

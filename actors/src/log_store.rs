@@ -84,13 +84,13 @@ impl LogStore {
             let mut durable = DurableShard::default();
             if let Some(bytes) = self.engine.get(region, HARD_STATE_KEY) {
                 let payload = open(&bytes).map_err(|source| LogStoreError::Record { shard, source })?;
-                durable.hard_state = HardState::parse_from_bytes(payload)
-                    .map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
+                durable.hard_state =
+                    HardState::parse_from_bytes(payload).map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
             }
             if let Some(bytes) = self.engine.get(region, META_KEY) {
                 let payload = open(&bytes).map_err(|source| LogStoreError::Record { shard, source })?;
-                let meta: Meta = settle_cluster::message::decode(payload)
-                    .map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
+                let meta: Meta =
+                    settle_cluster::message::decode(payload).map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
                 durable.compacted_index = meta.compacted_index;
                 durable.compacted_term = meta.compacted_term;
             }

@@ -74,10 +74,9 @@ impl StateStore {
         let mut loaded = BTreeMap::new();
         for row in self.checkpoints.iter() {
             let (key, value) = row?;
-            let shard = ShardId::from_be_bytes(key.as_ref().try_into().map_err(|_| StateStoreError::Decode {
-                shard: 0,
-                detail: format!("bad key {key:?}"),
-            })?);
+            let shard = ShardId::from_be_bytes(
+                key.as_ref().try_into().map_err(|_| StateStoreError::Decode { shard: 0, detail: format!("bad key {key:?}") })?,
+            );
             loaded.insert(shard, decode_checkpoint(shard, &value));
         }
         Ok(loaded)
@@ -90,10 +89,10 @@ impl StateStore {
 
 fn decode_checkpoint(shard: ShardId, value: &[u8]) -> Result<Checkpoint, StateStoreError> {
     let payload = open(value).map_err(|source| StateStoreError::Record { shard, source })?;
-    let record: CheckpointRecord = settle_cluster::message::decode(payload)
-        .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
-    let conf_state = ConfState::parse_from_bytes(&record.conf_state)
-        .map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
+    let record: CheckpointRecord =
+        settle_cluster::message::decode(payload).map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
+    let conf_state =
+        ConfState::parse_from_bytes(&record.conf_state).map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
     // The ledger itself is checked when recovery decodes it.
     Ok(Checkpoint { shard, index: record.index, term: record.term, conf_state, ledger: record.ledger })
 }

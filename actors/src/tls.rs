@@ -37,7 +37,8 @@ pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<PeerTls, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::Pem { path: cert.display().to_string(), what: "certificate" });
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsError::Pem { path: key.display().to_string(), what: "private key" })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsError::Pem { path: key.display().to_string(), what: "private key" })?;
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(&read(ca)?).filter_map(Result::ok) {
         roots.add(certificate)?;

@@ -4,6 +4,7 @@
 //! anything is read or decoded. A link that fails drops what it was sending and reconnects;
 //! Raft and the request legs retry on their own.
 
+use crate::tls::PeerTls;
 use serde::{Deserialize, Serialize};
 use settle_cluster::ids::NodeId;
 use settle_cluster::message::{decode, encode, PeerMessage};
@@ -12,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::tls::PeerTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -101,8 +101,7 @@ pub fn start(
 ) -> std::io::Result<Transport> {
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
-    let faults: Arc<BTreeMap<NodeId, LinkFaults>> =
-        Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
+    let faults: Arc<BTreeMap<NodeId, LinkFaults>> = Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
     let stats = Arc::new(TransportStats::default());
     let links_state: Arc<BTreeMap<NodeId, LinkState>> =
         Arc::new(peers.keys().filter(|peer| **peer != node).map(|peer| (*peer, LinkState::default())).collect());
@@ -117,7 +116,17 @@ pub fn start(
             continue;
         }
         let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
-        runtime.spawn(link_loop(node, peer, address, frame_bytes_max, receiver, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
+        runtime.spawn(link_loop(
+            node,
+            peer,
+            address,
+            frame_bytes_max,
+            receiver,
+            faults.clone(),
+            stats.clone(),
+            links_state.clone(),
+            tls.clone(),
+        ));
         links.insert(peer, sender);
     }
     Ok(Transport { links, faults, stats, links_state })

@@ -155,7 +155,11 @@ fn a_flipped_byte_in_a_log_record_is_never_served() {
                 )
                 .unwrap();
                 for served_entry in served {
-                    assert_eq!(&served_entry.data[..], format!("MARKERMARKERMARKER-{}", served_entry.index).as_bytes(), "altered bytes served");
+                    assert_eq!(
+                        &served_entry.data[..],
+                        format!("MARKERMARKERMARKER-{}", served_entry.index).as_bytes(),
+                        "altered bytes served"
+                    );
                 }
             }
         }

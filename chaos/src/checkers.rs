@@ -231,7 +231,8 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
     for (id, acknowledged) in &workload.posted {
         let record = record_of(&acknowledged.command.from, id);
         if record.as_ref().map(|r| &r.status) != Some(&TransferStatus::Posted) {
-            let message = format!("{id} was acknowledged posted at {} ms but the cluster has {:?}", acknowledged.at_ms, record.map(|r| r.status));
+            let message =
+                format!("{id} was acknowledged posted at {} ms but the cluster has {:?}", acknowledged.at_ms, record.map(|r| r.status));
             return Err(Violation::new("acknowledged_durable", message));
         }
     }

@@ -47,22 +47,50 @@ impl fmt::Display for FaultClass {
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
     /// Cut a node off both ways (the node leading most shards when `leader` is set).
-    Isolate { node: NodeId, leader: bool },
+    Isolate {
+        node: NodeId,
+        leader: bool,
+    },
     /// Cut one direction of one link.
-    OneWay { from: NodeId, to: NodeId },
+    OneWay {
+        from: NodeId,
+        to: NodeId,
+    },
     /// Split the nodes in two groups at `split` (nodes `1..=split` vs the rest).
-    Split { split: NodeId },
-    Loss { per_million: u32 },
-    Duplicates { per_million: u32 },
-    Latency { max_ms: u64 },
-    Crash { node: NodeId, leader: bool },
+    Split {
+        split: NodeId,
+    },
+    Loss {
+        per_million: u32,
+    },
+    Duplicates {
+        per_million: u32,
+    },
+    Latency {
+        max_ms: u64,
+    },
+    Crash {
+        node: NodeId,
+        leader: bool,
+    },
     CrashAll,
-    Pause { node: NodeId },
-    ClockJump { node: NodeId, delta_ms: i64 },
-    FailFlush { node: NodeId },
-    SlowDisk { max_ms: u64 },
+    Pause {
+        node: NodeId,
+    },
+    ClockJump {
+        node: NodeId,
+        delta_ms: i64,
+    },
+    FailFlush {
+        node: NodeId,
+    },
+    SlowDisk {
+        max_ms: u64,
+    },
     /// A bit flip in one stored record (the node is stopped, restarted at the end).
-    Corrupt { node: NodeId },
+    Corrupt {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -191,9 +219,7 @@ pub fn undo(cluster: &mut SimCluster, fault: Fault) {
         Fault::Duplicates { .. } => cluster.network_mut().duplicate_per_million = 0,
         Fault::Latency { .. } => cluster.network_mut().latency_ms_max = defaults.latency_ms_max,
         Fault::SlowDisk { .. } => cluster.network_mut().io_latency_ms_max = defaults.io_latency_ms_max,
-        Fault::Crash { .. } | Fault::CrashAll | Fault::FailFlush { .. } | Fault::Corrupt { .. } => {
-            restart_stopped(cluster)
-        }
+        Fault::Crash { .. } | Fault::CrashAll | Fault::FailFlush { .. } | Fault::Corrupt { .. } => restart_stopped(cluster),
         Fault::Pause { node } => cluster.resume(node),
         Fault::ClockJump { .. } => {}
     }

@@ -146,7 +146,8 @@ impl SimCluster {
             trace_capacity: if config.verbose { usize::MAX } else { TRACE_LINES_MAX },
             events_handled: 0,
             corruptions: 0,
-            logger: std::env::var("SETTLE_SIM_RAFT_LOG").map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
+            logger: std::env::var("SETTLE_SIM_RAFT_LOG")
+                .map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
         };
         for node in node_ids {
@@ -282,8 +283,7 @@ impl SimCluster {
         sim_node.core = None;
         sim_node.paused = false;
         sim_node.deferred.clear();
-        let calls: Vec<CallId> =
-            self.calls_open.iter().filter(|(_, origin)| **origin == node).map(|(call, _)| *call).collect();
+        let calls: Vec<CallId> = self.calls_open.iter().filter(|(_, origin)| **origin == node).map(|(call, _)| *call).collect();
         for call in calls {
             self.calls_open.remove(&call);
             self.replies.insert(call, Reply::Unavailable);
@@ -347,7 +347,8 @@ impl SimCluster {
         if self.is_up(node) {
             self.crash(node);
         }
-        let candidates: Vec<ShardId> = self.nodes[&node].durable.iter().filter(|(_, durable)| !durable.is_empty()).map(|(shard, _)| *shard).collect();
+        let candidates: Vec<ShardId> =
+            self.nodes[&node].durable.iter().filter(|(_, durable)| !durable.is_empty()).map(|(shard, _)| *shard).collect();
         if candidates.is_empty() {
             return;
         }

@@ -305,7 +305,8 @@ impl Workload {
                         ));
                     }
                     if !*expect_posted && posted {
-                        self.violations.push(Violation::new("rejected_never_posted", format!("{id} was rejected with a 4xx but reads back posted")));
+                        self.violations
+                            .push(Violation::new("rejected_never_posted", format!("{id} was rejected with a 4xx but reads back posted")));
                     }
                 }
                 true
@@ -315,13 +316,19 @@ impl Workload {
                     if view.transfer_count < *acked_before {
                         self.violations.push(Violation::new(
                             "linearizable_reads",
-                            format!("read of {account} started at {started_ms} ms saw {} transfers; {acked_before} were acknowledged before", view.transfer_count),
+                            format!(
+                                "read of {account} started at {started_ms} ms saw {} transfers; {acked_before} were acknowledged before",
+                                view.transfer_count
+                            ),
                         ));
                     }
                     if view.transfer_count < *seen_before {
                         self.violations.push(Violation::new(
                             "linearizable_reads",
-                            format!("read of {account} started at {started_ms} ms saw {} transfers; an earlier read saw {seen_before}", view.transfer_count),
+                            format!(
+                                "read of {account} started at {started_ms} ms saw {} transfers; an earlier read saw {seen_before}",
+                                view.transfer_count
+                            ),
                         ));
                     }
                     self.reads_seen.entry(account.clone()).or_default().push((view.transfer_count, now));

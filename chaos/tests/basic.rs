@@ -44,9 +44,8 @@ fn balance(cluster: &mut SimCluster, node: u64, id: &str) -> i128 {
 #[test]
 fn transfers_through_every_node_settle() {
     let mut cluster = SimCluster::new(SimConfig::new(3, 8, 1));
-    let elected = cluster.run_until(10_000, |c| {
-        c.node_ids().iter().all(|n| c.core(*n).unwrap().shard_status().iter().all(|s| s.leader.is_some()))
-    });
+    let elected =
+        cluster.run_until(10_000, |c| c.node_ids().iter().all(|n| c.core(*n).unwrap().shard_status().iter().all(|s| s.leader.is_some())));
     assert!(elected, "every shard elects a leader");
     create(&mut cluster, 1, "bank", AccountKind::Settlement);
     let customers: Vec<String> = (0..6).map(|n| format!("c{n}")).collect();

@@ -27,7 +27,10 @@ fn find(bug: PlantedBug, faults: FaultClass) -> (u64, &'static str, String) {
 #[test]
 fn ack_before_flush_is_caught() {
     let (_, checker, _) = find(PlantedBug::AckBeforeFlush, FaultClass::Crash);
-    assert!(["acknowledged_durable", "core_assertion", "conservation", "at_most_once", "replicas_converge"].contains(&checker), "{checker}");
+    assert!(
+        ["acknowledged_durable", "core_assertion", "conservation", "at_most_once", "replicas_converge"].contains(&checker),
+        "{checker}"
+    );
 }
 
 /// A payee credit applied twice creates money.

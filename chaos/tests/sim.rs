@@ -54,7 +54,8 @@ fn fixed_seeds_hold_for_each_fault_class() {
 #[test]
 fn random_seeds_hold_every_invariant() {
     let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let seeds: Vec<u64> = (0..8u64).map(|n| base.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(u32::try_from(n * 7).unwrap()) % 1_000_000_000).collect();
+    let seeds: Vec<u64> =
+        (0..8u64).map(|n| base.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(u32::try_from(n * 7).unwrap()) % 1_000_000_000).collect();
     println!("random seeds: {seeds:?}");
     assert_passes(seeds.into_iter(), 3, FaultClass::All);
 }

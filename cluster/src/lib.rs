@@ -5,14 +5,16 @@
 
 pub mod ids;
 pub mod ledger;
+pub mod message;
 pub mod money;
 pub mod placement;
 pub mod planted;
 pub mod recovery;
-pub mod message;
 pub mod replica;
 pub mod storage;
 
 mod core;
-pub use crate::core::{AdminError, Buckets, CallId, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time};
+pub use crate::core::{
+    AdminError, Buckets, CallId, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time,
+};
 pub use raft;

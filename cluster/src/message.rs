@@ -4,8 +4,7 @@
 
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 use crate::ledger::{
-    Account, AccountKind, AccountOutcome, Command, CreateAccount, CreditCmd, Decision, RejectCode,
-    TransferCmd, TransferView,
+    Account, AccountKind, AccountOutcome, Command, CreateAccount, CreditCmd, Decision, RejectCode, TransferCmd, TransferView,
 };
 use crate::money::{Currency, Minor};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -99,8 +98,15 @@ pub enum Request {
     Transfers(Vec<TransferCmd>),
     ReadAccount(AccountId),
     /// Without a payer hint every shard is asked (a transfer id alone does not name its shard).
-    ReadTransfer { id: TransferId, payer: Option<AccountId> },
-    History { account: AccountId, before: Option<u64>, limit: u32 },
+    ReadTransfer {
+        id: TransferId,
+        payer: Option<AccountId>,
+    },
+    History {
+        account: AccountId,
+        before: Option<u64>,
+        limit: u32,
+    },
 }
 
 /// The outcome of one transfer of a request.
@@ -123,7 +129,10 @@ pub struct HistoryPage {
 /// The answer to a `Request` (or to one leg of it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Account { outcome: AccountOutcome, account: Option<AccountView> },
+    Account {
+        outcome: AccountOutcome,
+        account: Option<AccountView>,
+    },
     Transfers(Vec<TransferResult>),
     AccountState(Option<AccountView>),
     Transfer(Option<TransferView>),
@@ -133,28 +142,58 @@ pub enum Reply {
     /// This node has too much in flight; nothing was started. Retry later.
     Overloaded,
     /// Internal to legs: the receiver does not lead the shard (with a hint if it knows who does).
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
 }
 
 /// Everything one node sends another. Raft messages stay protobuf-encoded inside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMessage {
-    Raft { shard: ShardId, message: Vec<u8> },
+    Raft {
+        shard: ShardId,
+        message: Vec<u8>,
+    },
     /// A leg of a client request for the shard's leader; `leg` names it at the origin, and the
     /// leader may drop it `timeout_ms` after it arrives (clocks of two nodes are not compared).
     /// `request_id` is the client's Request-Id, carried so every node's logs can name it.
-    Leg { leg: u64, shard: ShardId, timeout_ms: u64, request: Request, request_id: Option<String> },
-    LegReply { leg: u64, reply: Reply },
+    Leg {
+        leg: u64,
+        shard: ShardId,
+        timeout_ms: u64,
+        request: Request,
+        request_id: Option<String>,
+    },
+    LegReply {
+        leg: u64,
+        reply: Reply,
+    },
     /// Coordinator → payee shard leader: decide these credits. `hops` counts forwards by nodes
     /// that did not lead the shard (bounded, so two stale views cannot bounce it forever).
-    Credits { shard: ShardId, credits: Vec<CreditCmd>, hops: u8 },
+    Credits {
+        shard: ShardId,
+        credits: Vec<CreditCmd>,
+        hops: u8,
+    },
     /// Payee shard leader → payer shard leader: these are the decisions.
-    Decisions { shard: ShardId, decisions: Vec<(TransferId, Decision)>, hops: u8 },
+    Decisions {
+        shard: ShardId,
+        decisions: Vec<(TransferId, Decision)>,
+        hops: u8,
+    },
     /// "I do not lead `shard`; `leader` does": lets a node without a replica of the shard
     /// find its leader.
-    LeaderHint { shard: ShardId, leader: NodeId },
+    LeaderHint {
+        shard: ShardId,
+        leader: NodeId,
+    },
     /// A node introduces itself to its peers (handled by the driver, not the core).
-    NodeInfo { http: String, version: String, started_ms: u64, draining: bool },
+    NodeInfo {
+        http: String,
+        version: String,
+        started_ms: u64,
+        draining: bool,
+    },
 }
 
 #[cfg(test)]

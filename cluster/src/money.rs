@@ -14,13 +14,50 @@ pub const AMOUNT_MINOR_MAX: Minor = 1_000_000_000_000_000_000_000_000;
 /// ISO 4217 codes this cluster accepts, with their exponents (digits after the decimal point).
 /// Sorted by code so lookups can binary-search.
 const CURRENCIES: &[(&str, u32)] = &[
-    ("AED", 2), ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2), ("CLP", 0),
-    ("CNY", 2), ("CZK", 2), ("DKK", 2), ("EUR", 2), ("GBP", 2), ("HKD", 2), ("HUF", 2),
-    ("IDR", 2), ("ILS", 2), ("INR", 2), ("IQD", 3), ("ISK", 0), ("JOD", 3), ("JPY", 0),
-    ("KRW", 0), ("KWD", 3), ("LYD", 3), ("MXN", 2), ("MYR", 2), ("NOK", 2), ("NZD", 2),
-    ("OMR", 3), ("PHP", 2), ("PLN", 2), ("SAR", 2), ("SEK", 2), ("SGD", 2), ("THB", 2),
-    ("TND", 3), ("TRY", 2), ("TWD", 2), ("UGX", 0), ("USD", 2), ("VND", 0), ("XAF", 0),
-    ("XOF", 0), ("ZAR", 2),
+    ("AED", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("IQD", 3),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("LYD", 3),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PHP", 2),
+    ("PLN", 2),
+    ("SAR", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("UGX", 0),
+    ("USD", 2),
+    ("VND", 0),
+    ("XAF", 0),
+    ("XOF", 0),
+    ("ZAR", 2),
 ];
 
 /// An ISO 4217 currency known to the built-in table.
@@ -37,10 +74,7 @@ impl Currency {
         let index = CURRENCIES.binary_search_by(|(c, _)| (*c).cmp(code)).ok()?;
         let (known, exponent) = CURRENCIES[index];
         let bytes = known.as_bytes();
-        Some(Currency {
-            code: [bytes[0], bytes[1], bytes[2]],
-            exponent: u8::try_from(exponent).expect("exponents are single digits"),
-        })
+        Some(Currency { code: [bytes[0], bytes[1], bytes[2]], exponent: u8::try_from(exponent).expect("exponents are single digits") })
     }
 
     pub fn code(&self) -> &str {

@@ -21,8 +21,7 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 /// The shard that owns an account, among `shards` shards.
 pub fn shard_of(account: &AccountId, shards: u32) -> ShardId {
     assert!(shards > 0, "a cluster needs shards");
-    ShardId::try_from(fnv1a_64(account.as_str().as_bytes()) % u64::from(shards))
-        .expect("a remainder of a u32 modulus fits in u32")
+    ShardId::try_from(fnv1a_64(account.as_str().as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
 }
 
 /// The cluster's static layout, fixed at bootstrap.

@@ -99,11 +99,7 @@ impl DurableShard {
 
 /// Rebuilds a shard replica's starting state from what survived. `None` when nothing did (the
 /// shard starts fresh, as at bootstrap).
-pub fn recover_shard(
-    placement: &Placement,
-    shard: ShardId,
-    durable: DurableShard,
-) -> Result<Option<RecoveredShard>, RecoveryError> {
+pub fn recover_shard(placement: &Placement, shard: ShardId, durable: DurableShard) -> Result<Option<RecoveredShard>, RecoveryError> {
     if durable.is_empty() {
         return Ok(None);
     }
@@ -119,8 +115,7 @@ pub fn recover_shard(
     }
     let (ledger, applied_index, conf_state) = match checkpoint {
         Some(checkpoint) => {
-            let ledger: Ledger =
-                decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
+            let ledger: Ledger = decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
             ledger.check_invariants();
             (ledger, checkpoint.index, Some((checkpoint.conf_state, checkpoint.term)))
         }

@@ -42,15 +42,7 @@ impl ShardStorage {
             let expected = compacted_index + 1 + u64::try_from(offset).expect("fits u64");
             assert_eq!(entry.index, expected, "recovered log has a gap");
         }
-        ShardStorage {
-            hard_state,
-            conf_state,
-            compacted_index,
-            compacted_term,
-            entries,
-            snapshot: None,
-            snapshot_wanted: Cell::new(false),
-        }
+        ShardStorage { hard_state, conf_state, compacted_index, compacted_term, entries, snapshot: None, snapshot_wanted: Cell::new(false) }
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -152,13 +144,7 @@ impl raft::Storage for ShardStorage {
         Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
     }
 
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _context: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         if low <= self.compacted_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
@@ -187,10 +173,7 @@ impl raft::Storage for ShardStorage {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some(snapshot)
-                if snapshot.get_metadata().index >= request_index
-                    && snapshot.get_metadata().index >= self.compacted_index =>
-            {
+            Some(snapshot) if snapshot.get_metadata().index >= request_index && snapshot.get_metadata().index >= self.compacted_index => {
                 Ok(snapshot.clone())
             }
             _ => {

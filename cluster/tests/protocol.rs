@@ -21,12 +21,25 @@ enum Message {
 #[derive(Debug, Clone)]
 enum Step {
     /// A client transfer between two of the accounts (ids are reused on purpose).
-    Submit { id: u8, from: u8, to: u8, amount: i128 },
+    Submit {
+        id: u8,
+        from: u8,
+        to: u8,
+        amount: i128,
+    },
     /// Deliver the message at this position of the bag; keep a copy when `duplicate`.
-    Deliver { pick: u16, duplicate: bool },
-    Drop { pick: u16 },
+    Deliver {
+        pick: u16,
+        duplicate: bool,
+    },
+    Drop {
+        pick: u16,
+    },
     /// A (new) coordinator of this shard re-sends every pending transfer's credit request.
-    Redrive { shard: u8, prevent: bool },
+    Redrive {
+        shard: u8,
+        prevent: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -53,10 +66,8 @@ impl World {
         // Two accounts per shard, found by name; the first one overall is the settlement account.
         let mut accounts = Vec::new();
         for shard in 0..SHARDS {
-            let on_shard = (0..)
-                .map(|n| AccountId::new(format!("acct-{n}")).unwrap())
-                .filter(|account| shard_of(account, SHARDS) == shard)
-                .take(2);
+            let on_shard =
+                (0..).map(|n| AccountId::new(format!("acct-{n}")).unwrap()).filter(|account| shard_of(account, SHARDS) == shard).take(2);
             accounts.extend(on_shard);
         }
         for (n, account) in accounts.iter().enumerate() {

@@ -234,7 +234,11 @@ pub fn run(flags: LocalFlags) -> anyhow::Result<()> {
     let mut cluster = LocalCluster::start(&flags, Duration::from_secs(60))?;
     println!("settle: {} nodes ready (data in {})", flags.nodes, flags.data_dir.display());
     for (index, url) in cluster.urls.iter().enumerate() {
-        println!("  node {}: {url}   (log: {})", index + 1, flags.data_dir.join(format!("node-{}", index + 1)).join("settle.log").display());
+        println!(
+            "  node {}: {url}   (log: {})",
+            index + 1,
+            flags.data_dir.join(format!("node-{}", index + 1)).join("settle.log").display()
+        );
     }
     let url = &cluster.urls[0];
     println!();

@@ -65,11 +65,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     let settings = NodeSettings::load(&flags)?;
     init_logging(&settings.log_format);
     let members = settings.members()?;
-    let identity = ClusterIdentity {
-        node_id: settings.node_id,
-        shards: settings.shards,
-        members: members.keys().copied().collect(),
-    };
+    let identity = ClusterIdentity { node_id: settings.node_id, shards: settings.shards, members: members.keys().copied().collect() };
     let bootstrapped = check_identity(&settings.data_dir, &identity)?;
     let placement = Placement::new(identity.members.clone(), settings.shards);
     let config = DriverConfig {

@@ -29,11 +29,9 @@ impl Metrics {
     pub fn new(node: u64, driver: &DriverHandle) -> Metrics {
         let labels = std::collections::HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(Some("settle".to_string()), Some(labels)).expect("valid registry");
-        let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route pattern and status code"),
-            &["endpoint", "status"],
-        )
-        .expect("valid metric");
+        let http_requests =
+            IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests by route pattern and status code"), &["endpoint", "status"])
+                .expect("valid metric");
         let http_latency = HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route pattern")
                 .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
@@ -50,7 +48,8 @@ impl Metrics {
             &["currency"],
         )
         .expect("valid metric");
-        let metrics = Metrics { registry, node: node.to_string(), started: Instant::now(), http_requests, http_latency, transfers, transfer_volume };
+        let metrics =
+            Metrics { registry, node: node.to_string(), started: Instant::now(), http_requests, http_latency, transfers, transfer_volume };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_latency.clone()),
@@ -88,9 +87,21 @@ impl Metrics {
         scrape.counter("peer_frames_sent_total", "Frames sent to peers", vec![(vec![], load(&peers.frames_sent))]);
         scrape.counter("peer_frames_received_total", "Frames received from peers", vec![(vec![], load(&peers.frames_received))]);
         scrape.counter("peer_bytes_sent_total", "Bytes sent to peers", vec![(vec![], load(&peers.bytes_sent))]);
-        scrape.counter("peer_batches_dropped_total", "Message batches dropped: link backed up, down or faulted", vec![(vec![], load(&peers.batches_dropped))]);
-        scrape.counter("peer_frames_rejected_total", "Frames refused: over the size cap or failing their checksum", vec![(vec![], load(&peers.frames_rejected))]);
-        let links = driver.link_states.iter().map(|(peer, state)| (vec![("peer", peer.to_string())], f64::from(u8::from(state.connected.load(Ordering::Relaxed))))).collect();
+        scrape.counter(
+            "peer_batches_dropped_total",
+            "Message batches dropped: link backed up, down or faulted",
+            vec![(vec![], load(&peers.batches_dropped))],
+        );
+        scrape.counter(
+            "peer_frames_rejected_total",
+            "Frames refused: over the size cap or failing their checksum",
+            vec![(vec![], load(&peers.frames_rejected))],
+        );
+        let links = driver
+            .link_states
+            .iter()
+            .map(|(peer, state)| (vec![("peer", peer.to_string())], f64::from(u8::from(state.connected.load(Ordering::Relaxed)))))
+            .collect();
         scrape.gauge("peer_link_up", "1 while the outbound link to a peer is connected", links);
         if let Some(status) = status {
             scrape.node_status(status);
@@ -113,7 +124,9 @@ type Sample = (Vec<(&'static str, String)>, f64);
 impl Scrape {
     fn labels(&self, labels: &[(&'static str, String)]) -> Vec<LabelPair> {
         let mut pairs = Vec::new();
-        for (name, value) in labels.iter().map(|(n, v)| (n.to_string(), v.clone())).chain(std::iter::once(("node".to_string(), self.node.clone()))) {
+        for (name, value) in
+            labels.iter().map(|(n, v)| (n.to_string(), v.clone())).chain(std::iter::once(("node".to_string(), self.node.clone())))
+        {
             let mut pair = LabelPair::default();
             pair.set_name(name);
             pair.set_value(value);
@@ -185,42 +198,103 @@ impl Scrape {
     fn node_status(&mut self, status: &NodeStatus) {
         let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none").collect();
         let shard_label = |id: u32| vec![("shard", id.to_string())];
-        let per_shard = |value: &dyn Fn(&settle_cluster::ShardStatus) -> f64| hosted.iter().map(|shard| (shard_label(shard.id), value(shard))).collect::<Vec<_>>();
+        let per_shard = |value: &dyn Fn(&settle_cluster::ShardStatus) -> f64| {
+            hosted.iter().map(|shard| (shard_label(shard.id), value(shard))).collect::<Vec<_>>()
+        };
         let role_code = |role: &str| match role {
             "leader" => 3.0,
             "candidate" | "precandidate" => 2.0,
             "follower" => 1.0,
             _ => 0.0,
         };
-        self.gauge("shard_role", "Raft role of each shard replica here: 3 leader, 2 candidate, 1 follower, 0 quarantined", per_shard(&|s| role_code(&s.role)));
-        self.gauge("shard_is_leader", "1 when this node leads the shard", per_shard(&|s| f64::from(u8::from(s.leader == Some(status.node)))));
-        self.gauge("shard_has_leader", "1 when this replica knows a leader of the shard", per_shard(&|s| f64::from(u8::from(s.leader.is_some()))));
+        self.gauge(
+            "shard_role",
+            "Raft role of each shard replica here: 3 leader, 2 candidate, 1 follower, 0 quarantined",
+            per_shard(&|s| role_code(&s.role)),
+        );
+        self.gauge(
+            "shard_is_leader",
+            "1 when this node leads the shard",
+            per_shard(&|s| f64::from(u8::from(s.leader == Some(status.node)))),
+        );
+        self.gauge(
+            "shard_has_leader",
+            "1 when this replica knows a leader of the shard",
+            per_shard(&|s| f64::from(u8::from(s.leader.is_some()))),
+        );
         self.gauge("shard_term", "Raft term of each shard replica here", per_shard(&|s| s.term as f64));
         self.gauge("shard_commit_index", "Raft commit index of each shard replica here", per_shard(&|s| s.commit_index as f64));
         self.gauge("shard_applied_index", "Applied index of each shard replica here", per_shard(&|s| s.applied_index as f64));
-        self.gauge("shard_apply_lag_entries", "Committed but not yet applied entries", per_shard(&|s| s.commit_index.saturating_sub(s.applied_index) as f64));
+        self.gauge(
+            "shard_apply_lag_entries",
+            "Committed but not yet applied entries",
+            per_shard(&|s| s.commit_index.saturating_sub(s.applied_index) as f64),
+        );
         self.gauge("shard_log_entries", "Raft log entries held (since the last compaction)", per_shard(&|s| s.log_entries as f64));
         self.gauge("shard_accounts", "Accounts on each shard replica here", per_shard(&|s| s.accounts as f64));
-        self.counter("shard_leader_changes_total", "Leader changes each shard replica here has seen", per_shard(&|s| s.leader_changes as f64));
-        self.gauge("pending_transfers", "Cross-shard transfers in doubt (prepared, not finalized) on shards led here", per_shard(&|s| if s.leader == Some(status.node) { s.pending_transfers as f64 } else { 0.0 }));
-        self.gauge("pending_transfer_oldest_seconds", "Age of the oldest in-doubt transfer on shards led here", per_shard(&|s| s.pending_oldest_ms as f64 / 1000.0));
+        self.counter(
+            "shard_leader_changes_total",
+            "Leader changes each shard replica here has seen",
+            per_shard(&|s| s.leader_changes as f64),
+        );
+        self.gauge(
+            "pending_transfers",
+            "Cross-shard transfers in doubt (prepared, not finalized) on shards led here",
+            per_shard(&|s| if s.leader == Some(status.node) { s.pending_transfers as f64 } else { 0.0 }),
+        );
+        self.gauge(
+            "pending_transfer_oldest_seconds",
+            "Age of the oldest in-doubt transfer on shards led here",
+            per_shard(&|s| s.pending_oldest_ms as f64 / 1000.0),
+        );
         let quarantined = status.shards.iter().filter(|shard| shard.role == "quarantined").count();
-        self.gauge("shards_quarantined", "Replicas here kept out because a stored record failed its checksum", vec![(vec![], quarantined as f64)]);
+        self.gauge(
+            "shards_quarantined",
+            "Replicas here kept out because a stored record failed its checksum",
+            vec![(vec![], quarantined as f64)],
+        );
         self.gauge("calls_inflight", "Client calls waiting for the cluster on this node", vec![(vec![], status.calls_inflight as f64)]);
-        self.gauge("rounds_inflight", "Persist rounds handed to the IO thread and not yet durable", vec![(vec![], status.rounds_inflight as f64)]);
+        self.gauge(
+            "rounds_inflight",
+            "Persist rounds handed to the IO thread and not yet durable",
+            vec![(vec![], status.rounds_inflight as f64)],
+        );
         let stats = &status.stats;
         self.counter("raft_proposals_total", "Commands proposed to raft on shards led here", vec![(vec![], stats.proposals as f64)]);
-        let dropped: Vec<Sample> = ["not_leader", "raft"].iter().map(|reason| (vec![("reason", reason.to_string())], stats.proposals_dropped.get(*reason).copied().unwrap_or(0) as f64)).collect();
+        let dropped: Vec<Sample> = ["not_leader", "raft"]
+            .iter()
+            .map(|reason| (vec![("reason", reason.to_string())], stats.proposals_dropped.get(*reason).copied().unwrap_or(0) as f64))
+            .collect();
         self.counter("raft_proposals_dropped_total", "Commands dropped before they were logged, by reason", dropped);
         self.histogram("raft_propose_apply_seconds", "From proposing an entry on the leader to applying it there", &stats.propose_apply_ms);
         self.histogram("raft_read_index_seconds", "From asking for a read index to holding it", &stats.read_index_ms);
         self.counter("raft_snapshots_sent_total", "Raft snapshots sent to lagging followers", vec![(vec![], stats.snapshots_sent as f64)]);
-        self.counter("raft_snapshots_installed_total", "Raft snapshots installed from a leader", vec![(vec![], stats.snapshots_installed as f64)]);
+        self.counter(
+            "raft_snapshots_installed_total",
+            "Raft snapshots installed from a leader",
+            vec![(vec![], stats.snapshots_installed as f64)],
+        );
         self.counter("transfer_redrives_total", "Credit requests re-sent for in-doubt transfers", vec![(vec![], stats.redrives as f64)]);
-        self.counter("transfer_prevents_total", "Re-sent credit requests asking the payee shard to refuse (past prevent_after_ms)", vec![(vec![], stats.prevents as f64)]);
-        self.counter("legs_forwarded_total", "Request legs sent to another node's shard leader", vec![(vec![], stats.legs_forwarded as f64)]);
-        self.counter("calls_timed_out_total", "Client calls answered unavailable at their deadline", vec![(vec![], stats.calls_timed_out as f64)]);
-        self.counter("calls_overloaded_total", "Client calls refused because too much was in flight", vec![(vec![], stats.calls_overloaded as f64)]);
+        self.counter(
+            "transfer_prevents_total",
+            "Re-sent credit requests asking the payee shard to refuse (past prevent_after_ms)",
+            vec![(vec![], stats.prevents as f64)],
+        );
+        self.counter(
+            "legs_forwarded_total",
+            "Request legs sent to another node's shard leader",
+            vec![(vec![], stats.legs_forwarded as f64)],
+        );
+        self.counter(
+            "calls_timed_out_total",
+            "Client calls answered unavailable at their deadline",
+            vec![(vec![], stats.calls_timed_out as f64)],
+        );
+        self.counter(
+            "calls_overloaded_total",
+            "Client calls refused because too much was in flight",
+            vec![(vec![], stats.calls_overloaded as f64)],
+        );
     }
 }
 

@@ -145,10 +145,7 @@ impl NodeSettings {
                 builder = builder.set_override(key, value)?;
             }
         }
-        let settings: NodeSettings = builder
-            .build()?
-            .try_deserialize()
-            .context("settings (flags, SETTLE_* environment, --config file)")?;
+        let settings: NodeSettings = builder.build()?.try_deserialize().context("settings (flags, SETTLE_* environment, --config file)")?;
         settings.validate()?;
         Ok(settings)
     }

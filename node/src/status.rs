@@ -71,9 +71,14 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
     for view in &views {
         let (state, version, uptime, shards, leads) = match &view.cluster {
             Some(cluster) => {
-                let me = cluster["nodes"].as_array().and_then(|nodes| nodes.iter().find(|n| n["self"] == true)).cloned().unwrap_or(Value::Null);
-                let hosted = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| !matches!(s["role"].as_str(), Some("none"))).count());
-                let leads = cluster["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == Some(view.id)).count());
+                let me =
+                    cluster["nodes"].as_array().and_then(|nodes| nodes.iter().find(|n| n["self"] == true)).cloned().unwrap_or(Value::Null);
+                let hosted = cluster["shards"]
+                    .as_array()
+                    .map_or(0, |shards| shards.iter().filter(|s| !matches!(s["role"].as_str(), Some("none"))).count());
+                let leads = cluster["shards"]
+                    .as_array()
+                    .map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == Some(view.id)).count());
                 let uptime = me["uptime_ms"].as_u64().map_or_else(|| "?".to_string(), format_age);
                 ("up", me["version"].as_str().unwrap_or("?").to_string(), uptime, hosted.to_string(), leads.to_string())
             }
@@ -82,7 +87,16 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
                 ("DOWN", "-".to_string(), "-".to_string(), "-".to_string(), "-".to_string())
             }
         };
-        println!("{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}", view.id, view.http.as_deref().unwrap_or("?"), state, version, uptime, shards, leads);
+        println!(
+            "{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}",
+            view.id,
+            view.http.as_deref().unwrap_or("?"),
+            state,
+            version,
+            uptime,
+            shards,
+            leads
+        );
     }
 
     // Every up node's view of every shard: leader, indexes, role.

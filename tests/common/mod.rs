@@ -52,8 +52,7 @@ impl TestCluster {
             let index = usize::try_from(id - 1).expect("small");
             nodes.push(TestNode { id, http_port: ports[2 * index], peer_port: ports[2 * index + 1], child: None });
         }
-        let cluster_arg =
-            nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
+        let cluster_arg = nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
         let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         let mut cluster = TestCluster { dir: tempfile::tempdir().expect("temp dir"), nodes, cluster_arg, shards, client, env };

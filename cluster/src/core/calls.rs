@@ -209,7 +209,8 @@ impl NodeCore {
                 leg.sent = Some((self.clock_ms, leader));
                 self.stats.legs_forwarded += 1;
                 let timeout_ms = leg.deadline_ms.saturating_sub(self.clock_ms);
-                let message = PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone(), request_id: leg.request_id.clone() };
+                let message =
+                    PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone(), request_id: leg.request_id.clone() };
                 self.send(leader, message);
             }
             None => {
@@ -311,8 +312,7 @@ impl NodeCore {
     /// without an answer are sent again to whoever leads now.
     pub(super) fn calls_tick(&mut self) {
         let now = self.clock_ms;
-        let expired: Vec<CallId> =
-            self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<CallId> = self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
         for call in expired {
             self.stats.calls_timed_out += 1;
             self.finish_call(call, true);
@@ -332,7 +332,8 @@ impl NodeCore {
                 None => true,
                 Some((_, target)) if target == self.config.node => false,
                 Some((sent_ms, target)) => {
-                    let replaced = self.replicas.get(&leg.shard).and_then(|replica| replica.leader()).is_some_and(|leader| leader != target);
+                    let replaced =
+                        self.replicas.get(&leg.shard).and_then(|replica| replica.leader()).is_some_and(|leader| leader != target);
                     replaced || now.saturating_sub(sent_ms) >= attempt_timeout
                 }
             };
@@ -362,9 +363,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
-        (Request::CreateAccount(create), Reply::Account { account, .. }) => {
-            account.as_ref().is_none_or(|account| account.id == create.id)
-        }
+        (Request::CreateAccount(create), Reply::Account { account, .. }) => account.as_ref().is_none_or(|account| account.id == create.id),
         (Request::ReadAccount(id), Reply::AccountState(state)) => state.as_ref().is_none_or(|account| account.id == *id),
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
         (Request::History { .. }, Reply::History(_)) => true,

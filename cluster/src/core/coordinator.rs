@@ -6,11 +6,11 @@
 //! re-drives every pending transfer once it has applied an entry of its own term.
 
 use super::NodeCore;
+use crate::ids::NodeId;
 use crate::ids::{ShardId, TransferId};
 use crate::ledger::{Command, CreditCmd, Decision, FinalizeCmd, TransferStatus};
 use crate::message::{PeerMessage, Tagged};
 use crate::planted::{planted, PlantedBug};
-use crate::ids::NodeId;
 use std::collections::BTreeMap;
 
 /// Forwards of one credit or decision batch by nodes that do not lead its shard.
@@ -150,10 +150,8 @@ impl NodeCore {
                 continue;
             }
             for (id, decision) in decisions {
-                let pending = self.replicas[&payer_shard]
-                    .ledger()
-                    .transfer(&id)
-                    .is_some_and(|record| record.status == TransferStatus::Pending);
+                let pending =
+                    self.replicas[&payer_shard].ledger().transfer(&id).is_some_and(|record| record.status == TransferStatus::Pending);
                 if !pending {
                     continue;
                 }

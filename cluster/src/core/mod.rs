@@ -123,10 +123,16 @@ pub struct PersistRound {
 #[derive(Debug)]
 pub enum Effect {
     /// Messages for one node, in order (one frame on the wire).
-    Send { to: NodeId, messages: Vec<PeerMessage> },
+    Send {
+        to: NodeId,
+        messages: Vec<PeerMessage>,
+    },
     Persist(PersistRound),
     Checkpoint(Checkpoint),
-    Reply { call: CallId, reply: Reply },
+    Reply {
+        call: CallId,
+        reply: Reply,
+    },
 }
 
 pub struct NodeCore {
@@ -190,16 +196,9 @@ impl NodeCore {
                 continue;
             }
             let replica = match recovered.remove(&shard) {
-                Some(state) => ShardReplica::new(
-                    node,
-                    shard,
-                    state.storage,
-                    state.ledger,
-                    state.applied_index,
-                    &config.raft,
-                    config.planted,
-                    logger,
-                )?,
+                Some(state) => {
+                    ShardReplica::new(node, shard, state.storage, state.ledger, state.applied_index, &config.raft, config.planted, logger)?
+                }
                 None => {
                     if config.placement.preferred_leader(shard) == node {
                         campaign_at_start.insert(shard);
@@ -375,9 +374,12 @@ impl NodeCore {
             }
             let last = replica.last_index();
             let peers_draining = &self.peers_draining;
-            let target = self.config.placement.replicas(*shard).into_iter().find(|peer| {
-                *peer != self.config.node && !peers_draining.contains(peer) && replica.peer_matched(*peer) == Some(last)
-            });
+            let target = self
+                .config
+                .placement
+                .replicas(*shard)
+                .into_iter()
+                .find(|peer| *peer != self.config.node && !peers_draining.contains(peer) && replica.peer_matched(*peer) == Some(last));
             if let Some(peer) = target {
                 replica.transfer_leader(peer);
                 self.dirty.insert(*shard);

@@ -79,8 +79,7 @@ impl NodeCore {
         }
         let task_id = self.tasks.next_task;
         self.tasks.next_task += 1;
-        let mut task =
-            Task { origin, shard, deadline_ms, request: request.clone(), slots: Vec::new(), reply: None, open: 1 };
+        let mut task = Task { origin, shard, deadline_ms, request: request.clone(), slots: Vec::new(), reply: None, open: 1 };
         let replica = self.replicas.get_mut(&shard).expect("checked above");
         match request {
             Request::CreateAccount(create) => {
@@ -235,8 +234,7 @@ impl NodeCore {
                         continue;
                     };
                     match outcome {
-                        TransferOutcome::Recorded(TransferStatus::Pending)
-                        | TransferOutcome::Replayed(TransferStatus::Pending) => {
+                        TransferOutcome::Recorded(TransferStatus::Pending) | TransferOutcome::Replayed(TransferStatus::Pending) => {
                             let key = (shard, transfer.id.clone());
                             self.tasks.finalize_waiters.entry(key).or_default().push((task, slot));
                         }
@@ -336,13 +334,8 @@ impl NodeCore {
     /// Drops tasks long past their deadline and the bookkeeping that pointed at them.
     pub(super) fn tasks_tick(&mut self) {
         let now = self.clock_ms;
-        let expired: Vec<u64> = self
-            .tasks
-            .tasks
-            .iter()
-            .filter(|(_, task)| task.deadline_ms.saturating_add(TASK_GRACE_MS) <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u64> =
+            self.tasks.tasks.iter().filter(|(_, task)| task.deadline_ms.saturating_add(TASK_GRACE_MS) <= now).map(|(id, _)| *id).collect();
         for task in expired {
             self.remove_task(task);
         }

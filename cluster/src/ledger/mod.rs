@@ -95,12 +95,7 @@ impl Ledger {
 
     /// A page of an account's history, newest first. `before` is the cursor from the previous
     /// page (a position in the history); the returned cursor is `None` on the last page.
-    pub fn history(
-        &self,
-        account: &AccountId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Option<(Vec<TransferView>, Option<u64>)> {
+    pub fn history(&self, account: &AccountId, before: Option<u64>, limit: usize) -> Option<(Vec<TransferView>, Option<u64>)> {
         let account = self.accounts.get(account)?;
         let length = u64::try_from(account.history.len()).expect("history fits u64");
         let end = before.map_or(length, |cursor| cursor.min(length));

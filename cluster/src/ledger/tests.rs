@@ -27,13 +27,7 @@ fn create(ledger: &mut Ledger, account: &AccountId, kind: AccountKind) {
 }
 
 fn transfer(ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
-    let command = Command::Transfer(TransferCmd {
-        id: tid(id),
-        from: from.clone(),
-        to: to.clone(),
-        amount,
-        currency: usd(),
-    });
+    let command = Command::Transfer(TransferCmd { id: tid(id), from: from.clone(), to: to.clone(), amount, currency: usd() });
     ledger.apply(2, &command)
 }
 
@@ -111,7 +105,10 @@ fn missing_accounts_and_currency_mismatch_are_rejected() {
     assert_eq!(from_ghost, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::PayerNotFound))));
     let eur = Currency::from_code("EUR").unwrap();
     let command = Command::Transfer(TransferCmd { id: tid("t3"), from: bank.clone(), to: alice.clone(), amount: 5, currency: eur });
-    assert_eq!(ledger.apply(2, &command), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::CurrencyMismatch))));
+    assert_eq!(
+        ledger.apply(2, &command),
+        Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::CurrencyMismatch)))
+    );
     assert_eq!(ledger.account(&bank).unwrap().balance, 0);
     ledger.check_invariants();
 }

@@ -172,10 +172,7 @@ pub struct TransferRecord {
 impl TransferRecord {
     /// Whether a retried command asks for exactly this transfer.
     pub fn same_request(&self, command: &TransferCmd) -> bool {
-        self.from == command.from
-            && self.to == command.to
-            && self.amount == command.amount
-            && self.currency == command.currency
+        self.from == command.from && self.to == command.to && self.amount == command.amount && self.currency == command.currency
     }
 }
 

@@ -21,7 +21,8 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<()> {
     let Some(expected) = state.settings.admin_token.as_deref().filter(|token| !token.is_empty()) else {
         return Err(error(StatusCode::FORBIDDEN, "admin_disabled", "this node was started without an admin token"));
     };
-    let given = request.headers().get("authorization").and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
+    let given =
+        request.headers().get("authorization").and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
     let matches = given.is_some_and(|given| {
         given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     });
@@ -72,7 +73,10 @@ pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, body: 
         let peers = peers.as_object().ok_or_else(|| ApiError::invalid_request("peers", "peers must be an object of node id → faults"))?;
         for (peer, faults) in peers {
             let peer: u64 = peer.parse().map_err(|_| ApiError::invalid_request("peers", format!("{peer:?} is not a node id")))?;
-            let link = driver.link_faults.get(&peer).ok_or_else(|| ApiError::invalid_request("peers", format!("node {peer} is not a peer of this node")))?;
+            let link = driver
+                .link_faults
+                .get(&peer)
+                .ok_or_else(|| ApiError::invalid_request("peers", format!("node {peer} is not a peer of this node")))?;
             let flag = |name: &str| faults.get(name).and_then(Value::as_bool);
             let number = |name: &str| faults.get(name).and_then(Value::as_u64);
             if let Some(value) = flag("drop_outbound") {
@@ -113,7 +117,12 @@ pub async fn clear_faults(state: web::Data<AppState>, request: HttpRequest) -> R
 }
 
 /// `POST /admin/shards/{id}/transfer-leader {"to": N}` on the shard's current leader.
-pub async fn transfer_leader(state: web::Data<AppState>, request: HttpRequest, path: web::Path<u32>, body: web::Bytes) -> Result<HttpResponse> {
+pub async fn transfer_leader(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<u32>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
     authorize(&state, &request)?;
     let object = super::types::parse_object(&body)?;
     let to = object.get("to").and_then(Value::as_u64).ok_or_else(|| ApiError::invalid_request("to", "to must be a node id"))?;
@@ -123,7 +132,9 @@ pub async fn transfer_leader(state: web::Data<AppState>, request: HttpRequest, p
     }
     match state.driver.transfer_leader(shard, to).await {
         Some(Ok(())) => Ok(HttpResponse::Ok().json(json!({ "shard": shard, "to": to }))),
-        Some(Err(AdminError::NotLeader { leader })) => Err(error(StatusCode::CONFLICT, "not_leader", "this node does not lead the shard").with_detail("leader", json!(leader))),
+        Some(Err(AdminError::NotLeader { leader })) => {
+            Err(error(StatusCode::CONFLICT, "not_leader", "this node does not lead the shard").with_detail("leader", json!(leader)))
+        }
         Some(Err(AdminError::NotAReplica)) => Err(ApiError::invalid_request("to", format!("node {to} has no replica of shard {shard}"))),
         Some(Err(AdminError::NoReplica)) => Err(error(StatusCode::CONFLICT, "not_leader", "this node has no replica of the shard")),
         None => Err(ApiError::unavailable()),

@@ -109,9 +109,7 @@ pub fn app(
         .route("/admin/shards/{id}/transfer-leader", web::post().to(admin::transfer_leader))
         .route("/admin/drain", web::post().to(admin::drain))
         .route("/admin/drain", web::delete().to(admin::drain))
-        .default_service(web::to(|request: HttpRequest| async move {
-            ApiError::not_found(request.path()).error_response_owned()
-        }))
+        .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response_owned() }))
 }
 
 trait OwnedErrorResponse {
@@ -221,7 +219,8 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
         })
         .collect();
     let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let body = json!({ "node": status.node, "uptime_ms": uptime_ms, "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "shards": shards });
+    let body =
+        json!({ "node": status.node, "uptime_ms": uptime_ms, "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "shards": shards });
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -260,7 +259,12 @@ struct ListQuery {
 /// Transfers listed per page at most.
 const LIST_LIMIT_MAX: u32 = 500;
 
-async fn list_transfers(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<ListQuery>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
+async fn list_transfers(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
     let id = types::account_id(&path, "id")?;
     let limit = match &query.limit {
         None => 50,
@@ -290,7 +294,12 @@ struct TransferQuery {
     from: Option<String>,
 }
 
-async fn get_transfer(state: web::Data<AppState>, path: web::Path<String>, query: web::Query<TransferQuery>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
+async fn get_transfer(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<TransferQuery>,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
     let id = types::transfer_id(&path, "id")?;
     let payer = query.from.as_deref().map(|from| types::account_id(from, "from")).transpose()?;
     match state.call_with(&request_id, Request::ReadTransfer { id: id.clone(), payer }).await? {

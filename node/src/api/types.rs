@@ -51,8 +51,9 @@ pub fn create_account(object: &Map<String, Value>) -> Result<CreateAccount, ApiE
     let currency = currency(required(object, "currency")?)?;
     let kind = match string_field(object, "kind")? {
         None => AccountKind::Customer,
-        Some(text) => AccountKind::parse(text)
-            .ok_or_else(|| ApiError::invalid_request("kind", "kind must be customer, merchant or settlement"))?,
+        Some(text) => {
+            AccountKind::parse(text).ok_or_else(|| ApiError::invalid_request("kind", "kind must be customer, merchant or settlement"))?
+        }
     };
     Ok(CreateAccount { id, currency, kind })
 }
@@ -70,9 +71,9 @@ pub fn transfer(object: &Map<String, Value>) -> Result<TransferCmd, ApiError> {
         Some(_) => return Err(ApiError::invalid_amount("amount must be a string such as \"12.34\"")),
     };
     let amount = parse_amount(amount_text, currency).map_err(|error| match error {
-        AmountError::Scale(exponent) => ApiError::invalid_amount(format!(
-            "{currency} amounts have exactly {exponent} decimal places; got {amount_text:?}"
-        )),
+        AmountError::Scale(exponent) => {
+            ApiError::invalid_amount(format!("{currency} amounts have exactly {exponent} decimal places; got {amount_text:?}"))
+        }
         other => ApiError::invalid_amount(other.to_string()),
     })?;
     if from == to {

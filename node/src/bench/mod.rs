@@ -323,7 +323,15 @@ fn reset_counters(shared: &Shared) {
     shared.latency.lock().expect("latency").reset();
 }
 
-async fn worker_loop(shared: Arc<Shared>, worker: usize, rate: Option<u64>, batch: usize, seed: u64, started: Instant, next_slot: Arc<AtomicU64>) {
+async fn worker_loop(
+    shared: Arc<Shared>,
+    worker: usize,
+    rate: Option<u64>,
+    batch: usize,
+    seed: u64,
+    started: Instant,
+    next_slot: Arc<AtomicU64>,
+) {
     let mut rng = workload::worker_rng(seed, worker);
     let mut sequence = 0u64;
     let target = shared.targets[worker % shared.targets.len()].clone();

@@ -34,8 +34,12 @@ impl FromStr for Distribution {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.split_once(':') {
             None if text == "uniform" => Ok(Distribution::Uniform),
-            Some(("zipf", s)) => s.parse::<f64>().ok().filter(|s| *s > 0.0).map(Distribution::Zipf).ok_or_else(|| format!("bad zipf exponent {s:?}")),
-            Some(("hot", n)) => n.parse::<usize>().ok().filter(|n| *n > 0).map(Distribution::Hot).ok_or_else(|| format!("bad hot count {n:?}")),
+            Some(("zipf", s)) => {
+                s.parse::<f64>().ok().filter(|s| *s > 0.0).map(Distribution::Zipf).ok_or_else(|| format!("bad zipf exponent {s:?}"))
+            }
+            Some(("hot", n)) => {
+                n.parse::<usize>().ok().filter(|n| *n > 0).map(Distribution::Hot).ok_or_else(|| format!("bad hot count {n:?}"))
+            }
             _ => Err(format!("unknown distribution {text:?} (uniform, zipf:S, hot:N)")),
         }
     }
@@ -164,7 +168,16 @@ pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFl
             let weights: Vec<f64> = (1..=accounts.len()).map(|rank| 1.0 / (rank as f64).powf(*exponent)).collect();
             let total: f64 = weights.iter().sum();
             let mut running = 0.0;
-            (weights.iter().map(|w| { running += w / total; running }).collect(), None)
+            (
+                weights
+                    .iter()
+                    .map(|w| {
+                        running += w / total;
+                        running
+                    })
+                    .collect(),
+                None,
+            )
         }
     };
     let plan = Plan { run, bank: bank.clone(), accounts, shard, by_shard, cdf, hot, cross_shard_ratio: flags.cross_shard_ratio };
@@ -195,8 +208,10 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use futures_util::stream::{self, StreamExt};
-    let results: Vec<anyhow::Result<()>> =
-        stream::iter(items.into_iter().enumerate().map(|(index, item)| make(item, index))).buffer_unordered(SETUP_CONCURRENCY).collect().await;
+    let results: Vec<anyhow::Result<()>> = stream::iter(items.into_iter().enumerate().map(|(index, item)| make(item, index)))
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
     results.into_iter().collect()
 }
 
@@ -342,7 +357,6 @@ pub async fn check_conservation(
     }
     Ok(all_match && total == 0)
 }
-
 
 /// For `--route leader`: which target URL leads each shard, from `/v1/cluster` (node ids matched
 /// to targets by the HTTP address each node advertises). `None` where unknown.

@@ -18,8 +18,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use workload::Workload;
 
-pub const SCENARIOS: [&str; 8] =
-    ["leader-kill", "node-pause", "partition-minority", "partition-leader", "rolling-restart", "full-restart", "slow-disk", "leader-transfer"];
+pub const SCENARIOS: [&str; 8] = [
+    "leader-kill",
+    "node-pause",
+    "partition-minority",
+    "partition-leader",
+    "rolling-restart",
+    "full-restart",
+    "slow-disk",
+    "leader-transfer",
+];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrillFlags {
@@ -104,7 +112,14 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         Drilled { urls: cluster.urls.clone(), token, local: Some(cluster), client, paused: Vec::new(), killed: Vec::new() }
     } else {
         let token = flags.admin_token.clone().context("--admin-token (or SETTLE_ADMIN_TOKEN) is needed to drill a running cluster")?;
-        Drilled { urls: flags.target.iter().map(|url| url.trim_end_matches('/').to_string()).collect(), token, local: None, client, paused: Vec::new(), killed: Vec::new() }
+        Drilled {
+            urls: flags.target.iter().map(|url| url.trim_end_matches('/').to_string()).collect(),
+            token,
+            local: None,
+            client,
+            paused: Vec::new(),
+            killed: Vec::new(),
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if scenarios.is_empty() {
@@ -197,7 +212,11 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
                 recovery_ms = recovery_ms.map(|worst: u64| worst.max(after));
                 // Let writes flow again before measuring the pause.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                pauses.push(report::write_pause_ms(&workload.history.lock().expect("history"), injected_at.saturating_sub(200), recovered_at));
+                pauses.push(report::write_pause_ms(
+                    &workload.history.lock().expect("history"),
+                    injected_at.saturating_sub(200),
+                    recovered_at,
+                ));
             }
             None => {
                 timeline.push((workload.now_ms(), format!("NOT recovered within {:?} of healing", flags.recovery_timeout)));
@@ -216,7 +235,8 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     report.steady_transfers_per_sec = throughput;
     report.steady_p50_ms = p50;
     report.steady_p99_ms = p99;
-    report.time_to_detect_ms = first_inject.and_then(|at| history.failures.iter().map(|(time, _)| *time).filter(|time| *time >= at).min().map(|time| time - at));
+    report.time_to_detect_ms =
+        first_inject.and_then(|at| history.failures.iter().map(|(time, _)| *time).filter(|time| *time >= at).min().map(|time| time - at));
     report.write_pauses_ms = pauses;
     report.recovery_ms = recovery_ms;
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
@@ -226,16 +246,23 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
 
 fn targets(scenario: &str, report: &Report, success: f64) -> Vec<(String, String, bool)> {
     let pause = report.write_pause_ms();
-    let mut targets = vec![("RPO 0 (no acknowledged transfer lost)".to_string(), report.acknowledged_lost.to_string(), report.acknowledged_lost == 0)];
+    let mut targets =
+        vec![("RPO 0 (no acknowledged transfer lost)".to_string(), report.acknowledged_lost.to_string(), report.acknowledged_lost == 0)];
     match scenario {
         "leader-kill" => targets.push(("writes resume in under 2 s".to_string(), format!("{pause} ms"), pause < 2_000)),
-        "leader-transfer" => targets.push(("planned leader transfer pauses writes under 300 ms".to_string(), format!("{pause} ms"), pause < 300)),
-        "rolling-restart" => {
-            targets.push(("zero failed requests for retrying clients".to_string(), report.failed_finally.to_string(), report.failed_finally == 0))
+        "leader-transfer" => {
+            targets.push(("planned leader transfer pauses writes under 300 ms".to_string(), format!("{pause} ms"), pause < 300))
         }
-        "node-pause" | "partition-minority" | "partition-leader" | "slow-disk" => {
-            targets.push(("≥ 99.9% of requests succeed with one node down".to_string(), format!("{:.3}%", success * 100.0), success >= 0.999))
-        }
+        "rolling-restart" => targets.push((
+            "zero failed requests for retrying clients".to_string(),
+            report.failed_finally.to_string(),
+            report.failed_finally == 0,
+        )),
+        "node-pause" | "partition-minority" | "partition-leader" | "slow-disk" => targets.push((
+            "≥ 99.9% of requests succeed with one node down".to_string(),
+            format!("{:.3}%", success * 100.0),
+            success >= 0.999,
+        )),
         _ => {}
     }
     targets
@@ -276,7 +303,9 @@ impl Drilled {
             if let Some(view) = self.get(url, "/v1/cluster").await {
                 return (1..=self.urls.len())
                     .map(|node| {
-                        let count = view["shards"].as_array().map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == u64::try_from(node).ok()).count());
+                        let count = view["shards"]
+                            .as_array()
+                            .map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == u64::try_from(node).ok()).count());
                         (node, count)
                     })
                     .collect();
@@ -345,7 +374,11 @@ impl Drilled {
                 };
                 let shards = view["shards"].as_array().cloned().unwrap_or_default();
                 let led = shards.iter().all(|shard| shard["leader"].is_u64());
-                let in_doubt: u64 = shards.iter().filter(|shard| shard["role"] == "leader").map(|shard| shard["pending_transfers"].as_u64().unwrap_or(0)).sum();
+                let in_doubt: u64 = shards
+                    .iter()
+                    .filter(|shard| shard["role"] == "leader")
+                    .map(|shard| shard["pending_transfers"].as_u64().unwrap_or(0))
+                    .sum();
                 if !led || in_doubt > 0 {
                     recovered = false;
                     break;
@@ -360,7 +393,14 @@ impl Drilled {
     }
 
     /// Injects the scenario's fault, holds it, and heals it.
-    async fn inject(&mut self, scenario: &str, hold: Duration, named: Option<usize>, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+    async fn inject(
+        &mut self,
+        scenario: &str,
+        hold: Duration,
+        named: Option<usize>,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
         if let Some(node) = named {
             if node == 0 || node > self.urls.len() {
                 bail!("--node {node}: the cluster has nodes 1..={}", self.urls.len());
@@ -390,7 +430,13 @@ impl Drilled {
         Ok(())
     }
 
-    async fn kill_and_restart(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+    async fn kill_and_restart(
+        &mut self,
+        victim: usize,
+        hold: Duration,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
         self.local.as_mut().expect("local").kill(victim);
         self.killed.push(victim);
         timeline.push((workload.now_ms(), format!("SIGKILL node {victim}")));
@@ -412,7 +458,13 @@ impl Drilled {
         timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
     }
 
-    async fn partition(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+    async fn partition(
+        &mut self,
+        victim: usize,
+        hold: Duration,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
         self.isolate(victim).await?;
         timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
         tokio::time::sleep(hold).await;
@@ -423,7 +475,13 @@ impl Drilled {
         Ok(())
     }
 
-    async fn slow_disk(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+    async fn slow_disk(
+        &mut self,
+        victim: usize,
+        hold: Duration,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
         self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
         timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
         tokio::time::sleep(hold).await;
@@ -434,9 +492,13 @@ impl Drilled {
 
     async fn transfer_one_leader(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
         let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
-        let shard = view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
+        let shard =
+            view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
         let (id, leader) = (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1));
-        let to = shard["replicas"].as_array().and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader)).context("another replica")?;
+        let to = shard["replicas"]
+            .as_array()
+            .and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader))
+            .context("another replica")?;
         let leader_url = self.url(usize::try_from(leader).unwrap_or(1));
         self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
         timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));

@@ -165,7 +165,11 @@ impl Report {
         out.push_str("\n## Numbers\n\n| measure | value |\n|---|---|\n");
         let detect = self.time_to_detect_ms.map_or("no failed request".to_string(), |ms| format!("{ms} ms"));
         out.push_str(&format!("| time to detect (first failed request) | {detect} |\n"));
-        out.push_str(&format!("| write pause, worst shard (max / p50 / p99 over {} repeat(s)) | {} / {p50} / {p99} ms |\n", self.write_pauses_ms.len(), self.write_pause_ms()));
+        out.push_str(&format!(
+            "| write pause, worst shard (max / p50 / p99 over {} repeat(s)) | {} / {p50} / {p99} ms |\n",
+            self.write_pauses_ms.len(),
+            self.write_pause_ms()
+        ));
         let recovery = self.recovery_ms.map_or("NOT RECOVERED".to_string(), |ms| format!("{ms} ms"));
         out.push_str(&format!("| time to full recovery (every shard led, nothing in doubt) | {recovery} |\n"));
         out.push_str(&format!(
@@ -174,10 +178,19 @@ impl Report {
         ));
         out.push_str(&format!("| acknowledged transfers lost (RPO) | {} |\n", self.acknowledged_lost));
         let errors: Vec<String> = self.errors.iter().map(|(code, count)| format!("{code} {count}")).collect();
-        out.push_str(&format!("| errors clients saw (by code) | {} |\n", if errors.is_empty() { "none".to_string() } else { errors.join(", ") }));
+        out.push_str(&format!(
+            "| errors clients saw (by code) | {} |\n",
+            if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+        ));
         out.push_str("\n## Checkers\n\n| checker | verdict |\n|---|---|\n");
         for (name, check) in &self.checks {
-            out.push_str(&format!("| {name} | {} |\n", match check { Ok(()) => "pass".to_string(), Err(why) => format!("FAIL: {why}") }));
+            out.push_str(&format!(
+                "| {name} | {} |\n",
+                match check {
+                    Ok(()) => "pass".to_string(),
+                    Err(why) => format!("FAIL: {why}"),
+                }
+            ));
         }
         if !self.targets.is_empty() {
             out.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");

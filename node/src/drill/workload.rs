@@ -308,9 +308,11 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     }
     let conserved = total == 0;
     checks.insert("conservation", if conserved { Ok(()) } else { Err(format!("the drill accounts sum to {total}, not 0")) });
-    checks.insert("at_most_once", if mismatched.is_empty() { Ok(()) } else { Err(format!("balances differ from posted transfers: {}", mismatched.join("; "))) });
+    checks.insert(
+        "at_most_once",
+        if mismatched.is_empty() { Ok(()) } else { Err(format!("balances differ from posted transfers: {}", mismatched.join("; "))) },
+    );
     checks.insert("no_overdraft", if overdrawn.is_empty() { Ok(()) } else { Err(format!("overdrawn: {}", overdrawn.join(", "))) });
     checks.insert("linearizable_reads", if anomalies.is_empty() { Ok(()) } else { Err(anomalies.join("; ")) });
     Ok(Verdicts { acknowledged_lost: lost, checks })
 }
-
