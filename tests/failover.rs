@@ -5,10 +5,13 @@ mod common;
 
 use common::TestCluster;
 use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use settle_cluster::ids::AccountId;
+use settle_cluster::money::Currency;
 use settle_cluster::placement::Placement;
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,19 +20,16 @@ const SHARDS: u32 = 16;
 const CUSTOMERS: usize = 24;
 const FUNDING_MINOR: i128 = 100_000;
 
+/// Cents as the API's USD amount text.
 fn cents(minor: i128) -> String {
-    format!("{}.{:02}", minor / 100, minor % 100)
+    Currency::from_code("USD").expect("USD").format(minor)
 }
 
+/// The API's USD amount text back to cents.
 fn parse_cents(text: &str) -> i128 {
-    let negative = text.starts_with('-');
-    let digits: String = text.chars().filter(|c| c.is_ascii_digit()).collect();
-    let value: i128 = digits.parse().expect("amount digits");
-    if negative {
-        -value
-    } else {
-        value
-    }
+    let decimal = Decimal::from_str(text).expect("a decimal amount");
+    assert_eq!(decimal.scale(), 2, "USD amounts carry two decimals: {text}");
+    decimal.mantissa()
 }
 
 /// What clients learned: a definitive answer per transfer id, or none (ambiguous).
@@ -65,6 +65,20 @@ async fn submit(client: &reqwest::Client, urls: &[String], body: &Value, start: 
         if Instant::now() > deadline {
             return Outcome::Unknown;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (bounded) until the workers have posted `more` transfers beyond what they had posted.
+async fn progress(history: &Mutex<History>, more: usize) {
+    let target = history.lock().expect("history lock").posted.len() + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let posted = history.lock().expect("history lock").posted.len();
+        if posted >= target {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the workload stalled at {posted} posted transfers (waiting for {target})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -179,7 +193,7 @@ async fn leader_kill_under_load_and_full_restart_lose_nothing() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    progress(&history, 30).await;
 
     let view = cluster.cluster_view(1).await;
     let victim = view["nodes"].as_array().expect("nodes").iter().max_by_key(|node| node["leader_of"].as_u64()).expect("a node")["id"]
@@ -220,9 +234,9 @@ async fn leader_kill_under_load_and_full_restart_lose_nothing() {
     println!("writes resumed on all {} shards of killed leader node {victim} after {pause:?} (target < 2 s)", victim_shards.len());
     assert!(pause < Duration::from_secs(10), "writes paused {pause:?} after the leader's SIGKILL");
 
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    progress(&history, 20).await;
     cluster.restart(victim).await;
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    progress(&history, 20).await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.expect("worker");

@@ -2,25 +2,24 @@
 //! that wait out failovers (bounded) by trying every node in turn.
 
 use anyhow::{bail, Context};
+use rust_decimal::Decimal;
 use serde_json::Value;
+use settle_cluster::money::Currency;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// How long a client read keeps retrying before it gives up.
 const READ_FOR: Duration = Duration::from_secs(60);
 
-/// Cents as a USD amount string ("12.34").
+/// Cents as a USD amount string ("12.34"), as the API writes amounts.
 pub fn cents(minor: i128) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let magnitude = minor.unsigned_abs();
-    format!("{sign}{}.{:02}", magnitude / 100, magnitude % 100)
+    Currency::from_code("USD").expect("USD is in the currency table").format(minor)
 }
 
-/// A USD amount string back to cents.
+/// A USD amount string back to cents; `None` unless it has exactly two decimals.
 pub fn parse_cents(text: &str) -> Option<i128> {
-    let negative = text.starts_with('-');
-    let (whole, fraction) = text.trim_start_matches('-').split_once('.')?;
-    let value = whole.parse::<i128>().ok()? * 100 + fraction.parse::<i128>().ok()?;
-    Some(if negative { -value } else { value })
+    let decimal = Decimal::from_str(text).ok()?;
+    (decimal.scale() == 2).then(|| decimal.mantissa())
 }
 
 /// An account's balance in cents.
