@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::settings::NodeSettings;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use errors::ApiError;
 use serde::Deserialize;
@@ -71,21 +72,20 @@ pub fn app(
                     format!("n{}-{counter:016x}", state.settings.node_id)
                 });
             let endpoint = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
-            let method = request.method().to_string();
-            let path = request.path().to_string();
             request.extensions_mut().insert(RequestId(request_id.clone()));
             let future = service.call(request);
             async move {
                 let mut response: ServiceResponse = future.await?;
-                let status = response.status().as_u16();
                 let elapsed = started.elapsed();
-                state.metrics.http_requests.with_label_values(&[&endpoint, &status.to_string()]).inc();
+                state.metrics.http_requests.with_label_values(&[&endpoint, response.status().as_str()]).inc();
                 state.metrics.http_latency.with_label_values(&[&endpoint]).observe(elapsed.as_secs_f64());
                 let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                let status = response.status().as_u16();
+                let (method, path) = (response.request().method(), response.request().path());
                 if status >= 500 {
-                    tracing::warn!(request_id = %request_id, %method, %path, status, latency_ms, "request failed");
+                    tracing::warn!(request_id = %request_id, %method, path, status, latency_ms, "request failed");
                 } else {
-                    tracing::debug!(request_id = %request_id, %method, %path, status, latency_ms, "request");
+                    tracing::debug!(request_id = %request_id, %method, path, status, latency_ms, "request");
                 }
                 if let Ok(value) = HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(HeaderName::from_static("request-id"), value);
@@ -312,18 +312,18 @@ async fn get_transfer(
 async fn create_transfer(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
     let object = types::parse_object(&body)?;
     let transfer = types::transfer(&object)?;
-    let transfer_id = transfer.id.clone();
     let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
         Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
         other => return Err(unexpected(other)),
     };
-    let outcome = transfer_outcome(result);
-    record_outcome(&state, &outcome);
+    let outcome = transfer_outcome(&state.metrics, result);
+    // The id as the body gave it (`types::transfer` took it unchanged), borrowed for the log.
+    let transfer_id = object.get("id").and_then(Value::as_str).unwrap_or_default();
     let answer = match &outcome {
-        Ok((status, _)) => status.as_u16().to_string(),
-        Err(error) => error.code.to_string(),
+        Ok((status, _)) => status.as_str(),
+        Err(error) => error.code,
     };
-    tracing::debug!(request_id = %request_id.0, transfer_id = %transfer_id, %answer, "transfer answered");
+    tracing::debug!(request_id = %request_id.0, transfer_id, answer, "transfer answered");
     outcome.map(|(status, body)| HttpResponse::build(status).json(body))
 }
 
@@ -361,8 +361,7 @@ async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes, request_i
             other => return Err(unexpected(other)),
         };
         for (position, answer) in positions.into_iter().zip(answers) {
-            let outcome = transfer_outcome(answer);
-            record_outcome(&state, &outcome);
+            let outcome = transfer_outcome(&state.metrics, answer);
             results[position] = Some(match outcome {
                 Ok((status, transfer)) => json!({ "status": status.as_u16(), "transfer": transfer }),
                 Err(error) => item_error(&error),
@@ -379,44 +378,30 @@ fn item_error(error: &ApiError) -> Value {
     body
 }
 
-fn transfer_outcome(result: TransferResult) -> Result<(actix_web::http::StatusCode, Value)> {
-    use actix_web::http::StatusCode;
-    match result {
+/// Maps the core's answer for one transfer to a status and body, and counts it by outcome; a
+/// posted transfer's amount (in minor units) is added to the volume by currency from the typed
+/// view, before it becomes JSON.
+fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(StatusCode, Value)> {
+    let outcome = match result {
         TransferResult::Done(view) => match &view.status {
-            TransferStatus::Posted => Ok((StatusCode::CREATED, types::transfer_json(&view))),
+            TransferStatus::Posted => {
+                let minor = u64::try_from(view.amount).unwrap_or(u64::MAX);
+                metrics.transfer_volume.with_label_values(&[view.currency.code()]).inc_by(minor);
+                Ok((StatusCode::CREATED, types::transfer_json(&view)))
+            }
             TransferStatus::Pending => Ok((StatusCode::ACCEPTED, types::transfer_json(&view))),
             TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", types::transfer_json(&view))),
         },
         TransferResult::Refused(code) => Err(ApiError::rejected(code)),
         TransferResult::Unavailable => Err(ApiError::unavailable()),
-    }
-}
-
-fn record_outcome(state: &AppState, outcome: &Result<(actix_web::http::StatusCode, Value)>) {
-    if let Ok((status, transfer)) = outcome {
-        if status.as_u16() == 201 {
-            record_volume(state, transfer);
-        }
-    }
-    let label = match outcome {
-        Ok((status, _)) if status.as_u16() == 201 => "posted",
+    };
+    let label = match &outcome {
+        Ok((StatusCode::CREATED, _)) => "posted",
         Ok(_) => "pending",
         Err(error) => error.code,
     };
-    state.metrics.transfers.with_label_values(&[label]).inc();
-}
-
-/// Adds a posted transfer's amount (in minor units) to the volume by currency.
-fn record_volume(state: &AppState, transfer: &Value) {
-    let (Some(currency), Some(amount)) = (transfer["currency"].as_str(), transfer["amount"].as_str()) else {
-        return;
-    };
-    let Some(currency) = settle_cluster::money::Currency::from_code(currency) else {
-        return;
-    };
-    if let Ok(minor) = amount::parse_amount(amount, currency) {
-        state.metrics.transfer_volume.with_label_values(&[currency.code()]).inc_by(u64::try_from(minor).unwrap_or(u64::MAX));
-    }
+    metrics.transfers.with_label_values(&[label]).inc();
+    outcome
 }
 
 fn unexpected(reply: Reply) -> ApiError {
