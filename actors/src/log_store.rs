@@ -109,14 +109,12 @@ impl LogStore {
     /// Makes the writes of one or more rounds durable in one batch and one sync.
     pub fn write(&mut self, writes: &[&ShardWrite]) -> Result<(), LogStoreError> {
         let mut batch = LogBatch::default();
-        let mut meta: BTreeMap<ShardId, Meta> = BTreeMap::new();
         for write in writes {
             let region = region(write.shard);
             if let Some(snapshot) = &write.snapshot {
                 // The snapshot replaces the whole log: drop everything of this shard first.
                 batch.add_command(region, Command::Clean);
                 let point = Meta { compacted_index: snapshot.get_metadata().index, compacted_term: snapshot.get_metadata().term };
-                meta.insert(write.shard, point);
                 batch.put(region, META_KEY.to_vec(), seal(&settle_cluster::message::encode(&point)))?;
             }
             if !write.entries.is_empty() {
@@ -128,7 +126,6 @@ impl LogStore {
             }
             if let Some((index, term)) = write.compact_to {
                 let point = Meta { compacted_index: index, compacted_term: term };
-                meta.insert(write.shard, point);
                 batch.put(region, META_KEY.to_vec(), seal(&settle_cluster::message::encode(&point)))?;
                 batch.add_command(region, Command::Compact { index: index + 1 });
             }
