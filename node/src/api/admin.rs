@@ -12,14 +12,10 @@ use std::sync::atomic::Ordering;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError { status, code, message: message.into(), field: None, detail: None }
-}
-
 /// Checks the bearer token (compared in constant time).
 fn authorize(state: &AppState, request: &HttpRequest) -> Result<()> {
     let Some(expected) = state.settings.admin_token.as_deref().filter(|token| !token.is_empty()) else {
-        return Err(error(StatusCode::FORBIDDEN, "admin_disabled", "this node was started without an admin token"));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "this node was started without an admin token"));
     };
     let given =
         request.headers().get("authorization").and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
@@ -27,14 +23,14 @@ fn authorize(state: &AppState, request: &HttpRequest) -> Result<()> {
         given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     });
     if !matches {
-        return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"));
     }
     Ok(())
 }
 
 fn faults_allowed(state: &AppState) -> Result<()> {
     if !state.settings.faults_enabled {
-        return Err(error(StatusCode::FORBIDDEN, "faults_disabled", "this node was started without --faults-enabled"));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "faults_disabled", "this node was started without --faults-enabled"));
     }
     Ok(())
 }
@@ -133,10 +129,10 @@ pub async fn transfer_leader(
     match state.driver.transfer_leader(shard, to).await {
         Some(Ok(())) => Ok(HttpResponse::Ok().json(json!({ "shard": shard, "to": to }))),
         Some(Err(AdminError::NotLeader { leader })) => {
-            Err(error(StatusCode::CONFLICT, "not_leader", "this node does not lead the shard").with_detail("leader", json!(leader)))
+            Err(ApiError::new(StatusCode::CONFLICT, "not_leader", "this node does not lead the shard").with_detail("leader", json!(leader)))
         }
         Some(Err(AdminError::NotAReplica)) => Err(ApiError::invalid_request("to", format!("node {to} has no replica of shard {shard}"))),
-        Some(Err(AdminError::NoReplica)) => Err(error(StatusCode::CONFLICT, "not_leader", "this node has no replica of the shard")),
+        Some(Err(AdminError::NoReplica)) => Err(ApiError::new(StatusCode::CONFLICT, "not_leader", "this node has no replica of the shard")),
         None => Err(ApiError::unavailable()),
     }
 }

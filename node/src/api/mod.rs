@@ -12,11 +12,11 @@ use crate::settings::NodeSettings;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use errors::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use settle_actors::DriverHandle;
+use settle_actors::{DriverHandle, PeerStatus};
 use settle_cluster::ledger::{AccountOutcome, TransferStatus};
 use settle_cluster::message::{Reply, Request, TransferResult};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,17 +109,7 @@ pub fn app(
         .route("/admin/shards/{id}/transfer-leader", web::post().to(admin::transfer_leader))
         .route("/admin/drain", web::post().to(admin::drain))
         .route("/admin/drain", web::delete().to(admin::drain))
-        .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response_owned() }))
-}
-
-trait OwnedErrorResponse {
-    fn error_response_owned(self) -> HttpResponse;
-}
-
-impl OwnedErrorResponse for ApiError {
-    fn error_response_owned(self) -> HttpResponse {
-        actix_web::ResponseError::error_response(&self)
-    }
+        .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response() }))
 }
 
 impl AppState {
@@ -150,7 +140,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none" && shard.role != "quarantined").collect();
     let leaderless = hosted.iter().filter(|shard| shard.leader.is_none()).count();
     let members = status.peers.len() + 1;
-    let heard = 1 + status.peers.iter().filter(|peer| peer.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS)).count();
+    let heard = 1 + status.peers.iter().filter(|peer| reachable(peer)).count();
     let quorum = heard * 2 > members;
     let ready = quorum && leaderless == 0;
     let body = json!({
@@ -167,8 +157,12 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// A peer not heard from for this long counts as unreachable for readiness.
+/// A peer not heard from for this long counts as unreachable (for readiness and `/v1/cluster`).
 const PEER_SILENCE_MS: u64 = 3_000;
+
+fn reachable(peer: &PeerStatus) -> bool {
+    peer.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS)
+}
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.driver.status().await;
@@ -194,7 +188,7 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
                 node["http"] = json!(info.http);
                 node["version"] = json!(info.version);
                 node["uptime_ms"] = json!(info.started_ms.map(|started| now.saturating_sub(started)));
-                node["reachable"] = json!(info.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS));
+                node["reachable"] = json!(reachable(info));
                 node["last_heard_ms"] = json!(info.last_heard_ms);
             }
             node
@@ -354,10 +348,8 @@ async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes, request_i
         }
     }
     if !valid.is_empty() {
-        let answers = match state.driver.call_traced(Request::Transfers(valid), state.timeout(), Some(request_id.0.clone())).await {
+        let answers = match state.call_with(&request_id, Request::Transfers(valid)).await? {
             Reply::Transfers(answers) => answers,
-            Reply::Overloaded => return Err(ApiError::overloaded()),
-            Reply::Unavailable => return Err(ApiError::unavailable()),
             other => return Err(unexpected(other)),
         };
         for (position, answer) in positions.into_iter().zip(answers) {
