@@ -7,7 +7,7 @@
 use crate::tls::PeerTls;
 use serde::{Deserialize, Serialize};
 use settle_cluster::ids::NodeId;
-use settle_cluster::message::{decode, encode, PeerMessage};
+use settle_cluster::message::{decode, encode_into, PeerMessage};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,7 +177,7 @@ async fn read_frames<S: AsyncRead + Unpin>(
     stats: Arc<TransportStats>,
     states: Arc<BTreeMap<NodeId, LinkState>>,
 ) -> std::io::Result<()> {
-    let mut header = [0u8; 8];
+    let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut payload = Vec::new();
     loop {
         stream.read_exact(&mut header).await?;
@@ -206,6 +206,27 @@ async fn read_frames<S: AsyncRead + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// Bytes of a frame's header: the payload's length, then its crc32.
+const FRAME_HEADER_BYTES: usize = 8;
+
+/// Writes `[length][crc32][payload]` into `buffer` (cleared first), encoding the payload in place
+/// behind a header that is filled in afterwards. A payload over `frame_bytes_max` is an error
+/// carrying its length.
+fn build_frame(buffer: &mut Vec<u8>, frame: &Frame, frame_bytes_max: u32) -> Result<(), u32> {
+    buffer.clear();
+    buffer.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    encode_into(buffer, frame);
+    let payload = &buffer[FRAME_HEADER_BYTES..];
+    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    if length > frame_bytes_max {
+        return Err(length);
+    }
+    let checksum = crc32fast::hash(payload);
+    buffer[..4].copy_from_slice(&length.to_le_bytes());
+    buffer[4..FRAME_HEADER_BYTES].copy_from_slice(&checksum.to_le_bytes());
+    Ok(())
 }
 
 async fn link_loop(
@@ -276,19 +297,14 @@ async fn link_loop(
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            frame.clear();
-            frame.extend_from_slice(&[0u8; 8]);
-            let payload = encode(&Frame { from: node, messages });
-            let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            if length > frame_bytes_max {
+            if let Err(length) = build_frame(&mut frame, &Frame { from: node, messages }, frame_bytes_max) {
                 // The peer would refuse it; raft re-sends in smaller pieces or a snapshot.
                 tracing::warn!(peer, length, "outbound frame over the cap dropped");
                 stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                // Give back what the oversized payload made the buffer grow to.
+                frame = Vec::new();
                 continue;
             }
-            frame[..4].copy_from_slice(&length.to_le_bytes());
-            frame[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            frame.extend_from_slice(&payload);
             let written = match stream.write_all(&frame).await {
                 Ok(()) => stream.flush().await,
                 Err(error) => Err(error),
@@ -302,5 +318,44 @@ async fn link_loop(
             stats.bytes_sent.fetch_add(u64::try_from(frame.len()).unwrap_or(0), Ordering::Relaxed);
         }
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_frame() -> Frame {
+        let messages = vec![PeerMessage::Raft { shard: 3, message: vec![1, 2, 3, 4] }, PeerMessage::LeaderHint { shard: 1, leader: 2 }];
+        Frame { from: 7, messages }
+    }
+
+    /// A frame built in place is `[length][crc32][encode(frame)]`, the bytes the reader expects,
+    /// and reusing the buffer leaves nothing of the previous frame.
+    #[test]
+    fn a_frame_built_in_place_is_length_checksum_and_payload() {
+        let frame = sample_frame();
+        let payload = settle_cluster::message::encode(&frame);
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+        expected.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        expected.extend_from_slice(&payload);
+        let mut buffer = vec![0xFF; 3];
+        build_frame(&mut buffer, &frame, 1 << 20).unwrap();
+        assert_eq!(buffer, expected);
+        build_frame(&mut buffer, &frame, 1 << 20).unwrap();
+        assert_eq!(buffer, expected);
+        let decoded: Frame = decode(&buffer[FRAME_HEADER_BYTES..]).unwrap();
+        assert_eq!((decoded.from, decoded.messages), (frame.from, frame.messages));
+    }
+
+    /// A payload over the cap is refused with its length, never sent.
+    #[test]
+    fn a_frame_over_the_cap_is_refused_with_its_length() {
+        let frame = sample_frame();
+        let length = u32::try_from(settle_cluster::message::encode(&frame).len()).unwrap();
+        let mut buffer = Vec::new();
+        assert_eq!(build_frame(&mut buffer, &frame, length - 1), Err(length));
+        assert!(build_frame(&mut buffer, &frame, length).is_ok());
     }
 }

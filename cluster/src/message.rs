@@ -24,9 +24,16 @@ pub enum CodecError {
 
 /// Encodes a value behind the format byte.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![FORMAT_VERSION];
-    bincode::serialize_into(&mut bytes, value).expect("in-memory serialisation cannot fail");
+    let mut bytes = Vec::new();
+    encode_into(&mut bytes, value);
     bytes
+}
+
+/// Appends what `encode` returns to `buffer`, so a caller can reuse one buffer and frame the
+/// payload in place (a header before it) without copying it.
+pub fn encode_into<T: Serialize>(buffer: &mut Vec<u8>, value: &T) {
+    buffer.push(FORMAT_VERSION);
+    bincode::serialize_into(&mut *buffer, value).expect("in-memory serialisation cannot fail");
 }
 
 /// Decodes a value written by `encode`.
@@ -224,5 +231,19 @@ mod tests {
         assert!(matches!(decode::<EntryPayload>(&wrong), Err(CodecError::Version(99))));
         assert!(matches!(decode::<EntryPayload>(&[]), Err(CodecError::Empty)));
         assert!(decode::<EntryPayload>(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    /// `encode_into` appends the format byte and the bincode bytes after what the buffer holds.
+    #[test]
+    fn encode_into_appends_the_format_byte_and_the_bincode_bytes() {
+        let payload = EntryPayload { proposer: Proposer { node: 1, incarnation: 3 }, timestamp_ms: 42, commands: vec![] };
+        let mut expected = vec![FORMAT_VERSION];
+        expected.extend(bincode::serialize(&payload).unwrap());
+        let mut buffer = vec![0xAA; 8];
+        encode_into(&mut buffer, &payload);
+        assert_eq!(&buffer[..8], &[0xAA; 8]);
+        assert_eq!(&buffer[8..], &expected[..]);
+        assert_eq!(encode(&payload), expected);
+        assert_eq!(decode::<EntryPayload>(&buffer[8..]).unwrap(), payload);
     }
 }
