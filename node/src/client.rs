@@ -1,5 +1,6 @@
-//! What the bench and the drills share as clients of a cluster: USD amounts as text, and reads
-//! that wait out failovers (bounded) by trying every node in turn.
+//! What the bench and the drills share as clients of a cluster: USD amounts as text, what an
+//! answer to a transfer means (`classify`), and reads that wait out failovers (bounded) by trying
+//! every node in turn.
 
 use anyhow::{bail, Context};
 use rust_decimal::Decimal;
@@ -20,6 +21,46 @@ pub fn cents(minor: i128) -> String {
 pub fn parse_cents(text: &str) -> Option<i128> {
     let decimal = Decimal::from_str(text).ok()?;
     (decimal.scale() == 2).then(|| decimal.mantissa())
+}
+
+/// What one answer to a transfer (a response, or one item of a batch response) tells a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 201: the transfer is posted.
+    Posted,
+    /// A 4xx other than 408/429: definitely not applied; the code says why.
+    Final(String),
+    /// Anything else (5xx with or without an error code, 408, 429, 202 pending, ...): the outcome is
+    /// unknown; retry with the same id, or look the transfer up later.
+    Retry(String),
+}
+
+/// The API's rule (`ApiError::retryable`): 408, 429 and every 5xx may succeed when retried.
+fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// Classifies a transfer answer by its HTTP status and body. The code is the body's
+/// `error.code`, or `http_STATUS` when there is none (a proxy's 502, say).
+pub fn classify(status: u16, body: &Value) -> Answer {
+    if status == 201 {
+        return Answer::Posted;
+    }
+    let code = body["error"]["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string);
+    if (400..=499).contains(&status) && !retryable(status) {
+        Answer::Final(code)
+    } else {
+        Answer::Retry(code)
+    }
+}
+
+/// Classifies one item of a batch answer (`{"status": 201, ...}` or `{"status": 409, "error": ...}`);
+/// an item without a status is an unknown outcome.
+pub fn classify_item(item: &Value) -> Answer {
+    match item["status"].as_u64().and_then(|status| u16::try_from(status).ok()) {
+        Some(status) => classify(status, item),
+        None => Answer::Retry("internal".to_string()),
+    }
 }
 
 /// An account's balance in cents.
@@ -81,5 +122,20 @@ mod tests {
         }
         assert_eq!(cents(5), "0.05");
         assert_eq!(parse_cents("12"), None);
+    }
+
+    /// Only 201 is posted, only a non-retryable 4xx is final; a 5xx without an error code (a
+    /// proxy's 502) and a pending 202 are unknown outcomes.
+    #[test]
+    fn classify_follows_the_api_retry_rule() {
+        let error = |code: &str| serde_json::json!({ "error": { "code": code } });
+        assert_eq!(classify(201, &Value::Null), Answer::Posted);
+        assert_eq!(classify(409, &error("insufficient_funds")), Answer::Final("insufficient_funds".to_string()));
+        assert_eq!(classify(404, &Value::Null), Answer::Final("http_404".to_string()));
+        assert_eq!(classify(429, &error("overloaded")), Answer::Retry("overloaded".to_string()));
+        assert_eq!(classify(408, &Value::Null), Answer::Retry("http_408".to_string()));
+        assert_eq!(classify(503, &error("unavailable")), Answer::Retry("unavailable".to_string()));
+        assert_eq!(classify(502, &Value::Null), Answer::Retry("http_502".to_string()));
+        assert_eq!(classify(202, &Value::Null), Answer::Retry("http_202".to_string()));
     }
 }

@@ -8,6 +8,7 @@
 mod report;
 mod workload;
 
+use crate::client::Answer;
 use crate::local::{LocalCluster, LocalFlags};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -93,7 +94,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Requests whose answer was unknown (timeouts, 5xx) and must be looked up at the end.
+/// Requests whose answer was unknown (timeouts, 5xx, 429) and must be looked up at the end.
 const AMBIGUOUS_TRACKED_MAX: usize = 100_000;
 /// Every request gives up after this long (then counted as `timeout`, outcome looked up later).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -374,16 +375,21 @@ fn record(shared: &Shared, transfers: &[workload::Transfer], outcome: workload::
     let mut posted = 0u64;
     {
         let mut net = shared.net.lock().expect("net");
-        for (transfer, result) in transfers.iter().zip(&outcome.results) {
-            if result == "posted" {
-                net[transfer.from] -= transfer.amount;
-                net[transfer.to] += transfer.amount;
-                posted += 1;
-            } else if workload::is_ambiguous(result) {
-                let mut ambiguous = shared.ambiguous.lock().expect("ambiguous");
-                if ambiguous.len() < AMBIGUOUS_TRACKED_MAX {
-                    ambiguous.push(transfer.clone());
+        for (transfer, answer) in transfers.iter().zip(&outcome.results) {
+            match answer {
+                Answer::Posted => {
+                    net[transfer.from] -= transfer.amount;
+                    net[transfer.to] += transfer.amount;
+                    posted += 1;
                 }
+                // The cluster may have posted it: looked up before the conservation check.
+                Answer::Retry(_) => {
+                    let mut ambiguous = shared.ambiguous.lock().expect("ambiguous");
+                    if ambiguous.len() < AMBIGUOUS_TRACKED_MAX {
+                        ambiguous.push(transfer.clone());
+                    }
+                }
+                Answer::Final(_) => {}
             }
         }
     }
@@ -394,7 +400,14 @@ fn record(shared: &Shared, transfers: &[workload::Transfer], outcome: workload::
     shared.transfers.fetch_add(posted, Ordering::Relaxed);
     let _ = shared.latency.lock().expect("latency").record(micros);
     let _ = shared.interval.lock().expect("interval").record(micros);
-    let failures: Vec<&String> = outcome.results.iter().filter(|result| *result != "posted").collect();
+    let failures: Vec<&String> = outcome
+        .results
+        .iter()
+        .filter_map(|answer| match answer {
+            Answer::Posted => None,
+            Answer::Final(code) | Answer::Retry(code) => Some(code),
+        })
+        .collect();
     if !failures.is_empty() {
         shared.error_count.fetch_add(u64::try_from(failures.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
         let mut errors = shared.errors.lock().expect("errors");

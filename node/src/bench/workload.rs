@@ -2,7 +2,7 @@
 //! check of its own accounts at the end.
 
 use super::BenchFlags;
-use crate::client::{balance, cents, final_status};
+use crate::client::{balance, cents, classify, classify_item, final_status, Answer};
 use anyhow::{bail, Context};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -258,22 +258,15 @@ async fn post_until_posted(client: &reqwest::Client, target: &str, items: &[Valu
     }
 }
 
-/// What happened to each transfer of a request: "posted", or an error code.
+/// What happened to each transfer of a request.
 pub struct Outcome {
-    pub results: Vec<String>,
-}
-
-pub fn is_ambiguous(code: &str) -> bool {
-    matches!(code, "unavailable" | "timeout" | "connection_error" | "internal")
-}
-
-fn error_code(body: &Value, status: u16) -> String {
-    body["error"]["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string)
+    pub results: Vec<Answer>,
 }
 
 pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer], plan: &Plan) -> Outcome {
     let count = transfers.len();
-    let fail = |code: &str| Outcome { results: vec![code.to_string(); count] };
+    let fail = |answer: Answer| Outcome { results: vec![answer; count] };
+    let unknown = |code: &str| fail(Answer::Retry(code.to_string()));
     let (url, body) = if count == 1 {
         (format!("{target}/v1/transfers"), plan.body(&transfers[0]))
     } else {
@@ -282,34 +275,23 @@ pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer]
     };
     let response = match client.post(url).json(&body).send().await {
         Ok(response) => response,
-        Err(error) if error.is_timeout() => return fail("timeout"),
-        Err(_) => return fail("connection_error"),
+        Err(error) if error.is_timeout() => return unknown("timeout"),
+        Err(_) => return unknown("connection_error"),
     };
     let status = response.status().as_u16();
     let body: Value = match response.json().await {
         Ok(body) => body,
-        Err(error) if error.is_timeout() => return fail("timeout"),
+        Err(error) if error.is_timeout() => return unknown("timeout"),
         Err(_) => Value::Null,
     };
-    if count == 1 {
-        return if status == 201 { fail("posted") } else { fail(&error_code(&body, status)) };
-    }
-    if status != 200 {
-        return fail(&error_code(&body, status));
+    if count == 1 || status != 200 {
+        return fail(classify(status, &body));
     }
     let results = body["results"].as_array().cloned().unwrap_or_default();
     if results.len() != count {
-        return fail("internal");
+        return unknown("internal");
     }
-    let results = results
-        .iter()
-        .map(|result| match result["status"].as_u64() {
-            Some(201) => "posted".to_string(),
-            Some(status) => error_code(result, u16::try_from(status).unwrap_or(0)),
-            None => "internal".to_string(),
-        })
-        .collect();
-    Outcome { results }
+    Outcome { results: results.iter().map(classify_item).collect() }
 }
 
 /// Resolves ambiguous transfers, then checks every bench account's balance equals its funding

@@ -3,7 +3,7 @@
 //! that acknowledged transfers read back posted. Everything is recorded with timestamps so the
 //! report can measure pauses and the checkers can hold the cluster to what clients were told.
 
-use crate::client::{balance, cents, final_status};
+use crate::client::{balance, cents, classify, classify_item, final_status, Answer};
 use anyhow::bail;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -84,9 +84,19 @@ impl Workload {
         loop {
             let response = client.post(format!("{}/v1/transfers/batch", urls[0])).json(&json!({ "transfers": funding })).send().await;
             if let Ok(response) = response {
-                if response.status().as_u16() == 200 {
-                    let body: Value = response.json().await?;
-                    if body["results"].as_array().is_some_and(|results| results.iter().all(|r| r["status"] == 201)) {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if status != 200 {
+                    if let Answer::Final(code) = classify(status, &body) {
+                        bail!("funding the drill accounts refused: HTTP {status} {code}");
+                    }
+                } else {
+                    let results = body["results"].as_array().cloned().unwrap_or_default();
+                    let answers: Vec<Answer> = results.iter().map(classify_item).collect();
+                    if let Some(refused) = results.iter().zip(&answers).find(|(_, answer)| matches!(answer, Answer::Final(_))) {
+                        bail!("funding refused: {}", refused.0);
+                    }
+                    if !answers.is_empty() && answers.iter().all(|answer| *answer == Answer::Posted) {
                         break;
                     }
                 }
@@ -231,21 +241,19 @@ async fn send_until_definitive(
     loop {
         let url = &urls[(worker + usize::try_from(attempts).unwrap_or(0)) % urls.len()];
         attempts += 1;
-        let code = match client.post(format!("{url}/v1/transfers")).json(&body).timeout(REQUEST_TIMEOUT).send().await {
+        let answer = match client.post(format!("{url}/v1/transfers")).json(&body).timeout(REQUEST_TIMEOUT).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
-                match status {
-                    201 => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "posted".to_string(), attempts },
-                    400..=499 if status != 408 && status != 429 => {
-                        let code = body["error"]["code"].as_str().unwrap_or("http_4xx").to_string();
-                        return Outcome { transfer, started_ms, finished_ms: now_ms(), result: code, attempts };
-                    }
-                    _ => body["error"]["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_string),
-                }
+                classify(status, &body)
             }
-            Err(error) if error.is_timeout() => "timeout".to_string(),
-            Err(_) => "connection_error".to_string(),
+            Err(error) if error.is_timeout() => Answer::Retry("timeout".to_string()),
+            Err(_) => Answer::Retry("connection_error".to_string()),
+        };
+        let code = match answer {
+            Answer::Posted => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "posted".to_string(), attempts },
+            Answer::Final(code) => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: code, attempts },
+            Answer::Retry(code) => code,
         };
         history.lock().expect("history").failures.push((now_ms(), code));
         if Instant::now() > give_up {
