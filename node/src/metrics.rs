@@ -66,16 +66,20 @@ impl Metrics {
         metrics
     }
 
-    /// The text exposition: registered metrics plus families built from the node's status.
-    pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>, data_dir: &Path) -> String {
+    /// The text exposition: registered metrics plus families built from the node's status and
+    /// the data dir's disk use (measured beforehand, off the async workers; absent when that
+    /// measurement failed).
+    pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>, disk: Option<&DiskUsage>) -> String {
         let mut families = self.registry.gather();
         let mut scrape = Scrape { node: self.node.clone(), families: Vec::new() };
         scrape.gauge("build_info", "Version of this node (value 1)", vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)]);
         scrape.gauge("uptime_seconds", "Seconds since this node started", vec![(vec![], self.started.elapsed().as_secs_f64())]);
-        scrape.gauge("data_dir_bytes", "Bytes used by this node's data dir", vec![(vec![], dir_bytes(data_dir) as f64)]);
-        if let Some((size, free)) = filesystem_bytes(data_dir) {
-            scrape.gauge("data_dir_fs_size_bytes", "Size of the filesystem holding the data dir", vec![(vec![], size as f64)]);
-            scrape.gauge("data_dir_fs_free_bytes", "Bytes available to this process on that filesystem", vec![(vec![], free as f64)]);
+        if let Some(disk) = disk {
+            scrape.gauge("data_dir_bytes", "Bytes used by this node's data dir", vec![(vec![], disk.data_dir_bytes as f64)]);
+            if let Some((size, free)) = disk.filesystem_bytes {
+                scrape.gauge("data_dir_fs_size_bytes", "Size of the filesystem holding the data dir", vec![(vec![], size as f64)]);
+                scrape.gauge("data_dir_fs_free_bytes", "Bytes available to this process on that filesystem", vec![(vec![], free as f64)]);
+            }
         }
         scrape.gauge("driver_inbox_depth", "Client calls queued for the node driver", vec![(vec![], driver.inbox_depth() as f64)]);
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
@@ -113,6 +117,20 @@ impl Metrics {
     }
 }
 
+/// Disk use of the data dir for one scrape. Measuring it walks the tree and calls statvfs:
+/// blocking IO, so the handler runs [`DiskUsage::measure`] on actix's blocking pool.
+pub struct DiskUsage {
+    pub data_dir_bytes: u64,
+    /// Size and free space of the filesystem holding the data dir.
+    pub filesystem_bytes: Option<(u64, u64)>,
+}
+
+impl DiskUsage {
+    pub fn measure(data_dir: &Path) -> DiskUsage {
+        DiskUsage { data_dir_bytes: dir_bytes(data_dir), filesystem_bytes: filesystem_bytes(data_dir) }
+    }
+}
+
 /// Families built at scrape time, with the registry's prefix and node label.
 struct Scrape {
     node: String,
@@ -120,6 +138,13 @@ struct Scrape {
 }
 
 type Sample = (Vec<(&'static str, String)>, f64);
+
+/// The kinds of family whose samples are one number each.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
 
 impl Scrape {
     fn labels(&self, labels: &[(&'static str, String)]) -> Vec<LabelPair> {
@@ -145,33 +170,40 @@ impl Scrape {
     }
 
     fn gauge(&mut self, name: &str, help: &str, samples: Vec<Sample>) {
-        let metrics = samples
-            .into_iter()
-            .map(|(labels, value)| {
-                let mut gauge = Gauge::default();
-                gauge.set_value(value);
-                let mut metric = Metric::default();
-                metric.set_label(self.labels(&labels));
-                metric.set_gauge(gauge);
-                metric
-            })
-            .collect();
-        self.family(name, help, MetricType::GAUGE, metrics);
+        self.single_value(Kind::Gauge, name, help, samples);
     }
 
     fn counter(&mut self, name: &str, help: &str, samples: Vec<Sample>) {
+        self.single_value(Kind::Counter, name, help, samples);
+    }
+
+    /// A family of one-number samples: gauges or counters.
+    fn single_value(&mut self, kind: Kind, name: &str, help: &str, samples: Vec<Sample>) {
         let metrics = samples
             .into_iter()
             .map(|(labels, value)| {
-                let mut counter = Counter::default();
-                counter.set_value(value);
                 let mut metric = Metric::default();
                 metric.set_label(self.labels(&labels));
-                metric.set_counter(counter);
+                match kind {
+                    Kind::Gauge => {
+                        let mut gauge = Gauge::default();
+                        gauge.set_value(value);
+                        metric.set_gauge(gauge);
+                    }
+                    Kind::Counter => {
+                        let mut counter = Counter::default();
+                        counter.set_value(value);
+                        metric.set_counter(counter);
+                    }
+                }
                 metric
             })
             .collect();
-        self.family(name, help, MetricType::COUNTER, metrics);
+        let kind = match kind {
+            Kind::Gauge => MetricType::GAUGE,
+            Kind::Counter => MetricType::COUNTER,
+        };
+        self.family(name, help, kind, metrics);
     }
 
     /// A histogram in seconds from the core's millisecond buckets.
