@@ -236,11 +236,12 @@ impl NodeCore {
                 let shard = leg.shard;
                 match useful {
                     Some(hint) => {
-                        if !self.replicas.contains_key(&shard) {
-                            self.calls.hints.insert(shard, hint);
-                        }
-                        if leg.redirects < REDIRECTS_PER_TICK_MAX {
+                        let redirect = leg.redirects < REDIRECTS_PER_TICK_MAX;
+                        if redirect {
                             leg.redirects += 1;
+                        }
+                        self.learn_leader(shard, hint);
+                        if redirect {
                             self.dispatch_leg(leg_id);
                         }
                     }
