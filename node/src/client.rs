@@ -1,10 +1,10 @@
-//! What the bench and the drills share as clients of a cluster: USD amounts as text, what an
-//! answer to a transfer means (`classify`), and reads that wait out failovers (bounded) by trying
-//! every node in turn.
+//! What the bench and the drills share as clients of a cluster: USD amounts as text, their
+//! transfers and what an answer to one means (`classify`), and writes (`post_until`, `fund`) and
+//! reads that wait out failovers (bounded) by trying every node in turn.
 
 use anyhow::{bail, Context};
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde_json::{json, Value};
 use settle_cluster::money::Currency;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -21,6 +21,30 @@ pub fn cents(minor: i128) -> String {
 pub fn parse_cents(text: &str) -> Option<i128> {
     let decimal = Decimal::from_str(text).ok()?;
     (decimal.scale() == 2).then(|| decimal.mantissa())
+}
+
+/// A transfer between two of a tool's accounts (indexes into its account list).
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub id: String,
+    pub from: usize,
+    pub to: usize,
+    pub amount: i128,
+    /// The payer's shard (where the transfer is recorded).
+    pub shard: u32,
+}
+
+impl Transfer {
+    /// The request body of POST /v1/transfers (and of one batch item), in USD.
+    pub fn body(&self, accounts: &[String]) -> Value {
+        json!({
+            "id": self.id,
+            "from": accounts[self.from],
+            "to": accounts[self.to],
+            "amount": cents(self.amount),
+            "currency": "USD",
+        })
+    }
 }
 
 /// What one answer to a transfer (a response, or one item of a batch response) tells a client.
@@ -61,6 +85,85 @@ pub fn classify_item(item: &Value) -> Answer {
         Some(status) => classify(status, item),
         None => Answer::Retry("internal".to_string()),
     }
+}
+
+/// POSTs `body` to `path`, trying the nodes in turn, until a node answers with a status in
+/// `accept` (then returns its JSON body, `Null` if none). Fails at once on an answer that is
+/// final (a 4xx other than 408/429) and after `within` without an accepted answer.
+pub async fn post_until(
+    client: &reqwest::Client,
+    urls: &[String],
+    path: &str,
+    body: &Value,
+    accept: &[u16],
+    within: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
+    let mut turn = 0;
+    loop {
+        let url = &urls[turn % urls.len()];
+        turn += 1;
+        if let Ok(response) = client.post(format!("{url}{path}")).json(body).send().await {
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            if accept.contains(&status) {
+                return Ok(answer);
+            }
+            if let Answer::Final(code) = classify(status, &answer) {
+                bail!("POST {path} {body}: HTTP {status} {code}: {answer}");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("POST {path} {body}: no success within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Funding transfers per batch request.
+const FUND_BATCH_MAX: usize = 1_000;
+
+/// Pays `amount_minor` cents from `bank` to every account (transfer id `fund-ACCOUNT`, so a
+/// retry never pays twice), in batches, resending the items whose outcome is unknown until each
+/// is posted. Fails at once if an item is refused, or when a batch is not done within `within`.
+pub async fn fund(
+    client: &reqwest::Client,
+    urls: &[String],
+    bank: &str,
+    accounts: &[String],
+    amount_minor: i128,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let amount = cents(amount_minor);
+    for chunk in accounts.chunks(FUND_BATCH_MAX) {
+        let deadline = Instant::now() + within;
+        let mut waiting: Vec<Value> = chunk
+            .iter()
+            .map(|account| json!({ "id": format!("fund-{account}"), "from": bank, "to": account, "amount": amount, "currency": "USD" }))
+            .collect();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = post_until(client, urls, "/v1/transfers/batch", &json!({ "transfers": waiting }), &[200], left).await?;
+            let results = answer["results"].as_array().cloned().unwrap_or_default();
+            let mut unknown = Vec::new();
+            for (position, item) in waiting.into_iter().enumerate() {
+                match results.get(position).map_or(Answer::Retry("internal".to_string()), classify_item) {
+                    Answer::Posted => {}
+                    Answer::Final(code) => bail!("funding {} refused: {code}: {}", item["to"], results[position]),
+                    Answer::Retry(_) => unknown.push(item),
+                }
+            }
+            if unknown.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("funding did not complete within {within:?}");
+            }
+            waiting = unknown;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 /// An account's balance in cents.

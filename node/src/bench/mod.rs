@@ -8,7 +8,7 @@
 mod report;
 mod workload;
 
-use crate::client::Answer;
+use crate::client::{Answer, Transfer};
 use crate::local::{LocalCluster, LocalFlags};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -217,7 +217,7 @@ struct Shared {
     interval: Mutex<Histogram<u64>>,
     /// Per account: net minor units moved by acknowledged transfers.
     net: Mutex<Vec<i128>>,
-    ambiguous: Mutex<Vec<workload::Transfer>>,
+    ambiguous: Mutex<Vec<Transfer>>,
     /// `--route leader`: the target index leading each shard (refreshed every second).
     leaders: std::sync::RwLock<Vec<Option<usize>>>,
     route_to_leader: bool,
@@ -358,7 +358,7 @@ async fn worker_loop(
         };
         let transfers = shared.plan.transfers(&mut rng, batch, worker, &mut sequence);
         let leader = if shared.route_to_leader {
-            let shard = usize::try_from(shared.plan.shard[transfers[0].from]).expect("fits");
+            let shard = usize::try_from(transfers[0].shard).expect("fits");
             shared.leaders.read().expect("leaders").get(shard).copied().flatten()
         } else {
             None
@@ -370,7 +370,7 @@ async fn worker_loop(
     }
 }
 
-fn record(shared: &Shared, transfers: &[workload::Transfer], outcome: workload::Outcome, micros: u64) {
+fn record(shared: &Shared, transfers: &[Transfer], outcome: workload::Outcome, micros: u64) {
     let measuring = shared.measuring.load(Ordering::Relaxed);
     let mut posted = 0u64;
     {

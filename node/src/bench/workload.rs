@@ -2,7 +2,7 @@
 //! check of its own accounts at the end.
 
 use super::BenchFlags;
-use crate::client::{balance, cents, classify, classify_item, final_status, Answer};
+use crate::client::{balance, classify, classify_item, final_status, fund, post_until, Answer, Transfer};
 use anyhow::{bail, Context};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +19,8 @@ const FUNDING_MINOR: i128 = 1_000_000_000;
 const AMOUNT_MINOR_MAX: i128 = 100;
 /// Setup and checks keep this many requests in flight.
 const SETUP_CONCURRENCY: usize = 32;
+/// Each funding batch must be posted within this long.
+const FUNDING_WITHIN: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Distribution {
@@ -59,14 +61,6 @@ impl serde::Serialize for Distribution {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.to_string())
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Transfer {
-    pub id: String,
-    pub from: usize,
-    pub to: usize,
-    pub amount: i128,
 }
 
 /// The bench's accounts and how transfers are drawn from them.
@@ -128,19 +122,9 @@ impl Plan {
                 let from = self.pick_payer(rng, to);
                 let id = format!("t{}-{worker}-{sequence}", self.run);
                 *sequence += 1;
-                Transfer { id, from, to, amount: rng.gen_range(1..=AMOUNT_MINOR_MAX) }
+                Transfer { id, from, to, amount: rng.gen_range(1..=AMOUNT_MINOR_MAX), shard: self.shard[from] }
             })
             .collect()
-    }
-
-    fn body(&self, transfer: &Transfer) -> Value {
-        json!({
-            "id": transfer.id,
-            "from": self.accounts[transfer.from],
-            "to": self.accounts[transfer.to],
-            "amount": cents(transfer.amount),
-            "currency": "USD",
-        })
     }
 }
 
@@ -183,21 +167,15 @@ pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFl
     let plan = Plan { run, bank: bank.clone(), accounts, shard, by_shard, cdf, hot, cross_shard_ratio: flags.cross_shard_ratio };
     eprintln!("bench: creating {} accounts and funding them ({} shards)", plan.accounts.len(), shards);
     let started = Instant::now();
-    create_account(client, &targets[0], &bank, "settlement").await?;
+    create_account(client, targets, &bank, "settlement").await?;
     let names: Vec<String> = plan.accounts.clone();
     for_each_bounded(names, |name, index| {
-        let target = targets[index % targets.len()].clone();
-        async move { create_account(client, &target, &name, "customer").await }
+        // Each account starts on another node, so setup spreads over the cluster.
+        let rotated: Vec<String> = (0..targets.len()).map(|turn| targets[(index + turn) % targets.len()].clone()).collect();
+        async move { create_account(client, &rotated, &name, "customer").await }
     })
     .await?;
-    let funding: Vec<Value> = plan
-        .accounts
-        .iter()
-        .map(|name| json!({ "id": format!("fund-{name}"), "from": bank, "to": name, "amount": cents(FUNDING_MINOR), "currency": "USD" }))
-        .collect();
-    for chunk in funding.chunks(1_000) {
-        post_until_posted(client, &targets[0], chunk).await?;
-    }
+    fund(client, targets, &bank, &plan.accounts, FUNDING_MINOR, FUNDING_WITHIN).await?;
     eprintln!("bench: setup took {:.1} s", started.elapsed().as_secs_f64());
     Ok(plan)
 }
@@ -215,47 +193,10 @@ where
     results.into_iter().collect()
 }
 
-async fn create_account(client: &reqwest::Client, target: &str, id: &str, kind: &str) -> anyhow::Result<()> {
+async fn create_account(client: &reqwest::Client, urls: &[String], id: &str, kind: &str) -> anyhow::Result<()> {
     let body = json!({ "id": id, "currency": "USD", "kind": kind });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.post(format!("{target}/v1/accounts")).json(&body).send().await {
-            let status = response.status().as_u16();
-            if status == 200 || status == 201 {
-                return Ok(());
-            }
-            if (400..500).contains(&status) && status != 429 {
-                bail!("creating account {id}: HTTP {status}: {}", response.text().await.unwrap_or_default());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("creating account {id}: no answer within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn post_until_posted(client: &reqwest::Client, target: &str, items: &[Value]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(response) = client.post(format!("{target}/v1/transfers/batch")).json(&json!({ "transfers": items })).send().await {
-            if response.status().as_u16() == 200 {
-                let body: Value = response.json().await?;
-                let results = body["results"].as_array().cloned().unwrap_or_default();
-                let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap_or(0)).collect();
-                if statuses.iter().all(|status| *status == 201) {
-                    return Ok(());
-                }
-                if let Some(bad) = results.iter().find(|r| matches!(r["status"].as_u64(), Some(400..=499))) {
-                    bail!("funding refused: {bad}");
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("funding did not complete within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    post_until(client, urls, "/v1/accounts", &body, &[200, 201], Duration::from_secs(60)).await?;
+    Ok(())
 }
 
 /// What happened to each transfer of a request.
@@ -268,9 +209,9 @@ pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer]
     let fail = |answer: Answer| Outcome { results: vec![answer; count] };
     let unknown = |code: &str| fail(Answer::Retry(code.to_string()));
     let (url, body) = if count == 1 {
-        (format!("{target}/v1/transfers"), plan.body(&transfers[0]))
+        (format!("{target}/v1/transfers"), transfers[0].body(&plan.accounts))
     } else {
-        let items: Vec<Value> = transfers.iter().map(|transfer| plan.body(transfer)).collect();
+        let items: Vec<Value> = transfers.iter().map(|transfer| transfer.body(&plan.accounts)).collect();
         (format!("{target}/v1/transfers/batch"), json!({ "transfers": items }))
     };
     let response = match client.post(url).json(&body).send().await {

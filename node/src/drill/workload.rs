@@ -3,8 +3,7 @@
 //! that acknowledged transfers read back posted. Everything is recorded with timestamps so the
 //! report can measure pauses and the checkers can hold the cluster to what clients were told.
 
-use crate::client::{balance, cents, classify, classify_item, final_status, Answer};
-use anyhow::bail;
+use crate::client::{balance, classify, final_status, fund, post_until, Answer, Transfer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -20,15 +19,8 @@ const ACCOUNTS: usize = 40;
 /// A client gives up retrying one transfer after this long (then it is resolved at the end).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone)]
-pub struct Transfer {
-    pub id: String,
-    pub from: usize,
-    pub to: usize,
-    pub amount: i128,
-    pub shard: u32,
-}
+/// Creating and funding the accounts gives up after this long (per request, per funding batch).
+const SETUP_WITHIN: Duration = Duration::from_secs(60);
 
 /// One transfer's story, as its client saw it.
 #[derive(Debug, Clone)]
@@ -72,40 +64,12 @@ impl Workload {
         let run = format!("{:06x}", nanos & 0xff_ffff);
         let bank = format!("d{run}-bank");
         let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("d{run}-{n}")).collect();
-        post_retry(client, urls, "/v1/accounts", &json!({ "id": bank, "currency": "USD", "kind": "settlement" }), &[200, 201]).await?;
+        let bank_body = json!({ "id": bank, "currency": "USD", "kind": "settlement" });
+        post_until(client, urls, "/v1/accounts", &bank_body, &[200, 201], SETUP_WITHIN).await?;
         for account in &accounts {
-            post_retry(client, urls, "/v1/accounts", &json!({ "id": account, "currency": "USD" }), &[200, 201]).await?;
+            post_until(client, urls, "/v1/accounts", &json!({ "id": account, "currency": "USD" }), &[200, 201], SETUP_WITHIN).await?;
         }
-        let funding: Vec<Value> = accounts
-            .iter()
-            .map(|account| json!({ "id": format!("fund-{account}"), "from": bank, "to": account, "amount": cents(FUNDING_MINOR), "currency": "USD" }))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let response = client.post(format!("{}/v1/transfers/batch", urls[0])).json(&json!({ "transfers": funding })).send().await;
-            if let Ok(response) = response {
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                if status != 200 {
-                    if let Answer::Final(code) = classify(status, &body) {
-                        bail!("funding the drill accounts refused: HTTP {status} {code}");
-                    }
-                } else {
-                    let results = body["results"].as_array().cloned().unwrap_or_default();
-                    let answers: Vec<Answer> = results.iter().map(classify_item).collect();
-                    if let Some(refused) = results.iter().zip(&answers).find(|(_, answer)| matches!(answer, Answer::Final(_))) {
-                        bail!("funding refused: {}", refused.0);
-                    }
-                    if !answers.is_empty() && answers.iter().all(|answer| *answer == Answer::Posted) {
-                        break;
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("funding the drill accounts did not finish in 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        fund(client, urls, &bank, &accounts, FUNDING_MINOR, SETUP_WITHIN).await?;
         Ok(Workload {
             run,
             bank,
@@ -195,28 +159,6 @@ impl Workload {
     }
 }
 
-async fn post_retry(client: &reqwest::Client, urls: &[String], path: &str, body: &Value, accept: &[u16]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut turn = 0;
-    loop {
-        let url = &urls[turn % urls.len()];
-        turn += 1;
-        if let Ok(response) = client.post(format!("{url}{path}")).json(body).send().await {
-            let status = response.status().as_u16();
-            if accept.contains(&status) {
-                return Ok(());
-            }
-            if (400..500).contains(&status) && status != 429 {
-                bail!("POST {path} {body}: HTTP {status}");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("POST {path} did not succeed within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Sends one transfer, retrying the same id on the next node after any unknown outcome.
 async fn send_until_definitive(
     client: &reqwest::Client,
@@ -229,13 +171,7 @@ async fn send_until_definitive(
 ) -> Outcome {
     let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let started_ms = now_ms();
-    let body = json!({
-        "id": transfer.id,
-        "from": accounts[transfer.from],
-        "to": accounts[transfer.to],
-        "amount": cents(transfer.amount),
-        "currency": "USD",
-    });
+    let body = transfer.body(accounts);
     let give_up = Instant::now() + RETRY_FOR;
     let mut attempts = 0u32;
     loop {
