@@ -64,8 +64,8 @@ pub fn init_logging(format: &str) {
 fn start(flags: StartFlags) -> anyhow::Result<()> {
     let settings = NodeSettings::load(&flags)?;
     init_logging(&settings.log_format);
-    let members = settings.members()?;
-    let identity = ClusterIdentity { node_id: settings.node_id, shards: settings.shards, members: members.keys().copied().collect() };
+    let identity =
+        ClusterIdentity { node_id: settings.node_id, shards: settings.shards, members: settings.members.keys().copied().collect() };
     let bootstrapped = check_identity(&settings.data_dir, &identity)?;
     let placement = Placement::new(identity.members.clone(), settings.shards);
     let config = DriverConfig {
@@ -78,7 +78,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         },
         data_dir: settings.data_dir.clone(),
         peer_listen: settings.peer,
-        peers: members,
+        peers: settings.members.clone(),
         frame_bytes_max: settings.frame_bytes_max,
         inbox_calls_max: settings.inbox_calls_max,
         io_queue_jobs_max: settings.io_queue_jobs_max,

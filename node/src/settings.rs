@@ -17,8 +17,10 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub peer: SocketAddr,
-    /// Every initial member's peer address: `1=127.0.0.1:9080,2=...`.
-    pub cluster: String,
+    /// Every initial member's peer address by node id: the `cluster` setting
+    /// (`1=127.0.0.1:9080,2=...`), parsed once, when the settings load.
+    #[serde(rename = "cluster", deserialize_with = "members_from_text", serialize_with = "members_to_text")]
+    pub members: BTreeMap<NodeId, SocketAddr>,
     #[serde(default = "default_shards")]
     pub shards: u32,
     /// How long the HTTP edge waits for the cluster before answering 503 `unavailable`.
@@ -151,12 +153,11 @@ impl NodeSettings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let members = self.members()?;
-        if !members.contains_key(&self.node_id) {
+        let Some(listed) = self.members.get(&self.node_id) else {
             bail!("--cluster does not list this node's id {}", self.node_id);
-        }
-        if members[&self.node_id] != self.peer {
-            bail!("--cluster lists {} for node {}, but --peer is {}", members[&self.node_id], self.node_id, self.peer);
+        };
+        if *listed != self.peer {
+            bail!("--cluster lists {listed} for node {}, but --peer is {}", self.node_id, self.peer);
         }
         if self.shards == 0 {
             bail!("--shards must be at least 1");
@@ -175,11 +176,16 @@ impl NodeSettings {
     pub fn peer_tls(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
         Some((self.tls_cert.clone()?, self.tls_key.clone()?, self.tls_ca.clone()?))
     }
+}
 
-    /// The `--cluster` list as node id → peer address.
-    pub fn members(&self) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {
-        parse_cluster(&self.cluster)
-    }
+fn members_from_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<NodeId, SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_cluster(&text).map_err(|error| serde::de::Error::custom(format!("{error:#}")))
+}
+
+fn members_to_text<S: serde::Serializer>(members: &BTreeMap<NodeId, SocketAddr>, serializer: S) -> Result<S::Ok, S::Error> {
+    let parts: Vec<String> = members.iter().map(|(id, address)| format!("{id}={address}")).collect();
+    serializer.serialize_str(&parts.join(","))
 }
 
 pub fn parse_cluster(text: &str) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {

@@ -181,9 +181,10 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
     let status = state.driver.status().await.ok_or_else(ApiError::unavailable)?;
-    let members = state.settings.members().map_err(|_| ApiError::unavailable())?;
     let now = settle_actors::now_ms();
-    let nodes: Vec<Value> = members
+    let nodes: Vec<Value> = state
+        .settings
+        .members
         .iter()
         .map(|(id, peer)| {
             let leads = status.shards.iter().filter(|shard| shard.leader == Some(*id)).count();
