@@ -6,7 +6,7 @@ use crate::log_store::{LogStore, LogStoreError};
 use crate::state_store::{StateStore, StateStoreError};
 use settle_cluster::ids::ShardId;
 use settle_cluster::placement::Placement;
-use settle_cluster::recovery::{recover_shard, RecoveryError};
+use settle_cluster::recovery::{recover_node, RecoveryError};
 use settle_cluster::replica::Checkpoint;
 use settle_cluster::{PersistRound, RecoveredShard};
 use std::collections::BTreeMap;
@@ -115,20 +115,9 @@ impl Storage {
                 }
             }
         }
-        let mut recovered = BTreeMap::new();
-        let mut quarantined = BTreeMap::new();
-        for (shard, state) in durable {
-            match recover_shard(placement, shard, state) {
-                Ok(Some(replica)) => {
-                    recovered.insert(shard, replica);
-                }
-                Ok(None) => {}
-                Err(RecoveryError::Corrupt { shard, reason }) => {
-                    tracing::error!(shard, %reason, "replica quarantined: it will not serve or vote until rebuilt");
-                    quarantined.insert(shard, reason);
-                }
-                Err(error) => return Err(error.into()),
-            }
+        let (recovered, quarantined) = recover_node(placement, durable)?;
+        for (shard, reason) in &quarantined {
+            tracing::error!(shard, %reason, "replica quarantined: it will not serve or vote until rebuilt");
         }
         Ok((recovered, quarantined))
     }

@@ -14,7 +14,7 @@ use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Reply, Request};
 use settle_cluster::placement::Placement;
 use settle_cluster::planted::PlantedBug;
-use settle_cluster::recovery::{recover_shard, DurableShard};
+use settle_cluster::recovery::{recover_node, DurableShard};
 use settle_cluster::replica::{Checkpoint, RaftSettings};
 use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -240,20 +240,10 @@ impl SimCluster {
         sim_node.deferred.clear();
         sim_node.fail_next_flush = false;
         let incarnation = sim_node.incarnation;
-        let mut recovered = BTreeMap::new();
-        let mut quarantined = BTreeSet::new();
-        for (shard, durable) in &sim_node.durable {
-            match recover_shard(&self.placement, *shard, durable.clone()) {
-                Ok(Some(state)) => {
-                    recovered.insert(*shard, state);
-                }
-                Ok(None) => {}
-                Err(settle_cluster::recovery::RecoveryError::Corrupt { .. }) => {
-                    quarantined.insert(*shard);
-                }
-                Err(error) => panic!("node {node} cannot recover: {error}"),
-            }
-        }
+        let (recovered, quarantined) = match recover_node(&self.placement, sim_node.durable.clone()) {
+            Ok(recovered) => recovered,
+            Err(error) => panic!("node {node} cannot recover: {error}"),
+        };
         let config = NodeConfig {
             node,
             placement: self.placement.clone(),
@@ -261,7 +251,8 @@ impl SimCluster {
             limits: self.config.limits.clone(),
             planted: self.config.planted,
         };
-        let core = NodeCore::new(config, recovered, quarantined, incarnation, seed, &self.logger).expect("core starts");
+        let core =
+            NodeCore::new(config, recovered, quarantined.into_keys().collect(), incarnation, seed, &self.logger).expect("core starts");
         sim_node.core = Some(core);
         sim_node.io_free_at_ms = self.now_ms;
         let offset = self.rng.gen_range(0..self.config.raft.tick_ms);

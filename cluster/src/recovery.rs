@@ -2,7 +2,7 @@
 //! reference meaning of the two stores: the log store (entries, hard state, compaction point)
 //! and the state store (the latest checkpoint). The production stores in `actors` and the
 //! simulator's memory store both implement exactly these operations; `recover_shard` rebuilds a
-//! replica from whatever survived a crash.
+//! replica from whatever survived a crash, `recover_node` every replica of a node.
 
 use crate::ids::ShardId;
 use crate::ledger::Ledger;
@@ -12,6 +12,7 @@ use crate::replica::{Checkpoint, ShardWrite};
 use crate::storage::ShardStorage;
 use crate::RecoveredShard;
 use raft::eraftpb::{ConfState, Entry, HardState};
+use std::collections::BTreeMap;
 
 /// One shard's durable state on one node.
 #[derive(Debug, Clone, Default)]
@@ -99,21 +100,20 @@ impl DurableShard {
 
 /// Rebuilds a shard replica's starting state from what survived. `None` when nothing did (the
 /// shard starts fresh, as at bootstrap).
-pub fn recover_shard(placement: &Placement, shard: ShardId, durable: DurableShard) -> Result<Option<RecoveredShard>, RecoveryError> {
+pub fn recover_shard(placement: &Placement, shard: ShardId, mut durable: DurableShard) -> Result<Option<RecoveredShard>, RecoveryError> {
     if durable.is_empty() {
         return Ok(None);
     }
-    let DurableShard { mut hard_state, mut compacted_index, mut compacted_term, mut entries, checkpoint, corrupt } = durable;
-    if let Some(reason) = corrupt {
+    if let Some(reason) = durable.corrupt.take() {
         return Err(RecoveryError::Corrupt { shard, reason });
     }
-    for (offset, entry) in entries.iter().enumerate() {
-        let expected = compacted_index + 1 + u64::try_from(offset).expect("fits u64");
+    for (offset, entry) in durable.entries.iter().enumerate() {
+        let expected = durable.compacted_index + 1 + u64::try_from(offset).expect("fits u64");
         if entry.index != expected {
             return Err(RecoveryError::LogGap { shard, index: expected });
         }
     }
-    let (ledger, applied_index, conf_state) = match checkpoint {
+    let (ledger, applied_index, conf_state) = match durable.checkpoint.take() {
         Some(checkpoint) => {
             let ledger: Ledger = decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
             ledger.check_invariants();
@@ -121,19 +121,19 @@ pub fn recover_shard(placement: &Placement, shard: ShardId, durable: DurableShar
         }
         None => (Ledger::new(shard, placement.shard_count()), 0, None),
     };
-    if applied_index < compacted_index {
-        return Err(RecoveryError::CompactedBeyondCheckpoint { shard, compacted: compacted_index, checkpoint: applied_index });
+    if applied_index < durable.compacted_index {
+        return Err(RecoveryError::CompactedBeyondCheckpoint { shard, compacted: durable.compacted_index, checkpoint: applied_index });
     }
-    let last_index = compacted_index + u64::try_from(entries.len()).expect("fits u64");
-    if applied_index > last_index {
+    if applied_index > durable.last_index() {
         // The checkpoint (state store) outran the log store's last write before the crash: every
         // entry up to it was applied, so the log restarts at the checkpoint.
         let term = conf_state.as_ref().map_or(0, |(_, term)| *term);
-        entries.clear();
-        compacted_index = applied_index;
-        compacted_term = term;
+        durable.entries.clear();
+        durable.compacted_index = applied_index;
+        durable.compacted_term = term;
     }
-    let last_index = compacted_index + u64::try_from(entries.len()).expect("fits u64");
+    let last_index = durable.last_index();
+    let DurableShard { mut hard_state, compacted_index, compacted_term, entries, .. } = durable;
     hard_state.commit = hard_state.commit.max(applied_index);
     if hard_state.commit > last_index {
         return Err(RecoveryError::CommitBeyondLog { shard, commit: hard_state.commit, last: last_index });
@@ -145,4 +145,79 @@ pub fn recover_shard(placement: &Placement, shard: ShardId, durable: DurableShar
     };
     let storage = ShardStorage::recovered(hard_state, voters, compacted_index, compacted_term, entries);
     Ok(Some(RecoveredShard { storage, ledger, applied_index }))
+}
+
+/// Rebuilds every shard replica of a node from what survived: the replicas that start, and the
+/// quarantined ones (a stored record failed its checksum) with the reason. Any other error means
+/// the node cannot start. Production (`actors::io`) and the simulator both start nodes this way.
+pub fn recover_node(
+    placement: &Placement,
+    durable: BTreeMap<ShardId, DurableShard>,
+) -> Result<(BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>), RecoveryError> {
+    let mut recovered = BTreeMap::new();
+    let mut quarantined = BTreeMap::new();
+    for (shard, state) in durable {
+        match recover_shard(placement, shard, state) {
+            Ok(Some(replica)) => {
+                recovered.insert(shard, replica);
+            }
+            Ok(None) => {}
+            Err(RecoveryError::Corrupt { shard, reason }) => {
+                quarantined.insert(shard, reason);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((recovered, quarantined))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::encode;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut entry = Entry::default();
+        entry.index = index;
+        entry.term = term;
+        entry
+    }
+
+    fn checkpoint(shard: ShardId, index: u64, term: u64) -> Checkpoint {
+        Checkpoint { shard, index, term, conf_state: ConfState::from((vec![1, 2, 3], vec![])), ledger: encode(&Ledger::new(shard, 4)) }
+    }
+
+    /// A node's shards split into replicas that start, quarantined ones (with the reason) and
+    /// fresh ones; a checkpoint ahead of the log restarts that log at the checkpoint.
+    #[test]
+    fn recover_node_splits_recovered_and_quarantined_shards() {
+        let placement = Placement::new(vec![1, 2, 3], 4);
+        let mut durable = BTreeMap::new();
+        let mut logged = DurableShard { entries: vec![entry(1, 1), entry(2, 1)], ..DurableShard::default() };
+        logged.hard_state.term = 1;
+        logged.hard_state.commit = 2;
+        durable.insert(0, logged);
+        durable.insert(1, DurableShard { corrupt: Some("checksum".to_string()), ..DurableShard::default() });
+        durable.insert(2, DurableShard::default());
+        durable.insert(3, DurableShard { entries: vec![entry(1, 1)], checkpoint: Some(checkpoint(3, 5, 2)), ..DurableShard::default() });
+
+        let (recovered, quarantined) = recover_node(&placement, durable).unwrap();
+
+        assert_eq!(recovered.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(quarantined, BTreeMap::from([(1, "checksum".to_string())]));
+        assert_eq!(recovered[&0].storage.last_index(), 2);
+        assert_eq!(recovered[&0].applied_index, 0);
+        let ahead = &recovered[&3];
+        assert_eq!((ahead.applied_index, ahead.storage.compacted_index(), ahead.storage.last_index()), (5, 5, 5));
+        assert_eq!(ahead.storage.hard_state().commit, 5);
+        assert_eq!(ahead.storage.hard_state().term, 2);
+    }
+
+    /// A shard that cannot be rebuilt (a gap in its log) stops the whole node's recovery.
+    #[test]
+    fn recover_node_fails_on_a_log_gap() {
+        let placement = Placement::new(vec![1, 2, 3], 4);
+        let durable = BTreeMap::from([(0, DurableShard { entries: vec![entry(1, 1), entry(3, 1)], ..DurableShard::default() })]);
+        assert!(matches!(recover_node(&placement, durable), Err(RecoveryError::LogGap { shard: 0, index: 2 })));
+    }
 }
