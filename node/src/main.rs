@@ -104,7 +104,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         metrics: Arc::new(metrics::Metrics::new(settings.node_id, &driver)),
         settings: settings.clone(),
         started: Instant::now(),
-        request_counter: AtomicU64::new(u64::from(rand_u32()) << 32),
+        request_counter: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
     });
     let http = settings.http;
     let workers = settings.http_workers;
@@ -123,9 +123,4 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     driver_thread.join().map_err(|_| anyhow::anyhow!("driver thread panicked"))?;
     tracing::info!("node stopped");
     Ok(())
-}
-
-fn rand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    nanos ^ std::process::id()
 }
