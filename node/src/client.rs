@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use settle_cluster::money::Currency;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -213,6 +214,71 @@ pub async fn final_status(client: &reqwest::Client, urls: &[String], id: &str, p
     }
 }
 
+/// The first node's answer to GET /v1/cluster, trying the nodes in order.
+pub async fn cluster_view(client: &reqwest::Client, urls: &[String]) -> Option<Value> {
+    for url in urls {
+        let Ok(response) = client.get(format!("{url}/v1/cluster")).send().await else {
+            continue;
+        };
+        if let Ok(view) = response.json::<Value>().await {
+            return Some(view);
+        }
+    }
+    None
+}
+
+/// Which of `urls` each node of a /v1/cluster view is, matched by the HTTP address the node
+/// advertises: node id → index into `urls`. Nodes whose address matches no URL are left out.
+pub fn match_advertised(view: &Value, urls: &[String]) -> BTreeMap<u64, usize> {
+    let mut matched = BTreeMap::new();
+    for node in view["nodes"].as_array().map_or(&[][..], Vec::as_slice) {
+        let (Some(id), Some(http)) = (node["id"].as_u64(), node["http"].as_str()) else {
+            continue;
+        };
+        let http = http.trim_end_matches('/');
+        if let Some(index) = urls.iter().position(|url| url.trim_end_matches('/') == http) {
+            matched.insert(id, index);
+        }
+    }
+    matched
+}
+
+/// The URL of every node id: a URL that answers /v1/cluster is the node it says it is
+/// (`"node"`); one that does not is matched by the address the others advertise for it; one
+/// still unmatched is taken to be node N when it is the N-th URL and no other URL is node N
+/// (as in a local cluster, whose nodes are started in order).
+pub async fn node_urls(client: &reqwest::Client, urls: &[String]) -> BTreeMap<u64, String> {
+    let mut views = Vec::new();
+    for url in urls {
+        let view = match client.get(format!("{url}/v1/cluster")).send().await {
+            Ok(response) => response.json::<Value>().await.ok(),
+            Err(_) => None,
+        };
+        views.push(view);
+    }
+    assign_node_urls(&views, urls)
+}
+
+/// `node_urls` on the views already read (`views[i]` is what `urls[i]` answered, if anything).
+fn assign_node_urls(views: &[Option<Value>], urls: &[String]) -> BTreeMap<u64, String> {
+    let mut node_of: Vec<Option<u64>> = views.iter().map(|view| view.as_ref().and_then(|view| view["node"].as_u64())).collect();
+    node_of.resize(urls.len(), None);
+    for view in views.iter().flatten() {
+        for (id, index) in match_advertised(view, urls) {
+            if node_of[index].is_none() && !node_of.contains(&Some(id)) {
+                node_of[index] = Some(id);
+            }
+        }
+    }
+    for index in 0..node_of.len() {
+        let position = u64::try_from(index + 1).expect("few urls");
+        if node_of[index].is_none() && !node_of.contains(&Some(position)) {
+            node_of[index] = Some(position);
+        }
+    }
+    node_of.iter().zip(urls).filter_map(|(id, url)| id.map(|id| (id, url.clone()))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +306,24 @@ mod tests {
         assert_eq!(classify(503, &error("unavailable")), Answer::Retry("unavailable".to_string()));
         assert_eq!(classify(502, &Value::Null), Answer::Retry("http_502".to_string()));
         assert_eq!(classify(202, &Value::Null), Answer::Retry("http_202".to_string()));
+    }
+
+    /// Node ids follow what the nodes say about themselves and advertise, not the order of the
+    /// URLs; a URL nobody identifies falls back to its position.
+    #[test]
+    fn node_urls_follow_the_cluster_view_not_the_url_order() {
+        let urls: Vec<String> = ["http://c:3", "http://a:1", "http://b:2"].iter().map(|url| url.to_string()).collect();
+        let nodes = json!([{ "id": 1, "http": "http://a:1" }, { "id": 2, "http": "http://b:2/" }, { "id": 3, "http": "http://c:3" }]);
+        let view = |node: u64| Some(json!({ "node": node, "nodes": nodes }));
+        let expected: BTreeMap<u64, String> =
+            [(1, "http://a:1"), (2, "http://b:2"), (3, "http://c:3")].iter().map(|(id, url)| (*id, url.to_string())).collect();
+        // Every node answers for itself.
+        assert_eq!(assign_node_urls(&[view(3), view(1), view(2)], &urls), expected);
+        // c is down: the others' views name it by its advertised address.
+        assert_eq!(assign_node_urls(&[None, view(1), view(2)], &urls), expected);
+        // Nothing advertised and nobody answers: position.
+        let by_position: BTreeMap<u64, String> = urls.iter().enumerate().map(|(index, url)| (index as u64 + 1, url.clone())).collect();
+        assert_eq!(assign_node_urls(&[None, None, None], &urls), by_position);
+        assert_eq!(match_advertised(&json!({ "nodes": nodes }), &urls), [(1, 1), (2, 2), (3, 0)].into_iter().collect());
     }
 }

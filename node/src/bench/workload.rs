@@ -2,7 +2,7 @@
 //! check of its own accounts at the end.
 
 use super::BenchFlags;
-use crate::client::{balance, classify, classify_item, final_status, fund, post_until, Answer, Transfer};
+use crate::client::{balance, classify, classify_item, cluster_view, final_status, fund, match_advertised, post_until, Answer, Transfer};
 use anyhow::{bail, Context};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -284,22 +284,12 @@ pub async fn check_conservation(
 /// For `--route leader`: which target URL leads each shard, from `/v1/cluster` (node ids matched
 /// to targets by the HTTP address each node advertises). `None` where unknown.
 pub async fn shard_leaders(client: &reqwest::Client, targets: &[String]) -> Vec<Option<usize>> {
-    for target in targets {
-        let Ok(response) = client.get(format!("{target}/v1/cluster")).send().await else {
-            continue;
-        };
-        let Ok(view) = response.json::<Value>().await else {
-            continue;
-        };
-        let node_target = |id: u64| -> Option<usize> {
-            let node = view["nodes"].as_array()?.iter().find(|node| node["id"].as_u64() == Some(id))?;
-            let http = node["http"].as_str()?.trim_end_matches('/');
-            targets.iter().position(|target| target.trim_end_matches('/') == http)
-        };
-        return view["shards"]
-            .as_array()
-            .map(|shards| shards.iter().map(|shard| shard["leader"].as_u64().and_then(node_target)).collect())
-            .unwrap_or_default();
-    }
-    Vec::new()
+    let Some(view) = cluster_view(client, targets).await else {
+        return Vec::new();
+    };
+    let node_target = match_advertised(&view, targets);
+    view["shards"]
+        .as_array()
+        .map(|shards| shards.iter().map(|shard| shard["leader"].as_u64().and_then(|id| node_target.get(&id).copied())).collect())
+        .unwrap_or_default()
 }

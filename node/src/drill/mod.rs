@@ -10,10 +10,12 @@ mod report;
 mod workload;
 
 use crate::bench::parse_duration;
+use crate::client;
 use crate::local::{LocalCluster, LocalFlags};
 use anyhow::{bail, Context};
 use report::Report;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use workload::Workload;
@@ -75,6 +77,8 @@ pub struct DrillFlags {
 /// The cluster under drill: its URLs, the admin token, and (local) its processes.
 struct Drilled {
     urls: Vec<String>,
+    /// Node id → URL, from /v1/cluster (not the order of --target).
+    nodes: BTreeMap<usize, String>,
     token: String,
     local: Option<LocalCluster>,
     client: reqwest::Client,
@@ -109,11 +113,20 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         let env = vec![("SETTLE_FAULTS_ENABLED".to_string(), "true".to_string()), ("SETTLE_ADMIN_TOKEN".to_string(), token.clone())];
         let cluster = LocalCluster::start_with_env(&local, Duration::from_secs(60), env)?;
         scratch = Some(dir);
-        Drilled { urls: cluster.urls.clone(), token, local: Some(cluster), client, paused: Vec::new(), killed: Vec::new() }
+        Drilled {
+            urls: cluster.urls.clone(),
+            nodes: BTreeMap::new(),
+            token,
+            local: Some(cluster),
+            client,
+            paused: Vec::new(),
+            killed: Vec::new(),
+        }
     } else {
         let token = flags.admin_token.clone().context("--admin-token (or SETTLE_ADMIN_TOKEN) is needed to drill a running cluster")?;
         Drilled {
             urls: flags.target.iter().map(|url| url.trim_end_matches('/').to_string()).collect(),
+            nodes: BTreeMap::new(),
             token,
             local: None,
             client,
@@ -129,6 +142,11 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&flags.report_dir).with_context(|| format!("creating {}", flags.report_dir.display()))?;
     let outcome = runtime.block_on(async {
+        drilled.nodes = client::node_urls(&drilled.client, &drilled.urls)
+            .await
+            .into_iter()
+            .filter_map(|(id, url)| Some((usize::try_from(id).ok()?, url)))
+            .collect();
         tokio::select! {
             result = run_all(&flags, &scenarios, &mut drilled) => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -289,29 +307,20 @@ impl Drilled {
     }
 
     async fn shard_count(&self) -> anyhow::Result<u32> {
-        for url in &self.urls {
-            if let Some(view) = self.get(url, "/v1/cluster").await {
-                return u32::try_from(view["shards"].as_array().map_or(0, Vec::len)).context("shard count");
-            }
-        }
-        bail!("no node answers /v1/cluster")
+        let view = client::cluster_view(&self.client, &self.urls).await.context("no node answers /v1/cluster")?;
+        u32::try_from(view["shards"].as_array().map_or(0, Vec::len)).context("shard count")
     }
 
-    /// Leaders per node as the first answering node sees them.
+    /// Shards led per node as the first answering node sees them.
     async fn leaders(&self) -> Vec<(usize, usize)> {
-        for url in &self.urls {
-            if let Some(view) = self.get(url, "/v1/cluster").await {
-                return (1..=self.urls.len())
-                    .map(|node| {
-                        let count = view["shards"]
-                            .as_array()
-                            .map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == u64::try_from(node).ok()).count());
-                        (node, count)
-                    })
-                    .collect();
-            }
-        }
-        Vec::new()
+        let Some(view) = client::cluster_view(&self.client, &self.urls).await else {
+            return Vec::new();
+        };
+        let shards = view["shards"].as_array().map_or(&[][..], Vec::as_slice);
+        self.nodes
+            .keys()
+            .map(|node| (*node, shards.iter().filter(|shard| shard["leader"].as_u64() == u64::try_from(*node).ok()).count()))
+            .collect()
     }
 
     async fn busiest_leader(&self) -> usize {
@@ -322,23 +331,23 @@ impl Drilled {
         self.leaders().await.into_iter().min_by_key(|(_, count)| *count).map_or(1, |(node, _)| node)
     }
 
-    fn url(&self, node: usize) -> String {
-        self.urls[node - 1].clone()
+    fn url(&self, node: usize) -> anyhow::Result<String> {
+        self.nodes.get(&node).cloned().with_context(|| format!("node {node}: no URL among the targets"))
     }
 
     /// Cuts `node` off from every other node, both ways, through the admin fault hooks.
     async fn isolate(&self, node: usize) -> anyhow::Result<()> {
         let cut = json!({ "drop_outbound": true, "drop_inbound": true });
         let mut on_victim = serde_json::Map::new();
-        for other in 1..=self.urls.len() {
+        for other in self.nodes.keys().copied() {
             if other == node {
                 continue;
             }
             on_victim.insert(other.to_string(), cut.clone());
             let body = json!({ "peers": { node.to_string(): cut } });
-            self.admin(&self.url(other), reqwest::Method::POST, "/admin/faults", Some(body)).await?;
+            self.admin(&self.url(other)?, reqwest::Method::POST, "/admin/faults", Some(body)).await?;
         }
-        self.admin(&self.url(node), reqwest::Method::POST, "/admin/faults", Some(json!({ "peers": on_victim }))).await?;
+        self.admin(&self.url(node)?, reqwest::Method::POST, "/admin/faults", Some(json!({ "peers": on_victim }))).await?;
         Ok(())
     }
 
@@ -402,8 +411,9 @@ impl Drilled {
         timeline: &mut Vec<(u64, String)>,
     ) -> anyhow::Result<()> {
         if let Some(node) = named {
-            if node == 0 || node > self.urls.len() {
-                bail!("--node {node}: the cluster has nodes 1..={}", self.urls.len());
+            if !self.nodes.contains_key(&node) {
+                let known: Vec<String> = self.nodes.keys().map(usize::to_string).collect();
+                bail!("--node {node}: the cluster has nodes {}", known.join(", "));
             }
         }
         let busiest = match named {
@@ -482,10 +492,10 @@ impl Drilled {
         workload: &Workload,
         timeline: &mut Vec<(u64, String)>,
     ) -> anyhow::Result<()> {
-        self.admin(&self.url(victim), reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
+        self.admin(&self.url(victim)?, reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
         timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
         tokio::time::sleep(hold).await;
-        self.admin(&self.url(victim), reqwest::Method::DELETE, "/admin/faults", None).await?;
+        self.admin(&self.url(victim)?, reqwest::Method::DELETE, "/admin/faults", None).await?;
         timeline.push((workload.now_ms(), format!("node {victim}: disk back to normal")));
         Ok(())
     }
@@ -499,7 +509,7 @@ impl Drilled {
             .as_array()
             .and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader))
             .context("another replica")?;
-        let leader_url = self.url(usize::try_from(leader).unwrap_or(1));
+        let leader_url = self.url(usize::try_from(leader).unwrap_or(1))?;
         self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
         timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -508,8 +518,9 @@ impl Drilled {
 
     /// Drain, SIGTERM, restart, wait ready — one node after the other.
     async fn rolling_restart(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
-        for node in 1..=self.urls.len() {
-            let url = self.url(node);
+        let nodes: Vec<usize> = self.nodes.keys().copied().collect();
+        for node in nodes {
+            let url = self.url(node)?;
             self.admin(&url, reqwest::Method::POST, "/admin/drain", None).await?;
             timeline.push((workload.now_ms(), format!("node {node} draining")));
             let deadline = Instant::now() + Duration::from_secs(15);
