@@ -79,45 +79,60 @@ fn default_log_format() -> String {
     "text".to_string()
 }
 
-/// Flags given on the command line (absent ones fall through to env, file, defaults).
-#[derive(Debug, Default, Clone, clap::Args)]
+/// Flags given on the command line (absent ones fall through to env, file, defaults). They
+/// serialize to the settings keys they override: absent flags are left out, and so is
+/// `--config`, which names the file rather than a setting.
+#[derive(Debug, Default, Clone, clap::Args, Serialize)]
 pub struct StartFlags {
     /// This node's id (1, 2, 3, ...), also its Raft peer id.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,
     /// Where this node keeps its Raft log and ledger checkpoints.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// HTTP API address, e.g. 127.0.0.1:8080.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
     /// Peer (Raft) address, e.g. 127.0.0.1:9080.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<SocketAddr>,
     /// Every initial member's peer address: 1=ADDR,2=ADDR,3=ADDR.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// Shards, fixed at bootstrap (default 64).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
     /// A TOML file with any of these settings.
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     /// Allow fault injection through /admin/faults (drills).
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub faults_enabled: bool,
     /// Bearer token for /admin/* endpoints (better from SETTLE_ADMIN_TOKEN than a flag).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
     /// Peer mutual TLS: this node's certificate, key and the cluster CA (PEM files).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -128,25 +143,7 @@ impl NodeSettings {
             builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(config::Environment::with_prefix("SETTLE").prefix_separator("_").separator("__"));
-        let overrides: [(&str, Option<String>); 12] = [
-            ("node_id", flags.node_id.map(|v| v.to_string())),
-            ("data_dir", flags.data_dir.as_ref().map(|v| v.display().to_string())),
-            ("http", flags.http.map(|v| v.to_string())),
-            ("peer", flags.peer.map(|v| v.to_string())),
-            ("cluster", flags.cluster.clone()),
-            ("shards", flags.shards.map(|v| v.to_string())),
-            ("log_format", flags.log_format.clone()),
-            ("faults_enabled", flags.faults_enabled.then(|| "true".to_string())),
-            ("admin_token", flags.admin_token.clone()),
-            ("tls_cert", flags.tls_cert.as_ref().map(|v| v.display().to_string())),
-            ("tls_key", flags.tls_key.as_ref().map(|v| v.display().to_string())),
-            ("tls_ca", flags.tls_ca.as_ref().map(|v| v.display().to_string())),
-        ];
-        for (key, value) in overrides {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value)?;
-            }
-        }
+        builder = builder.add_source(config::Config::try_from(flags).context("command-line flags")?);
         let settings: NodeSettings = builder.build()?.try_deserialize().context("settings (flags, SETTLE_* environment, --config file)")?;
         settings.validate()?;
         Ok(settings)
