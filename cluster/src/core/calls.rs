@@ -22,8 +22,16 @@ pub(super) struct Calls {
     legs: BTreeMap<u64, Leg>,
     next_leg: u64,
     /// Leaders learned from NotLeader replies, for shards with no replica here.
-    hints: BTreeMap<ShardId, NodeId>,
+    hints: BTreeMap<ShardId, Hint>,
     transfers_inflight: usize,
+}
+
+/// Who this node believes leads a shard it has no replica of.
+struct Hint {
+    leader: NodeId,
+    /// When (monotonic ms) `rotate_hint` last moved it on: it rotates at most once per shard per
+    /// instant, however many silent legs and unanswered credit requests point at the shard.
+    rotated_ms: Option<u64>,
 }
 
 impl Calls {
@@ -39,7 +47,7 @@ impl Calls {
     }
 
     pub(super) fn leader_hint(&self, shard: ShardId) -> Option<NodeId> {
-        self.hints.get(&shard).copied()
+        self.hints.get(&shard).map(|hint| hint.leader)
     }
 }
 
@@ -154,7 +162,7 @@ impl NodeCore {
             return replica.leader();
         }
         if let Some(hint) = self.calls.hints.get(&shard) {
-            return Some(*hint);
+            return Some(hint.leader);
         }
         // No replica here (or a quarantined one): guess the first other replica.
         let node = self.config.node;
@@ -164,14 +172,21 @@ impl NodeCore {
     /// Records who leads a shard this node has no replica of.
     pub(super) fn learn_leader(&mut self, shard: ShardId, leader: NodeId) {
         if !self.replicas.contains_key(&shard) && leader != self.config.node {
-            self.calls.hints.insert(shard, leader);
+            // A rotation earlier in this instant still counts: learning does not re-arm it.
+            self.calls.hints.entry(shard).and_modify(|hint| hint.leader = leader).or_insert(Hint { leader, rotated_ms: None });
         }
     }
 
     /// For a shard with no replica here whose presumed leader went silent: try the next
-    /// replica (any replica answers NotLeader with the leader it knows).
+    /// replica (any replica answers NotLeader with the leader it knows). At most once per shard
+    /// per instant: many silent legs or unanswered credit requests to one shard are one piece
+    /// of news, and rotating once for each would skip replicas or come back to the silent one.
     pub(super) fn rotate_hint(&mut self, shard: ShardId) {
         if self.replicas.contains_key(&shard) {
+            return;
+        }
+        let now = self.clock_ms;
+        if self.calls.hints.get(&shard).is_some_and(|hint| hint.rotated_ms == Some(now)) {
             return;
         }
         let node = self.config.node;
@@ -182,7 +197,7 @@ impl NodeCore {
         let current = self.leader_of(shard).unwrap_or(first);
         let position = replicas.iter().position(|replica| *replica == current).unwrap_or(0);
         let next = replicas[(position + 1) % replicas.len()];
-        self.calls.hints.insert(shard, next);
+        self.calls.hints.insert(shard, Hint { leader: next, rotated_ms: Some(now) });
     }
 
     fn dispatch_leg(&mut self, leg_id: u64) {
@@ -342,7 +357,6 @@ impl NodeCore {
                 retry.push(*leg_id);
             }
         }
-        silent.dedup();
         for shard in silent {
             self.rotate_hint(shard);
         }

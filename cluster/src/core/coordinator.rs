@@ -191,13 +191,12 @@ impl NodeCore {
                 resend.push((key, placement.shard_of(&record.to), CreditCmd::for_record(record, *shard, prevent)));
             }
         }
-        let mut rotated = std::collections::BTreeSet::new();
         for (key, payee_shard, credit) in resend {
             self.stats.redrives += 1;
             if credit.prevent {
                 self.stats.prevents += 1;
             }
-            if self.coordinator.credit_sent_ms.insert(key.clone(), now).is_some() && rotated.insert(payee_shard) {
+            if self.coordinator.credit_sent_ms.insert(key.clone(), now).is_some() {
                 // No answer since the last send: the leader we know of may be gone.
                 self.rotate_hint(payee_shard);
             }
