@@ -1,5 +1,6 @@
 //! `settle local`: a whole cluster on this machine — child processes of `settle start` on
-//! consecutive loopback ports, each with its own data dir and log file — stopped on Ctrl-C.
+//! consecutive loopback ports, each with its own data dir and log file — stopped on Ctrl-C. The
+//! bench and the drills start theirs with `LocalCluster::start_temporary`.
 
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub struct LocalCluster {
     children: Vec<Option<Child>>,
     /// Children whose exit was already reported.
     reported: Vec<usize>,
+    /// `start_temporary`: the directory holding the data dirs, removed after the nodes stop
+    /// (fields drop after `Drop::drop` has stopped them).
+    temporary: Option<TempDir>,
 }
 
 impl LocalCluster {
@@ -58,7 +62,8 @@ impl LocalCluster {
         }
         let cluster = members.join(",");
         let binary = std::env::current_exe().context("locating the settle binary")?;
-        let mut started = LocalCluster { urls: Vec::new(), specs: Vec::new(), env, children: Vec::new(), reported: Vec::new() };
+        let mut started =
+            LocalCluster { urls: Vec::new(), specs: Vec::new(), env, children: Vec::new(), reported: Vec::new(), temporary: None };
         for node in 1..=flags.nodes {
             let data_dir = flags.data_dir.join(format!("node-{node}"));
             std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -88,6 +93,20 @@ impl LocalCluster {
             runtime.block_on(started.wait_ready(node, ready_timeout))?;
         }
         Ok(started)
+    }
+
+    /// A fresh cluster for a tool (`purpose`: "bench", "drill") on free loopback ports, in a
+    /// temporary directory removed once the cluster is dropped and its nodes have stopped. The
+    /// HTTP and peer ports are found as one range of 2 × nodes ports, so they cannot overlap.
+    pub fn start_temporary(purpose: &str, nodes: u64, shards: u32, env: Vec<(String, String)>) -> anyhow::Result<LocalCluster> {
+        let dir = TempDir::new_for(purpose)?;
+        let http_port = free_port_range(nodes.checked_mul(2).context("too many nodes")?)?;
+        let peer_port = http_port.checked_add(u16::try_from(nodes).context("too many nodes")?).context("port out of range")?;
+        let flags = LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards };
+        eprintln!("{purpose}: starting a local {nodes}-node cluster ({shards} shards) in {}", dir.path.display());
+        let mut cluster = LocalCluster::start_with_env(&flags, Duration::from_secs(60), env)?;
+        cluster.temporary = Some(dir);
+        Ok(cluster)
     }
 
     /// Starts node `node` (1-based) from its spec.
@@ -226,6 +245,44 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The first port of `count` consecutive free loopback ports, found by binding them.
+fn free_port_range(count: u64) -> anyhow::Result<u16> {
+    let count = u16::try_from(count).context("too many nodes")?;
+    for _ in 0..50 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = probe.local_addr()?.port();
+        drop(probe);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let all_free = (0..count).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports found")
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new_for(purpose: &str) -> anyhow::Result<TempDir> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let path = std::env::temp_dir().join(format!("settle-{purpose}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

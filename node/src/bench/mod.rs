@@ -9,7 +9,7 @@ mod report;
 mod workload;
 
 use crate::client::{Answer, Transfer};
-use crate::local::{LocalCluster, LocalFlags};
+use crate::local::LocalCluster;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use report::Report;
@@ -103,9 +103,10 @@ const OPEN_LOOP_REQUESTS_MAX: u64 = 50_000_000;
 
 pub fn run(flags: BenchFlags) -> anyhow::Result<()> {
     validate(&flags)?;
-    let embedded = if flags.target.is_empty() { Some(start_embedded(&flags)?) } else { None };
+    let embedded =
+        if flags.target.is_empty() { Some(LocalCluster::start_temporary("bench", flags.nodes, flags.shards, Vec::new())?) } else { None };
     let targets = match &embedded {
-        Some((cluster, _)) => cluster.urls.clone(),
+        Some(cluster) => cluster.urls.clone(),
         None => flags.target.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -147,59 +148,6 @@ fn validate(flags: &BenchFlags) -> anyhow::Result<()> {
         bail!("--route must be spread or leader");
     }
     Ok(())
-}
-
-/// A fresh local cluster on free ports in a temporary directory (removed afterwards).
-fn start_embedded(flags: &BenchFlags) -> anyhow::Result<(LocalCluster, TempDir)> {
-    let dir = TempDir::new()?;
-    let http_port = free_port_range(flags.nodes)?;
-    let peer_port = free_port_range(flags.nodes)?;
-    let local = LocalFlags { nodes: flags.nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards: flags.shards };
-    eprintln!("bench: starting a local {}-node cluster ({} shards) in {}", flags.nodes, flags.shards, dir.path.display());
-    let cluster = LocalCluster::start(&local, Duration::from_secs(60))?;
-    Ok((cluster, dir))
-}
-
-/// The first port of `count` consecutive free loopback ports, found by binding them.
-pub fn free_port_range(count: u64) -> anyhow::Result<u16> {
-    let count = u16::try_from(count).context("too many nodes")?;
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let all_free = (0..count).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
-        if all_free {
-            return Ok(base);
-        }
-    }
-    bail!("no {count} consecutive free ports found")
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir {
-    pub path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> anyhow::Result<TempDir> {
-        TempDir::new_for("bench")
-    }
-
-    pub fn new_for(purpose: &str) -> anyhow::Result<TempDir> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-        let path = std::env::temp_dir().join(format!("settle-{purpose}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// What the workers share.

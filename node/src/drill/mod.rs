@@ -11,7 +11,7 @@ mod workload;
 
 use crate::bench::parse_duration;
 use crate::client;
-use crate::local::{LocalCluster, LocalFlags};
+use crate::local::LocalCluster;
 use anyhow::{bail, Context};
 use report::Report;
 use serde_json::{json, Value};
@@ -95,24 +95,13 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         other => bail!("unknown scenario {other:?}; one of {}, all, heal", SCENARIOS.join(", ")),
     };
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let mut scratch = None;
     let mut drilled = if flags.target.is_empty() {
         if flags.scenario == "heal" {
             bail!("`settle drill heal` needs --target (a local drill heals itself on Ctrl-C)");
         }
-        let dir = crate::bench::TempDir::new_for("drill")?;
         let token = format!("{:032x}", rand::random::<u128>());
-        let local = LocalFlags {
-            nodes: flags.nodes,
-            data_dir: dir.path.clone(),
-            http_port: crate::bench::free_port_range(flags.nodes)?,
-            peer_port: Some(crate::bench::free_port_range(flags.nodes)?),
-            shards: flags.shards,
-        };
-        eprintln!("drill: starting a local {}-node cluster ({} shards) in {}", flags.nodes, flags.shards, dir.path.display());
         let env = vec![("SETTLE_FAULTS_ENABLED".to_string(), "true".to_string()), ("SETTLE_ADMIN_TOKEN".to_string(), token.clone())];
-        let cluster = LocalCluster::start_with_env(&local, Duration::from_secs(60), env)?;
-        scratch = Some(dir);
+        let cluster = LocalCluster::start_temporary("drill", flags.nodes, flags.shards, env)?;
         Drilled {
             urls: cluster.urls.clone(),
             nodes: BTreeMap::new(),
@@ -154,10 +143,8 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
     });
     // The kill switch: whatever happened, no fault stays behind.
     runtime.block_on(drilled.heal());
-    if let Some(cluster) = drilled.local.as_mut() {
-        cluster.stop();
-    }
-    drop(scratch);
+    // Stops the local nodes, then removes their temporary directory.
+    drop(drilled.local.take());
     let reports = outcome?;
     let failed: Vec<&str> = reports.iter().filter(|report| !report.passed()).map(|report| report.scenario.as_str()).collect();
     if let Some(path) = &flags.json {
