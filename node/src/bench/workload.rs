@@ -4,6 +4,7 @@
 use super::BenchFlags;
 use crate::client::{balance, classify, classify_item, cluster_view, final_status, fund, match_advertised, post_until, Answer, Transfer};
 use anyhow::{bail, Context};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -185,7 +186,6 @@ where
     F: Fn(String, usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    use futures_util::stream::{self, StreamExt};
     let results: Vec<anyhow::Result<()>> = stream::iter(items.into_iter().enumerate().map(|(index, item)| make(item, index)))
         .buffer_unordered(SETUP_CONCURRENCY)
         .collect()
@@ -246,8 +246,10 @@ pub async fn check_conservation(
 ) -> anyhow::Result<bool> {
     let unresolved: Vec<Transfer> = ambiguous.lock().expect("ambiguous").clone();
     let mut net = net.lock().expect("net").clone();
-    for transfer in &unresolved {
-        if final_status(client, targets, &transfer.id, &plan.accounts[transfer.from]).await? == "posted" {
+    let lookups = unresolved.iter().map(|transfer| final_status(client, targets, &transfer.id, &plan.accounts[transfer.from]));
+    let statuses: Vec<String> = stream::iter(lookups).buffered(SETUP_CONCURRENCY).try_collect().await?;
+    for (transfer, status) in unresolved.iter().zip(statuses) {
+        if status == "posted" {
             net[transfer.from] -= transfer.amount;
             net[transfer.to] += transfer.amount;
         }
@@ -259,20 +261,16 @@ pub async fn check_conservation(
         eprintln!("bench: conservation: {} has {total}, expected {expected_bank}", plan.bank);
         all_match = false;
     }
-    for chunk in plan.accounts.chunks(SETUP_CONCURRENCY) {
-        let reads = chunk.iter().map(|name| balance(client, targets, name));
-        let balances = futures_util::future::join_all(reads).await;
-        for (name, result) in chunk.iter().zip(balances) {
-            let index = plan.accounts.iter().position(|account| account == name).expect("listed");
-            let got = result?;
-            let expected = FUNDING_MINOR + net[index];
-            total += got;
-            if got != expected {
-                if all_match {
-                    eprintln!("bench: conservation: {name} has {got}, expected {expected}");
-                }
-                all_match = false;
+    let reads = plan.accounts.iter().map(|name| balance(client, targets, name));
+    let balances: Vec<i128> = stream::iter(reads).buffered(SETUP_CONCURRENCY).try_collect().await?;
+    for (index, (name, got)) in plan.accounts.iter().zip(balances).enumerate() {
+        let expected = FUNDING_MINOR + net[index];
+        total += got;
+        if got != expected {
+            if all_match {
+                eprintln!("bench: conservation: {name} has {got}, expected {expected}");
             }
+            all_match = false;
         }
     }
     if total != 0 {

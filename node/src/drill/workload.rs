@@ -4,6 +4,7 @@
 //! report can measure pauses and the checkers can hold the cluster to what clients were told.
 
 use crate::client::{balance, classify, final_status, fund, post_until, Answer, Transfer};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -19,6 +20,8 @@ const ACCOUNTS: usize = 40;
 /// A client gives up retrying one transfer after this long (then it is resolved at the end).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The checkers keep this many reads in flight (answers are taken in order).
+const READS_IN_FLIGHT: usize = 32;
 /// Creating and funding the accounts gives up after this long (per request, per funding batch).
 const SETUP_WITHIN: Duration = Duration::from_secs(60);
 
@@ -212,8 +215,9 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     let mut net = vec![0i128; workload.accounts.len()];
     let mut lost = 0u64;
     let mut rejected_posted = Vec::new();
-    for outcome in &history {
-        let status = final_status(client, urls, &outcome.transfer.id, &workload.accounts[outcome.transfer.from]).await?;
+    let lookups = history.iter().map(|outcome| final_status(client, urls, &outcome.transfer.id, &workload.accounts[outcome.transfer.from]));
+    let statuses: Vec<String> = stream::iter(lookups).buffered(READS_IN_FLIGHT).try_collect().await?;
+    for (outcome, status) in history.iter().zip(statuses) {
         match outcome.result.as_str() {
             "posted" => {
                 if status != "posted" {
@@ -240,8 +244,9 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     let mut total = balance(client, urls, &workload.bank).await?;
     let mut mismatched = Vec::new();
     let mut overdrawn = Vec::new();
-    for (index, account) in workload.accounts.iter().enumerate() {
-        let got = balance(client, urls, account).await?;
+    let reads = workload.accounts.iter().map(|account| balance(client, urls, account));
+    let balances: Vec<i128> = stream::iter(reads).buffered(READS_IN_FLIGHT).try_collect().await?;
+    for (index, (account, got)) in workload.accounts.iter().zip(balances).enumerate() {
         total += got;
         if got != FUNDING_MINOR + net[index] {
             mismatched.push(format!("{account}: {got} != {}", FUNDING_MINOR + net[index]));
