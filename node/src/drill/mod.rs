@@ -74,6 +74,19 @@ pub struct DrillFlags {
     pub shards: u32,
 }
 
+/// A fault the drill puts on one node for a while, then takes off.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL, then start it again (local clusters).
+    Kill,
+    /// SIGSTOP, then SIGCONT (local clusters).
+    Pause,
+    /// Cut off from every other node, both ways (admin fault hooks).
+    Isolate,
+    /// Every flush delayed 50 ms (admin fault hooks).
+    SlowDisk,
+}
+
 /// The cluster under drill: its URLs, the admin token, and (local) its processes.
 struct Drilled {
     urls: Vec<String>,
@@ -403,88 +416,95 @@ impl Drilled {
                 bail!("--node {node}: the cluster has nodes {}", known.join(", "));
             }
         }
-        let busiest = match named {
+        let (fault, held_for) = match scenario {
+            "leader-kill" => (Fault::Kill, hold),
+            "node-pause" => (Fault::Pause, hold.max(Duration::from_secs(3))),
+            "partition-leader" | "partition-minority" => (Fault::Isolate, hold),
+            "slow-disk" => (Fault::SlowDisk, hold),
+            "leader-transfer" => return self.transfer_one_leader(workload, timeline).await,
+            "rolling-restart" => return self.rolling_restart(workload, timeline).await,
+            "full-restart" => return self.full_restart(workload, timeline).await,
+            other => bail!("unknown scenario {other}"),
+        };
+        // The victim: the named node, else the node leading the fewest shards for a minority
+        // partition and the one leading the most for every other fault.
+        let victim = match named {
             Some(node) => node,
+            None if scenario == "partition-minority" => self.quietest_node().await,
             None => self.busiest_leader().await,
         };
-        match scenario {
-            "leader-kill" => self.kill_and_restart(busiest, hold, workload, timeline).await?,
-            "node-pause" => self.pause(busiest, hold.max(Duration::from_secs(3)), workload, timeline).await,
-            "partition-leader" => self.partition(busiest, hold, workload, timeline).await?,
-            "partition-minority" => {
-                let victim = match named {
-                    Some(node) => node,
-                    None => self.quietest_node().await,
-                };
-                self.partition(victim, hold, workload, timeline).await?;
+        self.hold(fault, victim, held_for, workload, timeline).await
+    }
+
+    /// Applies `fault` to `victim`, keeps it for `hold`, undoes it; both steps go on the timeline.
+    async fn hold(
+        &mut self,
+        fault: Fault,
+        victim: usize,
+        hold: Duration,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
+        let applied = self.apply(fault, victim).await?;
+        timeline.push((workload.now_ms(), applied));
+        tokio::time::sleep(hold).await;
+        let undone = self.undo(fault, victim).await?;
+        timeline.push((workload.now_ms(), undone));
+        if let Fault::Kill = fault {
+            self.local.as_mut().expect("local").wait_ready(victim, Duration::from_secs(60)).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts `fault` on `victim` (keeping note of killed and paused nodes for `heal`); returns
+    /// the timeline entry.
+    async fn apply(&mut self, fault: Fault, victim: usize) -> anyhow::Result<String> {
+        Ok(match fault {
+            Fault::Kill => {
+                self.local.as_mut().expect("local").kill(victim);
+                self.killed.push(victim);
+                format!("SIGKILL node {victim}")
             }
-            "slow-disk" => self.slow_disk(busiest, hold, workload, timeline).await?,
-            "leader-transfer" => self.transfer_one_leader(workload, timeline).await?,
-            "rolling-restart" => self.rolling_restart(workload, timeline).await?,
-            "full-restart" => self.full_restart(workload, timeline).await?,
-            other => bail!("unknown scenario {other}"),
-        }
-        Ok(())
+            Fault::Pause => {
+                self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
+                self.paused.push(victim);
+                format!("SIGSTOP node {victim}")
+            }
+            Fault::Isolate => {
+                self.isolate(victim).await?;
+                format!("node {victim} isolated from every other node")
+            }
+            Fault::SlowDisk => {
+                self.admin(&self.url(victim)?, reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
+                format!("node {victim}: every flush delayed 50 ms")
+            }
+        })
     }
 
-    async fn kill_and_restart(
-        &mut self,
-        victim: usize,
-        hold: Duration,
-        workload: &Workload,
-        timeline: &mut Vec<(u64, String)>,
-    ) -> anyhow::Result<()> {
-        self.local.as_mut().expect("local").kill(victim);
-        self.killed.push(victim);
-        timeline.push((workload.now_ms(), format!("SIGKILL node {victim}")));
-        tokio::time::sleep(hold).await;
-        let cluster = self.local.as_mut().expect("local");
-        cluster.spawn(victim)?;
-        self.killed.retain(|node| *node != victim);
-        timeline.push((workload.now_ms(), format!("node {victim} restarted")));
-        cluster.wait_ready(victim, Duration::from_secs(60)).await
-    }
-
-    async fn pause(&mut self, victim: usize, hold: Duration, workload: &Workload, timeline: &mut Vec<(u64, String)>) {
-        self.local.as_ref().expect("local").signal(victim, libc::SIGSTOP);
-        self.paused.push(victim);
-        timeline.push((workload.now_ms(), format!("SIGSTOP node {victim}")));
-        tokio::time::sleep(hold).await;
-        self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
-        self.paused.retain(|node| *node != victim);
-        timeline.push((workload.now_ms(), format!("SIGCONT node {victim}")));
-    }
-
-    async fn partition(
-        &mut self,
-        victim: usize,
-        hold: Duration,
-        workload: &Workload,
-        timeline: &mut Vec<(u64, String)>,
-    ) -> anyhow::Result<()> {
-        self.isolate(victim).await?;
-        timeline.push((workload.now_ms(), format!("node {victim} isolated from every other node")));
-        tokio::time::sleep(hold).await;
-        for url in self.urls.clone() {
-            self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await?;
-        }
-        timeline.push((workload.now_ms(), "partition healed".to_string()));
-        Ok(())
-    }
-
-    async fn slow_disk(
-        &mut self,
-        victim: usize,
-        hold: Duration,
-        workload: &Workload,
-        timeline: &mut Vec<(u64, String)>,
-    ) -> anyhow::Result<()> {
-        self.admin(&self.url(victim)?, reqwest::Method::POST, "/admin/faults", Some(json!({ "disk_delay_ms": 50 }))).await?;
-        timeline.push((workload.now_ms(), format!("node {victim}: every flush delayed 50 ms")));
-        tokio::time::sleep(hold).await;
-        self.admin(&self.url(victim)?, reqwest::Method::DELETE, "/admin/faults", None).await?;
-        timeline.push((workload.now_ms(), format!("node {victim}: disk back to normal")));
-        Ok(())
+    /// Takes `fault` off `victim` again; returns the timeline entry.
+    async fn undo(&mut self, fault: Fault, victim: usize) -> anyhow::Result<String> {
+        Ok(match fault {
+            Fault::Kill => {
+                self.local.as_mut().expect("local").spawn(victim)?;
+                self.killed.retain(|node| *node != victim);
+                format!("node {victim} restarted")
+            }
+            Fault::Pause => {
+                self.local.as_ref().expect("local").signal(victim, libc::SIGCONT);
+                self.paused.retain(|node| *node != victim);
+                format!("SIGCONT node {victim}")
+            }
+            Fault::Isolate => {
+                for url in self.urls.clone() {
+                    self.admin(&url, reqwest::Method::DELETE, "/admin/faults", None).await?;
+                }
+                "partition healed".to_string()
+            }
+            Fault::SlowDisk => {
+                self.admin(&self.url(victim)?, reqwest::Method::DELETE, "/admin/faults", None).await?;
+                format!("node {victim}: disk back to normal")
+            }
+        })
     }
 
     async fn transfer_one_leader(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
