@@ -503,36 +503,38 @@ impl NodeCore {
         let mut round = Vec::new();
         let mut writes = Vec::new();
         let io_backlogged = self.rounds_inflight.len() >= self.config.limits.rounds_inflight_max;
-        for shard in shards.iter().filter(|_| !io_backlogged) {
-            let replica = self.replicas.get_mut(shard).expect("listed");
-            let Some(output) = replica.handle_ready(self.proposer, self.clock_ms) else {
-                continue;
-            };
-            for latency in &output.apply_latencies_ms {
-                self.stats.propose_apply_ms.observe(*latency);
-            }
-            if output.installed_snapshot {
-                self.stats.snapshots_installed += 1;
-            }
-            self.send_raft(*shard, output.messages);
-            if output.installed_snapshot {
-                self.shard_reset(*shard);
-            }
-            self.read_states(*shard, output.read_states);
-            self.applied(*shard, output.applied);
-            if !output.write.is_empty() {
-                writes.push(output.write);
-            }
-            round.push((*shard, output.number, output.persisted_messages));
-        }
         if io_backlogged {
-            // Nothing was taken: look at these shards again once IO catches up.
+            // No round may start: take no Ready and keep the compactions for a later round, and
+            // look at these shards again once IO catches up.
             self.dirty.extend(shards.iter().copied());
-        }
-        for (shard, compact_to) in std::mem::take(&mut self.compactions) {
-            match writes.iter_mut().find(|write| write.shard == shard) {
-                Some(write) => write.compact_to = Some(compact_to),
-                None => writes.push(ShardWrite { shard, compact_to: Some(compact_to), ..ShardWrite::default() }),
+        } else {
+            for shard in &shards {
+                let replica = self.replicas.get_mut(shard).expect("listed");
+                let Some(output) = replica.handle_ready(self.proposer, self.clock_ms) else {
+                    continue;
+                };
+                for latency in &output.apply_latencies_ms {
+                    self.stats.propose_apply_ms.observe(*latency);
+                }
+                if output.installed_snapshot {
+                    self.stats.snapshots_installed += 1;
+                }
+                self.send_raft(*shard, output.messages);
+                if output.installed_snapshot {
+                    self.shard_reset(*shard);
+                }
+                self.read_states(*shard, output.read_states);
+                self.applied(*shard, output.applied);
+                if !output.write.is_empty() {
+                    writes.push(output.write);
+                }
+                round.push((*shard, output.number, output.persisted_messages));
+            }
+            for (shard, compact_to) in std::mem::take(&mut self.compactions) {
+                match writes.iter_mut().find(|write| write.shard == shard) {
+                    Some(write) => write.compact_to = Some(compact_to),
+                    None => writes.push(ShardWrite { shard, compact_to: Some(compact_to), ..ShardWrite::default() }),
+                }
             }
         }
         let progressed = !round.is_empty() || !writes.is_empty();
