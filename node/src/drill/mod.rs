@@ -228,8 +228,11 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
                 let recovered_at = workload.now_ms();
                 timeline.push((recovered_at, format!("recovered: every shard led, nothing in doubt ({after} ms after healing)")));
                 recovery_ms = recovery_ms.map(|worst: u64| worst.max(after));
-                // Let writes flow again before measuring the pause.
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The pause on a shard ends with its first write after recovery: wait for one
+                // on every shard written before the fault.
+                if !wait_writes_resumed(&workload, injected_at, recovered_at).await {
+                    eprintln!("drill: {scenario}: some shard had no write within {WRITES_RESUME_WAIT_MAX:?} of recovery");
+                }
                 pauses.push(report::write_pause_ms(
                     &workload.history.lock().expect("history"),
                     injected_at.saturating_sub(200),
@@ -260,6 +263,37 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
     report.targets = targets(scenario, &report, success);
     Ok(report)
+}
+
+/// How long the drill waits, after recovery, for writes on every shard before measuring the pause.
+const WRITES_RESUME_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a planned leader transfer may take before the drill gives up on it.
+const LEADER_TRANSFER_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Polls the history until `report::writes_resumed` (true), or `WRITES_RESUME_WAIT_MAX` passes.
+async fn wait_writes_resumed(workload: &Workload, before_ms: u64, after_ms: u64) -> bool {
+    let deadline = Instant::now() + WRITES_RESUME_WAIT_MAX;
+    loop {
+        let resumed = report::writes_resumed(&workload.history.lock().expect("history"), before_ms, after_ms);
+        if resumed {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a cluster view shows shard `id` led by `to` in a term after `term`, or led by anyone
+/// two terms on (`to` took over and the shard was already handed back to its preferred node).
+fn leader_moved(view: &Value, id: u64, to: u64, term: u64) -> bool {
+    let shards = view["shards"].as_array().map_or(&[][..], Vec::as_slice);
+    let Some(shard) = shards.iter().find(|shard| shard["id"].as_u64() == Some(id)) else {
+        return false;
+    };
+    let (leader_now, term_now) = (shard["leader"].as_u64(), shard["term"].as_u64().unwrap_or(0));
+    (leader_now == Some(to) && term_now > term) || (leader_now.is_some() && term_now >= term + 2)
 }
 
 fn targets(scenario: &str, report: &Report, success: f64) -> Vec<(String, String, bool)> {
@@ -511,7 +545,8 @@ impl Drilled {
         let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
         let shard =
             view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
-        let (id, leader) = (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1));
+        let (id, leader, term) =
+            (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1), shard["term"].as_u64().unwrap_or(0));
         let to = shard["replicas"]
             .as_array()
             .and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader))
@@ -519,8 +554,18 @@ impl Drilled {
         let leader_url = self.url(usize::try_from(leader).unwrap_or(1))?;
         self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
         timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        Ok(())
+        let to_url = self.url(usize::try_from(to).unwrap_or(0))?;
+        let deadline = Instant::now() + LEADER_TRANSFER_WAIT_MAX;
+        loop {
+            let view = self.get(&to_url, "/v1/cluster").await;
+            if view.is_some_and(|view| leader_moved(&view, id, to, term)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("shard {id}: node {to} did not take the lead within {LEADER_TRANSFER_WAIT_MAX:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Drain, SIGTERM, restart, wait ready — one node after the other.
@@ -562,5 +607,22 @@ impl Drilled {
         }
         timeline.push((workload.now_ms(), "every node restarted and ready (cold start)".to_string()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A planned transfer counts as done once the target leads in a later term, or once the
+    /// shard has moved on two terms (handed back already); not before.
+    #[test]
+    fn leader_moved_needs_the_target_in_a_later_term() {
+        let view = |leader: u64, term: u64| json!({ "shards": [{ "id": 3, "leader": leader, "term": term }] });
+        assert!(!leader_moved(&view(1, 5), 3, 2, 5), "still the old leader");
+        assert!(!leader_moved(&view(2, 5), 3, 2, 5), "the target, but in the old term");
+        assert!(leader_moved(&view(2, 6), 3, 2, 5));
+        assert!(leader_moved(&view(1, 7), 3, 2, 5), "handed back");
+        assert!(!leader_moved(&view(2, 6), 4, 2, 5), "another shard");
     }
 }

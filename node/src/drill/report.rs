@@ -4,7 +4,7 @@
 
 use super::workload::{History, Verdicts};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Report {
     pub scenario: String,
@@ -65,6 +65,23 @@ pub fn write_pause_ms(history: &History, from_ms: u64, to_ms: u64) -> u64 {
         }
     }
     worst
+}
+
+/// Whether writes flow again after a fault: every shard with a posted transfer finishing before
+/// `before_ms` has one finishing after `after_ms` (what `write_pause_ms` needs to measure the gap
+/// across the fault on that shard).
+pub fn writes_resumed(history: &History, before_ms: u64, after_ms: u64) -> bool {
+    let mut before = BTreeSet::new();
+    let mut after = BTreeSet::new();
+    for outcome in history.outcomes.iter().filter(|outcome| outcome.result == "posted") {
+        if outcome.finished_ms < before_ms {
+            before.insert(outcome.transfer.shard);
+        }
+        if outcome.finished_ms > after_ms {
+            after.insert(outcome.transfer.shard);
+        }
+    }
+    before.is_subset(&after)
 }
 
 /// Throughput and latency over a window of the history.
@@ -230,4 +247,28 @@ impl Report {
 
 fn xml(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Transfer;
+    use crate::drill::workload::Outcome;
+
+    fn posted(shard: u32, finished_ms: u64) -> Outcome {
+        let transfer = Transfer { id: format!("t{shard}-{finished_ms}"), from: 0, to: 1, amount: 1, shard };
+        Outcome { transfer, started_ms: finished_ms, finished_ms, result: "posted".to_string(), attempts: 1 }
+    }
+
+    /// Writes have resumed only once every shard written before the fault is written after
+    /// recovery, and the pause is then the gap across the fault on the worst shard.
+    #[test]
+    fn writes_resume_when_every_shard_written_before_is_written_after() {
+        let mut history = History::default();
+        history.outcomes.extend([posted(0, 100), posted(1, 120), posted(0, 900)]);
+        assert!(!writes_resumed(&history, 200, 800), "shard 1 has not been written since");
+        history.outcomes.push(posted(1, 1_000));
+        assert!(writes_resumed(&history, 200, 800));
+        assert_eq!(write_pause_ms(&history, 200, 800), 880);
+    }
 }
