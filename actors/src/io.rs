@@ -6,7 +6,7 @@ use crate::log_store::{LogStore, LogStoreError};
 use crate::state_store::{StateStore, StateStoreError};
 use settle_cluster::ids::ShardId;
 use settle_cluster::placement::Placement;
-use settle_cluster::recovery::{recover_node, RecoveryError};
+use settle_cluster::recovery::{checkpoint_from_snapshot, recover_node, CheckpointView, RecoveryError};
 use settle_cluster::replica::Checkpoint;
 use settle_cluster::{PersistRound, RecoveredShard};
 use std::collections::BTreeMap;
@@ -128,31 +128,24 @@ impl Storage {
 
     /// Writes one group of jobs durably.
     pub fn write_group(&mut self, jobs: &[IoJob]) -> Result<(), StorageError> {
-        let mut checkpoints: Vec<Checkpoint> = Vec::new();
+        // Borrowed views: the ledger bytes are copied once, into the stored record.
+        let mut checkpoints: Vec<CheckpointView<'_>> = Vec::new();
         let mut writes = Vec::new();
         for job in jobs {
             match job {
-                IoJob::Checkpoint(checkpoint) => checkpoints.push(checkpoint.clone()),
+                IoJob::Checkpoint(checkpoint) => checkpoints.push(CheckpointView::from(checkpoint)),
                 IoJob::Persist(round) => {
                     for write in &round.writes {
                         if let Some(snapshot) = &write.snapshot {
                             // The ledger state must be stored before the log drops what it replaces.
-                            let metadata = snapshot.get_metadata();
-                            checkpoints.push(Checkpoint {
-                                shard: write.shard,
-                                index: metadata.index,
-                                term: metadata.term,
-                                conf_state: metadata.get_conf_state().clone(),
-                                ledger: snapshot.data.to_vec(),
-                            });
+                            checkpoints.push(checkpoint_from_snapshot(write.shard, snapshot));
                         }
                         writes.push(write);
                     }
                 }
             }
         }
-        let refs: Vec<&Checkpoint> = checkpoints.iter().collect();
-        self.state.save(&refs)?;
+        self.state.save(&checkpoints)?;
         if !writes.is_empty() {
             self.log.write(&writes)?;
         }

@@ -7,7 +7,7 @@
 //! Per shard (raft-engine "region" = shard id): the entries, the hard state under `hs`, and
 //! `meta` (the compaction point's index and term), sealed with our own checksum.
 
-use crate::record::{open, seal, RecordError};
+use crate::record::{open, seal, seal_encoded, RecordError};
 use protobuf::Message as _;
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 use settle_cluster::ids::ShardId;
@@ -115,7 +115,7 @@ impl LogStore {
                 // The snapshot replaces the whole log: drop everything of this shard first.
                 batch.add_command(region, Command::Clean);
                 let point = Meta { compacted_index: snapshot.get_metadata().index, compacted_term: snapshot.get_metadata().term };
-                batch.put(region, META_KEY.to_vec(), seal(&settle_cluster::message::encode(&point)))?;
+                batch.put(region, META_KEY.to_vec(), seal_encoded(&point))?;
             }
             if !write.entries.is_empty() {
                 // raft-engine replaces any stored tail from the first appended index on.
@@ -126,7 +126,7 @@ impl LogStore {
             }
             if let Some((index, term)) = write.compact_to {
                 let point = Meta { compacted_index: index, compacted_term: term };
-                batch.put(region, META_KEY.to_vec(), seal(&settle_cluster::message::encode(&point)))?;
+                batch.put(region, META_KEY.to_vec(), seal_encoded(&point))?;
                 batch.add_command(region, Command::Compact { index: index + 1 });
             }
         }

@@ -2,6 +2,12 @@
 //! `crc32fast`) of the payload followed by the payload. Verified on every read: a torn or
 //! bit-flipped record is an error, never data.
 
+use serde::Serialize;
+use settle_cluster::message::encode_into;
+
+/// Bytes of the checksum in front of every record.
+const CHECKSUM_BYTES: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record shorter than its checksum ({0} bytes)")]
@@ -12,18 +18,28 @@ pub enum RecordError {
 
 /// Frames a payload with its checksum.
 pub fn seal(payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(payload.len() + 4);
+    let mut record = Vec::with_capacity(payload.len() + CHECKSUM_BYTES);
     record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     record.extend_from_slice(payload);
     record
 }
 
+/// `seal(&encode(value))` without the intermediate copy: the value is encoded in place behind
+/// its checksum.
+pub fn seal_encoded<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut record = vec![0u8; CHECKSUM_BYTES];
+    encode_into(&mut record, value);
+    let checksum = crc32fast::hash(&record[CHECKSUM_BYTES..]);
+    record[..CHECKSUM_BYTES].copy_from_slice(&checksum.to_le_bytes());
+    record
+}
+
 /// Checks a record's checksum and returns its payload.
 pub fn open(record: &[u8]) -> Result<&[u8], RecordError> {
-    if record.len() < 4 {
+    if record.len() < CHECKSUM_BYTES {
         return Err(RecordError::Short(record.len()));
     }
-    let (checksum, payload) = record.split_at(4);
+    let (checksum, payload) = record.split_at(CHECKSUM_BYTES);
     let stored = u32::from_le_bytes(checksum.try_into().expect("four bytes"));
     let computed = crc32fast::hash(payload);
     if stored != computed {
@@ -50,5 +66,14 @@ mod tests {
             }
         }
         assert!(open(&record[..3]).is_err());
+    }
+
+    /// `seal_encoded` writes exactly the bytes of `seal(&encode(value))`.
+    #[test]
+    fn seal_encoded_equals_seal_of_encode() {
+        let value = (7u64, vec![1u8, 2, 3], "ledger".to_string());
+        let record = seal_encoded(&value);
+        assert_eq!(record, seal(&settle_cluster::message::encode(&value)));
+        assert_eq!(settle_cluster::message::decode::<(u64, Vec<u8>, String)>(open(&record).unwrap()).unwrap(), value);
     }
 }

@@ -11,7 +11,7 @@ use crate::placement::Placement;
 use crate::replica::{Checkpoint, ShardWrite};
 use crate::storage::ShardStorage;
 use crate::RecoveredShard;
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use std::collections::BTreeMap;
 
 /// One shard's durable state on one node.
@@ -59,17 +59,11 @@ impl DurableShard {
     /// Applies one shard's part of a persist round, in the order the log store must.
     pub fn apply_write(&mut self, write: &ShardWrite) {
         if let Some(snapshot) = &write.snapshot {
-            let metadata = snapshot.get_metadata();
-            self.checkpoint = Some(Checkpoint {
-                shard: write.shard,
-                index: metadata.index,
-                term: metadata.term,
-                conf_state: metadata.get_conf_state().clone(),
-                ledger: snapshot.data.to_vec(),
-            });
+            let checkpoint = checkpoint_from_snapshot(write.shard, snapshot);
+            self.checkpoint = Some(checkpoint.to_checkpoint());
             self.entries.clear();
-            self.compacted_index = metadata.index;
-            self.compacted_term = metadata.term;
+            self.compacted_index = checkpoint.index;
+            self.compacted_term = checkpoint.term;
         }
         if let Some(first) = write.entries.first() {
             let keep = first.index.saturating_sub(self.compacted_index + 1);
@@ -96,6 +90,49 @@ impl DurableShard {
             self.checkpoint = Some(checkpoint.clone());
         }
     }
+}
+
+/// A checkpoint borrowed from where it already lives (a `Checkpoint` the core emitted, or the
+/// snapshot a leader sent), so that storing it copies no ledger bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointView<'a> {
+    pub shard: ShardId,
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: &'a ConfState,
+    /// `encode(&Ledger)`.
+    pub ledger: &'a [u8],
+}
+
+impl CheckpointView<'_> {
+    pub fn to_checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            shard: self.shard,
+            index: self.index,
+            term: self.term,
+            conf_state: self.conf_state.clone(),
+            ledger: self.ledger.to_vec(),
+        }
+    }
+}
+
+impl<'a> From<&'a Checkpoint> for CheckpointView<'a> {
+    fn from(checkpoint: &'a Checkpoint) -> CheckpointView<'a> {
+        CheckpointView {
+            shard: checkpoint.shard,
+            index: checkpoint.index,
+            term: checkpoint.term,
+            conf_state: &checkpoint.conf_state,
+            ledger: &checkpoint.ledger,
+        }
+    }
+}
+
+/// The checkpoint a snapshot installs: the ledger it carries, at its index and term. Both stores
+/// keep it before the log drops the entries the snapshot replaces.
+pub fn checkpoint_from_snapshot(shard: ShardId, snapshot: &Snapshot) -> CheckpointView<'_> {
+    let metadata = snapshot.get_metadata();
+    CheckpointView { shard, index: metadata.index, term: metadata.term, conf_state: metadata.get_conf_state(), ledger: &snapshot.data }
 }
 
 /// Rebuilds a shard replica's starting state from what survived. `None` when nothing did (the
