@@ -218,14 +218,15 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
         }));
     }
     let mut measured_from = None;
-    let mut last = (Instant::now(), 0u64, 0u64);
+    // When the last progress line was printed, and the transfers counted then.
+    let mut last = (Instant::now(), 0u64);
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_millis(1_000).min(total.saturating_sub(started.elapsed()))).await;
         if measured_from.is_none() && started.elapsed() >= flags.warmup {
             reset_counters(&shared);
             shared.measuring.store(true, Ordering::Relaxed);
-            measured_from = Some((Instant::now(), shared.transfers.load(Ordering::Relaxed), shared.requests.load(Ordering::Relaxed)));
-            last = (Instant::now(), 0, 0);
+            measured_from = Some(Instant::now());
+            last = (Instant::now(), 0);
             eprintln!("bench: warmup done, measuring for {:?}", flags.duration);
             continue;
         }
@@ -244,10 +245,10 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
             p99_ms,
             shared.error_count.load(Ordering::Relaxed)
         );
-        last = (Instant::now(), transfers, 0);
+        last = (Instant::now(), transfers);
     }
     shared.stop.store(true, Ordering::Relaxed);
-    let measured_for = measured_from.map_or(Duration::ZERO, |(at, _, _)| at.elapsed());
+    let measured_for = measured_from.map_or(Duration::ZERO, |at: Instant| at.elapsed());
     for worker in workers {
         worker.await?;
     }

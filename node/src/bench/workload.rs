@@ -145,7 +145,6 @@ pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFl
     for (index, account_shard) in shard.iter().enumerate() {
         by_shard[usize::try_from(*account_shard).expect("fits")].push(index);
     }
-    by_shard.retain(|_| true);
     let (cdf, hot) = match &flags.distribution {
         Distribution::Uniform => (Vec::new(), None),
         Distribution::Hot(n) => (Vec::new(), Some(*n)),

@@ -49,7 +49,8 @@ pub struct Workload {
     pub run: String,
     pub bank: String,
     pub accounts: Vec<String>,
-    pub shards: u32,
+    /// Each account's shard (by index, as `accounts`).
+    pub shard: Vec<u32>,
     started: Instant,
     pub history: Arc<Mutex<History>>,
     stop: Arc<AtomicBool>,
@@ -73,11 +74,12 @@ impl Workload {
             post_until(client, urls, "/v1/accounts", &json!({ "id": account, "currency": "USD" }), &[200, 201], SETUP_WITHIN).await?;
         }
         fund(client, urls, &bank, &accounts, FUNDING_MINOR, SETUP_WITHIN).await?;
+        let shard = accounts.iter().map(|account| shard_of(&AccountId::new(account).expect("valid id"), shards)).collect();
         Ok(Workload {
             run,
             bank,
             accounts,
-            shards,
+            shard,
             started: Instant::now(),
             history: Arc::new(Mutex::new(History::default())),
             stop: Arc::new(AtomicBool::new(false)),
@@ -94,7 +96,7 @@ impl Workload {
             let urls = urls.to_vec();
             let accounts = self.accounts.clone();
             let (history, stop, sequence) = (self.history.clone(), self.stop.clone(), sequence.clone());
-            let (run, shards, started) = (self.run.clone(), self.shards, self.started);
+            let (run, shard_of_account, started) = (self.run.clone(), self.shard.clone(), self.started);
             self.tasks.push(tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(u64::try_from(worker).unwrap_or(0) + 11);
                 while !stop.load(Ordering::Relaxed) {
@@ -111,8 +113,7 @@ impl Workload {
                     let from = rng.gen_range(0..accounts.len());
                     let to = (from + rng.gen_range(1..accounts.len())) % accounts.len();
                     let id = format!("x{run}-{slot}");
-                    let shard = shard_of(&AccountId::new(&accounts[from]).expect("valid"), shards);
-                    let transfer = Transfer { id, from, to, amount: rng.gen_range(1..=500), shard };
+                    let transfer = Transfer { id, from, to, amount: rng.gen_range(1..=500), shard: shard_of_account[from] };
                     let outcome = send_until_definitive(&client, &urls, &accounts, transfer, worker, &history, started).await;
                     history.lock().expect("history").outcomes.push(outcome);
                 }
