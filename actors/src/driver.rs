@@ -97,12 +97,9 @@ pub struct DriverHandle {
 }
 
 impl DriverHandle {
-    /// Runs a client request through the cluster, answering `Unavailable` at the deadline.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Reply {
-        self.call_traced(request, timeout, None).await
-    }
-
-    /// `call`, carrying the client's request id to every node the request touches.
+    /// Runs a client request through the cluster, answering `Unavailable` at the deadline and
+    /// `Overloaded` when the inbox is full; the client's request id (if any) is carried to every
+    /// node the request touches.
     pub async fn call_traced(&self, request: Request, timeout: Duration, request_id: Option<String>) -> Reply {
         let (reply, answer) = oneshot::channel();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -435,24 +432,23 @@ impl Driver {
         for effect in self.core.drain_effects() {
             match effect {
                 Effect::Send { to, messages } => self.transport.send(to, messages),
-                Effect::Persist(round) => {
-                    if self.io_jobs.send(IoJob::Persist(round)).is_err() {
-                        tracing::error!("io thread gone; stopping");
-                        std::process::exit(70);
-                    }
-                }
-                Effect::Checkpoint(checkpoint) => {
-                    if self.io_jobs.send(IoJob::Checkpoint(checkpoint)).is_err() {
-                        tracing::error!("io thread gone; stopping");
-                        std::process::exit(70);
-                    }
-                }
+                Effect::Persist(round) => self.queue_io(IoJob::Persist(round)),
+                Effect::Checkpoint(checkpoint) => self.queue_io(IoJob::Checkpoint(checkpoint)),
                 Effect::Reply { call, reply } => {
                     if let Some(waiter) = self.replies.remove(&call) {
                         let _ = waiter.send(reply);
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a job to the IO thread (waiting for room). Without the IO thread nothing can become
+    /// durable, so the node stops.
+    fn queue_io(&self, job: IoJob) {
+        if self.io_jobs.send(job).is_err() {
+            tracing::error!("io thread gone; stopping");
+            std::process::exit(70);
         }
     }
 }

@@ -45,8 +45,6 @@ pub struct IoStats {
     pub rounds: AtomicU64,
     pub syncs: AtomicU64,
     pub entries: AtomicU64,
-    pub sync_micros_total: AtomicU64,
-    pub last_sync_micros: AtomicU64,
     /// Write + sync of one IO group, in seconds.
     pub sync_seconds: prometheus::Histogram,
     /// Raft entries and shards one IO group carried.
@@ -65,8 +63,6 @@ impl Default for IoStats {
             rounds: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             entries: AtomicU64::new(0),
-            sync_micros_total: AtomicU64::new(0),
-            last_sync_micros: AtomicU64::new(0),
             sync_seconds: histogram(
                 "io_sync_seconds",
                 "Write and sync of one IO group (every shard's rounds), seconds",
@@ -122,10 +118,6 @@ impl Storage {
         Ok((recovered, quarantined))
     }
 
-    pub fn state_bytes(&self) -> u64 {
-        self.state.size_on_disk()
-    }
-
     /// Writes one group of jobs durably.
     pub fn write_group(&mut self, jobs: &[IoJob]) -> Result<(), StorageError> {
         // Borrowed views: the ledger bytes are copied once, into the stored record.
@@ -178,28 +170,18 @@ pub fn run_io(
             tracing::error!(%error, "storage write failed; stopping the node");
             std::process::exit(70);
         }
-        let elapsed = started.elapsed();
-        stats.sync_seconds.observe(elapsed.as_secs_f64());
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        stats.sync_seconds.observe(started.elapsed().as_secs_f64());
         stats.syncs.fetch_add(1, Ordering::Relaxed);
-        stats.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
-        stats.last_sync_micros.store(micros, Ordering::Relaxed);
         let mut done = Vec::new();
         let mut group_entries = 0usize;
         let mut group_shards = std::collections::BTreeSet::new();
         for job in &group {
-            if let IoJob::Persist(round) = job {
-                group_entries += round.writes.iter().map(|write| write.entries.len()).sum::<usize>();
-                group_shards.extend(round.writes.iter().map(|write| write.shard));
-            }
-        }
-        stats.group_entries.observe(group_entries as f64);
-        stats.group_shards.observe(group_shards.len() as f64);
-        for job in &group {
             match job {
                 IoJob::Persist(round) => {
-                    stats.rounds.fetch_add(1, Ordering::Relaxed);
                     let entries: usize = round.writes.iter().map(|write| write.entries.len()).sum();
+                    group_entries += entries;
+                    group_shards.extend(round.writes.iter().map(|write| write.shard));
+                    stats.rounds.fetch_add(1, Ordering::Relaxed);
                     stats.entries.fetch_add(u64::try_from(entries).unwrap_or(0), Ordering::Relaxed);
                     done.push(IoDone::Persisted { round: round.id });
                 }
@@ -208,6 +190,8 @@ pub fn run_io(
                 }
             }
         }
+        stats.group_entries.observe(group_entries as f64);
+        stats.group_shards.observe(group_shards.len() as f64);
         if !report(done) {
             break;
         }

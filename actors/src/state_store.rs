@@ -52,7 +52,8 @@ impl StateStore {
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(64 << 20)
-            .flush_every_ms(Some(1_000))
+            // `save` flushes before it returns: no background flusher.
+            .flush_every_ms(None)
             .use_compression(false)
             .open()?;
         let checkpoints = db.open_tree("checkpoints")?;
@@ -91,10 +92,6 @@ impl StateStore {
             loaded.insert(shard, decode_checkpoint(shard, &value));
         }
         Ok(loaded)
-    }
-
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 }
 

@@ -45,7 +45,6 @@ pub struct LinkFaults {
 #[derive(Debug, Default)]
 pub struct LinkState {
     pub connected: AtomicBool,
-    pub connects: AtomicU64,
     /// When a frame last arrived from this peer (ms since the Unix epoch; 0 never).
     pub last_received_ms: AtomicU64,
 }
@@ -55,7 +54,6 @@ pub struct TransportStats {
     pub frames_sent: AtomicU64,
     pub frames_received: AtomicU64,
     pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
     pub batches_dropped: AtomicU64,
     pub frames_rejected: AtomicU64,
 }
@@ -195,7 +193,6 @@ async fn read_frames<S: AsyncRead + Unpin>(
         }
         let frame: Frame = decode(&payload).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))?;
         stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        stats.bytes_received.fetch_add(u64::from(length), Ordering::Relaxed);
         if faults.get(&frame.from).is_some_and(|f| f.drop_inbound.load(Ordering::Relaxed)) {
             continue;
         }
@@ -275,7 +272,6 @@ async fn link_loop(
         };
         delay_ms = RECONNECT_DELAY_MS_MIN;
         state.connected.store(true, Ordering::Relaxed);
-        state.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer, %address, "peer link connected");
         while let Some(mut messages) = queue.recv().await {
             // Coalesce whatever else is queued into the same frame.
