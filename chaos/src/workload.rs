@@ -55,7 +55,7 @@ pub struct Acknowledged {
 
 #[derive(Debug, Clone)]
 enum Operation {
-    Transfer { command: TransferCmd, first_sent_ms: u64 },
+    Transfer { command: TransferCmd },
     ReadTransfer { id: TransferId, payer: AccountId, expect_posted: bool, started_ms: u64 },
     ReadAccount { account: AccountId, started_ms: u64, acked_before: u64, seen_before: u64 },
 }
@@ -251,13 +251,13 @@ impl Workload {
         let id = TransferId::new(format!("c{}-{}", client.id, client.next_transfer)).expect("valid");
         client.next_transfer += 1;
         let command = TransferCmd { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
-        Operation::Transfer { command, first_sent_ms: now }
+        Operation::Transfer { command }
     }
 
     /// Handles a reply; true when the operation is finished.
     fn handle_reply(&mut self, operation: &Operation, reply: Reply, now: u64, cluster: &mut SimCluster) -> bool {
         match operation {
-            Operation::Transfer { command, first_sent_ms } => {
+            Operation::Transfer { command } => {
                 let result = match reply {
                     Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
                     _ => TransferResult::Unavailable,
@@ -287,8 +287,7 @@ impl Workload {
                         true
                     }
                     TransferResult::Unavailable => {
-                        // Unknown outcome: retry the same id (from the sim's start, keep going).
-                        let _ = first_sent_ms;
+                        // Unknown outcome: retry the same id.
                         self.ambiguous.insert(command.id.clone(), command.clone());
                         false
                     }
