@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 pub const LINK_QUEUE_BATCHES_MAX: usize = 1_024;
 const RECONNECT_DELAY_MS_MIN: u64 = 50;
 const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Serialize, Deserialize)]
 struct Frame {
@@ -226,6 +227,25 @@ fn build_frame(buffer: &mut Vec<u8>, frame: &Frame, frame_bytes_max: u32) -> Res
     Ok(())
 }
 
+/// Opens the link to a peer: TCP, then the TLS handshake when configured. `None` on any
+/// failure (a refused connect is routine while a peer is down; a failed handshake is logged).
+async fn connect(peer: NodeId, address: SocketAddr, tls: Option<&PeerTls>) -> Option<Box<dyn AsyncWrite + Unpin + Send>> {
+    let connecting = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(address));
+    let stream = connecting.await.ok()?.ok()?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    match tls.connector.connect(name, stream).await {
+        Ok(stream) => Some(Box::new(stream)),
+        Err(error) => {
+            tracing::warn!(peer, %error, "peer tls handshake failed");
+            None
+        }
+    }
+}
+
 async fn link_loop(
     node: NodeId,
     peer: NodeId,
@@ -241,34 +261,14 @@ async fn link_loop(
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     let mut frame = Vec::new();
     'connect: loop {
-        let connected = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(address)).await;
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
-            _ => {
-                // Drop what piled up while the peer is unreachable: it is stale by now.
-                while queue.try_recv().is_ok() {
-                    stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
-                continue 'connect;
+        let Some(mut stream) = connect(peer, address, tls.as_deref()).await else {
+            // Drop what piled up while the peer is unreachable: it is stale by now.
+            while queue.try_recv().is_ok() {
+                stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let mut stream: Box<dyn AsyncWrite + Unpin + Send> = match &tls {
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
-                match tls.connector.connect(name, stream).await {
-                    Ok(stream) => Box::new(stream),
-                    Err(error) => {
-                        tracing::warn!(peer, %error, "peer tls handshake failed");
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                        delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
-                        continue 'connect;
-                    }
-                }
-            }
-            None => Box::new(stream),
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+            continue 'connect;
         };
         delay_ms = RECONNECT_DELAY_MS_MIN;
         state.connected.store(true, Ordering::Relaxed);
