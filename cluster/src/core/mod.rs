@@ -447,16 +447,17 @@ impl NodeCore {
 
     /// The driver made round `id` durable (and every earlier one).
     pub fn persisted(&mut self, id: u64) {
-        let done: Vec<u64> = self.rounds_inflight.range(..=id).map(|(round, _)| *round).collect();
-        for round in done {
-            let shards = self.rounds_inflight.remove(&round).expect("listed");
-            for (shard, number, messages) in shards {
-                if let Some(replica) = self.replicas.get_mut(&shard) {
-                    replica.on_persisted(number);
-                    self.dirty.insert(shard);
-                }
-                self.send_raft(shard, messages);
+        let done = match id.checked_add(1) {
+            Some(next) => {
+                let later = self.rounds_inflight.split_off(&next);
+                std::mem::replace(&mut self.rounds_inflight, later)
             }
+            None => std::mem::take(&mut self.rounds_inflight),
+        };
+        for (shard, number, messages) in done.into_values().flatten() {
+            self.release(shard, number, messages);
+            // Raft may have more to do now (a leader counts its own vote once durable).
+            self.dirty.insert(shard);
         }
     }
 
@@ -557,21 +558,26 @@ impl NodeCore {
         if writes.is_empty() && self.rounds_inflight.is_empty() {
             // Nothing to make durable and nothing ahead of it: durable already.
             for (shard, number, messages) in round {
-                self.replicas.get_mut(&shard).expect("listed").on_persisted(number);
-                self.send_raft(shard, messages);
+                self.release(shard, number, messages);
             }
             return;
         }
         if planted(self.config.planted, PlantedBug::AckBeforeFlush) {
             for (shard, number, messages) in round {
-                self.replicas.get_mut(&shard).expect("listed").on_persisted(number);
-                self.send_raft(shard, messages);
+                self.release(shard, number, messages);
             }
             self.effects.push(Effect::Persist(PersistRound { id, writes }));
             return;
         }
         self.rounds_inflight.insert(id, round);
         self.effects.push(Effect::Persist(PersistRound { id, writes }));
+    }
+
+    /// Ready `number` of `shard` is durable: raft may count it, and the messages that waited
+    /// for it leave.
+    fn release(&mut self, shard: ShardId, number: u64, messages: Vec<Message>) {
+        self.replicas.get_mut(&shard).expect("a round holds shards of this node").on_persisted(number);
+        self.send_raft(shard, messages);
     }
 
     fn send_raft(&mut self, shard: ShardId, messages: Vec<Message>) {
