@@ -150,7 +150,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
 }
 
 fn check(checkers: &mut Checkers, cluster: &SimCluster, workload: &Workload) -> Result<(), Violation> {
-    if let Some(violation) = workload.violations.first() {
+    if let Some(violation) = &workload.first_violation {
         return Err(violation.clone());
     }
     checkers.periodic(cluster)

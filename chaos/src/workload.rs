@@ -80,11 +80,12 @@ pub struct Workload {
     pub rejected: BTreeMap<TransferId, (TransferCmd, RejectCode)>,
     /// Transfers whose last answer was "unknown"; their client keeps retrying.
     pub ambiguous: BTreeMap<TransferId, TransferCmd>,
-    /// Per account: acknowledged transfers touching it, by acknowledgement time.
-    touched_at: BTreeMap<AccountId, Vec<u64>>,
-    /// Per account: the largest transfer count a completed read returned, with its time.
-    reads_seen: BTreeMap<AccountId, Vec<(u64, u64)>>,
-    pub violations: Vec<Violation>,
+    /// Per account: how many acknowledged transfers touch it.
+    acknowledged_touching: BTreeMap<AccountId, u64>,
+    /// Per account: the largest transfer count a completed read returned.
+    read_count_max: BTreeMap<AccountId, u64>,
+    /// The first read that broke an invariant (the run stops at it).
+    pub first_violation: Option<Violation>,
     pub operations: u64,
 }
 
@@ -108,9 +109,9 @@ impl Workload {
             posted: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ambiguous: BTreeMap::new(),
-            touched_at: BTreeMap::new(),
-            reads_seen: BTreeMap::new(),
-            violations: Vec::new(),
+            acknowledged_touching: BTreeMap::new(),
+            read_count_max: BTreeMap::new(),
+            first_violation: None,
             operations: 0,
         }
     }
@@ -216,8 +217,8 @@ impl Workload {
             let client = &mut self.clients[index];
             if client.rng.gen_bool(0.5) {
                 let account = self.accounts[client.rng.gen_range(1..accounts)].clone();
-                let acked_before = self.touched_at.get(&account).map_or(0, |times| times.len() as u64);
-                let seen_before = self.reads_seen.get(&account).and_then(|seen| seen.iter().map(|(count, _)| *count).max()).unwrap_or(0);
+                let acked_before = self.acknowledged_touching.get(&account).copied().unwrap_or(0);
+                let seen_before = self.read_count_max.get(&account).copied().unwrap_or(0);
                 return Operation::ReadAccount { account, started_ms: now, acked_before, seen_before };
             }
             let pick_rejected = !self.rejected.is_empty() && client.rng.gen_bool(0.3);
@@ -298,39 +299,39 @@ impl Workload {
                     let status = found.map(|view| view.status);
                     let posted = status == Some(TransferStatus::Posted);
                     if *expect_posted && !posted {
-                        self.violations.push(Violation::new(
+                        self.violated(Violation::new(
                             "linearizable_reads",
                             format!("read of {id} started at {started_ms} ms after its acknowledgement returned {status:?}"),
                         ));
                     }
                     if !*expect_posted && posted {
-                        self.violations
-                            .push(Violation::new("rejected_never_posted", format!("{id} was rejected with a 4xx but reads back posted")));
+                        self.violated(Violation::new(
+                            "rejected_never_posted",
+                            format!("{id} was rejected with a 4xx but reads back posted"),
+                        ));
                     }
                 }
                 true
             }
             Operation::ReadAccount { account, started_ms, acked_before, seen_before } => {
                 if let Reply::AccountState(Some(view)) = reply {
-                    if view.transfer_count < *acked_before {
-                        self.violations.push(Violation::new(
-                            "linearizable_reads",
-                            format!(
-                                "read of {account} started at {started_ms} ms saw {} transfers; {acked_before} were acknowledged before",
+                    // A read sees at least what was acknowledged, and what any earlier read saw,
+                    // before it started.
+                    let lower_bounds = [
+                        (*acked_before, format!("{acked_before} were acknowledged before")),
+                        (*seen_before, format!("an earlier read saw {seen_before}")),
+                    ];
+                    for (lower_bound, explanation) in lower_bounds {
+                        if view.transfer_count < lower_bound {
+                            let message = format!(
+                                "read of {account} started at {started_ms} ms saw {} transfers; {explanation}",
                                 view.transfer_count
-                            ),
-                        ));
+                            );
+                            self.violated(Violation::new("linearizable_reads", message));
+                        }
                     }
-                    if view.transfer_count < *seen_before {
-                        self.violations.push(Violation::new(
-                            "linearizable_reads",
-                            format!(
-                                "read of {account} started at {started_ms} ms saw {} transfers; an earlier read saw {seen_before}",
-                                view.transfer_count
-                            ),
-                        ));
-                    }
-                    self.reads_seen.entry(account.clone()).or_default().push((view.transfer_count, now));
+                    let seen = self.read_count_max.entry(account.clone()).or_insert(0);
+                    *seen = (*seen).max(view.transfer_count);
                 }
                 true
             }
@@ -338,9 +339,15 @@ impl Workload {
     }
 
     fn acknowledge(&mut self, command: TransferCmd, at_ms: u64) {
-        self.touched_at.entry(command.from.clone()).or_default().push(at_ms);
-        self.touched_at.entry(command.to.clone()).or_default().push(at_ms);
+        for account in [&command.from, &command.to] {
+            *self.acknowledged_touching.entry(account.clone()).or_insert(0) += 1;
+        }
         self.posted.insert(command.id.clone(), Acknowledged { command, at_ms });
+    }
+
+    /// Keeps the first violation a read found.
+    fn violated(&mut self, violation: Violation) {
+        self.first_violation.get_or_insert(violation);
     }
 }
 
