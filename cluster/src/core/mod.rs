@@ -368,19 +368,13 @@ impl NodeCore {
         if !self.draining {
             return;
         }
+        let node = self.config.node;
         for (shard, replica) in self.replicas.iter_mut() {
             if !replica.is_leader() {
                 continue;
             }
-            let last = replica.last_index();
-            let peers_draining = &self.peers_draining;
-            let target = self
-                .config
-                .placement
-                .replicas(*shard)
-                .into_iter()
-                .find(|peer| *peer != self.config.node && !peers_draining.contains(peer) && replica.peer_matched(*peer) == Some(last));
-            if let Some(peer) = target {
+            let candidates = self.config.placement.replicas(*shard);
+            if let Some(peer) = caught_up_target(replica, candidates, node, &self.peers_draining) {
                 replica.transfer_leader(peer);
                 self.dirty.insert(*shard);
             }
@@ -674,17 +668,18 @@ impl NodeCore {
             return;
         }
         self.last_balance_ms = self.clock_ms;
+        if self.draining {
+            // Draining hands shards away (drain_tick), never back to the preferred leader.
+            return;
+        }
         let node = self.config.node;
         for (shard, replica) in self.replicas.iter_mut() {
             if !replica.leader_ready() {
                 continue;
             }
             let preferred = self.config.placement.preferred_leader(*shard);
-            if preferred == node || self.peers_draining.contains(&preferred) || self.draining {
-                continue;
-            }
-            if replica.peer_matched(preferred) == Some(replica.last_index()) {
-                replica.transfer_leader(preferred);
+            if let Some(peer) = caught_up_target(replica, [preferred], node, &self.peers_draining) {
+                replica.transfer_leader(peer);
             }
         }
     }
@@ -699,4 +694,16 @@ impl NodeCore {
         }
         pending
     }
+}
+
+/// The first of `candidates` that can take over the shard `replica` leads right now: another
+/// node, not draining, that holds every entry of the leader's log.
+fn caught_up_target(
+    replica: &ShardReplica,
+    candidates: impl IntoIterator<Item = NodeId>,
+    node: NodeId,
+    peers_draining: &BTreeSet<NodeId>,
+) -> Option<NodeId> {
+    let last = replica.last_index();
+    candidates.into_iter().find(|peer| *peer != node && !peers_draining.contains(peer) && replica.peer_matched(*peer) == Some(last))
 }
