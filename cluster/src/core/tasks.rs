@@ -46,7 +46,9 @@ struct Task {
     origin: Origin,
     shard: ShardId,
     deadline_ms: u64,
-    request: Request,
+    /// The request of a read, answered once the read index is applied (writes are answered
+    /// from what their proposals applied, so they keep no copy).
+    read: Option<Request>,
     slots: Vec<Option<TransferResult>>,
     reply: Option<Reply>,
     open: usize,
@@ -79,7 +81,7 @@ impl NodeCore {
         }
         let task_id = self.tasks.next_task;
         self.tasks.next_task += 1;
-        let mut task = Task { origin, shard, deadline_ms, request: request.clone(), slots: Vec::new(), reply: None, open: 1 };
+        let mut task = Task { origin, shard, deadline_ms, read: None, slots: Vec::new(), reply: None, open: 1 };
         let replica = self.replicas.get_mut(&shard).expect("checked above");
         match request {
             Request::CreateAccount(create) => {
@@ -96,12 +98,13 @@ impl NodeCore {
                     replica.queue_proposal(Tagged { tag, command: Command::Transfer(item) });
                 }
             }
-            Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. } => {
+            read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. }) => {
                 if planted(self.config.planted, PlantedBug::StaleLeaderRead) {
-                    let reply = self.read_reply(shard, &task.request);
+                    let reply = self.read_reply(shard, &read);
                     self.reply_to_origin(origin, reply);
                     return;
                 }
+                task.read = Some(read);
                 self.tasks.reads_queued.entry(shard).or_default().push(task_id);
             }
         }
@@ -188,7 +191,7 @@ impl NodeCore {
                 let Some(task) = self.tasks.tasks.get(&task_id) else {
                     continue;
                 };
-                let reply = self.read_reply(shard, &task.request);
+                let reply = self.read_reply(shard, task.read.as_ref().expect("a read task holds its request"));
                 self.tasks.tasks.get_mut(&task_id).expect("present").reply = Some(reply);
                 self.close_slot(task_id);
             }
