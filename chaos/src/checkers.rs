@@ -18,9 +18,10 @@
 use crate::sim::SimCluster;
 use crate::workload::Workload;
 use settle_cluster::ids::{AccountId, NodeId, ShardId, TransferId};
-use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferStatus};
+use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferRecord, TransferStatus};
 use settle_cluster::message::encode;
 use settle_cluster::money::{Currency, Minor};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A broken invariant: which checker, and what it saw.
@@ -39,8 +40,10 @@ impl Violation {
 /// State the periodic checks remember between runs.
 #[derive(Default)]
 pub struct Checkers {
-    final_statuses: BTreeMap<(ShardId, TransferId), TransferStatus>,
-    decisions: BTreeMap<(ShardId, TransferId), Decision>,
+    /// Per shard, the first final status any replica had for each transfer.
+    final_statuses: BTreeMap<ShardId, BTreeMap<TransferId, TransferStatus>>,
+    /// Per shard, the first decision any replica had for each transfer.
+    decisions: BTreeMap<ShardId, BTreeMap<TransferId, Decision>>,
     /// State machine safety: the ledger hash any replica had at each applied index.
     applied_states: BTreeMap<(ShardId, u64), (NodeId, u64)>,
     /// Leader completeness: for entries a leader reported committed, the entry's term and the
@@ -84,15 +87,10 @@ impl Checkers {
                 self.check_final(ledger)?;
                 let hash = settle_cluster::placement::fnv1a_64(&encode(ledger));
                 let key = (ledger.shard(), replica.applied_index());
-                match self.applied_states.get(&key) {
-                    Some((other, earlier)) if *earlier != hash => {
-                        let message = format!("shard {} at applied index {}: node {node} differs from node {other}", key.0, key.1);
-                        return Err(Violation::new("replicas_converge", message));
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.applied_states.insert(key, (node, hash));
-                    }
+                let (other, first_hash) = *first_recorded(&mut self.applied_states, &key, || (node, hash));
+                if first_hash != hash {
+                    let message = format!("shard {} at applied index {}: node {node} differs from node {other}", key.0, key.1);
+                    return Err(Violation::new("replicas_converge", message));
                 }
             }
         }
@@ -101,37 +99,41 @@ impl Checkers {
 
     fn check_final(&mut self, ledger: &Ledger) -> Result<(), Violation> {
         let shard = ledger.shard();
+        let statuses = self.final_statuses.entry(shard).or_default();
         for record in ledger.transfers() {
             if record.status == TransferStatus::Pending {
                 continue;
             }
-            let key = (shard, record.id.clone());
-            match self.final_statuses.get(&key) {
-                Some(earlier) if *earlier != record.status => {
-                    let message = format!("transfer {} on shard {shard} was {earlier:?}, now {:?}", record.id, record.status);
-                    return Err(Violation::new("at_most_once", message));
-                }
-                Some(_) => {}
-                None => {
-                    self.final_statuses.insert(key, record.status.clone());
-                }
+            let earlier = first_recorded(statuses, &record.id, || record.status.clone());
+            if *earlier != record.status {
+                let message = format!("transfer {} on shard {shard} was {earlier:?}, now {:?}", record.id, record.status);
+                return Err(Violation::new("at_most_once", message));
             }
         }
+        let decisions = self.decisions.entry(shard).or_default();
         for credit in ledger.credits() {
-            let key = (shard, credit.id.clone());
-            match self.decisions.get(&key) {
-                Some(earlier) if *earlier != credit.decision => {
-                    let message = format!("decision for {} on shard {shard} was {earlier:?}, now {:?}", credit.id, credit.decision);
-                    return Err(Violation::new("at_most_once", message));
-                }
-                Some(_) => {}
-                None => {
-                    self.decisions.insert(key, credit.decision.clone());
-                }
+            let earlier = first_recorded(decisions, &credit.id, || credit.decision.clone());
+            if *earlier != credit.decision {
+                let message = format!("decision for {} on shard {shard} was {earlier:?}, now {:?}", credit.id, credit.decision);
+                return Err(Violation::new("at_most_once", message));
             }
         }
         Ok(())
     }
+}
+
+/// The value first recorded under `key`, recording `value()` when there is none yet: the checks
+/// hold every later value to the first. The key is looked up by reference and cloned only when
+/// recorded (`entry` would need an owned key for every lookup).
+fn first_recorded<'m, K, Q, V>(first_values: &'m mut BTreeMap<K, V>, key: &Q, value: impl FnOnce() -> V) -> &'m V
+where
+    K: Borrow<Q> + Ord,
+    Q: ToOwned<Owned = K> + Ord + ?Sized,
+{
+    if !first_values.contains_key(key) {
+        first_values.insert(key.to_owned(), value());
+    }
+    &first_values[key]
 }
 
 /// What one shard can check alone, without panicking.
@@ -163,15 +165,15 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
 }
 
 /// The state of each shard on its most advanced live replica.
-pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, Ledger> {
-    let mut best: BTreeMap<ShardId, (u64, Ledger)> = BTreeMap::new();
+pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, &Ledger> {
+    let mut best: BTreeMap<ShardId, (u64, &Ledger)> = BTreeMap::new();
     for node in cluster.live_nodes() {
         let core = cluster.core(node).expect("live");
         for replica in core.replicas() {
             let shard = replica.ledger().shard();
             let newer = best.get(&shard).is_none_or(|(applied, _)| replica.applied_index() > *applied);
             if newer {
-                best.insert(shard, (replica.applied_index(), replica.ledger().clone()));
+                best.insert(shard, (replica.applied_index(), replica.ledger()));
             }
         }
     }
@@ -186,15 +188,10 @@ pub fn replicas_converged(cluster: &SimCluster) -> Result<(), Violation> {
         for replica in core.replicas() {
             let shard = replica.ledger().shard();
             let state = (replica.applied_index(), encode(replica.ledger()));
-            match seen.get(&shard) {
-                Some(first) if *first != state => {
-                    let message = format!("shard {shard}: replicas differ (applied {} vs {})", first.0, state.0);
-                    return Err(Violation::new("replicas_converge", message));
-                }
-                Some(_) => {}
-                None => {
-                    seen.insert(shard, state);
-                }
+            let first = first_recorded(&mut seen, &shard, || state.clone());
+            if *first != state {
+                let message = format!("shard {shard}: replicas differ (applied {} vs {})", first.0, state.0);
+                return Err(Violation::new("replicas_converge", message));
             }
         }
     }
@@ -224,15 +221,14 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
         }
     }
     let placement = cluster.placement();
-    let record_of = |payer: &AccountId, id: &TransferId| {
+    let record_of = |payer: &AccountId, id: &TransferId| -> Option<&TransferRecord> {
         let shard = placement.shard_of(payer);
-        ledgers.get(&shard).and_then(|ledger| ledger.transfer(id).cloned())
+        ledgers.get(&shard).and_then(|ledger| ledger.transfer(id))
     };
     for (id, acknowledged) in &workload.posted {
-        let record = record_of(&acknowledged.command.from, id);
-        if record.as_ref().map(|r| &r.status) != Some(&TransferStatus::Posted) {
-            let message =
-                format!("{id} was acknowledged posted at {} ms but the cluster has {:?}", acknowledged.at_ms, record.map(|r| r.status));
+        let status = record_of(&acknowledged.command.from, id).map(|record| &record.status);
+        if status != Some(&TransferStatus::Posted) {
+            let message = format!("{id} was acknowledged posted at {} ms but the cluster has {status:?}", acknowledged.at_ms);
             return Err(Violation::new("acknowledged_durable", message));
         }
     }
@@ -245,4 +241,20 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first value recorded under a key is what every later lookup returns.
+    #[test]
+    fn first_recorded_keeps_the_first_value() {
+        let mut first_values: BTreeMap<TransferId, u64> = BTreeMap::new();
+        let id = TransferId::new("t1").unwrap();
+        assert_eq!(*first_recorded(&mut first_values, &id, || 1), 1);
+        assert_eq!(*first_recorded(&mut first_values, &id, || 2), 1);
+        assert_eq!(*first_recorded(&mut first_values, &TransferId::new("t2").unwrap(), || 3), 3);
+        assert_eq!(first_values.len(), 2);
+    }
 }
