@@ -98,6 +98,8 @@ struct SimNode {
     paused: bool,
     /// Events that arrived while paused, delivered in order on resume.
     deferred: Vec<Event>,
+    /// Whether `deferred` holds a tick (one is enough: a paused node's ticks do not pile up).
+    tick_deferred: bool,
     clock_offset_ms: i64,
     fail_next_flush: bool,
 }
@@ -158,6 +160,7 @@ impl SimCluster {
                 io_free_at_ms: 0,
                 paused: false,
                 deferred: Vec::new(),
+                tick_deferred: false,
                 clock_offset_ms: 0,
                 fail_next_flush: false,
             };
@@ -238,6 +241,7 @@ impl SimCluster {
         sim_node.incarnation += 1;
         sim_node.paused = false;
         sim_node.deferred.clear();
+        sim_node.tick_deferred = false;
         sim_node.fail_next_flush = false;
         let incarnation = sim_node.incarnation;
         let (recovered, quarantined) = match recover_node(&self.placement, sim_node.durable.clone()) {
@@ -274,6 +278,7 @@ impl SimCluster {
         sim_node.core = None;
         sim_node.paused = false;
         sim_node.deferred.clear();
+        sim_node.tick_deferred = false;
         let calls: Vec<CallId> = self.calls_open.iter().filter(|(_, origin)| **origin == node).map(|(call, _)| *call).collect();
         for call in calls {
             self.calls_open.remove(&call);
@@ -296,6 +301,7 @@ impl SimCluster {
             return;
         }
         sim_node.paused = false;
+        sim_node.tick_deferred = false;
         let deferred = std::mem::take(&mut sim_node.deferred);
         for event in deferred {
             self.schedule(self.now_ms, event);
@@ -403,15 +409,16 @@ impl SimCluster {
             if done(self) {
                 return true;
             }
-            let Some((&(at, sequence), _)) = self.events.iter().next() else {
+            let Some(next) = self.events.first_entry() else {
                 self.now_ms = end;
                 return done(self);
             };
+            let (at, _) = *next.key();
             if at > end {
                 self.now_ms = end;
                 return done(self);
             }
-            let event = self.events.remove(&(at, sequence)).expect("peeked");
+            let (_, event) = next.remove_entry();
             self.now_ms = at;
             self.handle(event);
         }
@@ -451,8 +458,8 @@ impl SimCluster {
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         if sim_node.paused {
             let is_tick = matches!(event, Event::Tick { .. });
-            let tick_waiting = sim_node.deferred.iter().any(|e| matches!(e, Event::Tick { .. }));
-            if !(is_tick && tick_waiting) {
+            if !(is_tick && sim_node.tick_deferred) {
+                sim_node.tick_deferred |= is_tick;
                 sim_node.deferred.push(event);
             }
             return;
