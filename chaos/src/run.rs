@@ -188,7 +188,8 @@ pub fn all_shards_led(cluster: &SimCluster) -> bool {
     })
 }
 
-fn applied_indexes_agree(cluster: &SimCluster) -> bool {
+/// Every live replica of each shard has applied up to the same index.
+pub fn applied_indexes_agree(cluster: &SimCluster) -> bool {
     let mut applied = std::collections::BTreeMap::new();
     for node in cluster.live_nodes() {
         for replica in cluster.core(node).expect("live").replicas() {

@@ -1,5 +1,6 @@
 //! Smoke tests of the whole core in the simulator without faults.
 
+use settle_chaos::run::{all_shards_led, applied_indexes_agree};
 use settle_chaos::sim::{SimCluster, SimConfig};
 use settle_cluster::ids::{AccountId, TransferId};
 use settle_cluster::ledger::{AccountKind, AccountOutcome, CreateAccount, TransferCmd, TransferStatus};
@@ -81,7 +82,8 @@ fn leader_crash_fails_over_and_restart_converges() {
     config.limits.checkpoint_entries = 5;
     config.limits.compaction_lag_entries = 2;
     let mut cluster = SimCluster::new(config);
-    cluster.run_until(10_000, |c| c.core(1).unwrap().shard_status().iter().all(|s| s.leader.is_some()));
+    let elected = cluster.run_until(10_000, |c| c.core(1).unwrap().shard_status().iter().all(|s| s.leader.is_some()));
+    assert!(elected, "every shard elects a leader");
     create(&mut cluster, 2, "bank", AccountKind::Settlement);
     let customers: Vec<String> = (0..6).map(|n| format!("c{n}")).collect();
     for (n, customer) in customers.iter().enumerate() {
@@ -97,7 +99,8 @@ fn leader_crash_fails_over_and_restart_converges() {
         assert!(matches!(result, TransferResult::Done(ref view) if view.status == TransferStatus::Posted), "{result:?}");
     }
     cluster.start(1);
-    cluster.run_for(5_000);
+    let caught_up = cluster.run_until(10_000, |c| all_shards_led(c) && applied_indexes_agree(c));
+    assert!(caught_up, "the restarted node applies what its shards committed while it was down");
     let mut total = 0;
     for account in customers.iter().map(String::as_str).chain(["bank"]) {
         let seen: Vec<i128> = (1..=3).map(|node| balance(&mut cluster, node, account)).collect();
