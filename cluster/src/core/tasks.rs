@@ -12,6 +12,7 @@ use crate::planted::{planted, PlantedBug};
 use crate::replica::AppliedCommand;
 use raft::ReadState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// Past its deadline a task is dropped after this grace (its origin has answered already).
 const TASK_GRACE_MS: u64 = 1_000;
@@ -28,7 +29,7 @@ pub(super) struct Tasks {
     tasks: BTreeMap<u64, Task>,
     next_task: u64,
     next_tag: u64,
-    /// Proposal tag → (task, slot).
+    /// Proposal tag → (task, slot), until the proposal applies or its task goes.
     tags: BTreeMap<u64, (u64, usize)>,
     by_shard: BTreeMap<ShardId, BTreeSet<u64>>,
     /// Cross-shard transfers whose waiters need the finalize.
@@ -49,6 +50,8 @@ struct Task {
     /// The request of a read, answered once the read index is applied (writes are answered
     /// from what their proposals applied, so they keep no copy).
     read: Option<Request>,
+    /// The tags of the task's proposals: drawn one after another, so a range (empty for reads).
+    tags: Range<u64>,
     slots: Vec<Option<TransferResult>>,
     reply: Option<Reply>,
     open: usize,
@@ -81,7 +84,8 @@ impl NodeCore {
         }
         let task_id = self.tasks.next_task;
         self.tasks.next_task += 1;
-        let mut task = Task { origin, shard, deadline_ms, read: None, slots: Vec::new(), reply: None, open: 1 };
+        let first_tag = self.tasks.next_tag + 1;
+        let mut task = Task { origin, shard, deadline_ms, read: None, tags: first_tag..first_tag, slots: Vec::new(), reply: None, open: 1 };
         let replica = self.replicas.get_mut(&shard).expect("checked above");
         match request {
             Request::CreateAccount(create) => {
@@ -108,6 +112,7 @@ impl NodeCore {
                 self.tasks.reads_queued.entry(shard).or_default().push(task_id);
             }
         }
+        task.tags = first_tag..self.tasks.next_tag + 1;
         if task.open == 0 {
             // An empty transfer list: nothing to wait for.
             self.reply_to_origin(origin, Reply::Transfers(Vec::new()));
@@ -306,6 +311,9 @@ impl NodeCore {
         if let Some(set) = self.tasks.by_shard.get_mut(&task.shard) {
             set.remove(&task_id);
         }
+        for tag in task.tags.clone() {
+            self.tasks.tags.remove(&tag);
+        }
         Some(task)
     }
 
@@ -339,11 +347,16 @@ impl NodeCore {
         let now = self.clock_ms;
         let expired: Vec<u64> =
             self.tasks.tasks.iter().filter(|(_, task)| task.deadline_ms.saturating_add(TASK_GRACE_MS) <= now).map(|(id, _)| *id).collect();
+        if expired.is_empty() {
+            return;
+        }
         for task in expired {
             self.remove_task(task);
         }
+        // An expired task may still wait for finalizes. No other way a task goes leaves a
+        // waiter behind: a closed task had every slot filled, a task failed before its proposals
+        // applied had none, and fail_shard_tasks clears the shard's.
         let tasks = &self.tasks.tasks;
-        self.tasks.tags.retain(|_, (task, _)| tasks.contains_key(task));
         for waiters in self.tasks.finalize_waiters.values_mut() {
             waiters.retain(|(task, _)| tasks.contains_key(task));
         }
