@@ -6,10 +6,9 @@ use crate::log_store::{LogStore, LogStoreError};
 use crate::state_store::{StateStore, StateStoreError};
 use settle_cluster::ids::ShardId;
 use settle_cluster::placement::Placement;
-use settle_cluster::recovery::{checkpoint_from_snapshot, recover_node, CheckpointView, RecoveryError};
+use settle_cluster::recovery::{checkpoint_from_snapshot, recover_node, CheckpointView, RecoveredNode, RecoveryError};
 use settle_cluster::replica::Checkpoint;
-use settle_cluster::{PersistRound, RecoveredShard};
-use std::collections::BTreeMap;
+use settle_cluster::PersistRound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,7 +98,7 @@ impl Storage {
 
     /// Rebuilds every shard replica's starting state from both stores; replicas with corrupt
     /// records come back in the second map (quarantined, with the reason).
-    pub fn recover(&self, placement: &Placement) -> Result<(BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>), StorageError> {
+    pub fn recover(&self, placement: &Placement) -> Result<RecoveredNode, StorageError> {
         let mut durable = self.log.load()?;
         for (shard, checkpoint) in self.state.load()? {
             let entry = durable.entry(shard).or_default();

@@ -184,13 +184,13 @@ pub fn recover_shard(placement: &Placement, shard: ShardId, mut durable: Durable
     Ok(Some(RecoveredShard { storage, ledger, applied_index }))
 }
 
+/// A node's replicas as recovered: those that start, and the quarantined ones with the reason.
+pub type RecoveredNode = (BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>);
+
 /// Rebuilds every shard replica of a node from what survived: the replicas that start, and the
 /// quarantined ones (a stored record failed its checksum) with the reason. Any other error means
 /// the node cannot start. Production (`actors::io`) and the simulator both start nodes this way.
-pub fn recover_node(
-    placement: &Placement,
-    durable: BTreeMap<ShardId, DurableShard>,
-) -> Result<(BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>), RecoveryError> {
+pub fn recover_node(placement: &Placement, durable: BTreeMap<ShardId, DurableShard>) -> Result<RecoveredNode, RecoveryError> {
     let mut recovered = BTreeMap::new();
     let mut quarantined = BTreeMap::new();
     for (shard, state) in durable {
@@ -214,10 +214,7 @@ mod tests {
     use crate::message::encode;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut entry = Entry::default();
-        entry.index = index;
-        entry.term = term;
-        entry
+        Entry { index, term, ..Entry::default() }
     }
 
     fn checkpoint(shard: ShardId, index: u64, term: u64) -> Checkpoint {
