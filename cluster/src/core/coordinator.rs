@@ -22,28 +22,51 @@ pub(super) struct Coordinator {
     credit_outbox: BTreeMap<ShardId, Vec<CreditCmd>>,
     /// Decisions to route, by payer shard.
     decision_outbox: BTreeMap<ShardId, Vec<(TransferId, Decision)>>,
-    /// Payer side: when each pending transfer's credit request last left.
-    credit_sent_ms: BTreeMap<(ShardId, TransferId), u64>,
-    /// Payer side: finalizes proposed and not yet applied (so duplicates are not proposed).
-    finalize_proposed_ms: BTreeMap<(ShardId, TransferId), u64>,
+    /// Payer side: how this leader drives each pending transfer, by payer shard.
+    drives: BTreeMap<ShardId, BTreeMap<TransferId, Drive>>,
     /// Payee side: credits proposed and not yet applied.
     credit_proposed_ms: BTreeMap<(ShardId, TransferId), u64>,
-    /// Payer side: since when this leader has seen each transfer pending (monotonic clock).
-    pending_since_ms: BTreeMap<(ShardId, TransferId), u64>,
+}
+
+/// The payer-side timers of one pending transfer, on the monotonic clock. An entry lives while
+/// any of them is set.
+#[derive(Debug, Default)]
+struct Drive {
+    /// Since when this leader has seen the transfer pending (set by the first re-drive pass
+    /// that finds it, or when it is prepared here).
+    since_ms: Option<u64>,
+    /// When its credit request last left.
+    credit_sent_ms: Option<u64>,
+    /// When its finalize was proposed, until it applies (so duplicates are not proposed) or
+    /// the mark goes stale.
+    finalize_proposed_ms: Option<u64>,
+}
+
+impl Drive {
+    fn is_idle(&self) -> bool {
+        self.since_ms.is_none() && self.credit_sent_ms.is_none() && self.finalize_proposed_ms.is_none()
+    }
 }
 
 impl Coordinator {
     /// Since when each pending transfer on a shard led here has been pending.
-    pub(super) fn pending_since(&self) -> impl Iterator<Item = (&(ShardId, TransferId), &u64)> {
-        self.pending_since_ms.iter()
+    pub(super) fn pending_since(&self) -> impl Iterator<Item = (ShardId, u64)> + '_ {
+        self.drives.iter().flat_map(|(shard, drives)| drives.values().filter_map(|drive| drive.since_ms.map(|since| (*shard, since))))
     }
 
     /// This node no longer leads `shard`: its bookkeeping is the new leader's job now.
     pub(super) fn forget_shard(&mut self, shard: ShardId) {
-        self.credit_sent_ms.retain(|(payer, _), _| *payer != shard);
-        self.finalize_proposed_ms.retain(|(payer, _), _| *payer != shard);
+        self.drives.remove(&shard);
         self.credit_proposed_ms.retain(|(payee, _), _| *payee != shard);
-        self.pending_since_ms.retain(|(payer, _), _| *payer != shard);
+    }
+
+    /// The drive of a transfer, made empty if there is none (the id is copied only then).
+    fn drive(&mut self, shard: ShardId, id: &TransferId) -> &mut Drive {
+        let drives = self.drives.entry(shard).or_default();
+        if !drives.contains_key(id) {
+            drives.insert(id.clone(), Drive::default());
+        }
+        drives.get_mut(id).expect("inserted above")
     }
 }
 
@@ -54,8 +77,9 @@ impl NodeCore {
         let payee_shard = self.config.placement.shard_of(&record.to);
         let credit = CreditCmd::for_record(record, shard, false);
         self.coordinator.credit_outbox.entry(payee_shard).or_default().push(credit);
-        self.coordinator.credit_sent_ms.insert((shard, id.clone()), self.clock_ms);
-        self.coordinator.pending_since_ms.insert((shard, id.clone()), self.clock_ms);
+        let drive = self.coordinator.drive(shard, id);
+        drive.credit_sent_ms = Some(self.clock_ms);
+        drive.since_ms = Some(self.clock_ms);
     }
 
     /// The payee shard (led here) recorded or replayed a decision: tell the payer shard.
@@ -65,10 +89,9 @@ impl NodeCore {
     }
 
     pub(super) fn transfer_finalized(&mut self, shard: ShardId, id: &TransferId) {
-        let key = (shard, id.clone());
-        self.coordinator.credit_sent_ms.remove(&key);
-        self.coordinator.finalize_proposed_ms.remove(&key);
-        self.coordinator.pending_since_ms.remove(&key);
+        if let Some(drives) = self.coordinator.drives.get_mut(&shard) {
+            drives.remove(id);
+        }
     }
 
     /// Credit requests from another node's coordinator, for a payee shard led here (or
@@ -155,11 +178,11 @@ impl NodeCore {
                 if !pending {
                     continue;
                 }
-                let key = (payer_shard, id.clone());
-                if self.coordinator.finalize_proposed_ms.get(&key).is_some_and(|at| now.saturating_sub(*at) < retry_after) {
+                let drive = self.coordinator.drive(payer_shard, &id);
+                if drive.finalize_proposed_ms.is_some_and(|at| now.saturating_sub(at) < retry_after) {
                     continue;
                 }
-                self.coordinator.finalize_proposed_ms.insert(key, now);
+                drive.finalize_proposed_ms = Some(now);
                 let replica = self.replicas.get_mut(&payer_shard).expect("checked");
                 replica.queue_proposal(Tagged { tag: 0, command: Command::Finalize(FinalizeCmd { id, decision }) });
                 self.dirty.insert(payer_shard);
@@ -171,47 +194,54 @@ impl NodeCore {
     /// answer in `redrive_interval_ms`, and past `prevent_after_ms` ask the payee to refuse.
     pub(super) fn coordinator_tick(&mut self) {
         let now = self.clock_ms;
-        let limits = self.config.limits.clone();
-        let placement = self.config.placement.clone();
+        let redrive_interval_ms = self.config.limits.redrive_interval_ms;
+        let prevent_after_ms = self.config.limits.prevent_after_ms;
+        let placement = &self.config.placement;
         let mut resend = Vec::new();
         for (shard, replica) in &self.replicas {
             if !replica.leader_ready() {
                 continue;
             }
             for record in replica.ledger().pending() {
-                let key = (*shard, record.id.clone());
-                let since = *self.coordinator.pending_since_ms.entry(key.clone()).or_insert(now);
-                let last = self.coordinator.credit_sent_ms.get(&key).copied();
-                if last.is_some_and(|sent| now.saturating_sub(sent) < limits.redrive_interval_ms) {
+                let drive = self.coordinator.drive(*shard, &record.id);
+                let since = *drive.since_ms.get_or_insert(now);
+                if drive.credit_sent_ms.is_some_and(|sent| now.saturating_sub(sent) < redrive_interval_ms) {
                     continue;
                 }
                 // Measured on this leader's monotonic clock from when it first saw the transfer
                 // pending: a new leader gives the payee shard the full period again.
-                let prevent = now.saturating_sub(since) >= limits.prevent_after_ms;
-                resend.push((key, placement.shard_of(&record.to), CreditCmd::for_record(record, *shard, prevent)));
+                let prevent = now.saturating_sub(since) >= prevent_after_ms;
+                resend.push((*shard, placement.shard_of(&record.to), CreditCmd::for_record(record, *shard, prevent)));
             }
         }
-        for (key, payee_shard, credit) in resend {
+        for (shard, payee_shard, credit) in resend {
             self.stats.redrives += 1;
             if credit.prevent {
                 self.stats.prevents += 1;
             }
-            if self.coordinator.credit_sent_ms.insert(key.clone(), now).is_some() {
+            let sent_before = self.coordinator.drive(shard, &credit.id).credit_sent_ms.replace(now).is_some();
+            if sent_before {
                 // No answer since the last send: the leader we know of may be gone.
                 self.rotate_hint(payee_shard);
             }
             if credit.prevent && planted(self.config.planted, PlantedBug::CoordinatorAbortsAlone) {
                 let decision = Decision::Refused(crate::ledger::RejectCode::CreditTimeout);
                 let finalize = Command::Finalize(FinalizeCmd { id: credit.id, decision });
-                self.replicas.get_mut(&key.0).expect("led here").queue_proposal(Tagged { tag: 0, command: finalize });
-                self.dirty.insert(key.0);
+                self.replicas.get_mut(&shard).expect("led here").queue_proposal(Tagged { tag: 0, command: finalize });
+                self.dirty.insert(shard);
                 continue;
             }
             self.coordinator.credit_outbox.entry(payee_shard).or_default().push(credit);
         }
-        let stale_after = limits.redrive_interval_ms.saturating_mul(10);
-        let fresh = |at: &mut u64| now.saturating_sub(*at) < stale_after;
+        let stale_after = redrive_interval_ms.saturating_mul(10);
+        let fresh = |at: &u64| now.saturating_sub(*at) < stale_after;
         self.coordinator.credit_proposed_ms.retain(|_, at| fresh(at));
-        self.coordinator.finalize_proposed_ms.retain(|_, at| fresh(at));
+        for drives in self.coordinator.drives.values_mut() {
+            drives.retain(|_, drive| {
+                drive.finalize_proposed_ms = drive.finalize_proposed_ms.filter(fresh);
+                !drive.is_idle()
+            });
+        }
+        self.coordinator.drives.retain(|_, drives| !drives.is_empty());
     }
 }

@@ -91,9 +91,9 @@ impl NodeCore {
     pub fn shard_status(&self) -> Vec<ShardStatus> {
         let placement = &self.config.placement;
         let mut oldest: BTreeMap<ShardId, u64> = BTreeMap::new();
-        for ((shard, _), since) in self.coordinator.pending_since() {
-            let age = self.clock_ms.saturating_sub(*since);
-            let entry = oldest.entry(*shard).or_insert(0);
+        for (shard, since) in self.coordinator.pending_since() {
+            let age = self.clock_ms.saturating_sub(since);
+            let entry = oldest.entry(shard).or_insert(0);
             *entry = (*entry).max(age);
         }
         placement
