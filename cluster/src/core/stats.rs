@@ -112,7 +112,7 @@ impl NodeCore {
                         last_index: replica.last_index(),
                         log_entries: u64::try_from(replica.log_entry_count()).unwrap_or(u64::MAX),
                         leader_changes: replica.leader_changes(),
-                        accounts: u64::try_from(replica.ledger().accounts().count()).unwrap_or(u64::MAX),
+                        accounts: u64::try_from(replica.ledger().account_count()).unwrap_or(u64::MAX),
                         pending_transfers: replica.ledger().pending_count(),
                         pending_oldest_ms: if replica.is_leader() { oldest.get(&shard).copied().unwrap_or(0) } else { 0 },
                     },

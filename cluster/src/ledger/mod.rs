@@ -68,6 +68,10 @@ impl Ledger {
         self.accounts.values()
     }
 
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
     pub fn transfer(&self, id: &TransferId) -> Option<&TransferRecord> {
         self.transfers.get(id)
     }
