@@ -35,13 +35,15 @@ impl Buckets {
     }
 }
 
-/// Counters of one node's core since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Counters of one node's core since it started. Serialize only: the reasons are static
+/// strings, so a copy is never allocated per dropped proposal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CoreStats {
     /// Commands handed to raft (one log entry carries a round's worth per shard).
     pub proposals: u64,
-    /// Commands raft or leadership loss dropped before they were logged, by reason.
-    pub proposals_dropped: BTreeMap<String, u64>,
+    /// Commands raft or leadership loss dropped before they were logged, by reason
+    /// (`raft`, `not_leader`).
+    pub proposals_dropped: BTreeMap<&'static str, u64>,
     /// From proposing an entry on the leader to applying it there.
     pub propose_apply_ms: Buckets,
     /// From asking for a read index to holding it.

@@ -136,7 +136,7 @@ impl NodeCore {
         if let Err(dropped) = result {
             let replica = &self.replicas[&shard];
             let reason = if replica.is_leader() { "raft" } else { "not_leader" };
-            *self.stats.proposals_dropped.entry(reason.to_string()).or_insert(0) += u64::try_from(dropped.len()).unwrap_or(u64::MAX);
+            *self.stats.proposals_dropped.entry(reason).or_insert(0) += u64::try_from(dropped.len()).unwrap_or(u64::MAX);
             let hint = replica.leader().filter(|leader| *leader != self.config.node);
             let mut failed = BTreeSet::new();
             for tagged in dropped {
