@@ -15,7 +15,7 @@ mod coordinator;
 mod stats;
 mod tasks;
 
-use crate::ids::{NodeId, ShardId, TransferId};
+use crate::ids::{NodeId, ShardId};
 use crate::ledger::Ledger;
 use crate::message::{PeerMessage, Proposer, Reply, Request};
 use crate::placement::Placement;
@@ -249,25 +249,8 @@ impl NodeCore {
         self.config.node
     }
 
-    pub fn placement(&self) -> &Placement {
-        &self.config.placement
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    pub fn replica(&self, shard: ShardId) -> Option<&ShardReplica> {
-        self.replicas.get(&shard)
-    }
-
     pub fn replicas(&self) -> impl Iterator<Item = &ShardReplica> {
         self.replicas.values()
-    }
-
-    /// Shards whose replica on this node is quarantined (corrupt records).
-    pub fn quarantined(&self) -> &BTreeSet<ShardId> {
-        &self.quarantined
     }
 
     /// Calls waiting for replies on this node (origin side).
@@ -682,17 +665,6 @@ impl NodeCore {
                 replica.transfer_leader(peer);
             }
         }
-    }
-
-    /// Records and transfers pending on shards this node leads, for status and tests.
-    pub fn pending_transfers(&self) -> Vec<(ShardId, TransferId)> {
-        let mut pending = Vec::new();
-        for (shard, replica) in &self.replicas {
-            for record in replica.ledger().pending() {
-                pending.push((*shard, record.id.clone()));
-            }
-        }
-        pending
     }
 }
 
