@@ -64,7 +64,6 @@ impl ShardWrite {
 /// One applied command, with who (if anyone on this node) waits for it.
 #[derive(Debug, Clone)]
 pub struct AppliedCommand {
-    pub index: u64,
     /// The tag if this node (this incarnation) proposed it, else 0.
     pub tag: u64,
     pub command: Command,
@@ -89,7 +88,6 @@ pub struct ReadyOutput {
 
 pub struct ShardReplica {
     shard: ShardId,
-    node: NodeId,
     raw: RawNode<ShardStorage>,
     ledger: Ledger,
     applied_index: u64,
@@ -141,12 +139,11 @@ impl ShardReplica {
             max_uncommitted_size: settings.uncommitted_bytes_max,
             max_committed_size_per_ready: settings.committed_bytes_per_ready_max,
         };
-        config.validate()?;
+        // RawNode::new validates the config (Raft::new calls Config::validate).
         let logger = logger.new(slog::o!("shard" => shard));
         let raw = RawNode::new(&config, storage, &logger)?;
         Ok(ShardReplica {
             shard,
-            node,
             raw,
             ledger,
             applied_index,
@@ -328,14 +325,13 @@ impl ShardReplica {
     }
 
     /// Builds the snapshot raft asked for (a follower fell behind the compacted log).
-    pub fn serve_snapshot_request(&mut self) -> bool {
+    pub fn serve_snapshot_request(&mut self) {
         if !self.raw.store().take_snapshot_request() {
-            return false;
+            return;
         }
         let data = encode(&self.ledger);
         let index = self.applied_index;
         self.raw.mut_store().set_snapshot(index, data);
-        true
     }
 
     /// The checkpoint to write: the ledger at the applied index, with what recovery needs.
@@ -445,19 +441,9 @@ impl ShardReplica {
             let ours = payload.proposer == proposer;
             for tagged in payload.commands {
                 let result = self.ledger.apply(payload.timestamp_ms, &tagged.command);
-                applied.push(AppliedCommand {
-                    index: entry.index,
-                    tag: if ours { tagged.tag } else { 0 },
-                    command: tagged.command,
-                    applied: result,
-                });
+                applied.push(AppliedCommand { tag: if ours { tagged.tag } else { 0 }, command: tagged.command, applied: result });
             }
         }
-    }
-
-    /// The node this replica runs on.
-    pub fn node(&self) -> NodeId {
-        self.node
     }
 }
 
