@@ -20,16 +20,6 @@ pub enum PlantedBug {
     SkipOverdraftCheck,
 }
 
-impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
-        PlantedBug::AckBeforeFlush,
-        PlantedBug::DoubleCredit,
-        PlantedBug::StaleLeaderRead,
-        PlantedBug::CoordinatorAbortsAlone,
-        PlantedBug::SkipOverdraftCheck,
-    ];
-}
-
 /// Whether `bug` is planted in this configuration.
 #[cfg(feature = "planted-bugs")]
 pub fn planted(configured: PlantedBug, bug: PlantedBug) -> bool {
