@@ -132,7 +132,7 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
 
 fn draw_progress(done: u64, total: u64, elapsed: Duration, failures: usize) {
     const WIDTH: u64 = 30;
-    let filled = if total == 0 { WIDTH } else { done * WIDTH / total };
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
     let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
     eprint!("\r[{bar}] {done}/{total} seeds  {rate:.1} seeds/s  {failures} failures ");
