@@ -10,6 +10,9 @@
 //! - `acknowledged_durable` (RPO 0): every transfer a client was told is posted is posted in the
 //!   cluster after every crash and restart.
 //! - `rejected_never_posted`: a transfer answered with a 4xx is never posted.
+//! - `one_body_per_id`: a transfer id is a global idempotency key: every record stored under an
+//!   id (payer record, payee decision) has the body the id is reserved for on its home shard, so
+//!   at most one body per id is ever posted; no client is told "posted" for two bodies of an id.
 //! - `linearizable_reads`: checked by the workload as reads return (`workload.rs`).
 //! - `liveness`: after the faults heal, every shard elects a leader, every ambiguous transfer is
 //!   resolved and nothing stays pending, within a bounded virtual time.
@@ -18,7 +21,7 @@
 use crate::sim::SimCluster;
 use crate::workload::Workload;
 use settle_cluster::ids::{AccountId, NodeId, ShardId, TransferId};
-use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferRecord, TransferStatus};
+use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferBody, TransferRecord, TransferStatus};
 use settle_cluster::message::encode;
 use settle_cluster::money::{Currency, Minor};
 use std::borrow::Borrow;
@@ -139,6 +142,15 @@ where
 /// What one shard can check alone, without panicking.
 pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
     let shard = ledger.shard();
+    for record in ledger.transfers() {
+        // A record whose id is homed here was reserved in the same apply that stored it.
+        if let Some(reserved) = ledger.reservation(&record.id) {
+            if *reserved != record.body() {
+                let message = format!("{} on shard {shard} stores {:?} but the id is reserved for {reserved:?}", record.id, record.body());
+                return Err(Violation::new("one_body_per_id", message));
+            }
+        }
+    }
     let mut sums: BTreeMap<Currency, Minor> = BTreeMap::new();
     for account in ledger.accounts() {
         if account.kind != AccountKind::Settlement && account.available() < 0 {
@@ -232,11 +244,43 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
             return Err(Violation::new("acknowledged_durable", message));
         }
     }
-    for (id, (command, code)) in &workload.rejected {
-        if let Some(record) = record_of(&command.from, id) {
-            if record.status == TransferStatus::Posted {
+    for ((id, body), code) in &workload.rejected {
+        if let Some(record) = record_of(&body.from, id) {
+            if record.status == TransferStatus::Posted && record.body() == *body {
                 let message = format!("{id} was rejected ({}) but is posted", code.code());
                 return Err(Violation::new("rejected_never_posted", message));
+            }
+        }
+    }
+    one_body_per_id(cluster, &ledgers)
+}
+
+/// Every record stored under a transfer id, on any shard, has the body the id is reserved for
+/// on its home shard; so one id never posts two bodies, and a payee's decision always concerns
+/// the payer record it finalized.
+fn one_body_per_id(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Ledger>) -> Result<(), Violation> {
+    let placement = cluster.placement();
+    let reserved = |id: &TransferId| -> Option<&TransferBody> { ledgers.get(&placement.home_shard_of(id)).and_then(|l| l.reservation(id)) };
+    let mut posted: BTreeMap<&TransferId, TransferBody> = BTreeMap::new();
+    for ledger in ledgers.values() {
+        for record in ledger.transfers() {
+            let body = record.body();
+            if reserved(&record.id) != Some(&body) {
+                let message = format!("{} is stored as {body:?} but reserved as {:?}", record.id, reserved(&record.id));
+                return Err(Violation::new("one_body_per_id", message));
+            }
+            if record.status == TransferStatus::Posted {
+                if let Some(other) = posted.insert(&record.id, body.clone()) {
+                    let message = format!("{} is posted as {other:?} and as {body:?}", record.id);
+                    return Err(Violation::new("one_body_per_id", message));
+                }
+            }
+        }
+        for credit in ledger.credits() {
+            let payer_record = ledgers.get(&credit.payer_shard).and_then(|l| l.transfer(&credit.id));
+            if payer_record.is_some_and(|record| record.body() != credit.body()) {
+                let message = format!("{}: the payee decided on {:?}, the payer holds {:?}", credit.id, credit.body(), payer_record);
+                return Err(Violation::new("one_body_per_id", message));
             }
         }
     }

@@ -228,8 +228,8 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
             }
         }
     }
-    for (id, command) in workload.ambiguous.iter().take(3) {
-        let shard = cluster.placement().shard_of(&command.from);
+    for command in workload.ambiguous.values().take(3) {
+        let (id, shard) = (&command.id, cluster.placement().shard_of(&command.from));
         let status = ledgers.get(&shard).and_then(|ledger| ledger.transfer(id)).map(|record| record.status.clone());
         message.push_str(&format!("; {id} (shard {shard}) is {status:?}"));
     }

@@ -2,13 +2,18 @@
 //! exceed balances) and reads, over the simulated network, retrying an ambiguous transfer with
 //! the same id like a real client. The workload records what clients were told, which is what
 //! the checkers hold the cluster to, and checks each read against it as the read returns.
+//!
+//! Some transfers reuse an id already used with another body (`reuse_percent`): another payer
+//! on the same or another shard, another payee, or another amount; half of them pick an id
+//! another client has in flight at that moment, so the two requests race through different
+//! nodes. The cluster must post at most one body per id (`one_body_per_id`).
 
 use crate::checkers::Violation;
 use crate::sim::SimCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{AccountId, NodeId, TransferId};
-use settle_cluster::ledger::{AccountKind, CreateAccount, RejectCode, TransferCmd, TransferStatus};
+use settle_cluster::ledger::{AccountKind, CreateAccount, RejectCode, TransferBody, TransferCmd, TransferStatus};
 use settle_cluster::message::{Reply, Request, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
@@ -26,6 +31,8 @@ pub struct WorkloadConfig {
     pub amount_max_minor: Minor,
     /// Share (percent) of operations that are reads.
     pub read_percent: u32,
+    /// Share (percent) of transfers that reuse a known id with another body.
+    pub reuse_percent: u32,
     pub call_timeout_ms: u64,
     pub think_ms_max: u64,
 }
@@ -40,6 +47,7 @@ impl Default for WorkloadConfig {
             funding_minor: 1_000,
             amount_max_minor: 400,
             read_percent: 30,
+            reuse_percent: 12,
             call_timeout_ms: 3_000,
             think_ms_max: 40,
         }
@@ -56,7 +64,7 @@ pub struct Acknowledged {
 #[derive(Debug, Clone)]
 enum Operation {
     Transfer { command: TransferCmd },
-    ReadTransfer { id: TransferId, payer: AccountId, expect_posted: bool, started_ms: u64 },
+    ReadTransfer { id: TransferId, body: TransferBody, expect_posted: bool, started_ms: u64 },
     ReadAccount { account: AccountId, started_ms: u64, acked_before: u64, seen_before: u64 },
 }
 
@@ -74,12 +82,17 @@ pub struct Workload {
     currency: Currency,
     pub accounts: Vec<AccountId>,
     clients: Vec<Client>,
-    /// Transfers a client was told are posted.
+    /// Transfers a client was told are posted (one body per id, or the run fails).
     pub posted: BTreeMap<TransferId, Acknowledged>,
-    /// Transfers a client was told were rejected (a 4xx: definitely not applied).
-    pub rejected: BTreeMap<TransferId, (TransferCmd, RejectCode)>,
-    /// Transfers whose last answer was "unknown"; their client keeps retrying.
-    pub ambiguous: BTreeMap<TransferId, TransferCmd>,
+    /// Transfers a client was told were rejected (a 4xx: definitely not applied), by id and body:
+    /// a reused id may be refused for one body while another body under it posts.
+    pub rejected: BTreeMap<(TransferId, TransferBody), RejectCode>,
+    /// Per client, the transfer whose last answer was "unknown"; the client keeps retrying it.
+    pub ambiguous: BTreeMap<usize, TransferCmd>,
+    /// Transfers sent with an id that was already in use with another body.
+    pub reused: u64,
+    /// Shards of the cluster, so reuses can pick payers on the same or another shard.
+    shards: u32,
     /// Per account: how many acknowledged transfers touch it.
     acknowledged_touching: BTreeMap<AccountId, u64>,
     /// Per account: the largest transfer count a completed read returned.
@@ -109,6 +122,8 @@ impl Workload {
             posted: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ambiguous: BTreeMap::new(),
+            reused: 0,
+            shards: 1,
             acknowledged_touching: BTreeMap::new(),
             read_count_max: BTreeMap::new(),
             first_violation: None,
@@ -127,6 +142,7 @@ impl Workload {
 
     /// Creates and funds the accounts before any fault; false if the cluster could not.
     pub fn setup(&mut self, cluster: &mut SimCluster) -> bool {
+        self.shards = cluster.placement().shard_count();
         for (n, account) in self.accounts.clone().iter().enumerate() {
             let kind = if n == 0 { AccountKind::Settlement } else { AccountKind::Customer };
             let create = Request::CreateAccount(CreateAccount { id: account.clone(), currency: self.currency, kind });
@@ -182,7 +198,7 @@ impl Workload {
         let Some(reply) = cluster.take_reply(call) else {
             return;
         };
-        let finished = self.handle_reply(&operation, reply, now, cluster);
+        let finished = self.handle_reply(index, &operation, reply, now, cluster);
         let client = &mut self.clients[index];
         let think = client.rng.gen_range(0..=self.config.think_ms_max);
         client.next_at_ms = now + think;
@@ -201,7 +217,7 @@ impl Workload {
         };
         let request = match &operation {
             Operation::Transfer { command, .. } => Request::Transfers(vec![command.clone()]),
-            Operation::ReadTransfer { id, payer, .. } => Request::ReadTransfer { id: id.clone(), payer: Some(payer.clone()) },
+            Operation::ReadTransfer { id, body, .. } => Request::ReadTransfer { id: id.clone(), payer: Some(body.from.clone()) },
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
         };
         let call = cluster.submit(node, request, self.config.call_timeout_ms);
@@ -222,16 +238,21 @@ impl Workload {
                 return Operation::ReadAccount { account, started_ms: now, acked_before, seen_before };
             }
             let pick_rejected = !self.rejected.is_empty() && client.rng.gen_bool(0.3);
-            let (id, payer, expect_posted) = if pick_rejected {
+            let (id, body, expect_posted) = if pick_rejected {
                 let position = client.rng.gen_range(0..self.rejected.len());
-                let (id, (command, _)) = self.rejected.iter().nth(position).expect("in range");
-                (id.clone(), command.from.clone(), false)
+                let ((id, body), _) = self.rejected.iter().nth(position).expect("in range");
+                (id.clone(), body.clone(), false)
             } else {
                 let position = client.rng.gen_range(0..self.posted.len());
                 let (id, acked) = self.posted.iter().nth(position).expect("in range");
-                (id.clone(), acked.command.from.clone(), true)
+                (id.clone(), acked.command.body(), true)
             };
-            return Operation::ReadTransfer { id, payer, expect_posted, started_ms: now };
+            return Operation::ReadTransfer { id, body, expect_posted, started_ms: now };
+        }
+        if self.clients[index].rng.gen_range(0..100) < self.config.reuse_percent {
+            if let Some(reuse) = self.reuse(index) {
+                return reuse;
+            }
         }
         let client = &mut self.clients[index];
         let pick = |rng: &mut SmallRng| {
@@ -255,8 +276,67 @@ impl Workload {
         Operation::Transfer { command }
     }
 
+    /// A transfer under an id already used with another body: an id another client has in
+    /// flight now (a race) or one already answered, with another payer (same shard or another
+    /// one), payee or amount. `None` when no id is known yet.
+    fn reuse(&mut self, index: usize) -> Option<Operation> {
+        let in_flight: Vec<TransferCmd> = self
+            .clients
+            .iter()
+            .filter(|client| client.id != index)
+            .filter_map(|client| match &client.current {
+                Some((Operation::Transfer { command }, _)) => Some(command.clone()),
+                _ => None,
+            })
+            .collect();
+        let rng = &mut self.clients[index].rng;
+        let original = if !in_flight.is_empty() && rng.gen_bool(0.5) {
+            in_flight[rng.gen_range(0..in_flight.len())].clone()
+        } else if !self.posted.is_empty() && rng.gen_bool(0.7) {
+            let position = rng.gen_range(0..self.posted.len());
+            self.posted.values().nth(position).expect("in range").command.clone()
+        } else if !self.rejected.is_empty() {
+            let position = rng.gen_range(0..self.rejected.len());
+            let ((id, body), _) = self.rejected.iter().nth(position).expect("in range");
+            TransferCmd { id: id.clone(), from: body.from.clone(), to: body.to.clone(), amount: body.amount, currency: body.currency }
+        } else {
+            return None;
+        };
+        let shard_of = |account: &AccountId| settle_cluster::placement::shard_of(account, self.shards);
+        let mut command = original.clone();
+        let customers = &self.accounts[1..];
+        match rng.gen_range(0..4) {
+            0 | 1 => {
+                // Another payer: on the original payer's shard, or on another one.
+                let same_shard = rng.gen_bool(0.5);
+                let payers: Vec<&AccountId> = customers
+                    .iter()
+                    .filter(|account| **account != original.from && **account != original.to)
+                    .filter(|account| (shard_of(account) == shard_of(&original.from)) == same_shard)
+                    .collect();
+                let Some(payer) = payers.get(rng.gen_range(0..payers.len().max(1))) else {
+                    command.amount = original.amount + 1;
+                    return Some(self.reused(command));
+                };
+                command.from = (*payer).clone();
+            }
+            2 => {
+                let payees: Vec<&AccountId> =
+                    customers.iter().filter(|account| **account != original.from && **account != original.to).collect();
+                command.to = payees[rng.gen_range(0..payees.len())].clone();
+            }
+            _ => command.amount = original.amount + rng.gen_range(1..=self.config.amount_max_minor),
+        }
+        Some(self.reused(command))
+    }
+
+    fn reused(&mut self, command: TransferCmd) -> Operation {
+        self.reused += 1;
+        Operation::Transfer { command }
+    }
+
     /// Handles a reply; true when the operation is finished.
-    fn handle_reply(&mut self, operation: &Operation, reply: Reply, now: u64, cluster: &mut SimCluster) -> bool {
+    fn handle_reply(&mut self, client: usize, operation: &Operation, reply: Reply, now: u64, cluster: &mut SimCluster) -> bool {
         match operation {
             Operation::Transfer { command } => {
                 let result = match reply {
@@ -265,38 +345,53 @@ impl Workload {
                 };
                 match result {
                     TransferResult::Done(view) if view.status == TransferStatus::Posted => {
-                        self.ambiguous.remove(&command.id);
+                        self.ambiguous.remove(&client);
                         cluster.note(format!("ack {} posted ({} -> {} {})", command.id, command.from, command.to, command.amount));
                         self.acknowledge(command.clone(), now);
                         true
                     }
                     TransferResult::Done(view) => match view.status {
                         TransferStatus::Rejected(code) => {
-                            self.ambiguous.remove(&command.id);
+                            self.ambiguous.remove(&client);
                             cluster.note(format!("ack {} rejected {}", command.id, code.code()));
-                            self.rejected.insert(command.id.clone(), (command.clone(), code));
+                            self.rejected.insert((command.id.clone(), command.body()), code);
                             true
                         }
                         _ => {
-                            self.ambiguous.insert(command.id.clone(), command.clone());
+                            self.ambiguous.insert(client, command.clone());
                             false
                         }
                     },
                     TransferResult::Refused(code) => {
-                        self.ambiguous.remove(&command.id);
-                        self.rejected.insert(command.id.clone(), (command.clone(), code));
+                        self.ambiguous.remove(&client);
+                        cluster.note(format!("ack {} refused {}", command.id, code.code()));
+                        self.rejected.insert((command.id.clone(), command.body()), code);
                         true
                     }
                     TransferResult::Unavailable => {
                         // Unknown outcome: retry the same id.
-                        self.ambiguous.insert(command.id.clone(), command.clone());
+                        self.ambiguous.insert(client, command.clone());
                         false
                     }
                 }
             }
-            Operation::ReadTransfer { id, expect_posted, started_ms, .. } => {
+            Operation::ReadTransfer { id, body, expect_posted, started_ms } => {
                 if let Reply::Transfer(found) = reply {
-                    let status = found.map(|view| view.status);
+                    // The payer's shard may hold another body under a reused id: only a record
+                    // with this body speaks about this transfer.
+                    let found_body = found.as_ref().map(|view| TransferBody {
+                        from: view.from.clone(),
+                        to: view.to.clone(),
+                        amount: view.amount,
+                        currency: view.currency,
+                    });
+                    if *expect_posted && found_body.as_ref().is_some_and(|found| found != body) {
+                        self.violated(Violation::new(
+                            "one_body_per_id",
+                            format!("{id} was acknowledged posted as {body:?} but reads back as {found_body:?}"),
+                        ));
+                    }
+                    let status = found.filter(|_| found_body.as_ref() == Some(body)).map(|view| view.status);
                     let posted = status == Some(TransferStatus::Posted);
                     if *expect_posted && !posted {
                         self.violated(Violation::new(
@@ -339,6 +434,14 @@ impl Workload {
     }
 
     fn acknowledge(&mut self, command: TransferCmd, at_ms: u64) {
+        if let Some(earlier) = self.posted.get(&command.id) {
+            if earlier.command != command {
+                let message = format!("{} was acknowledged posted as {:?} and as {:?}", command.id, earlier.command, command);
+                self.violated(Violation::new("one_body_per_id", message));
+            }
+            // Another client's request for the same transfer: one posting, counted once.
+            return;
+        }
         for account in [&command.from, &command.to] {
             *self.acknowledged_touching.entry(account.clone()).or_insert(0) += 1;
         }

@@ -10,7 +10,11 @@ use settle_cluster::planted::PlantedBug;
 const SEEDS_MAX: u64 = 300;
 
 fn find(bug: PlantedBug, faults: FaultClass) -> (u64, &'static str, String) {
-    for seed in 0..SEEDS_MAX {
+    find_within(bug, faults, SEEDS_MAX)
+}
+
+fn find_within(bug: PlantedBug, faults: FaultClass, seeds: u64) -> (u64, &'static str, String) {
+    for seed in 0..seeds {
         let mut options = RunOptions::new(seed);
         options.planted = bug;
         options.faults = faults;
@@ -20,7 +24,7 @@ fn find(bug: PlantedBug, faults: FaultClass) -> (u64, &'static str, String) {
             return (seed, violation.checker, violation.message);
         }
     }
-    panic!("{bug:?} was not found in {SEEDS_MAX} seeds");
+    panic!("{bug:?} was not found in {seeds} seeds");
 }
 
 /// Acknowledging before the flush loses acknowledged transfers when nodes crash.
@@ -60,4 +64,20 @@ fn coordinator_aborting_alone_is_caught() {
 fn skipped_overdraft_check_is_caught() {
     let (_, checker, _) = find(PlantedBug::SkipOverdraftCheck, FaultClass::None);
     assert!(["no_overdraft", "core_assertion"].contains(&checker), "{checker}");
+}
+
+/// The bug of issue 9 (records found under a reused transfer id trusted without comparing
+/// bodies: money destroyed) is caught within the first few dozen seeds, under every fault.
+#[test]
+fn id_reuse_unchecked_is_caught() {
+    let (_, checker, _) = find_within(PlantedBug::IdReuseUnchecked, FaultClass::All, 40);
+    assert!(["one_body_per_id", "conservation", "core_assertion"].contains(&checker), "{checker}");
+}
+
+/// An origin that does not reserve ids on their home shard lets a payer on another shard post
+/// a second body under a used id.
+#[test]
+fn skipped_id_reservation_is_caught() {
+    let (_, checker, _) = find_within(PlantedBug::SkipIdReservation, FaultClass::All, 40);
+    assert_eq!(checker, "one_body_per_id");
 }

@@ -4,13 +4,15 @@
 
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 use crate::ledger::{
-    Account, AccountKind, AccountOutcome, Command, CreateAccount, CreditCmd, Decision, RejectCode, TransferCmd, TransferView,
+    Account, AccountKind, AccountOutcome, Command, CreateAccount, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome,
+    TransferCmd, TransferView,
 };
 use crate::money::{Currency, Minor};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The first byte of every encoded payload; bumped when a format changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: transfer-id reservations (`Command::Reserve`), finalizes and decisions carry the body.
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -103,6 +105,9 @@ impl From<&Account> for AccountView {
 pub enum Request {
     CreateAccount(CreateAccount),
     Transfers(Vec<TransferCmd>),
+    /// Internal to legs: bind transfer ids to their bodies on their home shard (the origin's
+    /// first step for every transfer whose payer does not live on the id's home shard).
+    Reserve(Vec<ReserveCmd>),
     ReadAccount(AccountId),
     /// Without a payer hint every shard is asked (a transfer id alone does not name its shard).
     ReadTransfer {
@@ -141,6 +146,8 @@ pub enum Reply {
         account: Option<AccountView>,
     },
     Transfers(Vec<TransferResult>),
+    /// The home shard's answer to `Request::Reserve`, item by item.
+    Reservations(Vec<ReserveOutcome>),
     AccountState(Option<AccountView>),
     Transfer(Option<TransferView>),
     History(Option<HistoryPage>),
@@ -182,10 +189,11 @@ pub enum PeerMessage {
         credits: Vec<CreditCmd>,
         hops: u8,
     },
-    /// Payee shard leader → payer shard leader: these are the decisions.
+    /// Payee shard leader → payer shard leader: these are the decisions, each with the body it
+    /// was made for (the payer finalizes only a record with that body).
     Decisions {
         shard: ShardId,
-        decisions: Vec<(TransferId, Decision)>,
+        decisions: Vec<FinalizeCmd>,
         hops: u8,
     },
     /// "I do not lead `shard`; `leader` does": lets a node without a replica of the shard

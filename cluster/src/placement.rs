@@ -1,7 +1,7 @@
 //! Where accounts and shard replicas live. Pure functions of the bootstrap parameters, so every
 //! node computes the same answer without asking anyone.
 
-use crate::ids::{AccountId, NodeId, ShardId};
+use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 
 /// Replicas per shard (Raft voters), capped by the number of nodes.
 pub const REPLICAS_PER_SHARD: usize = 3;
@@ -22,6 +22,14 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 pub fn shard_of(account: &AccountId, shards: u32) -> ShardId {
     assert!(shards > 0, "a cluster needs shards");
     ShardId::try_from(fnv1a_64(account.as_str().as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
+}
+
+/// The home shard of a transfer id: the one shard that records which body the id belongs to
+/// (its reservation), so an id reused with another payer, payee or amount is refused however
+/// the two requests are routed. Same hash as accounts, over the id's bytes.
+pub fn home_shard_of(id: &TransferId, shards: u32) -> ShardId {
+    assert!(shards > 0, "a cluster needs shards");
+    ShardId::try_from(fnv1a_64(id.as_str().as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
 }
 
 /// The cluster's static layout, fixed at bootstrap.
@@ -56,6 +64,11 @@ impl Placement {
     /// The shard that owns an account.
     pub fn shard_of(&self, account: &AccountId) -> ShardId {
         shard_of(account, self.shards)
+    }
+
+    /// The shard that holds a transfer id's reservation.
+    pub fn home_shard_of(&self, id: &TransferId) -> ShardId {
+        home_shard_of(id, self.shards)
     }
 
     /// The voters of a shard: consecutive nodes starting at `shard mod nodes`, so replicas and

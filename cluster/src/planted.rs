@@ -18,6 +18,13 @@ pub enum PlantedBug {
     CoordinatorAbortsAlone,
     /// Cross-shard prepare skips the funds check.
     SkipOverdraftCheck,
+    /// The origin skips reserving a transfer id on its home shard: an id reused by a payer on
+    /// another shard is posted a second time, with another body.
+    SkipIdReservation,
+    /// The bug of issue 9: a record found under a transfer id is trusted without comparing its
+    /// body (the home shard accepts any body, the payee shard answers a decision made for
+    /// another payer, the payer finalizes with it), so a reused id destroys money.
+    IdReuseUnchecked,
 }
 
 /// Whether `bug` is planted in this configuration.

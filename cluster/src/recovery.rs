@@ -41,6 +41,10 @@ pub enum RecoveryError {
     LogGap { shard: ShardId, index: u64 },
     #[error("shard {shard}: checkpoint does not decode: {source}")]
     Checkpoint { shard: ShardId, source: CodecError },
+    /// A checkpoint stored under one shard holds another shard's ledger (or another layout's):
+    /// never trusted by the key it was found under.
+    #[error("shard {shard}: the checkpoint stored for it holds shard {found} of {found_count} shards")]
+    WrongShard { shard: ShardId, found: ShardId, found_count: u32 },
 }
 
 impl DurableShard {
@@ -153,6 +157,9 @@ pub fn recover_shard(placement: &Placement, shard: ShardId, mut durable: Durable
     let (ledger, applied_index, conf_state) = match durable.checkpoint.take() {
         Some(checkpoint) => {
             let ledger: Ledger = decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
+            if ledger.shard() != shard || ledger.shard_count() != placement.shard_count() {
+                return Err(RecoveryError::WrongShard { shard, found: ledger.shard(), found_count: ledger.shard_count() });
+            }
             ledger.check_invariants();
             (ledger, checkpoint.index, Some((checkpoint.conf_state, checkpoint.term)))
         }
@@ -253,5 +260,17 @@ mod tests {
         let placement = Placement::new(vec![1, 2, 3], 4);
         let durable = BTreeMap::from([(0, DurableShard { entries: vec![entry(1, 1), entry(3, 1)], ..DurableShard::default() })]);
         assert!(matches!(recover_node(&placement, durable), Err(RecoveryError::LogGap { shard: 0, index: 2 })));
+    }
+
+    /// A checkpoint found under one shard's key that holds another shard's ledger is refused,
+    /// not installed as that shard's state.
+    #[test]
+    fn a_checkpoint_of_another_shard_is_refused() {
+        let placement = Placement::new(vec![1, 2, 3], 4);
+        let mut misplaced = checkpoint(1, 5, 2);
+        misplaced.shard = 2;
+        let durable = BTreeMap::from([(2, DurableShard { checkpoint: Some(misplaced), ..DurableShard::default() })]);
+        let refused = recover_node(&placement, durable);
+        assert!(matches!(refused, Err(RecoveryError::WrongShard { shard: 2, found: 1, found_count: 4 })), "{:?}", refused.err());
     }
 }

@@ -1,21 +1,29 @@
-//! Property tests of the cross-shard protocol at the ledger level: prepare on the payer shard,
-//! one decision per id on the payee shard, finalize on the payer, with a message bag that
-//! delivers in any order, duplicates, drops, and coordinators that re-drive (and prevent) at
-//! any moment, as a new leader would after a crash.
+//! Property tests of the transfer protocol at the ledger level: the id's reservation on its home
+//! shard, prepare on the payer shard, one decision per id on the payee shard, finalize on the
+//! payer, with a message bag that delivers in any order, duplicates, drops, misdelivers
+//! decisions to other shards, and coordinators that re-drive (and prevent) at any moment, as a
+//! new leader would after a crash. Ids are reused with other payers, payees and amounts.
 
 use proptest::prelude::*;
 use settle_cluster::ids::{AccountId, ShardId, TransferId};
 use settle_cluster::ledger::*;
 use settle_cluster::money::Currency;
-use settle_cluster::placement::shard_of;
+use settle_cluster::placement::{home_shard_of, shard_of};
 use std::collections::BTreeMap;
 
 const SHARDS: u32 = 3;
 
 #[derive(Debug, Clone)]
 enum Message {
+    /// The origin's first step: reserve the id on its home shard (then send the transfer).
+    Reserve(TransferCmd),
+    /// The origin's second step: the transfer, to its payer shard.
+    Transfer(TransferCmd),
     Credit(CreditCmd),
-    Decision { payer_shard: ShardId, id: TransferId, decision: Decision },
+    Decision {
+        payer_shard: ShardId,
+        finalize: FinalizeCmd,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +43,11 @@ enum Step {
     Drop {
         pick: u16,
     },
+    /// Deliver a decision to another shard than its payer's (a misrouted or forged message).
+    Misdeliver {
+        pick: u16,
+        shard: u8,
+    },
     /// A (new) coordinator of this shard re-sends every pending transfer's credit request.
     Redrive {
         shard: u8,
@@ -47,6 +60,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u8..24, 0u8..6, 0u8..6, 1i128..120).prop_map(|(id, from, to, amount)| Step::Submit { id, from, to, amount }),
         6 => (any::<u16>(), prop::bool::weighted(0.2)).prop_map(|(pick, duplicate)| Step::Deliver { pick, duplicate }),
         1 => any::<u16>().prop_map(|pick| Step::Drop { pick }),
+        1 => (any::<u16>(), 0u8..3).prop_map(|(pick, shard)| Step::Misdeliver { pick, shard }),
         1 => (0u8..3, prop::bool::weighted(0.3)).prop_map(|(shard, prevent)| Step::Redrive { shard, prevent }),
     ]
 }
@@ -91,27 +105,47 @@ impl World {
         applied
     }
 
+    /// A client's transfer reaches an origin: reserve first unless the payer's shard is the
+    /// id's home (then the transfer reserves the id itself).
     fn submit(&mut self, id: TransferId, from: &AccountId, to: &AccountId, amount: i128) {
-        let payer_shard = shard_of(from, SHARDS);
         let command = TransferCmd { id: id.clone(), from: from.clone(), to: to.clone(), amount, currency: self.usd };
-        let applied = self.apply(payer_shard, Command::Transfer(command));
-        if applied == Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)) {
-            let record = self.ledger(payer_shard).transfer(&id).unwrap().clone();
-            self.bag.push(Message::Credit(CreditCmd::for_record(&record, payer_shard, false)));
+        if home_shard_of(&id, SHARDS) == shard_of(from, SHARDS) {
+            self.bag.push(Message::Transfer(command));
+        } else {
+            self.bag.push(Message::Reserve(command));
         }
     }
 
     fn deliver(&mut self, message: Message) {
         match message {
+            Message::Reserve(command) => {
+                let reserve = ReserveCmd { id: command.id.clone(), body: command.body() };
+                let Applied::Reserve(outcome) = self.apply(home_shard_of(&command.id, SHARDS), Command::Reserve(reserve)) else {
+                    panic!("reservation applied as something else");
+                };
+                if outcome.allows_transfer() {
+                    self.bag.push(Message::Transfer(command));
+                }
+            }
+            Message::Transfer(command) => {
+                let payer_shard = shard_of(&command.from, SHARDS);
+                let id = command.id.clone();
+                let applied = self.apply(payer_shard, Command::Transfer(command));
+                if applied == Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)) {
+                    let record = self.ledger(payer_shard).transfer(&id).unwrap().clone();
+                    self.bag.push(Message::Credit(CreditCmd::for_record(&record, payer_shard, false)));
+                }
+            }
             Message::Credit(credit) => {
                 let payee_shard = shard_of(&credit.to, SHARDS);
                 let Applied::Credit(outcome) = self.apply(payee_shard, Command::Credit(credit.clone())) else {
                     panic!("credit applied as something else");
                 };
-                self.bag.push(Message::Decision { payer_shard: credit.payer_shard, id: credit.id, decision: outcome.decision });
+                let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision: outcome.decision };
+                self.bag.push(Message::Decision { payer_shard: credit.payer_shard, finalize });
             }
-            Message::Decision { payer_shard, id, decision } => {
-                self.apply(payer_shard, Command::Finalize(FinalizeCmd { id, decision }));
+            Message::Decision { payer_shard, finalize } => {
+                self.apply(payer_shard, Command::Finalize(finalize));
             }
         }
     }
@@ -155,6 +189,7 @@ proptest! {
         let accounts = world.accounts.clone();
         for (n, account) in accounts.iter().enumerate().skip(1) {
             world.submit(TransferId::new(format!("fund-{n}")).unwrap(), &accounts[0], account, 200);
+            world.settle();
         }
         world.settle();
         for step in steps {
@@ -174,6 +209,12 @@ proptest! {
                     let index = usize::from(pick) % world.bag.len();
                     world.bag.remove(index);
                 }
+                Step::Misdeliver { pick, shard } if !world.bag.is_empty() => {
+                    let index = usize::from(pick) % world.bag.len();
+                    if let Message::Decision { finalize, .. } = world.bag[index].clone() {
+                        world.deliver(Message::Decision { payer_shard: ShardId::from(shard), finalize });
+                    }
+                }
                 Step::Redrive { shard, prevent } => world.redrive(ShardId::from(shard), prevent),
                 _ => {}
             }
@@ -192,23 +233,28 @@ proptest! {
         world.settle();
 
         let mut expected: BTreeMap<AccountId, i128> = accounts.iter().map(|a| (a.clone(), 0)).collect();
+        let mut posted_bodies: BTreeMap<TransferId, TransferBody> = BTreeMap::new();
         for ledger in &world.ledgers {
             for record in ledger.transfers() {
+                // Every stored record is the body its id is reserved for on the id's home shard.
+                let home = &world.ledgers[usize::try_from(home_shard_of(&record.id, SHARDS)).unwrap()];
+                prop_assert_eq!(home.reservation(&record.id), Some(&record.body()), "{} stored without its reservation", record.id);
                 let payee_shard = shard_of(&record.to, SHARDS);
                 let credit = world.ledgers[usize::try_from(payee_shard).unwrap()].credit(&record.id);
-                // The decision for this id may belong to another payer's transfer that reused the id.
-                let decision = credit.filter(|c| c.from == record.from && c.amount == record.amount && c.to == record.to).map(|c| c.decision.clone());
-                if record.status == TransferStatus::Rejected(RejectCode::IdempotencyKeyReused) {
-                    prop_assert!(credit.is_some() && decision.is_none(), "{} refused as reused without a clash", record.id);
-                } else if record.cross_shard {
+                prop_assert!(credit.is_none_or(|c| c.body() == record.body()), "{}: the payee decided on another body", record.id);
+                let decision = credit.map(|c| c.decision.clone());
+                if record.cross_shard {
                     match (&record.status, &decision) {
                         (TransferStatus::Posted, Some(Decision::Credited)) => {}
                         (TransferStatus::Rejected(code), Some(Decision::Refused(refused))) => prop_assert_eq!(code, refused),
+                        // Refused at prepare (funds, payer): the payee was never asked.
                         (TransferStatus::Rejected(_), None) => {}
                         (status, decision) => prop_assert!(false, "{} finalized {status:?} with decision {decision:?}", record.id),
                     }
                 }
                 if record.status == TransferStatus::Posted {
+                    let earlier = posted_bodies.insert(record.id.clone(), record.body());
+                    prop_assert!(earlier.is_none(), "{} posted twice", record.id);
                     *expected.get_mut(&record.from).unwrap() -= record.amount;
                     *expected.get_mut(&record.to).unwrap() += record.amount;
                 }

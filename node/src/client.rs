@@ -187,9 +187,13 @@ pub async fn balance(client: &reqwest::Client, urls: &[String], account: &str) -
     }
 }
 
-/// A transfer's final status: "posted", "rejected" or "absent" (waits while it is pending).
-pub async fn final_status(client: &reqwest::Client, urls: &[String], id: &str, payer: &str) -> anyhow::Result<String> {
+/// A transfer's final status: "posted", "rejected", "absent", or "reused" when the id holds
+/// another body (then this one can never post); waits while it is pending. The record found
+/// under the id is trusted only if its payer, payee and amount are this transfer's.
+pub async fn final_status(client: &reqwest::Client, urls: &[String], transfer: &Transfer, accounts: &[String]) -> anyhow::Result<String> {
     let deadline = Instant::now() + READ_FOR;
+    let (id, payer) = (&transfer.id, &accounts[transfer.from]);
+    let expected = transfer.body(accounts);
     let mut turn = 0;
     loop {
         let url = &urls[turn % urls.len()];
@@ -199,6 +203,10 @@ pub async fn final_status(client: &reqwest::Client, urls: &[String], id: &str, p
                 404 => return Ok("absent".to_string()),
                 200 => {
                     let body: Value = response.json().await?;
+                    let same_body = ["from", "to", "amount", "currency"].iter().all(|field| body[*field] == expected[*field]);
+                    if !same_body {
+                        return Ok("reused".to_string());
+                    }
                     let status = body["status"].as_str().unwrap_or("").to_string();
                     if status != "pending" {
                         return Ok(status);

@@ -2,12 +2,20 @@
 //! shard's leader (locally or over the peer link), retry on NotLeader, silence or an unknown
 //! leader until the call's deadline, and assemble the reply. Every leg is idempotent (transfers
 //! and account creation dedup by id; reads have no effect), so a retry is always safe.
+//!
+//! Transfers go in two steps: first every transfer id whose home shard is not its payer's shard
+//! is reserved there (`Request::Reserve`: the id is bound to its body, first body wins, for
+//! ever); only the transfers the home shards cleared are then sent to their payer shards. A
+//! transfer whose id is bound to another body is refused with `idempotency_key_reused` and
+//! moves nothing, whichever nodes and shards the two requests went through.
 
 use super::tasks::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{NodeId, ShardId};
-use crate::ledger::{TransferCmd, TransferView};
+use crate::ledger::RejectCode;
+use crate::ledger::{ReserveCmd, TransferCmd, TransferView};
 use crate::message::{PeerMessage, Reply, Request, TransferResult};
+use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
 
 /// The driver's handle for a client request.
@@ -56,6 +64,10 @@ struct Call {
     state: CallState,
     legs: Vec<u64>,
     transfers: usize,
+    /// Transfers held back while the call's reservation legs are out, by item position, with
+    /// whether they may go (a home shard cleared them, or their payer's shard is their home).
+    held: BTreeMap<usize, (TransferCmd, bool)>,
+    request_id: Option<String>,
 }
 
 enum CallState {
@@ -96,6 +108,7 @@ impl NodeCore {
         }
         let placement = &self.config.placement;
         let mut legs: Vec<(ShardId, Request, Vec<usize>)> = Vec::new();
+        let mut held = BTreeMap::new();
         let state = match request {
             Request::CreateAccount(create) => {
                 legs.push((placement.shard_of(&create.id), Request::CreateAccount(create), Vec::new()));
@@ -103,16 +116,38 @@ impl NodeCore {
             }
             Request::Transfers(items) => {
                 let count = items.len();
-                let mut by_shard: BTreeMap<ShardId, (Vec<TransferCmd>, Vec<usize>)> = BTreeMap::new();
-                for (position, item) in items.into_iter().enumerate() {
-                    let entry = by_shard.entry(placement.shard_of(&item.from)).or_default();
-                    entry.0.push(item);
-                    entry.1.push(position);
+                let mut reservations: BTreeMap<ShardId, (Vec<ReserveCmd>, Vec<usize>)> = BTreeMap::new();
+                for (position, item) in items.iter().enumerate() {
+                    let home = placement.home_shard_of(&item.id);
+                    let skip = planted(self.config.planted, PlantedBug::SkipIdReservation)
+                        || planted(self.config.planted, PlantedBug::IdReuseUnchecked);
+                    if home != placement.shard_of(&item.from) && !skip {
+                        let entry = reservations.entry(home).or_default();
+                        entry.0.push(ReserveCmd { id: item.id.clone(), body: item.body() });
+                        entry.1.push(position);
+                    }
                 }
-                for (shard, (commands, positions)) in by_shard {
-                    legs.push((shard, Request::Transfers(commands), positions));
+                if reservations.is_empty() {
+                    legs.extend(transfer_legs(placement, items.into_iter().enumerate()));
+                } else {
+                    for (shard, (commands, positions)) in reservations {
+                        legs.push((shard, Request::Reserve(commands), positions));
+                    }
+                    for (position, item) in items.into_iter().enumerate() {
+                        // Transfers reserved by their own payer shard may go as soon as the rest do.
+                        let cleared = placement.home_shard_of(&item.id) == placement.shard_of(&item.from);
+                        held.insert(position, (item, cleared));
+                    }
                 }
                 CallState::Batch(vec![None; count])
+            }
+            Request::Reserve(commands) => {
+                // Internal to legs; a caller that submits it directly names ids of one home shard
+                // (the home shard's leader refuses a leg with any other as misrouted).
+                if let Some(first) = commands.first() {
+                    legs.push((placement.home_shard_of(&first.id), Request::Reserve(commands), Vec::new()));
+                }
+                CallState::Single(None)
             }
             Request::ReadAccount(account) => {
                 legs.push((placement.shard_of(&account), Request::ReadAccount(account), Vec::new()));
@@ -140,16 +175,26 @@ impl NodeCore {
             self.effects.push(Effect::Reply { call, reply: Reply::Transfers(Vec::new()) });
             return;
         }
+        self.calls.transfers_inflight += transfers;
+        self.calls.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, request_id });
+        self.start_legs(call, legs);
+    }
+
+    /// Adds legs to a call and sends them.
+    fn start_legs(&mut self, call_id: CallId, legs: Vec<(ShardId, Request, Vec<usize>)>) {
+        let Some(call) = self.calls.calls.get_mut(&call_id) else {
+            return;
+        };
         let mut leg_ids = Vec::new();
         for (shard, request, items) in legs {
             let leg_id = self.calls.next_leg;
             self.calls.next_leg = self.calls.next_leg.wrapping_add(1);
-            let leg = Leg { call, shard, request, items, deadline_ms, sent: None, redirects: 0, request_id: request_id.clone() };
+            let request_id = call.request_id.clone();
+            let leg = Leg { call: call_id, shard, request, items, deadline_ms: call.deadline_ms, sent: None, redirects: 0, request_id };
             self.calls.legs.insert(leg_id, leg);
             leg_ids.push(leg_id);
         }
-        self.calls.transfers_inflight += transfers;
-        self.calls.calls.insert(call, Call { deadline_ms, state, legs: leg_ids.clone(), transfers });
+        call.legs.extend(leg_ids.iter().copied());
         for leg_id in leg_ids {
             self.dispatch_leg(leg_id);
         }
@@ -297,7 +342,32 @@ impl NodeCore {
                 }
             }
             (CallState::Lookup(_), _) => {}
+            (CallState::Batch(slots), Reply::Reservations(outcomes)) => {
+                assert_eq!(outcomes.len(), leg.items.len(), "a home shard answered every reservation of a leg");
+                for (position, outcome) in leg.items.iter().zip(outcomes) {
+                    if outcome.allows_transfer() {
+                        if let Some((_, cleared)) = call.held.get_mut(position) {
+                            *cleared = true;
+                        }
+                    } else {
+                        call.held.remove(position);
+                        slots[*position] = Some(TransferResult::Refused(RejectCode::IdempotencyKeyReused));
+                    }
+                }
+            }
             (CallState::Batch(_), other) => panic!("a transfer leg was answered with {other:?}"),
+        }
+        if finished && !call.held.is_empty() {
+            // Every reservation is answered: the cleared transfers go to their payer shards.
+            let cleared: Vec<(usize, TransferCmd)> = std::mem::take(&mut call.held)
+                .into_iter()
+                .filter_map(|(position, (item, cleared))| cleared.then_some((position, item)))
+                .collect();
+            let legs = transfer_legs(&self.config.placement, cleared);
+            if !legs.is_empty() {
+                self.start_legs(leg.call, legs);
+                return;
+            }
         }
         if finished {
             self.finish_call(leg.call, false);
@@ -366,18 +436,39 @@ impl NodeCore {
     }
 }
 
-/// Whether a reply answers this request: the right kind, and for transfers the same ids in
-/// order. A mismatch can only be a stale reply and must never reach a client.
+/// One transfer leg per payer shard, carrying the item positions in order.
+fn transfer_legs(
+    placement: &crate::placement::Placement,
+    items: impl IntoIterator<Item = (usize, TransferCmd)>,
+) -> Vec<(ShardId, Request, Vec<usize>)> {
+    let mut by_shard: BTreeMap<ShardId, (Vec<TransferCmd>, Vec<usize>)> = BTreeMap::new();
+    for (position, item) in items {
+        let entry = by_shard.entry(placement.shard_of(&item.from)).or_default();
+        entry.0.push(item);
+        entry.1.push(position);
+    }
+    by_shard.into_iter().map(|(shard, (commands, positions))| (shard, Request::Transfers(commands), positions)).collect()
+}
+
+/// Whether a reply answers this request: the right kind, and for transfers the same ids and
+/// bodies in order. A mismatch can only be a stale reply and must never reach a client.
 fn reply_fits(request: &Request, reply: &Reply) -> bool {
     match (request, reply) {
         (_, Reply::NotLeader { .. } | Reply::Unavailable | Reply::Overloaded) => true,
         (Request::Transfers(commands), Reply::Transfers(results)) => {
             commands.len() == results.len()
                 && commands.iter().zip(results).all(|(command, result)| match result {
-                    TransferResult::Done(view) => view.id == command.id,
+                    TransferResult::Done(view) => {
+                        view.id == command.id
+                            && view.from == command.from
+                            && view.to == command.to
+                            && view.amount == command.amount
+                            && view.currency == command.currency
+                    }
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
+        (Request::Reserve(commands), Reply::Reservations(outcomes)) => commands.len() == outcomes.len(),
         (Request::CreateAccount(create), Reply::Account { account, .. }) => account.as_ref().is_none_or(|account| account.id == create.id),
         (Request::ReadAccount(id), Reply::AccountState(state)) => state.as_ref().is_none_or(|account| account.id == *id),
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),

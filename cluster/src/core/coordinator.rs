@@ -8,7 +8,7 @@
 use super::NodeCore;
 use crate::ids::NodeId;
 use crate::ids::{ShardId, TransferId};
-use crate::ledger::{Command, CreditCmd, Decision, FinalizeCmd, TransferStatus};
+use crate::ledger::{Command, CreditCmd, Decision, FinalizeCmd, RejectCode, TransferStatus};
 use crate::message::{PeerMessage, Tagged};
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
@@ -20,8 +20,8 @@ const PROTOCOL_HOPS_MAX: u8 = 2;
 pub(super) struct Coordinator {
     /// Credit requests to route, by payee shard.
     credit_outbox: BTreeMap<ShardId, Vec<CreditCmd>>,
-    /// Decisions to route, by payer shard.
-    decision_outbox: BTreeMap<ShardId, Vec<(TransferId, Decision)>>,
+    /// Decisions to route, by payer shard (each with the body it was made for).
+    decision_outbox: BTreeMap<ShardId, Vec<FinalizeCmd>>,
     /// Payer side: how this leader drives each pending transfer, by payer shard.
     drives: BTreeMap<ShardId, BTreeMap<TransferId, Drive>>,
     /// Payee side: credits proposed and not yet applied.
@@ -82,10 +82,12 @@ impl NodeCore {
         drive.since_ms = Some(self.clock_ms);
     }
 
-    /// The payee shard (led here) recorded or replayed a decision: tell the payer shard.
-    pub(super) fn credit_decided(&mut self, shard: ShardId, payer_shard: ShardId, id: &TransferId, decision: Decision) {
-        self.coordinator.credit_proposed_ms.remove(&(shard, id.clone()));
-        self.coordinator.decision_outbox.entry(payer_shard).or_default().push((id.clone(), decision));
+    /// The payee shard (led here) recorded or replayed a decision on `credit`: tell the payer
+    /// shard, naming the body the decision is for.
+    pub(super) fn credit_decided(&mut self, shard: ShardId, credit: &CreditCmd, decision: Decision) {
+        self.coordinator.credit_proposed_ms.remove(&(shard, credit.id.clone()));
+        let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision };
+        self.coordinator.decision_outbox.entry(credit.payer_shard).or_default().push(finalize);
     }
 
     pub(super) fn transfer_finalized(&mut self, shard: ShardId, id: &TransferId) {
@@ -112,7 +114,7 @@ impl NodeCore {
         }
     }
 
-    pub(super) fn decisions_received(&mut self, from: NodeId, shard: ShardId, decisions: Vec<(TransferId, Decision)>, hops: u8) {
+    pub(super) fn decisions_received(&mut self, from: NodeId, shard: ShardId, decisions: Vec<FinalizeCmd>, hops: u8) {
         if self.replicas.get(&shard).is_some_and(|replica| replica.is_leader()) {
             self.coordinator.decision_outbox.entry(shard).or_default().extend(decisions);
             return;
@@ -148,10 +150,20 @@ impl NodeCore {
                 continue;
             }
             for credit in credits {
-                let known = self.replicas[&payee_shard].ledger().credit(&credit.id).map(|record| record.decision.clone());
+                let unchecked = planted(self.config.planted, PlantedBug::IdReuseUnchecked);
+                let known = self.replicas[&payee_shard].ledger().credit(&credit.id).map(|record| {
+                    if record.same_transfer(&credit) || unchecked {
+                        record.decision.clone()
+                    } else {
+                        // The id was decided for another body: this one is refused, and
+                        // applying it would store nothing either.
+                        Decision::Refused(RejectCode::IdempotencyKeyReused)
+                    }
+                });
                 if let Some(decision) = known {
                     // Decisions never change, so an applied one can be answered without a proposal.
-                    self.coordinator.decision_outbox.entry(credit.payer_shard).or_default().push((credit.id, decision));
+                    let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision };
+                    self.coordinator.decision_outbox.entry(credit.payer_shard).or_default().push(finalize);
                     continue;
                 }
                 let key = (payee_shard, credit.id.clone());
@@ -172,19 +184,23 @@ impl NodeCore {
                 }
                 continue;
             }
-            for (id, decision) in decisions {
-                let pending =
-                    self.replicas[&payer_shard].ledger().transfer(&id).is_some_and(|record| record.status == TransferStatus::Pending);
+            let unchecked = planted(self.config.planted, PlantedBug::IdReuseUnchecked);
+            for finalize in decisions {
+                // Only a decision made for this record's own body may finalize it.
+                let pending = self.replicas[&payer_shard]
+                    .ledger()
+                    .transfer(&finalize.id)
+                    .is_some_and(|record| record.status == TransferStatus::Pending && (unchecked || record.body() == finalize.body));
                 if !pending {
                     continue;
                 }
-                let drive = self.coordinator.drive(payer_shard, &id);
+                let drive = self.coordinator.drive(payer_shard, &finalize.id);
                 if drive.finalize_proposed_ms.is_some_and(|at| now.saturating_sub(at) < retry_after) {
                     continue;
                 }
                 drive.finalize_proposed_ms = Some(now);
                 let replica = self.replicas.get_mut(&payer_shard).expect("checked");
-                replica.queue_proposal(Tagged { tag: 0, command: Command::Finalize(FinalizeCmd { id, decision }) });
+                replica.queue_proposal(Tagged { tag: 0, command: Command::Finalize(finalize) });
                 self.dirty.insert(payer_shard);
             }
         }
@@ -225,8 +241,8 @@ impl NodeCore {
                 self.rotate_hint(payee_shard);
             }
             if credit.prevent && planted(self.config.planted, PlantedBug::CoordinatorAbortsAlone) {
-                let decision = Decision::Refused(crate::ledger::RejectCode::CreditTimeout);
-                let finalize = Command::Finalize(FinalizeCmd { id: credit.id, decision });
+                let decision = Decision::Refused(RejectCode::CreditTimeout);
+                let finalize = Command::Finalize(FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision });
                 self.replicas.get_mut(&shard).expect("led here").queue_proposal(Tagged { tag: 0, command: finalize });
                 self.dirty.insert(shard);
                 continue;

@@ -5,9 +5,9 @@
 
 use super::NodeCore;
 use crate::ids::{NodeId, ShardId, TransferId};
-use crate::ledger::{Applied, Command, TransferOutcome, TransferStatus, TransferView};
+use crate::ledger::{Applied, Command, ReserveOutcome, TransferOutcome, TransferStatus, TransferView};
 use crate::message::{AccountView, HistoryPage, PeerMessage, Reply, Request, Tagged, TransferResult};
-use crate::placement::shard_of;
+use crate::placement::{home_shard_of, shard_of};
 use crate::planted::{planted, PlantedBug};
 use crate::replica::AppliedCommand;
 use raft::ReadState;
@@ -52,9 +52,15 @@ struct Task {
     read: Option<Request>,
     /// The tags of the task's proposals: drawn one after another, so a range (empty for reads).
     tags: Range<u64>,
-    slots: Vec<Option<TransferResult>>,
+    slots: Slots,
     reply: Option<Reply>,
     open: usize,
+}
+
+/// The per-item results of a write task, filled as its proposals apply.
+enum Slots {
+    Transfers(Vec<Option<TransferResult>>),
+    Reservations(Vec<Option<ReserveOutcome>>),
 }
 
 impl NodeCore {
@@ -74,6 +80,7 @@ impl NodeCore {
         let misrouted = match &request {
             Request::CreateAccount(create) => shard_of(&create.id, shard_count) != shard,
             Request::Transfers(items) => items.iter().any(|item| shard_of(&item.from, shard_count) != shard),
+            Request::Reserve(items) => items.iter().any(|item| home_shard_of(&item.id, shard_count) != shard),
             Request::ReadAccount(account) | Request::History { account, .. } => shard_of(account, shard_count) != shard,
             Request::ReadTransfer { .. } => false,
         };
@@ -85,7 +92,16 @@ impl NodeCore {
         let task_id = self.tasks.next_task;
         self.tasks.next_task += 1;
         let first_tag = self.tasks.next_tag + 1;
-        let mut task = Task { origin, shard, deadline_ms, read: None, tags: first_tag..first_tag, slots: Vec::new(), reply: None, open: 1 };
+        let mut task = Task {
+            origin,
+            shard,
+            deadline_ms,
+            read: None,
+            tags: first_tag..first_tag,
+            slots: Slots::Transfers(Vec::new()),
+            reply: None,
+            open: 1,
+        };
         let replica = self.replicas.get_mut(&shard).expect("checked above");
         match request {
             Request::CreateAccount(create) => {
@@ -95,11 +111,20 @@ impl NodeCore {
             }
             Request::Transfers(items) => {
                 task.open = items.len();
-                task.slots = vec![None; items.len()];
+                task.slots = Slots::Transfers(vec![None; items.len()]);
                 for (slot, item) in items.into_iter().enumerate() {
                     let tag = next_tag(&mut self.tasks.next_tag);
                     self.tasks.tags.insert(tag, (task_id, slot));
                     replica.queue_proposal(Tagged { tag, command: Command::Transfer(item) });
+                }
+            }
+            Request::Reserve(items) => {
+                task.open = items.len();
+                task.slots = Slots::Reservations(vec![None; items.len()]);
+                for (slot, item) in items.into_iter().enumerate() {
+                    let tag = next_tag(&mut self.tasks.next_tag);
+                    self.tasks.tags.insert(tag, (task_id, slot));
+                    replica.queue_proposal(Tagged { tag, command: Command::Reserve(item) });
                 }
             }
             read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. }) => {
@@ -114,8 +139,12 @@ impl NodeCore {
         }
         task.tags = first_tag..self.tasks.next_tag + 1;
         if task.open == 0 {
-            // An empty transfer list: nothing to wait for.
-            self.reply_to_origin(origin, Reply::Transfers(Vec::new()));
+            // An empty list: nothing to wait for.
+            let reply = match task.slots {
+                Slots::Transfers(_) => Reply::Transfers(Vec::new()),
+                Slots::Reservations(_) => Reply::Reservations(Vec::new()),
+            };
+            self.reply_to_origin(origin, reply);
             return;
         }
         self.tasks.tasks.insert(task_id, task);
@@ -216,7 +245,7 @@ impl NodeCore {
                 let page = ledger.history(account, *before, limit);
                 Reply::History(page.map(|(transfers, next_cursor)| HistoryPage { transfers, next_cursor }))
             }
-            Request::CreateAccount(_) | Request::Transfers(_) => unreachable!("writes are not reads"),
+            Request::CreateAccount(_) | Request::Transfers(_) | Request::Reserve(_) => unreachable!("writes are not reads"),
         }
     }
 
@@ -256,7 +285,12 @@ impl NodeCore {
                 }
                 (Command::Credit(credit), Applied::Credit(outcome)) => {
                     if leads {
-                        self.credit_decided(shard, credit.payer_shard, &credit.id, outcome.decision.clone());
+                        self.credit_decided(shard, credit, outcome.decision.clone());
+                    }
+                }
+                (Command::Reserve(_), Applied::Reserve(outcome)) => {
+                    if let Some((task, slot)) = self.tasks.tags.remove(&item.tag) {
+                        self.fill_reservation(task, slot, *outcome);
                     }
                 }
                 (Command::Finalize(finalize), Applied::Finalize(outcome)) => {
@@ -280,14 +314,27 @@ impl NodeCore {
     }
 
     fn fill_slot(&mut self, task_id: u64, slot: usize, result: TransferResult) {
+        self.fill(task_id, |slots| match slots {
+            Slots::Transfers(slots) => put_once(&mut slots[slot], result),
+            Slots::Reservations(_) => false,
+        });
+    }
+
+    fn fill_reservation(&mut self, task_id: u64, slot: usize, outcome: ReserveOutcome) {
+        self.fill(task_id, |slots| match slots {
+            Slots::Reservations(slots) => put_once(&mut slots[slot], outcome),
+            Slots::Transfers(_) => false,
+        });
+    }
+
+    /// Fills one slot of a task (`put` answers whether it filled an empty one) and closes it.
+    fn fill(&mut self, task_id: u64, put: impl FnOnce(&mut Slots) -> bool) {
         let Some(task) = self.tasks.tasks.get_mut(&task_id) else {
             return;
         };
-        if task.slots[slot].is_some() {
-            return;
+        if put(&mut task.slots) {
+            self.close_slot(task_id);
         }
-        task.slots[slot] = Some(result);
-        self.close_slot(task_id);
     }
 
     fn close_slot(&mut self, task_id: u64) {
@@ -299,9 +346,12 @@ impl NodeCore {
             return;
         }
         let task = self.remove_task(task_id).expect("present");
-        let reply = match task.reply {
-            Some(reply) => reply,
-            None => Reply::Transfers(task.slots.into_iter().map(|slot| slot.expect("every slot filled")).collect()),
+        let reply = match (task.reply, task.slots) {
+            (Some(reply), _) => reply,
+            (None, Slots::Transfers(slots)) => Reply::Transfers(slots.into_iter().map(|slot| slot.expect("every slot filled")).collect()),
+            (None, Slots::Reservations(slots)) => {
+                Reply::Reservations(slots.into_iter().map(|slot| slot.expect("every slot filled")).collect())
+            }
         };
         self.reply_to_origin(task.origin, reply);
     }
@@ -362,6 +412,15 @@ impl NodeCore {
         }
         self.tasks.finalize_waiters.retain(|_, waiters| !waiters.is_empty());
     }
+}
+
+/// Fills an empty slot; false (and nothing changes) if it was filled already.
+fn put_once<T>(slot: &mut Option<T>, value: T) -> bool {
+    if slot.is_some() {
+        return false;
+    }
+    *slot = Some(value);
+    true
 }
 
 fn next_tag(counter: &mut u64) -> u64 {

@@ -11,7 +11,7 @@ pub use types::*;
 
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor};
-use crate::placement::shard_of;
+use crate::placement::{home_shard_of, shard_of};
 use crate::planted::{planted, PlantedBug};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +28,9 @@ pub struct Ledger {
     credits: BTreeMap<TransferId, CreditRecord>,
     /// Cross-shard transfers prepared here and not yet finalized (the coordinator's to-do list).
     pending: BTreeSet<TransferId>,
+    /// Transfer ids whose home shard this is, with the one body each is bound to (first wins,
+    /// forever): the cluster-wide idempotency index.
+    reservations: BTreeMap<TransferId, TransferBody>,
     /// Per currency: money that entered this shard through posted cross-shard credits minus money
     /// that left through posted cross-shard debits. The sum of balances must equal it.
     net_inflow: BTreeMap<Currency, Minor>,
@@ -46,6 +49,7 @@ impl Ledger {
             transfers: BTreeMap::new(),
             credits: BTreeMap::new(),
             pending: BTreeSet::new(),
+            reservations: BTreeMap::new(),
             net_inflow: BTreeMap::new(),
             planted: PlantedBug::None,
         }
@@ -58,6 +62,10 @@ impl Ledger {
 
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&Account> {
@@ -86,6 +94,15 @@ impl Ledger {
 
     pub fn credits(&self) -> impl Iterator<Item = &CreditRecord> {
         self.credits.values()
+    }
+
+    /// The body a transfer id whose home is this shard is bound to.
+    pub fn reservation(&self, id: &TransferId) -> Option<&TransferBody> {
+        self.reservations.get(id)
+    }
+
+    pub fn reservations(&self) -> impl Iterator<Item = (&TransferId, &TransferBody)> {
+        self.reservations.iter()
     }
 
     /// Cross-shard transfers prepared here and waiting for the payee shard's decision.
@@ -129,6 +146,7 @@ impl Ledger {
             Command::Transfer(transfer) => Applied::Transfer(self.transfer_command(now_ms, transfer)),
             Command::Credit(credit) => Applied::Credit(self.credit_command(now_ms, credit)),
             Command::Finalize(finalize) => Applied::Finalize(self.finalize_command(now_ms, finalize)),
+            Command::Reserve(reserve) => Applied::Reserve(self.reserve_command(reserve)),
         };
         if cfg!(debug_assertions) {
             self.assert_touched_accounts(command);
@@ -157,6 +175,20 @@ impl Ledger {
         AccountOutcome::Created
     }
 
+    /// Binds an id to a body on its home shard: the first body wins, forever.
+    fn reserve_command(&mut self, reserve: &ReserveCmd) -> ReserveOutcome {
+        assert_eq!(home_shard_of(&reserve.id, self.shard_count), self.shard, "reservation {} routed to the wrong shard", reserve.id);
+        match self.reservations.get(&reserve.id) {
+            Some(body) if *body == reserve.body => ReserveOutcome::Replayed,
+            Some(_) if planted(self.planted, PlantedBug::IdReuseUnchecked) => ReserveOutcome::Replayed,
+            Some(_) => ReserveOutcome::Reused,
+            None => {
+                self.reservations.insert(reserve.id.clone(), reserve.body.clone());
+                ReserveOutcome::Reserved
+            }
+        }
+    }
+
     fn transfer_command(&mut self, now_ms: u64, transfer: &TransferCmd) -> TransferOutcome {
         assert_eq!(self.owner(&transfer.from), self.shard, "transfer {} routed to the wrong shard", transfer.id);
         if let Some(existing) = self.transfers.get(&transfer.id) {
@@ -164,6 +196,16 @@ impl Ledger {
                 return TransferOutcome::Replayed(existing.status.clone());
             }
             return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
+        }
+        // When the id's home is this shard, the reservation happens here, in the same apply;
+        // otherwise the origin reserved it on the home shard before proposing this command.
+        let home_here = home_shard_of(&transfer.id, self.shard_count) == self.shard;
+        if home_here {
+            if let Some(reserved) = self.reservations.get(&transfer.id) {
+                if !reserved.matches(transfer) && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
+                    return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
+                }
+            }
         }
         if transfer.from == transfer.to {
             return TransferOutcome::Refused(RejectCode::SameAccount);
@@ -207,6 +249,9 @@ impl Ledger {
                 self.pending.insert(transfer.id.clone());
             }
             TransferStatus::Rejected(_) => {}
+        }
+        if home_here && !self.reservations.contains_key(&transfer.id) {
+            self.reservations.insert(transfer.id.clone(), transfer.body());
         }
         self.transfers.insert(transfer.id.clone(), record);
         TransferOutcome::Recorded(status)
@@ -295,6 +340,10 @@ impl Ledger {
         if record.status != TransferStatus::Pending {
             return FinalizeOutcome { status: Some(record.status.clone()), finalized_now: false };
         }
+        if record.body() != finalize.body && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
+            // A decision about another transfer under the same id: never ours to copy.
+            return FinalizeOutcome { status: Some(record.status.clone()), finalized_now: false };
+        }
         let (payer, amount, currency) = (record.from.clone(), record.amount, record.currency);
         let account = self.accounts.get_mut(&payer).expect("a pending transfer's payer exists");
         account.debits_pending = account.debits_pending.checked_sub(amount).expect("pending covers the amount");
@@ -337,6 +386,7 @@ impl Ledger {
             Command::Transfer(transfer) => [Some(&transfer.from), Some(&transfer.to)],
             Command::Credit(credit) => [Some(&credit.to), None],
             Command::Finalize(finalize) => [self.transfers.get(&finalize.id).map(|r| &r.from), None],
+            Command::Reserve(_) => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.accounts.get(id) {
@@ -365,6 +415,13 @@ impl Ledger {
             if record.status == TransferStatus::Pending {
                 assert!(self.pending.contains(&record.id), "pending transfer {} not tracked", record.id);
             }
+            if home_shard_of(&record.id, self.shard_count) == self.shard {
+                let reserved = self.reservations.get(&record.id);
+                assert_eq!(reserved, Some(&record.body()), "transfer {} is not the body its id is reserved for", record.id);
+            }
+        }
+        for id in self.reservations.keys() {
+            assert_eq!(home_shard_of(id, self.shard_count), self.shard, "reservation {id} on the wrong shard");
         }
         for account in self.accounts.values() {
             let expected = pending_sums.get(&account.id).copied().unwrap_or(0);

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::money::Currency;
+use crate::placement::home_shard_of;
 
 fn usd() -> Currency {
     Currency::from_code("USD").unwrap()
@@ -143,7 +144,7 @@ fn cross_shard_prepare_credit_finalize() {
     assert_eq!(q.apply(4, &prevent), Applied::Credit(CreditOutcome { decision: Decision::Credited, decided_now: false }));
     assert_eq!(q.account(bob).unwrap().balance, 70);
 
-    let finalize = Command::Finalize(FinalizeCmd { id: tid("x1"), decision: Decision::Credited });
+    let finalize = Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: Decision::Credited });
     assert_eq!(p.apply(5, &finalize), Applied::Finalize(FinalizeOutcome { status: Some(TransferStatus::Posted), finalized_now: true }));
     assert_eq!(p.apply(6, &finalize), Applied::Finalize(FinalizeOutcome { status: Some(TransferStatus::Posted), finalized_now: false }));
     assert_eq!(p.account(alice).unwrap().balance, 30);
@@ -172,11 +173,97 @@ fn refused_credit_releases_the_hold() {
     let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
     let refused = Decision::Refused(RejectCode::PayeeNotFound);
     assert_eq!(decided, Applied::Credit(CreditOutcome { decision: refused.clone(), decided_now: true }));
-    p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("x1"), decision: refused }));
+    p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: refused }));
     assert_eq!(p.account(alice).unwrap().available(), 100);
     assert_eq!(p.transfer(&tid("x1")).unwrap().status, TransferStatus::Rejected(RejectCode::PayeeNotFound));
     p.check_invariants();
     q.check_invariants();
+}
+
+/// Transfer ids whose home is `shard` among `shards` (see `placement::home_shard_of`).
+fn transfer_ids_homed_on(shard: ShardId, shards: u32, count: usize) -> Vec<TransferId> {
+    (0..).map(|n| tid(&format!("id-{n}"))).filter(|t| home_shard_of(t, shards) == shard).take(count).collect()
+}
+
+/// A reservation binds an id to its first body for ever: the same body replays, any other
+/// body (payer, payee, amount or currency) is refused as reused.
+#[test]
+fn reservation_binds_an_id_to_its_first_body() {
+    let shards = 2;
+    let ids = transfer_ids_homed_on(0, shards, 1);
+    let mut home = Ledger::new(0, shards);
+    let body = TransferBody { from: id("p1"), to: id("q"), amount: 100, currency: usd() };
+    let reserve = |body: &TransferBody| Command::Reserve(ReserveCmd { id: ids[0].clone(), body: body.clone() });
+    assert_eq!(home.apply(1, &reserve(&body)), Applied::Reserve(ReserveOutcome::Reserved));
+    assert_eq!(home.apply(2, &reserve(&body)), Applied::Reserve(ReserveOutcome::Replayed));
+    let others = [
+        TransferBody { from: id("p2"), ..body.clone() },
+        TransferBody { to: id("r"), ..body.clone() },
+        TransferBody { amount: 101, ..body.clone() },
+        TransferBody { currency: Currency::from_code("EUR").unwrap(), ..body.clone() },
+    ];
+    for other in &others {
+        assert_eq!(home.apply(3, &reserve(other)), Applied::Reserve(ReserveOutcome::Reused), "{other:?}");
+    }
+    assert_eq!(home.reservation(&ids[0]), Some(&body));
+    home.check_invariants();
+}
+
+/// When the id's home is the payer's shard, the transfer reserves the id itself, and an id
+/// another payer reserved first is refused there without moving money.
+#[test]
+fn transfer_on_the_home_shard_honours_and_makes_reservations() {
+    let shards = 2;
+    let ids = transfer_ids_homed_on(0, shards, 2);
+    let local = ids_on(0, shards, 3);
+    let (bank, alice, bob) = (&local[0], &local[1], &local[2]);
+    let remote_payer = &ids_on(1, shards, 1)[0];
+    let mut ledger = Ledger::new(0, shards);
+    create(&mut ledger, bank, AccountKind::Settlement);
+    create(&mut ledger, alice, AccountKind::Customer);
+    create(&mut ledger, bob, AccountKind::Customer);
+    transfer(&mut ledger, ids[1].as_str(), bank, alice, 100);
+    // A payer on shard 1 reserved ids[0] first (its origin asked this home shard).
+    let other = TransferBody { from: remote_payer.clone(), to: bob.clone(), amount: 5, currency: usd() };
+    ledger.apply(3, &Command::Reserve(ReserveCmd { id: ids[0].clone(), body: other.clone() }));
+    let refused = transfer(&mut ledger, ids[0].as_str(), alice, bob, 10);
+    assert_eq!(refused, Applied::Transfer(TransferOutcome::Refused(RejectCode::IdempotencyKeyReused)));
+    assert_eq!(ledger.account(alice).unwrap().balance, 100);
+    assert!(ledger.transfer(&ids[0]).is_none());
+    // The funding transfer reserved its own id in the same apply.
+    let funding = ledger.transfer(&ids[1]).unwrap().body();
+    assert_eq!(ledger.reservation(&ids[1]), Some(&funding));
+    let again = Command::Reserve(ReserveCmd { id: ids[1].clone(), body: TransferBody { amount: 99, ..funding } });
+    assert_eq!(ledger.apply(4, &again), Applied::Reserve(ReserveOutcome::Reused));
+    ledger.check_invariants();
+}
+
+/// A decision made for another body under the same id never finalizes a pending record: the
+/// hold stays until the decision for its own body arrives.
+#[test]
+fn finalize_for_another_body_is_ignored() {
+    let shards = 2;
+    let payers = ids_on(0, shards, 2);
+    let payees = ids_on(1, shards, 1);
+    let (bank, alice, bob) = (&payers[0], &payers[1], &payees[0]);
+    let mut p = Ledger::new(0, shards);
+    create(&mut p, bank, AccountKind::Settlement);
+    create(&mut p, alice, AccountKind::Customer);
+    transfer(&mut p, "fund", bank, alice, 100);
+    transfer(&mut p, "x1", alice, bob, 60);
+    let record = p.transfer(&tid("x1")).unwrap().clone();
+    let foreign_bodies = [TransferBody { amount: 5, ..record.body() }, TransferBody { from: bank.clone(), ..record.body() }];
+    for body in foreign_bodies {
+        let finalize = Command::Finalize(FinalizeCmd { id: tid("x1"), body, decision: Decision::Credited });
+        let outcome = p.apply(5, &finalize);
+        assert_eq!(outcome, Applied::Finalize(FinalizeOutcome { status: Some(TransferStatus::Pending), finalized_now: false }));
+    }
+    assert_eq!(p.account(alice).unwrap().balance, 100);
+    assert_eq!(p.account(alice).unwrap().debits_pending, 60);
+    let own = Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: Decision::Refused(RejectCode::PayeeNotFound) });
+    p.apply(6, &own);
+    assert_eq!(p.account(alice).unwrap().available(), 100);
+    p.check_invariants();
 }
 
 /// History lists newest first and pages with a cursor until the oldest item.

@@ -170,9 +170,14 @@ pub struct TransferRecord {
 }
 
 impl TransferRecord {
+    /// What the transfer moves: compared in full whenever a record is found under an id.
+    pub fn body(&self) -> TransferBody {
+        TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
+    }
+
     /// Whether a retried command asks for exactly this transfer.
     pub fn same_request(&self, command: &TransferCmd) -> bool {
-        self.from == command.from && self.to == command.to && self.amount == command.amount && self.currency == command.currency
+        self.body().matches(command)
     }
 }
 
@@ -198,8 +203,12 @@ pub struct CreditRecord {
 }
 
 impl CreditRecord {
+    pub fn body(&self) -> TransferBody {
+        TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
+    }
+
     pub fn same_transfer(&self, credit: &CreditCmd) -> bool {
-        self.from == credit.from && self.to == credit.to && self.amount == credit.amount && self.currency == credit.currency
+        self.body() == credit.body()
     }
 }
 
@@ -268,6 +277,56 @@ pub struct TransferCmd {
     pub currency: Currency,
 }
 
+impl TransferCmd {
+    pub fn body(&self) -> TransferBody {
+        TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
+    }
+}
+
+/// Everything a transfer id stands for: payer, payee, amount and currency. A transfer id is a
+/// global idempotency key, so wherever a record is found under an id, its body is compared in
+/// full with the request's before the record is trusted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TransferBody {
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+}
+
+impl TransferBody {
+    pub fn matches(&self, command: &TransferCmd) -> bool {
+        self.from == command.from && self.to == command.to && self.amount == command.amount && self.currency == command.currency
+    }
+}
+
+/// Binds a transfer id to one body on the id's home shard (`placement::home_shard_of`), the one
+/// place in the cluster that decides which body an id belongs to. Proposed by the origin node
+/// before the transfer itself, unless the payer lives on the home shard (then the transfer
+/// command reserves the id in the same apply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveCmd {
+    pub id: TransferId,
+    pub body: TransferBody,
+}
+
+/// What the home shard answered to a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReserveOutcome {
+    /// The id is now bound to this body.
+    Reserved,
+    /// The id was already bound to this same body (a retry): go ahead, the transfer dedups.
+    Replayed,
+    /// The id is bound to another body: refuse with `idempotency_key_reused`, move nothing.
+    Reused,
+}
+
+impl ReserveOutcome {
+    pub fn allows_transfer(&self) -> bool {
+        matches!(self, ReserveOutcome::Reserved | ReserveOutcome::Replayed)
+    }
+}
+
 /// The coordinator's request for a decision, proposed on the payee's shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditCmd {
@@ -282,6 +341,10 @@ pub struct CreditCmd {
 }
 
 impl CreditCmd {
+    pub fn body(&self) -> TransferBody {
+        TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
+    }
+
     pub fn for_record(record: &TransferRecord, payer_shard: ShardId, prevent: bool) -> CreditCmd {
         CreditCmd {
             id: record.id.clone(),
@@ -295,10 +358,12 @@ impl CreditCmd {
     }
 }
 
-/// The payee shard's decision, copied into the payer's shard.
+/// The payee shard's decision, copied into the payer's shard. It carries the body the payee
+/// shard decided on; the payer shard finalizes only a pending record with exactly that body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalizeCmd {
     pub id: TransferId,
+    pub body: TransferBody,
     pub decision: Decision,
 }
 
@@ -309,6 +374,7 @@ pub enum Command {
     Transfer(TransferCmd),
     Credit(CreditCmd),
     Finalize(FinalizeCmd),
+    Reserve(ReserveCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,4 +415,5 @@ pub enum Applied {
     Transfer(TransferOutcome),
     Credit(CreditOutcome),
     Finalize(FinalizeOutcome),
+    Reserve(ReserveOutcome),
 }

@@ -245,7 +245,7 @@ pub async fn check_conservation(
 ) -> anyhow::Result<bool> {
     let unresolved: Vec<Transfer> = ambiguous.lock().expect("ambiguous").clone();
     let mut net = net.lock().expect("net").clone();
-    let lookups = unresolved.iter().map(|transfer| final_status(client, targets, &transfer.id, &plan.accounts[transfer.from]));
+    let lookups = unresolved.iter().map(|transfer| final_status(client, targets, transfer, &plan.accounts));
     let statuses: Vec<String> = stream::iter(lookups).buffered(SETUP_CONCURRENCY).try_collect().await?;
     for (transfer, status) in unresolved.iter().zip(statuses) {
         if status == "posted" {

@@ -216,7 +216,7 @@ pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workloa
     let mut net = vec![0i128; workload.accounts.len()];
     let mut lost = 0u64;
     let mut rejected_posted = Vec::new();
-    let lookups = history.iter().map(|outcome| final_status(client, urls, &outcome.transfer.id, &workload.accounts[outcome.transfer.from]));
+    let lookups = history.iter().map(|outcome| final_status(client, urls, &outcome.transfer, &workload.accounts));
     let statuses: Vec<String> = stream::iter(lookups).buffered(READS_IN_FLIGHT).try_collect().await?;
     for (outcome, status) in history.iter().zip(statuses) {
         match outcome.result.as_str() {
