@@ -182,6 +182,10 @@ async fn batches_history_headers_metrics_and_clean_shutdown() {
     assert_eq!(status, 200);
     assert_eq!(view["shards"].as_array().unwrap().len(), 8);
     assert!(view["shards"].as_array().unwrap().iter().all(|s| s["replicas"].as_array().unwrap().len() == 3));
+    // Clients read the view with the client library's types, and lose or add nothing.
+    let typed: settle_client::api::ClusterView = serde_json::from_value(view.clone()).expect("the typed cluster view reads it");
+    assert_eq!(serde_json::to_value(&typed).unwrap(), view);
+    assert_eq!(typed.this_node().map(|node| node.id), Some(2));
 
     let exit = cluster.terminate(2);
     assert!(exit.success(), "SIGTERM exits cleanly: {exit:?}");

@@ -5,36 +5,16 @@
 mod common;
 
 use common::TestCluster;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Writes a CA and a node certificate for 127.0.0.1 signed by it; returns (cert, key, ca).
-fn write_certificates(dir: &Path) -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let node_key = KeyPair::generate().unwrap();
-    let node = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&node_key, &ca).unwrap();
-    let paths = [dir.join("node.pem"), dir.join("node.key"), dir.join("ca.pem")];
-    std::fs::write(&paths[0], node.pem()).unwrap();
-    std::fs::write(&paths[1], node_key.serialize_pem()).unwrap();
-    std::fs::write(&paths[2], ca.pem()).unwrap();
-    let [cert, key, ca] = paths.map(|path| path.display().to_string());
-    (cert, key, ca)
-}
 
 /// With peer mTLS configured the cluster works, and a peer without a CA-signed certificate is
 /// refused at the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_talk_over_mutual_tls_and_refuse_strangers() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = write_certificates(certs.path());
-    let env = [("SETTLE_TLS_CERT", cert.as_str()), ("SETTLE_TLS_KEY", key.as_str()), ("SETTLE_TLS_CA", ca.as_str())];
     // Ready means each node hears a quorum of peers: over TLS here.
-    let cluster = TestCluster::start_with_env(3, 4, &env).await;
+    let cluster = TestCluster::start_tls(3, 4, &[]).await;
     cluster.create_account(1, "bank", "USD", "settlement").await;
     cluster.create_account(2, "alice", "USD", "customer").await;
     let (status, body) = cluster

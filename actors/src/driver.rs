@@ -1,9 +1,11 @@
-//! The node driver: the one thread that owns a node's `NodeCore`. It feeds the core its inputs
-//! (client calls from the HTTP edge, peer messages, IO completions, ticks), polls it, and carries
-//! out its effects: frames to peers, rounds and checkpoints to the IO thread, replies to the
-//! waiting HTTP handlers. Every channel is bounded; a full client inbox answers `Overloaded`.
+//! The driver actor: the one thread that owns a node's `NodeCore`. Its mailboxes are bounded
+//! channels — `DriverMail` from the HTTP edge and the process (client calls, status, admin),
+//! frames from the peer-link actors, completions from the IO actor — and a tick. It feeds the
+//! core, polls it, and carries out its effects: frames to the peer-link actors, rounds and
+//! checkpoints to the IO actor, replies to the waiting HTTP handlers. A full client mailbox
+//! answers `Overloaded`.
 
-use crate::io::{run_io, IoDone, IoJob, IoStats, Storage, StorageError};
+use crate::io::{io_actor, IoDone, IoJob, IoStats, Storage, StorageError};
 use crate::transport::{self, Inbound, LinkFaults, LinkState, Transport, TransportStats};
 use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Reply, Request};
@@ -24,7 +26,8 @@ pub struct DriverConfig {
     pub data_dir: PathBuf,
     pub peer_listen: SocketAddr,
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    pub frame_bytes_max: u32,
+    /// Bounds of the peer port (frame size, connections, timeouts).
+    pub peer_limits: crate::transport::PeerLimits,
     /// Client calls queued for the driver before new ones are refused.
     pub inbox_calls_max: usize,
     /// Persist rounds and checkpoints queued for the IO thread (the driver waits beyond it).
@@ -78,7 +81,8 @@ pub struct PeerStatus {
 /// Ticks between two introductions to every peer.
 const NODE_INFO_EVERY_TICKS: u64 = 20;
 
-enum Command {
+/// What the driver actor's mailbox carries from the HTTP edge and the process.
+enum DriverMail {
     Submit { request: Request, timeout_ms: u64, request_id: Option<String>, reply: oneshot::Sender<Reply> },
     Status(oneshot::Sender<NodeStatus>),
     TransferLeader { shard: ShardId, to: NodeId, reply: oneshot::Sender<Result<(), AdminError>> },
@@ -89,7 +93,7 @@ enum Command {
 /// The handle the HTTP edge and the process use to talk to the driver.
 #[derive(Clone)]
 pub struct DriverHandle {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<DriverMail>,
     pub io_stats: Arc<IoStats>,
     pub transport_stats: Arc<TransportStats>,
     pub link_faults: Arc<BTreeMap<NodeId, LinkFaults>>,
@@ -103,7 +107,7 @@ impl DriverHandle {
     pub async fn call_traced(&self, request: Request, timeout: Duration, request_id: Option<String>) -> Reply {
         let (reply, answer) = oneshot::channel();
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let command = Command::Submit { request, timeout_ms, request_id, reply };
+        let command = DriverMail::Submit { request, timeout_ms, request_id, reply };
         if self.commands.try_send(command).is_err() {
             return Reply::Overloaded;
         }
@@ -117,27 +121,27 @@ impl DriverHandle {
 
     pub async fn status(&self) -> Option<NodeStatus> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Status(reply)).await.ok()?;
+        self.commands.send(DriverMail::Status(reply)).await.ok()?;
         answer.await.ok()
     }
 
     /// Asks this node's leader of `shard` to hand leadership to `to`.
     pub async fn transfer_leader(&self, shard: ShardId, to: NodeId) -> Option<Result<(), AdminError>> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::TransferLeader { shard, to, reply }).await.ok()?;
+        self.commands.send(DriverMail::TransferLeader { shard, to, reply }).await.ok()?;
         answer.await.ok()
     }
 
     /// Starts or stops draining; answers how many shards this node still leads.
     pub async fn drain(&self, draining: bool) -> Option<usize> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Drain { draining, reply }).await.ok()?;
+        self.commands.send(DriverMail::Drain { draining, reply }).await.ok()?;
         answer.await.ok()
     }
 
     /// Asks the driver to stop after the IO already queued is durable.
     pub async fn stop(&self) {
-        let _ = self.commands.send(Command::Stop).await;
+        let _ = self.commands.send(DriverMail::Stop).await;
     }
 }
 
@@ -174,7 +178,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         config.core.node,
         config.peer_listen,
         config.peers.clone(),
-        config.frame_bytes_max,
+        config.peer_limits,
         inbound_sender,
         tls,
     )
@@ -189,7 +193,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         let stats = io_stats.clone();
         std::thread::Builder::new()
             .name("settle-io".to_string())
-            .spawn(move || run_io(storage, io_receiver, |done| io_done_sender.blocking_send(done).is_ok(), stats))
+            .spawn(move || io_actor(storage, io_receiver, |done| io_done_sender.blocking_send(done).is_ok(), stats))
             .map_err(StartError::Thread)?
     };
 
@@ -207,12 +211,12 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("driver runtime");
             let info = NodeInfo { http: config.http_advertise.clone(), version: config.version.clone(), started_ms: now_ms() };
-            let mut driver = Driver {
+            let mut driver = DriverActor {
                 core,
                 transport,
                 io_jobs,
                 replies: BTreeMap::new(),
-                next_call: 1,
+                next_call: CallId(1),
                 started: Instant::now(),
                 info,
                 peers: BTreeMap::new(),
@@ -237,7 +241,7 @@ struct NodeInfo {
     started_ms: u64,
 }
 
-struct Driver {
+struct DriverActor {
     core: NodeCore,
     transport: Transport,
     io_jobs: std::sync::mpsc::SyncSender<IoJob>,
@@ -254,11 +258,11 @@ struct Driver {
     leaders_seen: BTreeMap<ShardId, (Option<NodeId>, u64)>,
 }
 
-impl Driver {
+impl DriverActor {
     async fn run(
         &mut self,
         tick: Duration,
-        mut commands: mpsc::Receiver<Command>,
+        mut commands: mpsc::Receiver<DriverMail>,
         mut inbound: mpsc::Receiver<Inbound>,
         mut io_done: mpsc::Receiver<Vec<IoDone>>,
     ) {
@@ -270,7 +274,7 @@ impl Driver {
                 Some(done) = io_done.recv() => self.io_done(done),
                 Some((from, messages)) = inbound.recv() => self.peer(from, messages),
                 command = commands.recv() => match command {
-                    Some(Command::Stop) | None => return,
+                    Some(DriverMail::Stop) | None => return,
                     Some(command) => self.command(command),
                 },
                 _ = ticker.tick() => self.tick(),
@@ -286,7 +290,7 @@ impl Driver {
                     progressed = true;
                 }
                 match commands.try_recv() {
-                    Ok(Command::Stop) => return,
+                    Ok(DriverMail::Stop) => return,
                     Ok(command) => {
                         self.command(command);
                         progressed = true;
@@ -379,15 +383,15 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    fn command(&mut self, command: DriverMail) {
         match command {
-            Command::Submit { request, timeout_ms, request_id, reply } => {
+            DriverMail::Submit { request, timeout_ms, request_id, reply } => {
                 let call = self.next_call;
-                self.next_call += 1;
+                self.next_call = CallId(self.next_call.0 + 1);
                 self.replies.insert(call, reply);
                 self.core.submit_traced(call, request, timeout_ms, request_id);
             }
-            Command::Status(reply) => {
+            DriverMail::Status(reply) => {
                 let now = now_ms();
                 let peers = self
                     .transport
@@ -416,15 +420,15 @@ impl Driver {
                 };
                 let _ = reply.send(status);
             }
-            Command::TransferLeader { shard, to, reply } => {
+            DriverMail::TransferLeader { shard, to, reply } => {
                 let _ = reply.send(self.core.transfer_leader(shard, to));
             }
-            Command::Drain { draining, reply } => {
+            DriverMail::Drain { draining, reply } => {
                 self.core.set_draining(draining);
                 self.introduce();
                 let _ = reply.send(self.core.led_shards());
             }
-            Command::Stop => unreachable!("handled by the loop"),
+            DriverMail::Stop => unreachable!("handled by the loop"),
         }
     }
 

@@ -144,9 +144,10 @@ impl Storage {
     }
 }
 
-/// Runs the IO loop until the job channel closes. Any storage error is fatal for the node: a
+/// The IO actor: one thread that owns both stores; its mailbox is the bounded job channel.
+/// Runs until the channel closes. Any storage error is fatal for the node: a
 /// replica that cannot persist must stop rather than acknowledge what is not durable.
-pub fn run_io(
+pub fn io_actor(
     mut storage: Storage,
     jobs: std::sync::mpsc::Receiver<IoJob>,
     mut report: impl FnMut(Vec<IoDone>) -> bool,

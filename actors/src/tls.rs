@@ -1,11 +1,16 @@
 //! Mutual TLS for the peer transport (rustls with the ring provider): every node presents a
 //! certificate signed by the cluster's CA and accepts only peers that do the same. A node's
-//! certificate must name its peer IP address (subject alternative name), which is what the
-//! connecting side checks.
+//! certificate names its node id as the DNS name `node-<id>.settle` (`node_name`): the
+//! connecting side asks for that name, so it talks to the node it meant; the accepting side
+//! checks that the node id every frame claims is the one in the certificate that carried it
+//! (`certified_as`). `generate` makes a throwaway CA and node certificates (`settle certs`,
+//! `settle local`, the tests).
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use settle_cluster::ids::NodeId;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -19,6 +24,64 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error("generating certificates: {0}")]
+    Generate(String),
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// The DNS name a node's certificate carries: its node id, which binds a connection to a node.
+pub fn node_name(node: NodeId) -> String {
+    format!("node-{node}.settle")
+}
+
+/// Whether `certificate` (already verified against the cluster CA during the handshake) is the
+/// certificate of node `claimed`.
+pub fn certified_as(certificate: &CertificateDer<'_>, claimed: NodeId) -> bool {
+    let Ok(name) = ServerName::try_from(node_name(claimed)) else {
+        return false;
+    };
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(certificate) else {
+        return false;
+    };
+    end_entity.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The files of one node's peer TLS identity.
+#[derive(Debug, Clone)]
+pub struct NodeCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// Makes a cluster CA and a certificate per node (naming `node-<id>.settle` and its IP) in
+/// `dir`: `ca.pem`, `node-<id>.pem`, `node-<id>.key`. The CA's key is not kept: a throwaway
+/// cluster for development and tests. Production clusters use their own CA (see the README).
+pub fn generate(dir: &Path, nodes: &[(NodeId, IpAddr)]) -> Result<Vec<(NodeId, NodeCertificate)>, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+    let generate_error = |error: rcgen::Error| TlsError::Generate(error.to_string());
+    let write = |path: PathBuf, text: String| -> Result<PathBuf, TlsError> {
+        std::fs::write(&path, text).map_err(|source| TlsError::Write { path: path.display().to_string(), source })?;
+        Ok(path)
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(generate_error)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "settle cluster CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(generate_error)?).map_err(generate_error)?;
+    let ca_path = write(dir.join("ca.pem"), ca.pem())?;
+    let mut certificates = Vec::new();
+    for (node, ip) in nodes {
+        let key = KeyPair::generate().map_err(generate_error)?;
+        let mut params = CertificateParams::new(vec![node_name(*node)]).map_err(generate_error)?;
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+        params.distinguished_name.push(DnType::CommonName, node_name(*node));
+        let certificate = params.signed_by(&key, &ca).map_err(generate_error)?;
+        let cert = write(dir.join(format!("node-{node}.pem")), certificate.pem())?;
+        let key = write(dir.join(format!("node-{node}.key")), key.serialize_pem())?;
+        certificates.push((*node, NodeCertificate { cert, key, ca: ca_path.clone() }));
+    }
+    Ok(certificates)
 }
 
 /// Both sides of mTLS for one node.

@@ -57,6 +57,7 @@ pub struct TransportStats {
     pub bytes_sent: AtomicU64,
     pub batches_dropped: AtomicU64,
     pub frames_rejected: AtomicU64,
+    pub rejections: TransportRejections,
 }
 
 /// The sending half handed to the driver.
@@ -94,10 +95,11 @@ pub fn start(
     node: NodeId,
     listen: SocketAddr,
     peers: BTreeMap<NodeId, SocketAddr>,
-    frame_bytes_max: u32,
+    limits: PeerLimits,
     inbound: mpsc::Sender<Inbound>,
     tls: Option<Arc<PeerTls>>,
 ) -> std::io::Result<Transport> {
+    let frame_bytes_max = limits.frame_bytes_max;
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let faults: Arc<BTreeMap<NodeId, LinkFaults>> = Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
@@ -107,7 +109,7 @@ pub fn start(
     {
         let _guard = runtime.enter();
         let listener = TcpListener::from_std(listener)?;
-        runtime.spawn(accept_loop(listener, frame_bytes_max, inbound, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
+        runtime.spawn(listener_actor(listener, limits, inbound, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
     }
     let mut links = BTreeMap::new();
     for (peer, address) in peers {
@@ -115,7 +117,7 @@ pub fn start(
             continue;
         }
         let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
-        runtime.spawn(link_loop(
+        runtime.spawn(peer_link_actor(
             node,
             peer,
             address,
@@ -131,17 +133,103 @@ pub fn start(
     Ok(Transport { links, faults, stats, links_state })
 }
 
-async fn accept_loop(
+/// Why the transport refused a connection or a frame, with a counter each (exported as
+/// `settle_peer_messages_rejected_total{reason}` beside the core's reasons).
+#[derive(Debug, Default)]
+pub struct TransportRejections {
+    /// A frame's header announced more than `frame_bytes_max`.
+    pub frame_oversized: AtomicU64,
+    /// A frame's checksum did not match its payload.
+    pub frame_checksum: AtomicU64,
+    /// A frame's payload did not decode.
+    pub frame_undecodable: AtomicU64,
+    /// A frame claimed a node id other than the one in the certificate that carried it.
+    pub sender_not_certified: AtomicU64,
+    /// A connection over `peer_connections_max`.
+    pub connections_over_cap: AtomicU64,
+    /// A TLS handshake that failed or did not finish within the handshake timeout.
+    pub handshake_failed: AtomicU64,
+    /// A frame whose payload did not arrive within the read timeout after its header.
+    pub frame_timeout: AtomicU64,
+}
+
+impl TransportRejections {
+    /// Each reason with its count.
+    pub fn counts(&self) -> [(&'static str, u64); 7] {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        [
+            ("frame_oversized", load(&self.frame_oversized)),
+            ("frame_checksum", load(&self.frame_checksum)),
+            ("frame_undecodable", load(&self.frame_undecodable)),
+            ("sender_not_certified", load(&self.sender_not_certified)),
+            ("connections_over_cap", load(&self.connections_over_cap)),
+            ("handshake_failed", load(&self.handshake_failed)),
+            ("frame_timeout", load(&self.frame_timeout)),
+        ]
+    }
+}
+
+/// Limits of the peer port, against a peer (or anyone who can reach the port) that misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    pub frame_bytes_max: u32,
+    /// Inbound connections open at once; more are closed at once.
+    pub connections_max: usize,
+    /// Bytes of frame payloads being read over all connections together: a reader waits for
+    /// room before it reads a payload, so memory for inbound frames is bounded in total.
+    pub inbound_bytes_max: usize,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_ms: u64,
+    /// Once a frame's header arrived, its payload must arrive within this.
+    pub frame_read_timeout_ms: u64,
+}
+
+impl PeerLimits {
+    /// The defaults beside a frame cap: 64 connections, 5 s handshakes, 30 s per frame.
+    pub fn with_frame_bytes_max(frame_bytes_max: u32) -> PeerLimits {
+        let inbound_bytes_max = usize::try_from(frame_bytes_max).unwrap_or(usize::MAX).saturating_mul(2);
+        PeerLimits { frame_bytes_max, connections_max: 64, inbound_bytes_max, handshake_timeout_ms: 5_000, frame_read_timeout_ms: 30_000 }
+    }
+}
+
+/// Who may have sent a connection's frames: with mutual TLS, the node named in the verified
+/// certificate; without, anyone (only allowed on loopback, `--insecure-peers`).
+enum PeerIdentity {
+    Certified(rustls::pki_types::CertificateDer<'static>),
+    Unauthenticated,
+}
+
+impl PeerIdentity {
+    fn allows(&self, claimed: NodeId) -> bool {
+        match self {
+            PeerIdentity::Certified(certificate) => crate::tls::certified_as(certificate, claimed),
+            PeerIdentity::Unauthenticated => true,
+        }
+    }
+}
+
+/// The listener actor: accepts peer connections (at most `connections_max` at once) and spawns
+/// a reader per connection, which decodes frames into the driver actor's inbound mailbox.
+async fn listener_actor(
     listener: TcpListener,
-    frame_bytes_max: u32,
+    limits: PeerLimits,
     inbound: mpsc::Sender<Inbound>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
     states: Arc<BTreeMap<NodeId, LinkState>>,
     tls: Option<Arc<PeerTls>>,
 ) {
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    // Permits are bytes (capped where a semaphore's permit count must fit).
+    let inbound_bytes = Arc::new(tokio::sync::Semaphore::new(limits.inbound_bytes_max.min(tokio::sync::Semaphore::MAX_PERMITS)));
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            stats.rejections.connections_over_cap.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%remote, connections_max = limits.connections_max, "peer connection refused: too many open");
+            drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -150,16 +238,35 @@ async fn accept_loop(
         let stats = stats.clone();
         let states = states.clone();
         let tls = tls.clone();
+        let inbound_bytes = inbound_bytes.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let result = match tls {
-                Some(tls) => match tls.acceptor.accept(stream).await {
-                    Ok(stream) => read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await,
-                    Err(error) => {
-                        tracing::warn!(%remote, %error, "peer tls handshake refused");
-                        return;
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(Duration::from_millis(limits.handshake_timeout_ms), tls.acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).cloned();
+                            let Some(certificate) = certificate else {
+                                stats.rejections.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            };
+                            let identity = PeerIdentity::Certified(certificate.into_owned());
+                            read_frames(stream, identity, limits, &inbound_bytes, inbound, faults, stats, states).await
+                        }
+                        Ok(Err(error)) => {
+                            stats.rejections.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%remote, %error, "peer tls handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            stats.rejections.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%remote, "peer tls handshake timed out");
+                            return;
+                        }
                     }
-                },
-                None => read_frames(stream, frame_bytes_max, inbound, faults, stats, states).await,
+                }
+                None => read_frames(stream, PeerIdentity::Unauthenticated, limits, &inbound_bytes, inbound, faults, stats, states).await,
             };
             if let Err(error) = result {
                 tracing::debug!(%remote, %error, "peer connection closed");
@@ -168,9 +275,20 @@ async fn accept_loop(
     }
 }
 
+fn invalid(message: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message.into())
+}
+
+/// Reads frames until the connection closes or misbehaves. The payload buffer grows only as
+/// bytes arrive (a header announcing a large frame costs nothing until the bytes come), and is
+/// given back after a large frame. A frame whose sender is not the certified node is dropped
+/// and counted; a corrupt or undecodable one closes the connection.
+#[allow(clippy::too_many_arguments)]
 async fn read_frames<S: AsyncRead + Unpin>(
     mut stream: S,
-    frame_bytes_max: u32,
+    identity: PeerIdentity,
+    limits: PeerLimits,
+    inbound_bytes: &tokio::sync::Semaphore,
     inbound: mpsc::Sender<Inbound>,
     faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
@@ -178,21 +296,55 @@ async fn read_frames<S: AsyncRead + Unpin>(
 ) -> std::io::Result<()> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut payload = Vec::new();
+    let mut certified: Option<NodeId> = None;
     loop {
         stream.read_exact(&mut header).await?;
         let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         let checksum = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if length > frame_bytes_max {
+        if length > limits.frame_bytes_max {
             stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {length} bytes over the cap")));
+            stats.rejections.frame_oversized.fetch_add(1, Ordering::Relaxed);
+            return Err(invalid(format!("frame of {length} bytes over the cap")));
         }
-        payload.resize(usize::try_from(length).expect("u32 fits usize"), 0);
-        stream.read_exact(&mut payload).await?;
+        payload.clear();
+        if payload.capacity() > FRAME_BUFFER_KEEP_BYTES {
+            payload = Vec::new();
+        }
+        // Room for this frame among all connections' frames; held until it is handed on.
+        let _room = inbound_bytes.acquire_many(length).await.map_err(|_| invalid("transport closing"))?;
+        let mut limited = (&mut stream).take(u64::from(length));
+        let reading = limited.read_to_end(&mut payload);
+        match tokio::time::timeout(Duration::from_millis(limits.frame_read_timeout_ms), reading).await {
+            Ok(Ok(read)) if read == usize::try_from(length).unwrap_or(usize::MAX) => {}
+            Ok(Ok(_)) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "frame cut short")),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                stats.rejections.frame_timeout.fetch_add(1, Ordering::Relaxed);
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "frame payload too slow"));
+            }
+        }
         if crc32fast::hash(&payload) != checksum {
             stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame checksum mismatch"));
+            stats.rejections.frame_checksum.fetch_add(1, Ordering::Relaxed);
+            return Err(invalid("frame checksum mismatch"));
         }
-        let frame: Frame = decode(&payload).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))?;
+        let frame: Frame = match decode(&payload) {
+            Ok(frame) => frame,
+            Err(error) => {
+                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                stats.rejections.frame_undecodable.fetch_add(1, Ordering::Relaxed);
+                return Err(invalid(error.to_string()));
+            }
+        };
+        if certified != Some(frame.from) {
+            if !identity.allows(frame.from) {
+                stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+                stats.rejections.sender_not_certified.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(claimed = frame.from, "peer frame dropped: its sender is not the node its certificate names");
+                continue;
+            }
+            certified = Some(frame.from);
+        }
         stats.frames_received.fetch_add(1, Ordering::Relaxed);
         if faults.get(&frame.from).is_some_and(|f| f.drop_inbound.load(Ordering::Relaxed)) {
             continue;
@@ -205,6 +357,9 @@ async fn read_frames<S: AsyncRead + Unpin>(
         }
     }
 }
+
+/// A reader keeps its payload buffer between frames up to this size (larger ones are freed).
+const FRAME_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
 /// Bytes of a frame's header: the payload's length, then its crc32.
 const FRAME_HEADER_BYTES: usize = 8;
@@ -236,7 +391,10 @@ async fn connect(peer: NodeId, address: SocketAddr, tls: Option<&PeerTls>) -> Op
     let Some(tls) = tls else {
         return Some(Box::new(stream));
     };
-    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    // Ask for the peer's node name: the handshake then proves it is the node we meant.
+    let Ok(name) = rustls::pki_types::ServerName::try_from(crate::tls::node_name(peer)) else {
+        return None;
+    };
     match tls.connector.connect(name, stream).await {
         Ok(stream) => Some(Box::new(stream)),
         Err(error) => {
@@ -246,7 +404,10 @@ async fn connect(peer: NodeId, address: SocketAddr, tls: Option<&PeerTls>) -> Op
     }
 }
 
-async fn link_loop(
+/// A peer-link actor, one per remote node: its mailbox is the bounded queue of frames for that
+/// node; it (re)connects with backoff and writes each frame, dropping a stale queue when the
+/// link breaks.
+async fn peer_link_actor(
     node: NodeId,
     peer: NodeId,
     address: SocketAddr,

@@ -17,12 +17,13 @@
 //! - `liveness`: after the faults heal, every shard elects a leader, every ambiguous transfer is
 //!   resolved and nothing stays pending, within a bounded virtual time.
 //! - `replicas_converge`: replicas of a shard reach the same applied index with identical state.
+//! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
+//!   an honest node sent (only what the simulator injects as hostile).
 
 use crate::sim::SimCluster;
 use crate::workload::Workload;
 use settle_cluster::ids::{AccountId, NodeId, ShardId, TransferId};
 use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferBody, TransferRecord, TransferStatus};
-use settle_cluster::message::encode;
 use settle_cluster::money::{Currency, Minor};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,13 @@ impl Checkers {
             let Some(core) = cluster.core(node) else {
                 continue;
             };
+            // Messages between honest nodes always pass the core's checks of untrusted input
+            // (only the hostile input the simulator itself injects may be dropped).
+            let rejected: u64 = core.stats().peer_messages_rejected.values().sum();
+            if rejected > cluster.hostile_messages_sent_to(node) {
+                let message = format!("node {node} rejected honest peer messages: {:?}", core.stats().peer_messages_rejected);
+                return Err(Violation::new("valid_input_accepted", message));
+            }
             for replica in core.replicas() {
                 let ledger = replica.ledger();
                 if replica.is_leader() {
@@ -88,7 +96,7 @@ impl Checkers {
                 }
                 check_shard(ledger)?;
                 self.check_final(ledger)?;
-                let hash = settle_cluster::placement::fnv1a_64(&encode(ledger));
+                let hash = settle_cluster::placement::fnv1a_64(&ledger.encode());
                 let key = (ledger.shard(), replica.applied_index());
                 let (other, first_hash) = *first_recorded(&mut self.applied_states, &key, || (node, hash));
                 if first_hash != hash {
@@ -199,7 +207,7 @@ pub fn replicas_converged(cluster: &SimCluster) -> Result<(), Violation> {
         let core = cluster.core(node).expect("live");
         for replica in core.replicas() {
             let shard = replica.ledger().shard();
-            let state = (replica.applied_index(), encode(replica.ledger()));
+            let state = (replica.applied_index(), replica.ledger().encode());
             let first = first_recorded(&mut seen, &shard, || state.clone());
             if *first != state {
                 let message = format!("shard {shard}: replicas differ (applied {} vs {})", first.0, state.0);

@@ -14,6 +14,8 @@ pub enum FaultClass {
     Net,
     Disk,
     Crash,
+    /// Malformed and replayed peer input (see `SimCluster::inject_hostile`).
+    Hostile,
     None,
 }
 
@@ -25,8 +27,9 @@ impl FromStr for FaultClass {
             "net" => Ok(FaultClass::Net),
             "disk" => Ok(FaultClass::Disk),
             "crash" => Ok(FaultClass::Crash),
+            "hostile" => Ok(FaultClass::Hostile),
             "none" => Ok(FaultClass::None),
-            other => Err(format!("unknown fault class {other:?} (all, net, disk, crash, none)")),
+            other => Err(format!("unknown fault class {other:?} (all, net, disk, crash, hostile, none)")),
         }
     }
 }
@@ -38,6 +41,7 @@ impl fmt::Display for FaultClass {
             FaultClass::Net => "net",
             FaultClass::Disk => "disk",
             FaultClass::Crash => "crash",
+            FaultClass::Hostile => "hostile",
             FaultClass::None => "none",
         };
         f.write_str(name)
@@ -91,6 +95,10 @@ pub enum Fault {
     Corrupt {
         node: NodeId,
     },
+    /// The node receives malformed and replayed frames while the fault lasts.
+    Hostile {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +128,8 @@ impl FaultPlan {
                 FaultClass::Net => &[0, 1, 2, 3, 4, 5],
                 FaultClass::Crash => &[6, 7, 8, 9],
                 FaultClass::Disk => &[10, 11, 6, 12],
-                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                FaultClass::Hostile => &[13, 13, 4, 6],
+                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
                 FaultClass::None => unreachable!("returned above"),
             };
             let fault = match kinds[rng.gen_range(0..kinds.len())] {
@@ -136,7 +145,8 @@ impl FaultPlan {
                 9 => Fault::ClockJump { node, delta_ms: rng.gen_range(-60_000..=120_000) },
                 10 => Fault::FailFlush { node },
                 11 => Fault::SlowDisk { max_ms: rng.gen_range(20..=200) },
-                _ => Fault::Corrupt { node },
+                12 => Fault::Corrupt { node },
+                _ => Fault::Hostile { node },
             };
             faults.push(ScheduledFault { start_ms, end_ms: start_ms + length, fault });
         }
@@ -207,6 +217,7 @@ pub fn apply(cluster: &mut SimCluster, fault: Fault) {
             cluster.note(format!("disk latency up to {max_ms} ms"));
         }
         Fault::Corrupt { node } => cluster.corrupt_record(node),
+        Fault::Hostile { node } => cluster.set_hostile(node, true),
     }
 }
 
@@ -222,6 +233,7 @@ pub fn undo(cluster: &mut SimCluster, fault: Fault) {
         Fault::Crash { .. } | Fault::CrashAll | Fault::FailFlush { .. } | Fault::Corrupt { .. } => restart_stopped(cluster),
         Fault::Pause { node } => cluster.resume(node),
         Fault::ClockJump { .. } => {}
+        Fault::Hostile { node } => cluster.set_hostile(node, false),
     }
 }
 
@@ -237,6 +249,9 @@ pub fn restart_stopped(cluster: &mut SimCluster) {
 pub fn heal_all(cluster: &mut SimCluster) {
     cluster.clear_flush_failures();
     cluster.heal_network();
+    for node in cluster.node_ids() {
+        cluster.set_hostile(node, false);
+    }
     *cluster.network_mut() = crate::sim::NetworkSettings::default();
     for node in cluster.node_ids() {
         cluster.resume(node);

@@ -138,6 +138,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
             }
         }
         workload.step(cluster, true);
+        cluster.inject_hostile();
         cluster.run_for(STEP_MS);
         elapsed = cluster.now_ms() - start;
         if elapsed % CHECK_EVERY_MS < STEP_MS {

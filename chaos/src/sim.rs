@@ -74,16 +74,37 @@ impl SimConfig {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: NodeId, to: NodeId, messages: Vec<PeerMessage> },
-    Tick { node: NodeId, incarnation: u64 },
-    PersistDone { node: NodeId, incarnation: u64, round: PersistRound },
-    CheckpointDone { node: NodeId, incarnation: u64, checkpoint: Checkpoint },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        messages: Vec<PeerMessage>,
+    },
+    /// Hostile input the simulator makes up (malformed or replayed), claiming `from`.
+    Hostile {
+        from: NodeId,
+        to: NodeId,
+        messages: Vec<PeerMessage>,
+    },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    PersistDone {
+        node: NodeId,
+        incarnation: u64,
+        round: PersistRound,
+    },
+    CheckpointDone {
+        node: NodeId,
+        incarnation: u64,
+        checkpoint: Checkpoint,
+    },
 }
 
 impl Event {
     fn node(&self) -> NodeId {
         match self {
-            Event::Deliver { to, .. } => *to,
+            Event::Deliver { to, .. } | Event::Hostile { to, .. } => *to,
             Event::Tick { node, .. } | Event::PersistDone { node, .. } | Event::CheckpointDone { node, .. } => *node,
         }
     }
@@ -102,7 +123,12 @@ struct SimNode {
     tick_deferred: bool,
     clock_offset_ms: i64,
     fail_next_flush: bool,
+    /// Hostile messages delivered to this incarnation.
+    hostile_received: u64,
 }
+
+/// Real messages kept for the hostile fault to replay.
+const RECENT_MESSAGES_MAX: usize = 128;
 
 /// Lines kept for the failure report.
 const TRACE_LINES_MAX: usize = 64;
@@ -120,6 +146,11 @@ pub struct SimCluster {
     next_call: CallId,
     /// Directed links that drop everything (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes that receive hostile input (`inject_hostile`) while the fault lasts.
+    hostile_targets: BTreeSet<NodeId>,
+    /// A sample of recent real traffic (from, to, message), for replays.
+    recent: VecDeque<(NodeId, NodeId, PeerMessage)>,
+    transmits: u64,
     trace_hash: u64,
     trace: VecDeque<String>,
     trace_capacity: usize,
@@ -141,8 +172,11 @@ impl SimCluster {
             sequence: 0,
             replies: BTreeMap::new(),
             calls_open: BTreeMap::new(),
-            next_call: 1,
+            next_call: CallId(1),
             blocked: BTreeSet::new(),
+            hostile_targets: BTreeSet::new(),
+            recent: VecDeque::new(),
+            transmits: 0,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: VecDeque::new(),
             trace_capacity: if config.verbose { usize::MAX } else { TRACE_LINES_MAX },
@@ -163,6 +197,7 @@ impl SimCluster {
                 tick_deferred: false,
                 clock_offset_ms: 0,
                 fail_next_flush: false,
+                hostile_received: 0,
             };
             cluster.nodes.insert(node, sim_node);
             cluster.start(node);
@@ -212,6 +247,12 @@ impl SimCluster {
         &mut self.config.network
     }
 
+    /// Hostile messages (malformed or replayed, see the `hostile` fault class) delivered to
+    /// `node` since it last started.
+    pub fn hostile_messages_sent_to(&self, node: NodeId) -> u64 {
+        self.nodes.get(&node).map_or(0, |sim_node| sim_node.hostile_received)
+    }
+
     pub fn core(&self, node: NodeId) -> Option<&NodeCore> {
         self.nodes[&node].core.as_ref()
     }
@@ -243,20 +284,17 @@ impl SimCluster {
         sim_node.deferred.clear();
         sim_node.tick_deferred = false;
         sim_node.fail_next_flush = false;
+        sim_node.hostile_received = 0;
         let incarnation = sim_node.incarnation;
         let (recovered, quarantined) = match recover_node(&self.placement, sim_node.durable.clone()) {
             Ok(recovered) => recovered,
             Err(error) => panic!("node {node} cannot recover: {error}"),
         };
-        let config = NodeConfig {
-            node,
-            placement: self.placement.clone(),
-            raft: self.config.raft.clone(),
-            limits: self.config.limits.clone(),
-            planted: self.config.planted,
-        };
-        let core =
+        let config =
+            NodeConfig { node, placement: self.placement.clone(), raft: self.config.raft.clone(), limits: self.config.limits.clone() };
+        let mut core =
             NodeCore::new(config, recovered, quarantined.into_keys().collect(), incarnation, seed, &self.logger).expect("core starts");
+        core.plant_bug(self.config.planted);
         sim_node.core = Some(core);
         sim_node.io_free_at_ms = self.now_ms;
         let offset = self.rng.gen_range(0..self.config.raft.tick_ms);
@@ -356,6 +394,89 @@ impl SimCluster {
         self.note(format!("node {node} shard {shard}: a stored record corrupted"));
     }
 
+    /// Starts or stops feeding `node` hostile input (`inject_hostile`).
+    pub fn set_hostile(&mut self, node: NodeId, hostile: bool) {
+        if hostile {
+            self.hostile_targets.insert(node);
+            self.note(format!("node {node} receives hostile input"));
+        } else {
+            self.hostile_targets.remove(&node);
+        }
+    }
+
+    /// One round of hostile input for every target: frames that are merely malformed (a
+    /// sender that is the node itself or not a member, shards out of range, raft bytes that
+    /// do not parse, raft messages for another node, credits and decisions that cannot be
+    /// right for their shard, impossible amounts) or real frames replayed to another node or
+    /// again. Never a well-formed lie (a forged decision, say): that is a lying member, which
+    /// authentication keeps out and this fault does not model. Nodes must drop all of it.
+    pub fn inject_hostile(&mut self) {
+        let targets: Vec<NodeId> = self.hostile_targets.iter().copied().filter(|node| self.is_up(*node)).collect();
+        for target in targets {
+            let count = self.rng.gen_range(1..=3);
+            for _ in 0..count {
+                let Some((from, message)) = self.hostile_message(target) else {
+                    continue;
+                };
+                let at = self.now_ms + self.rng.gen_range(1..=5);
+                self.schedule(at, Event::Hostile { from, to: target, messages: vec![message] });
+            }
+        }
+    }
+
+    fn hostile_message(&mut self, target: NodeId) -> Option<(NodeId, PeerMessage)> {
+        if self.recent.is_empty() {
+            return None;
+        }
+        let (sender, _, original) = self.recent[self.rng.gen_range(0..self.recent.len())].clone();
+        let shards = self.placement.shard_count();
+        let members: Vec<NodeId> = self.node_ids().into_iter().filter(|node| *node != target).collect();
+        let member = members[self.rng.gen_range(0..members.len())];
+        let message = match self.rng.gen_range(0..8) {
+            // A real frame replayed, to this node, from its real sender.
+            0 | 1 if sender != target => return Some((sender, original)),
+            0 | 1 => return None,
+            // Claims to come from the node itself, or from a node that is not a member.
+            2 => return Some((target, original)),
+            3 => return Some((9_999, original)),
+            // Shard out of range.
+            4 => match original {
+                PeerMessage::Raft { message, .. } => PeerMessage::Raft { shard: shards + 3, message },
+                PeerMessage::Credits { credits, hops, .. } => PeerMessage::Credits { shard: shards + 1, credits, hops },
+                PeerMessage::Decisions { decisions, hops, .. } => PeerMessage::Decisions { shard: shards + 2, decisions, hops },
+                _ => PeerMessage::LeaderHint { shard: shards, leader: member },
+            },
+            // Raft bytes that do not parse, for a shard this node hosts.
+            5 => {
+                let length = self.rng.gen_range(1..64);
+                let bytes = (0..length).map(|_| self.rng.gen::<u8>()).collect();
+                PeerMessage::Raft { shard: self.rng.gen_range(0..shards), message: bytes }
+            }
+            // Credits and decisions that cannot be right for the shard they name.
+            6 => match original {
+                PeerMessage::Credits { shard, mut credits, hops } if !credits.is_empty() => {
+                    match self.rng.gen_range(0..3) {
+                        0 => credits[0].amount = -credits[0].amount.abs() - 1,
+                        1 => credits[0].payer_shard = shard,
+                        _ => return Some((member, PeerMessage::Credits { shard: (shard + 1) % shards, credits, hops })),
+                    }
+                    PeerMessage::Credits { shard, credits, hops }
+                }
+                PeerMessage::Decisions { shard, mut decisions, hops } if !decisions.is_empty() => {
+                    decisions[0].body.amount = 0;
+                    PeerMessage::Decisions { shard, decisions, hops }
+                }
+                _ => return None,
+            },
+            // A real raft message delivered to a node it was not addressed to.
+            _ => match original {
+                PeerMessage::Raft { shard, message } => return Some((sender, PeerMessage::Raft { shard, message })),
+                _ => return None,
+            },
+        };
+        Some((member, message))
+    }
+
     /// Cuts the link from `from` to `to` (one direction).
     pub fn block(&mut self, from: NodeId, to: NodeId) {
         self.blocked.insert((from, to));
@@ -381,7 +502,7 @@ impl SimCluster {
     /// Submits a client request to a node; the reply shows up in `take_reply(call)`.
     pub fn submit(&mut self, node: NodeId, request: Request, timeout_ms: u64) -> CallId {
         let call = self.next_call;
-        self.next_call += 1;
+        self.next_call = CallId(call.0 + 1);
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         let Some(core) = sim_node.core.as_mut().filter(|_| !sim_node.paused) else {
             self.replies.insert(call, Reply::Unavailable);
@@ -476,6 +597,18 @@ impl SimCluster {
                 }
                 self.after_input(to);
             }
+            Event::Hostile { from, to, messages } => {
+                self.mix(from * 37 + to);
+                let sim_node = self.nodes.get_mut(&to).expect("known node");
+                let Some(core) = sim_node.core.as_mut() else {
+                    return;
+                };
+                sim_node.hostile_received += u64::try_from(messages.len()).expect("fits");
+                for message in messages {
+                    core.receive(from, message);
+                }
+                self.after_input(to);
+            }
             Event::Tick { node, incarnation } => {
                 let now = self.node_now(node);
                 let sim_node = self.nodes.get_mut(&node).expect("known node");
@@ -553,7 +686,7 @@ impl SimCluster {
                 }
                 Effect::Reply { call, reply } => {
                     self.calls_open.remove(&call);
-                    self.mix(call);
+                    self.mix(call.0);
                     self.replies.insert(call, reply);
                 }
             }
@@ -570,6 +703,17 @@ impl SimCluster {
     }
 
     fn transmit(&mut self, from: NodeId, to: NodeId, messages: Vec<PeerMessage>) {
+        // Keep a sample of real traffic for the hostile fault to replay (every fourth frame's
+        // first message; no RNG draw, so runs without that fault are unchanged).
+        self.transmits += 1;
+        if self.transmits.is_multiple_of(4) {
+            if let Some(first) = messages.first() {
+                if self.recent.len() >= RECENT_MESSAGES_MAX {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((from, to, first.clone()));
+            }
+        }
         if self.blocked.contains(&(from, to)) {
             return;
         }

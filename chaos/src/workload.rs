@@ -13,8 +13,8 @@ use crate::sim::SimCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{AccountId, NodeId, TransferId};
-use settle_cluster::ledger::{AccountKind, CreateAccount, RejectCode, TransferBody, TransferCmd, TransferStatus};
-use settle_cluster::message::{Reply, Request, TransferResult};
+use settle_cluster::ledger::{AccountKind, RejectCode, TransferBody, TransferStatus};
+use settle_cluster::message::{AccountRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
 use std::collections::BTreeMap;
@@ -57,13 +57,13 @@ impl Default for WorkloadConfig {
 /// What a client was told about a transfer.
 #[derive(Debug, Clone)]
 pub struct Acknowledged {
-    pub command: TransferCmd,
+    pub command: TransferRequest,
     pub at_ms: u64,
 }
 
 #[derive(Debug, Clone)]
 enum Operation {
-    Transfer { command: TransferCmd },
+    Transfer { command: TransferRequest },
     ReadTransfer { id: TransferId, body: TransferBody, expect_posted: bool, started_ms: u64 },
     ReadAccount { account: AccountId, started_ms: u64, acked_before: u64, seen_before: u64 },
 }
@@ -88,7 +88,7 @@ pub struct Workload {
     /// a reused id may be refused for one body while another body under it posts.
     pub rejected: BTreeMap<(TransferId, TransferBody), RejectCode>,
     /// Per client, the transfer whose last answer was "unknown"; the client keeps retrying it.
-    pub ambiguous: BTreeMap<usize, TransferCmd>,
+    pub ambiguous: BTreeMap<usize, TransferRequest>,
     /// Transfers sent with an id that was already in use with another body.
     pub reused: u64,
     /// Shards of the cluster, so reuses can pick payers on the same or another shard.
@@ -145,13 +145,13 @@ impl Workload {
         self.shards = cluster.placement().shard_count();
         for (n, account) in self.accounts.clone().iter().enumerate() {
             let kind = if n == 0 { AccountKind::Settlement } else { AccountKind::Customer };
-            let create = Request::CreateAccount(CreateAccount { id: account.clone(), currency: self.currency, kind });
+            let create = Request::CreateAccount(AccountRequest { id: account.clone(), currency: self.currency, kind });
             if !retry(cluster, create, |reply| matches!(reply, Reply::Account { .. })) {
                 return false;
             }
         }
         for account in self.accounts.clone().iter().skip(1) {
-            let command = TransferCmd {
+            let command = TransferRequest {
                 id: TransferId::new(format!("fund-{account}")).expect("valid"),
                 from: self.bank().clone(),
                 to: account.clone(),
@@ -272,7 +272,8 @@ impl Workload {
         let amount = client.rng.gen_range(1..=self.config.amount_max_minor);
         let id = TransferId::new(format!("c{}-{}", client.id, client.next_transfer)).expect("valid");
         client.next_transfer += 1;
-        let command = TransferCmd { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
+        let command =
+            TransferRequest { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
         Operation::Transfer { command }
     }
 
@@ -280,7 +281,7 @@ impl Workload {
     /// flight now (a race) or one already answered, with another payer (same shard or another
     /// one), payee or amount. `None` when no id is known yet.
     fn reuse(&mut self, index: usize) -> Option<Operation> {
-        let in_flight: Vec<TransferCmd> = self
+        let in_flight: Vec<TransferRequest> = self
             .clients
             .iter()
             .filter(|client| client.id != index)
@@ -298,7 +299,7 @@ impl Workload {
         } else if !self.rejected.is_empty() {
             let position = rng.gen_range(0..self.rejected.len());
             let ((id, body), _) = self.rejected.iter().nth(position).expect("in range");
-            TransferCmd { id: id.clone(), from: body.from.clone(), to: body.to.clone(), amount: body.amount, currency: body.currency }
+            TransferRequest { id: id.clone(), from: body.from.clone(), to: body.to.clone(), amount: body.amount, currency: body.currency }
         } else {
             return None;
         };
@@ -330,7 +331,7 @@ impl Workload {
         Some(self.reused(command))
     }
 
-    fn reused(&mut self, command: TransferCmd) -> Operation {
+    fn reused(&mut self, command: TransferRequest) -> Operation {
         self.reused += 1;
         Operation::Transfer { command }
     }
@@ -433,7 +434,7 @@ impl Workload {
         }
     }
 
-    fn acknowledge(&mut self, command: TransferCmd, at_ms: u64) {
+    fn acknowledge(&mut self, command: TransferRequest, at_ms: u64) {
         if let Some(earlier) = self.posted.get(&command.id) {
             if earlier.command != command {
                 let message = format!("{} was acknowledged posted as {:?} and as {:?}", command.id, earlier.command, command);

@@ -3,8 +3,8 @@
 use settle_chaos::run::{all_shards_led, applied_indexes_agree};
 use settle_chaos::sim::{SimCluster, SimConfig};
 use settle_cluster::ids::{AccountId, TransferId};
-use settle_cluster::ledger::{AccountKind, AccountOutcome, CreateAccount, TransferCmd, TransferStatus};
-use settle_cluster::message::{Reply, Request, TransferResult};
+use settle_cluster::ledger::{AccountKind, AccountOutcome, TransferStatus};
+use settle_cluster::message::{AccountRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::Currency;
 
 fn usd() -> Currency {
@@ -12,14 +12,14 @@ fn usd() -> Currency {
 }
 
 fn create(cluster: &mut SimCluster, node: u64, id: &str, kind: AccountKind) {
-    let request = Request::CreateAccount(CreateAccount { id: AccountId::new(id).unwrap(), currency: usd(), kind });
+    let request = Request::CreateAccount(AccountRequest { id: AccountId::new(id).unwrap(), currency: usd(), kind });
     let call = cluster.submit(node, request, 5_000);
     let reply = cluster.wait(call, 10_000).expect("reply");
     assert!(matches!(reply, Reply::Account { outcome: AccountOutcome::Created, .. }), "{reply:?}");
 }
 
 fn transfer(cluster: &mut SimCluster, node: u64, id: &str, from: &str, to: &str, amount: i128) -> TransferResult {
-    let command = TransferCmd {
+    let command = TransferRequest {
         id: TransferId::new(id).unwrap(),
         from: AccountId::new(from).unwrap(),
         to: AccountId::new(to).unwrap(),

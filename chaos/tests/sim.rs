@@ -45,7 +45,7 @@ fn fixed_seeds_hold_every_invariant_with_five_nodes() {
 /// 40 seeds of each fault class alone.
 #[test]
 fn fixed_seeds_hold_for_each_fault_class() {
-    for faults in [FaultClass::Net, FaultClass::Disk, FaultClass::Crash, FaultClass::None] {
+    for faults in [FaultClass::Net, FaultClass::Disk, FaultClass::Crash, FaultClass::Hostile, FaultClass::None] {
         assert_passes(1_000..1_040, 3, faults);
     }
 }

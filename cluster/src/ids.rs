@@ -40,10 +40,25 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
 
 macro_rules! string_id {
     ($name:ident, $what:literal) => {
-        #[doc = concat!("The client-chosen id of ", $what, ".")]
+        #[doc = concat!("The client-chosen id of ", $what, ". Validated wherever one is made, decoding")]
+        /// included: an id from a peer frame, a log entry or a checkpoint is checked like one
+        /// from a client.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(id: String) -> Result<Self, IdError> {
+                $name::new(id)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
 
         impl $name {
             /// Validates and wraps an id.
@@ -75,6 +90,28 @@ macro_rules! string_id {
 string_id!(AccountId, "an account");
 string_id!(TransferId, "a transfer (also its idempotency key)");
 
+macro_rules! number_id {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+number_id!(CallId, "A client request on the node it arrived at; the driver's handle for its reply.");
+number_id!(LegId, "One leg of a call: the part of it sent to one shard's leader. Unique per node incarnation.");
+number_id!(
+    ProposalTag,
+    "Names a command a node proposed, so the node can answer its waiter when the command applies; 0 when nobody waits."
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +126,16 @@ mod tests {
         assert!(AccountId::new("a".repeat(64)).is_ok());
         assert_eq!(TransferId::new("a b"), Err(IdError::BadCharacter));
         assert_eq!(TransferId::new("a/b"), Err(IdError::BadCharacter));
+    }
+
+    /// Decoding checks an id like `new` does: a peer frame or a record cannot smuggle one in.
+    #[test]
+    fn decoded_ids_are_validated() {
+        let encoded = bincode::serialize(&"a b".to_string()).unwrap();
+        assert!(bincode::deserialize::<TransferId>(&encoded).is_err());
+        let encoded = bincode::serialize(&"x".repeat(65)).unwrap();
+        assert!(bincode::deserialize::<AccountId>(&encoded).is_err());
+        let good = AccountId::new("alice").unwrap();
+        assert_eq!(bincode::deserialize::<AccountId>(&bincode::serialize(&good).unwrap()).unwrap(), good);
     }
 }

@@ -3,8 +3,10 @@
 //! messages, ticks with a timestamp, a seed) and every effect leaves as a returned value. That is
 //! what lets the simulator in `chaos/` drive the same code production runs.
 
+pub mod codec;
 pub mod ids;
 pub mod ledger;
+pub mod log;
 pub mod message;
 pub mod money;
 pub mod placement;
@@ -12,9 +14,12 @@ pub mod planted;
 pub mod recovery;
 pub mod replica;
 pub mod storage;
+pub mod time;
 
 mod core;
 pub use crate::core::{
-    AdminError, Buckets, CallId, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardStatus, Time,
+    AdminError, Buckets, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardRole, ShardStatus,
 };
+pub use crate::ids::CallId;
+pub use crate::time::Time;
 pub use raft;

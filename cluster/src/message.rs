@@ -1,101 +1,63 @@
-//! What crosses the boundaries of the core: log entry payloads, messages between nodes, client
-//! requests and replies, and their binary encoding (bincode behind a format byte; raft's own
-//! messages stay protobuf inside).
+//! What crosses the core's boundaries besides the log: client requests and replies (the
+//! driver's and the simulator's interface) and the messages between nodes, with the peer
+//! frames' own format version (raft's messages stay protobuf inside).
 
+use crate::codec;
+pub use crate::codec::CodecError;
+use crate::ids::LegId;
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
+pub use crate::ledger::AccountView;
 use crate::ledger::{
-    Account, AccountKind, AccountOutcome, Command, CreateAccount, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome,
-    TransferCmd, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, TransferBody, TransferView,
 };
+pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// The first byte of every encoded payload; bumped when a format changes incompatibly.
-/// 2: transfer-id reservations (`Command::Reserve`), finalizes and decisions carry the body.
-pub const FORMAT_VERSION: u8 = 2;
+/// The layout of peer frames this build speaks (both ends must agree; a frame of another
+/// version is refused by the transport, never misread).
+/// 2: transfer-id reservations, decisions carry the body they decide.
+pub const PEER_FORMAT_VERSION: u8 = 2;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("empty payload")]
-    Empty,
-    #[error("unknown format version {0}")]
-    Version(u8),
-    #[error("undecodable payload: {0}")]
-    Decode(#[from] bincode::Error),
-}
-
-/// Encodes a value behind the format byte.
+/// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    encode_into(&mut bytes, value);
-    bytes
+    codec::encode(PEER_FORMAT_VERSION, value)
 }
 
-/// Appends what `encode` returns to `buffer`, so a caller can reuse one buffer and frame the
-/// payload in place (a header before it) without copying it.
+/// Appends an encoded frame payload to `buffer` (so the transport frames it in place).
 pub fn encode_into<T: Serialize>(buffer: &mut Vec<u8>, value: &T) {
-    buffer.push(FORMAT_VERSION);
-    bincode::serialize_into(&mut *buffer, value).expect("in-memory serialisation cannot fail");
+    codec::encode_into(buffer, PEER_FORMAT_VERSION, value)
 }
 
-/// Decodes a value written by `encode`.
+/// Decodes a frame payload written by `encode`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if *version != FORMAT_VERSION {
-        return Err(CodecError::Version(*version));
-    }
-    Ok(bincode::deserialize(body)?)
+    codec::decode(PEER_FORMAT_VERSION, bytes)
 }
 
-/// Who proposed an entry: the node and its incarnation (a fresh number at every start), so the
-/// proposal tags of an earlier run never match the waiters of this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposer {
-    pub node: NodeId,
-    pub incarnation: u64,
-}
-
-/// A command with the proposer's tag (0 when nobody waits for its outcome).
+/// A client's new account, as the core receives it (the edge has validated the fields). Its
+/// operation (`core/operation/account.rs`) turns it into the log's `CreateAccount`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tagged {
-    pub tag: u64,
-    pub command: Command,
-}
-
-/// The data of one Raft log entry: a batch of commands and the proposer's clock reading, which
-/// is the only timestamp the ledger ever sees (so every replica applies identically).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryPayload {
-    pub proposer: Proposer,
-    pub timestamp_ms: u64,
-    pub commands: Vec<Tagged>,
-}
-
-/// An account as readers see it (without its history).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountView {
+pub struct AccountRequest {
     pub id: AccountId,
     pub currency: Currency,
     pub kind: AccountKind,
-    pub balance: Minor,
-    pub available: Minor,
-    pub debits_pending: Minor,
-    pub created_at_ms: u64,
-    pub transfer_count: u64,
 }
 
-impl From<&Account> for AccountView {
-    fn from(account: &Account) -> AccountView {
-        AccountView {
-            id: account.id.clone(),
-            currency: account.currency,
-            kind: account.kind,
-            balance: account.balance,
-            available: account.available(),
-            debits_pending: account.debits_pending,
-            created_at_ms: account.created_at_ms,
-            transfer_count: u64::try_from(account.history.len()).expect("fits u64"),
-        }
+/// A client's transfer, as the core receives it; its operation (`core/operation/transfer.rs`)
+/// turns it into the log's `TransferCmd`. Separate from the log type so that the client
+/// interface and the log's layout can change apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub id: TransferId,
+    pub from: AccountId,
+    pub to: AccountId,
+    pub amount: Minor,
+    pub currency: Currency,
+}
+
+impl TransferRequest {
+    pub fn body(&self) -> TransferBody {
+        TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
     }
 }
 
@@ -103,8 +65,8 @@ impl From<&Account> for AccountView {
 /// endpoint); the node splits it into one leg per shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    CreateAccount(CreateAccount),
-    Transfers(Vec<TransferCmd>),
+    CreateAccount(AccountRequest),
+    Transfers(Vec<TransferRequest>),
     /// Internal to legs: bind transfer ids to their bodies on their home shard (the origin's
     /// first step for every transfer whose payer does not live on the id's home shard).
     Reserve(Vec<ReserveCmd>),
@@ -172,14 +134,14 @@ pub enum PeerMessage {
     /// leader may drop it `timeout_ms` after it arrives (clocks of two nodes are not compared).
     /// `request_id` is the client's Request-Id, carried so every node's logs can name it.
     Leg {
-        leg: u64,
+        leg: LegId,
         shard: ShardId,
         timeout_ms: u64,
         request: Request,
         request_id: Option<String>,
     },
     LegReply {
-        leg: u64,
+        leg: LegId,
         reply: Reply,
     },
     /// Coordinator → payee shard leader: decide these credits. `hops` counts forwards by nodes
@@ -209,49 +171,4 @@ pub enum PeerMessage {
         started_ms: u64,
         draining: bool,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Payloads survive encode → decode, and a wrong format byte is refused, not misread.
-    #[test]
-    fn payload_round_trips_and_version_is_checked() {
-        let payload = EntryPayload {
-            proposer: Proposer { node: 2, incarnation: 7 },
-            timestamp_ms: 123,
-            commands: vec![Tagged {
-                tag: 9,
-                command: Command::Transfer(TransferCmd {
-                    id: TransferId::new("t1").unwrap(),
-                    from: AccountId::new("a").unwrap(),
-                    to: AccountId::new("b").unwrap(),
-                    amount: i128::MAX,
-                    currency: Currency::from_code("KWD").unwrap(),
-                }),
-            }],
-        };
-        let bytes = encode(&payload);
-        assert_eq!(decode::<EntryPayload>(&bytes).unwrap(), payload);
-        let mut wrong = bytes.clone();
-        wrong[0] = 99;
-        assert!(matches!(decode::<EntryPayload>(&wrong), Err(CodecError::Version(99))));
-        assert!(matches!(decode::<EntryPayload>(&[]), Err(CodecError::Empty)));
-        assert!(decode::<EntryPayload>(&bytes[..bytes.len() - 3]).is_err());
-    }
-
-    /// `encode_into` appends the format byte and the bincode bytes after what the buffer holds.
-    #[test]
-    fn encode_into_appends_the_format_byte_and_the_bincode_bytes() {
-        let payload = EntryPayload { proposer: Proposer { node: 1, incarnation: 3 }, timestamp_ms: 42, commands: vec![] };
-        let mut expected = vec![FORMAT_VERSION];
-        expected.extend(bincode::serialize(&payload).unwrap());
-        let mut buffer = vec![0xAA; 8];
-        encode_into(&mut buffer, &payload);
-        assert_eq!(&buffer[..8], &[0xAA; 8]);
-        assert_eq!(&buffer[8..], &expected[..]);
-        assert_eq!(encode(&payload), expected);
-        assert_eq!(decode::<EntryPayload>(&buffer[8..]).unwrap(), payload);
-    }
 }

@@ -4,9 +4,9 @@
 //! simulator's memory store both implement exactly these operations; `recover_shard` rebuilds a
 //! replica from whatever survived a crash, `recover_node` every replica of a node.
 
+use crate::codec::CodecError;
 use crate::ids::ShardId;
 use crate::ledger::Ledger;
-use crate::message::{decode, CodecError};
 use crate::placement::Placement;
 use crate::replica::{Checkpoint, ShardWrite};
 use crate::storage::ShardStorage;
@@ -104,7 +104,7 @@ pub struct CheckpointView<'a> {
     pub index: u64,
     pub term: u64,
     pub conf_state: &'a ConfState,
-    /// `encode(&Ledger)`.
+    /// `Ledger::encode`.
     pub ledger: &'a [u8],
 }
 
@@ -156,11 +156,13 @@ pub fn recover_shard(placement: &Placement, shard: ShardId, mut durable: Durable
     }
     let (ledger, applied_index, conf_state) = match durable.checkpoint.take() {
         Some(checkpoint) => {
-            let ledger: Ledger = decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
+            let ledger = Ledger::decode(&checkpoint.ledger).map_err(|source| RecoveryError::Checkpoint { shard, source })?;
             if ledger.shard() != shard || ledger.shard_count() != placement.shard_count() {
                 return Err(RecoveryError::WrongShard { shard, found: ledger.shard(), found_count: ledger.shard_count() });
             }
-            ledger.check_invariants();
+            ledger
+                .verify()
+                .map_err(|reason| RecoveryError::Corrupt { shard, reason: format!("checkpoint breaks an invariant: {reason}") })?;
             (ledger, checkpoint.index, Some((checkpoint.conf_state, checkpoint.term)))
         }
         None => (Ledger::new(shard, placement.shard_count()), 0, None),
@@ -218,14 +220,13 @@ pub fn recover_node(placement: &Placement, durable: BTreeMap<ShardId, DurableSha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::encode;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, ..Entry::default() }
     }
 
     fn checkpoint(shard: ShardId, index: u64, term: u64) -> Checkpoint {
-        Checkpoint { shard, index, term, conf_state: ConfState::from((vec![1, 2, 3], vec![])), ledger: encode(&Ledger::new(shard, 4)) }
+        Checkpoint { shard, index, term, conf_state: ConfState::from((vec![1, 2, 3], vec![])), ledger: Ledger::new(shard, 4).encode() }
     }
 
     /// A node's shards split into replicas that start, quarantined ones (with the reason) and

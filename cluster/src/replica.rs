@@ -3,11 +3,12 @@
 //! durable, applied commands) and never does IO itself. Readies are persisted asynchronously:
 //! `advance_append_async` right away, `on_persist_ready` once the driver reports the write durable.
 
-use crate::ids::{NodeId, ShardId};
-use crate::ledger::{Applied, Command, Ledger};
-use crate::message::{decode, encode, EntryPayload, Proposer, Tagged};
+use crate::ids::{NodeId, ProposalTag, ShardId};
+use crate::ledger::{AppliedCommand, Ledger};
+use crate::log::{decode_entry, EntryPayload, Proposer, Tagged};
 use crate::planted::PlantedBug;
 use crate::storage::ShardStorage;
+use crate::time::Time;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 use serde::{Deserialize, Serialize};
@@ -63,11 +64,10 @@ impl ShardWrite {
 
 /// One applied command, with who (if anyone on this node) waits for it.
 #[derive(Debug, Clone)]
-pub struct AppliedCommand {
+pub struct AppliedProposal {
     /// The tag if this node (this incarnation) proposed it, else 0.
-    pub tag: u64,
-    pub command: Command,
-    pub applied: Applied,
+    pub tag: ProposalTag,
+    pub applied: AppliedCommand,
 }
 
 /// The plain-value result of handling one Ready.
@@ -75,7 +75,7 @@ pub struct AppliedCommand {
 pub struct ReadyOutput {
     pub messages: Vec<Message>,
     pub write: ShardWrite,
-    pub applied: Vec<AppliedCommand>,
+    pub applied: Vec<AppliedProposal>,
     pub read_states: Vec<ReadState>,
     /// Ready number to report back in `on_persisted`, with the messages that may only leave after.
     pub number: u64,
@@ -84,6 +84,8 @@ pub struct ReadyOutput {
     pub installed_snapshot: bool,
     /// Propose→apply latencies (ms) of this replica's own entries applied in this Ready.
     pub apply_latencies_ms: Vec<u64>,
+    /// Committed entries whose data did not decode, applied as nothing.
+    pub entries_undecodable: u64,
 }
 
 pub struct ShardReplica {
@@ -97,6 +99,7 @@ pub struct ShardReplica {
     checkpoint_index: u64,
     /// The Ready number that installed a snapshot, until it is durable.
     snapshot_ready: Option<u64>,
+    /// Test-only (inert without the `planted-bugs` feature): kept for ledgers from snapshots.
     planted: PlantedBug,
     /// When each of this replica's own proposals was made (entry index, monotonic ms).
     proposed_at: std::collections::VecDeque<(u64, u64)>,
@@ -113,11 +116,8 @@ impl ShardReplica {
         ledger: Ledger,
         applied_index: u64,
         settings: &RaftSettings,
-        planted: PlantedBug,
         logger: &slog::Logger,
     ) -> Result<ShardReplica, raft::Error> {
-        let mut ledger = ledger;
-        ledger.set_planted(planted);
         let config = raft::Config {
             id: node,
             election_tick: settings.election_ticks,
@@ -150,11 +150,17 @@ impl ShardReplica {
             proposals: Vec::new(),
             checkpoint_index: applied_index,
             snapshot_ready: None,
-            planted,
+            planted: PlantedBug::None,
             proposed_at: std::collections::VecDeque::new(),
             last_leader: None,
             leader_changes: 0,
         })
+    }
+
+    /// Test-only: plants a bug in this replica's ledger (inert without the `planted-bugs` feature).
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        self.planted = bug;
+        self.ledger.set_planted(bug);
     }
 
     pub fn shard(&self) -> ShardId {
@@ -300,9 +306,9 @@ impl ShardReplica {
     }
 
     /// Proposes every queued command as one log entry. On failure (not leader, or raft dropped
-    /// it) the commands come back so their waiters can be told. `now_ms` stamps the entry;
-    /// `clock_ms` (monotonic) times it to its apply.
-    pub fn flush_proposals(&mut self, proposer: Proposer, now_ms: u64, clock_ms: u64) -> Result<usize, Vec<Tagged>> {
+    /// it) the commands come back so their waiters can be told. The wall clock stamps the entry;
+    /// the monotonic one times it to its apply.
+    pub fn flush_proposals(&mut self, proposer: Proposer, time: Time) -> Result<usize, Vec<Tagged>> {
         if self.proposals.is_empty() {
             return Ok(0);
         }
@@ -311,12 +317,12 @@ impl ShardReplica {
         if !self.is_leader() {
             return Err(commands);
         }
-        let payload = EntryPayload { proposer, timestamp_ms: now_ms, commands };
-        let data = encode(&payload);
+        let payload = EntryPayload { proposer, timestamp_ms: time.wall_ms, commands };
+        let data = payload.encode();
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
                 if self.proposed_at.len() < PROPOSAL_TIMES_MAX {
-                    self.proposed_at.push_back((self.raw.raft.raft_log.last_index(), clock_ms));
+                    self.proposed_at.push_back((self.raw.raft.raft_log.last_index(), time.monotonic_ms));
                 }
                 Ok(count)
             }
@@ -329,7 +335,7 @@ impl ShardReplica {
         if !self.raw.store().take_snapshot_request() {
             return;
         }
-        let data = encode(&self.ledger);
+        let data = self.ledger.encode();
         let index = self.applied_index;
         self.raw.mut_store().set_snapshot(index, data);
     }
@@ -342,7 +348,7 @@ impl ShardReplica {
             index,
             term: self.raw.store().term_of(index).unwrap_or(0),
             conf_state: self.raw.store().conf_state().clone(),
-            ledger: encode(&self.ledger),
+            ledger: self.ledger.encode(),
         }
     }
 
@@ -379,7 +385,8 @@ impl ShardReplica {
         output.read_states = ready.take_read_states();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            let mut ledger: Ledger = decode(&snapshot.data).expect("a leader's snapshot decodes");
+            // The core checked the snapshot when its message arrived (`core/validate.rs`).
+            let mut ledger = Ledger::decode(&snapshot.data).expect("a checked snapshot decodes");
             ledger.check_invariants();
             ledger.set_planted(self.planted);
             self.ledger = ledger;
@@ -401,7 +408,7 @@ impl ShardReplica {
         output.messages = ready.take_messages();
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
-        self.apply_entries(committed, proposer, &mut output.applied);
+        output.entries_undecodable = self.apply_entries(committed, proposer, &mut output.applied);
         while let Some((index, at)) = self.proposed_at.front().copied() {
             if index > self.applied_index {
                 break;
@@ -430,20 +437,31 @@ impl ShardReplica {
         }
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, applied: &mut Vec<AppliedCommand>) {
+    /// Applies committed entries in order; returns how many did not decode. Such an entry is
+    /// applied as nothing — every replica holds the same bytes, so every replica skips it — and
+    /// never stops a replica (a log entry is input too).
+    fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, applied: &mut Vec<AppliedProposal>) -> u64 {
+        let mut undecodable = 0;
+        // A leader's replica reports the records its waiters need; followers have no waiters.
+        let report = self.is_leader();
         for entry in entries {
             assert!(entry.index > self.applied_index || entry.index == 0, "entry {} applied twice", entry.index);
             self.applied_index = entry.index;
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 continue;
             }
-            let payload: EntryPayload = decode(&entry.data).expect("committed entries decode");
+            let Ok(payload) = decode_entry(&entry.data) else {
+                undecodable += 1;
+                continue;
+            };
             let ours = payload.proposer == proposer;
             for tagged in payload.commands {
-                let result = self.ledger.apply(payload.timestamp_ms, &tagged.command);
-                applied.push(AppliedCommand { tag: if ours { tagged.tag } else { 0 }, command: tagged.command, applied: result });
+                let result = self.ledger.apply_command(payload.timestamp_ms, tagged.command, report);
+                let tag = if ours { tagged.tag } else { ProposalTag(0) };
+                applied.push(AppliedProposal { tag, applied: result });
             }
         }
+        undecodable
     }
 }
 
@@ -454,6 +472,6 @@ pub struct Checkpoint {
     pub index: u64,
     pub term: u64,
     pub conf_state: ConfState,
-    /// `encode(&Ledger)`.
+    /// `Ledger::encode`.
     pub ledger: Vec<u8>,
 }

@@ -141,8 +141,10 @@ impl World {
                 let Applied::Credit(outcome) = self.apply(payee_shard, Command::Credit(credit.clone())) else {
                     panic!("credit applied as something else");
                 };
-                let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision: outcome.decision };
-                self.bag.push(Message::Decision { payer_shard: credit.payer_shard, finalize });
+                if let Some(decision) = outcome.decision {
+                    let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision };
+                    self.bag.push(Message::Decision { payer_shard: credit.payer_shard, finalize });
+                }
             }
             Message::Decision { payer_shard, finalize } => {
                 self.apply(payer_shard, Command::Finalize(finalize));

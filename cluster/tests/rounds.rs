@@ -2,13 +2,12 @@
 //! driver before the earlier ones are durable.
 
 use settle_cluster::ids::AccountId;
-use settle_cluster::ledger::{AccountKind, CreateAccount};
-use settle_cluster::message::Request;
+use settle_cluster::ledger::AccountKind;
+use settle_cluster::message::{AccountRequest, Request};
 use settle_cluster::money::Currency;
 use settle_cluster::placement::Placement;
-use settle_cluster::planted::PlantedBug;
 use settle_cluster::replica::RaftSettings;
-use settle_cluster::{CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
+use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The persist rounds among `effects`.
@@ -40,8 +39,7 @@ fn settle(core: &mut NodeCore) {
 #[test]
 fn compaction_waits_while_rounds_are_at_the_cap() {
     let limits = CoreLimits { rounds_inflight_max: 1, compaction_lag_entries: 0, ..CoreLimits::default() };
-    let config =
-        NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits, planted: PlantedBug::None };
+    let config = NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut core = NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), 1, 7, &logger).expect("a fresh core");
     // The only voter: it leads once its first tick's campaign is durable.
@@ -51,8 +49,8 @@ fn compaction_waits_while_rounds_are_at_the_cap() {
     assert!(applied > 0, "the leader applied its first entry");
 
     let usd = Currency::from_code("USD").unwrap();
-    let create = CreateAccount { id: AccountId::new("alice").unwrap(), currency: usd, kind: AccountKind::Customer };
-    core.submit(1, Request::CreateAccount(create), 10_000);
+    let create = AccountRequest { id: AccountId::new("alice").unwrap(), currency: usd, kind: AccountKind::Customer };
+    core.submit(CallId(1), Request::CreateAccount(create), 10_000);
     core.poll();
     let inflight = rounds(core.drain_effects());
     assert_eq!((inflight.len(), core.rounds_inflight()), (1, 1), "the proposal's round is in flight");

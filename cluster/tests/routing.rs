@@ -4,20 +4,13 @@
 use settle_cluster::ids::{AccountId, NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Request};
 use settle_cluster::placement::Placement;
-use settle_cluster::planted::PlantedBug;
 use settle_cluster::replica::RaftSettings;
-use settle_cluster::{CoreLimits, Effect, NodeConfig, NodeCore, Time};
+use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A core for `node` in a five-node cluster of five shards (three replicas each), fresh.
 fn core(node: NodeId, placement: &Placement) -> NodeCore {
-    let config = NodeConfig {
-        node,
-        placement: placement.clone(),
-        raft: RaftSettings::default(),
-        limits: CoreLimits::default(),
-        planted: PlantedBug::None,
-    };
+    let config = NodeConfig { node, placement: placement.clone(), raft: RaftSettings::default(), limits: CoreLimits::default() };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), 1, 7, &logger).expect("a fresh core")
 }
@@ -52,7 +45,7 @@ fn silent_legs_rotate_the_hint_once_per_tick() {
     let mut core = core(node, &placement);
     let reads = [account_on(&placement, shard, 0), account_on(&placement, other_shard, 0), account_on(&placement, shard, 1)];
     for (call, account) in (1..).zip(reads) {
-        core.submit(call, Request::ReadAccount(account), 60_000);
+        core.submit(CallId(call), Request::ReadAccount(account), 60_000);
     }
     core.poll();
     assert_eq!(leg_targets(core.drain_effects(), shard), vec![1, 1], "first guess: the first other replica");

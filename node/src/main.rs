@@ -1,10 +1,9 @@
 //! `settle`: one binary for a node (`start`), a local cluster (`local`), and the tools around it.
+//! The server and its command line live here; the tools that break a cluster or load it
+//! (`local`, `bench`, `drill`, `sim`) live in `settle_chaos` and speak to nodes through
+//! `settle_client`.
 
 mod api;
-mod bench;
-mod client;
-mod drill;
-mod local;
 mod logging;
 mod metrics;
 mod settings;
@@ -14,8 +13,10 @@ mod status;
 use actix_web::web;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use settings::{check_identity, ClusterIdentity, NodeSettings, StartFlags};
+use settings::{NodeSettings, StartFlags};
+use settle_actors::identity::{self, DataDirIdentity};
 use settle_actors::DriverConfig;
+use settle_chaos::{bench, drill, local};
 use settle_cluster::placement::Placement;
 use settle_cluster::NodeConfig;
 use std::sync::atomic::AtomicU64;
@@ -49,7 +50,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(flags) => start(flags),
-        Command::Local(flags) => local::run(flags),
+        Command::Local(flags) => {
+            init_logging("text");
+            local::run(flags)
+        }
         Command::Sim(flags) => sim_cli::run(flags),
         Command::Bench(flags) => bench::run(flags),
         Command::Status(flags) => status::run(flags),
@@ -57,29 +61,34 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-pub fn init_logging(format: &str) {
+fn init_logging(format: &str) {
     logging::init(format);
 }
 
 fn start(flags: StartFlags) -> anyhow::Result<()> {
     let settings = NodeSettings::load(&flags)?;
     init_logging(&settings.log_format);
-    let identity =
-        ClusterIdentity { node_id: settings.node_id, shards: settings.shards, members: settings.members.keys().copied().collect() };
-    let bootstrapped = check_identity(&settings.data_dir, &identity)?;
+    settle_actors::crash_only::install();
+    if settings.insecure_peers {
+        tracing::warn!(
+            "peers talk plain TCP (--insecure-peers): anyone who reaches the peer port can claim to be a node; development only"
+        );
+    }
+    let identity = DataDirIdentity::new(settings.node_id, settings.shards, settings.members.keys().copied().collect());
+    let bootstrapped = identity::check_or_write(&settings.data_dir, &identity)?;
     let placement = Placement::new(identity.members.clone(), settings.shards);
     let config = DriverConfig {
-        core: NodeConfig {
-            node: settings.node_id,
-            placement,
-            raft: settings.raft.clone(),
-            limits: settings.limits.clone(),
-            planted: settle_cluster::planted::PlantedBug::None,
-        },
+        core: NodeConfig { node: settings.node_id, placement, raft: settings.raft.clone(), limits: settings.limits.clone() },
         data_dir: settings.data_dir.clone(),
         peer_listen: settings.peer,
         peers: settings.members.clone(),
-        frame_bytes_max: settings.frame_bytes_max,
+        peer_limits: settle_actors::transport::PeerLimits {
+            frame_bytes_max: settings.frame_bytes_max,
+            connections_max: settings.peer_connections_max,
+            inbound_bytes_max: settings.peer_inbound_bytes_max,
+            handshake_timeout_ms: settings.peer_handshake_timeout_ms,
+            frame_read_timeout_ms: settings.peer_frame_read_timeout_ms,
+        },
         inbox_calls_max: settings.inbox_calls_max,
         io_queue_jobs_max: settings.io_queue_jobs_max,
         http_advertise: format!("http://{}", settings.http),
@@ -108,9 +117,14 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     });
     let http = settings.http;
     let workers = settings.http_workers;
+    // actix counts connections per worker.
+    let connections_per_worker = (settings.http_connections_max / workers.max(1)).max(1);
     actix_web::rt::System::new().block_on(async move {
         let server = actix_web::HttpServer::new(move || api::app(state.clone()))
             .workers(workers)
+            .max_connections(connections_per_worker)
+            .client_request_timeout(std::time::Duration::from_secs(5))
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
             .shutdown_timeout(5)
             .bind(http)
             .with_context(|| format!("binding the HTTP API on {http}"))?

@@ -6,9 +6,10 @@
 //! never account or transfer ids.
 
 use prometheus::proto::{Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use settle_actors::{DriverHandle, NodeStatus};
 use settle_cluster::Buckets;
+use settle_cluster::ShardRole;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,18 +18,23 @@ const PREFIX: &str = "settle_";
 
 pub struct Metrics {
     registry: Registry,
+    /// The process collector, without the `settle_` prefix: `process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`... are the names every Prometheus client library uses,
+    /// which dashboards and alerts written for any service expect.
+    process_registry: Registry,
     node: String,
     started: Instant,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub transfers: IntCounterVec,
-    pub transfer_volume: IntCounterVec,
+    /// A float counter: a sum of amounts in minor units can pass u64 and must never wrap.
+    pub transfer_volume: CounterVec,
 }
 
 impl Metrics {
     pub fn new(node: u64, driver: &DriverHandle) -> Metrics {
         let labels = std::collections::HashMap::from([("node".to_string(), node.to_string())]);
-        let registry = Registry::new_custom(Some("settle".to_string()), Some(labels)).expect("valid registry");
+        let registry = Registry::new_custom(Some("settle".to_string()), Some(labels.clone())).expect("valid registry");
         let http_requests =
             IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests by route pattern and status code"), &["endpoint", "status"])
                 .expect("valid metric");
@@ -43,13 +49,23 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let transfer_volume = IntCounterVec::new(
+        let transfer_volume = CounterVec::new(
             Opts::new("transfer_volume_minor_total", "Amount of posted transfers answered by this node, in minor units, by currency"),
             &["currency"],
         )
         .expect("valid metric");
-        let metrics =
-            Metrics { registry, node: node.to_string(), started: Instant::now(), http_requests, http_latency, transfers, transfer_volume };
+        let process_registry = Registry::new_custom(None, Some(labels.clone())).expect("valid registry");
+        process_registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("unique metric names");
+        let metrics = Metrics {
+            registry,
+            process_registry,
+            node: node.to_string(),
+            started: Instant::now(),
+            http_requests,
+            http_latency,
+            transfers,
+            transfer_volume,
+        };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_latency.clone()),
@@ -58,7 +74,6 @@ impl Metrics {
             Box::new(driver.io_stats.sync_seconds.clone()),
             Box::new(driver.io_stats.group_entries.clone()),
             Box::new(driver.io_stats.group_shards.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("unique metric names");
@@ -71,6 +86,7 @@ impl Metrics {
     /// measurement failed).
     pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>, disk: Option<&DiskUsage>) -> String {
         let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
         let mut scrape = Scrape { node: self.node.clone(), families: Vec::new() };
         scrape.gauge("build_info", "Version of this node (value 1)", vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)]);
         scrape.gauge("uptime_seconds", "Seconds since this node started", vec![(vec![], self.started.elapsed().as_secs_f64())]);
@@ -98,9 +114,19 @@ impl Metrics {
         );
         scrape.counter(
             "peer_frames_rejected_total",
-            "Frames refused: over the size cap or failing their checksum",
+            "Frames refused: over the size cap, failing their checksum, undecodable, or from a sender its certificate does not name",
             vec![(vec![], load(&peers.frames_rejected))],
         );
+        // Rejections of untrusted peer input: the transport's (connections and frames) and
+        // the core's (messages), one family by reason.
+        let mut rejected: Vec<Sample> =
+            peers.rejections.counts().iter().map(|(reason, count)| (vec![("reason", reason.to_string())], *count as f64)).collect();
+        if let Some(status) = status {
+            rejected.extend(
+                status.stats.peer_messages_rejected.iter().map(|(reason, count)| (vec![("reason", reason.to_string())], *count as f64)),
+            );
+        }
+        scrape.counter("peer_messages_rejected_total", "Peer input dropped before it was acted on, by reason", rejected);
         let links = driver
             .link_states
             .iter()
@@ -228,16 +254,16 @@ impl Scrape {
     }
 
     fn node_status(&mut self, status: &NodeStatus) {
-        let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none").collect();
+        let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != ShardRole::None).collect();
         let shard_label = |id: u32| vec![("shard", id.to_string())];
         let per_shard = |value: &dyn Fn(&settle_cluster::ShardStatus) -> f64| {
             hosted.iter().map(|shard| (shard_label(shard.id), value(shard))).collect::<Vec<_>>()
         };
-        let role_code = |role: &str| match role {
-            "leader" => 3.0,
-            "candidate" | "precandidate" => 2.0,
-            "follower" => 1.0,
-            _ => 0.0,
+        let role_code = |role: &ShardRole| match role {
+            ShardRole::Leader => 3.0,
+            ShardRole::Candidate | ShardRole::PreCandidate => 2.0,
+            ShardRole::Follower => 1.0,
+            ShardRole::None | ShardRole::Quarantined => 0.0,
         };
         self.gauge(
             "shard_role",
@@ -279,7 +305,7 @@ impl Scrape {
             "Age of the oldest in-doubt transfer on shards led here",
             per_shard(&|s| s.pending_oldest_ms as f64 / 1000.0),
         );
-        let quarantined = status.shards.iter().filter(|shard| shard.role == "quarantined").count();
+        let quarantined = status.shards.iter().filter(|shard| shard.role == ShardRole::Quarantined).count();
         self.gauge(
             "shards_quarantined",
             "Replicas here kept out because a stored record failed its checksum",
@@ -326,6 +352,11 @@ impl Scrape {
             "calls_overloaded_total",
             "Client calls refused because too much was in flight",
             vec![(vec![], stats.calls_overloaded as f64)],
+        );
+        self.counter(
+            "raft_entries_undecodable_total",
+            "Committed entries that did not decode, applied as nothing",
+            vec![(vec![], stats.entries_undecodable as f64)],
         );
     }
 }

@@ -9,7 +9,7 @@ use settle_cluster::replica::RaftSettings;
 use settle_cluster::CoreLimits;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeSettings {
@@ -30,6 +30,26 @@ pub struct NodeSettings {
     pub http_workers: usize,
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
+    /// Peer connections open at once; more are closed on accept.
+    #[serde(default = "default_peer_connections_max")]
+    pub peer_connections_max: usize,
+    /// Bytes of frames being read from all peer connections together (a reader waits beyond).
+    #[serde(default = "default_peer_inbound_bytes_max")]
+    pub peer_inbound_bytes_max: usize,
+    /// A peer's TLS handshake, and a frame's payload after its header, must arrive within these.
+    #[serde(default = "default_peer_handshake_timeout_ms")]
+    pub peer_handshake_timeout_ms: u64,
+    #[serde(default = "default_peer_frame_read_timeout_ms")]
+    pub peer_frame_read_timeout_ms: u64,
+    /// Plain TCP between peers, allowed only when every peer address is loopback (development).
+    #[serde(default)]
+    pub insecure_peers: bool,
+    /// A request body must arrive within this (a stalled client cannot hold a connection).
+    #[serde(default = "default_http_body_timeout_ms")]
+    pub http_body_timeout_ms: u64,
+    /// HTTP connections open at once, over all workers.
+    #[serde(default = "default_http_connections_max")]
+    pub http_connections_max: usize,
     #[serde(default = "default_inbox_calls_max")]
     pub inbox_calls_max: usize,
     #[serde(default = "default_io_queue_jobs_max")]
@@ -68,6 +88,24 @@ fn default_http_workers() -> usize {
 }
 fn default_frame_bytes_max() -> u32 {
     256 << 20
+}
+fn default_peer_connections_max() -> usize {
+    64
+}
+fn default_peer_inbound_bytes_max() -> usize {
+    512 << 20
+}
+fn default_peer_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_peer_frame_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_http_body_timeout_ms() -> u64 {
+    10_000
+}
+fn default_http_connections_max() -> usize {
+    800
 }
 fn default_inbox_calls_max() -> usize {
     8_192
@@ -124,6 +162,11 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Plain TCP between peers instead of mutual TLS; refused unless every peer address is
+    /// loopback (development only). Also SETTLE_INSECURE_PEERS=true.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_peers: bool,
     /// Peer mutual TLS: this node's certificate, key and the cluster CA (PEM files).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,12 +202,28 @@ impl NodeSettings {
         if self.shards == 0 {
             bail!("--shards must be at least 1");
         }
+        if usize::try_from(self.frame_bytes_max).map_or(true, |frame| frame > self.peer_inbound_bytes_max) {
+            bail!("peer_inbound_bytes_max must hold at least one frame of frame_bytes_max");
+        }
         if self.log_format != "text" && self.log_format != "json" {
             bail!("--log-format must be text or json");
         }
         let tls_given = [&self.tls_cert, &self.tls_key, &self.tls_ca].iter().filter(|path| path.is_some()).count();
         if tls_given != 0 && tls_given != 3 {
             bail!("peer TLS needs all of --tls-cert, --tls-key and --tls-ca");
+        }
+        if tls_given == 0 && !self.insecure_peers {
+            bail!(
+                "peers are authenticated with mutual TLS: give --tls-cert, --tls-key and --tls-ca (make a cluster CA and \
+                 node certificates with `settle certs`), or --insecure-peers for a development cluster on loopback"
+            );
+        }
+        if tls_given == 0 && self.insecure_peers {
+            let exposed: Vec<String> =
+                self.members.values().filter(|address| !address.ip().is_loopback()).map(|address| address.to_string()).collect();
+            if !exposed.is_empty() || !self.peer.ip().is_loopback() {
+                bail!("--insecure-peers is only allowed when every peer address is loopback; not: {}", exposed.join(", "));
+            }
         }
         Ok(())
     }
@@ -204,38 +263,6 @@ pub fn parse_cluster(text: &str) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>>
     Ok(members)
 }
 
-/// What a data dir was bootstrapped with; a restart with different values is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterIdentity {
-    pub node_id: NodeId,
-    pub shards: u32,
-    pub members: Vec<NodeId>,
-}
-
-/// Writes the identity on first start, or checks it on a restart.
-pub fn check_identity(data_dir: &Path, identity: &ClusterIdentity) -> anyhow::Result<bool> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let path = data_dir.join("cluster.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let stored: ClusterIdentity = serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
-            if stored != *identity {
-                bail!("{} was bootstrapped as {stored:?}, not {identity:?}", path.display());
-            }
-            Ok(false)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let temporary = data_dir.join("cluster.json.tmp");
-            std::fs::write(&temporary, serde_json::to_vec_pretty(identity)?)?;
-            std::fs::File::open(&temporary)?.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            std::fs::File::open(data_dir)?.sync_all()?;
-            Ok(true)
-        }
-        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +286,7 @@ mod tests {
             config: Some(file),
             http: Some("127.0.0.1:8088".parse().unwrap()),
             data_dir: Some(PathBuf::from("/from/flag")),
+            insecure_peers: true,
             ..StartFlags::default()
         };
         let settings = NodeSettings::load(&flags);
@@ -288,5 +316,27 @@ mod tests {
         assert!(parse_cluster("1=nowhere").is_err());
         assert!(parse_cluster("").is_err());
         assert!(parse_cluster("0=127.0.0.1:1").is_err());
+    }
+
+    /// Without peer certificates a node refuses to start, unless `--insecure-peers` is given
+    /// and every peer address is loopback.
+    #[test]
+    fn peers_are_authenticated_unless_insecure_on_loopback() {
+        let flags = |cluster: &str, insecure: bool| StartFlags {
+            node_id: Some(1),
+            data_dir: Some(PathBuf::from("/tmp/unused")),
+            http: Some("127.0.0.1:8080".parse().unwrap()),
+            peer: Some(cluster.split(',').next().unwrap().split('=').nth(1).unwrap().parse().unwrap()),
+            cluster: Some(cluster.to_string()),
+            insecure_peers: insecure,
+            ..StartFlags::default()
+        };
+        let loopback = "1=127.0.0.1:9001,2=127.0.0.1:9002";
+        let exposed = "1=127.0.0.1:9001,2=10.1.2.3:9002";
+        let refused = NodeSettings::load(&flags(loopback, false)).unwrap_err();
+        assert!(format!("{refused:#}").contains("--insecure-peers"), "{refused:#}");
+        assert!(NodeSettings::load(&flags(loopback, true)).is_ok());
+        let refused = NodeSettings::load(&flags(exposed, true)).unwrap_err();
+        assert!(format!("{refused:#}").contains("loopback"), "{refused:#}");
     }
 }

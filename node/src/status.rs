@@ -4,7 +4,7 @@
 //! so scripts and cron jobs can use it.
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use settle_client::api::{ClusterView, NodeView, ShardView};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -21,10 +21,11 @@ pub struct StatusFlags {
     pub in_doubt_seconds_max: u64,
 }
 
-struct NodeView {
+/// One member of the cluster and, when it answered, its own `/v1/cluster`.
+struct Member {
     id: u64,
     http: Option<String>,
-    cluster: Option<Value>,
+    cluster: Option<ClusterView>,
 }
 
 pub fn run(flags: StatusFlags) -> anyhow::Result<()> {
@@ -42,7 +43,7 @@ pub fn run(flags: StatusFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Option<Value> {
+async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
     let response = client.get(format!("{url}/v1/cluster")).send().await.ok()?;
     if !response.status().is_success() {
         return None;
@@ -54,43 +55,42 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let target = flags.target.trim_end_matches('/');
     let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;
-    let mut views = Vec::new();
-    for node in first["nodes"].as_array().cloned().unwrap_or_default() {
-        let id = node["id"].as_u64().unwrap_or(0);
-        let http = node["http"].as_str().map(str::to_string);
+    let mut members = Vec::new();
+    for node in &first.nodes {
+        let http = node.http_url().map(str::to_string);
         let cluster = match &http {
-            Some(_) if node["self"] == true => Some(first.clone()),
+            Some(_) if node.is_self => Some(first.clone()),
             Some(url) => fetch(&client, url).await,
             None => None,
         };
-        views.push(NodeView { id, http, cluster });
+        members.push(Member { id: node.id, http, cluster });
     }
     let mut problems = Vec::new();
 
     println!("{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}", "node", "http", "state", "version", "uptime", "shards", "leads");
-    for view in &views {
-        let (state, version, uptime, shards, leads) = match &view.cluster {
+    for member in &members {
+        let (state, version, uptime, shards, leads) = match &member.cluster {
             Some(cluster) => {
-                let me =
-                    cluster["nodes"].as_array().and_then(|nodes| nodes.iter().find(|n| n["self"] == true)).cloned().unwrap_or(Value::Null);
-                let hosted = cluster["shards"]
-                    .as_array()
-                    .map_or(0, |shards| shards.iter().filter(|s| !matches!(s["role"].as_str(), Some("none"))).count());
-                let leads = cluster["shards"]
-                    .as_array()
-                    .map_or(0, |shards| shards.iter().filter(|s| s["leader"].as_u64() == Some(view.id)).count());
-                let uptime = me["uptime_ms"].as_u64().map_or_else(|| "?".to_string(), format_age);
-                ("up", me["version"].as_str().unwrap_or("?").to_string(), uptime, hosted.to_string(), leads.to_string())
+                let me = cluster.this_node();
+                let hosted = cluster.shards.iter().filter(|shard| shard.role != "none").count();
+                let leads = cluster.shards.iter().filter(|shard| shard.leader == Some(member.id)).count();
+                let uptime = me.and_then(NodeView::uptime).map_or_else(|| "?".to_string(), format_age);
+                let version = me.and_then(NodeView::version_text).unwrap_or("?").to_string();
+                ("up", version, uptime, hosted.to_string(), leads.to_string())
             }
             None => {
-                problems.push(format!("node {} ({}) is down or unreachable", view.id, view.http.as_deref().unwrap_or("address unknown")));
+                problems.push(format!(
+                    "node {} ({}) is down or unreachable",
+                    member.id,
+                    member.http.as_deref().unwrap_or("address unknown")
+                ));
                 ("DOWN", "-".to_string(), "-".to_string(), "-".to_string(), "-".to_string())
             }
         };
         println!(
             "{:<5} {:<26} {:<6} {:<9} {:>10} {:>8} {:>8}",
-            view.id,
-            view.http.as_deref().unwrap_or("?"),
+            member.id,
+            member.http.as_deref().unwrap_or("?"),
             state,
             version,
             uptime,
@@ -100,11 +100,11 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
     }
 
     // Every up node's view of every shard: leader, indexes, role.
-    let mut by_shard: BTreeMap<u64, Vec<(u64, Value)>> = BTreeMap::new();
-    for view in &views {
-        if let Some(cluster) = &view.cluster {
-            for shard in cluster["shards"].as_array().cloned().unwrap_or_default() {
-                by_shard.entry(shard["id"].as_u64().unwrap_or(0)).or_default().push((view.id, shard));
+    let mut by_shard: BTreeMap<u32, Vec<(u64, &ShardView)>> = BTreeMap::new();
+    for member in &members {
+        if let Some(cluster) = &member.cluster {
+            for shard in &cluster.shards {
+                by_shard.entry(shard.id).or_default().push((member.id, shard));
             }
         }
     }
@@ -114,19 +114,19 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
     let mut in_doubt = 0u64;
     let mut oldest_ms = 0u64;
     for (shard, replicas) in &by_shard {
-        let leader = replicas.iter().find(|(node, view)| view["leader"].as_u64() == Some(*node) && view["role"] == "leader");
+        let leader = replicas.iter().find(|(node, view)| view.leader == Some(*node) && view.role == "leader");
         let Some((leader_node, leader_view)) = leader else {
             leaderless.push(*shard);
             continue;
         };
-        let commit = leader_view["commit_index"].as_u64().unwrap_or(0);
-        in_doubt += leader_view["pending_transfers"].as_u64().unwrap_or(0);
-        oldest_ms = oldest_ms.max(leader_view["pending_oldest_ms"].as_u64().unwrap_or(0));
+        let commit = leader_view.commit_index;
+        in_doubt += leader_view.pending_transfers;
+        oldest_ms = oldest_ms.max(leader_view.pending_oldest_ms);
         for (node, view) in replicas {
-            if view["role"] == "quarantined" {
+            if view.role == "quarantined" {
                 quarantined.push(format!("shard {shard} on node {node}"));
-            } else if node != leader_node && view["role"] != "none" {
-                let applied = view["applied_index"].as_u64().unwrap_or(0);
+            } else if node != leader_node && view.role != "none" {
+                let applied = view.applied_index;
                 if commit.saturating_sub(applied) > flags.lag_entries_max {
                     lagging.push(format!("shard {shard} on node {node} ({} entries behind)", commit - applied));
                 }

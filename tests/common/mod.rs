@@ -17,6 +17,8 @@ pub struct TestCluster {
     pub client: reqwest::Client,
     /// Extra environment for every node (log format and filter, say).
     pub env: Vec<(String, String)>,
+    /// Extra environment for one node (its own certificate, say).
+    pub node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
 }
 
 pub struct TestNode {
@@ -45,7 +47,58 @@ impl TestCluster {
     }
 
     /// `start`, with extra environment variables for every node.
+    /// `start`, with extra environment variables for every node. Peers use mutual TLS, as in
+    /// production (`start_tls`).
     pub async fn start_with_env(count: u64, shards: u32, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_tls(count, shards, env).await
+    }
+
+    /// Starts `count` nodes whose peers talk plain TCP (`--insecure-peers`, loopback only): for
+    /// tests that write raw frames to a peer port.
+    pub async fn start_insecure(count: u64, shards: u32, env: &[(&str, &str)]) -> TestCluster {
+        let mut env = env.to_vec();
+        env.push(("SETTLE_INSECURE_PEERS", "true"));
+        TestCluster::start_configured(count, shards, &env, std::collections::BTreeMap::new()).await
+    }
+
+    /// Starts `count` nodes with peer mutual TLS: a throwaway cluster CA and a certificate per
+    /// node (naming its node id), made with `settle_actors::tls::generate` in the cluster's dir.
+    pub async fn start_tls(count: u64, shards: u32, env: &[(&str, &str)]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        let nodes: Vec<(u64, std::net::IpAddr)> = (1..=count).map(|id| (id, "127.0.0.1".parse().expect("ip"))).collect();
+        let generated = settle_actors::tls::generate(&certs, &nodes).expect("certificates");
+        let node_env = generated
+            .into_iter()
+            .map(|(id, cert)| {
+                let vars = vec![
+                    ("SETTLE_TLS_CERT".to_string(), cert.cert.display().to_string()),
+                    ("SETTLE_TLS_KEY".to_string(), cert.key.display().to_string()),
+                    ("SETTLE_TLS_CA".to_string(), cert.ca.display().to_string()),
+                ];
+                (id, vars)
+            })
+            .collect();
+        TestCluster::start_in(dir, count, shards, env, node_env).await
+    }
+
+    async fn start_configured(
+        count: u64,
+        shards: u32,
+        env: &[(&str, &str)],
+        node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+    ) -> TestCluster {
+        TestCluster::start_in(tempfile::tempdir().expect("temp dir"), count, shards, env, node_env).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        count: u64,
+        shards: u32,
+        env: &[(&str, &str)],
+        node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+    ) -> TestCluster {
         let ports = free_ports(usize::try_from(count * 2).expect("small"));
         let mut nodes = Vec::new();
         for id in 1..=count {
@@ -55,7 +108,7 @@ impl TestCluster {
         let cluster_arg = nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
         let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-        let mut cluster = TestCluster { dir: tempfile::tempdir().expect("temp dir"), nodes, cluster_arg, shards, client, env };
+        let mut cluster = TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env };
         for id in 1..=count {
             cluster.spawn(id);
         }
@@ -96,6 +149,7 @@ impl TestCluster {
             .args(["--shards", &self.shards.to_string()])
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .envs(self.node_env.get(&id).into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

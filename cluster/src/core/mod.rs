@@ -1,8 +1,11 @@
-//! `NodeCore`: everything one node does, as a deterministic state machine. It owns the node's
-//! shard replicas and
-//! - routes client requests to shard leaders (`calls.rs`: the origin side, split into legs),
-//! - serves legs where it leads the shard (`tasks.rs`: proposals, ReadIndex reads, waiters),
-//! - drives cross-shard transfers (`coordinator.rs`: credits, decisions, re-drive).
+//! `NodeCore`: everything one node does, as a deterministic state machine. It is a thin
+//! router and scheduler over the node's shard peers:
+//! - `peer.rs`: `ShardPeer`, one per hosted shard — the replica and everything waiting on it
+//!   (tasks, proposal tags, ReadIndex requests, the shard's part of the cross-shard protocol);
+//! - `router.rs`: the origin side of client calls (split into legs, routed to shard leaders,
+//!   retried, assembled);
+//! - `operation/`: one module per operation (account, transfer, reserve, credit, finalize,
+//!   read), each owning its leg validation, routing, proposals and after-apply handling.
 //!
 //! Inputs are method calls (`tick`, `receive`, `submit`, `persisted`, `checkpointed`) and
 //! `poll` turns pending work into `Effect`s the driver carries out: messages to send, rounds to
@@ -10,18 +13,22 @@
 //! the `Time` passed to `tick`/`advance_clock` (a wall clock only stamps entries; every timer
 //! and deadline runs on the monotonic one), randomness a seeded RNG.
 
-mod calls;
-mod coordinator;
+mod operation;
+mod peer;
+mod router;
 mod stats;
-mod tasks;
+mod validate;
 
-use crate::ids::{NodeId, ShardId};
-use crate::ledger::Ledger;
-use crate::message::{PeerMessage, Proposer, Reply, Request};
+use crate::ids::{CallId, NodeId, ShardId};
+use crate::ledger::{CreditCmd, FinalizeCmd, Ledger};
+use crate::log::Proposer;
+use crate::message::{PeerMessage, Reply, Request};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use crate::replica::{Checkpoint, RaftSettings, ShardReplica, ShardWrite};
 use crate::storage::ShardStorage;
+use crate::time::Time;
+use peer::{Origin, ShardPeer};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use rand::rngs::SmallRng;
@@ -29,17 +36,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use calls::CallId;
-pub use stats::{Buckets, CoreStats, ShardStatus};
-
-/// The two clocks the driver reads: the wall clock stamps log entries (what clients see as
-/// `created_at`); the monotonic clock drives every timer and deadline, so a wall-clock jump
-/// cannot stall re-drives or expire calls early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Time {
-    pub wall_ms: u64,
-    pub monotonic_ms: u64,
-}
+pub use stats::{Buckets, CoreStats, ShardRole, ShardStatus};
 
 /// Why a planned operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,8 +98,6 @@ pub struct NodeConfig {
     pub placement: Placement,
     pub raft: RaftSettings,
     pub limits: CoreLimits,
-    /// Test-only (inert without the `planted-bugs` feature).
-    pub planted: PlantedBug,
 }
 
 /// One shard's durable state as recovered by the driver at start (absent for a fresh shard).
@@ -135,44 +130,76 @@ pub enum Effect {
     },
 }
 
-pub struct NodeCore {
-    config: NodeConfig,
-    proposer: Proposer,
-    /// Wall clock (entry timestamps only), never going back.
-    now_ms: u64,
-    /// Monotonic clock for timers and deadlines.
-    clock_ms: u64,
-    rng: SmallRng,
-    replicas: BTreeMap<ShardId, ShardReplica>,
-    effects: Vec<Effect>,
-    outgoing: BTreeMap<NodeId, Vec<PeerMessage>>,
-    next_round: u64,
-    /// Rounds handed to the driver and not yet durable: per shard the Ready number and the
-    /// messages that may only leave once it is durable.
-    rounds_inflight: BTreeMap<u64, Vec<(ShardId, u64, Vec<Message>)>>,
+/// What the peers and operations produced for the node to route: replies to the legs' origins
+/// and the cross-shard protocol's messages, by the shard they are for. Drained by the node
+/// after every step, so peers never call into the router or each other.
+#[derive(Default)]
+struct Outbox {
+    replies: Vec<(Origin, Reply)>,
+    /// Credit requests, by payee shard.
+    credits: BTreeMap<ShardId, Vec<CreditCmd>>,
+    /// Decisions, by payer shard (each with the body it was made for).
+    decisions: BTreeMap<ShardId, Vec<FinalizeCmd>>,
+    /// Shards whose presumed leader stayed silent: the router guesses another replica.
+    silent_shards: Vec<ShardId>,
+}
+
+/// What an operation may read and where it leaves its output, lent by the node for one step.
+struct Ctx<'a> {
+    node: NodeId,
+    time: Time,
+    placement: &'a Placement,
+    limits: &'a CoreLimits,
+    planted: PlantedBug,
+    stats: &'a mut CoreStats,
+    out: &'a mut Outbox,
+}
+
+/// Persist rounds handed to the driver and what waits for them.
+#[derive(Default)]
+struct Rounds {
+    next: u64,
+    /// Rounds not yet durable: per shard the Ready number and the messages that may only leave
+    /// once it is durable.
+    inflight: BTreeMap<u64, Vec<(ShardId, u64, Vec<Message>)>>,
     /// Log compactions to pass to the log store with the next round.
     compactions: BTreeMap<ShardId, (u64, u64)>,
-    checkpoints_inflight: BTreeSet<ShardId>,
-    last_checkpoint_ms: BTreeMap<ShardId, u64>,
+}
+
+/// Leadership placement: draining for maintenance and handing shards back to their preferred
+/// leader.
+#[derive(Default)]
+struct Leadership {
     /// Shards this node should campaign for at the first tick (fresh bootstrap, preferred leader).
     campaign_at_start: BTreeSet<ShardId>,
-    /// Replicas of this node kept out because their stored records failed a checksum.
-    quarantined: BTreeSet<ShardId>,
-    /// Snapshot messages sent, to report to raft at the next tick.
-    snapshots_sent: Vec<(ShardId, NodeId)>,
-    /// The term in which this node last saw itself leading each shard.
-    leading: BTreeMap<ShardId, u64>,
-    /// Shards touched by an input since they were last polled: only these can have work.
-    dirty: BTreeSet<ShardId>,
     /// Draining for maintenance: hand every led shard away and refuse leader transfers here.
     draining: bool,
     /// Peers that said they are draining: no shard is handed to them.
     peers_draining: BTreeSet<NodeId>,
     last_balance_ms: u64,
-    calls: calls::Calls,
-    tasks: tasks::Tasks,
-    coordinator: coordinator::Coordinator,
+}
+
+pub struct NodeCore {
+    config: NodeConfig,
+    proposer: Proposer,
+    time: Time,
+    rng: SmallRng,
+    peers: BTreeMap<ShardId, ShardPeer>,
+    /// Replicas of this node kept out because their stored records failed a checksum.
+    quarantined: BTreeSet<ShardId>,
+    router: router::Router,
+    outbox: Outbox,
+    effects: Vec<Effect>,
+    outgoing: BTreeMap<NodeId, Vec<PeerMessage>>,
+    rounds: Rounds,
+    /// Snapshot messages sent, to report to raft at the next tick.
+    snapshots_sent: Vec<(ShardId, NodeId)>,
+    /// Shards touched by an input since they were last polled: only these can have work.
+    dirty: BTreeSet<ShardId>,
+    leadership: Leadership,
     stats: CoreStats,
+    /// Test-only (inert without the `planted-bugs` feature).
+    planted: PlantedBug,
 }
 
 impl NodeCore {
@@ -189,60 +216,58 @@ impl NodeCore {
     ) -> Result<NodeCore, raft::Error> {
         let node = config.node;
         let shard_count = config.placement.shard_count();
-        let mut replicas = BTreeMap::new();
-        let mut campaign_at_start = BTreeSet::new();
+        let mut peers = BTreeMap::new();
+        let mut leadership = Leadership::default();
         for shard in config.placement.shards_on(node) {
             if quarantined.contains(&shard) {
                 continue;
             }
             let replica = match recovered.remove(&shard) {
-                Some(state) => {
-                    ShardReplica::new(node, shard, state.storage, state.ledger, state.applied_index, &config.raft, config.planted, logger)?
-                }
+                Some(state) => ShardReplica::new(node, shard, state.storage, state.ledger, state.applied_index, &config.raft, logger)?,
                 None => {
                     if config.placement.preferred_leader(shard) == node {
-                        campaign_at_start.insert(shard);
+                        leadership.campaign_at_start.insert(shard);
                     }
                     let voters = config.placement.replicas(shard);
                     let storage = ShardStorage::bootstrap(voters);
                     let ledger = Ledger::new(shard, shard_count);
-                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, config.planted, logger)?
+                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, logger)?
                 }
             };
-            replicas.insert(shard, replica);
+            peers.insert(shard, ShardPeer::new(replica));
         }
         let mut core = NodeCore {
             proposer: Proposer { node, incarnation },
-            now_ms: 0,
-            clock_ms: 0,
+            time: Time::default(),
             rng: SmallRng::seed_from_u64(seed),
-            replicas,
+            peers,
+            quarantined,
+            router: router::Router::starting_at(incarnation),
+            outbox: Outbox::default(),
             effects: Vec::new(),
             outgoing: BTreeMap::new(),
-            next_round: 1,
-            rounds_inflight: BTreeMap::new(),
-            compactions: BTreeMap::new(),
-            checkpoints_inflight: BTreeSet::new(),
-            last_checkpoint_ms: BTreeMap::new(),
-            campaign_at_start,
-            quarantined,
+            rounds: Rounds { next: 1, ..Rounds::default() },
             snapshots_sent: Vec::new(),
-            leading: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            draining: false,
-            peers_draining: BTreeSet::new(),
-            last_balance_ms: 0,
-            calls: calls::Calls::starting_at(incarnation),
-            tasks: tasks::Tasks::default(),
-            coordinator: coordinator::Coordinator::default(),
+            leadership,
             stats: CoreStats::default(),
+            planted: PlantedBug::None,
             config,
         };
-        let shards: Vec<ShardId> = core.replicas.keys().copied().collect();
+        let shards: Vec<ShardId> = core.peers.keys().copied().collect();
         for shard in shards {
             core.redraw_election_timeout(shard);
         }
         Ok(core)
+    }
+
+    /// Test-only: plants a known bug in this node and its replicas (inert without the
+    /// `planted-bugs` feature), so the simulator can show its checkers find it.
+    pub fn plant_bug(&mut self, bug: PlantedBug) {
+        self.planted = bug;
+        for peer in self.peers.values_mut() {
+            peer.replica.plant_bug(bug);
+        }
     }
 
     pub fn node(&self) -> NodeId {
@@ -250,49 +275,66 @@ impl NodeCore {
     }
 
     pub fn replicas(&self) -> impl Iterator<Item = &ShardReplica> {
-        self.replicas.values()
+        self.peers.values().map(|peer| &peer.replica)
     }
 
     /// Calls waiting for replies on this node (origin side).
     pub fn calls_inflight(&self) -> usize {
-        self.calls.len()
+        self.router.len()
     }
 
     pub fn rounds_inflight(&self) -> usize {
-        self.rounds_inflight.len()
+        self.rounds.inflight.len()
     }
 
     /// Moves the clocks forward without a raft tick, so entries proposed between ticks carry a
     /// fresh timestamp. Neither clock goes back.
     pub fn advance_clock(&mut self, time: Time) {
-        self.now_ms = self.now_ms.max(time.wall_ms);
-        self.clock_ms = self.clock_ms.max(time.monotonic_ms);
+        self.time = self.time.advanced_to(time);
+    }
+
+    /// Lends the parts an operation needs for one step.
+    fn ctx(&mut self) -> (Ctx<'_>, &mut BTreeMap<ShardId, ShardPeer>) {
+        let ctx = Ctx {
+            node: self.config.node,
+            time: self.time,
+            placement: &self.config.placement,
+            limits: &self.config.limits,
+            planted: self.planted,
+            stats: &mut self.stats,
+            out: &mut self.outbox,
+        };
+        (ctx, &mut self.peers)
     }
 
     /// Advances time by one tick: raft timers, retries, deadlines, re-drive, checkpoints.
     pub fn tick(&mut self, time: Time) {
         self.advance_clock(time);
-        let campaign: Vec<ShardId> = std::mem::take(&mut self.campaign_at_start).into_iter().collect();
+        let campaign: Vec<ShardId> = std::mem::take(&mut self.leadership.campaign_at_start).into_iter().collect();
         for shard in campaign {
-            if let Some(replica) = self.replicas.get_mut(&shard) {
+            if let Some(peer) = self.peers.get_mut(&shard) {
                 // A failed campaign only means an election later; nothing to handle.
-                let _ = replica.campaign();
+                let _ = peer.replica.campaign();
             }
         }
-        for (shard, peer) in std::mem::take(&mut self.snapshots_sent) {
-            if let Some(replica) = self.replicas.get_mut(&shard) {
-                replica.report_snapshot_sent(peer);
+        for (shard, to) in std::mem::take(&mut self.snapshots_sent) {
+            if let Some(peer) = self.peers.get_mut(&shard) {
+                peer.replica.report_snapshot_sent(to);
             }
         }
-        let shards: Vec<ShardId> = self.replicas.keys().copied().collect();
+        let shards: Vec<ShardId> = self.peers.keys().copied().collect();
         for shard in &shards {
-            self.replicas.get_mut(shard).expect("listed").tick();
+            self.peers.get_mut(shard).expect("listed").replica.tick();
             self.redraw_election_timeout(*shard);
         }
         self.dirty.extend(shards);
         self.calls_tick();
-        self.tasks_tick();
-        self.coordinator_tick();
+        let (mut ctx, peers) = self.ctx();
+        for peer in peers.values_mut() {
+            peer.expire_tasks(&mut ctx);
+            operation::transfer::redrive(peer, &mut ctx);
+        }
+        self.deliver_outbox();
         self.checkpoint_tick();
         self.balance_tick();
         self.drain_tick();
@@ -302,11 +344,11 @@ impl NodeCore {
     /// name who leads instead.
     pub fn transfer_leader(&mut self, shard: ShardId, to: NodeId) -> Result<(), AdminError> {
         let node = self.config.node;
-        let Some(replica) = self.replicas.get_mut(&shard) else {
+        let Some(peer) = self.peers.get_mut(&shard) else {
             return Err(AdminError::NoReplica);
         };
-        if !replica.is_leader() {
-            return Err(AdminError::NotLeader { leader: replica.leader() });
+        if !peer.replica.is_leader() {
+            return Err(AdminError::NotLeader { leader: peer.replica.leader() });
         }
         if to == node {
             return Ok(());
@@ -314,7 +356,7 @@ impl NodeCore {
         if !self.config.placement.replicas(shard).contains(&to) {
             return Err(AdminError::NotAReplica);
         }
-        replica.transfer_leader(to);
+        peer.replica.transfer_leader(to);
         self.dirty.insert(shard);
         Ok(())
     }
@@ -323,42 +365,42 @@ impl NodeCore {
     /// and refuses leadership handed to it, until undrained. For maintenance and rolling
     /// restarts without a write pause.
     pub fn set_draining(&mut self, draining: bool) {
-        self.draining = draining;
+        self.leadership.draining = draining;
         if draining {
             self.drain_tick();
         }
     }
 
     pub fn draining(&self) -> bool {
-        self.draining
+        self.leadership.draining
     }
 
     /// A peer announced whether it is draining.
     pub fn set_peer_draining(&mut self, peer: NodeId, draining: bool) {
         if draining {
-            self.peers_draining.insert(peer);
+            self.leadership.peers_draining.insert(peer);
         } else {
-            self.peers_draining.remove(&peer);
+            self.leadership.peers_draining.remove(&peer);
         }
     }
 
     /// Shards this node leads right now.
     pub fn led_shards(&self) -> usize {
-        self.replicas.values().filter(|replica| replica.is_leader()).count()
+        self.peers.values().filter(|peer| peer.replica.is_leader()).count()
     }
 
     fn drain_tick(&mut self) {
-        if !self.draining {
+        if !self.leadership.draining {
             return;
         }
         let node = self.config.node;
-        for (shard, replica) in self.replicas.iter_mut() {
-            if !replica.is_leader() {
+        for (shard, peer) in self.peers.iter_mut() {
+            if !peer.replica.is_leader() {
                 continue;
             }
             let candidates = self.config.placement.replicas(*shard);
-            if let Some(peer) = caught_up_target(replica, candidates, node, &self.peers_draining) {
-                replica.transfer_leader(peer);
+            if let Some(target) = caught_up_target(&peer.replica, candidates, node, &self.leadership.peers_draining) {
+                peer.replica.transfer_leader(target);
                 self.dirty.insert(*shard);
             }
         }
@@ -366,41 +408,48 @@ impl NodeCore {
 
     /// The transport lost its connection to `peer` (the process died or the link broke):
     /// replicas that follow it start an election sooner (see `ShardReplica::leader_unreachable`).
-    pub fn peer_unreachable(&mut self, peer: NodeId) {
-        for (shard, replica) in self.replicas.iter_mut() {
-            if replica.leader() == Some(peer) {
-                replica.leader_unreachable();
+    pub fn peer_unreachable(&mut self, node: NodeId) {
+        for (shard, peer) in self.peers.iter_mut() {
+            if peer.replica.leader() == Some(node) {
+                peer.replica.leader_unreachable();
                 self.dirty.insert(*shard);
             }
         }
     }
 
-    /// Marks a shard as having work for the next poll.
-    pub(super) fn touch(&mut self, shard: ShardId) {
-        self.dirty.insert(shard);
-    }
-
-    /// A message from another node.
+    /// A message from another node. Checked first (`validate.rs`): what is not well-formed
+    /// for this cluster and this node is dropped and counted, never acted on.
     pub fn receive(&mut self, from: NodeId, message: PeerMessage) {
-        match message {
-            PeerMessage::Raft { shard, message } => {
-                let Ok(raft_message) = Message::parse_from_bytes(&message) else {
+        let checked = match self.check_peer_message(from, message) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                *self.stats.peer_messages_rejected.entry(reason).or_insert(0) += 1;
+                return;
+            }
+        };
+        let message = match checked {
+            validate::Checked::Raft { shard, message } => {
+                let Some(peer) = self.peers.get_mut(&shard) else {
+                    // A replica this node hosts but does not run (quarantined).
                     return;
                 };
-                if let Some(replica) = self.replicas.get_mut(&shard) {
-                    if self.draining && raft_message.get_msg_type() == MessageType::MsgTimeoutNow {
-                        // A draining node does not take leadership handed to it.
-                        return;
-                    }
-                    // Raft refuses messages from unknown peers or stale terms; nothing to do then.
-                    let _ = replica.step(raft_message);
-                    self.redraw_election_timeout(shard);
-                    self.dirty.insert(shard);
+                if self.leadership.draining && message.get_msg_type() == MessageType::MsgTimeoutNow {
+                    // A draining node does not take leadership handed to it.
+                    return;
                 }
+                // Raft refuses messages of stale terms; nothing to do then.
+                let _ = peer.replica.step(message);
+                self.redraw_election_timeout(shard);
+                self.dirty.insert(shard);
+                return;
             }
+            validate::Checked::Other(message) => message,
+        };
+        match message {
+            PeerMessage::Raft { .. } => {}
             PeerMessage::Leg { leg, shard, timeout_ms, request, request_id: _ } => {
-                let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
-                self.accept_leg(tasks::Origin::Remote(from, leg), shard, deadline_ms, request);
+                let deadline_ms = self.time.monotonic_ms.saturating_add(timeout_ms);
+                self.accept_leg(Origin::Remote(from, leg), shard, deadline_ms, request);
             }
             PeerMessage::LegReply { leg, reply } => self.leg_replied(leg, Some(from), reply),
             PeerMessage::Credits { shard, credits, hops } => self.credits_received(from, shard, credits, hops),
@@ -418,18 +467,59 @@ impl NodeCore {
 
     /// `submit` with the client's request id, carried to every node a leg goes to.
     pub fn submit_traced(&mut self, call: CallId, request: Request, timeout_ms: u64, request_id: Option<String>) {
-        let deadline_ms = self.clock_ms.saturating_add(timeout_ms);
+        let deadline_ms = self.time.monotonic_ms.saturating_add(timeout_ms);
         self.start_call(call, request, deadline_ms, request_id);
+    }
+
+    /// Takes a leg for a shard this node should lead: checks it may, then hands it to its
+    /// operation.
+    fn accept_leg(&mut self, origin: Origin, shard: ShardId, deadline_ms: u64, request: Request) {
+        let node = self.config.node;
+        let leader = match self.peers.get(&shard) {
+            None => Some(self.leader_of(shard)),
+            Some(peer) if !peer.replica.is_leader() => Some(peer.replica.leader()),
+            Some(_) => None,
+        };
+        if let Some(hint) = leader {
+            let reply = Reply::NotLeader { leader: hint.filter(|leader| *leader != node) };
+            self.outbox.replies.push((origin, reply));
+            self.deliver_outbox();
+            return;
+        }
+        let (mut ctx, peers) = self.ctx();
+        let peer = peers.get_mut(&shard).expect("checked above");
+        operation::accept(peer, origin, deadline_ms, request, &mut ctx);
+        self.dirty.insert(shard);
+        self.deliver_outbox();
+    }
+
+    /// Routes what the peers produced: replies to the legs' origins (local ones straight to the
+    /// router, remote ones over the wire) and silent shards to the router's hints. Credits and
+    /// decisions wait in the outbox for the next poll (`route_protocol`).
+    fn deliver_outbox(&mut self) {
+        for shard in std::mem::take(&mut self.outbox.silent_shards) {
+            self.rotate_hint(shard);
+        }
+        // Delivering a local reply can start more legs (a call's second step), which can
+        // answer at once: loop until nothing is left.
+        while !self.outbox.replies.is_empty() {
+            for (origin, reply) in std::mem::take(&mut self.outbox.replies) {
+                match origin {
+                    Origin::Local(leg) => self.leg_replied(leg, None, reply),
+                    Origin::Remote(node, leg) => self.send(node, PeerMessage::LegReply { leg, reply }),
+                }
+            }
+        }
     }
 
     /// The driver made round `id` durable (and every earlier one).
     pub fn persisted(&mut self, id: u64) {
         let done = match id.checked_add(1) {
             Some(next) => {
-                let later = self.rounds_inflight.split_off(&next);
-                std::mem::replace(&mut self.rounds_inflight, later)
+                let later = self.rounds.inflight.split_off(&next);
+                std::mem::replace(&mut self.rounds.inflight, later)
             }
-            None => std::mem::take(&mut self.rounds_inflight),
+            None => std::mem::take(&mut self.rounds.inflight),
         };
         for (shard, number, messages) in done.into_values().flatten() {
             self.release(shard, number, messages);
@@ -440,13 +530,13 @@ impl NodeCore {
 
     /// The state store holds `shard`'s checkpoint at `index`: compact the log behind it.
     pub fn checkpointed(&mut self, shard: ShardId, index: u64) {
-        self.checkpoints_inflight.remove(&shard);
         let lag = self.config.limits.compaction_lag_entries;
-        let Some(replica) = self.replicas.get_mut(&shard) else {
+        let Some(peer) = self.peers.get_mut(&shard) else {
             return;
         };
-        if let Some(compact_to) = replica.checkpointed(index, lag) {
-            self.compactions.insert(shard, compact_to);
+        peer.checkpoint_inflight = false;
+        if let Some(compact_to) = peer.replica.checkpointed(index, lag) {
+            self.rounds.compactions.insert(shard, compact_to);
         }
     }
 
@@ -469,26 +559,37 @@ impl NodeCore {
         std::mem::take(&mut self.effects)
     }
 
+    /// Routes the cross-shard protocol's messages the peers produced (credits to payee shards,
+    /// decisions to payer shards): proposals where this node leads, messages elsewhere.
+    fn route_protocol(&mut self) {
+        self.route_credits();
+        self.route_decisions();
+    }
+
     fn poll_once(&mut self) -> bool {
-        self.coordinator_flush();
-        let shards: Vec<ShardId> = std::mem::take(&mut self.dirty).into_iter().filter(|shard| self.replicas.contains_key(shard)).collect();
-        for shard in &shards {
-            self.flush_shard_proposals(*shard);
-            self.flush_shard_reads(*shard);
-            let replica = self.replicas.get_mut(shard).expect("listed");
-            replica.serve_snapshot_request();
+        self.route_protocol();
+        let shards: Vec<ShardId> = std::mem::take(&mut self.dirty).into_iter().filter(|shard| self.peers.contains_key(shard)).collect();
+        let proposer = self.proposer;
+        {
+            let (mut ctx, peers) = self.ctx();
+            for shard in &shards {
+                let peer = peers.get_mut(shard).expect("listed");
+                peer.flush_proposals(proposer, &mut ctx);
+                operation::read::flush_reads(peer, &mut ctx);
+                peer.replica.serve_snapshot_request();
+            }
         }
+        self.deliver_outbox();
         let mut round = Vec::new();
         let mut writes = Vec::new();
-        let io_backlogged = self.rounds_inflight.len() >= self.config.limits.rounds_inflight_max;
+        let io_backlogged = self.rounds.inflight.len() >= self.config.limits.rounds_inflight_max;
         if io_backlogged {
             // No round may start: take no Ready and keep the compactions for a later round, and
             // look at these shards again once IO catches up.
             self.dirty.extend(shards.iter().copied());
         } else {
             for shard in &shards {
-                let replica = self.replicas.get_mut(shard).expect("listed");
-                let Some(output) = replica.handle_ready(self.proposer, self.clock_ms) else {
+                let Some(output) = self.peers.get_mut(shard).expect("listed").replica.handle_ready(proposer, self.time.monotonic_ms) else {
                     continue;
                 };
                 for latency in &output.apply_latencies_ms {
@@ -497,18 +598,26 @@ impl NodeCore {
                 if output.installed_snapshot {
                     self.stats.snapshots_installed += 1;
                 }
+                self.stats.entries_undecodable += output.entries_undecodable;
                 self.send_raft(*shard, output.messages);
                 if output.installed_snapshot {
                     self.shard_reset(*shard);
                 }
-                self.read_states(*shard, output.read_states);
-                self.applied(*shard, output.applied);
+                {
+                    let (mut ctx, peers) = self.ctx();
+                    let peer = peers.get_mut(shard).expect("listed");
+                    operation::read::read_states(peer, output.read_states, &mut ctx);
+                    for applied in output.applied {
+                        operation::applied(peer, applied, &mut ctx);
+                    }
+                }
+                self.deliver_outbox();
                 if !output.write.is_empty() {
                     writes.push(output.write);
                 }
                 round.push((*shard, output.number, output.persisted_messages));
             }
-            for (shard, compact_to) in std::mem::take(&mut self.compactions) {
+            for (shard, compact_to) in std::mem::take(&mut self.rounds.compactions) {
                 match writes.iter_mut().find(|write| write.shard == shard) {
                     Some(write) => write.compact_to = Some(compact_to),
                     None => writes.push(ShardWrite { shard, compact_to: Some(compact_to), ..ShardWrite::default() }),
@@ -520,9 +629,13 @@ impl NodeCore {
             self.emit_round(round, writes);
         }
         for shard in &shards {
-            self.serve_applied_reads(*shard);
+            {
+                let (mut ctx, peers) = self.ctx();
+                operation::read::serve_applied_reads(peers.get_mut(shard).expect("listed"), &mut ctx);
+            }
+            self.deliver_outbox();
             self.check_leadership(*shard);
-            if self.replicas[shard].has_ready() {
+            if self.peers[shard].replica.has_ready() {
                 self.dirty.insert(*shard);
             }
         }
@@ -530,30 +643,30 @@ impl NodeCore {
     }
 
     fn emit_round(&mut self, round: Vec<(ShardId, u64, Vec<Message>)>, writes: Vec<ShardWrite>) {
-        let id = self.next_round;
-        self.next_round += 1;
-        if writes.is_empty() && self.rounds_inflight.is_empty() {
+        let id = self.rounds.next;
+        self.rounds.next += 1;
+        if writes.is_empty() && self.rounds.inflight.is_empty() {
             // Nothing to make durable and nothing ahead of it: durable already.
             for (shard, number, messages) in round {
                 self.release(shard, number, messages);
             }
             return;
         }
-        if planted(self.config.planted, PlantedBug::AckBeforeFlush) {
+        if planted(self.planted, PlantedBug::AckBeforeFlush) {
             for (shard, number, messages) in round {
                 self.release(shard, number, messages);
             }
             self.effects.push(Effect::Persist(PersistRound { id, writes }));
             return;
         }
-        self.rounds_inflight.insert(id, round);
+        self.rounds.inflight.insert(id, round);
         self.effects.push(Effect::Persist(PersistRound { id, writes }));
     }
 
     /// Ready `number` of `shard` is durable: raft may count it, and the messages that waited
     /// for it leave.
     fn release(&mut self, shard: ShardId, number: u64, messages: Vec<Message>) {
-        self.replicas.get_mut(&shard).expect("a round holds shards of this node").on_persisted(number);
+        self.peers.get_mut(&shard).expect("a round holds shards of this node").replica.on_persisted(number);
         self.send_raft(shard, messages);
     }
 
@@ -585,7 +698,7 @@ impl NodeCore {
     /// Re-draws raft's election timeout from the core's seeded RNG whenever raft reset it.
     fn redraw_election_timeout(&mut self, shard: ShardId) {
         let election = self.config.raft.election_ticks;
-        let replica = self.replicas.get_mut(&shard).expect("known shard");
+        let replica = &mut self.peers.get_mut(&shard).expect("known shard").replica;
         if replica.election_timer_reset() {
             let ticks = self.rng.gen_range(election..election * 2);
             replica.set_election_timeout(ticks);
@@ -594,75 +707,63 @@ impl NodeCore {
 
     /// Notices leadership gained or lost since the last poll and cleans up after a loss.
     fn check_leadership(&mut self, shard: ShardId) {
-        let replica = &self.replicas[&shard];
-        let now_leading = if replica.is_leader() { Some(replica.term()) } else { None };
-        let before = self.leading.get(&shard).copied();
-        if before == now_leading {
-            return;
-        }
-        match now_leading {
-            Some(term) => {
-                self.leading.insert(shard, term);
-            }
-            None => {
-                self.leading.remove(&shard);
-            }
-        }
-        if before.is_some() {
+        let peer = self.peers.get_mut(&shard).expect("known shard");
+        let now_leading = if peer.replica.is_leader() { Some(peer.replica.term()) } else { None };
+        let before = std::mem::replace(&mut peer.leading, now_leading);
+        if before.is_some() && before != now_leading {
             self.shard_reset(shard);
         }
     }
 
     /// This node stopped leading `shard` (or its ledger was replaced): every waiter on it is
-    /// told to look for the new leader, and the coordinator forgets what it was driving.
+    /// told to look for the new leader, and what it drove is the new leader's job now.
     fn shard_reset(&mut self, shard: ShardId) {
-        let hint = self.replicas.get(&shard).and_then(|replica| replica.leader());
-        let hint = hint.filter(|leader| *leader != self.config.node);
-        self.fail_shard_tasks(shard, hint);
-        self.coordinator.forget_shard(shard);
+        let node = self.config.node;
+        let (mut ctx, peers) = self.ctx();
+        let peer = peers.get_mut(&shard).expect("known shard");
+        let hint = peer.replica.leader().filter(|leader| *leader != node);
+        peer.reset(hint, &mut ctx);
+        self.deliver_outbox();
     }
 
     fn checkpoint_tick(&mut self) {
         let limits = &self.config.limits;
-        let mut due = Vec::new();
-        for (shard, replica) in &self.replicas {
-            if self.checkpoints_inflight.contains(shard) {
+        let now = self.time.monotonic_ms;
+        for peer in self.peers.values_mut() {
+            if peer.checkpoint_inflight {
                 continue;
             }
+            let replica = &peer.replica;
             let behind = replica.applied_index().saturating_sub(replica.checkpoint_index());
-            let last = self.last_checkpoint_ms.get(shard).copied().unwrap_or(0);
-            let stale = behind > 0 && self.clock_ms.saturating_sub(last) >= limits.checkpoint_interval_ms;
+            let stale = behind > 0 && now.saturating_sub(peer.last_checkpoint_ms) >= limits.checkpoint_interval_ms;
             if behind >= limits.checkpoint_entries || stale {
-                due.push(*shard);
+                peer.checkpoint_inflight = true;
+                peer.last_checkpoint_ms = now;
+                self.effects.push(Effect::Checkpoint(replica.checkpoint()));
             }
-        }
-        for shard in due {
-            let checkpoint = self.replicas[&shard].checkpoint();
-            self.checkpoints_inflight.insert(shard);
-            self.last_checkpoint_ms.insert(shard, self.clock_ms);
-            self.effects.push(Effect::Checkpoint(checkpoint));
         }
     }
 
     /// Hands shards back to their preferred leader once it has caught up, so leaders stay
     /// spread evenly after a failover.
     fn balance_tick(&mut self) {
-        if self.clock_ms.saturating_sub(self.last_balance_ms) < self.config.limits.leader_balance_interval_ms {
+        let now = self.time.monotonic_ms;
+        if now.saturating_sub(self.leadership.last_balance_ms) < self.config.limits.leader_balance_interval_ms {
             return;
         }
-        self.last_balance_ms = self.clock_ms;
-        if self.draining {
+        self.leadership.last_balance_ms = now;
+        if self.leadership.draining {
             // Draining hands shards away (drain_tick), never back to the preferred leader.
             return;
         }
         let node = self.config.node;
-        for (shard, replica) in self.replicas.iter_mut() {
-            if !replica.leader_ready() {
+        for (shard, peer) in self.peers.iter_mut() {
+            if !peer.replica.leader_ready() {
                 continue;
             }
             let preferred = self.config.placement.preferred_leader(*shard);
-            if let Some(peer) = caught_up_target(replica, [preferred], node, &self.peers_draining) {
-                replica.transfer_leader(peer);
+            if let Some(target) = caught_up_target(&peer.replica, [preferred], node, &self.leadership.peers_draining) {
+                peer.replica.transfer_leader(target);
             }
         }
     }

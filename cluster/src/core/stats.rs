@@ -58,6 +58,51 @@ pub struct CoreStats {
     /// Client calls that ran out of time (answered `Unavailable` for what was missing).
     pub calls_timed_out: u64,
     pub calls_overloaded: u64,
+    /// Peer messages dropped before the core acted on them, by reason (`validate.rs`).
+    pub peer_messages_rejected: BTreeMap<&'static str, u64>,
+    /// Committed entries that did not decode: applied as nothing, the same on every replica.
+    pub entries_undecodable: u64,
+}
+
+/// A node's role in one shard, as `/v1/cluster`, metrics and `settle status` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardRole {
+    Leader,
+    Follower,
+    Candidate,
+    PreCandidate,
+    /// This node hosts no replica of the shard.
+    None,
+    /// This node's replica is kept out: a stored record failed its checksum.
+    Quarantined,
+}
+
+impl ShardRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ShardRole::Leader => "leader",
+            ShardRole::Follower => "follower",
+            ShardRole::Candidate => "candidate",
+            ShardRole::PreCandidate => "precandidate",
+            ShardRole::None => "none",
+            ShardRole::Quarantined => "quarantined",
+        }
+    }
+
+    /// Whether this node runs a replica of the shard.
+    pub fn hosted(&self) -> bool {
+        !matches!(self, ShardRole::None | ShardRole::Quarantined)
+    }
+
+    fn of(role: raft::StateRole) -> ShardRole {
+        match role {
+            raft::StateRole::Leader => ShardRole::Leader,
+            raft::StateRole::Follower => ShardRole::Follower,
+            raft::StateRole::Candidate => ShardRole::Candidate,
+            raft::StateRole::PreCandidate => ShardRole::PreCandidate,
+        }
+    }
 }
 
 /// A shard as `/v1/cluster` and `settle status` show it.
@@ -67,9 +112,7 @@ pub struct ShardStatus {
     pub leader: Option<NodeId>,
     pub replicas: Vec<NodeId>,
     pub term: u64,
-    /// `leader`, `follower`, `candidate`, `precandidate`, `none` (no replica here) or
-    /// `quarantined`.
-    pub role: String,
+    pub role: ShardRole,
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
@@ -92,38 +135,40 @@ impl NodeCore {
     /// Every shard's state as this node sees it.
     pub fn shard_status(&self) -> Vec<ShardStatus> {
         let placement = &self.config.placement;
-        let mut oldest: BTreeMap<ShardId, u64> = BTreeMap::new();
-        for (shard, since) in self.coordinator.pending_since() {
-            let age = self.clock_ms.saturating_sub(since);
-            let entry = oldest.entry(shard).or_insert(0);
-            *entry = (*entry).max(age);
-        }
         placement
             .shard_ids()
             .map(|shard| {
                 let replicas = placement.replicas(shard);
-                match self.replicas.get(&shard) {
-                    Some(replica) => ShardStatus {
-                        id: shard,
-                        leader: replica.leader(),
-                        replicas,
-                        term: replica.term(),
-                        role: format!("{:?}", replica.role()).to_lowercase(),
-                        commit_index: replica.commit_index(),
-                        applied_index: replica.applied_index(),
-                        last_index: replica.last_index(),
-                        log_entries: u64::try_from(replica.log_entry_count()).unwrap_or(u64::MAX),
-                        leader_changes: replica.leader_changes(),
-                        accounts: u64::try_from(replica.ledger().account_count()).unwrap_or(u64::MAX),
-                        pending_transfers: replica.ledger().pending_count(),
-                        pending_oldest_ms: if replica.is_leader() { oldest.get(&shard).copied().unwrap_or(0) } else { 0 },
-                    },
+                match self.peers.get(&shard) {
+                    Some(peer) => {
+                        let replica = &peer.replica;
+                        let oldest_since = peer.drives.values().filter_map(|drive| drive.since_ms).min();
+                        let pending_oldest_ms = match oldest_since {
+                            Some(since) if replica.is_leader() => self.time.since_ms(since),
+                            _ => 0,
+                        };
+                        ShardStatus {
+                            id: shard,
+                            leader: replica.leader(),
+                            replicas,
+                            term: replica.term(),
+                            role: ShardRole::of(replica.role()),
+                            commit_index: replica.commit_index(),
+                            applied_index: replica.applied_index(),
+                            last_index: replica.last_index(),
+                            log_entries: u64::try_from(replica.log_entry_count()).unwrap_or(u64::MAX),
+                            leader_changes: replica.leader_changes(),
+                            accounts: u64::try_from(replica.ledger().account_count()).unwrap_or(u64::MAX),
+                            pending_transfers: replica.ledger().pending_count(),
+                            pending_oldest_ms,
+                        }
+                    }
                     None => ShardStatus {
                         id: shard,
-                        leader: self.calls.leader_hint(shard),
+                        leader: self.router.leader_hint(shard),
                         replicas,
                         term: 0,
-                        role: if self.quarantined.contains(&shard) { "quarantined" } else { "none" }.to_string(),
+                        role: if self.quarantined.contains(&shard) { ShardRole::Quarantined } else { ShardRole::None },
                         commit_index: 0,
                         applied_index: 0,
                         last_index: 0,

@@ -10,11 +10,15 @@ mod tests;
 pub use types::*;
 
 use crate::ids::{AccountId, ShardId, TransferId};
-use crate::money::{Currency, Minor};
+use crate::money::{Currency, Minor, AMOUNT_MINOR_MAX};
 use crate::placement::{home_shard_of, shard_of};
 use crate::planted::{planted, PlantedBug};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The layout of encoded ledgers (checkpoints, and raft snapshots for lagging followers).
+/// 2: transfer-id reservations.
+pub const LEDGER_FORMAT_VERSION: u8 = 2;
 
 /// The state of one shard, as every replica of it holds it after applying the same log prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +57,15 @@ impl Ledger {
             net_inflow: BTreeMap::new(),
             planted: PlantedBug::None,
         }
+    }
+
+    /// The ledger as a checkpoint or snapshot carries it.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(LEDGER_FORMAT_VERSION, self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Ledger, crate::codec::CodecError> {
+        crate::codec::decode(LEDGER_FORMAT_VERSION, bytes)
     }
 
     /// Test-only: plants a bug in this ledger (inert without the `planted-bugs` feature).
@@ -138,24 +151,60 @@ impl Ledger {
         }
     }
 
-    /// Applies one command. `now_ms` is the proposer's timestamp from the log entry, the same on
-    /// every replica. Invalid commands never panic: they come back as rejections.
-    pub fn apply(&mut self, now_ms: u64, command: &Command) -> Applied {
+    /// Applies one command and reports it with the records its waiters need (`report`: a
+    /// leader's replica, which answers clients; followers skip building them). `now_ms` is the
+    /// proposer's timestamp from the log entry, the same on every replica. Invalid commands never
+    /// panic: they come back as rejections. The only mutator of the ledger.
+    pub fn apply_command(&mut self, now_ms: u64, command: Command, report: bool) -> AppliedCommand {
         let applied = match command {
-            Command::CreateAccount(create) => Applied::Account(self.create_account(now_ms, create)),
-            Command::Transfer(transfer) => Applied::Transfer(self.transfer_command(now_ms, transfer)),
-            Command::Credit(credit) => Applied::Credit(self.credit_command(now_ms, credit)),
-            Command::Finalize(finalize) => Applied::Finalize(self.finalize_command(now_ms, finalize)),
-            Command::Reserve(reserve) => Applied::Reserve(self.reserve_command(reserve)),
+            Command::CreateAccount(create) => {
+                let outcome = self.create_account(now_ms, &create);
+                let account = if report { self.accounts.get(&create.id).map(AccountView::from) } else { None };
+                AppliedCommand::Account { create, outcome, account }
+            }
+            Command::Transfer(transfer) => {
+                let outcome = self.transfer_command(now_ms, &transfer);
+                let stored = matches!(&outcome, TransferOutcome::Recorded(_) | TransferOutcome::Replayed(_));
+                let record = if report && stored { self.transfers.get(&transfer.id).map(TransferView::from) } else { None };
+                AppliedCommand::Transfer { transfer, outcome, record }
+            }
+            Command::Reserve(reserve) => {
+                let outcome = self.reserve_command(&reserve);
+                AppliedCommand::Reserve { reserve, outcome }
+            }
+            Command::Credit(credit) => {
+                let outcome = self.credit_command(now_ms, &credit);
+                AppliedCommand::Credit { credit, outcome }
+            }
+            Command::Finalize(finalize) => {
+                let outcome = self.finalize_command(now_ms, &finalize);
+                let record = if report { self.transfers.get(&finalize.id).map(TransferView::from) } else { None };
+                AppliedCommand::Finalize { finalize, outcome, record }
+            }
         };
         if cfg!(debug_assertions) {
-            self.assert_touched_accounts(command);
+            self.assert_touched_accounts(&applied);
         }
         applied
     }
 
+    /// `apply_command` without the records: the outcome alone (what the tests compare).
+    pub fn apply(&mut self, now_ms: u64, command: &Command) -> Applied {
+        match self.apply_command(now_ms, command.clone(), false) {
+            AppliedCommand::Account { outcome, .. } => Applied::Account(outcome),
+            AppliedCommand::Transfer { outcome, .. } => Applied::Transfer(outcome),
+            AppliedCommand::Reserve { outcome, .. } => Applied::Reserve(outcome),
+            AppliedCommand::Credit { outcome, .. } => Applied::Credit(outcome),
+            AppliedCommand::Finalize { outcome, .. } => Applied::Finalize(outcome),
+        }
+    }
+
     fn create_account(&mut self, now_ms: u64, create: &CreateAccount) -> AccountOutcome {
-        assert_eq!(self.owner(&create.id), self.shard, "account {} routed to the wrong shard", create.id);
+        if self.owner(&create.id) != self.shard {
+            // Committed entries come from a leader that checked routing; refuse rather than
+            // panic on one that did not (a log entry is input too).
+            return AccountOutcome::WrongShard;
+        }
         if let Some(existing) = self.accounts.get(&create.id) {
             if existing.currency == create.currency && existing.kind == create.kind {
                 return AccountOutcome::AlreadyExists;
@@ -177,7 +226,9 @@ impl Ledger {
 
     /// Binds an id to a body on its home shard: the first body wins, forever.
     fn reserve_command(&mut self, reserve: &ReserveCmd) -> ReserveOutcome {
-        assert_eq!(home_shard_of(&reserve.id, self.shard_count), self.shard, "reservation {} routed to the wrong shard", reserve.id);
+        if home_shard_of(&reserve.id, self.shard_count) != self.shard {
+            return ReserveOutcome::WrongShard;
+        }
         match self.reservations.get(&reserve.id) {
             Some(body) if *body == reserve.body => ReserveOutcome::Replayed,
             Some(_) if planted(self.planted, PlantedBug::IdReuseUnchecked) => ReserveOutcome::Replayed,
@@ -190,7 +241,9 @@ impl Ledger {
     }
 
     fn transfer_command(&mut self, now_ms: u64, transfer: &TransferCmd) -> TransferOutcome {
-        assert_eq!(self.owner(&transfer.from), self.shard, "transfer {} routed to the wrong shard", transfer.id);
+        if self.owner(&transfer.from) != self.shard {
+            return TransferOutcome::Refused(RejectCode::WrongShard);
+        }
         if let Some(existing) = self.transfers.get(&transfer.id) {
             if existing.same_request(transfer) {
                 return TransferOutcome::Replayed(existing.status.clone());
@@ -290,11 +343,17 @@ impl Ledger {
     /// Decides a cross-shard credit on the payee's shard. The first decision for an id wins and
     /// is returned to every later request for it, so duplicates and retries change nothing.
     fn credit_command(&mut self, now_ms: u64, credit: &CreditCmd) -> CreditOutcome {
-        assert_eq!(self.owner(&credit.to), self.shard, "credit {} routed to the wrong shard", credit.id);
+        let valid_amount = credit.amount > 0 && credit.amount <= crate::money::AMOUNT_MINOR_MAX;
+        let payer_elsewhere =
+            credit.payer_shard < self.shard_count && credit.payer_shard != self.shard && self.owner(&credit.from) == credit.payer_shard;
+        if self.owner(&credit.to) != self.shard || !valid_amount || !payer_elsewhere {
+            // Not a credit this shard can decide: no decision, nothing stored, nobody told.
+            return CreditOutcome { decision: None, decided_now: false };
+        }
         if let Some(existing) = self.credits.get(&credit.id) {
             if !existing.same_transfer(credit) {
                 // Another payer used this id already: refuse without touching the first decision.
-                return CreditOutcome { decision: Decision::Refused(RejectCode::IdempotencyKeyReused), decided_now: false };
+                return CreditOutcome { decision: Some(Decision::Refused(RejectCode::IdempotencyKeyReused)), decided_now: false };
             }
             let decision = existing.decision.clone();
             if decision == Decision::Credited && planted(self.planted, PlantedBug::DoubleCredit) {
@@ -302,7 +361,7 @@ impl Ledger {
                 let inflow = self.net_inflow.entry(credit.currency).or_insert(0);
                 *inflow += credit.amount;
             }
-            return CreditOutcome { decision, decided_now: false };
+            return CreditOutcome { decision: Some(decision), decided_now: false };
         }
         let decision = if credit.prevent {
             Decision::Refused(RejectCode::CreditTimeout)
@@ -328,7 +387,7 @@ impl Ledger {
             decided_at_ms: now_ms,
         };
         self.credits.insert(credit.id.clone(), record);
-        CreditOutcome { decision, decided_now: true }
+        CreditOutcome { decision: Some(decision), decided_now: true }
     }
 
     /// Copies the payee shard's decision into the payer's record: post the pending debit, or
@@ -380,13 +439,13 @@ impl Ledger {
     }
 
     /// Invariant 3 on the accounts a command touched: no overdraft, pending debits never negative.
-    fn assert_touched_accounts(&self, command: &Command) {
-        let touched: [Option<&AccountId>; 2] = match command {
-            Command::CreateAccount(create) => [Some(&create.id), None],
-            Command::Transfer(transfer) => [Some(&transfer.from), Some(&transfer.to)],
-            Command::Credit(credit) => [Some(&credit.to), None],
-            Command::Finalize(finalize) => [self.transfers.get(&finalize.id).map(|r| &r.from), None],
-            Command::Reserve(_) => [None, None],
+    fn assert_touched_accounts(&self, applied: &AppliedCommand) {
+        let touched: [Option<&AccountId>; 2] = match applied {
+            AppliedCommand::Account { create, .. } => [Some(&create.id), None],
+            AppliedCommand::Transfer { transfer, .. } => [Some(&transfer.from), Some(&transfer.to)],
+            AppliedCommand::Credit { credit, .. } => [Some(&credit.to), None],
+            AppliedCommand::Finalize { finalize, .. } => [self.transfers.get(&finalize.id).map(|r| &r.from), None],
+            AppliedCommand::Reserve { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.accounts.get(id) {
@@ -396,46 +455,74 @@ impl Ledger {
     }
 
     /// Checks every invariant that one shard can check alone; panics with the broken one. Used
-    /// after snapshots are restored and by tests and the simulator after every step.
+    /// by tests and the simulator after every step, on our own state.
     pub fn check_invariants(&self) {
+        if let Err(broken) = self.verify() {
+            panic!("{broken}");
+        }
+    }
+
+    /// Every invariant one shard can check alone, as a result: what a ledger that crossed a
+    /// trust boundary (a snapshot from a peer, a checkpoint from disk) must pass before it is
+    /// installed. Names the first broken one.
+    pub fn verify(&self) -> Result<(), String> {
+        macro_rules! ensure {
+            ($condition:expr, $($message:tt)+) => {
+                if !$condition {
+                    return Err(format!($($message)+));
+                }
+            };
+        }
+        ensure!(self.shard < self.shard_count, "shard {} out of {}", self.shard, self.shard_count);
         let mut sums: BTreeMap<Currency, Minor> = BTreeMap::new();
-        let mut pending_sums: BTreeMap<AccountId, Minor> = BTreeMap::new();
-        for account in self.accounts.values() {
-            account.assert_invariants();
-            assert_eq!(self.owner(&account.id), self.shard, "account {} on the wrong shard", account.id);
+        let mut pending_sums: BTreeMap<&AccountId, Minor> = BTreeMap::new();
+        for (id, account) in &self.accounts {
+            ensure!(*id == account.id, "account {} stored under {id}", account.id);
+            account.verify()?;
+            ensure!(self.owner(&account.id) == self.shard, "account {} on the wrong shard", account.id);
             let sum = sums.entry(account.currency).or_insert(0);
-            *sum = sum.checked_add(account.balance).expect("bounded sums");
+            *sum = sum.checked_add(account.balance).ok_or_else(|| format!("shard {} balances overflow", self.shard))?;
         }
         for id in &self.pending {
-            let record = self.transfers.get(id).expect("pending ids have records");
-            assert_eq!(record.status, TransferStatus::Pending, "transfer {id} in pending set");
-            *pending_sums.entry(record.from.clone()).or_insert(0) += record.amount;
+            let record = self.transfers.get(id).ok_or_else(|| format!("pending {id} has no record"))?;
+            ensure!(record.status == TransferStatus::Pending, "transfer {id} in pending set");
+            let sum = pending_sums.entry(&record.from).or_insert(0);
+            *sum = sum.checked_add(record.amount).ok_or_else(|| format!("pending debits of {} overflow", record.from))?;
         }
-        for record in self.transfers.values() {
+        for (id, record) in &self.transfers {
+            ensure!(*id == record.id, "transfer {} stored under {id}", record.id);
+            ensure!(record.amount > 0 && record.amount <= AMOUNT_MINOR_MAX, "transfer {id} has amount {}", record.amount);
+            ensure!(self.owner(&record.from) == self.shard, "transfer {id} recorded off its payer's shard");
             if record.status == TransferStatus::Pending {
-                assert!(self.pending.contains(&record.id), "pending transfer {} not tracked", record.id);
+                ensure!(self.pending.contains(&record.id), "pending transfer {} not tracked", record.id);
             }
             if home_shard_of(&record.id, self.shard_count) == self.shard {
                 let reserved = self.reservations.get(&record.id);
-                assert_eq!(reserved, Some(&record.body()), "transfer {} is not the body its id is reserved for", record.id);
+                ensure!(reserved == Some(&record.body()), "transfer {} is not the body its id is reserved for", record.id);
             }
         }
+        for (id, credit) in &self.credits {
+            ensure!(*id == credit.id, "credit {} stored under {id}", credit.id);
+            ensure!(credit.amount > 0 && credit.amount <= AMOUNT_MINOR_MAX, "credit {id} has amount {}", credit.amount);
+            ensure!(self.owner(&credit.to) == self.shard, "credit {id} decided off its payee's shard");
+        }
         for id in self.reservations.keys() {
-            assert_eq!(home_shard_of(id, self.shard_count), self.shard, "reservation {id} on the wrong shard");
+            ensure!(home_shard_of(id, self.shard_count) == self.shard, "reservation {id} on the wrong shard");
         }
         for account in self.accounts.values() {
             let expected = pending_sums.get(&account.id).copied().unwrap_or(0);
-            assert_eq!(account.debits_pending, expected, "pending debits of {}", account.id);
+            ensure!(account.debits_pending == expected, "pending debits of {}", account.id);
         }
         for (currency, sum) in &sums {
             let inflow = self.net_inflow.get(currency).copied().unwrap_or(0);
-            assert_eq!(*sum, inflow, "shard {} {currency}: balances vs net cross-shard inflow", self.shard);
+            ensure!(*sum == inflow, "shard {} {currency}: balances vs net cross-shard inflow", self.shard);
         }
         for (currency, inflow) in &self.net_inflow {
             if !sums.contains_key(currency) {
-                assert_eq!(*inflow, 0, "shard {} {currency}: inflow without accounts", self.shard);
+                ensure!(*inflow == 0, "shard {} {currency}: inflow without accounts", self.shard);
             }
         }
+        Ok(())
     }
 
     /// Per currency, the money that entered this shard through cross-shard transfers minus what

@@ -138,10 +138,10 @@ fn cross_shard_prepare_credit_finalize() {
     let record = p.transfer(&tid("x1")).unwrap().clone();
     let credit = Command::Credit(CreditCmd::for_record(&record, 0, false));
     let decided = q.apply(3, &credit);
-    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Decision::Credited, decided_now: true }));
+    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(Decision::Credited), decided_now: true }));
     // A duplicate, even a late "prevent", returns the first decision and credits nothing more.
     let prevent = Command::Credit(CreditCmd::for_record(&record, 0, true));
-    assert_eq!(q.apply(4, &prevent), Applied::Credit(CreditOutcome { decision: Decision::Credited, decided_now: false }));
+    assert_eq!(q.apply(4, &prevent), Applied::Credit(CreditOutcome { decision: Some(Decision::Credited), decided_now: false }));
     assert_eq!(q.account(bob).unwrap().balance, 70);
 
     let finalize = Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: Decision::Credited });
@@ -172,7 +172,7 @@ fn refused_credit_releases_the_hold() {
     let record = p.transfer(&tid("x1")).unwrap().clone();
     let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
     let refused = Decision::Refused(RejectCode::PayeeNotFound);
-    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: refused.clone(), decided_now: true }));
+    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(refused.clone()), decided_now: true }));
     p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: refused }));
     assert_eq!(p.account(alice).unwrap().available(), 100);
     assert_eq!(p.transfer(&tid("x1")).unwrap().status, TransferStatus::Rejected(RejectCode::PayeeNotFound));

@@ -55,9 +55,47 @@ impl Account {
 
     /// Invariant 3: no overdraft for non-settlement accounts; pending debits never negative.
     pub fn assert_invariants(&self) {
-        assert!(self.debits_pending >= 0, "account {} has negative pending debits", self.id);
-        if self.kind != AccountKind::Settlement {
-            assert!(self.available() >= 0, "account {} is overdrawn: available {}", self.id, self.available());
+        if let Err(broken) = self.verify() {
+            panic!("{broken}");
+        }
+    }
+
+    /// Invariant 3 as a result (for state that crossed a trust boundary).
+    pub fn verify(&self) -> Result<(), String> {
+        if self.debits_pending < 0 {
+            return Err(format!("account {} has negative pending debits", self.id));
+        }
+        if self.kind != AccountKind::Settlement && self.available() < 0 {
+            return Err(format!("account {} is overdrawn: available {}", self.id, self.available()));
+        }
+        Ok(())
+    }
+}
+
+/// An account as readers see it (without its history).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub currency: Currency,
+    pub kind: AccountKind,
+    pub balance: Minor,
+    pub available: Minor,
+    pub debits_pending: Minor,
+    pub created_at_ms: u64,
+    pub transfer_count: u64,
+}
+
+impl From<&Account> for AccountView {
+    fn from(account: &Account) -> AccountView {
+        AccountView {
+            id: account.id.clone(),
+            currency: account.currency,
+            kind: account.kind,
+            balance: account.balance,
+            available: account.available(),
+            debits_pending: account.debits_pending,
+            created_at_ms: account.created_at_ms,
+            transfer_count: u64::try_from(account.history.len()).expect("fits u64"),
         }
     }
 }
@@ -95,6 +133,9 @@ pub enum RejectCode {
     SameAccount,
     /// Not stored: caught at the edge; the core refuses it too.
     InvalidAmount,
+    /// Not stored: the command reached a shard that does not own it (a leader checks routing
+    /// before proposing, so only a misbehaving proposer gets this).
+    WrongShard,
 }
 
 impl RejectCode {
@@ -109,6 +150,7 @@ impl RejectCode {
             RejectCode::IdempotencyKeyReused => "idempotency_key_reused",
             RejectCode::SameAccount => "same_account",
             RejectCode::InvalidAmount => "invalid_amount",
+            RejectCode::WrongShard => "wrong_shard",
         }
     }
 
@@ -117,6 +159,7 @@ impl RejectCode {
         match self {
             RejectCode::PayerNotFound | RejectCode::PayeeNotFound => 404,
             RejectCode::SameAccount | RejectCode::InvalidAmount => 400,
+            RejectCode::WrongShard => 503,
             _ => 422,
         }
     }
@@ -132,6 +175,7 @@ impl RejectCode {
             RejectCode::IdempotencyKeyReused => "this transfer id was already used for a different transfer",
             RejectCode::SameAccount => "payer and payee are the same account",
             RejectCode::InvalidAmount => "the amount must be positive and within limits",
+            RejectCode::WrongShard => "the request reached a shard that does not own it; retry",
         }
     }
 }
@@ -319,6 +363,8 @@ pub enum ReserveOutcome {
     Replayed,
     /// The id is bound to another body: refuse with `idempotency_key_reused`, move nothing.
     Reused,
+    /// The reservation reached a shard that is not the id's home: nothing changed.
+    WrongShard,
 }
 
 impl ReserveOutcome {
@@ -384,6 +430,8 @@ pub enum AccountOutcome {
     AlreadyExists,
     /// Same id, different body: nothing changed.
     Conflict,
+    /// The command reached a shard that does not own the account: nothing changed.
+    WrongShard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,7 +446,9 @@ pub enum TransferOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditOutcome {
-    pub decision: Decision,
+    /// `None`: not a credit this shard can decide (misrouted or malformed); nothing stored and
+    /// nobody is told.
+    pub decision: Option<Decision>,
     pub decided_now: bool,
 }
 
@@ -416,4 +466,16 @@ pub enum Applied {
     Credit(CreditOutcome),
     Finalize(FinalizeOutcome),
     Reserve(ReserveOutcome),
+}
+
+/// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
+/// answer clients), the records the answer needs, read right after the apply. One variant per
+/// command, so whoever handles it never pairs a command with an outcome of another kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedCommand {
+    Account { create: CreateAccount, outcome: AccountOutcome, account: Option<AccountView> },
+    Transfer { transfer: TransferCmd, outcome: TransferOutcome, record: Option<TransferView> },
+    Reserve { reserve: ReserveCmd, outcome: ReserveOutcome },
+    Credit { credit: CreditCmd, outcome: CreditOutcome },
+    Finalize { finalize: FinalizeCmd, outcome: FinalizeOutcome, record: Option<TransferView> },
 }

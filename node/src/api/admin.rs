@@ -60,10 +60,10 @@ pub async fn get_faults(state: web::Data<AppState>, request: HttpRequest) -> Res
 
 /// `{"peers": {"2": {"drop_outbound": true, "drop_inbound": true, "delay_ms": 50, "loss_percent": 10}}, "disk_delay_ms": 20}`:
 /// sets the given fields; anything not mentioned stays as it is.
-pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
     authorize(&state, &request)?;
     faults_allowed(&state)?;
-    let object = super::types::parse_object(&body)?;
+    let object = state.read_object(&request, payload).await?;
     let driver = &state.driver;
     if let Some(peers) = object.get("peers") {
         let peers = peers.as_object().ok_or_else(|| ApiError::invalid_request("peers", "peers must be an object of node id → faults"))?;
@@ -117,10 +117,10 @@ pub async fn transfer_leader(
     state: web::Data<AppState>,
     request: HttpRequest,
     path: web::Path<u32>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse> {
     authorize(&state, &request)?;
-    let object = super::types::parse_object(&body)?;
+    let object = state.read_object(&request, payload).await?;
     let to = object.get("to").and_then(Value::as_u64).ok_or_else(|| ApiError::invalid_request("to", "to must be a node id"))?;
     let shard = path.into_inner();
     if shard >= state.settings.shards {

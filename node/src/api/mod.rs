@@ -1,9 +1,10 @@
 //! HTTP API v1 on actix-web. Handlers validate, hand a `Request` to the node driver, and map
-//! its `Reply` to status codes and the error shape. Any node serves any account: the core
-//! routes to shard leaders.
+//! its `Reply` to status codes, the typed answers of `settle_client::api` and the error shape.
+//! Any node serves any account: the core routes to shard leaders.
 
 pub mod admin;
 pub mod amount;
+pub mod body;
 pub mod errors;
 pub mod types;
 
@@ -17,6 +18,7 @@ use errors::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_actors::{DriverHandle, PeerStatus};
+use settle_client::api;
 use settle_cluster::ledger::{AccountOutcome, TransferStatus};
 use settle_cluster::message::{Reply, Request, TransferResult};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +60,15 @@ pub fn app(
     actix_web::App::new()
         .app_data(state)
         .app_data(web::PayloadConfig::new(BODY_BYTES_MAX))
+        // Extractor failures answer in the one error shape, like everything else.
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|error, _| ApiError::invalid_request("query", format!("the query string is not valid: {error}")).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|error, _| ApiError::invalid_request("path", format!("the path is not valid: {error}")).into()),
+        )
         .wrap_fn(move |request, service| {
             let state = middleware_state.clone();
             let started = Instant::now();
@@ -93,28 +104,38 @@ pub fn app(
                 Ok(response)
             }
         })
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics))
-        .route("/v1/cluster", web::get().to(cluster))
-        .route("/v1/accounts", web::post().to(create_account))
-        .route("/v1/accounts/{id}", web::get().to(get_account))
-        .route("/v1/accounts/{id}/transfers", web::get().to(list_transfers))
-        .route("/v1/transfers", web::post().to(create_transfer))
-        .route("/v1/transfers/batch", web::post().to(batch_transfers))
-        .route("/v1/transfers/{id}", web::get().to(get_transfer))
-        .route("/admin/faults", web::get().to(admin::get_faults))
-        .route("/admin/faults", web::post().to(admin::set_faults))
-        .route("/admin/faults", web::delete().to(admin::clear_faults))
-        .route("/admin/shards/{id}/transfer-leader", web::post().to(admin::transfer_leader))
-        .route("/admin/drain", web::post().to(admin::drain))
-        .route("/admin/drain", web::delete().to(admin::drain))
+        // Each path is one resource: a method it does not serve answers 405 (with `Allow`).
+        .service(resource("/health/live").route(web::get().to(live)))
+        .service(resource("/health/ready").route(web::get().to(ready)))
+        .service(resource("/metrics").route(web::get().to(metrics)))
+        .service(resource("/v1/cluster").route(web::get().to(cluster)))
+        .service(resource("/v1/accounts").route(web::post().to(create_account)))
+        .service(resource("/v1/accounts/{id}").route(web::get().to(get_account)))
+        .service(resource("/v1/accounts/{id}/transfers").route(web::get().to(list_transfers)))
+        .service(resource("/v1/transfers").route(web::post().to(create_transfer)))
+        .service(resource("/v1/transfers/batch").route(web::post().to(batch_transfers)))
+        .service(resource("/v1/transfers/{id}").route(web::get().to(get_transfer)))
+        .service(
+            resource("/admin/faults")
+                .route(web::get().to(admin::get_faults))
+                .route(web::post().to(admin::set_faults))
+                .route(web::delete().to(admin::clear_faults)),
+        )
+        .service(resource("/admin/shards/{id}/transfer-leader").route(web::post().to(admin::transfer_leader)))
+        .service(resource("/admin/drain").route(web::post().to(admin::drain)).route(web::delete().to(admin::drain)))
         .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response() }))
 }
 
 impl AppState {
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.settings.request_timeout_ms)
+    }
+
+    /// Reads and parses a JSON object body within the body limits.
+    pub(crate) async fn read_object(&self, request: &HttpRequest, payload: web::Payload) -> Result<serde_json::Map<String, Value>> {
+        let timeout = Duration::from_millis(self.settings.http_body_timeout_ms);
+        let bytes = body::read(request, payload, BODY_BYTES_MAX, timeout).await?;
+        body::parse_object(&bytes)
     }
 
     async fn call_with(&self, request_id: &RequestId, request: Request) -> Result<Reply> {
@@ -126,9 +147,25 @@ impl AppState {
     }
 }
 
-async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "live" }))
+/// A resource whose unserved methods answer 405 in the error shape.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|request: HttpRequest| async move {
+        let message = format!("{} is not served on {}", request.method(), request.path());
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).error_response()
+    }))
 }
+
+/// Live while the driver (the core's thread) answers: a node whose core died is not live, so a
+/// supervisor restarts it (the crash-only hook normally ends such a process first).
+async fn live(state: web::Data<AppState>) -> HttpResponse {
+    match tokio::time::timeout(LIVE_TIMEOUT, state.driver.status()).await {
+        Ok(Some(_)) => HttpResponse::Ok().json(json!({ "status": "live" })),
+        _ => HttpResponse::ServiceUnavailable().json(json!({ "status": "core not answering" })),
+    }
+}
+
+/// How long `/health/live` waits for the driver.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Ready when this node hears from a quorum of the cluster (itself included) and every shard
 /// with a replica here knows its leader. A node cut off from the others turns unready within a
@@ -137,7 +174,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let Some(status) = state.driver.status().await else {
         return HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": "driver stopped" }));
     };
-    let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != "none" && shard.role != "quarantined").collect();
+    let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role.hosted()).collect();
     let leaderless = hosted.iter().filter(|shard| shard.leader.is_none()).count();
     let members = status.peers.len() + 1;
     let heard = 1 + status.peers.iter().filter(|peer| reachable(peer)).count();
@@ -182,63 +219,76 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
     let status = state.driver.status().await.ok_or_else(ApiError::unavailable)?;
     let now = settle_actors::now_ms();
-    let nodes: Vec<Value> = state
+    let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let version = env!("CARGO_PKG_VERSION");
+    let nodes: Vec<api::NodeView> = state
         .settings
         .members
         .iter()
         .map(|(id, peer)| {
             let leads = status.shards.iter().filter(|shard| shard.leader == Some(*id)).count();
-            let mut node = json!({ "id": id, "peer": peer.to_string(), "self": *id == status.node, "leader_of": leads });
+            let mut node = api::NodeView {
+                id: *id,
+                is_self: *id == status.node,
+                leader_of: u64::try_from(leads).unwrap_or(u64::MAX),
+                peer: peer.to_string(),
+                ..api::NodeView::default()
+            };
+            // This node knows its own details; of a peer, what it last introduced itself with
+            // (null until it has); of a node it has no link to, nothing more.
             if *id == status.node {
-                node["http"] = json!(format!("http://{}", state.settings.http));
-                node["version"] = json!(env!("CARGO_PKG_VERSION"));
-                node["uptime_ms"] = json!(u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX));
-                node["reachable"] = json!(true);
+                node.http = Some(Some(format!("http://{}", state.settings.http)));
+                node.version = Some(Some(version.to_string()));
+                node.uptime_ms = Some(Some(uptime_ms));
+                node.reachable = Some(true);
             } else if let Some(info) = status.peers.iter().find(|peer| peer.id == *id) {
-                node["http"] = json!(info.http);
-                node["version"] = json!(info.version);
-                node["uptime_ms"] = json!(info.started_ms.map(|started| now.saturating_sub(started)));
-                node["reachable"] = json!(reachable(info));
-                node["last_heard_ms"] = json!(info.last_heard_ms);
+                node.http = Some(info.http.clone());
+                node.version = Some(info.version.clone());
+                node.uptime_ms = Some(info.started_ms.map(|started| now.saturating_sub(started)));
+                node.reachable = Some(reachable(info));
+                node.last_heard_ms = Some(info.last_heard_ms);
             }
             node
         })
         .collect();
-    let shards: Vec<Value> = status
+    let shards: Vec<api::ShardView> = status
         .shards
         .iter()
-        .map(|shard| {
-            json!({
-                "id": shard.id,
-                "leader": shard.leader,
-                "replicas": shard.replicas,
-                "term": shard.term,
-                "role": shard.role,
-                "commit_index": shard.commit_index,
-                "applied_index": shard.applied_index,
-                "last_index": shard.last_index,
-                "pending_transfers": shard.pending_transfers,
-                "pending_oldest_ms": shard.pending_oldest_ms,
-            })
+        .map(|shard| api::ShardView {
+            applied_index: shard.applied_index,
+            commit_index: shard.commit_index,
+            id: shard.id,
+            last_index: shard.last_index,
+            leader: shard.leader,
+            pending_oldest_ms: shard.pending_oldest_ms,
+            pending_transfers: u64::try_from(shard.pending_transfers).unwrap_or(u64::MAX),
+            replicas: shard.replicas.clone(),
+            role: shard.role.as_str().to_string(),
+            term: shard.term,
         })
         .collect();
-    let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let body =
-        json!({ "node": status.node, "uptime_ms": uptime_ms, "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "shards": shards });
+    let body = api::ClusterView { node: status.node, nodes, shards, uptime_ms, version: version.to_string() };
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn create_account(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
-    let object = types::parse_object(&body)?;
+async fn create_account(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
+    let object = state.read_object(&request, payload).await?;
     let create = types::create_account(&object)?;
     let id = create.id.to_string();
     match state.call_with(&request_id, Request::CreateAccount(create)).await? {
         Reply::Account { outcome, account } => {
-            let body = account.as_ref().map(types::account_json).unwrap_or(Value::Null);
+            let body = account.as_ref().map(types::account_json);
             match outcome {
                 AccountOutcome::Created => Ok(HttpResponse::Created().json(body)),
                 AccountOutcome::AlreadyExists => Ok(HttpResponse::Ok().json(body)),
                 AccountOutcome::Conflict => Err(ApiError::account_exists(&id)),
+                // Only a misbehaving proposer gets this; the outcome is unknown to the client.
+                AccountOutcome::WrongShard => Err(ApiError::unavailable()),
             }
         }
         other => Err(unexpected(other)),
@@ -284,9 +334,9 @@ async fn list_transfers(
     };
     match state.call_with(&request_id, Request::History { account: id.clone(), before, limit }).await? {
         Reply::History(Some(page)) => {
-            let transfers: Vec<Value> = page.transfers.iter().map(types::transfer_json).collect();
-            let next = page.next_cursor.map(|cursor| cursor.to_string());
-            Ok(HttpResponse::Ok().json(json!({ "transfers": transfers, "next_cursor": next })))
+            let transfers = page.transfers.iter().map(types::transfer_json).collect();
+            let next_cursor = page.next_cursor.map(|cursor| cursor.to_string());
+            Ok(HttpResponse::Ok().json(api::TransferPage { next_cursor, transfers }))
         }
         Reply::History(None) => Err(ApiError::account_not_found(id.as_str())),
         other => Err(unexpected(other)),
@@ -313,8 +363,13 @@ async fn get_transfer(
     }
 }
 
-async fn create_transfer(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
-    let object = types::parse_object(&body)?;
+async fn create_transfer(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
+    let object = state.read_object(&request, payload).await?;
     let transfer = types::transfer(&object)?;
     let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
         Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
@@ -331,8 +386,14 @@ async fn create_transfer(state: web::Data<AppState>, body: web::Bytes, request_i
     outcome.map(|(status, body)| HttpResponse::build(status).json(body))
 }
 
-async fn batch_transfers(state: web::Data<AppState>, body: web::Bytes, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
-    let object = types::parse_object(&body)?;
+async fn batch_transfers(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &["transfers"])?;
     let Some(Value::Array(items)) = object.get("transfers") else {
         return Err(ApiError::invalid_request("transfers", "transfers must be an array"));
     };
@@ -381,18 +442,20 @@ fn item_error(error: &ApiError) -> Value {
 }
 
 /// Maps the core's answer for one transfer to a status and body, and counts it by outcome; a
-/// posted transfer's amount (in minor units) is added to the volume by currency from the typed
-/// view, before it becomes JSON.
-fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(StatusCode, Value)> {
+/// posted transfer's amount (in minor units) is added to the volume by currency from the core's
+/// view, before it becomes the API's.
+fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(StatusCode, api::TransferView)> {
     let outcome = match result {
         TransferResult::Done(view) => match &view.status {
             TransferStatus::Posted => {
-                let minor = u64::try_from(view.amount).unwrap_or(u64::MAX);
+                // A metric, not money: the float keeps the sum monotonic whatever its size.
+                #[allow(clippy::cast_precision_loss)]
+                let minor = view.amount as f64;
                 metrics.transfer_volume.with_label_values(&[view.currency.code()]).inc_by(minor);
                 Ok((StatusCode::CREATED, types::transfer_json(&view)))
             }
             TransferStatus::Pending => Ok((StatusCode::ACCEPTED, types::transfer_json(&view))),
-            TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", types::transfer_json(&view))),
+            TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", json!(types::transfer_json(&view)))),
         },
         TransferResult::Refused(code) => Err(ApiError::rejected(code)),
         TransferResult::Unavailable => Err(ApiError::unavailable()),

@@ -1,25 +1,20 @@
 //! JSON shapes of API v1 and their validation. Bodies are parsed by hand from `serde_json::Value`
 //! so that every problem names its field with a stable code, and nothing reaches the cluster
-//! before it is valid.
+//! before it is valid. Answers are the typed shapes of `settle_client::api`, which clients read
+//! back with the same types.
 
 use super::amount::{parse_amount, AmountError};
 use super::errors::ApiError;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use settle_client::api;
 use settle_cluster::ids::{AccountId, TransferId};
-use settle_cluster::ledger::{AccountKind, CreateAccount, TransferCmd, TransferStatus, TransferView};
+use settle_cluster::ledger::{AccountKind, TransferStatus, TransferView};
 use settle_cluster::message::AccountView;
+use settle_cluster::message::{AccountRequest, TransferRequest};
 use settle_cluster::money::Currency;
 
 /// The most transfers one batch request may carry.
 pub const BATCH_TRANSFERS_MAX: usize = 8_000;
-
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| ApiError::invalid_body(format!("body is not JSON: {error}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::invalid_body("body must be a JSON object")),
-    }
-}
 
 fn string_field<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, ApiError> {
     match object.get(field) {
@@ -46,7 +41,8 @@ pub fn currency(text: &str) -> Result<Currency, ApiError> {
 }
 
 /// `POST /v1/accounts {"id","currency","kind"}`.
-pub fn create_account(object: &Map<String, Value>) -> Result<CreateAccount, ApiError> {
+pub fn create_account(object: &Map<String, Value>) -> Result<AccountRequest, ApiError> {
+    super::body::only_fields(object, &["id", "currency", "kind"])?;
     let id = account_id(required(object, "id")?, "id")?;
     let currency = currency(required(object, "currency")?)?;
     let kind = match string_field(object, "kind")? {
@@ -55,11 +51,12 @@ pub fn create_account(object: &Map<String, Value>) -> Result<CreateAccount, ApiE
             AccountKind::parse(text).ok_or_else(|| ApiError::invalid_request("kind", "kind must be customer, merchant or settlement"))?
         }
     };
-    Ok(CreateAccount { id, currency, kind })
+    Ok(AccountRequest { id, currency, kind })
 }
 
 /// One transfer of `POST /v1/transfers` or of a batch.
-pub fn transfer(object: &Map<String, Value>) -> Result<TransferCmd, ApiError> {
+pub fn transfer(object: &Map<String, Value>) -> Result<TransferRequest, ApiError> {
+    super::body::only_fields(object, &["id", "from", "to", "amount", "currency"])?;
     let id = transfer_id(required(object, "id")?, "id")?;
     let from = account_id(required(object, "from")?, "from")?;
     let to = account_id(required(object, "to")?, "to")?;
@@ -79,34 +76,98 @@ pub fn transfer(object: &Map<String, Value>) -> Result<TransferCmd, ApiError> {
     if from == to {
         return Err(ApiError { field: Some("to"), ..ApiError::rejected(settle_cluster::ledger::RejectCode::SameAccount) });
     }
-    Ok(TransferCmd { id, from, to, amount, currency })
+    Ok(TransferRequest { id, from, to, amount, currency })
 }
 
-pub fn account_json(view: &AccountView) -> Value {
-    json!({
-        "id": view.id,
-        "currency": view.currency.code(),
-        "kind": view.kind.as_str(),
-        "balance": view.currency.format(view.balance),
-        "available": view.currency.format(view.available),
-        "pending_debits": view.currency.format(view.debits_pending),
-        "transfer_count": view.transfer_count,
-        "created_at_ms": view.created_at_ms,
-    })
-}
-
-pub fn transfer_json(view: &TransferView) -> Value {
-    let mut value = json!({
-        "id": view.id,
-        "from": view.from,
-        "to": view.to,
-        "amount": view.currency.format(view.amount),
-        "currency": view.currency.code(),
-        "status": view.status.as_str(),
-        "created_at_ms": view.created_at_ms,
-    });
-    if let TransferStatus::Rejected(code) = &view.status {
-        value["rejection"] = json!({ "code": code.code(), "message": code.message() });
+/// An account as API v1 answers it.
+pub fn account_json(view: &AccountView) -> api::AccountView {
+    api::AccountView {
+        available: view.currency.format(view.available),
+        balance: view.currency.format(view.balance),
+        created_at_ms: view.created_at_ms,
+        currency: view.currency.code().to_string(),
+        id: view.id.to_string(),
+        kind: view.kind.as_str().to_string(),
+        pending_debits: view.currency.format(view.debits_pending),
+        transfer_count: view.transfer_count,
     }
-    value
+}
+
+/// A transfer as API v1 answers it; a rejected one carries its stored rejection.
+pub fn transfer_json(view: &TransferView) -> api::TransferView {
+    let rejection = match &view.status {
+        TransferStatus::Rejected(code) => Some(api::Rejection { code: code.code().to_string(), message: code.message().to_string() }),
+        TransferStatus::Posted | TransferStatus::Pending => None,
+    };
+    api::TransferView {
+        amount: view.currency.format(view.amount),
+        created_at_ms: view.created_at_ms,
+        currency: view.currency.code().to_string(),
+        from: view.from.to_string(),
+        id: view.id.to_string(),
+        rejection,
+        status: view.status.as_str().to_string(),
+        to: view.to.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use settle_cluster::ledger::{AccountKind, RejectCode};
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").expect("USD is in the currency table")
+    }
+
+    /// An account and a transfer (posted and rejected) are written byte for byte as before the
+    /// typed shapes (keys sorted, as `json!` wrote them; `rejection` only when rejected).
+    #[test]
+    fn answers_keep_their_wire_bytes() {
+        let account = AccountView {
+            id: AccountId::new("alice").unwrap(),
+            currency: usd(),
+            kind: AccountKind::Merchant,
+            balance: 5_000,
+            available: 4_000,
+            debits_pending: 1_000,
+            created_at_ms: 17,
+            transfer_count: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&account_json(&account)).unwrap(),
+            r#"{"available":"40.00","balance":"50.00","created_at_ms":17,"currency":"USD","id":"alice","kind":"merchant","pending_debits":"10.00","transfer_count":3}"#
+        );
+        let mut transfer = TransferView {
+            id: TransferId::new("t1").unwrap(),
+            from: AccountId::new("alice").unwrap(),
+            to: AccountId::new("bob").unwrap(),
+            amount: 1_234,
+            currency: usd(),
+            status: TransferStatus::Posted,
+            created_at_ms: 9,
+            payee_side: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&transfer_json(&transfer)).unwrap(),
+            r#"{"amount":"12.34","created_at_ms":9,"currency":"USD","from":"alice","id":"t1","status":"posted","to":"bob"}"#
+        );
+        transfer.status = TransferStatus::Rejected(RejectCode::InsufficientFunds);
+        let rejection = RejectCode::InsufficientFunds;
+        let expected = format!(
+            r#"{{"amount":"12.34","created_at_ms":9,"currency":"USD","from":"alice","id":"t1","rejection":{{"code":"{}","message":{}}},"status":"rejected","to":"bob"}}"#,
+            rejection.code(),
+            serde_json::Value::from(rejection.message())
+        );
+        assert_eq!(serde_json::to_string(&transfer_json(&transfer)).unwrap(), expected);
+    }
+
+    /// The client's USD formatting, kept local so clients need not pull in the currency table,
+    /// writes what the server writes.
+    #[test]
+    fn client_cents_match_the_server_format() {
+        for minor in [0, 1, 5, 99, 100, -5, -1_230, 1_234, 1_000_000_000, i128::MAX, i128::MIN] {
+            assert_eq!(settle_client::cents(minor), usd().format(minor), "{minor}");
+        }
+    }
 }

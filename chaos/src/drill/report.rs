@@ -2,7 +2,8 @@
 //! Markdown (for people), JSON (fields other programs read: scenario, verdict, write_pause_ms,
 //! acknowledged_lost, anomalies, recovery_ms) and JUnit XML (one test case per checker).
 
-use super::workload::{History, Verdicts};
+use super::workload::History;
+use crate::history::{Findings, Told};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,7 +43,7 @@ fn percentile(sorted: &[u64], quantile: f64) -> u64 {
 pub fn write_pause_ms(history: &History, from_ms: u64, to_ms: u64) -> u64 {
     let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for outcome in &history.outcomes {
-        if outcome.result == "posted" {
+        if outcome.told == Told::Posted {
             by_shard.entry(outcome.transfer.shard).or_default().push(outcome.finished_ms);
         }
     }
@@ -73,7 +74,7 @@ pub fn write_pause_ms(history: &History, from_ms: u64, to_ms: u64) -> u64 {
 pub fn writes_resumed(history: &History, before_ms: u64, after_ms: u64) -> bool {
     let mut before = BTreeSet::new();
     let mut after = BTreeSet::new();
-    for outcome in history.outcomes.iter().filter(|outcome| outcome.result == "posted") {
+    for outcome in history.outcomes.iter().filter(|outcome| outcome.told == Told::Posted) {
         if outcome.finished_ms < before_ms {
             before.insert(outcome.transfer.shard);
         }
@@ -89,7 +90,7 @@ pub fn steady_state(history: &History, from_ms: u64, to_ms: u64) -> (f64, u64, u
     let mut latencies: Vec<u64> = history
         .outcomes
         .iter()
-        .filter(|o| o.result == "posted" && o.started_ms >= from_ms && o.finished_ms <= to_ms)
+        .filter(|o| o.told == Told::Posted && o.started_ms >= from_ms && o.finished_ms <= to_ms)
         .map(|o| o.finished_ms - o.started_ms)
         .collect();
     latencies.sort_unstable();
@@ -98,18 +99,18 @@ pub fn steady_state(history: &History, from_ms: u64, to_ms: u64) -> (f64, u64, u
 }
 
 impl Report {
-    pub fn new(scenario: &str, timeline: Vec<(u64, String)>, history: &History, verdicts: Verdicts) -> Report {
+    pub fn new(scenario: &str, timeline: Vec<(u64, String)>, history: &History, findings: &Findings) -> Report {
         let mut errors = BTreeMap::new();
         for (_, code) in &history.failures {
             *errors.entry(code.clone()).or_insert(0) += 1;
         }
         for outcome in &history.outcomes {
-            if outcome.result != "posted" {
-                *errors.entry(outcome.result.clone()).or_insert(0) += 1;
+            if outcome.told != Told::Posted {
+                *errors.entry(outcome.told.label().to_string()).or_insert(0) += 1;
             }
         }
-        let succeeded = history.outcomes.iter().filter(|o| o.result == "posted").count() as u64;
-        let failed_finally = history.outcomes.iter().filter(|o| o.result == "unknown").count() as u64;
+        let succeeded = history.outcomes.iter().filter(|o| o.told == Told::Posted).count() as u64;
+        let failed_finally = history.outcomes.iter().filter(|o| o.told == Told::Unknown).count() as u64;
         Report {
             scenario: scenario.to_string(),
             timeline,
@@ -124,8 +125,8 @@ impl Report {
             retries: history.outcomes.iter().map(|o| u64::from(o.attempts.saturating_sub(1))).sum(),
             succeeded,
             failed_finally,
-            acknowledged_lost: verdicts.acknowledged_lost,
-            checks: verdicts.checks,
+            acknowledged_lost: findings.acknowledged_lost_count(),
+            checks: findings.verdicts("drill"),
             targets: Vec::new(),
         }
     }
@@ -252,12 +253,12 @@ fn xml(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Transfer;
     use crate::drill::workload::Outcome;
+    use settle_client::Transfer;
 
     fn posted(shard: u32, finished_ms: u64) -> Outcome {
         let transfer = Transfer { id: format!("t{shard}-{finished_ms}"), from: 0, to: 1, amount: 1, shard };
-        Outcome { transfer, started_ms: finished_ms, finished_ms, result: "posted".to_string(), attempts: 1 }
+        Outcome { transfer, started_ms: finished_ms, finished_ms, told: Told::Posted, attempts: 1 }
     }
 
     /// Writes have resumed only once every shard written before the fault is written after

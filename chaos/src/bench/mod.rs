@@ -2,19 +2,20 @@
 //! cluster it starts itself. Closed loop (`--concurrency`) or open loop (`--rate`, latency
 //! measured from each request's intended send time so stalls are not hidden), single transfers
 //! or batches, skewed account choice and a chosen share of cross-shard transfers. It funds its
-//! own accounts, checks at the end that their balances add up (conservation), and reports
-//! throughput, latency percentiles (HdrHistogram) and errors by code.
+//! own accounts, checks at the end that their balances add up (`conservation` and
+//! `at_most_once` of `crate::history`), and reports throughput, latency percentiles
+//! (HdrHistogram) and errors by code.
 
 mod report;
 mod workload;
 
-use crate::client::{Answer, Transfer};
-use crate::local::LocalCluster;
+use crate::local::{settle_binary, LocalCluster};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use report::Report;
 use serde::Serialize;
 use serde_json::Value;
+use settle_client::{Answer, Transfer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,6 +73,9 @@ pub struct BenchFlags {
     pub nodes: u64,
     #[arg(long, default_value_t = 64)]
     pub shards: u32,
+    /// Embedded cluster: plain TCP between its nodes instead of mutual TLS (to measure the cost).
+    #[arg(long)]
+    pub insecure_peers: bool,
 }
 
 fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -101,10 +105,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most requests the open loop starts (a bound on one run).
 const OPEN_LOOP_REQUESTS_MAX: u64 = 50_000_000;
 
+/// `settle bench`: against `--target`, or a local cluster of the running `settle` binary.
 pub fn run(flags: BenchFlags) -> anyhow::Result<()> {
     validate(&flags)?;
-    let embedded =
-        if flags.target.is_empty() { Some(LocalCluster::start_temporary("bench", flags.nodes, flags.shards, Vec::new())?) } else { None };
+    let embedded = if flags.target.is_empty() {
+        Some(LocalCluster::start_temporary("bench", &settle_binary()?, flags.nodes, flags.shards, flags.insecure_peers, Vec::new())?)
+    } else {
+        None
+    };
     let targets = match &embedded {
         Some(cluster) => cluster.urls.clone(),
         None => flags.target.clone(),

@@ -1,13 +1,15 @@
 //! The bench's accounts, how it picks transfers, how it sends them, and the conservation
-//! check of its own accounts at the end.
+//! check of its own accounts at the end (`crate::history`).
 
 use super::BenchFlags;
-use crate::client::{balance, classify, classify_item, cluster_view, final_status, fund, match_advertised, post_until, Answer, Transfer};
+use crate::history::{self, ClientHistory, ReadBack, Told};
 use anyhow::{bail, Context};
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
+use settle_client::api::{BatchRequest, ClusterView, CreateAccountRequest};
+use settle_client::{classify, classify_item, cluster_view, fund, match_advertised, post_until, Answer, Transfer};
 use settle_cluster::ids::AccountId;
 use settle_cluster::placement::shard_of;
 use std::fmt;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 /// Each bench account starts with this many cents: far more than a run can spend.
 const FUNDING_MINOR: i128 = 1_000_000_000;
 const AMOUNT_MINOR_MAX: i128 = 100;
-/// Setup and checks keep this many requests in flight.
+/// Setup keeps this many requests in flight.
 const SETUP_CONCURRENCY: usize = 32;
 /// Each funding batch must be posted within this long.
 const FUNDING_WITHIN: Duration = Duration::from_secs(120);
@@ -131,8 +133,9 @@ impl Plan {
 
 /// Creates and funds the bench's accounts on the cluster.
 pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFlags) -> anyhow::Result<Plan> {
-    let cluster: Value = client.get(format!("{}/v1/cluster", targets[0])).send().await?.json().await.context("reading /v1/cluster")?;
-    let shards = u32::try_from(cluster["shards"].as_array().map_or(0, Vec::len)).context("shard count")?;
+    let cluster: ClusterView =
+        client.get(format!("{}/v1/cluster", targets[0])).send().await?.json().await.context("reading /v1/cluster")?;
+    let shards = u32::try_from(cluster.shards.len()).context("shard count")?;
     if shards == 0 {
         bail!("{} reports no shards", targets[0]);
     }
@@ -193,7 +196,7 @@ where
 }
 
 async fn create_account(client: &reqwest::Client, urls: &[String], id: &str, kind: &str) -> anyhow::Result<()> {
-    let body = json!({ "id": id, "currency": "USD", "kind": kind });
+    let body = CreateAccountRequest { currency: "USD".to_string(), id: id.to_string(), kind: Some(kind.to_string()) };
     post_until(client, urls, "/v1/accounts", &body, &[200, 201], Duration::from_secs(60)).await?;
     Ok(())
 }
@@ -207,13 +210,13 @@ pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer]
     let count = transfers.len();
     let fail = |answer: Answer| Outcome { results: vec![answer; count] };
     let unknown = |code: &str| fail(Answer::Retry(code.to_string()));
-    let (url, body) = if count == 1 {
-        (format!("{target}/v1/transfers"), transfers[0].body(&plan.accounts))
+    let request = if count == 1 {
+        client.post(format!("{target}/v1/transfers")).json(&transfers[0].body(&plan.accounts))
     } else {
-        let items: Vec<Value> = transfers.iter().map(|transfer| transfer.body(&plan.accounts)).collect();
-        (format!("{target}/v1/transfers/batch"), json!({ "transfers": items }))
+        let batch = BatchRequest { transfers: transfers.iter().map(|transfer| transfer.body(&plan.accounts)).collect() };
+        client.post(format!("{target}/v1/transfers/batch")).json(&batch)
     };
-    let response = match client.post(url).json(&body).send().await {
+    let response = match request.send().await {
         Ok(response) => response,
         Err(error) if error.is_timeout() => return unknown("timeout"),
         Err(_) => return unknown("connection_error"),
@@ -235,7 +238,9 @@ pub async fn send(client: &reqwest::Client, target: &str, transfers: &[Transfer]
 }
 
 /// Resolves ambiguous transfers, then checks every bench account's balance equals its funding
-/// plus the transfers the cluster posted, and that the bench's money sums to zero.
+/// plus the transfers the cluster posted, and that the bench's money sums to zero
+/// (`history::Findings::conserved`). The transfers told posted are not kept one by one (there
+/// are millions): their net per account stands for them. Prints what does not add up.
 pub async fn check_conservation(
     client: &reqwest::Client,
     targets: &[String],
@@ -244,38 +249,26 @@ pub async fn check_conservation(
     ambiguous: &Mutex<Vec<Transfer>>,
 ) -> anyhow::Result<bool> {
     let unresolved: Vec<Transfer> = ambiguous.lock().expect("ambiguous").clone();
-    let mut net = net.lock().expect("net").clone();
-    let lookups = unresolved.iter().map(|transfer| final_status(client, targets, transfer, &plan.accounts));
-    let statuses: Vec<String> = stream::iter(lookups).buffered(SETUP_CONCURRENCY).try_collect().await?;
-    for (transfer, status) in unresolved.iter().zip(statuses) {
-        if status == "posted" {
-            net[transfer.from] -= transfer.amount;
-            net[transfer.to] += transfer.amount;
-        }
+    let history = ClientHistory {
+        bank: plan.bank.clone(),
+        accounts: plan.accounts.clone(),
+        funding_minor: FUNDING_MINOR,
+        transfers: unresolved.into_iter().map(|transfer| (transfer, Told::Unknown)).collect(),
+        acknowledged_net_minor: net.lock().expect("net").clone(),
+        read_anomalies: Vec::new(),
+    };
+    let read_back = ReadBack::read(client, targets, &history).await?;
+    let findings = history::check(&history, &read_back);
+    // The first thing that does not add up, then the sum.
+    if let Some(bank) = &findings.bank_mismatch {
+        eprintln!("bench: conservation: {} has {}, expected {}", bank.account, bank.got_minor, bank.expected_minor);
+    } else if let Some(account) = findings.mismatched.first() {
+        eprintln!("bench: conservation: {} has {}, expected {}", account.account, account.got_minor, account.expected_minor);
     }
-    let mut all_match = true;
-    let mut total = balance(client, targets, &plan.bank).await?;
-    let expected_bank = -FUNDING_MINOR * i128::try_from(plan.accounts.len()).unwrap_or(0);
-    if total != expected_bank {
-        eprintln!("bench: conservation: {} has {total}, expected {expected_bank}", plan.bank);
-        all_match = false;
+    if findings.total_minor != 0 {
+        eprintln!("bench: conservation: the bench accounts sum to {}, not 0", findings.total_minor);
     }
-    let reads = plan.accounts.iter().map(|name| balance(client, targets, name));
-    let balances: Vec<i128> = stream::iter(reads).buffered(SETUP_CONCURRENCY).try_collect().await?;
-    for (index, (name, got)) in plan.accounts.iter().zip(balances).enumerate() {
-        let expected = FUNDING_MINOR + net[index];
-        total += got;
-        if got != expected {
-            if all_match {
-                eprintln!("bench: conservation: {name} has {got}, expected {expected}");
-            }
-            all_match = false;
-        }
-    }
-    if total != 0 {
-        eprintln!("bench: conservation: the bench accounts sum to {total}, not 0");
-    }
-    Ok(all_match && total == 0)
+    Ok(findings.conserved())
 }
 
 /// For `--route leader`: which target URL leads each shard, from `/v1/cluster` (node ids matched
@@ -285,8 +278,5 @@ pub async fn shard_leaders(client: &reqwest::Client, targets: &[String]) -> Vec<
         return Vec::new();
     };
     let node_target = match_advertised(&view, targets);
-    view["shards"]
-        .as_array()
-        .map(|shards| shards.iter().map(|shard| shard["leader"].as_u64().and_then(|id| node_target.get(&id).copied())).collect())
-        .unwrap_or_default()
+    view.shards.iter().map(|shard| shard.leader.and_then(|id| node_target.get(&id).copied())).collect()
 }

@@ -9,25 +9,28 @@
 //! transfer whose id is bound to another body is refused with `idempotency_key_reused` and
 //! moves nothing, whichever nodes and shards the two requests went through.
 
-use super::tasks::Origin;
+use super::operation::{account, read, reserve, transfer};
+use super::peer::Origin;
 use super::{Effect, NodeCore};
-use crate::ids::{NodeId, ShardId};
-use crate::ledger::RejectCode;
-use crate::ledger::{ReserveCmd, TransferCmd, TransferView};
-use crate::message::{PeerMessage, Reply, Request, TransferResult};
+use crate::ids::{CallId, LegId, NodeId, ShardId};
+use crate::ledger::{RejectCode, ReserveOutcome, TransferView};
+use crate::message::{PeerMessage, Reply, Request, TransferRequest, TransferResult};
+use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
 
-/// The driver's handle for a client request.
-pub type CallId = u64;
+/// Forwards of one credit or decision batch by nodes that do not lead its shard.
+const PROTOCOL_HOPS_MAX: u8 = 2;
 
 /// Redirects followed at once for one leg before it waits for the next tick.
 const REDIRECTS_PER_TICK_MAX: u32 = 3;
 
+/// The origin side of every call this node received: calls, their legs, and where this node
+/// believes the leaders of shards it has no replica of are.
 #[derive(Default)]
-pub(super) struct Calls {
+pub(super) struct Router {
     calls: BTreeMap<CallId, Call>,
-    legs: BTreeMap<u64, Leg>,
+    legs: BTreeMap<LegId, Leg>,
     next_leg: u64,
     /// Leaders learned from NotLeader replies, for shards with no replica here.
     hints: BTreeMap<ShardId, Hint>,
@@ -42,12 +45,12 @@ struct Hint {
     rotated_ms: Option<u64>,
 }
 
-impl Calls {
+impl Router {
     /// Leg ids start at a point drawn from the incarnation, so a reply to a leg of an earlier
     /// run of this node (still in flight when it restarted) cannot match a leg of this run
     /// (found by the simulator: seed 1339 acknowledged a transfer with another one's outcome).
-    pub(super) fn starting_at(incarnation: u64) -> Calls {
-        Calls { next_leg: incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15), ..Calls::default() }
+    pub(super) fn starting_at(incarnation: u64) -> Router {
+        Router { next_leg: incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15), ..Router::default() }
     }
 
     pub(super) fn len(&self) -> usize {
@@ -62,11 +65,11 @@ impl Calls {
 struct Call {
     deadline_ms: u64,
     state: CallState,
-    legs: Vec<u64>,
+    legs: Vec<LegId>,
     transfers: usize,
     /// Transfers held back while the call's reservation legs are out, by item position, with
     /// whether they may go (a home shard cleared them, or their payer's shard is their home).
-    held: BTreeMap<usize, (TransferCmd, bool)>,
+    held: BTreeMap<usize, (TransferRequest, bool)>,
     request_id: Option<String>,
 }
 
@@ -99,8 +102,8 @@ impl NodeCore {
             Request::Transfers(items) => items.len(),
             _ => 0,
         };
-        let overloaded = self.calls.calls.len() >= limits.calls_inflight_max
-            || self.calls.transfers_inflight + transfers > limits.transfers_inflight_max;
+        let overloaded = self.router.calls.len() >= limits.calls_inflight_max
+            || self.router.transfers_inflight + transfers > limits.transfers_inflight_max;
         if overloaded {
             self.stats.calls_overloaded += 1;
             self.effects.push(Effect::Reply { call, reply: Reply::Overloaded });
@@ -111,31 +114,20 @@ impl NodeCore {
         let mut held = BTreeMap::new();
         let state = match request {
             Request::CreateAccount(create) => {
-                legs.push((placement.shard_of(&create.id), Request::CreateAccount(create), Vec::new()));
+                legs.push((account::shard(placement, &create), Request::CreateAccount(create), Vec::new()));
                 CallState::Single(None)
             }
             Request::Transfers(items) => {
                 let count = items.len();
-                let mut reservations: BTreeMap<ShardId, (Vec<ReserveCmd>, Vec<usize>)> = BTreeMap::new();
-                for (position, item) in items.iter().enumerate() {
-                    let home = placement.home_shard_of(&item.id);
-                    let skip = planted(self.config.planted, PlantedBug::SkipIdReservation)
-                        || planted(self.config.planted, PlantedBug::IdReuseUnchecked);
-                    if home != placement.shard_of(&item.from) && !skip {
-                        let entry = reservations.entry(home).or_default();
-                        entry.0.push(ReserveCmd { id: item.id.clone(), body: item.body() });
-                        entry.1.push(position);
-                    }
-                }
+                let skip = planted(self.planted, PlantedBug::SkipIdReservation) || planted(self.planted, PlantedBug::IdReuseUnchecked);
+                let reservations = if skip { Vec::new() } else { reserve::legs(placement, &items) };
                 if reservations.is_empty() {
                     legs.extend(transfer_legs(placement, items.into_iter().enumerate()));
                 } else {
-                    for (shard, (commands, positions)) in reservations {
-                        legs.push((shard, Request::Reserve(commands), positions));
-                    }
+                    legs.extend(reservations);
                     for (position, item) in items.into_iter().enumerate() {
                         // Transfers reserved by their own payer shard may go as soon as the rest do.
-                        let cleared = placement.home_shard_of(&item.id) == placement.shard_of(&item.from);
+                        let cleared = !reserve::needs_reservation(placement, &item);
                         held.insert(position, (item, cleared));
                     }
                 }
@@ -145,22 +137,17 @@ impl NodeCore {
                 // Internal to legs; a caller that submits it directly names ids of one home shard
                 // (the home shard's leader refuses a leg with any other as misrouted).
                 if let Some(first) = commands.first() {
-                    legs.push((placement.home_shard_of(&first.id), Request::Reserve(commands), Vec::new()));
+                    legs.push((reserve::home_shard(placement, &first.id), Request::Reserve(commands), Vec::new()));
                 }
                 CallState::Single(None)
             }
-            Request::ReadAccount(account) => {
-                legs.push((placement.shard_of(&account), Request::ReadAccount(account), Vec::new()));
-                CallState::Single(None)
-            }
-            Request::History { account, before, limit } => {
-                let shard = placement.shard_of(&account);
-                legs.push((shard, Request::History { account, before, limit }, Vec::new()));
+            read @ (Request::ReadAccount(_) | Request::History { .. }) => {
+                legs.push((read::account_shard(placement, &read), read, Vec::new()));
                 CallState::Single(None)
             }
             Request::ReadTransfer { id, payer: Some(payer) } => {
                 let request = Request::ReadTransfer { id, payer: None };
-                legs.push((placement.shard_of(&payer), request, Vec::new()));
+                legs.push((read::payer_shard(placement, &payer), request, Vec::new()));
                 CallState::Single(None)
             }
             Request::ReadTransfer { id, payer: None } => {
@@ -175,23 +162,23 @@ impl NodeCore {
             self.effects.push(Effect::Reply { call, reply: Reply::Transfers(Vec::new()) });
             return;
         }
-        self.calls.transfers_inflight += transfers;
-        self.calls.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, request_id });
+        self.router.transfers_inflight += transfers;
+        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, request_id });
         self.start_legs(call, legs);
     }
 
     /// Adds legs to a call and sends them.
     fn start_legs(&mut self, call_id: CallId, legs: Vec<(ShardId, Request, Vec<usize>)>) {
-        let Some(call) = self.calls.calls.get_mut(&call_id) else {
+        let Some(call) = self.router.calls.get_mut(&call_id) else {
             return;
         };
         let mut leg_ids = Vec::new();
         for (shard, request, items) in legs {
-            let leg_id = self.calls.next_leg;
-            self.calls.next_leg = self.calls.next_leg.wrapping_add(1);
+            let leg_id = LegId(self.router.next_leg);
+            self.router.next_leg = self.router.next_leg.wrapping_add(1);
             let request_id = call.request_id.clone();
             let leg = Leg { call: call_id, shard, request, items, deadline_ms: call.deadline_ms, sent: None, redirects: 0, request_id };
-            self.calls.legs.insert(leg_id, leg);
+            self.router.legs.insert(leg_id, leg);
             leg_ids.push(leg_id);
         }
         call.legs.extend(leg_ids.iter().copied());
@@ -203,10 +190,10 @@ impl NodeCore {
     /// Who leads `shard` as far as this node knows: its own replica's view, else a learned hint,
     /// else the preferred leader.
     pub(super) fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
-        if let Some(replica) = self.replicas.get(&shard) {
-            return replica.leader();
+        if let Some(peer) = self.peers.get(&shard) {
+            return peer.replica.leader();
         }
-        if let Some(hint) = self.calls.hints.get(&shard) {
+        if let Some(hint) = self.router.hints.get(&shard) {
             return Some(hint.leader);
         }
         // No replica here (or a quarantined one): guess the first other replica.
@@ -216,9 +203,9 @@ impl NodeCore {
 
     /// Records who leads a shard this node has no replica of.
     pub(super) fn learn_leader(&mut self, shard: ShardId, leader: NodeId) {
-        if !self.replicas.contains_key(&shard) && leader != self.config.node {
+        if !self.peers.contains_key(&shard) && leader != self.config.node {
             // A rotation earlier in this instant still counts: learning does not re-arm it.
-            self.calls.hints.entry(shard).and_modify(|hint| hint.leader = leader).or_insert(Hint { leader, rotated_ms: None });
+            self.router.hints.entry(shard).and_modify(|hint| hint.leader = leader).or_insert(Hint { leader, rotated_ms: None });
         }
     }
 
@@ -227,11 +214,11 @@ impl NodeCore {
     /// per instant: many silent legs or unanswered credit requests to one shard are one piece
     /// of news, and rotating once for each would skip replicas or come back to the silent one.
     pub(super) fn rotate_hint(&mut self, shard: ShardId) {
-        if self.replicas.contains_key(&shard) {
+        if self.peers.contains_key(&shard) {
             return;
         }
-        let now = self.clock_ms;
-        if self.calls.hints.get(&shard).is_some_and(|hint| hint.rotated_ms == Some(now)) {
+        let now = self.time.monotonic_ms;
+        if self.router.hints.get(&shard).is_some_and(|hint| hint.rotated_ms == Some(now)) {
             return;
         }
         let node = self.config.node;
@@ -242,11 +229,23 @@ impl NodeCore {
         let current = self.leader_of(shard).unwrap_or(first);
         let position = replicas.iter().position(|replica| *replica == current).unwrap_or(0);
         let next = replicas[(position + 1) % replicas.len()];
-        self.calls.hints.insert(shard, Hint { leader: next, rotated_ms: Some(now) });
+        self.router.hints.insert(shard, Hint { leader: next, rotated_ms: Some(now) });
     }
 
-    fn dispatch_leg(&mut self, leg_id: u64) {
-        let Some(leg) = self.calls.legs.get(&leg_id) else {
+    /// Where to forward a protocol message for a shard this node does not lead: to the leader
+    /// it knows, at most `PROTOCOL_HOPS_MAX` times, telling the sender who leads. `None` drops
+    /// it (the coordinator re-sends anyway).
+    pub(super) fn redirect(&mut self, from: NodeId, shard: ShardId, hops: u8) -> Option<NodeId> {
+        let node = self.config.node;
+        let leader = self.leader_of(shard).filter(|leader| *leader != node && *leader != from)?;
+        if self.peers.contains_key(&shard) {
+            self.send(from, PeerMessage::LeaderHint { shard, leader });
+        }
+        (hops < PROTOCOL_HOPS_MAX).then_some(leader)
+    }
+
+    fn dispatch_leg(&mut self, leg_id: LegId) {
+        let Some(leg) = self.router.legs.get(&leg_id) else {
             return;
         };
         let shard = leg.shard;
@@ -254,34 +253,34 @@ impl NodeCore {
         let target = self.leader_of(shard);
         match target {
             Some(leader) if leader == node => {
-                let leads = self.replicas.get(&shard).is_some_and(|replica| replica.is_leader());
+                let leads = self.peers.get(&shard).is_some_and(|peer| peer.replica.is_leader());
                 if !leads {
-                    self.calls.legs.get_mut(&leg_id).expect("looked up").sent = None;
+                    self.router.legs.get_mut(&leg_id).expect("looked up").sent = None;
                     return;
                 }
-                let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
-                leg.sent = Some((self.clock_ms, node));
+                let leg = self.router.legs.get_mut(&leg_id).expect("looked up");
+                leg.sent = Some((self.time.monotonic_ms, node));
                 let (deadline_ms, request) = (leg.deadline_ms, leg.request.clone());
                 self.accept_leg(Origin::Local(leg_id), shard, deadline_ms, request);
             }
             Some(leader) => {
-                let leg = self.calls.legs.get_mut(&leg_id).expect("looked up");
-                leg.sent = Some((self.clock_ms, leader));
+                let leg = self.router.legs.get_mut(&leg_id).expect("looked up");
+                leg.sent = Some((self.time.monotonic_ms, leader));
                 self.stats.legs_forwarded += 1;
-                let timeout_ms = leg.deadline_ms.saturating_sub(self.clock_ms);
+                let timeout_ms = leg.deadline_ms.saturating_sub(self.time.monotonic_ms);
                 let message =
                     PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone(), request_id: leg.request_id.clone() };
                 self.send(leader, message);
             }
             None => {
-                self.calls.legs.get_mut(&leg_id).expect("looked up").sent = None;
+                self.router.legs.get_mut(&leg_id).expect("looked up").sent = None;
             }
         }
     }
 
     /// A leader (this node when `from` is `None`) answered a leg.
-    pub(super) fn leg_replied(&mut self, leg_id: u64, from: Option<NodeId>, reply: Reply) {
-        let Some(leg) = self.calls.legs.get_mut(&leg_id) else {
+    pub(super) fn leg_replied(&mut self, leg_id: LegId, from: Option<NodeId>, reply: Reply) {
+        let Some(leg) = self.router.legs.get_mut(&leg_id) else {
             return;
         };
         if !reply_fits(&leg.request, &reply) {
@@ -317,9 +316,9 @@ impl NodeCore {
         }
     }
 
-    fn leg_done(&mut self, leg_id: u64, reply: Reply) {
-        let leg = self.calls.legs.remove(&leg_id).expect("caller checked");
-        let Some(call) = self.calls.calls.get_mut(&leg.call) else {
+    fn leg_done(&mut self, leg_id: LegId, reply: Reply) {
+        let leg = self.router.legs.remove(&leg_id).expect("caller checked");
+        let Some(call) = self.router.calls.get_mut(&leg.call) else {
             return;
         };
         call.legs.retain(|id| *id != leg_id);
@@ -345,13 +344,21 @@ impl NodeCore {
             (CallState::Batch(slots), Reply::Reservations(outcomes)) => {
                 assert_eq!(outcomes.len(), leg.items.len(), "a home shard answered every reservation of a leg");
                 for (position, outcome) in leg.items.iter().zip(outcomes) {
-                    if outcome.allows_transfer() {
-                        if let Some((_, cleared)) = call.held.get_mut(position) {
-                            *cleared = true;
+                    match outcome {
+                        ReserveOutcome::Reserved | ReserveOutcome::Replayed => {
+                            if let Some((_, cleared)) = call.held.get_mut(position) {
+                                *cleared = true;
+                            }
                         }
-                    } else {
-                        call.held.remove(position);
-                        slots[*position] = Some(TransferResult::Refused(RejectCode::IdempotencyKeyReused));
+                        ReserveOutcome::Reused => {
+                            call.held.remove(position);
+                            slots[*position] = Some(TransferResult::Refused(RejectCode::IdempotencyKeyReused));
+                        }
+                        ReserveOutcome::WrongShard => {
+                            // Outcome unknown to the client; a retry reserves again.
+                            call.held.remove(position);
+                            slots[*position] = Some(TransferResult::Unavailable);
+                        }
                     }
                 }
             }
@@ -359,7 +366,7 @@ impl NodeCore {
         }
         if finished && !call.held.is_empty() {
             // Every reservation is answered: the cleared transfers go to their payer shards.
-            let cleared: Vec<(usize, TransferCmd)> = std::mem::take(&mut call.held)
+            let cleared: Vec<(usize, TransferRequest)> = std::mem::take(&mut call.held)
                 .into_iter()
                 .filter_map(|(position, (item, cleared))| cleared.then_some((position, item)))
                 .collect();
@@ -375,13 +382,13 @@ impl NodeCore {
     }
 
     fn finish_call(&mut self, call_id: CallId, timed_out: bool) {
-        let Some(call) = self.calls.calls.remove(&call_id) else {
+        let Some(call) = self.router.calls.remove(&call_id) else {
             return;
         };
         for leg in &call.legs {
-            self.calls.legs.remove(leg);
+            self.router.legs.remove(leg);
         }
-        self.calls.transfers_inflight -= call.transfers;
+        self.router.transfers_inflight -= call.transfers;
         let reply = match call.state {
             CallState::Single(Some(reply)) => reply,
             CallState::Single(None) => Reply::Unavailable,
@@ -397,8 +404,8 @@ impl NodeCore {
     /// Deadlines and retries: expired calls answer `Unavailable` for what is missing; legs
     /// without an answer are sent again to whoever leads now.
     pub(super) fn calls_tick(&mut self) {
-        let now = self.clock_ms;
-        let expired: Vec<CallId> = self.calls.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
+        let now = self.time.monotonic_ms;
+        let expired: Vec<CallId> = self.router.calls.iter().filter(|(_, call)| call.deadline_ms <= now).map(|(id, _)| *id).collect();
         for call in expired {
             self.stats.calls_timed_out += 1;
             self.finish_call(call, true);
@@ -406,7 +413,7 @@ impl NodeCore {
         let attempt_timeout = self.config.limits.leg_attempt_timeout_ms;
         let mut retry = Vec::new();
         let mut silent = Vec::new();
-        for (leg_id, leg) in self.calls.legs.iter_mut() {
+        for (leg_id, leg) in self.router.legs.iter_mut() {
             leg.redirects = 0;
             if leg.sent.is_some_and(|(sent_ms, target)| target != self.config.node && now.saturating_sub(sent_ms) >= attempt_timeout) {
                 silent.push(leg.shard);
@@ -418,8 +425,7 @@ impl NodeCore {
                 None => true,
                 Some((_, target)) if target == self.config.node => false,
                 Some((sent_ms, target)) => {
-                    let replaced =
-                        self.replicas.get(&leg.shard).and_then(|replica| replica.leader()).is_some_and(|leader| leader != target);
+                    let replaced = self.peers.get(&leg.shard).and_then(|peer| peer.replica.leader()).is_some_and(|leader| leader != target);
                     replaced || now.saturating_sub(sent_ms) >= attempt_timeout
                 }
             };
@@ -437,13 +443,10 @@ impl NodeCore {
 }
 
 /// One transfer leg per payer shard, carrying the item positions in order.
-fn transfer_legs(
-    placement: &crate::placement::Placement,
-    items: impl IntoIterator<Item = (usize, TransferCmd)>,
-) -> Vec<(ShardId, Request, Vec<usize>)> {
-    let mut by_shard: BTreeMap<ShardId, (Vec<TransferCmd>, Vec<usize>)> = BTreeMap::new();
+fn transfer_legs(placement: &Placement, items: impl IntoIterator<Item = (usize, TransferRequest)>) -> Vec<(ShardId, Request, Vec<usize>)> {
+    let mut by_shard: BTreeMap<ShardId, (Vec<TransferRequest>, Vec<usize>)> = BTreeMap::new();
     for (position, item) in items {
-        let entry = by_shard.entry(placement.shard_of(&item.from)).or_default();
+        let entry = by_shard.entry(transfer::payer_shard(placement, &item)).or_default();
         entry.0.push(item);
         entry.1.push(position);
     }

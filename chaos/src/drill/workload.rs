@@ -1,16 +1,17 @@
 //! The drill's steady workload and its history: clients send transfers at a set rate through
 //! every node and retry an unknown outcome with the same id (as the API asks), a reader checks
 //! that acknowledged transfers read back posted. Everything is recorded with timestamps so the
-//! report can measure pauses and the checkers can hold the cluster to what clients were told.
+//! report can measure pauses and the checkers (`crate::history`) can hold the cluster to what
+//! clients were told.
 
-use crate::client::{balance, classify, final_status, fund, post_until, Answer, Transfer};
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use crate::history::{self, ClientHistory, Findings, ReadBack, Told};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
+use settle_client::api::CreateAccountRequest;
+use settle_client::{classify, fund, post_until, Answer, Transfer};
 use settle_cluster::ids::AccountId;
 use settle_cluster::placement::shard_of;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,8 +21,6 @@ const ACCOUNTS: usize = 40;
 /// A client gives up retrying one transfer after this long (then it is resolved at the end).
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The checkers keep this many reads in flight (answers are taken in order).
-const READS_IN_FLIGHT: usize = 32;
 /// Creating and funding the accounts gives up after this long (per request, per funding batch).
 const SETUP_WITHIN: Duration = Duration::from_secs(60);
 
@@ -31,8 +30,8 @@ pub struct Outcome {
     pub transfer: Transfer,
     pub started_ms: u64,
     pub finished_ms: u64,
-    /// "posted", a 4xx code (definitely not applied), or "unknown" (gave up retrying).
-    pub result: String,
+    /// Posted, rejected with a 4xx code (definitely not applied), or unknown (gave up retrying).
+    pub told: Told,
     pub attempts: u32,
 }
 
@@ -68,10 +67,11 @@ impl Workload {
         let run = format!("{:06x}", nanos & 0xff_ffff);
         let bank = format!("d{run}-bank");
         let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("d{run}-{n}")).collect();
-        let bank_body = json!({ "id": bank, "currency": "USD", "kind": "settlement" });
+        let bank_body = CreateAccountRequest { currency: "USD".to_string(), id: bank.clone(), kind: Some("settlement".to_string()) };
         post_until(client, urls, "/v1/accounts", &bank_body, &[200, 201], SETUP_WITHIN).await?;
         for account in &accounts {
-            post_until(client, urls, "/v1/accounts", &json!({ "id": account, "currency": "USD" }), &[200, 201], SETUP_WITHIN).await?;
+            let body = CreateAccountRequest { currency: "USD".to_string(), id: account.clone(), kind: None };
+            post_until(client, urls, "/v1/accounts", &body, &[200, 201], SETUP_WITHIN).await?;
         }
         fund(client, urls, &bank, &accounts, FUNDING_MINOR, SETUP_WITHIN).await?;
         let shard = accounts.iter().map(|account| shard_of(&AccountId::new(account).expect("valid id"), shards)).collect();
@@ -129,7 +129,7 @@ impl Workload {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let sample = {
                     let history = history.lock().expect("history");
-                    history.outcomes.iter().rev().find(|o| o.result == "posted").cloned()
+                    history.outcomes.iter().rev().find(|o| o.told == Told::Posted).cloned()
                 };
                 let Some(outcome) = sample else {
                     continue;
@@ -159,6 +159,20 @@ impl Workload {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+    }
+
+    /// What the checkers need of the recorded history: every transfer with what its client was
+    /// told, and what the reader found.
+    pub fn client_history(&self) -> ClientHistory {
+        let recorded = self.history.lock().expect("history");
+        ClientHistory {
+            bank: self.bank.clone(),
+            accounts: self.accounts.clone(),
+            funding_minor: FUNDING_MINOR,
+            transfers: recorded.outcomes.iter().map(|outcome| (outcome.transfer.clone(), outcome.told.clone())).collect(),
+            acknowledged_net_minor: Vec::new(),
+            read_anomalies: recorded.anomalies.clone(),
         }
     }
 }
@@ -191,78 +205,21 @@ async fn send_until_definitive(
             Err(_) => Answer::Retry("connection_error".to_string()),
         };
         let code = match answer {
-            Answer::Posted => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "posted".to_string(), attempts },
-            Answer::Final(code) => return Outcome { transfer, started_ms, finished_ms: now_ms(), result: code, attempts },
+            Answer::Posted => return Outcome { transfer, started_ms, finished_ms: now_ms(), told: Told::Posted, attempts },
+            Answer::Final(code) => return Outcome { transfer, started_ms, finished_ms: now_ms(), told: Told::Rejected(code), attempts },
             Answer::Retry(code) => code,
         };
         history.lock().expect("history").failures.push((now_ms(), code));
         if Instant::now() > give_up {
-            return Outcome { transfer, started_ms, finished_ms: now_ms(), result: "unknown".to_string(), attempts };
+            return Outcome { transfer, started_ms, finished_ms: now_ms(), told: Told::Unknown, attempts };
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// The checkers on the recorded history, against the cluster's final state.
-pub struct Verdicts {
-    pub acknowledged_lost: u64,
-    pub checks: BTreeMap<&'static str, Result<(), String>>,
-}
-
-pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workload) -> anyhow::Result<Verdicts> {
-    let history = workload.history.lock().expect("history").outcomes.clone();
-    let anomalies = workload.history.lock().expect("history").anomalies.clone();
-    let mut checks: BTreeMap<&'static str, Result<(), String>> = BTreeMap::new();
-    let mut net = vec![0i128; workload.accounts.len()];
-    let mut lost = 0u64;
-    let mut rejected_posted = Vec::new();
-    let lookups = history.iter().map(|outcome| final_status(client, urls, &outcome.transfer, &workload.accounts));
-    let statuses: Vec<String> = stream::iter(lookups).buffered(READS_IN_FLIGHT).try_collect().await?;
-    for (outcome, status) in history.iter().zip(statuses) {
-        match outcome.result.as_str() {
-            "posted" => {
-                if status != "posted" {
-                    lost += 1;
-                }
-            }
-            "unknown" => {}
-            code => {
-                if status == "posted" {
-                    rejected_posted.push(format!("{} ({code})", outcome.transfer.id));
-                }
-            }
-        }
-        if status == "posted" {
-            net[outcome.transfer.from] -= outcome.transfer.amount;
-            net[outcome.transfer.to] += outcome.transfer.amount;
-        }
-    }
-    checks.insert("acknowledged_durable", if lost == 0 { Ok(()) } else { Err(format!("{lost} acknowledged transfers are not posted")) });
-    checks.insert(
-        "rejected_never_posted",
-        if rejected_posted.is_empty() { Ok(()) } else { Err(format!("rejected but posted: {}", rejected_posted.join(", "))) },
-    );
-    let mut total = balance(client, urls, &workload.bank).await?;
-    let mut mismatched = Vec::new();
-    let mut overdrawn = Vec::new();
-    let reads = workload.accounts.iter().map(|account| balance(client, urls, account));
-    let balances: Vec<i128> = stream::iter(reads).buffered(READS_IN_FLIGHT).try_collect().await?;
-    for (index, (account, got)) in workload.accounts.iter().zip(balances).enumerate() {
-        total += got;
-        if got != FUNDING_MINOR + net[index] {
-            mismatched.push(format!("{account}: {got} != {}", FUNDING_MINOR + net[index]));
-        }
-        if got < 0 {
-            overdrawn.push(account.clone());
-        }
-    }
-    let conserved = total == 0;
-    checks.insert("conservation", if conserved { Ok(()) } else { Err(format!("the drill accounts sum to {total}, not 0")) });
-    checks.insert(
-        "at_most_once",
-        if mismatched.is_empty() { Ok(()) } else { Err(format!("balances differ from posted transfers: {}", mismatched.join("; "))) },
-    );
-    checks.insert("no_overdraft", if overdrawn.is_empty() { Ok(()) } else { Err(format!("overdrawn: {}", overdrawn.join(", "))) });
-    checks.insert("linearizable_reads", if anomalies.is_empty() { Ok(()) } else { Err(anomalies.join("; ")) });
-    Ok(Verdicts { acknowledged_lost: lost, checks })
+/// The history checkers on the recorded history, against the cluster's final state.
+pub async fn check(client: &reqwest::Client, urls: &[String], workload: &Workload) -> anyhow::Result<Findings> {
+    let history = workload.client_history();
+    let read_back = ReadBack::read(client, urls, &history).await?;
+    Ok(history::check(&history, &read_back))
 }

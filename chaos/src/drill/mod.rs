@@ -1,6 +1,7 @@
 //! `settle drill SCENARIO`: breaks a cluster on purpose under a steady workload, heals it, waits
-//! for recovery, and checks the recorded history (conservation, no overdraft, at most once,
-//! acknowledged transfers durable, rejected never posted, linearizable reads). Scenarios are
+//! for recovery, and checks the recorded history with `crate::history` (conservation, no
+//! overdraft, at most once, acknowledged transfers durable, rejected never posted, linearizable
+//! reads). Scenarios are
 //! named for what SREs rehearse; each writes a Markdown, JSON and JUnit report. Process faults
 //! (kill, pause, restart) need `--local` (a cluster the drill starts); network faults, a slow
 //! disk and leader transfers go through the admin endpoints and work against any deployment
@@ -10,11 +11,11 @@ mod report;
 mod workload;
 
 use crate::bench::parse_duration;
-use crate::client;
-use crate::local::LocalCluster;
+use crate::local::{settle_binary, LocalCluster};
 use anyhow::{bail, Context};
 use report::Report;
 use serde_json::{json, Value};
+use settle_client::api::ClusterView;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -100,6 +101,7 @@ struct Drilled {
     killed: Vec<usize>,
 }
 
+/// `settle drill`: against `--target`, or a local cluster of the running `settle` binary.
 pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
     let scenarios: Vec<&str> = match flags.scenario.as_str() {
         "all" => SCENARIOS.to_vec(),
@@ -114,7 +116,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         }
         let token = format!("{:032x}", rand::random::<u128>());
         let env = vec![("SETTLE_FAULTS_ENABLED".to_string(), "true".to_string()), ("SETTLE_ADMIN_TOKEN".to_string(), token.clone())];
-        let cluster = LocalCluster::start_temporary("drill", flags.nodes, flags.shards, env)?;
+        let cluster = LocalCluster::start_temporary("drill", &settle_binary()?, flags.nodes, flags.shards, false, env)?;
         Drilled {
             urls: cluster.urls.clone(),
             nodes: BTreeMap::new(),
@@ -144,7 +146,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&flags.report_dir).with_context(|| format!("creating {}", flags.report_dir.display()))?;
     let outcome = runtime.block_on(async {
-        drilled.nodes = client::node_urls(&drilled.client, &drilled.urls)
+        drilled.nodes = settle_client::node_urls(&drilled.client, &drilled.urls)
             .await
             .into_iter()
             .filter_map(|(id, url)| Some((usize::try_from(id).ok()?, url)))
@@ -249,9 +251,9 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     tokio::time::sleep(quarter).await;
     timeline.push((workload.now_ms(), "workload stopped".to_string()));
     workload.stop().await;
-    let verdicts = workload::check(&drilled.client, &drilled.urls, &workload).await?;
+    let findings = workload::check(&drilled.client, &drilled.urls, &workload).await?;
     let history = workload.history.lock().expect("history");
-    let mut report = Report::new(scenario, timeline, &history, verdicts);
+    let mut report = Report::new(scenario, timeline, &history, &findings);
     let (throughput, p50, p99) = report::steady_state(&history, steady_from, steady_to);
     report.steady_transfers_per_sec = throughput;
     report.steady_p50_ms = p50;
@@ -287,12 +289,11 @@ async fn wait_writes_resumed(workload: &Workload, before_ms: u64, after_ms: u64)
 
 /// Whether a cluster view shows shard `id` led by `to` in a term after `term`, or led by anyone
 /// two terms on (`to` took over and the shard was already handed back to its preferred node).
-fn leader_moved(view: &Value, id: u64, to: u64, term: u64) -> bool {
-    let shards = view["shards"].as_array().map_or(&[][..], Vec::as_slice);
-    let Some(shard) = shards.iter().find(|shard| shard["id"].as_u64() == Some(id)) else {
+fn leader_moved(view: &ClusterView, id: u32, to: u64, term: u64) -> bool {
+    let Some(shard) = view.shards.iter().find(|shard| shard.id == id) else {
         return false;
     };
-    let (leader_now, term_now) = (shard["leader"].as_u64(), shard["term"].as_u64().unwrap_or(0));
+    let (leader_now, term_now) = (shard.leader, shard.term);
     (leader_now == Some(to) && term_now > term) || (leader_now.is_some() && term_now >= term + 2)
 }
 
@@ -321,8 +322,9 @@ fn targets(scenario: &str, report: &Report, success: f64) -> Vec<(String, String
 }
 
 impl Drilled {
-    async fn get(&self, url: &str, path: &str) -> Option<Value> {
-        let response = self.client.get(format!("{url}{path}")).send().await.ok()?;
+    /// What `url` answers to /v1/cluster, if it answers.
+    async fn cluster_view_of(&self, url: &str) -> Option<ClusterView> {
+        let response = self.client.get(format!("{url}/v1/cluster")).send().await.ok()?;
         response.json().await.ok()
     }
 
@@ -341,19 +343,18 @@ impl Drilled {
     }
 
     async fn shard_count(&self) -> anyhow::Result<u32> {
-        let view = client::cluster_view(&self.client, &self.urls).await.context("no node answers /v1/cluster")?;
-        u32::try_from(view["shards"].as_array().map_or(0, Vec::len)).context("shard count")
+        let view = settle_client::cluster_view(&self.client, &self.urls).await.context("no node answers /v1/cluster")?;
+        u32::try_from(view.shards.len()).context("shard count")
     }
 
     /// Shards led per node as the first answering node sees them.
     async fn leaders(&self) -> Vec<(usize, usize)> {
-        let Some(view) = client::cluster_view(&self.client, &self.urls).await else {
+        let Some(view) = settle_client::cluster_view(&self.client, &self.urls).await else {
             return Vec::new();
         };
-        let shards = view["shards"].as_array().map_or(&[][..], Vec::as_slice);
         self.nodes
             .keys()
-            .map(|node| (*node, shards.iter().filter(|shard| shard["leader"].as_u64() == u64::try_from(*node).ok()).count()))
+            .map(|node| (*node, view.shards.iter().filter(|shard| shard.leader == u64::try_from(*node).ok()).count()))
             .collect()
     }
 
@@ -411,17 +412,12 @@ impl Drilled {
         while started.elapsed() < timeout {
             let mut recovered = true;
             for url in &self.urls {
-                let Some(view) = self.get(url, "/v1/cluster").await else {
+                let Some(view) = self.cluster_view_of(url).await else {
                     recovered = false;
                     break;
                 };
-                let shards = view["shards"].as_array().cloned().unwrap_or_default();
-                let led = shards.iter().all(|shard| shard["leader"].is_u64());
-                let in_doubt: u64 = shards
-                    .iter()
-                    .filter(|shard| shard["role"] == "leader")
-                    .map(|shard| shard["pending_transfers"].as_u64().unwrap_or(0))
-                    .sum();
+                let led = view.shards.iter().all(|shard| shard.leader.is_some());
+                let in_doubt: u64 = view.shards.iter().filter(|shard| shard.role == "leader").map(|shard| shard.pending_transfers).sum();
                 if !led || in_doubt > 0 {
                     recovered = false;
                     break;
@@ -542,22 +538,17 @@ impl Drilled {
     }
 
     async fn transfer_one_leader(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
-        let view = self.get(&self.urls[0], "/v1/cluster").await.context("cluster view")?;
-        let shard =
-            view["shards"].as_array().and_then(|shards| shards.iter().find(|s| s["leader"].is_u64())).cloned().context("a led shard")?;
-        let (id, leader, term) =
-            (shard["id"].as_u64().unwrap_or(0), shard["leader"].as_u64().unwrap_or(1), shard["term"].as_u64().unwrap_or(0));
-        let to = shard["replicas"]
-            .as_array()
-            .and_then(|replicas| replicas.iter().filter_map(Value::as_u64).find(|node| *node != leader))
-            .context("another replica")?;
+        let view = self.cluster_view_of(&self.urls[0]).await.context("cluster view")?;
+        let shard = view.shards.iter().find(|shard| shard.leader.is_some()).context("a led shard")?;
+        let (id, leader, term) = (shard.id, shard.leader.unwrap_or(1), shard.term);
+        let to = shard.replicas.iter().copied().find(|node| *node != leader).context("another replica")?;
         let leader_url = self.url(usize::try_from(leader).unwrap_or(1))?;
         self.admin(&leader_url, reqwest::Method::POST, &format!("/admin/shards/{id}/transfer-leader"), Some(json!({ "to": to }))).await?;
         timeline.push((workload.now_ms(), format!("shard {id}: leadership handed from node {leader} to node {to}")));
         let to_url = self.url(usize::try_from(to).unwrap_or(0))?;
         let deadline = Instant::now() + LEADER_TRANSFER_WAIT_MAX;
         loop {
-            let view = self.get(&to_url, "/v1/cluster").await;
+            let view = self.cluster_view_of(&to_url).await;
             if view.is_some_and(|view| leader_moved(&view, id, to, term)) {
                 return Ok(());
             }
@@ -613,12 +604,16 @@ impl Drilled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use settle_client::api::ShardView;
 
     /// A planned transfer counts as done once the target leads in a later term, or once the
     /// shard has moved on two terms (handed back already); not before.
     #[test]
     fn leader_moved_needs_the_target_in_a_later_term() {
-        let view = |leader: u64, term: u64| json!({ "shards": [{ "id": 3, "leader": leader, "term": term }] });
+        let view = |leader: u64, term: u64| ClusterView {
+            shards: vec![ShardView { id: 3, leader: Some(leader), term, ..ShardView::default() }],
+            ..ClusterView::default()
+        };
         assert!(!leader_moved(&view(1, 5), 3, 2, 5), "still the old leader");
         assert!(!leader_moved(&view(2, 5), 3, 2, 5), "the target, but in the old term");
         assert!(leader_moved(&view(2, 6), 3, 2, 5));

@@ -1,9 +1,13 @@
 //! `settle local`: a whole cluster on this machine — child processes of `settle start` on
 //! consecutive loopback ports, each with its own data dir and log file — stopped on Ctrl-C. The
 //! bench and the drills start theirs with `LocalCluster::start_temporary`.
+//!
+//! The nodes run the `settle` binary named by the caller. `settle local`, `bench` and `drill` are
+//! commands of that binary, so they pass the running executable (`settle_binary`); a test or
+//! another program names the binary it built.
 
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,10 @@ pub struct LocalFlags {
     /// Shards, fixed when the cluster is first started.
     #[arg(long, default_value_t = 64)]
     pub shards: u32,
+    /// Plain TCP between the nodes instead of mutual TLS (to measure what TLS costs). By
+    /// default the cluster gets a throwaway CA and node certificates in DATA_DIR/certs.
+    #[arg(long)]
+    pub insecure_peers: bool,
 }
 
 /// A running local cluster; dropping it stops the nodes.
@@ -41,13 +49,19 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts the nodes and waits (at most `ready_timeout`) until each serves requests.
-    pub fn start(flags: &LocalFlags, ready_timeout: Duration) -> anyhow::Result<LocalCluster> {
-        LocalCluster::start_with_env(flags, ready_timeout, Vec::new())
+    /// Starts the nodes (`binary start ...`) and waits (at most `ready_timeout`) until each
+    /// serves requests.
+    pub fn start(flags: &LocalFlags, binary: &Path, ready_timeout: Duration) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with_env(flags, binary, ready_timeout, Vec::new())
     }
 
     /// `start`, with extra environment variables for every node (drills enable faults).
-    pub fn start_with_env(flags: &LocalFlags, ready_timeout: Duration, env: Vec<(String, String)>) -> anyhow::Result<LocalCluster> {
+    pub fn start_with_env(
+        flags: &LocalFlags,
+        binary: &Path,
+        ready_timeout: Duration,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<LocalCluster> {
         if flags.nodes == 0 {
             bail!("--nodes must be at least 1");
         }
@@ -61,7 +75,7 @@ impl LocalCluster {
             members.push(format!("{node}=127.0.0.1:{}", port(peer_base, node)?));
         }
         let cluster = members.join(",");
-        let binary = std::env::current_exe().context("locating the settle binary")?;
+        let certificates = if flags.insecure_peers { None } else { Some(node_certificates(&flags.data_dir, flags.nodes)?) };
         let mut started =
             LocalCluster { urls: Vec::new(), specs: Vec::new(), env, children: Vec::new(), reported: Vec::new(), temporary: None };
         for node in 1..=flags.nodes {
@@ -83,7 +97,17 @@ impl LocalCluster {
                 "--shards".into(),
                 flags.shards.to_string().into(),
             ];
-            started.specs.push((binary.clone(), args, data_dir.join("settle.log")));
+            let mut args = args;
+            match &certificates {
+                Some(certificates) => {
+                    let certificate = &certificates[usize::try_from(node - 1).expect("small")];
+                    args.extend(["--tls-cert".into(), certificate.cert.clone().into_os_string()]);
+                    args.extend(["--tls-key".into(), certificate.key.clone().into_os_string()]);
+                    args.extend(["--tls-ca".into(), certificate.ca.clone().into_os_string()]);
+                }
+                None => args.push("--insecure-peers".into()),
+            }
+            started.specs.push((binary.to_path_buf(), args, data_dir.join("settle.log")));
             started.children.push(None);
             started.urls.push(format!("http://127.0.0.1:{http_port}"));
             started.spawn(usize::try_from(node).expect("small"))?;
@@ -98,13 +122,20 @@ impl LocalCluster {
     /// A fresh cluster for a tool (`purpose`: "bench", "drill") on free loopback ports, in a
     /// temporary directory removed once the cluster is dropped and its nodes have stopped. The
     /// HTTP and peer ports are found as one range of 2 × nodes ports, so they cannot overlap.
-    pub fn start_temporary(purpose: &str, nodes: u64, shards: u32, env: Vec<(String, String)>) -> anyhow::Result<LocalCluster> {
+    pub fn start_temporary(
+        purpose: &str,
+        binary: &Path,
+        nodes: u64,
+        shards: u32,
+        insecure_peers: bool,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<LocalCluster> {
         let dir = TempDir::new_for(purpose)?;
         let http_port = free_port_range(nodes.checked_mul(2).context("too many nodes")?)?;
         let peer_port = http_port.checked_add(u16::try_from(nodes).context("too many nodes")?).context("port out of range")?;
-        let flags = LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards };
+        let flags = LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards, insecure_peers };
         eprintln!("{purpose}: starting a local {nodes}-node cluster ({shards} shards) in {}", dir.path.display());
-        let mut cluster = LocalCluster::start_with_env(&flags, Duration::from_secs(60), env)?;
+        let mut cluster = LocalCluster::start_with_env(&flags, binary, Duration::from_secs(60), env)?;
         cluster.temporary = Some(dir);
         Ok(cluster)
     }
@@ -286,9 +317,37 @@ impl Drop for TempDir {
     }
 }
 
+/// The peer TLS files of each node (1..=nodes) under `data_dir/certs`: made once (a throwaway
+/// CA and a certificate per node naming its node id and 127.0.0.1), reused when the cluster is
+/// started again on the same data.
+fn node_certificates(data_dir: &Path, nodes: u64) -> anyhow::Result<Vec<settle_actors::tls::NodeCertificate>> {
+    let dir = data_dir.join("certs");
+    let made = |node: u64| settle_actors::tls::NodeCertificate {
+        cert: dir.join(format!("node-{node}.pem")),
+        key: dir.join(format!("node-{node}.key")),
+        ca: dir.join("ca.pem"),
+    };
+    let existing: Vec<_> = (1..=nodes).map(made).collect();
+    if existing.iter().all(|files| files.cert.is_file() && files.key.is_file() && files.ca.is_file()) {
+        return Ok(existing);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let loopback: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let nodes: Vec<_> = (1..=nodes).map(|node| (node, loopback)).collect();
+    let generated = settle_actors::tls::generate(&dir, &nodes).context("making the cluster's certificates")?;
+    Ok(generated.into_iter().map(|(_, files)| files).collect())
+}
+
+/// The `settle` binary for the nodes of a cluster started by one of its own commands: the
+/// running executable.
+pub fn settle_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the settle binary")
+}
+
+/// `settle local`: starts the cluster, prints how to use it, reports nodes that exit, and stops
+/// every node on Ctrl-C or SIGTERM.
 pub fn run(flags: LocalFlags) -> anyhow::Result<()> {
-    crate::init_logging("text");
-    let mut cluster = LocalCluster::start(&flags, Duration::from_secs(60))?;
+    let mut cluster = LocalCluster::start(&flags, &settle_binary()?, Duration::from_secs(60))?;
     println!("settle: {} nodes ready (data in {})", flags.nodes, flags.data_dir.display());
     for (index, url) in cluster.urls.iter().enumerate() {
         println!(

@@ -1,0 +1,60 @@
+//! One module per operation. Each owns, for its kind of request or command: where it is routed
+//! (the shard function the router and the leader's check share), how a leg of it is validated
+//! and proposed on the shard's leader, and what happens after its command applies (answering
+//! waiters, sending the next protocol message). The money rules themselves live in `ledger/`.
+//!
+//! This file is the registration: the two matches that hand a leg and an applied command to
+//! their operation. Adding a command is a new module here, its rules in `ledger/`, and one arm
+//! in each match below (plus its variants in `Request`/`Command`; see ARCHITECTURE.md).
+
+pub(super) mod account;
+pub(super) mod credit;
+pub(super) mod finalize;
+pub(super) mod read;
+pub(super) mod reserve;
+pub(super) mod transfer;
+
+use super::peer::{Origin, ShardPeer};
+use super::Ctx;
+use crate::ledger::AppliedCommand;
+use crate::message::{Reply, Request};
+use crate::replica::AppliedProposal;
+
+/// A leg for a shard this node leads: its operation validates and proposes it (or, for reads,
+/// queues it for the next ReadIndex).
+pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, request: Request, ctx: &mut Ctx) {
+    let shard = peer.replica.shard();
+    let routed_here = match &request {
+        Request::CreateAccount(create) => account::shard(ctx.placement, create) == shard,
+        Request::Transfers(items) => items.iter().all(|item| transfer::payer_shard(ctx.placement, item) == shard),
+        Request::Reserve(items) => items.iter().all(|item| reserve::home_shard(ctx.placement, &item.id) == shard),
+        Request::ReadAccount(_) | Request::History { .. } => read::account_shard(ctx.placement, &request) == shard,
+        // Without a payer hint a lookup asks every shard.
+        Request::ReadTransfer { .. } => true,
+    };
+    if !routed_here {
+        // Another node computed a different placement: refuse rather than corrupt the shard.
+        ctx.out.replies.push((origin, Reply::Unavailable));
+        return;
+    }
+    match request {
+        Request::CreateAccount(create) => account::accept(peer, origin, deadline_ms, create),
+        Request::Transfers(items) => transfer::accept(peer, origin, deadline_ms, items, ctx),
+        Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
+        read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. }) => {
+            read::accept(peer, origin, deadline_ms, read, ctx)
+        }
+    }
+}
+
+/// A command this peer's replica applied: its operation answers waiters and drives what follows.
+pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut Ctx) {
+    let tag = proposal.tag;
+    match proposal.applied {
+        AppliedCommand::Account { outcome, account, .. } => account::applied(peer, tag, outcome, account, ctx),
+        AppliedCommand::Transfer { transfer, outcome, record } => transfer::applied(peer, tag, transfer, outcome, record, ctx),
+        AppliedCommand::Reserve { outcome, .. } => reserve::applied(peer, tag, outcome, ctx),
+        AppliedCommand::Credit { credit, outcome } => credit::applied(peer, credit, outcome, ctx),
+        AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
+    }
+}

@@ -1,0 +1,178 @@
+//! Untrusted input: every message from another node is checked here before the core acts on
+//! it. Peers are authenticated (mutual TLS binds a frame's sender to its certificate), but a
+//! bug, a stale build or a replayed frame must still never move money, stall a shard or reach
+//! an assertion: anything that is not well-formed for this cluster's layout and this node is
+//! dropped and counted by reason (`CoreStats::peer_messages_rejected`).
+
+use super::NodeCore;
+use crate::ids::{NodeId, ShardId};
+use crate::ledger::{CreditCmd, FinalizeCmd, Ledger, ReserveCmd, TransferBody};
+use crate::message::{PeerMessage, Request, TransferRequest};
+use crate::money::AMOUNT_MINOR_MAX;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+/// The longest a leg may ask a leader to keep working on it.
+const LEG_TIMEOUT_MS_MAX: u64 = 120_000;
+/// The most items one leg may carry (a batch request's limit).
+const LEG_ITEMS_MAX: usize = 8_000;
+/// The most protocol messages (credits, decisions) one message may carry.
+const PROTOCOL_ITEMS_MAX: usize = 65_536;
+/// The longest history page a leg may ask for.
+const HISTORY_LIMIT_MAX: u32 = 500;
+/// Forwards of one protocol message by nodes that do not lead its shard.
+const HOPS_MAX: u8 = 2;
+
+/// Why a peer message was dropped (the label of `settle_peer_messages_rejected_total`).
+pub type Rejection = &'static str;
+
+/// A message that passed: raft messages come back parsed. (Raft messages for a replica of
+/// this node that is quarantined pass too; the node simply does not run that replica.)
+pub(super) enum Checked {
+    Raft { shard: ShardId, message: Message },
+    Other(PeerMessage),
+}
+
+impl NodeCore {
+    /// Checks a message from `from` before the core sees it.
+    pub(super) fn check_peer_message(&self, from: NodeId, message: PeerMessage) -> Result<Checked, Rejection> {
+        if from == self.config.node {
+            return Err("sender_is_self");
+        }
+        if !self.config.placement.nodes().contains(&from) {
+            return Err("sender_not_member");
+        }
+        match message {
+            PeerMessage::Raft { shard, message } => {
+                self.check_shard(shard)?;
+                let parsed = Message::parse_from_bytes(&message).map_err(|_| "raft_undecodable")?;
+                self.check_raft(from, shard, &parsed)?;
+                Ok(Checked::Raft { shard, message: parsed })
+            }
+            PeerMessage::Leg { shard, timeout_ms, ref request, .. } => {
+                self.check_shard(shard)?;
+                if timeout_ms > LEG_TIMEOUT_MS_MAX {
+                    return Err("leg_timeout");
+                }
+                self.check_request(request)?;
+                Ok(Checked::Other(message))
+            }
+            PeerMessage::LegReply { .. } => Ok(Checked::Other(message)),
+            PeerMessage::Credits { shard, ref credits, hops } => {
+                self.check_shard(shard)?;
+                if hops > HOPS_MAX || credits.len() > PROTOCOL_ITEMS_MAX {
+                    return Err("protocol_bounds");
+                }
+                for credit in credits {
+                    self.check_credit(shard, credit)?;
+                }
+                Ok(Checked::Other(message))
+            }
+            PeerMessage::Decisions { shard, ref decisions, hops } => {
+                self.check_shard(shard)?;
+                if hops > HOPS_MAX || decisions.len() > PROTOCOL_ITEMS_MAX {
+                    return Err("protocol_bounds");
+                }
+                for decision in decisions {
+                    self.check_decision(shard, decision)?;
+                }
+                Ok(Checked::Other(message))
+            }
+            PeerMessage::LeaderHint { shard, leader } => {
+                self.check_shard(shard)?;
+                if !self.config.placement.replicas(shard).contains(&leader) {
+                    return Err("hint_not_replica");
+                }
+                Ok(Checked::Other(message))
+            }
+            PeerMessage::NodeInfo { .. } => Ok(Checked::Other(message)),
+        }
+    }
+
+    fn check_shard(&self, shard: ShardId) -> Result<(), Rejection> {
+        if shard >= self.config.placement.shard_count() {
+            return Err("shard_out_of_range");
+        }
+        Ok(())
+    }
+
+    /// A raft message must come from a replica of the shard, claim the node that sent it,
+    /// be addressed to this node's replica, and carry a snapshot that is a valid ledger of
+    /// this shard.
+    fn check_raft(&self, from: NodeId, shard: ShardId, message: &Message) -> Result<(), Rejection> {
+        if message.from != from {
+            return Err("raft_sender_mismatch");
+        }
+        let replicas = self.config.placement.replicas(shard);
+        if message.to != self.config.node || !replicas.contains(&message.to) {
+            return Err("raft_not_for_this_replica");
+        }
+        if !replicas.contains(&from) {
+            return Err("raft_sender_not_replica");
+        }
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            let data = &message.get_snapshot().data;
+            let ledger = Ledger::decode(data).map_err(|_| "snapshot_undecodable")?;
+            if ledger.shard() != shard || ledger.shard_count() != self.config.placement.shard_count() {
+                return Err("snapshot_wrong_shard");
+            }
+            ledger.verify().map_err(|_| "snapshot_invalid")?;
+        }
+        Ok(())
+    }
+
+    fn check_request(&self, request: &Request) -> Result<(), Rejection> {
+        match request {
+            Request::Transfers(items) => {
+                if items.len() > LEG_ITEMS_MAX {
+                    return Err("leg_bounds");
+                }
+                items.iter().try_for_each(check_transfer_request)
+            }
+            Request::Reserve(items) => {
+                if items.len() > LEG_ITEMS_MAX {
+                    return Err("leg_bounds");
+                }
+                items.iter().try_for_each(|ReserveCmd { body, .. }| check_body(body))
+            }
+            Request::History { limit, .. } if *limit == 0 || *limit > HISTORY_LIMIT_MAX => Err("leg_bounds"),
+            Request::CreateAccount(_) | Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. } => Ok(()),
+        }
+    }
+
+    /// A credit request for payee shard `shard`: the payee lives there, the payer on the shard
+    /// the request names (another one), and the amount is a transfer's.
+    fn check_credit(&self, shard: ShardId, credit: &CreditCmd) -> Result<(), Rejection> {
+        let placement = &self.config.placement;
+        if placement.shard_of(&credit.to) != shard {
+            return Err("credit_wrong_shard");
+        }
+        if credit.payer_shard == shard || placement.shard_of(&credit.from) != credit.payer_shard {
+            return Err("credit_wrong_payer_shard");
+        }
+        check_body(&credit.body())
+    }
+
+    /// A decision for payer shard `shard`: the payer lives there.
+    fn check_decision(&self, shard: ShardId, decision: &FinalizeCmd) -> Result<(), Rejection> {
+        if self.config.placement.shard_of(&decision.body.from) != shard {
+            return Err("decision_wrong_shard");
+        }
+        check_body(&decision.body)
+    }
+}
+
+fn check_transfer_request(item: &TransferRequest) -> Result<(), Rejection> {
+    check_body(&item.body())
+}
+
+/// A transfer body: two different accounts and an amount in (0, max].
+fn check_body(body: &TransferBody) -> Result<(), Rejection> {
+    if body.amount <= 0 || body.amount > AMOUNT_MINOR_MAX {
+        return Err("amount_out_of_range");
+    }
+    if body.from == body.to {
+        return Err("same_account");
+    }
+    Ok(())
+}
