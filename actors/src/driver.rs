@@ -78,6 +78,9 @@ pub struct PeerStatus {
     pub last_heard_ms: Option<u64>,
 }
 
+/// The longest HTTP address or version a peer may introduce itself with.
+const NODE_INFO_TEXT_BYTES_MAX: usize = 256;
+
 /// Ticks between two introductions to every peer.
 const NODE_INFO_EVERY_TICKS: u64 = 20;
 
@@ -223,6 +226,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 ticks: 0,
                 links_up: BTreeMap::new(),
                 leaders_seen: BTreeMap::new(),
+                node_info_rejected: 0,
             };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
@@ -256,6 +260,8 @@ struct DriverActor {
     links_up: BTreeMap<NodeId, bool>,
     /// Each shard's leader and term at the last tick.
     leaders_seen: BTreeMap<ShardId, (Option<NodeId>, u64)>,
+    /// Introductions dropped: from a node that is not a peer, or with implausible text.
+    node_info_rejected: u64,
 }
 
 impl DriverActor {
@@ -370,6 +376,18 @@ impl DriverActor {
         for message in messages {
             match message {
                 PeerMessage::NodeInfo { http, version, started_ms, draining } => {
+                    // Untrusted like every frame: only a peer (the transport checked the
+                    // sender against its certificate) may introduce itself, with bounded text.
+                    let known = self.transport.peers().any(|peer| peer == from);
+                    let plausible = http.len() <= NODE_INFO_TEXT_BYTES_MAX
+                        && version.len() <= NODE_INFO_TEXT_BYTES_MAX
+                        && http.starts_with("http")
+                        && !http.chars().any(char::is_control)
+                        && !version.chars().any(char::is_control);
+                    if !known || !plausible {
+                        self.node_info_rejected += 1;
+                        continue;
+                    }
                     self.peers.insert(from, (http, version, started_ms));
                     self.core.set_peer_draining(from, draining);
                 }
@@ -415,7 +433,13 @@ impl DriverActor {
                     shards: self.core.shard_status(),
                     calls_inflight: self.core.calls_inflight(),
                     rounds_inflight: self.core.rounds_inflight(),
-                    stats: self.core.stats().clone(),
+                    stats: {
+                        let mut stats = self.core.stats().clone();
+                        if self.node_info_rejected > 0 {
+                            stats.peer_messages_rejected.insert("node_info_invalid", self.node_info_rejected);
+                        }
+                        stats
+                    },
                     peers,
                 };
                 let _ = reply.send(status);

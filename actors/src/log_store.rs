@@ -90,7 +90,7 @@ impl LogStore {
             if let Some(bytes) = self.engine.get(region, META_KEY) {
                 let payload = open(&bytes).map_err(|source| LogStoreError::Record { shard, source })?;
                 let meta: Meta =
-                    settle_cluster::message::decode(payload).map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
+                    crate::record::decode_payload(payload).map_err(|error| LogStoreError::Decode { shard, detail: error.to_string() })?;
                 durable.compacted_index = meta.compacted_index;
                 durable.compacted_term = meta.compacted_term;
             }

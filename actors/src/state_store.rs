@@ -98,7 +98,7 @@ impl StateStore {
 fn decode_checkpoint(shard: ShardId, value: &[u8]) -> Result<Checkpoint, StateStoreError> {
     let payload = open(value).map_err(|source| StateStoreError::Record { shard, source })?;
     let record: CheckpointRecord =
-        settle_cluster::message::decode(payload).map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
+        crate::record::decode_payload(payload).map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
     let conf_state =
         ConfState::parse_from_bytes(&record.conf_state).map_err(|error| StateStoreError::Decode { shard, detail: error.to_string() })?;
     // The ledger itself is checked when recovery decodes it.
@@ -143,7 +143,7 @@ mod tests {
         let owned = CheckpointRecord { index: 9, term: 2, conf_state: conf_state.clone(), ledger: ledger.clone() };
         let borrowed = CheckpointRecordRef { index: 9, term: 2, conf_state, ledger: &ledger };
         let stored = seal_encoded(&borrowed);
-        assert_eq!(stored, seal(&settle_cluster::message::encode(&owned)));
+        assert_eq!(stored, seal(&settle_cluster::codec::encode(crate::record::STORE_FORMAT_VERSION, &owned)));
         let checkpoint = decode_checkpoint(4, &stored).unwrap();
         assert_eq!((checkpoint.index, checkpoint.term, checkpoint.ledger), (9, 2, ledger));
     }

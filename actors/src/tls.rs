@@ -47,6 +47,21 @@ pub fn certified_as(certificate: &CertificateDer<'_>, claimed: NodeId) -> bool {
     end_entity.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
+/// Writes a private key readable by its owner only.
+fn write_private(path: PathBuf, text: String) -> Result<PathBuf, TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    written.map_err(|source| TlsError::Write { path: path.display().to_string(), source })?;
+    Ok(path)
+}
+
 /// The files of one node's peer TLS identity.
 #[derive(Debug, Clone)]
 pub struct NodeCertificate {
@@ -78,7 +93,8 @@ pub fn generate(dir: &Path, nodes: &[(NodeId, IpAddr)]) -> Result<Vec<(NodeId, N
         params.distinguished_name.push(DnType::CommonName, node_name(*node));
         let certificate = params.signed_by(&key, &ca).map_err(generate_error)?;
         let cert = write(dir.join(format!("node-{node}.pem")), certificate.pem())?;
-        let key = write(dir.join(format!("node-{node}.key")), key.serialize_pem())?;
+        let key_path = dir.join(format!("node-{node}.key"));
+        let key = write_private(key_path, key.serialize_pem())?;
         certificates.push((*node, NodeCertificate { cert, key, ca: ca_path.clone() }));
     }
     Ok(certificates)

@@ -36,7 +36,7 @@ fn snapshot_write(shard: u32, index: u64, term: u64) -> ShardWrite {
     metadata.set_conf_state(settle_cluster::raft::eraftpb::ConfState::from((vec![1, 2, 3], vec![])));
     let mut snapshot = settle_cluster::raft::eraftpb::Snapshot::default();
     snapshot.set_metadata(metadata);
-    snapshot.data = settle_cluster::message::encode(&settle_cluster::ledger::Ledger::new(shard, 4)).into();
+    snapshot.data = settle_cluster::ledger::Ledger::new(shard, 4).encode().into();
     ShardWrite {
         shard,
         snapshot: Some(snapshot),
@@ -90,7 +90,7 @@ fn log_and_state_stores_match_the_reference_model_across_reopen() {
             index: 3,
             term: 1,
             conf_state: settle_cluster::raft::eraftpb::ConfState::from((vec![1, 2, 3], vec![])),
-            ledger: settle_cluster::message::encode(&settle_cluster::ledger::Ledger::new(0, 4)),
+            ledger: settle_cluster::ledger::Ledger::new(0, 4).encode(),
         };
         storage.write_group(&[IoJob::Checkpoint(checkpoint.clone())]).unwrap();
         model.entry(0).or_default().apply_checkpoint(&checkpoint);

@@ -44,6 +44,40 @@ enum Command {
     Status(status::StatusFlags),
     /// Run a failover drill under load and check nothing was lost (`settle drill heal` undoes faults).
     Drill(drill::DrillFlags),
+    /// Make a cluster CA and a peer certificate per node (naming its node id and address).
+    Certs(CertsFlags),
+}
+
+#[derive(clap::Args)]
+struct CertsFlags {
+    /// Where to write ca.pem, node-N.pem and node-N.key (created if missing).
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// The nodes and their peer IP addresses: 1=10.0.0.1,2=10.0.0.2,3=10.0.0.3.
+    #[arg(long)]
+    nodes: String,
+}
+
+/// `settle certs`: a throwaway cluster CA (its key is not kept: make new certificates to add a
+/// node) and one certificate per node. Production clusters may use their own CA instead; see
+/// the README for what a node certificate must carry.
+fn certs(flags: CertsFlags) -> anyhow::Result<()> {
+    let mut nodes = Vec::new();
+    for part in flags.nodes.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let (id, ip) = part.split_once('=').with_context(|| format!("{part:?} is not ID=IP"))?;
+        let id: u64 = id.parse().with_context(|| format!("node id in {part:?}"))?;
+        let ip: std::net::IpAddr = ip.parse().with_context(|| format!("IP address in {part:?}"))?;
+        nodes.push((id, ip));
+    }
+    if nodes.is_empty() {
+        anyhow::bail!("--nodes lists no node");
+    }
+    std::fs::create_dir_all(&flags.dir).with_context(|| format!("creating {}", flags.dir.display()))?;
+    let written = settle_actors::tls::generate(&flags.dir, &nodes)?;
+    for (node, files) in written {
+        println!("node {node}: --tls-cert {} --tls-key {} --tls-ca {}", files.cert.display(), files.key.display(), files.ca.display());
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(flags) => bench::run(flags),
         Command::Status(flags) => status::run(flags),
         Command::Drill(flags) => drill::run(flags),
+        Command::Certs(flags) => certs(flags),
     }
 }
 

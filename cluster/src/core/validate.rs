@@ -22,6 +22,8 @@ const PROTOCOL_ITEMS_MAX: usize = 65_536;
 const HISTORY_LIMIT_MAX: u32 = 500;
 /// Forwards of one protocol message by nodes that do not lead its shard.
 const HOPS_MAX: u8 = 2;
+/// The longest client request id carried with a leg (the HTTP edge takes at most this).
+const REQUEST_ID_BYTES_MAX: usize = 128;
 
 /// Why a peer message was dropped (the label of `settle_peer_messages_rejected_total`).
 pub type Rejection = &'static str;
@@ -49,10 +51,14 @@ impl NodeCore {
                 self.check_raft(from, shard, &parsed)?;
                 Ok(Checked::Raft { shard, message: parsed })
             }
-            PeerMessage::Leg { shard, timeout_ms, ref request, .. } => {
+            PeerMessage::Leg { shard, timeout_ms, ref request, ref request_id, .. } => {
                 self.check_shard(shard)?;
                 if timeout_ms > LEG_TIMEOUT_MS_MAX {
                     return Err("leg_timeout");
+                }
+                // A request id is logged on this node: bounded and printable, like at the edge.
+                if request_id.as_ref().is_some_and(|id| id.len() > REQUEST_ID_BYTES_MAX || id.chars().any(char::is_control)) {
+                    return Err("request_id_invalid");
                 }
                 self.check_request(request)?;
                 Ok(Checked::Other(message))

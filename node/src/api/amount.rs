@@ -10,6 +10,8 @@ use std::str::FromStr;
 pub enum AmountError {
     #[error("amount must be a decimal string like \"12.34\" (digits, optionally a point and decimals)")]
     Format,
+    #[error("amount must not start with a zero before other digits (\"1.00\", not \"01.00\")")]
+    LeadingZero,
     #[error("amount must have exactly {0} decimal places for this currency")]
     Scale(u32),
     #[error("amount must be greater than zero")]
@@ -27,6 +29,10 @@ pub fn parse_amount(text: &str, currency: Currency) -> Result<Minor, AmountError
     let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || fraction.is_some_and(|part| !digits(part)) {
         return Err(AmountError::Format);
+    }
+    // One spelling per amount: "01.00" is refused rather than read as "1.00".
+    if whole.len() > 1 && whole.starts_with('0') {
+        return Err(AmountError::LeadingZero);
     }
     // 10^24 minor units at most: a whole part beyond 30 digits is too large at any exponent.
     if whole.len() > 30 {
@@ -82,5 +88,36 @@ mod tests {
         assert_eq!(parse_amount("10000000000000000000000.00", code("USD")), Ok(1_000_000_000_000_000_000_000_000));
         assert_eq!(parse_amount("10000000000000000000000.01", code("USD")), Err(AmountError::TooLarge));
         assert_eq!(parse_amount(&"9".repeat(40), code("JPY")), Err(AmountError::TooLarge));
+    }
+
+    /// An amount has one spelling: leading zeros are refused, a single zero whole part is not.
+    #[test]
+    fn leading_zeros_are_refused() {
+        for bad in ["01.00", "00.50", "007"] {
+            let currency = if bad.contains('.') { code("USD") } else { code("JPY") };
+            assert_eq!(parse_amount(bad, currency), Err(AmountError::LeadingZero), "{bad:?}");
+        }
+        assert_eq!(parse_amount("0.50", code("USD")), Ok(50));
+    }
+
+    mod properties {
+        //! Parsing never panics on any text, and what it accepts formats back to the same text.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any string: an amount or an error, never a panic; an accepted amount is positive,
+            /// within the cap, and `Currency::format` spells it exactly as it was written.
+            #[test]
+            fn any_text_parses_or_is_refused(text in "\\PC{0,40}|[0-9]{0,30}(\\.[0-9]{0,4})?") {
+                for currency in ["USD", "JPY", "KWD"] {
+                    let currency = code(currency);
+                    if let Ok(minor) = parse_amount(&text, currency) {
+                        prop_assert!(minor > 0 && minor <= AMOUNT_MINOR_MAX);
+                        prop_assert_eq!(currency.format(minor), text.clone());
+                    }
+                }
+            }
+        }
     }
 }

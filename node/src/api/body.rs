@@ -170,4 +170,52 @@ mod tests {
         assert!(only_fields(&object, &["id", "currency", "kind"]).unwrap_err().message.contains("balance"));
         assert!(only_fields(&object, &["id", "currency", "balance"]).is_ok());
     }
+
+    mod properties {
+        //! Request parsing against arbitrary input: an answer or an error, never a panic.
+        use super::super::super::types;
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON-ish text: objects with the API's field names (and others), odd values.
+        fn body() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                Just("id"),
+                Just("from"),
+                Just("to"),
+                Just("amount"),
+                Just("currency"),
+                Just("kind"),
+                Just("transfers"),
+                Just("x")
+            ];
+            let value = prop_oneof![
+                "\\PC{0,12}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+                "[0-9]{0,8}(\\.[0-9]{0,4})?".prop_map(|text| format!("\"{text}\"")),
+                Just("null".to_string()),
+                Just("1.5".to_string()),
+                Just("[]".to_string()),
+                Just("{}".to_string()),
+                Just("-0".to_string()),
+            ];
+            let members = proptest::collection::vec((key, value), 0..8)
+                .prop_map(|members| members.into_iter().map(|(key, value)| format!("\"{key}\":{value}")).collect::<Vec<_>>().join(","));
+            prop_oneof![members.prop_map(|members| format!("{{{members}}}")), "\\PC{0,40}"]
+        }
+
+        proptest! {
+            /// Any body: parsed and validated as an account or a transfer, or refused with an
+            /// error in the API's shape, never a panic; what passes is valid by construction.
+            #[test]
+            fn any_body_is_parsed_or_refused(text in body()) {
+                if let Ok(object) = parse_object(text.as_bytes()) {
+                    let _ = types::create_account(&object);
+                    if let Ok(transfer) = types::transfer(&object) {
+                        prop_assert!(transfer.amount > 0);
+                        prop_assert!(transfer.from != transfer.to);
+                    }
+                }
+            }
+        }
+    }
 }
