@@ -157,11 +157,13 @@ pub fn now_ms() -> u64 {
 /// Recovers the node's state, starts the IO thread, the peer transport and the driver thread.
 pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle, std::thread::JoinHandle<()>), StartError> {
     let storage = Storage::open(&config.data_dir)?;
-    let (recovered, quarantined) = storage.recover(&config.core.placement)?;
+    let per_shard = settle_cluster::cache_bytes_per_shard(config.core.cache_bytes_max, &config.core.placement, config.core.node);
+    let (recovered, quarantined) = storage.recover(&config.core.placement, config.core.node, per_shard)?;
+    let state_store: std::sync::Arc<dyn settle_cluster::store::KvStore> = storage.state();
     let recovered_shards = recovered.len();
     let incarnation = now_ms() ^ rand::random::<u64>();
     let seed = rand::random::<u64>();
-    let core = NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), incarnation, seed, &logger)?;
+    let core = NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), state_store, incarnation, seed, &logger)?;
     tracing::info!(node = config.core.node, recovered_shards, "node core ready");
 
     // One network thread: on small machines every extra thread is a context switch per frame.
@@ -367,7 +369,7 @@ impl DriverActor {
         for item in done {
             match item {
                 IoDone::Persisted { round } => self.core.persisted(round),
-                IoDone::Checkpointed { shard, index } => self.core.checkpointed(shard, index),
+                IoDone::StatePersisted { marks } => self.core.state_persisted(&marks),
             }
         }
     }
@@ -461,7 +463,8 @@ impl DriverActor {
             match effect {
                 Effect::Send { to, messages } => self.transport.send(to, messages),
                 Effect::Persist(round) => self.queue_io(IoJob::Persist(round)),
-                Effect::Checkpoint(checkpoint) => self.queue_io(IoJob::Checkpoint(checkpoint)),
+                Effect::PersistState { marks } => self.queue_io(IoJob::PersistState { marks }),
+                Effect::DeleteRange { start, end } => self.queue_io(IoJob::DeleteRange { start, end }),
                 Effect::Reply { call, reply } => {
                     if let Some(waiter) = self.replies.remove(&call) {
                         let _ = waiter.send(reply);

@@ -1,13 +1,15 @@
-//! The IO thread: drains persist rounds and checkpoints queued by the driver, writes them as one
-//! group (checkpoints to the state store first, then every round's log writes in one
-//! raft-engine batch, one sync), and reports what is durable. Rounds complete in order.
+//! The IO actor: drains the persist rounds and state persists queued by the driver, makes them
+//! durable as one group (the state store's fsync first when the group needs it, then every
+//! round's log writes in one raft-engine batch, one sync), and reports what is durable. Rounds
+//! complete in order. Deleting ranges of the state store no generation uses any more runs on a
+//! thread of its own, off both the driver and this actor.
 
 use crate::log_store::{LogStore, LogStoreError};
-use crate::state_store::{StateStore, StateStoreError};
-use settle_cluster::ids::ShardId;
+use crate::state_store::StateStore;
+use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::placement::Placement;
-use settle_cluster::recovery::{checkpoint_from_snapshot, recover_node, CheckpointView, RecoveredNode, RecoveryError};
-use settle_cluster::replica::Checkpoint;
+use settle_cluster::recovery::{recover_node, RecoveredNode, RecoveryError};
+use settle_cluster::store::{Key, KvStore, StoreError, WriteBatch};
 use settle_cluster::PersistRound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +19,15 @@ use std::time::{Duration, Instant};
 /// Jobs taken in one IO round at most (a bound on one transaction's size).
 pub const IO_ROUND_JOBS_MAX: usize = 1_024;
 
+/// Keys deleted per batch when a range is cleared.
+const DELETE_BATCH_KEYS: usize = 4_096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error(transparent)]
     Log(#[from] LogStoreError),
     #[error(transparent)]
-    State(#[from] StateStoreError),
+    State(#[from] StoreError),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
     #[error("data dir: {0}")]
@@ -31,12 +36,15 @@ pub enum StorageError {
 
 pub enum IoJob {
     Persist(PersistRound),
-    Checkpoint(Checkpoint),
+    /// Make the state store durable; every shard's state at its mark is then durable.
+    PersistState { marks: Vec<(ShardId, u64)> },
+    /// Clear a range of the state store (in the background).
+    DeleteRange { start: Key, end: Key },
 }
 
 pub enum IoDone {
     Persisted { round: u64 },
-    Checkpointed { shard: ShardId, index: u64 },
+    StatePersisted { marks: Vec<(ShardId, u64)> },
 }
 
 /// What the IO thread measures (Prometheus histograms are lock-free; the node registers them).
@@ -85,62 +93,85 @@ impl Default for IoStats {
 /// Both stores of one node.
 pub struct Storage {
     log: LogStore,
-    state: StateStore,
+    state: Arc<StateStore>,
 }
 
 impl Storage {
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(data_dir)?;
         let log = LogStore::open(&data_dir.join("raft-log"))?;
-        let state = StateStore::open(&data_dir.join("state.sled"))?;
+        let state = Arc::new(StateStore::open(&data_dir.join("state"))?);
         Ok(Storage { log, state })
+    }
+
+    /// The state store, shared with the core (which reads and writes it on the driver thread).
+    pub fn state(&self) -> Arc<StateStore> {
+        self.state.clone()
     }
 
     /// Rebuilds every shard replica's starting state from both stores; replicas with corrupt
     /// records come back in the second map (quarantined, with the reason).
-    pub fn recover(&self, placement: &Placement) -> Result<RecoveredNode, StorageError> {
-        let mut durable = self.log.load()?;
-        for (shard, checkpoint) in self.state.load()? {
-            let entry = durable.entry(shard).or_default();
-            match checkpoint {
-                Ok(checkpoint) => entry.checkpoint = Some(checkpoint),
-                Err(error) => {
-                    tracing::error!(shard, %error, "checkpoint failed its checksum; quarantining the replica");
-                    entry.corrupt = Some(error.to_string());
-                }
-            }
-        }
-        let (recovered, quarantined) = recover_node(placement, durable)?;
+    pub fn recover(&self, placement: &Placement, node: NodeId, cache_bytes_per_shard: usize) -> Result<RecoveredNode, StorageError> {
+        let durable = self.log.load()?;
+        let state: Arc<dyn KvStore> = self.state.clone();
+        let (recovered, quarantined) = recover_node(placement, node, durable, &state, cache_bytes_per_shard)?;
         for (shard, reason) in &quarantined {
             tracing::error!(shard, %reason, "replica quarantined: it will not serve or vote until rebuilt");
         }
         Ok((recovered, quarantined))
     }
 
-    /// Writes one group of jobs durably.
+    /// Writes one group of jobs durably: the state store's fsync first when a job asks for it
+    /// (a state persist, or a round that installs a snapshot: the installed state must be
+    /// durable before the log drops what it replaces), then the log writes.
     pub fn write_group(&mut self, jobs: &[IoJob]) -> Result<(), StorageError> {
-        // Borrowed views: the ledger bytes are copied once, into the stored record.
-        let mut checkpoints: Vec<CheckpointView<'_>> = Vec::new();
         let mut writes = Vec::new();
+        let mut persist_state = false;
         for job in jobs {
             match job {
-                IoJob::Checkpoint(checkpoint) => checkpoints.push(CheckpointView::from(checkpoint)),
+                IoJob::PersistState { .. } => persist_state = true,
                 IoJob::Persist(round) => {
                     for write in &round.writes {
-                        if let Some(snapshot) = &write.snapshot {
-                            // The ledger state must be stored before the log drops what it replaces.
-                            checkpoints.push(checkpoint_from_snapshot(write.shard, snapshot));
-                        }
+                        persist_state |= write.snapshot.is_some();
                         writes.push(write);
                     }
                 }
+                IoJob::DeleteRange { start, end } => {
+                    let state = self.state.clone();
+                    let (start, end) = (start.clone(), end.clone());
+                    std::thread::Builder::new()
+                        .name("settle-cleanup".to_string())
+                        .spawn(move || delete_range(&state, &start, &end))
+                        .map_err(StorageError::Io)?;
+                }
             }
         }
-        self.state.save(&checkpoints)?;
+        if persist_state {
+            self.state.persist()?;
+        }
         if !writes.is_empty() {
             self.log.write(&writes)?;
         }
         Ok(())
+    }
+}
+
+/// Deletes every key in `[start, end)`, a batch at a time. A failure is logged and left: the
+/// range is unused, and a later install or start clears it again.
+fn delete_range(state: &StateStore, start: &[u8], end: &[u8]) {
+    loop {
+        let keys = state.scan(start, end, DELETE_BATCH_KEYS, false);
+        if keys.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        for (key, _) in keys {
+            batch.delete(key);
+        }
+        if let Err(error) = state.write(batch) {
+            tracing::warn!(%error, "clearing an unused range of the state store failed");
+            return;
+        }
     }
 }
 
@@ -185,9 +216,8 @@ pub fn io_actor(
                     stats.entries.fetch_add(u64::try_from(entries).unwrap_or(0), Ordering::Relaxed);
                     done.push(IoDone::Persisted { round: round.id });
                 }
-                IoJob::Checkpoint(checkpoint) => {
-                    done.push(IoDone::Checkpointed { shard: checkpoint.shard, index: checkpoint.index });
-                }
+                IoJob::PersistState { marks } => done.push(IoDone::StatePersisted { marks: marks.clone() }),
+                IoJob::DeleteRange { .. } => {}
             }
         }
         stats.group_entries.observe(group_entries as f64);

@@ -215,6 +215,32 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
         applied_indexes_agree(cluster),
         workload.quiet(),
     );
+    if !applied_indexes_agree(cluster) {
+        for node in cluster.live_nodes() {
+            let stats = cluster.core(node).expect("live").stats();
+            message.push_str(&format!(
+                "; node {node}: snapshots sent {}, installed {}, streams started {}, bytes sent {} received {}, rejected {:?}",
+                stats.snapshots_sent,
+                stats.snapshots_installed,
+                stats.snapshot_streams_started,
+                stats.snapshot_bytes_sent,
+                stats.snapshot_bytes_received,
+                stats.peer_messages_rejected
+            ));
+        }
+        for node in cluster.live_nodes() {
+            for replica in cluster.core(node).expect("live").replicas() {
+                message.push_str(&format!(
+                    "; node {node} shard {}: {:?} applied {} commit {} last {}",
+                    replica.shard(),
+                    replica.role(),
+                    replica.applied_index(),
+                    replica.commit_index(),
+                    replica.last_index()
+                ));
+            }
+        }
+    }
     for node in cluster.live_nodes() {
         for replica in cluster.core(node).expect("live").replicas() {
             if replica.leader().is_none() {
@@ -235,7 +261,7 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
         message.push_str(&format!("; {id} (shard {shard}) is {status:?}"));
     }
     for ledger in ledgers.values() {
-        if let Some(record) = ledger.pending().next() {
+        if let Some(record) = ledger.pending().first().cloned() {
             let payee_shard = cluster.placement().shard_of(&record.to);
             let decision = ledgers.get(&payee_shard).and_then(|l| l.credit(&record.id)).map(|c| c.decision.clone());
             message.push_str(&format!("; pending {} on shard {} -> shard {payee_shard} decision {decision:?}", record.id, ledger.shard()));

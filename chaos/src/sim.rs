@@ -15,8 +15,10 @@ use settle_cluster::message::{PeerMessage, Reply, Request};
 use settle_cluster::placement::Placement;
 use settle_cluster::planted::PlantedBug;
 use settle_cluster::recovery::{recover_node, DurableShard};
-use settle_cluster::replica::{Checkpoint, RaftSettings};
-use settle_cluster::{CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
+use settle_cluster::replica::RaftSettings;
+use settle_cluster::store::{KvStore, MemStore, WriteBatch};
+use settle_cluster::{cache_bytes_per_shard, CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
+use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How the simulated network and disks behave; changeable during a run.
@@ -52,6 +54,9 @@ pub struct SimConfig {
     pub network: NetworkSettings,
     pub limits: CoreLimits,
     pub raft: RaftSettings,
+    /// Each node's account cache budget: small, so accounts are activated and passivated all
+    /// the time.
+    pub cache_bytes_max: usize,
     pub planted: PlantedBug,
     /// Keep every trace line (for `settle sim --trace`), not just the last ones.
     pub verbose: bool,
@@ -66,6 +71,7 @@ impl SimConfig {
             network: NetworkSettings::default(),
             limits: CoreLimits::default(),
             raft: RaftSettings::default(),
+            cache_bytes_max: 4 * 1024,
             planted: PlantedBug::None,
             verbose: false,
         }
@@ -93,11 +99,16 @@ enum Event {
         node: NodeId,
         incarnation: u64,
         round: PersistRound,
+        /// A round that installs a snapshot also makes the state store durable (up to the
+        /// batches written when it was handed over), as the IO actor does.
+        state_until: Option<u64>,
     },
-    CheckpointDone {
+    /// The state store's persist asked for when `state_until` was the last batch written.
+    StatePersistDone {
         node: NodeId,
         incarnation: u64,
-        checkpoint: Checkpoint,
+        marks: Vec<(ShardId, u64)>,
+        state_until: u64,
     },
 }
 
@@ -105,14 +116,17 @@ impl Event {
     fn node(&self) -> NodeId {
         match self {
             Event::Deliver { to, .. } | Event::Hostile { to, .. } => *to,
-            Event::Tick { node, .. } | Event::PersistDone { node, .. } | Event::CheckpointDone { node, .. } => *node,
+            Event::Tick { node, .. } | Event::PersistDone { node, .. } | Event::StatePersistDone { node, .. } => *node,
         }
     }
 }
 
 struct SimNode {
     core: Option<NodeCore>,
+    /// The log store: what survived of each shard's log.
     durable: BTreeMap<ShardId, DurableShard>,
+    /// The state store: written data is readable, a crash keeps what a persist covered.
+    store: MemStore,
     incarnation: u64,
     /// When this node's disk finishes the IO queued so far (IO completes in order).
     io_free_at_ms: u64,
@@ -190,6 +204,7 @@ impl SimCluster {
             let sim_node = SimNode {
                 core: None,
                 durable: BTreeMap::new(),
+                store: MemStore::new(),
                 incarnation: 0,
                 io_free_at_ms: 0,
                 paused: false,
@@ -261,6 +276,11 @@ impl SimCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// How many times the node was started (a restart is a new incarnation).
+    pub fn incarnation(&self, node: NodeId) -> u64 {
+        self.nodes.get(&node).map_or(0, |sim_node| sim_node.incarnation)
+    }
+
     pub fn is_up(&self, node: NodeId) -> bool {
         self.nodes[&node].core.is_some()
     }
@@ -286,14 +306,21 @@ impl SimCluster {
         sim_node.fail_next_flush = false;
         sim_node.hostile_received = 0;
         let incarnation = sim_node.incarnation;
-        let (recovered, quarantined) = match recover_node(&self.placement, sim_node.durable.clone()) {
+        let store: Arc<dyn KvStore> = Arc::new(sim_node.store.clone());
+        let per_shard = cache_bytes_per_shard(self.config.cache_bytes_max, &self.placement, node);
+        let (recovered, quarantined) = match recover_node(&self.placement, node, sim_node.durable.clone(), &store, per_shard) {
             Ok(recovered) => recovered,
             Err(error) => panic!("node {node} cannot recover: {error}"),
         };
-        let config =
-            NodeConfig { node, placement: self.placement.clone(), raft: self.config.raft.clone(), limits: self.config.limits.clone() };
-        let mut core =
-            NodeCore::new(config, recovered, quarantined.into_keys().collect(), incarnation, seed, &self.logger).expect("core starts");
+        let config = NodeConfig {
+            node,
+            placement: self.placement.clone(),
+            raft: self.config.raft.clone(),
+            limits: self.config.limits.clone(),
+            cache_bytes_max: self.config.cache_bytes_max,
+        };
+        let mut core = NodeCore::new(config, recovered, quarantined.into_keys().collect(), store, incarnation, seed, &self.logger)
+            .expect("core starts");
         core.plant_bug(self.config.planted);
         sim_node.core = Some(core);
         sim_node.io_free_at_ms = self.now_ms;
@@ -314,6 +341,8 @@ impl SimCluster {
         }
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         sim_node.core = None;
+        // Whatever the state store had not made durable is gone with the process.
+        sim_node.store.crash();
         sim_node.paused = false;
         sim_node.deferred.clear();
         sim_node.tick_deferred = false;
@@ -623,25 +652,29 @@ impl SimCluster {
                 let next = self.now_ms + self.config.raft.tick_ms;
                 self.schedule(next, Event::Tick { node, incarnation });
             }
-            Event::PersistDone { node, incarnation, round } => {
+            Event::PersistDone { node, incarnation, round, state_until } => {
                 self.mix(round.id);
                 if !self.io_done(node, incarnation) {
                     return;
                 }
                 let sim_node = self.nodes.get_mut(&node).expect("known node");
+                if let Some(seq) = state_until {
+                    sim_node.store.persist_until(seq);
+                }
                 for write in &round.writes {
                     sim_node.durable.entry(write.shard).or_default().apply_write(write);
                 }
                 sim_node.core.as_mut().expect("up").persisted(round.id);
                 self.after_input(node);
             }
-            Event::CheckpointDone { node, incarnation, checkpoint } => {
+            Event::StatePersistDone { node, incarnation, marks, state_until } => {
+                self.mix(state_until);
                 if !self.io_done(node, incarnation) {
                     return;
                 }
                 let sim_node = self.nodes.get_mut(&node).expect("known node");
-                sim_node.durable.entry(checkpoint.shard).or_default().apply_checkpoint(&checkpoint);
-                sim_node.core.as_mut().expect("up").checkpointed(checkpoint.shard, checkpoint.index);
+                sim_node.store.persist_until(state_until);
+                sim_node.core.as_mut().expect("up").state_persisted(&marks);
                 self.after_input(node);
             }
         }
@@ -667,6 +700,7 @@ impl SimCluster {
         let now = self.node_now(node);
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         let incarnation = sim_node.incarnation;
+        let store = sim_node.store.clone();
         let Some(core) = sim_node.core.as_mut() else {
             return;
         };
@@ -678,11 +712,24 @@ impl SimCluster {
                 Effect::Send { to, messages } => self.transmit(node, to, messages),
                 Effect::Persist(round) => {
                     let at = self.io_completion(node);
-                    self.schedule(at, Event::PersistDone { node, incarnation, round });
+                    let installs = round.writes.iter().any(|write| write.snapshot.is_some());
+                    let state_until = installs.then(|| store.written_seq());
+                    self.schedule(at, Event::PersistDone { node, incarnation, round, state_until });
                 }
-                Effect::Checkpoint(checkpoint) => {
+                Effect::PersistState { marks } => {
                     let at = self.io_completion(node);
-                    self.schedule(at, Event::CheckpointDone { node, incarnation, checkpoint });
+                    let state_until = store.written_seq();
+                    self.schedule(at, Event::StatePersistDone { node, incarnation, marks, state_until });
+                }
+                Effect::DeleteRange { start, end } => {
+                    // Deleting unused keys is not ordered with anything: done at once.
+                    let mut batch = WriteBatch::default();
+                    for (key, _) in store.scan(&start, &end, usize::MAX, false) {
+                        batch.delete(key);
+                    }
+                    if !batch.is_empty() {
+                        store.write(batch).expect("the memory store takes writes");
+                    }
                 }
                 Effect::Reply { call, reply } => {
                     self.calls_open.remove(&call);

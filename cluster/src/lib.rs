@@ -13,12 +13,15 @@ pub mod placement;
 pub mod planted;
 pub mod recovery;
 pub mod replica;
+pub mod snapshot;
 pub mod storage;
+pub mod store;
 pub mod time;
 
 mod core;
 pub use crate::core::{
-    AdminError, Buckets, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardRole, ShardStatus,
+    cache_bytes_per_shard, AdminError, CACHE_BYTES_DEFAULT, Buckets, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardRole,
+    ShardStatus,
 };
 pub use crate::ids::CallId;
 pub use crate::time::Time;

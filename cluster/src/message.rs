@@ -164,6 +164,21 @@ pub enum PeerMessage {
         shard: ShardId,
         leader: NodeId,
     },
+    /// Follower → leader: the next chunk of an offered snapshot, after the key `after`.
+    SnapshotFetch {
+        shard: ShardId,
+        snapshot_id: u64,
+        after: Option<Vec<u8>>,
+    },
+    /// Leader → follower: records of an offered snapshot (keys without their generation), in key
+    /// order; `done` on the last chunk; `unknown` when the snapshot is not offered any more.
+    SnapshotChunk {
+        shard: ShardId,
+        snapshot_id: u64,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        done: bool,
+        unknown: bool,
+    },
     /// A node introduces itself to its peers (handled by the driver, not the core).
     NodeInfo {
         http: String,

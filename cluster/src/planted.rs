@@ -25,6 +25,9 @@ pub enum PlantedBug {
     /// body (the home shard accepts any body, the payee shard answers a decision made for
     /// another payer, the payer finalizes with it), so a reused id destroys money.
     IdReuseUnchecked,
+    /// The account cache passivates accounts whose update was not yet written back to the
+    /// store: the update is lost.
+    PassivateUnflushed,
 }
 
 /// Whether `bug` is planted in this configuration.

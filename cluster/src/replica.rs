@@ -4,12 +4,14 @@
 //! `advance_append_async` right away, `on_persist_ready` once the driver reports the write durable.
 
 use crate::ids::{NodeId, ProposalTag, ShardId};
-use crate::ledger::{AppliedCommand, Ledger};
+use crate::ledger::{keys, AppliedCommand, AppliedMark, Ledger};
+use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_ENTRIES_MAX};
+use crate::store::{prefix_end, Key, ReadView, Value};
 use crate::log::{decode_entry, EntryPayload, Proposer, Tagged};
 use crate::planted::PlantedBug;
 use crate::storage::ShardStorage;
 use crate::time::Time;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use raft::eraftpb::{Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +54,8 @@ pub struct ShardWrite {
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
-    /// Log entries up to this index (and term) may be deleted: a checkpoint covers them.
+    /// Log entries up to this index (and term) may be deleted: the state store made the state
+    /// at it durable.
     pub compact_to: Option<(u64, u64)>,
 }
 
@@ -61,6 +64,24 @@ impl ShardWrite {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none()
     }
 }
+
+/// A consistent view of a shard's state offered to followers that fell behind the compacted
+/// log: they fetch it in chunks (`PeerMessage::SnapshotFetch`) while it lives.
+struct SnapshotSource {
+    view: Box<dyn ReadView>,
+    generation: u32,
+    /// Followers it was offered to, each with when it last fetched (`None`: not yet) and when
+    /// it was offered or last fetched (monotonic ms). A follower that does not start, or stops
+    /// fetching, is reported to raft as a failed snapshot, so raft offers a fresh one.
+    followers: std::collections::BTreeMap<NodeId, (bool, u64)>,
+    /// When it was made (monotonic ms): kept at least `SNAPSHOT_START_MS` for raft to send it.
+    created_ms: u64,
+}
+
+/// An offered snapshot must be fetched from within this long, or raft hears it failed.
+pub const SNAPSHOT_START_MS: u64 = 2_000;
+/// A follower's stream that stops fetching for this long failed.
+pub const SNAPSHOT_STREAM_IDLE_MS: u64 = 10_000;
 
 /// One applied command, with who (if anyone on this node) waits for it.
 #[derive(Debug, Clone)]
@@ -84,6 +105,9 @@ pub struct ReadyOutput {
     pub installed_snapshot: bool,
     /// Propose→apply latencies (ms) of this replica's own entries applied in this Ready.
     pub apply_latencies_ms: Vec<u64>,
+    /// Key ranges of the state store no generation uses any more (after a snapshot install):
+    /// deleted in the background.
+    pub obsolete_ranges: Vec<(Key, Key)>,
     /// Committed entries whose data did not decode, applied as nothing.
     pub entries_undecodable: u64,
 }
@@ -99,6 +123,12 @@ pub struct ShardReplica {
     checkpoint_index: u64,
     /// The Ready number that installed a snapshot, until it is durable.
     snapshot_ready: Option<u64>,
+    /// Offered snapshots by id, and the next id.
+    snapshot_sources: std::collections::BTreeMap<u64, SnapshotSource>,
+    next_snapshot_id: u64,
+    /// A snapshot staged in the state store under a new generation, waiting for raft to
+    /// install it: (its index, the generation).
+    staged: Option<(u64, u32)>,
     /// Test-only (inert without the `planted-bugs` feature): kept for ledgers from snapshots.
     planted: PlantedBug,
     /// When each of this replica's own proposals was made (entry index, monotonic ms).
@@ -150,6 +180,9 @@ impl ShardReplica {
             proposals: Vec::new(),
             checkpoint_index: applied_index,
             snapshot_ready: None,
+            snapshot_sources: std::collections::BTreeMap::new(),
+            next_snapshot_id: 1,
+            staged: None,
             planted: PlantedBug::None,
             proposed_at: std::collections::VecDeque::new(),
             last_leader: None,
@@ -245,11 +278,6 @@ impl ShardReplica {
         self.raw.transfer_leader(peer);
     }
 
-    /// Tells raft a snapshot message to `peer` left (it probes the follower again from there).
-    pub fn report_snapshot_sent(&mut self, peer: NodeId) {
-        self.raw.report_snapshot(peer, raft::SnapshotStatus::Finish);
-    }
-
     pub fn campaign(&mut self) -> Result<(), raft::Error> {
         if self.snapshot_ready.is_some() {
             return Ok(());
@@ -330,26 +358,125 @@ impl ShardReplica {
         }
     }
 
-    /// Builds the snapshot raft asked for (a follower fell behind the compacted log).
-    pub fn serve_snapshot_request(&mut self) {
+    /// Offers the snapshot raft asked for (a follower fell behind the compacted log): a
+    /// consistent view of the state store at the applied index, which followers fetch in chunks.
+    /// Making it costs nothing proportional to the shard (the store's snapshot is a view).
+    pub fn serve_snapshot_request(&mut self, clock_ms: u64) {
         if !self.raw.store().take_snapshot_request() {
             return;
         }
-        let data = self.ledger.encode();
-        let index = self.applied_index;
-        self.raw.mut_store().set_snapshot(index, data);
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        let view = self.ledger.store().read_view();
+        let source =
+            SnapshotSource { view, generation: self.ledger.generation(), followers: std::collections::BTreeMap::new(), created_ms: clock_ms };
+        self.snapshot_sources.insert(id, source);
+        let descriptor = SnapshotDescriptor { shard: self.shard, snapshot_id: id, mark: self.applied_mark() };
+        self.raw.mut_store().set_snapshot(self.applied_index, descriptor.encode());
     }
 
-    /// The checkpoint to write: the ledger at the applied index, with what recovery needs.
-    pub fn checkpoint(&self) -> Checkpoint {
-        let index = self.applied_index;
-        Checkpoint {
-            shard: self.shard,
-            index,
-            term: self.raw.store().term_of(index).unwrap_or(0),
-            conf_state: self.raw.store().conf_state().clone(),
-            ledger: self.ledger.encode(),
+    /// Up to `bytes_max` of an offered snapshot's records after `after` (keys without the
+    /// generation prefix), and whether they are the last. `None`: the snapshot is not offered
+    /// (any more).
+    pub fn snapshot_chunk(&mut self, snapshot_id: u64, to: NodeId, after: Option<&[u8]>, bytes_max: usize, clock_ms: u64) -> Option<(Vec<(Key, Value)>, bool)> {
+        let source = self.snapshot_sources.get_mut(&snapshot_id)?;
+        source.followers.insert(to, (true, clock_ms));
+        let prefix = keys::generation_prefix(self.shard, source.generation);
+        let end = prefix_end(&prefix);
+        let start = match after {
+            // The first key after `after`: `after` followed by a zero byte.
+            Some(after) => [prefix.as_slice(), after, &[0u8]].concat(),
+            None => prefix.clone(),
+        };
+        let entries = source.view.scan(&start, &end, SNAPSHOT_CHUNK_ENTRIES_MAX, bytes_max);
+        let done = entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
+        let stripped = entries.into_iter().map(|(key, value)| (key[prefix.len()..].to_vec(), value)).collect();
+        Some((stripped, done))
+    }
+
+    /// Records that an offered snapshot was sent to `to` (it must fetch it before it expires).
+    pub fn snapshot_offered_to(&mut self, snapshot_id: u64, to: NodeId, clock_ms: u64) {
+        match self.snapshot_sources.get_mut(&snapshot_id) {
+            Some(source) => {
+                let started = source.followers.get(&to).is_some_and(|(started, _)| *started);
+                source.followers.insert(to, (started, clock_ms));
+            }
+            // Raft sent a snapshot no longer offered: it fails at once, raft offers a fresh one.
+            None => {
+                self.forget_offered_snapshot();
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+            }
         }
+    }
+
+    /// Reports to raft the followers that did not start fetching an offered snapshot within
+    /// `SNAPSHOT_START_MS` (the offer was lost) or stopped for `SNAPSHOT_STREAM_IDLE_MS`: raft
+    /// then offers a fresh snapshot. Drops the snapshots nobody fetches any more.
+    pub fn expire_snapshot_sources(&mut self, clock_ms: u64) {
+        let mut failed = Vec::new();
+        for source in self.snapshot_sources.values_mut() {
+            source.followers.retain(|follower, (started, at)| {
+                let limit = if *started { SNAPSHOT_STREAM_IDLE_MS } else { SNAPSHOT_START_MS };
+                let alive = clock_ms.saturating_sub(*at) < limit;
+                if !alive {
+                    failed.push(*follower);
+                }
+                alive
+            });
+        }
+        self.snapshot_sources.retain(|_, source| !source.followers.is_empty() || clock_ms.saturating_sub(source.created_ms) < SNAPSHOT_START_MS);
+        self.forget_offered_snapshot();
+        for follower in failed {
+            self.raw.report_snapshot(follower, raft::SnapshotStatus::Failure);
+        }
+    }
+
+    /// Stops raft offering a snapshot whose source is gone, so it asks for a fresh one.
+    fn forget_offered_snapshot(&mut self) {
+        let offered = self.raw.store().offered_snapshot().and_then(|snapshot| SnapshotDescriptor::decode(&snapshot.data).ok());
+        if offered.is_some_and(|descriptor| !self.snapshot_sources.contains_key(&descriptor.snapshot_id)) {
+            self.raw.mut_store().clear_snapshot();
+        }
+    }
+
+    /// The generation a snapshot being received is staged under (one past the current one).
+    pub fn staging_generation(&self) -> u32 {
+        self.ledger.generation() + 1
+    }
+
+    /// Writes a chunk of a snapshot being received into the staging generation.
+    pub fn stage_snapshot_chunk(&mut self, entries: Vec<(Key, Value)>) -> Result<(), crate::store::StoreError> {
+        let generation = self.staging_generation();
+        let mut batch = crate::store::WriteBatch::default();
+        for (suffix, value) in entries {
+            batch.put([keys::generation_prefix(self.shard, generation).as_slice(), &suffix].concat(), value);
+        }
+        self.ledger.store().write(batch)
+    }
+
+    /// The key range of the staging generation (to clear it before a new stream).
+    pub fn staging_range(&self) -> (Key, Key) {
+        let prefix = keys::generation_prefix(self.shard, self.staging_generation());
+        let end = prefix_end(&prefix);
+        (prefix, end)
+    }
+
+    /// A snapshot of `index` is fully staged: the next Ready that carries it installs it.
+    pub fn set_staged(&mut self, index: u64) {
+        self.staged = Some((index, self.staging_generation()));
+    }
+
+    /// The applied point as stored with the state: index, its term, the voters.
+    fn applied_mark(&self) -> AppliedMark {
+        use protobuf::Message as _;
+        let index = self.applied_index;
+        let conf_state = self.raw.store().conf_state().write_to_bytes().expect("in-memory protobuf encoding cannot fail");
+        AppliedMark { index, term: self.raw.store().term_of(index).unwrap_or(0), conf_state }
+    }
+
+    /// The applied index whose state the store holds (durable once the store persists).
+    pub fn state_mark_index(&self) -> u64 {
+        self.applied_index
     }
 
     /// The state store holds the ledger at `index`: the log up to `index - lag` may go (the lag
@@ -385,11 +512,14 @@ impl ShardReplica {
         output.read_states = ready.take_read_states();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            // The core checked the snapshot when its message arrived (`core/validate.rs`).
-            let mut ledger = Ledger::decode(&snapshot.data).expect("a checked snapshot decodes");
-            ledger.check_invariants();
-            ledger.set_planted(self.planted);
-            self.ledger = ledger;
+            let index = snapshot.get_metadata().index;
+            // The core stepped this snapshot only once its records were staged (`core/snapshot.rs`).
+            let (staged_index, generation) = self.staged.take().expect("a snapshot is installed only once staged");
+            assert_eq!(staged_index, index, "the staged snapshot is the one raft installs");
+            let old = keys::generation_prefix(self.shard, self.ledger.generation());
+            let mark = self.ledger.install_generation(generation).expect("the state store takes the generation switch");
+            assert_eq!(mark.index, index, "the staged records are the state at the snapshot's index");
+            output.obsolete_ranges.push((old.clone(), prefix_end(&old)));
             self.raw.mut_store().apply_snapshot(&snapshot);
             self.applied_index = snapshot.get_metadata().index;
             self.checkpoint_index = self.applied_index;
@@ -409,6 +539,12 @@ impl ShardReplica {
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
         output.entries_undecodable = self.apply_entries(committed, proposer, &mut output.applied);
+        if applied_any {
+            // One batch per round: the round's changes with the applied point, so the store's
+            // state is always the state at a whole applied index.
+            let mark = self.applied_mark();
+            self.ledger.commit_round(&mark).expect("the state store takes the round's writes");
+        }
         while let Some((index, at)) = self.proposed_at.front().copied() {
             if index > self.applied_index {
                 break;
@@ -442,8 +578,9 @@ impl ShardReplica {
     /// never stops a replica (a log entry is input too).
     fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, applied: &mut Vec<AppliedProposal>) -> u64 {
         let mut undecodable = 0;
-        // A leader's replica reports the records its waiters need; followers have no waiters.
-        let report = self.is_leader();
+        // A leader's replica (or the proposer) reports the records its waiters need; followers
+        // have no waiters.
+        let leads = self.is_leader();
         for entry in entries {
             assert!(entry.index > self.applied_index || entry.index == 0, "entry {} applied twice", entry.index);
             self.applied_index = entry.index;
@@ -456,22 +593,11 @@ impl ShardReplica {
             };
             let ours = payload.proposer == proposer;
             for tagged in payload.commands {
-                let result = self.ledger.apply_command(payload.timestamp_ms, tagged.command, report);
+                let result = self.ledger.apply_command(payload.timestamp_ms, tagged.command, leads || ours);
                 let tag = if ours { tagged.tag } else { ProposalTag(0) };
                 applied.push(AppliedProposal { tag, applied: result });
             }
         }
         undecodable
     }
-}
-
-/// The ledger of one shard at an applied index, for the state store.
-#[derive(Debug, Clone)]
-pub struct Checkpoint {
-    pub shard: ShardId,
-    pub index: u64,
-    pub term: u64,
-    pub conf_state: ConfState,
-    /// `Ledger::encode`.
-    pub ledger: Vec<u8>,
 }

@@ -123,6 +123,16 @@ impl ShardStorage {
         self.snapshot_wanted.replace(false)
     }
 
+    /// The snapshot offered now, if any.
+    pub fn offered_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// Stops offering the snapshot (what it refers to is gone): raft asks for a new one.
+    pub fn clear_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
     /// Offers a snapshot of the ledger at `index` (which must be applied) to lagging followers.
     pub fn set_snapshot(&mut self, index: u64, data: Vec<u8>) {
         let term = self.term_of(index).expect("snapshot index is in the log");

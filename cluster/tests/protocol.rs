@@ -153,7 +153,7 @@ impl World {
     }
 
     fn redrive(&mut self, shard: ShardId, prevent: bool) {
-        let pending: Vec<TransferRecord> = self.ledger(shard).pending().cloned().collect();
+        let pending: Vec<TransferRecord> = self.ledger(shard).pending();
         for record in pending {
             self.bag.push(Message::Credit(CreditCmd::for_record(&record, shard, prevent)));
         }
@@ -240,10 +240,10 @@ proptest! {
             for record in ledger.transfers() {
                 // Every stored record is the body its id is reserved for on the id's home shard.
                 let home = &world.ledgers[usize::try_from(home_shard_of(&record.id, SHARDS)).unwrap()];
-                prop_assert_eq!(home.reservation(&record.id), Some(&record.body()), "{} stored without its reservation", record.id);
+                prop_assert_eq!(home.reservation(&record.id), Some(record.body()), "{} stored without its reservation", record.id);
                 let payee_shard = shard_of(&record.to, SHARDS);
                 let credit = world.ledgers[usize::try_from(payee_shard).unwrap()].credit(&record.id);
-                prop_assert!(credit.is_none_or(|c| c.body() == record.body()), "{}: the payee decided on another body", record.id);
+                prop_assert!(credit.as_ref().is_none_or(|c| c.body() == record.body()), "{}: the payee decided on another body", record.id);
                 let decision = credit.map(|c| c.decision.clone());
                 if record.cross_shard {
                     match (&record.status, &decision) {

@@ -39,9 +39,9 @@ fn settle(core: &mut NodeCore) {
 #[test]
 fn compaction_waits_while_rounds_are_at_the_cap() {
     let limits = CoreLimits { rounds_inflight_max: 1, compaction_lag_entries: 0, ..CoreLimits::default() };
-    let config = NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits };
+    let config = NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits, cache_bytes_max: 1 << 20 };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut core = NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), 1, 7, &logger).expect("a fresh core");
+    let mut core = NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger).expect("a fresh core");
     // The only voter: it leads once its first tick's campaign is durable.
     core.tick(Time { wall_ms: 100, monotonic_ms: 100 });
     settle(&mut core);
@@ -55,7 +55,7 @@ fn compaction_waits_while_rounds_are_at_the_cap() {
     let inflight = rounds(core.drain_effects());
     assert_eq!((inflight.len(), core.rounds_inflight()), (1, 1), "the proposal's round is in flight");
 
-    core.checkpointed(0, applied);
+    core.state_persisted(&[(0, applied)]);
     core.poll();
     assert!(rounds(core.drain_effects()).is_empty(), "no round beyond the cap");
     assert_eq!(core.rounds_inflight(), 1);

@@ -113,7 +113,13 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     let bootstrapped = identity::check_or_write(&settings.data_dir, &identity)?;
     let placement = Placement::new(identity.members.clone(), settings.shards);
     let config = DriverConfig {
-        core: NodeConfig { node: settings.node_id, placement, raft: settings.raft.clone(), limits: settings.limits.clone() },
+        core: NodeConfig {
+            node: settings.node_id,
+            placement,
+            raft: settings.raft.clone(),
+            limits: settings.limits.clone(),
+            cache_bytes_max: usize::try_from(settings.cache_mb << 20).context("--cache-mb")?,
+        },
         data_dir: settings.data_dir.clone(),
         peer_listen: settings.peer,
         peers: settings.members.clone(),

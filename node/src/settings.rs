@@ -50,6 +50,10 @@ pub struct NodeSettings {
     /// HTTP connections open at once, over all workers.
     #[serde(default = "default_http_connections_max")]
     pub http_connections_max: usize,
+    /// Memory budget of the account cache (active accounts, all of a node's shards), MiB.
+    /// Accounts beyond it are passivated to the state store and activated again on use.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
     #[serde(default = "default_inbox_calls_max")]
     pub inbox_calls_max: usize,
     #[serde(default = "default_io_queue_jobs_max")]
@@ -107,6 +111,9 @@ fn default_http_body_timeout_ms() -> u64 {
 fn default_http_connections_max() -> usize {
     800
 }
+fn default_cache_mb() -> u64 {
+    u64::try_from(settle_cluster::CACHE_BYTES_DEFAULT >> 20).expect("fits u64")
+}
 fn default_inbox_calls_max() -> usize {
     8_192
 }
@@ -126,7 +133,7 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,
-    /// Where this node keeps its Raft log and ledger checkpoints.
+    /// Where this node keeps its Raft log and its ledger state store.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -146,6 +153,10 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    /// Memory budget of the account cache in MiB (default 256).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_mb: Option<u64>,
     /// A TOML file with any of these settings.
     #[arg(long)]
     #[serde(skip)]
@@ -204,6 +215,9 @@ impl NodeSettings {
         }
         if usize::try_from(self.frame_bytes_max).map_or(true, |frame| frame > self.peer_inbound_bytes_max) {
             bail!("peer_inbound_bytes_max must hold at least one frame of frame_bytes_max");
+        }
+        if self.cache_mb == 0 || self.cache_mb > 1 << 20 {
+            bail!("--cache-mb must be between 1 and {}", 1u64 << 20);
         }
         if self.log_format != "text" && self.log_format != "json" {
             bail!("--log-format must be text or json");

@@ -16,6 +16,7 @@
 mod operation;
 mod peer;
 mod router;
+mod snapshot;
 mod stats;
 mod validate;
 
@@ -25,8 +26,9 @@ use crate::log::Proposer;
 use crate::message::{PeerMessage, Reply, Request};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
-use crate::replica::{Checkpoint, RaftSettings, ShardReplica, ShardWrite};
+use crate::replica::{RaftSettings, ShardReplica, ShardWrite};
 use crate::storage::ShardStorage;
+use crate::store::Key;
 use crate::time::Time;
 use peer::{Origin, ShardPeer};
 use protobuf::Message as _;
@@ -59,10 +61,13 @@ pub struct CoreLimits {
     pub redrive_interval_ms: u64,
     /// Past this age a pending transfer's credit request asks the payee to refuse (prevent).
     pub prevent_after_ms: u64,
-    /// Checkpoint a shard after this many applied entries...
+    /// Make the state store durable (its incremental checkpoint: one fsync of its journal) once
+    /// a shard applied this many entries since the last time...
     pub checkpoint_entries: u64,
-    /// ...or after this long with anything applied.
+    /// ...or after this long with anything applied. The log is compacted behind it.
     pub checkpoint_interval_ms: u64,
+    /// Bytes of snapshot records this node serves to lagging followers per second.
+    pub snapshot_bytes_per_sec: u64,
     /// Entries kept in the log behind a checkpoint, so a briefly lagging follower needs no snapshot.
     pub compaction_lag_entries: u64,
     /// How often a leader checks whether to hand its shard back to the preferred leader.
@@ -82,7 +87,8 @@ impl Default for CoreLimits {
             redrive_interval_ms: 1_000,
             prevent_after_ms: 30_000,
             checkpoint_entries: 20_000,
-            checkpoint_interval_ms: 60_000,
+            checkpoint_interval_ms: 5_000,
+            snapshot_bytes_per_sec: 32 << 20,
             compaction_lag_entries: 1_000,
             leader_balance_interval_ms: 3_000,
             calls_inflight_max: 20_000,
@@ -98,6 +104,16 @@ pub struct NodeConfig {
     pub placement: Placement,
     pub raft: RaftSettings,
     pub limits: CoreLimits,
+    /// The node's account cache budget in bytes (`cache_mb`), split over its shards.
+    pub cache_bytes_max: usize,
+}
+
+/// The default account cache budget of a node: 256 MiB.
+pub const CACHE_BYTES_DEFAULT: usize = 256 << 20;
+
+/// How a node's account cache budget (`cache_mb`) is split: evenly over the shards it hosts.
+pub fn cache_bytes_per_shard(node_cache_bytes: usize, placement: &Placement, node: NodeId) -> usize {
+    node_cache_bytes / placement.shards_on(node).len().max(1)
 }
 
 /// One shard's durable state as recovered by the driver at start (absent for a fresh shard).
@@ -123,7 +139,17 @@ pub enum Effect {
         messages: Vec<PeerMessage>,
     },
     Persist(PersistRound),
-    Checkpoint(Checkpoint),
+    /// Make the state store durable (fsync), then report `state_persisted(marks)`: each shard's
+    /// state at its mark is then durable and its log may be compacted behind it.
+    PersistState {
+        marks: Vec<(ShardId, u64)>,
+    },
+    /// Delete a range of the state store that no shard uses any more (an old generation after
+    /// a snapshot install, or a stale staging area), in the background.
+    DeleteRange {
+        start: Key,
+        end: Key,
+    },
     Reply {
         call: CallId,
         reply: Reply,
@@ -192,8 +218,12 @@ pub struct NodeCore {
     effects: Vec<Effect>,
     outgoing: BTreeMap<NodeId, Vec<PeerMessage>>,
     rounds: Rounds,
-    /// Snapshot messages sent, to report to raft at the next tick.
-    snapshots_sent: Vec<(ShardId, NodeId)>,
+    /// Whether a state persist is in flight, and when the last one was asked for.
+    state_persist_inflight: bool,
+    last_state_persist_ms: u64,
+    /// Bytes of snapshot chunks this node may serve now (refilled every tick).
+    snapshot_budget_bytes: u64,
+    snapshot_fetches_waiting: std::collections::VecDeque<(NodeId, ShardId, u64, Option<Key>)>,
     /// Shards touched by an input since they were last polled: only these can have work.
     dirty: BTreeSet<ShardId>,
     leadership: Leadership,
@@ -203,13 +233,14 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// Builds the core from recovered shards (a shard missing from `recovered` starts fresh;
-    /// a `quarantined` one is not run here at all). `incarnation` must differ between starts of
-    /// the same node; `seed` drives election timers.
+    /// Builds the core from recovered shards (a shard missing from `recovered` starts fresh on
+    /// `store`; a `quarantined` one is not run here at all). `incarnation` must differ between
+    /// starts of the same node; `seed` drives election timers.
     pub fn new(
         config: NodeConfig,
         mut recovered: BTreeMap<ShardId, RecoveredShard>,
         quarantined: BTreeSet<ShardId>,
+        store: std::sync::Arc<dyn crate::store::KvStore>,
         incarnation: u64,
         seed: u64,
         logger: &slog::Logger,
@@ -222,18 +253,21 @@ impl NodeCore {
             if quarantined.contains(&shard) {
                 continue;
             }
-            let replica = match recovered.remove(&shard) {
-                Some(state) => ShardReplica::new(node, shard, state.storage, state.ledger, state.applied_index, &config.raft, logger)?,
+            let state = match recovered.remove(&shard) {
+                Some(state) => state,
                 None => {
-                    if config.placement.preferred_leader(shard) == node {
-                        leadership.campaign_at_start.insert(shard);
-                    }
-                    let voters = config.placement.replicas(shard);
-                    let storage = ShardStorage::bootstrap(voters);
-                    let ledger = Ledger::new(shard, shard_count);
-                    ShardReplica::new(node, shard, storage, ledger, 0, &config.raft, logger)?
+                    let budget = cache_bytes_per_shard(config.cache_bytes_max, &config.placement, node);
+                    let (ledger, _) = Ledger::open(shard, shard_count, store.clone(), budget)
+                        .map_err(|error| raft::Error::Store(raft::StorageError::Other(Box::new(error))))?;
+                    let storage = ShardStorage::bootstrap(config.placement.replicas(shard));
+                    RecoveredShard { storage, ledger, applied_index: 0 }
                 }
             };
+            let fresh = state.applied_index == 0 && state.storage.last_index() == 0 && state.storage.hard_state().term == 0;
+            if fresh && config.placement.preferred_leader(shard) == node {
+                leadership.campaign_at_start.insert(shard);
+            }
+            let replica = ShardReplica::new(node, shard, state.storage, state.ledger, state.applied_index, &config.raft, logger)?;
             peers.insert(shard, ShardPeer::new(replica));
         }
         let mut core = NodeCore {
@@ -247,7 +281,10 @@ impl NodeCore {
             effects: Vec::new(),
             outgoing: BTreeMap::new(),
             rounds: Rounds { next: 1, ..Rounds::default() },
-            snapshots_sent: Vec::new(),
+            state_persist_inflight: false,
+            last_state_persist_ms: 0,
+            snapshot_budget_bytes: 0,
+            snapshot_fetches_waiting: std::collections::VecDeque::new(),
             dirty: BTreeSet::new(),
             leadership,
             stats: CoreStats::default(),
@@ -317,11 +354,6 @@ impl NodeCore {
                 let _ = peer.replica.campaign();
             }
         }
-        for (shard, to) in std::mem::take(&mut self.snapshots_sent) {
-            if let Some(peer) = self.peers.get_mut(&shard) {
-                peer.replica.report_snapshot_sent(to);
-            }
-        }
         let shards: Vec<ShardId> = self.peers.keys().copied().collect();
         for shard in &shards {
             self.peers.get_mut(shard).expect("listed").replica.tick();
@@ -335,6 +367,7 @@ impl NodeCore {
             operation::transfer::redrive(peer, &mut ctx);
         }
         self.deliver_outbox();
+        self.snapshot_tick();
         self.checkpoint_tick();
         self.balance_tick();
         self.drain_tick();
@@ -428,6 +461,10 @@ impl NodeCore {
             }
         };
         let message = match checked {
+            validate::Checked::Snapshot { shard, message, descriptor } => {
+                self.snapshot_offered(from, shard, message, descriptor);
+                return;
+            }
             validate::Checked::Raft { shard, message } => {
                 let Some(peer) = self.peers.get_mut(&shard) else {
                     // A replica this node hosts but does not run (quarantined).
@@ -455,6 +492,10 @@ impl NodeCore {
             PeerMessage::Credits { shard, credits, hops } => self.credits_received(from, shard, credits, hops),
             PeerMessage::Decisions { shard, decisions, hops } => self.decisions_received(from, shard, decisions, hops),
             PeerMessage::LeaderHint { shard, leader } => self.learn_leader(shard, leader),
+            PeerMessage::SnapshotFetch { shard, snapshot_id, after } => self.snapshot_fetch_received(from, shard, snapshot_id, after),
+            PeerMessage::SnapshotChunk { shard, snapshot_id, entries, done, unknown } => {
+                self.snapshot_chunk_received(from, shard, snapshot_id, entries, done, unknown)
+            }
             PeerMessage::NodeInfo { .. } => {}
         }
     }
@@ -528,15 +569,18 @@ impl NodeCore {
         }
     }
 
-    /// The state store holds `shard`'s checkpoint at `index`: compact the log behind it.
-    pub fn checkpointed(&mut self, shard: ShardId, index: u64) {
+    /// The state store is durable up to these marks (an `Effect::PersistState` completed):
+    /// compact each shard's log behind its mark.
+    pub fn state_persisted(&mut self, marks: &[(ShardId, u64)]) {
+        self.state_persist_inflight = false;
         let lag = self.config.limits.compaction_lag_entries;
-        let Some(peer) = self.peers.get_mut(&shard) else {
-            return;
-        };
-        peer.checkpoint_inflight = false;
-        if let Some(compact_to) = peer.replica.checkpointed(index, lag) {
-            self.rounds.compactions.insert(shard, compact_to);
+        for (shard, index) in marks {
+            let Some(peer) = self.peers.get_mut(shard) else {
+                continue;
+            };
+            if let Some(compact_to) = peer.replica.checkpointed(*index, lag) {
+                self.rounds.compactions.insert(*shard, compact_to);
+            }
         }
     }
 
@@ -576,7 +620,7 @@ impl NodeCore {
                 let peer = peers.get_mut(shard).expect("listed");
                 peer.flush_proposals(proposer, &mut ctx);
                 operation::read::flush_reads(peer, &mut ctx);
-                peer.replica.serve_snapshot_request();
+                peer.replica.serve_snapshot_request(ctx.time.monotonic_ms);
             }
         }
         self.deliver_outbox();
@@ -599,6 +643,9 @@ impl NodeCore {
                     self.stats.snapshots_installed += 1;
                 }
                 self.stats.entries_undecodable += output.entries_undecodable;
+                for (start, end) in output.obsolete_ranges {
+                    self.effects.push(Effect::DeleteRange { start, end });
+                }
                 self.send_raft(*shard, output.messages);
                 if output.installed_snapshot {
                     self.shard_reset(*shard);
@@ -674,8 +721,13 @@ impl NodeCore {
         for message in messages {
             let to = message.to;
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                self.snapshots_sent.push((shard, to));
                 self.stats.snapshots_sent += 1;
+                if let Ok(descriptor) = crate::snapshot::SnapshotDescriptor::decode(&message.get_snapshot().data) {
+                    let now = self.time.monotonic_ms;
+                    if let Some(peer) = self.peers.get_mut(&shard) {
+                        peer.replica.snapshot_offered_to(descriptor.snapshot_id, to, now);
+                    }
+                }
             }
             let bytes = message.write_to_bytes().expect("in-memory protobuf encoding cannot fail");
             self.send(to, PeerMessage::Raft { shard, message: bytes });
@@ -726,22 +778,33 @@ impl NodeCore {
         self.deliver_outbox();
     }
 
+    /// Asks the runtime to make the state store durable (its incremental checkpoint) when a
+    /// shard applied `checkpoint_entries` since its last durable mark, or after
+    /// `checkpoint_interval_ms` with anything applied. One persist at a time, for every shard.
     fn checkpoint_tick(&mut self) {
+        if self.state_persist_inflight {
+            return;
+        }
         let limits = &self.config.limits;
         let now = self.time.monotonic_ms;
-        for peer in self.peers.values_mut() {
-            if peer.checkpoint_inflight {
-                continue;
-            }
+        let mut due = false;
+        let mut marks = Vec::new();
+        for (shard, peer) in &self.peers {
             let replica = &peer.replica;
             let behind = replica.applied_index().saturating_sub(replica.checkpoint_index());
-            let stale = behind > 0 && now.saturating_sub(peer.last_checkpoint_ms) >= limits.checkpoint_interval_ms;
-            if behind >= limits.checkpoint_entries || stale {
-                peer.checkpoint_inflight = true;
-                peer.last_checkpoint_ms = now;
-                self.effects.push(Effect::Checkpoint(replica.checkpoint()));
+            if behind == 0 {
+                continue;
             }
+            marks.push((*shard, replica.state_mark_index()));
+            due |= behind >= limits.checkpoint_entries;
         }
+        let stale = now.saturating_sub(self.last_state_persist_ms) >= limits.checkpoint_interval_ms;
+        if marks.is_empty() || !(due || stale) {
+            return;
+        }
+        self.state_persist_inflight = true;
+        self.last_state_persist_ms = now;
+        self.effects.push(Effect::PersistState { marks });
     }
 
     /// Hands shards back to their preferred leader once it has caught up, so leaders stay

@@ -158,8 +158,8 @@ pub(super) struct ShardPeer {
     pub credits_proposed_ms: BTreeMap<TransferId, u64>,
     /// The term in which this node last saw itself leading the shard.
     pub leading: Option<u64>,
-    pub checkpoint_inflight: bool,
-    pub last_checkpoint_ms: u64,
+    /// A snapshot this replica fetches from its leader (`core/snapshot.rs`).
+    pub incoming_snapshot: Option<super::snapshot::IncomingSnapshot>,
 }
 
 impl ShardPeer {
@@ -175,8 +175,7 @@ impl ShardPeer {
             drives: BTreeMap::new(),
             credits_proposed_ms: BTreeMap::new(),
             leading: None,
-            checkpoint_inflight: false,
-            last_checkpoint_ms: 0,
+            incoming_snapshot: None,
         }
     }
 

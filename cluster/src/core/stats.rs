@@ -62,6 +62,11 @@ pub struct CoreStats {
     pub peer_messages_rejected: BTreeMap<&'static str, u64>,
     /// Committed entries that did not decode: applied as nothing, the same on every replica.
     pub entries_undecodable: u64,
+    /// Snapshot streams this node started fetching, and bytes of snapshot records it sent and
+    /// received.
+    pub snapshot_streams_started: u64,
+    pub snapshot_bytes_sent: u64,
+    pub snapshot_bytes_received: u64,
 }
 
 /// A node's role in one shard, as `/v1/cluster`, metrics and `settle status` show it.
@@ -125,6 +130,9 @@ pub struct ShardStatus {
     pub pending_transfers: usize,
     /// On the leader: how long the oldest of them has been pending, in milliseconds.
     pub pending_oldest_ms: u64,
+    /// The account cache of this replica (accounts are virtual actors): accounts active now and
+    /// the bytes they are counted for; activations, passivations and hits since it started.
+    pub cache: crate::ledger::CacheStats,
 }
 
 impl NodeCore {
@@ -158,9 +166,10 @@ impl NodeCore {
                             last_index: replica.last_index(),
                             log_entries: u64::try_from(replica.log_entry_count()).unwrap_or(u64::MAX),
                             leader_changes: replica.leader_changes(),
-                            accounts: u64::try_from(replica.ledger().account_count()).unwrap_or(u64::MAX),
+                            accounts: replica.ledger().account_count(),
                             pending_transfers: replica.ledger().pending_count(),
                             pending_oldest_ms,
+                            cache: replica.ledger().cache_stats(),
                         }
                     }
                     None => ShardStatus {
@@ -177,6 +186,7 @@ impl NodeCore {
                         accounts: 0,
                         pending_transfers: 0,
                         pending_oldest_ms: 0,
+                        cache: crate::ledger::CacheStats::default(),
                     },
                 }
             })

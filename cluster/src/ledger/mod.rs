@@ -1,76 +1,167 @@
 //! The ledger state machine of one shard: accounts, the payer-side transfer records, the
-//! payee-side credit decisions. Deterministic: the only inputs are the commands and the
-//! proposer's timestamp carried in each log entry. Only `apply` mutates it (invariant 4).
+//! payee-side credit decisions, the transfer-id reservations. Deterministic: the only inputs are
+//! the commands and the proposer's timestamp carried in each log entry. Only `apply_command`
+//! mutates it (invariant 4).
+//!
+//! Its state lives in the node's store (`store.rs`, layout in `keys.rs`), not in memory:
+//! - **Accounts are virtual actors.** A command that touches an account activates it: it is
+//!   read from the store into a bounded cache (`AccountCache`) and stays there while it is used;
+//!   the least recently used clean accounts are passivated (dropped) whenever the cache is over
+//!   its budget. An account's mailbox is its shard's log, so it has exactly one writer. Changed
+//!   accounts are written back when the round commits.
+//! - Records (transfers, credits, reservations, history) are written once into the round's
+//!   overlay and read from the store when needed; nothing proportional to history stays in
+//!   memory. Only the pending set (in-flight cross-shard transfers) and the per-currency inflow
+//!   are held, and stored too.
+//! - `commit_round` writes everything a round changed, with the applied index, as one batch.
+//!   It is durable once the store persists (the runtime does, off the driver thread), and the
+//!   Raft log is compacted only behind an applied index the store made durable.
 
+mod cache;
+pub mod keys;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
+pub use cache::CacheStats;
 pub use types::*;
 
+use crate::codec::{self, CodecError};
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor, AMOUNT_MINOR_MAX};
 use crate::placement::{home_shard_of, shard_of};
 use crate::planted::{planted, PlantedBug};
-use serde::{Deserialize, Serialize};
+use crate::store::{Key, KvStore, MemStore, StoreError, Value, WriteBatch};
+use cache::AccountCache;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-/// The layout of encoded ledgers (checkpoints, and raft snapshots for lagging followers).
-/// 2: transfer-id reservations.
-pub const LEDGER_FORMAT_VERSION: u8 = 2;
+/// The layout of stored ledger values (and of the records a snapshot carries).
+/// 3: state in the store, one value per record (accounts without their history).
+pub const LEDGER_FORMAT_VERSION: u8 = 3;
+
+/// An account's cache budget when none is given (tests).
+const CACHE_BYTES_DEFAULT: usize = 4 << 20;
+
+/// The applied point stored with a round's writes: recovery starts the shard here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AppliedMark {
+    pub index: u64,
+    pub term: u64,
+    /// The shard's voters at that index (protobuf `ConfState`).
+    pub conf_state: Vec<u8>,
+}
+
+/// An account as stored (its id is the key; its history is an index of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredAccount {
+    currency: Currency,
+    kind: AccountKind,
+    balance: Minor,
+    debits_pending: Minor,
+    created_at_ms: u64,
+    history_len: u64,
+}
+
+fn encode_value<T: Serialize>(value: &T) -> Value {
+    codec::encode(LEDGER_FORMAT_VERSION, value)
+}
+
+fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    codec::decode(LEDGER_FORMAT_VERSION, bytes)
+}
 
 /// The state of one shard, as every replica of it holds it after applying the same log prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     shard: ShardId,
     shard_count: u32,
-    accounts: BTreeMap<AccountId, Account>,
-    /// Payer-side records: every transfer whose payer lives here, by id (the idempotency key).
-    transfers: BTreeMap<TransferId, TransferRecord>,
-    /// Payee-side decisions for cross-shard transfers into this shard: first decision wins.
-    credits: BTreeMap<TransferId, CreditRecord>,
+    store: Arc<dyn KvStore>,
+    /// The generation of keys this shard uses (`keys.rs`); a snapshot install switches it.
+    generation: u32,
+    accounts: AccountCache,
+    /// Records written by commands since the last commit, not yet in the store.
+    overlay: BTreeMap<Key, Option<Value>>,
     /// Cross-shard transfers prepared here and not yet finalized (the coordinator's to-do list).
     pending: BTreeSet<TransferId>,
-    /// Transfer ids whose home shard this is, with the one body each is bound to (first wins,
-    /// forever): the cluster-wide idempotency index.
-    reservations: BTreeMap<TransferId, TransferBody>,
     /// Per currency: money that entered this shard through posted cross-shard credits minus money
     /// that left through posted cross-shard debits. The sum of balances must equal it.
     net_inflow: BTreeMap<Currency, Minor>,
-    /// Test-only: a planted bug (see `planted.rs`); never serialised.
-    #[serde(skip)]
+    inflow_changed: BTreeSet<Currency>,
+    /// How many accounts the shard has (stored beside them), and whether a command changed it.
+    account_count: u64,
+    account_count_changed: bool,
+    /// Test-only: a planted bug (see `planted.rs`).
     planted: PlantedBug,
 }
 
 impl Ledger {
+    /// A fresh shard on a store of its own (tests).
     pub fn new(shard: ShardId, shard_count: u32) -> Ledger {
+        let store: Arc<dyn KvStore> = Arc::new(MemStore::new());
+        Ledger::open(shard, shard_count, store, CACHE_BYTES_DEFAULT).expect("a fresh store opens").0
+    }
+
+    /// Opens a shard's ledger from the node's store (fresh when the store holds nothing of it),
+    /// with the applied point its state is at.
+    pub fn open(shard: ShardId, shard_count: u32, store: Arc<dyn KvStore>, cache_bytes_max: usize) -> Result<(Ledger, AppliedMark), StoreError> {
         assert!(shard < shard_count, "shard {shard} out of {shard_count}");
-        Ledger {
+        let generation = match store.get(&keys::generation_key(shard)) {
+            Some(bytes) => u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StoreError(format!("shard {shard}: bad generation")))?),
+            None => 0,
+        };
+        let mut ledger = Ledger {
             shard,
             shard_count,
-            accounts: BTreeMap::new(),
-            transfers: BTreeMap::new(),
-            credits: BTreeMap::new(),
+            store,
+            generation,
+            accounts: AccountCache::new(cache_bytes_max),
+            overlay: BTreeMap::new(),
             pending: BTreeSet::new(),
-            reservations: BTreeMap::new(),
             net_inflow: BTreeMap::new(),
+            inflow_changed: BTreeSet::new(),
+            account_count: 0,
+            account_count_changed: false,
             planted: PlantedBug::None,
+        };
+        let mark = ledger.load_meta()?;
+        Ok((ledger, mark))
+    }
+
+    /// Reads what the ledger keeps in memory (the pending set, the inflow) and the applied mark
+    /// of the current generation.
+    fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
+        let corrupt = |what: &str, error: CodecError| StoreError(format!("shard {}: stored {what} does not decode: {error}", self.shard));
+        self.pending.clear();
+        self.net_inflow.clear();
+        let (start, end) = keys::kind_range(self.shard, self.generation, keys::PENDING);
+        for (key, _) in self.store.scan(&start, &end, usize::MAX, false) {
+            let id = std::str::from_utf8(&key[start.len()..]).ok().and_then(|text| TransferId::new(text).ok());
+            let id = id.ok_or_else(|| StoreError(format!("shard {}: bad pending key", self.shard)))?;
+            self.pending.insert(id);
         }
-    }
-
-    /// The ledger as a checkpoint or snapshot carries it.
-    pub fn encode(&self) -> Vec<u8> {
-        crate::codec::encode(LEDGER_FORMAT_VERSION, self)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Ledger, crate::codec::CodecError> {
-        crate::codec::decode(LEDGER_FORMAT_VERSION, bytes)
+        let (start, end) = keys::kind_range(self.shard, self.generation, keys::INFLOW);
+        for (key, value) in self.store.scan(&start, &end, usize::MAX, false) {
+            let code = std::str::from_utf8(&key[start.len()..]).ok().and_then(Currency::from_code);
+            let currency = code.ok_or_else(|| StoreError(format!("shard {}: bad inflow key", self.shard)))?;
+            let inflow: Minor = decode_value(&value).map_err(|error| corrupt("inflow", error))?;
+            self.net_inflow.insert(currency, inflow);
+        }
+        self.account_count = match self.store.get(&keys::account_count(self.shard, self.generation)) {
+            Some(bytes) => decode_value(&bytes).map_err(|error| corrupt("account count", error))?,
+            None => 0,
+        };
+        match self.store.get(&keys::applied(self.shard, self.generation)) {
+            Some(bytes) => decode_value(&bytes).map_err(|error| corrupt("applied mark", error)),
+            None => Ok(AppliedMark::default()),
+        }
     }
 
     /// Test-only: plants a bug in this ledger (inert without the `planted-bugs` feature).
     pub fn set_planted(&mut self, bug: PlantedBug) {
         self.planted = bug;
+        self.accounts.set_planted(bug);
     }
 
     pub fn shard(&self) -> ShardId {
@@ -81,91 +172,200 @@ impl Ledger {
         self.shard_count
     }
 
-    pub fn account(&self, id: &AccountId) -> Option<&Account> {
-        self.accounts.get(id)
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
-        self.accounts.values()
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        &self.store
     }
 
-    pub fn account_count(&self) -> usize {
-        self.accounts.len()
+    pub fn cache_stats(&self) -> CacheStats {
+        self.accounts.stats()
     }
 
-    pub fn transfer(&self, id: &TransferId) -> Option<&TransferRecord> {
-        self.transfers.get(id)
+    /// Sets the account cache's budget (the node splits its `cache_mb` among its shards).
+    pub fn set_cache_budget(&mut self, bytes: usize) {
+        self.accounts.set_budget(bytes);
     }
 
-    pub fn transfers(&self) -> impl Iterator<Item = &TransferRecord> {
-        self.transfers.values()
+    /// A record by key: this round's writes first, then the store.
+    fn read<T: DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        let bytes = match self.overlay.get(key) {
+            Some(written) => written.clone()?,
+            None => self.store.get(key)?,
+        };
+        match decode_value(&bytes) {
+            Ok(value) => Some(value),
+            // The store's records are checksummed by the engine; one that still does not decode
+            // is a bug or damage this replica cannot repair: stop it (crash-only).
+            Err(error) => panic!("shard {}: a stored record does not decode: {error}", self.shard),
+        }
     }
 
-    pub fn credit(&self, id: &TransferId) -> Option<&CreditRecord> {
-        self.credits.get(id)
+    fn write<T: Serialize>(&mut self, key: Key, value: &T) {
+        self.overlay.insert(key, Some(encode_value(value)));
     }
 
-    pub fn credits(&self) -> impl Iterator<Item = &CreditRecord> {
-        self.credits.values()
+    fn stored_account(&self, id: &AccountId) -> Option<Account> {
+        let stored: StoredAccount = self.read(&keys::account(self.shard, self.generation, id))?;
+        Some(Account {
+            id: id.clone(),
+            currency: stored.currency,
+            kind: stored.kind,
+            balance: stored.balance,
+            debits_pending: stored.debits_pending,
+            created_at_ms: stored.created_at_ms,
+            history_len: stored.history_len,
+        })
+    }
+
+    /// An account as it is now, without activating it (reads for clients).
+    pub fn account(&self, id: &AccountId) -> Option<Account> {
+        if let Some(account) = self.accounts.peek(id) {
+            return Some(account.clone());
+        }
+        self.stored_account(id)
+    }
+
+    /// Activates an account for a command (loading it from the store on a miss).
+    fn activate(&mut self, id: &AccountId) -> Option<&mut Account> {
+        let hit = self.accounts.contains(id);
+        if !hit {
+            let account = self.stored_account(id)?;
+            self.accounts.activate(account);
+        }
+        self.accounts.get_mut(id, hit)
+    }
+
+    /// Every account of the shard, in id order. Proportional to the shard: for tests, the
+    /// simulator's checkers and verification of a whole ledger, never on a hot path.
+    pub fn accounts(&self) -> Vec<Account> {
+        let (start, end) = keys::kind_range(self.shard, self.generation, keys::ACCOUNT);
+        let mut ids: BTreeSet<AccountId> = BTreeSet::new();
+        for (key, _) in self.store.scan(&start, &end, usize::MAX, false) {
+            if let Some(id) = std::str::from_utf8(&key[start.len()..]).ok().and_then(|text| AccountId::new(text).ok()) {
+                ids.insert(id);
+            }
+        }
+        ids.extend(self.accounts.ids().cloned());
+        ids.iter().filter_map(|id| self.account(id)).collect()
+    }
+
+    /// How many accounts the shard has (kept beside them, not counted).
+    pub fn account_count(&self) -> u64 {
+        self.account_count
+    }
+
+    pub fn transfer(&self, id: &TransferId) -> Option<TransferRecord> {
+        self.read(&keys::transfer(self.shard, self.generation, keys::TRANSFER, id))
+    }
+
+    pub fn credit(&self, id: &TransferId) -> Option<CreditRecord> {
+        self.read(&keys::transfer(self.shard, self.generation, keys::CREDIT, id))
     }
 
     /// The body a transfer id whose home is this shard is bound to.
-    pub fn reservation(&self, id: &TransferId) -> Option<&TransferBody> {
-        self.reservations.get(id)
+    pub fn reservation(&self, id: &TransferId) -> Option<TransferBody> {
+        self.read(&keys::transfer(self.shard, self.generation, keys::RESERVATION, id))
     }
 
-    pub fn reservations(&self) -> impl Iterator<Item = (&TransferId, &TransferBody)> {
-        self.reservations.iter()
+    /// Every record of one kind, in key order (committed ones only). For tests and checkers.
+    fn scan_kind<T: DeserializeOwned>(&self, kind: u8) -> Vec<(Key, T)> {
+        let (start, end) = keys::kind_range(self.shard, self.generation, kind);
+        let mut out = Vec::new();
+        for (key, value) in self.store.scan(&start, &end, usize::MAX, false) {
+            match decode_value(&value) {
+                Ok(decoded) => out.push((key[start.len()..].to_vec(), decoded)),
+                Err(error) => panic!("shard {}: a stored record does not decode: {error}", self.shard),
+            }
+        }
+        out
+    }
+
+    /// Every payer record (committed). Proportional to history: tests and checkers only.
+    pub fn transfers(&self) -> Vec<TransferRecord> {
+        self.scan_kind(keys::TRANSFER).into_iter().map(|(_, record)| record).collect()
+    }
+
+    /// Every payee decision (committed). Proportional to history: tests and checkers only.
+    pub fn credits(&self) -> Vec<CreditRecord> {
+        self.scan_kind(keys::CREDIT).into_iter().map(|(_, record)| record).collect()
+    }
+
+    /// Every reservation (committed). Proportional to history: tests and checkers only.
+    pub fn reservations(&self) -> Vec<(TransferId, TransferBody)> {
+        self.scan_kind(keys::RESERVATION)
+            .into_iter()
+            .filter_map(|(key, body)| std::str::from_utf8(&key).ok().and_then(|text| TransferId::new(text).ok()).map(|id| (id, body)))
+            .collect()
     }
 
     /// Cross-shard transfers prepared here and waiting for the payee shard's decision.
-    pub fn pending(&self) -> impl Iterator<Item = &TransferRecord> {
-        self.pending.iter().map(|id| &self.transfers[id])
+    pub fn pending(&self) -> Vec<TransferRecord> {
+        self.pending.iter().filter_map(|id| self.transfer(id)).collect()
+    }
+
+    pub fn pending_ids(&self) -> impl Iterator<Item = &TransferId> {
+        self.pending.iter()
     }
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
 
-    /// A page of an account's history, newest first. `before` is the cursor from the previous
-    /// page (a position in the history); the returned cursor is `None` on the last page.
+    /// A page of an account's history, newest first, read from the store. `before` is the
+    /// cursor from the previous page (a position in the history); the returned cursor is
+    /// `None` on the last page.
     pub fn history(&self, account: &AccountId, before: Option<u64>, limit: usize) -> Option<(Vec<TransferView>, Option<u64>)> {
-        let account = self.accounts.get(account)?;
-        let length = u64::try_from(account.history.len()).expect("history fits u64");
+        let length = self.account(account)?.history_len;
         let end = before.map_or(length, |cursor| cursor.min(length));
+        let prefix = keys::history_prefix(self.shard, self.generation, account);
+        let start_key = prefix.clone();
+        let end_key = keys::history(self.shard, self.generation, account, end);
+        let items = self.store.scan(&start_key, &end_key, limit, true);
         let mut views = Vec::new();
-        let mut position = end;
-        while position > 0 && views.len() < limit {
-            position -= 1;
-            let item = &account.history[usize::try_from(position).expect("fits usize")];
-            views.push(self.view(item));
+        let mut last_position = end;
+        for (key, value) in items {
+            let Ok(position_bytes) = <[u8; 8]>::try_from(&key[prefix.len()..]) else {
+                continue;
+            };
+            last_position = u64::from_be_bytes(position_bytes);
+            let item: HistoryItem = match decode_value(&value) {
+                Ok(item) => item,
+                Err(error) => panic!("shard {}: a stored history item does not decode: {error}", self.shard),
+            };
+            if let Some(view) = self.view(&item) {
+                views.push(view);
+            }
         }
-        let next = if position > 0 { Some(position) } else { None };
+        let next = if last_position > 0 && views.len() == limit { Some(last_position) } else { None };
         Some((views, next))
     }
 
-    fn view(&self, item: &HistoryItem) -> TransferView {
+    fn view(&self, item: &HistoryItem) -> Option<TransferView> {
         match item.record {
-            RecordKind::Transfer => TransferView::from(&self.transfers[&item.transfer]),
-            RecordKind::Credit => TransferView::from(&self.credits[&item.transfer]),
+            RecordKind::Transfer => self.transfer(&item.transfer).map(|record| TransferView::from(&record)),
+            RecordKind::Credit => self.credit(&item.transfer).map(|record| TransferView::from(&record)),
         }
     }
 
     /// Applies one command and reports it with the records its waiters need (`report`: a
     /// leader's replica, which answers clients; followers skip building them). `now_ms` is the
     /// proposer's timestamp from the log entry, the same on every replica. Invalid commands never
-    /// panic: they come back as rejections. The only mutator of the ledger.
+    /// panic: they come back as rejections. The only mutator of the ledger; its writes reach the
+    /// store at `commit_round`.
     pub fn apply_command(&mut self, now_ms: u64, command: Command, report: bool) -> AppliedCommand {
         let applied = match command {
             Command::CreateAccount(create) => {
                 let outcome = self.create_account(now_ms, &create);
-                let account = if report { self.accounts.get(&create.id).map(AccountView::from) } else { None };
+                let account = if report { self.account(&create.id).map(|account| AccountView::from(&account)) } else { None };
                 AppliedCommand::Account { create, outcome, account }
             }
             Command::Transfer(transfer) => {
                 let outcome = self.transfer_command(now_ms, &transfer);
                 let stored = matches!(&outcome, TransferOutcome::Recorded(_) | TransferOutcome::Replayed(_));
-                let record = if report && stored { self.transfers.get(&transfer.id).map(TransferView::from) } else { None };
+                let record = if report && stored { self.transfer(&transfer.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Transfer { transfer, outcome, record }
             }
             Command::Reserve(reserve) => {
@@ -178,25 +378,83 @@ impl Ledger {
             }
             Command::Finalize(finalize) => {
                 let outcome = self.finalize_command(now_ms, &finalize);
-                let record = if report { self.transfers.get(&finalize.id).map(TransferView::from) } else { None };
+                let record = if report { self.transfer(&finalize.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Finalize { finalize, outcome, record }
             }
         };
         if cfg!(debug_assertions) {
             self.assert_touched_accounts(&applied);
         }
+        if planted(self.planted, PlantedBug::PassivateUnflushed) {
+            // The bug: passivate while the round's changes are still only in the cache.
+            self.accounts.passivate_over_budget(true);
+        }
         applied
     }
 
-    /// `apply_command` without the records: the outcome alone (what the tests compare).
+    /// `apply_command` without the records, committed at once: the outcome alone (what the
+    /// tests compare).
     pub fn apply(&mut self, now_ms: u64, command: &Command) -> Applied {
-        match self.apply_command(now_ms, command.clone(), false) {
+        let applied = match self.apply_command(now_ms, command.clone(), false) {
             AppliedCommand::Account { outcome, .. } => Applied::Account(outcome),
             AppliedCommand::Transfer { outcome, .. } => Applied::Transfer(outcome),
             AppliedCommand::Reserve { outcome, .. } => Applied::Reserve(outcome),
             AppliedCommand::Credit { outcome, .. } => Applied::Credit(outcome),
             AppliedCommand::Finalize { outcome, .. } => Applied::Finalize(outcome),
+        };
+        let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
+        self.commit_round(&mark).expect("a test store takes writes");
+        applied
+    }
+
+    /// Writes everything the commands since the last commit changed, with the applied mark, as
+    /// one batch; then passivates cold accounts while the cache is over its budget. The batch is
+    /// in the store (readable) at once and durable after the store's next persist.
+    pub fn commit_round(&mut self, mark: &AppliedMark) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (id, account) in self.accounts.take_dirty() {
+            let stored = StoredAccount {
+                currency: account.currency,
+                kind: account.kind,
+                balance: account.balance,
+                debits_pending: account.debits_pending,
+                created_at_ms: account.created_at_ms,
+                history_len: account.history_len,
+            };
+            batch.put(keys::account(self.shard, self.generation, &id), encode_value(&stored));
         }
+        for (key, value) in std::mem::take(&mut self.overlay) {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
+        for currency in std::mem::take(&mut self.inflow_changed) {
+            let inflow = self.net_inflow.get(&currency).copied().unwrap_or(0);
+            batch.put(keys::inflow(self.shard, self.generation, currency), encode_value(&inflow));
+        }
+        if std::mem::take(&mut self.account_count_changed) {
+            batch.put(keys::account_count(self.shard, self.generation), encode_value(&self.account_count));
+        }
+        batch.put(keys::applied(self.shard, self.generation), encode_value(mark));
+        self.store.write(batch)?;
+        self.accounts.passivate_over_budget(false);
+        Ok(())
+    }
+
+    /// Switches the shard to a snapshot staged under `generation` (its records, written by
+    /// `stage`), dropping every cached account: the old generation is left for the caller to
+    /// delete in the background. Returns the snapshot's applied mark.
+    pub fn install_generation(&mut self, generation: u32) -> Result<AppliedMark, StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(keys::generation_key(self.shard), generation.to_be_bytes().to_vec());
+        self.store.write(batch)?;
+        self.generation = generation;
+        self.accounts.clear();
+        self.overlay.clear();
+        self.inflow_changed.clear();
+        self.account_count_changed = false;
+        self.load_meta()
     }
 
     fn create_account(&mut self, now_ms: u64, create: &CreateAccount) -> AccountOutcome {
@@ -205,7 +463,7 @@ impl Ledger {
             // panic on one that did not (a log entry is input too).
             return AccountOutcome::WrongShard;
         }
-        if let Some(existing) = self.accounts.get(&create.id) {
+        if let Some(existing) = self.activate(&create.id) {
             if existing.currency == create.currency && existing.kind == create.kind {
                 return AccountOutcome::AlreadyExists;
             }
@@ -218,9 +476,11 @@ impl Ledger {
             balance: 0,
             debits_pending: 0,
             created_at_ms: now_ms,
-            history: Vec::new(),
+            history_len: 0,
         };
-        self.accounts.insert(create.id.clone(), account);
+        self.accounts.insert_new(account);
+        self.account_count += 1;
+        self.account_count_changed = true;
         AccountOutcome::Created
     }
 
@@ -229,12 +489,12 @@ impl Ledger {
         if home_shard_of(&reserve.id, self.shard_count) != self.shard {
             return ReserveOutcome::WrongShard;
         }
-        match self.reservations.get(&reserve.id) {
-            Some(body) if *body == reserve.body => ReserveOutcome::Replayed,
+        match self.reservation(&reserve.id) {
+            Some(body) if body == reserve.body => ReserveOutcome::Replayed,
             Some(_) if planted(self.planted, PlantedBug::IdReuseUnchecked) => ReserveOutcome::Replayed,
             Some(_) => ReserveOutcome::Reused,
             None => {
-                self.reservations.insert(reserve.id.clone(), reserve.body.clone());
+                self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &reserve.id), &reserve.body);
                 ReserveOutcome::Reserved
             }
         }
@@ -244,26 +504,25 @@ impl Ledger {
         if self.owner(&transfer.from) != self.shard {
             return TransferOutcome::Refused(RejectCode::WrongShard);
         }
-        if let Some(existing) = self.transfers.get(&transfer.id) {
+        if let Some(existing) = self.transfer(&transfer.id) {
             if existing.same_request(transfer) {
-                return TransferOutcome::Replayed(existing.status.clone());
+                return TransferOutcome::Replayed(existing.status);
             }
             return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
         }
         // When the id's home is this shard, the reservation happens here, in the same apply;
         // otherwise the origin reserved it on the home shard before proposing this command.
         let home_here = home_shard_of(&transfer.id, self.shard_count) == self.shard;
-        if home_here {
-            if let Some(reserved) = self.reservations.get(&transfer.id) {
-                if !reserved.matches(transfer) && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
-                    return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
-                }
+        let reserved = if home_here { self.reservation(&transfer.id) } else { None };
+        if let Some(reserved) = &reserved {
+            if !reserved.matches(transfer) && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
+                return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
             }
         }
         if transfer.from == transfer.to {
             return TransferOutcome::Refused(RejectCode::SameAccount);
         }
-        if transfer.amount <= 0 || transfer.amount > crate::money::AMOUNT_MINOR_MAX {
+        if transfer.amount <= 0 || transfer.amount > AMOUNT_MINOR_MAX {
             return TransferOutcome::Refused(RejectCode::InvalidAmount);
         }
         let cross_shard = self.owner(&transfer.to) != self.shard;
@@ -296,24 +555,25 @@ impl Ledger {
                 self.post_credit(&transfer.to, transfer.amount, &transfer.id, RecordKind::Transfer);
             }
             TransferStatus::Pending => {
-                let payer = self.accounts.get_mut(&transfer.from).expect("checked payer");
+                let payer = self.activate(&transfer.from).expect("checked payer");
                 payer.debits_pending = payer.debits_pending.checked_add(transfer.amount).expect("bounded amounts");
-                payer.history.push(HistoryItem { transfer: transfer.id.clone(), record: RecordKind::Transfer });
+                self.push_history(&transfer.from, &transfer.id, RecordKind::Transfer);
                 self.pending.insert(transfer.id.clone());
+                self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &transfer.id), Some(Vec::new()));
             }
             TransferStatus::Rejected(_) => {}
         }
-        if home_here && !self.reservations.contains_key(&transfer.id) {
-            self.reservations.insert(transfer.id.clone(), transfer.body());
+        if home_here && reserved.is_none() {
+            self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
         }
-        self.transfers.insert(transfer.id.clone(), record);
+        self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
         TransferOutcome::Recorded(status)
     }
 
     /// The payer exists, holds this currency and (unless it is a settlement account) has the
     /// funds available: posted balance minus debits already pending.
-    fn check_payer(&self, transfer: &TransferCmd) -> Result<(), RejectCode> {
-        let payer = self.accounts.get(&transfer.from).ok_or(RejectCode::PayerNotFound)?;
+    fn check_payer(&mut self, transfer: &TransferCmd) -> Result<(), RejectCode> {
+        let payer = self.activate(&transfer.from).ok_or(RejectCode::PayerNotFound)?;
         if payer.currency != transfer.currency {
             return Err(RejectCode::CurrencyMismatch);
         }
@@ -329,12 +589,12 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_payee(&self, payee: &AccountId, currency: Currency) -> Result<(), RejectCode> {
-        let account = self.accounts.get(payee).ok_or(RejectCode::PayeeNotFound)?;
+    fn check_payee(&mut self, payee: &AccountId, currency: Currency) -> Result<(), RejectCode> {
+        let account = self.activate(payee).ok_or(RejectCode::PayeeNotFound)?;
         if account.currency != currency {
             return Err(RejectCode::CurrencyMismatch);
         }
-        if account.balance.checked_add(crate::money::AMOUNT_MINOR_MAX).is_none() {
+        if account.balance.checked_add(AMOUNT_MINOR_MAX).is_none() {
             return Err(RejectCode::BalanceOverflow);
         }
         Ok(())
@@ -343,14 +603,15 @@ impl Ledger {
     /// Decides a cross-shard credit on the payee's shard. The first decision for an id wins and
     /// is returned to every later request for it, so duplicates and retries change nothing.
     fn credit_command(&mut self, now_ms: u64, credit: &CreditCmd) -> CreditOutcome {
-        let valid_amount = credit.amount > 0 && credit.amount <= crate::money::AMOUNT_MINOR_MAX;
-        let payer_elsewhere =
-            credit.payer_shard < self.shard_count && credit.payer_shard != self.shard && self.owner(&credit.from) == credit.payer_shard;
+        let valid_amount = credit.amount > 0 && credit.amount <= AMOUNT_MINOR_MAX;
+        let payer_elsewhere = credit.payer_shard < self.shard_count
+            && credit.payer_shard != self.shard
+            && self.owner(&credit.from) == credit.payer_shard;
         if self.owner(&credit.to) != self.shard || !valid_amount || !payer_elsewhere {
             // Not a credit this shard can decide: no decision, nothing stored, nobody told.
             return CreditOutcome { decision: None, decided_now: false };
         }
-        if let Some(existing) = self.credits.get(&credit.id) {
+        if let Some(existing) = self.credit(&credit.id) {
             if !existing.same_transfer(credit) {
                 // Another payer used this id already: refuse without touching the first decision.
                 return CreditOutcome { decision: Some(Decision::Refused(RejectCode::IdempotencyKeyReused)), decided_now: false };
@@ -358,8 +619,7 @@ impl Ledger {
             let decision = existing.decision.clone();
             if decision == Decision::Credited && planted(self.planted, PlantedBug::DoubleCredit) {
                 self.post_credit(&credit.to, credit.amount, &credit.id, RecordKind::Credit);
-                let inflow = self.net_inflow.entry(credit.currency).or_insert(0);
-                *inflow += credit.amount;
+                self.add_inflow(credit.currency, credit.amount);
             }
             return CreditOutcome { decision: Some(decision), decided_now: false };
         }
@@ -373,8 +633,7 @@ impl Ledger {
         };
         if decision == Decision::Credited {
             self.post_credit(&credit.to, credit.amount, &credit.id, RecordKind::Credit);
-            let inflow = self.net_inflow.entry(credit.currency).or_insert(0);
-            *inflow = inflow.checked_add(credit.amount).expect("bounded amounts");
+            self.add_inflow(credit.currency, credit.amount);
         }
         let record = CreditRecord {
             id: credit.id.clone(),
@@ -386,52 +645,67 @@ impl Ledger {
             decision: decision.clone(),
             decided_at_ms: now_ms,
         };
-        self.credits.insert(credit.id.clone(), record);
+        self.write(keys::transfer(self.shard, self.generation, keys::CREDIT, &credit.id), &record);
         CreditOutcome { decision: Some(decision), decided_now: true }
     }
 
     /// Copies the payee shard's decision into the payer's record: post the pending debit, or
     /// release it. A second finalize for the same id is a no-op.
     fn finalize_command(&mut self, now_ms: u64, finalize: &FinalizeCmd) -> FinalizeOutcome {
-        let Some(record) = self.transfers.get(&finalize.id) else {
+        let Some(mut record) = self.transfer(&finalize.id) else {
             return FinalizeOutcome { status: None, finalized_now: false };
         };
         if record.status != TransferStatus::Pending {
-            return FinalizeOutcome { status: Some(record.status.clone()), finalized_now: false };
+            return FinalizeOutcome { status: Some(record.status), finalized_now: false };
         }
         if record.body() != finalize.body && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
             // A decision about another transfer under the same id: never ours to copy.
-            return FinalizeOutcome { status: Some(record.status.clone()), finalized_now: false };
+            return FinalizeOutcome { status: Some(record.status), finalized_now: false };
         }
         let (payer, amount, currency) = (record.from.clone(), record.amount, record.currency);
-        let account = self.accounts.get_mut(&payer).expect("a pending transfer's payer exists");
+        let account = self.activate(&payer).expect("a pending transfer's payer exists");
         account.debits_pending = account.debits_pending.checked_sub(amount).expect("pending covers the amount");
         let status = match &finalize.decision {
             Decision::Credited => {
                 account.balance = account.balance.checked_sub(amount).expect("bounded amounts");
-                let inflow = self.net_inflow.entry(currency).or_insert(0);
-                *inflow = inflow.checked_sub(amount).expect("bounded amounts");
+                self.add_inflow(currency, -amount);
                 TransferStatus::Posted
             }
             Decision::Refused(code) => TransferStatus::Rejected(*code),
         };
-        let record = self.transfers.get_mut(&finalize.id).expect("looked up above");
         record.status = status.clone();
         record.finalized_at_ms = Some(now_ms);
+        self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &finalize.id), &record);
         self.pending.remove(&finalize.id);
+        self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &finalize.id), None);
         FinalizeOutcome { status: Some(status), finalized_now: true }
     }
 
+    fn add_inflow(&mut self, currency: Currency, amount: Minor) {
+        let inflow = self.net_inflow.entry(currency).or_insert(0);
+        *inflow = inflow.checked_add(amount).expect("bounded amounts");
+        self.inflow_changed.insert(currency);
+    }
+
+    fn push_history(&mut self, account: &AccountId, transfer: &TransferId, record: RecordKind) {
+        let holder = self.activate(account).expect("an account with history exists");
+        let position = holder.history_len;
+        holder.history_len += 1;
+        let item = HistoryItem { transfer: transfer.clone(), record };
+        let key = keys::history(self.shard, self.generation, account, position);
+        self.write(key, &item);
+    }
+
     fn post_debit(&mut self, payer: &AccountId, amount: Minor, transfer: &TransferId) {
-        let account = self.accounts.get_mut(payer).expect("checked payer");
+        let account = self.activate(payer).expect("checked payer");
         account.balance = account.balance.checked_sub(amount).expect("checked for overflow");
-        account.history.push(HistoryItem { transfer: transfer.clone(), record: RecordKind::Transfer });
+        self.push_history(payer, transfer, RecordKind::Transfer);
     }
 
     fn post_credit(&mut self, payee: &AccountId, amount: Minor, transfer: &TransferId, record: RecordKind) {
-        let account = self.accounts.get_mut(payee).expect("checked payee");
+        let account = self.activate(payee).expect("checked payee");
         account.balance = account.balance.checked_add(amount).expect("checked for overflow");
-        account.history.push(HistoryItem { transfer: transfer.clone(), record });
+        self.push_history(payee, transfer, record);
     }
 
     fn owner(&self, account: &AccountId) -> ShardId {
@@ -440,15 +714,19 @@ impl Ledger {
 
     /// Invariant 3 on the accounts a command touched: no overdraft, pending debits never negative.
     fn assert_touched_accounts(&self, applied: &AppliedCommand) {
+        let finalized_payer = match applied {
+            AppliedCommand::Finalize { finalize, .. } => self.transfer(&finalize.id).map(|record| record.from),
+            _ => None,
+        };
         let touched: [Option<&AccountId>; 2] = match applied {
             AppliedCommand::Account { create, .. } => [Some(&create.id), None],
             AppliedCommand::Transfer { transfer, .. } => [Some(&transfer.from), Some(&transfer.to)],
             AppliedCommand::Credit { credit, .. } => [Some(&credit.to), None],
-            AppliedCommand::Finalize { finalize, .. } => [self.transfers.get(&finalize.id).map(|r| &r.from), None],
+            AppliedCommand::Finalize { .. } => [finalized_payer.as_ref(), None],
             AppliedCommand::Reserve { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
-            if let Some(account) = self.accounts.get(id) {
+            if let Some(account) = self.account(id) {
                 account.assert_invariants();
             }
         }
@@ -462,9 +740,8 @@ impl Ledger {
         }
     }
 
-    /// Every invariant one shard can check alone, as a result: what a ledger that crossed a
-    /// trust boundary (a snapshot from a peer, a checkpoint from disk) must pass before it is
-    /// installed. Names the first broken one.
+    /// Every invariant one shard can check alone, as a result. Reads the whole shard: for tests,
+    /// the simulator and verification of a staged snapshot, never on a hot path.
     pub fn verify(&self) -> Result<(), String> {
         macro_rules! ensure {
             ($condition:expr, $($message:tt)+) => {
@@ -475,41 +752,41 @@ impl Ledger {
         }
         ensure!(self.shard < self.shard_count, "shard {} out of {}", self.shard, self.shard_count);
         let mut sums: BTreeMap<Currency, Minor> = BTreeMap::new();
-        let mut pending_sums: BTreeMap<&AccountId, Minor> = BTreeMap::new();
-        for (id, account) in &self.accounts {
-            ensure!(*id == account.id, "account {} stored under {id}", account.id);
+        let mut pending_sums: BTreeMap<AccountId, Minor> = BTreeMap::new();
+        let accounts = self.accounts();
+        for account in &accounts {
             account.verify()?;
             ensure!(self.owner(&account.id) == self.shard, "account {} on the wrong shard", account.id);
             let sum = sums.entry(account.currency).or_insert(0);
             *sum = sum.checked_add(account.balance).ok_or_else(|| format!("shard {} balances overflow", self.shard))?;
         }
         for id in &self.pending {
-            let record = self.transfers.get(id).ok_or_else(|| format!("pending {id} has no record"))?;
+            let record = self.transfer(id).ok_or_else(|| format!("pending {id} has no record"))?;
             ensure!(record.status == TransferStatus::Pending, "transfer {id} in pending set");
-            let sum = pending_sums.entry(&record.from).or_insert(0);
+            let sum = pending_sums.entry(record.from.clone()).or_insert(0);
             *sum = sum.checked_add(record.amount).ok_or_else(|| format!("pending debits of {} overflow", record.from))?;
         }
-        for (id, record) in &self.transfers {
-            ensure!(*id == record.id, "transfer {} stored under {id}", record.id);
+        for record in self.transfers() {
+            let id = &record.id;
             ensure!(record.amount > 0 && record.amount <= AMOUNT_MINOR_MAX, "transfer {id} has amount {}", record.amount);
             ensure!(self.owner(&record.from) == self.shard, "transfer {id} recorded off its payer's shard");
             if record.status == TransferStatus::Pending {
-                ensure!(self.pending.contains(&record.id), "pending transfer {} not tracked", record.id);
+                ensure!(self.pending.contains(id), "pending transfer {id} not tracked");
             }
-            if home_shard_of(&record.id, self.shard_count) == self.shard {
-                let reserved = self.reservations.get(&record.id);
-                ensure!(reserved == Some(&record.body()), "transfer {} is not the body its id is reserved for", record.id);
+            if home_shard_of(id, self.shard_count) == self.shard {
+                let reserved = self.reservation(id);
+                ensure!(reserved == Some(record.body()), "transfer {id} is not the body its id is reserved for");
             }
         }
-        for (id, credit) in &self.credits {
-            ensure!(*id == credit.id, "credit {} stored under {id}", credit.id);
+        for credit in self.credits() {
+            let id = &credit.id;
             ensure!(credit.amount > 0 && credit.amount <= AMOUNT_MINOR_MAX, "credit {id} has amount {}", credit.amount);
             ensure!(self.owner(&credit.to) == self.shard, "credit {id} decided off its payee's shard");
         }
-        for id in self.reservations.keys() {
-            ensure!(home_shard_of(id, self.shard_count) == self.shard, "reservation {id} on the wrong shard");
+        for (id, _) in self.reservations() {
+            ensure!(home_shard_of(&id, self.shard_count) == self.shard, "reservation {id} on the wrong shard");
         }
-        for account in self.accounts.values() {
+        for account in &accounts {
             let expected = pending_sums.get(&account.id).copied().unwrap_or(0);
             ensure!(account.debits_pending == expected, "pending debits of {}", account.id);
         }
@@ -529,5 +806,34 @@ impl Ledger {
     /// left. Summed over all shards, plus the amounts credited but not yet finalized, it is zero.
     pub fn net_inflow(&self) -> &BTreeMap<Currency, Minor> {
         &self.net_inflow
+    }
+
+    /// A fingerprint of `logical_state` (FNV-1a over its keys and values).
+    pub fn state_digest(&self) -> u64 {
+        let mut bytes = Vec::new();
+        for (key, value) in self.logical_state() {
+            bytes.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+            bytes.extend_from_slice(&key);
+            bytes.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+            bytes.extend_from_slice(&value);
+        }
+        crate::placement::fnv1a_64(&bytes)
+    }
+
+    /// The shard's whole committed logical state: every record of the current generation, with
+    /// the generation taken out of the keys (and the applied mark left out: replicas apply the
+    /// same log but may record different terms). How the simulator compares replicas and
+    /// fingerprints a state. Proportional to the shard.
+    pub fn logical_state(&self) -> BTreeMap<Key, Value> {
+        let prefix = keys::generation_prefix(self.shard, self.generation);
+        let end = crate::store::prefix_end(&prefix);
+        let mut state = BTreeMap::new();
+        for (key, value) in self.store.scan(&prefix, &end, usize::MAX, false) {
+            if key.get(prefix.len()) == Some(&keys::APPLIED) {
+                continue;
+            }
+            state.insert(key[prefix.len()..].to_vec(), value);
+        }
+        state
     }
 }

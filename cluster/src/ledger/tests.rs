@@ -205,7 +205,7 @@ fn reservation_binds_an_id_to_its_first_body() {
     for other in &others {
         assert_eq!(home.apply(3, &reserve(other)), Applied::Reserve(ReserveOutcome::Reused), "{other:?}");
     }
-    assert_eq!(home.reservation(&ids[0]), Some(&body));
+    assert_eq!(home.reservation(&ids[0]), Some(body.clone()));
     home.check_invariants();
 }
 
@@ -232,7 +232,7 @@ fn transfer_on_the_home_shard_honours_and_makes_reservations() {
     assert!(ledger.transfer(&ids[0]).is_none());
     // The funding transfer reserved its own id in the same apply.
     let funding = ledger.transfer(&ids[1]).unwrap().body();
-    assert_eq!(ledger.reservation(&ids[1]), Some(&funding));
+    assert_eq!(ledger.reservation(&ids[1]), Some(funding.clone()));
     let again = Command::Reserve(ReserveCmd { id: ids[1].clone(), body: TransferBody { amount: 99, ..funding } });
     assert_eq!(ledger.apply(4, &again), Applied::Reserve(ReserveOutcome::Reused));
     ledger.check_invariants();

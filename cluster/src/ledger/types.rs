@@ -43,8 +43,9 @@ pub struct Account {
     /// Debits of cross-shard transfers prepared but not yet finalized.
     pub debits_pending: Minor,
     pub created_at_ms: u64,
-    /// Every transfer that touched this account on this shard, oldest first.
-    pub history: Vec<HistoryItem>,
+    /// How many transfers touched this account on this shard (its history index in the store
+    /// holds one entry per position, oldest first).
+    pub history_len: u64,
 }
 
 impl Account {
@@ -95,7 +96,7 @@ impl From<&Account> for AccountView {
             available: account.available(),
             debits_pending: account.debits_pending,
             created_at_ms: account.created_at_ms,
-            transfer_count: u64::try_from(account.history.len()).expect("fits u64"),
+            transfer_count: account.history_len,
         }
     }
 }

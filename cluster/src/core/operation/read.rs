@@ -90,10 +90,10 @@ pub(in crate::core) fn serve_applied_reads(peer: &mut ShardPeer, ctx: &mut Ctx) 
 fn read_reply(peer: &ShardPeer, request: &Request) -> Reply {
     let ledger = peer.replica.ledger();
     match request {
-        Request::ReadAccount(account) => Reply::AccountState(ledger.account(account).map(AccountView::from)),
+        Request::ReadAccount(account) => Reply::AccountState(ledger.account(account).map(|account| AccountView::from(&account))),
         Request::ReadTransfer { id, .. } => {
-            let payer_side = ledger.transfer(id).map(TransferView::from);
-            Reply::Transfer(payer_side.or_else(|| ledger.credit(id).map(TransferView::from)))
+            let payer_side = ledger.transfer(id).map(|record| TransferView::from(&record));
+            Reply::Transfer(payer_side.or_else(|| ledger.credit(id).map(|record| TransferView::from(&record))))
         }
         Request::History { account, before, limit } => {
             let limit = usize::try_from(*limit).unwrap_or(usize::MAX);

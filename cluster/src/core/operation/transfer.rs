@@ -87,6 +87,7 @@ pub(in crate::core) fn redrive(peer: &mut ShardPeer, ctx: &mut Ctx) {
         let payer_shard = peer.replica.shard();
         let mut resend = Vec::new();
         for record in peer.replica.ledger().pending() {
+            let record = &record;
             let drive = drive_of(&mut peer.drives, &record.id);
             let since = *drive.since_ms.get_or_insert(now);
             if drive.credit_sent_ms.is_some_and(|sent| now.saturating_sub(sent) < redrive_interval_ms) {
