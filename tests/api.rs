@@ -15,7 +15,8 @@ fn error_code(body: &Value) -> &str {
 }
 
 /// Accounts: 201 on create, 200 for the same body again, 409 for a different one, 404 when
-/// missing, and each validation problem has its stable code and field.
+/// missing, and each validation problem has its stable code and field; the batch endpoint
+/// answers each item the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_and_validation_follow_the_contract() {
     let cluster = TestCluster::start(3, 8).await;
@@ -47,6 +48,35 @@ async fn accounts_and_validation_follow_the_contract() {
     let response = cluster.client.post(format!("{}/v1/accounts", cluster.node(1).url())).body("{not json").send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(cluster.get_json(1, "/v1/accounts/bob").await.0, 404, "nothing invalid was created");
+
+    // The batch endpoint answers each account as the single one would, in order.
+    let batch = json!({ "accounts": [
+        { "id": "carol", "currency": "EUR", "kind": "merchant" },
+        { "id": "alice", "currency": "CNY" },
+        { "id": "alice", "currency": "USD" },
+        { "id": "x y", "currency": "USD" },
+        "not an object",
+        { "id": "dave", "currency": "XYZ" },
+    ] });
+    let (status, body) = cluster.post_json(3, "/v1/accounts/batch", &batch).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let statuses: Vec<u64> = results.iter().map(|item| item["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [201, 200, 409, 400, 400, 400], "{body}");
+    assert_eq!(results[0]["account"]["kind"], "merchant");
+    assert_eq!(results[2]["error"]["code"], "account_exists");
+    assert_eq!(results[5]["error"]["code"], "unknown_currency");
+    assert_eq!(cluster.get_json(1, "/v1/accounts/carol").await.1["currency"], "EUR", "created through the batch");
+    assert_eq!(cluster.get_json(1, "/v1/accounts/dave").await.0, 404, "an invalid item creates nothing");
+    let too_many: Vec<Value> = (0..8_001).map(|n| json!({ "id": format!("m{n}"), "currency": "USD" })).collect();
+    let (status, body) = cluster.post_json(2, "/v1/accounts/batch", &json!({ "accounts": too_many })).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"), "over 8,000 accounts");
+    let many: Vec<Value> = (0..8_000).map(|n| json!({ "id": format!("m{n}"), "currency": "USD" })).collect();
+    let (status, body) = cluster.post_json(2, "/v1/accounts/batch", &json!({ "accounts": many })).await;
+    assert_eq!(status, 200);
+    let created = body["results"].as_array().unwrap().iter().filter(|item| item["status"] == 201).count();
+    assert_eq!(created, 8_000, "every account of a full batch created once");
+    assert_eq!(cluster.get_json(3, "/v1/accounts/m7999").await.1["balance"], "0.00");
 
     let transfer_cases = [
         (json!({ "id": "t", "from": "alice", "to": "bank", "amount": 1.5, "currency": "CNY" }), "invalid_amount"),

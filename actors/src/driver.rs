@@ -13,6 +13,7 @@ use settle_cluster::{AdminError, CallId, CoreStats, Effect, NodeConfig, NodeCore
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +61,8 @@ pub struct NodeStatus {
     pub shards: Vec<ShardStatus>,
     pub calls_inflight: usize,
     pub rounds_inflight: usize,
+    /// The account cache's budget over all shards here (`cache_mb`).
+    pub cache_bytes_max: usize,
     pub stats: CoreStats,
     pub peers: Vec<PeerStatus>,
 }
@@ -98,6 +101,7 @@ enum DriverMail {
 pub struct DriverHandle {
     commands: mpsc::Sender<DriverMail>,
     pub io_stats: Arc<IoStats>,
+    pub loop_stats: Arc<LoopStats>,
     pub transport_stats: Arc<TransportStats>,
     pub link_faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     pub link_states: Arc<BTreeMap<NodeId, LinkState>>,
@@ -163,7 +167,8 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     let recovered_shards = recovered.len();
     let incarnation = now_ms() ^ rand::random::<u64>();
     let seed = rand::random::<u64>();
-    let core = NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), state_store, incarnation, seed, &logger)?;
+    let core =
+        NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), state_store, incarnation, seed, &logger)?;
     tracing::info!(node = config.core.node, recovered_shards, "node core ready");
 
     // One network thread: on small machines every extra thread is a context switch per frame.
@@ -203,9 +208,11 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     };
 
     let (commands_sender, commands) = mpsc::channel(config.inbox_calls_max);
+    let loop_stats = Arc::new(LoopStats::default());
     let handle = DriverHandle {
         commands: commands_sender,
         io_stats,
+        loop_stats: loop_stats.clone(),
         transport_stats: transport.stats.clone(),
         link_faults: transport.faults.clone(),
         link_states: transport.links_state.clone(),
@@ -229,6 +236,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 links_up: BTreeMap::new(),
                 leaders_seen: BTreeMap::new(),
                 node_info_rejected: 0,
+                loop_stats,
             };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
@@ -239,6 +247,74 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         })
         .map_err(StartError::Thread)?;
     Ok((handle, driver_thread))
+}
+
+/// How long the driver thread's loop iterations take: one iteration handles a bounded batch of
+/// inputs, then polls the core and hands its effects out. An iteration over 100 ms stalls
+/// every shard of the node (heartbeats included) and is a bug.
+pub struct LoopStats {
+    pub iteration_seconds: prometheus::Histogram,
+    /// The longest iteration in the current and the previous window of `LOOP_MAX_WINDOW_SECS`.
+    window: AtomicU64,
+    max_us_current: AtomicU64,
+    max_us_previous: AtomicU64,
+    started: Instant,
+}
+
+/// The window of `LoopStats::recent_max_seconds`.
+pub const LOOP_MAX_WINDOW_SECS: u64 = 10;
+
+impl Default for LoopStats {
+    fn default() -> Self {
+        let opts =
+            prometheus::HistogramOpts::new("driver_loop_iteration_seconds", "Time one driver loop iteration took (inputs, poll, effects)")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        LoopStats {
+            iteration_seconds: prometheus::Histogram::with_opts(opts).expect("valid histogram"),
+            window: AtomicU64::new(0),
+            max_us_current: AtomicU64::new(0),
+            max_us_previous: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl LoopStats {
+    /// Records one iteration (only the driver thread calls this).
+    fn record(&self, took: Duration) {
+        self.iteration_seconds.observe(took.as_secs_f64());
+        let window = self.started.elapsed().as_secs() / LOOP_MAX_WINDOW_SECS;
+        if self.window.load(Ordering::Relaxed) != window {
+            let last = self.max_us_current.swap(0, Ordering::Relaxed);
+            let adjacent = self.window.load(Ordering::Relaxed) + 1 == window;
+            self.max_us_previous.store(if adjacent { last } else { 0 }, Ordering::Relaxed);
+            self.window.store(window, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.max_us_current.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The longest iteration over the last one to two windows (10–20 s), in seconds.
+    pub fn recent_max_seconds(&self) -> f64 {
+        let window = self.started.elapsed().as_secs() / LOOP_MAX_WINDOW_SECS;
+        let recorded = self.window.load(Ordering::Relaxed);
+        let micros = if recorded == window {
+            self.max_us_current.load(Ordering::Relaxed).max(self.max_us_previous.load(Ordering::Relaxed))
+        } else if recorded + 1 == window {
+            self.max_us_current.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        micros as f64 / 1e6
+    }
+}
+
+/// What woke the driver loop.
+enum Woke {
+    Io(Vec<IoDone>),
+    Peer(NodeId, Vec<PeerMessage>),
+    Command(DriverMail),
+    Tick,
 }
 
 struct NodeInfo {
@@ -264,6 +340,7 @@ struct DriverActor {
     leaders_seen: BTreeMap<ShardId, (Option<NodeId>, u64)>,
     /// Introductions dropped: from a node that is not a peer, or with implausible text.
     node_info_rejected: u64,
+    loop_stats: Arc<LoopStats>,
 }
 
 impl DriverActor {
@@ -277,15 +354,22 @@ impl DriverActor {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                Some(done) = io_done.recv() => self.io_done(done),
-                Some((from, messages)) = inbound.recv() => self.peer(from, messages),
+                Some(done) = io_done.recv() => Woke::Io(done),
+                Some((from, messages)) = inbound.recv() => Woke::Peer(from, messages),
                 command = commands.recv() => match command {
                     Some(DriverMail::Stop) | None => return,
-                    Some(command) => self.command(command),
+                    Some(command) => Woke::Command(command),
                 },
-                _ = ticker.tick() => self.tick(),
+                _ = ticker.tick() => Woke::Tick,
+            };
+            let iteration = Instant::now();
+            match woke {
+                Woke::Io(done) => self.io_done(done),
+                Woke::Peer(from, messages) => self.peer(from, messages),
+                Woke::Command(command) => self.command(command),
+                Woke::Tick => self.tick(),
             }
             for _ in 0..INPUTS_PER_POLL_MAX {
                 let mut progressed = false;
@@ -312,6 +396,7 @@ impl DriverActor {
             self.core.advance_clock(self.time());
             self.core.poll();
             self.effects();
+            self.loop_stats.record(iteration.elapsed());
         }
     }
 
@@ -435,6 +520,7 @@ impl DriverActor {
                     shards: self.core.shard_status(),
                     calls_inflight: self.core.calls_inflight(),
                     rounds_inflight: self.core.rounds_inflight(),
+                    cache_bytes_max: self.core.cache_bytes_max(),
                     stats: {
                         let mut stats = self.core.stats().clone();
                         if self.node_info_rejected > 0 {

@@ -37,9 +37,14 @@ pub enum StorageError {
 pub enum IoJob {
     Persist(PersistRound),
     /// Make the state store durable; every shard's state at its mark is then durable.
-    PersistState { marks: Vec<(ShardId, u64)> },
+    PersistState {
+        marks: Vec<(ShardId, u64)>,
+    },
     /// Clear a range of the state store (in the background).
-    DeleteRange { start: Key, end: Key },
+    DeleteRange {
+        start: Key,
+        end: Key,
+    },
 }
 
 pub enum IoDone {

@@ -1,16 +1,16 @@
 //! The storage engines against the reference model (`DurableShard`), and what they do with a
 //! damaged record: never return it as data.
 
+use protobuf::Message as _;
 use settle_actors::io::{IoJob, Storage};
+use settle_cluster::ledger::{AppliedMark, Ledger};
 use settle_cluster::placement::Placement;
+use settle_cluster::raft::eraftpb::ConfState;
 use settle_cluster::raft::eraftpb::{Entry, HardState};
 use settle_cluster::recovery::DurableShard;
 use settle_cluster::replica::ShardWrite;
-use settle_cluster::PersistRound;
-use settle_cluster::ledger::{AppliedMark, Ledger};
-use settle_cluster::raft::eraftpb::ConfState;
 use settle_cluster::store::KvStore;
-use protobuf::Message as _;
+use settle_cluster::PersistRound;
 use std::collections::BTreeMap;
 
 fn entry(index: u64, term: u64, marker: &str) -> Entry {

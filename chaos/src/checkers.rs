@@ -181,7 +181,8 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
             }
         }
         if u64::try_from(history.len()).ok() != Some(account.history_len) {
-            let message = format!("account {} counts {} transfers but its history lists {}", account.id, account.history_len, history.len());
+            let message =
+                format!("account {} counts {} transfers but its history lists {}", account.id, account.history_len, history.len());
             return Err(Violation::new("at_most_once", message));
         }
         *sums.entry(account.currency).or_insert(0) += account.balance;

@@ -55,6 +55,11 @@ pub struct RunReport {
     pub posted: usize,
     pub rejected: usize,
     pub corruptions: u64,
+    /// Over the cores running at the end: accounts activated and passivated, snapshot streams
+    /// started (the state on disk is exercised, not just present).
+    pub activations: u64,
+    pub passivations: u64,
+    pub snapshot_streams: u64,
     pub wall: Duration,
 }
 
@@ -95,6 +100,7 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
             Some(Violation::new("core_assertion", message))
         }
     };
+    let (activations, passivations, snapshot_streams) = cluster.cache_and_snapshot_counts();
     RunReport {
         seed: options.seed,
         violation,
@@ -106,6 +112,9 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         posted: workload.posted.len(),
         rejected: workload.rejected.len(),
         corruptions: cluster.corruptions(),
+        activations,
+        passivations,
+        snapshot_streams,
         wall: started.elapsed(),
     }
 }

@@ -18,8 +18,8 @@ use settle_cluster::recovery::{recover_node, DurableShard};
 use settle_cluster::replica::RaftSettings;
 use settle_cluster::store::{KvStore, MemStore, WriteBatch};
 use settle_cluster::{cache_bytes_per_shard, CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
-use std::sync::Arc;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// How the simulated network and disks behave; changeable during a run.
 #[derive(Debug, Clone)]
@@ -71,7 +71,8 @@ impl SimConfig {
             network: NetworkSettings::default(),
             limits: CoreLimits::default(),
             raft: RaftSettings::default(),
-            cache_bytes_max: 4 * 1024,
+            // About one account per shard replica: nearly every command activates one.
+            cache_bytes_max: 1024,
             planted: PlantedBug::None,
             verbose: false,
         }
@@ -266,6 +267,20 @@ impl SimCluster {
     /// `node` since it last started.
     pub fn hostile_messages_sent_to(&self, node: NodeId) -> u64 {
         self.nodes.get(&node).map_or(0, |sim_node| sim_node.hostile_received)
+    }
+
+    /// Account activations and passivations, and snapshot streams started, over the cores
+    /// running now (since each started).
+    pub fn cache_and_snapshot_counts(&self) -> (u64, u64, u64) {
+        let mut counts = (0, 0, 0);
+        for core in self.nodes.values().filter_map(|node| node.core.as_ref()) {
+            for shard in core.shard_status() {
+                counts.0 += shard.cache.activations;
+                counts.1 += shard.cache.passivations;
+            }
+            counts.2 += core.stats().snapshot_streams_started;
+        }
+        counts
     }
 
     pub fn core(&self, node: NodeId) -> Option<&NodeCore> {

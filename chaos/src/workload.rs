@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{AccountId, NodeId, TransferId};
 use settle_cluster::ledger::{AccountKind, RejectCode, TransferBody, TransferStatus};
-use settle_cluster::message::{AccountRequest, Reply, Request, TransferRequest, TransferResult};
+use settle_cluster::message::{AccountRequest, AccountResult, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
 use std::collections::BTreeMap;
@@ -143,12 +143,19 @@ impl Workload {
     /// Creates and funds the accounts before any fault; false if the cluster could not.
     pub fn setup(&mut self, cluster: &mut SimCluster) -> bool {
         self.shards = cluster.placement().shard_count();
-        for (n, account) in self.accounts.clone().iter().enumerate() {
-            let kind = if n == 0 { AccountKind::Settlement } else { AccountKind::Customer };
-            let create = Request::CreateAccount(AccountRequest { id: account.clone(), currency: self.currency, kind });
-            if !retry(cluster, create, |reply| matches!(reply, Reply::Account { .. })) {
-                return false;
-            }
+        // The bank alone, then the customers as one batch (both creation paths are exercised).
+        let bank =
+            Request::CreateAccount(AccountRequest { id: self.bank().clone(), currency: self.currency, kind: AccountKind::Settlement });
+        if !retry(cluster, bank, |reply| matches!(reply, Reply::Account { .. })) {
+            return false;
+        }
+        let customers: Vec<AccountRequest> = self.accounts[1..]
+            .iter()
+            .map(|account| AccountRequest { id: account.clone(), currency: self.currency, kind: AccountKind::Customer })
+            .collect();
+        let created = |reply: &Reply| matches!(reply, Reply::Accounts(results) if results.iter().all(|result| matches!(result, AccountResult::Done { .. })));
+        if !customers.is_empty() && !retry(cluster, Request::CreateAccounts(customers), created) {
+            return false;
         }
         for account in self.accounts.clone().iter().skip(1) {
             let command = TransferRequest {
@@ -217,7 +224,11 @@ impl Workload {
         };
         let request = match &operation {
             Operation::Transfer { command, .. } => Request::Transfers(vec![command.clone()]),
-            Operation::ReadTransfer { id, body, .. } => Request::ReadTransfer { id: id.clone(), payer: Some(body.from.clone()) },
+            // Half the lookups name the payer; the others go through the id's home shard.
+            Operation::ReadTransfer { id, body, .. } => {
+                let payer = client.rng.gen_bool(0.5).then(|| body.from.clone());
+                Request::ReadTransfer { id: id.clone(), payer }
+            }
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
         };
         let call = cluster.submit(node, request, self.config.call_timeout_ms);

@@ -132,3 +132,26 @@ fn corrupt_records_quarantine_the_replica_and_the_shard_serves_on() {
 fn regression_five_node_leader_guessing() {
     assert_passes([3617, 3688, 3793, 4238, 4338, 4464, 4486, 4670, 4775, 4990].into_iter(), 5, FaultClass::All);
 }
+
+/// Every seed runs the ledger on its store with a tiny account cache: accounts are activated
+/// and passivated in every seed, and lagging replicas catch up by streamed snapshots in many.
+#[test]
+fn every_seed_activates_and_passivates_accounts_and_many_stream_snapshots() {
+    let mut streamed = 0;
+    for seed in 0..40 {
+        let report = run(seed, 3, FaultClass::All);
+        assert!(report.passed(), "seed {seed}: {:?}", report.violation);
+        println!(
+            "seed {seed}: {} activations, {} passivations, {} snapshot streams",
+            report.activations, report.passivations, report.snapshot_streams
+        );
+        assert!(
+            report.passivations > 0 && report.activations > report.passivations / 2,
+            "seed {seed}: {} activations, {} passivations",
+            report.activations,
+            report.passivations
+        );
+        streamed += u64::from(report.snapshot_streams > 0);
+    }
+    assert!(streamed >= 10, "only {streamed} of 40 seeds streamed a snapshot");
+}

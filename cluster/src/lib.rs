@@ -20,8 +20,8 @@ pub mod time;
 
 mod core;
 pub use crate::core::{
-    cache_bytes_per_shard, AdminError, CACHE_BYTES_DEFAULT, Buckets, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard, ShardRole,
-    ShardStatus,
+    cache_bytes_per_shard, AdminError, Buckets, CoreLimits, CoreStats, Effect, NodeConfig, NodeCore, PersistRound, RecoveredShard,
+    ShardRole, ShardStatus, CACHE_BYTES_DEFAULT,
 };
 pub use crate::ids::CallId;
 pub use crate::time::Time;

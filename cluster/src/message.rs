@@ -66,12 +66,15 @@ impl TransferRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     CreateAccount(AccountRequest),
+    /// Many accounts at once (the batch endpoint): one leg per shard, each item answered alone.
+    CreateAccounts(Vec<AccountRequest>),
     Transfers(Vec<TransferRequest>),
     /// Internal to legs: bind transfer ids to their bodies on their home shard (the origin's
     /// first step for every transfer whose payer does not live on the id's home shard).
     Reserve(Vec<ReserveCmd>),
     ReadAccount(AccountId),
-    /// Without a payer hint every shard is asked (a transfer id alone does not name its shard).
+    /// Without a payer hint the id's home shard is asked first: it holds the record when the
+    /// payer lives there, else the id's reservation, which names the payer's shard.
     ReadTransfer {
         id: TransferId,
         payer: Option<AccountId>,
@@ -81,6 +84,18 @@ pub enum Request {
         before: Option<u64>,
         limit: u32,
     },
+}
+
+/// The outcome of one account of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountResult {
+    Done {
+        outcome: AccountOutcome,
+        account: Option<AccountView>,
+    },
+    /// No leader answered in time: whether it was created is unknown; retry (creation is
+    /// idempotent for the same currency and kind).
+    Unavailable,
 }
 
 /// The outcome of one transfer of a request.
@@ -108,10 +123,15 @@ pub enum Reply {
         account: Option<AccountView>,
     },
     Transfers(Vec<TransferResult>),
+    /// One result per account of `Request::CreateAccounts`, in order.
+    Accounts(Vec<AccountResult>),
     /// The home shard's answer to `Request::Reserve`, item by item.
     Reservations(Vec<ReserveOutcome>),
     AccountState(Option<AccountView>),
     Transfer(Option<TransferView>),
+    /// The home shard's answer to a lookup without payer when the record lives on the payer's
+    /// shard: the body the id is reserved for (the router asks the payer's shard next).
+    Reserved(TransferBody),
     History(Option<HistoryPage>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,

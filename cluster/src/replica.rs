@@ -5,11 +5,11 @@
 
 use crate::ids::{NodeId, ProposalTag, ShardId};
 use crate::ledger::{keys, AppliedCommand, AppliedMark, Ledger};
-use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_ENTRIES_MAX};
-use crate::store::{prefix_end, Key, ReadView, Value};
 use crate::log::{decode_entry, EntryPayload, Proposer, Tagged};
 use crate::planted::PlantedBug;
+use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_ENTRIES_MAX};
 use crate::storage::ShardStorage;
+use crate::store::{prefix_end, Key, ReadView, Value};
 use crate::time::Time;
 use raft::eraftpb::{Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
@@ -368,8 +368,12 @@ impl ShardReplica {
         let id = self.next_snapshot_id;
         self.next_snapshot_id += 1;
         let view = self.ledger.store().read_view();
-        let source =
-            SnapshotSource { view, generation: self.ledger.generation(), followers: std::collections::BTreeMap::new(), created_ms: clock_ms };
+        let source = SnapshotSource {
+            view,
+            generation: self.ledger.generation(),
+            followers: std::collections::BTreeMap::new(),
+            created_ms: clock_ms,
+        };
         self.snapshot_sources.insert(id, source);
         let descriptor = SnapshotDescriptor { shard: self.shard, snapshot_id: id, mark: self.applied_mark() };
         self.raw.mut_store().set_snapshot(self.applied_index, descriptor.encode());
@@ -378,7 +382,14 @@ impl ShardReplica {
     /// Up to `bytes_max` of an offered snapshot's records after `after` (keys without the
     /// generation prefix), and whether they are the last. `None`: the snapshot is not offered
     /// (any more).
-    pub fn snapshot_chunk(&mut self, snapshot_id: u64, to: NodeId, after: Option<&[u8]>, bytes_max: usize, clock_ms: u64) -> Option<(Vec<(Key, Value)>, bool)> {
+    pub fn snapshot_chunk(
+        &mut self,
+        snapshot_id: u64,
+        to: NodeId,
+        after: Option<&[u8]>,
+        bytes_max: usize,
+        clock_ms: u64,
+    ) -> Option<(Vec<(Key, Value)>, bool)> {
         let source = self.snapshot_sources.get_mut(&snapshot_id)?;
         source.followers.insert(to, (true, clock_ms));
         let prefix = keys::generation_prefix(self.shard, source.generation);
@@ -389,7 +400,8 @@ impl ShardReplica {
             None => prefix.clone(),
         };
         let entries = source.view.scan(&start, &end, SNAPSHOT_CHUNK_ENTRIES_MAX, bytes_max);
-        let done = entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
+        let done = entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX
+            && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
         let stripped = entries.into_iter().map(|(key, value)| (key[prefix.len()..].to_vec(), value)).collect();
         Some((stripped, done))
     }
@@ -424,7 +436,8 @@ impl ShardReplica {
                 alive
             });
         }
-        self.snapshot_sources.retain(|_, source| !source.followers.is_empty() || clock_ms.saturating_sub(source.created_ms) < SNAPSHOT_START_MS);
+        self.snapshot_sources
+            .retain(|_, source| !source.followers.is_empty() || clock_ms.saturating_sub(source.created_ms) < SNAPSHOT_START_MS);
         self.forget_offered_snapshot();
         for follower in failed {
             self.raw.report_snapshot(follower, raft::SnapshotStatus::Failure);

@@ -18,7 +18,8 @@ fn core() -> NodeCore {
     let placement = Placement::new(vec![1, 2, 3], SHARDS);
     let config = NodeConfig { node: 1, placement, raft: RaftSettings::default(), limits: CoreLimits::default(), cache_bytes_max: 1 << 20 };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger).expect("a fresh core")
+    NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger)
+        .expect("a fresh core")
 }
 
 /// Plays nodes 2 and 3 as well-behaved raft peers for one step: grants votes, acknowledges

@@ -39,9 +39,12 @@ fn settle(core: &mut NodeCore) {
 #[test]
 fn compaction_waits_while_rounds_are_at_the_cap() {
     let limits = CoreLimits { rounds_inflight_max: 1, compaction_lag_entries: 0, ..CoreLimits::default() };
-    let config = NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits, cache_bytes_max: 1 << 20 };
+    let config =
+        NodeConfig { node: 1, placement: Placement::new(vec![1], 1), raft: RaftSettings::default(), limits, cache_bytes_max: 1 << 20 };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut core = NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger).expect("a fresh core");
+    let mut core =
+        NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger)
+            .expect("a fresh core");
     // The only voter: it leads once its first tick's campaign is durable.
     core.tick(Time { wall_ms: 100, monotonic_ms: 100 });
     settle(&mut core);

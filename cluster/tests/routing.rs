@@ -10,9 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A core for `node` in a five-node cluster of five shards (three replicas each), fresh.
 fn core(node: NodeId, placement: &Placement) -> NodeCore {
-    let config = NodeConfig { node, placement: placement.clone(), raft: RaftSettings::default(), limits: CoreLimits::default(), cache_bytes_max: 1 << 20 };
+    let config = NodeConfig {
+        node,
+        placement: placement.clone(),
+        raft: RaftSettings::default(),
+        limits: CoreLimits::default(),
+        cache_bytes_max: 1 << 20,
+    };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger).expect("a fresh core")
+    NodeCore::new(config, BTreeMap::new(), BTreeSet::new(), std::sync::Arc::new(settle_cluster::store::MemStore::new()), 1, 7, &logger)
+        .expect("a fresh core")
 }
 
 /// An account whose shard is `shard`.

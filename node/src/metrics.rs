@@ -74,6 +74,7 @@ impl Metrics {
             Box::new(driver.io_stats.sync_seconds.clone()),
             Box::new(driver.io_stats.group_entries.clone()),
             Box::new(driver.io_stats.group_shards.clone()),
+            Box::new(driver.loop_stats.iteration_seconds.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("unique metric names");
@@ -98,6 +99,11 @@ impl Metrics {
             }
         }
         scrape.gauge("driver_inbox_depth", "Client calls queued for the node driver", vec![(vec![], driver.inbox_depth() as f64)]);
+        scrape.gauge(
+            "driver_loop_recent_max_seconds",
+            "Longest driver loop iteration over the last 10-20 s (over 0.1 s under load is a bug)",
+            vec![(vec![], driver.loop_stats.recent_max_seconds())],
+        );
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;
         scrape.counter("io_syncs_total", "IO groups written and synced (one sync each)", vec![(vec![], load(&io.syncs))]);
@@ -253,6 +259,31 @@ impl Scrape {
         self.family(name, help, MetricType::HISTOGRAM, vec![metric]);
     }
 
+    /// The account cache (accounts are virtual actors), summed over the replicas here.
+    fn account_cache(&mut self, hosted: &[&settle_cluster::ShardStatus], budget_bytes: usize) {
+        let sum = |value: &dyn Fn(&settle_cluster::ledger::CacheStats) -> u64| hosted.iter().map(|shard| value(&shard.cache)).sum::<u64>();
+        let (activations, hits) = (sum(&|c| c.activations), sum(&|c| c.hits));
+        self.counter(
+            "account_activations_total",
+            "Accounts activated into the cache (read from the state store, or created)",
+            vec![(vec![], activations as f64)],
+        );
+        self.counter(
+            "account_passivations_total",
+            "Accounts passivated out of the cache to keep it within its budget",
+            vec![(vec![], sum(&|c| c.passivations) as f64)],
+        );
+        self.counter("account_cache_hits_total", "Account uses that found the account active", vec![(vec![], hits as f64)]);
+        self.gauge(
+            "account_cache_hit_ratio",
+            "Hits over hits plus activations since the node started",
+            vec![(vec![], if hits + activations == 0 { 1.0 } else { hits as f64 / (hits + activations) as f64 })],
+        );
+        self.gauge("accounts_active", "Accounts active in the cache now", vec![(vec![], sum(&|c| c.active) as f64)]);
+        self.gauge("account_cache_bytes", "Bytes the active accounts are counted for", vec![(vec![], sum(&|c| c.bytes) as f64)]);
+        self.gauge("account_cache_budget_bytes", "The account cache's budget (cache_mb)", vec![(vec![], budget_bytes as f64)]);
+    }
+
     fn node_status(&mut self, status: &NodeStatus) {
         let hosted: Vec<_> = status.shards.iter().filter(|shard| shard.role != ShardRole::None).collect();
         let shard_label = |id: u32| vec![("shard", id.to_string())];
@@ -305,6 +336,7 @@ impl Scrape {
             "Age of the oldest in-doubt transfer on shards led here",
             per_shard(&|s| s.pending_oldest_ms as f64 / 1000.0),
         );
+        self.account_cache(&hosted, status.cache_bytes_max);
         let quarantined = status.shards.iter().filter(|shard| shard.role == ShardRole::Quarantined).count();
         self.gauge(
             "shards_quarantined",
@@ -331,6 +363,21 @@ impl Scrape {
             "raft_snapshots_installed_total",
             "Raft snapshots installed from a leader",
             vec![(vec![], stats.snapshots_installed as f64)],
+        );
+        self.counter(
+            "snapshot_streams_started_total",
+            "Snapshot streams this node started fetching from a shard leader",
+            vec![(vec![], stats.snapshot_streams_started as f64)],
+        );
+        self.counter(
+            "snapshot_bytes_sent_total",
+            "Bytes of snapshot records streamed to followers",
+            vec![(vec![], stats.snapshot_bytes_sent as f64)],
+        );
+        self.counter(
+            "snapshot_bytes_received_total",
+            "Bytes of snapshot records received from leaders",
+            vec![(vec![], stats.snapshot_bytes_received as f64)],
         );
         self.counter("transfer_redrives_total", "Credit requests re-sent for in-doubt transfers", vec![(vec![], stats.redrives as f64)]);
         self.counter(

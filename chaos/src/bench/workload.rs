@@ -4,12 +4,11 @@
 use super::BenchFlags;
 use crate::history::{self, ClientHistory, ReadBack, Told};
 use anyhow::{bail, Context};
-use futures_util::stream::{self, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use settle_client::api::{BatchRequest, ClusterView, CreateAccountRequest};
-use settle_client::{classify, classify_item, cluster_view, fund, match_advertised, post_until, Answer, Transfer};
+use settle_client::{classify, classify_item, cluster_view, create_accounts, fund, match_advertised, Answer, Transfer};
 use settle_cluster::ids::AccountId;
 use settle_cluster::placement::shard_of;
 use std::fmt;
@@ -20,8 +19,6 @@ use std::time::{Duration, Instant};
 /// Each bench account starts with this many cents: far more than a run can spend.
 const FUNDING_MINOR: i128 = 1_000_000_000;
 const AMOUNT_MINOR_MAX: i128 = 100;
-/// Setup keeps this many requests in flight.
-const SETUP_CONCURRENCY: usize = 32;
 /// Each funding batch must be posted within this long.
 const FUNDING_WITHIN: Duration = Duration::from_secs(120);
 
@@ -170,35 +167,16 @@ pub async fn setup(client: &reqwest::Client, targets: &[String], flags: &BenchFl
     let plan = Plan { run, bank: bank.clone(), accounts, shard, by_shard, cdf, hot, cross_shard_ratio: flags.cross_shard_ratio };
     eprintln!("bench: creating {} accounts and funding them ({} shards)", plan.accounts.len(), shards);
     let started = Instant::now();
-    create_account(client, targets, &bank, "settlement").await?;
-    let names: Vec<String> = plan.accounts.clone();
-    for_each_bounded(names, |name, index| {
-        // Each account starts on another node, so setup spreads over the cluster.
-        let rotated: Vec<String> = (0..targets.len()).map(|turn| targets[(index + turn) % targets.len()].clone()).collect();
-        async move { create_account(client, &rotated, &name, "customer").await }
-    })
-    .await?;
+    let account =
+        |id: &str, kind: &str| CreateAccountRequest { currency: "USD".to_string(), id: id.to_string(), kind: Some(kind.to_string()) };
+    let mut creates = vec![account(&bank, "settlement")];
+    creates.extend(plan.accounts.iter().map(|name| account(name, "customer")));
+    create_accounts(client, targets, &creates, Duration::from_secs(120)).await?;
+    let created = started.elapsed();
+    eprintln!("bench: created {} accounts in {:.1} s", creates.len(), created.as_secs_f64());
     fund(client, targets, &bank, &plan.accounts, FUNDING_MINOR, FUNDING_WITHIN).await?;
     eprintln!("bench: setup took {:.1} s", started.elapsed().as_secs_f64());
     Ok(plan)
-}
-
-async fn for_each_bounded<F, Fut>(items: Vec<String>, make: F) -> anyhow::Result<()>
-where
-    F: Fn(String, usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let results: Vec<anyhow::Result<()>> = stream::iter(items.into_iter().enumerate().map(|(index, item)| make(item, index)))
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
-async fn create_account(client: &reqwest::Client, urls: &[String], id: &str, kind: &str) -> anyhow::Result<()> {
-    let body = CreateAccountRequest { currency: "USD".to_string(), id: id.to_string(), kind: Some(kind.to_string()) };
-    post_until(client, urls, "/v1/accounts", &body, &[200, 201], Duration::from_secs(60)).await?;
-    Ok(())
 }
 
 /// What happened to each transfer of a request.

@@ -311,6 +311,11 @@ impl NodeCore {
         self.config.node
     }
 
+    /// The account cache budget of this node, over all its shards.
+    pub fn cache_bytes_max(&self) -> usize {
+        self.config.cache_bytes_max
+    }
+
     pub fn replicas(&self) -> impl Iterator<Item = &ShardReplica> {
         self.peers.values().map(|peer| &peer.replica)
     }

@@ -11,7 +11,7 @@ use super::Ctx;
 use crate::ids::{LegId, NodeId, ProposalTag, TransferId};
 use crate::ledger::{Command, ReserveOutcome};
 use crate::log::{Proposer, Tagged};
-use crate::message::{Reply, Request, TransferResult};
+use crate::message::{AccountResult, Reply, Request, TransferResult};
 use crate::replica::ShardReplica;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +38,8 @@ pub(super) enum TaskKind {
     Transfers,
     /// One `ReserveOutcome` per reservation: `Reply::Reservations`.
     Reservations,
+    /// One `AccountResult` per account: `Reply::Accounts`.
+    Accounts,
 }
 
 /// One slot's answer.
@@ -46,6 +48,8 @@ pub(super) enum Answer {
     Reply(Reply),
     Transfer(TransferResult),
     Reservation(ReserveOutcome),
+    /// An account's outcome: a slot of an `Accounts` task, or a `Single` one's whole reply.
+    Account(AccountResult),
 }
 
 /// A task's slots, typed by its kind, so a reply is assembled without guessing.
@@ -53,6 +57,7 @@ enum Slots {
     Single(Option<Reply>),
     Transfers(Vec<Option<TransferResult>>),
     Reservations(Vec<Option<ReserveOutcome>>),
+    Accounts(Vec<Option<AccountResult>>),
 }
 
 impl Slots {
@@ -61,6 +66,7 @@ impl Slots {
             TaskKind::Single => Slots::Single(None),
             TaskKind::Transfers => Slots::Transfers(vec![None; count]),
             TaskKind::Reservations => Slots::Reservations(vec![None; count]),
+            TaskKind::Accounts => Slots::Accounts(vec![None; count]),
         }
     }
 
@@ -80,6 +86,14 @@ impl Slots {
             (Slots::Single(place), Answer::Reply(reply)) if slot == 0 => put_once(Some(place), reply),
             (Slots::Transfers(places), Answer::Transfer(result)) => put_once(places.get_mut(slot), result),
             (Slots::Reservations(places), Answer::Reservation(outcome)) => put_once(places.get_mut(slot), outcome),
+            (Slots::Accounts(places), Answer::Account(result)) => put_once(places.get_mut(slot), result),
+            (Slots::Single(place), Answer::Account(result)) if slot == 0 => {
+                let reply = match result {
+                    AccountResult::Done { outcome, account } => Reply::Account { outcome, account },
+                    AccountResult::Unavailable => Reply::Unavailable,
+                };
+                put_once(Some(place), reply)
+            }
             _ => false,
         }
     }
@@ -92,6 +106,9 @@ impl Slots {
                 Reply::Transfers(results.into_iter().map(|result| result.unwrap_or(TransferResult::Unavailable)).collect())
             }
             Slots::Reservations(outcomes) => Reply::Reservations(outcomes.into_iter().flatten().collect()),
+            Slots::Accounts(results) => {
+                Reply::Accounts(results.into_iter().map(|result| result.unwrap_or(AccountResult::Unavailable)).collect())
+            }
         }
     }
 }

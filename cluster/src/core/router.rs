@@ -14,7 +14,7 @@ use super::peer::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{CallId, LegId, NodeId, ShardId};
 use crate::ledger::{RejectCode, ReserveOutcome, TransferView};
-use crate::message::{PeerMessage, Reply, Request, TransferRequest, TransferResult};
+use crate::message::{AccountRequest, AccountResult, PeerMessage, Reply, Request, TransferRequest, TransferResult};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
@@ -78,7 +78,10 @@ enum CallState {
     Single(Option<Reply>),
     /// Transfers by item position; each leg fills the positions it carries.
     Batch(Vec<Option<TransferResult>>),
-    /// A transfer looked up on every shard: the payer record wins over the payee decision.
+    /// Accounts of a batch by item position; each leg fills the positions it carries.
+    Accounts(Vec<Option<AccountResult>>),
+    /// A transfer looked up without its payer: the id's home shard first, then (if it names
+    /// one through the id's reservation) the payer's shard.
     Lookup(Option<TransferView>),
 }
 
@@ -98,8 +101,10 @@ struct Leg {
 impl NodeCore {
     pub(super) fn start_call(&mut self, call: CallId, request: Request, deadline_ms: u64, request_id: Option<String>) {
         let limits = &self.config.limits;
+        // Items in flight: transfers, and accounts of a batch (both bounded together).
         let transfers = match &request {
             Request::Transfers(items) => items.len(),
+            Request::CreateAccounts(items) => items.len(),
             _ => 0,
         };
         let overloaded = self.router.calls.len() >= limits.calls_inflight_max
@@ -116,6 +121,17 @@ impl NodeCore {
             Request::CreateAccount(create) => {
                 legs.push((account::shard(placement, &create), Request::CreateAccount(create), Vec::new()));
                 CallState::Single(None)
+            }
+            Request::CreateAccounts(items) => {
+                let count = items.len();
+                let mut by_shard: BTreeMap<ShardId, (Vec<AccountRequest>, Vec<usize>)> = BTreeMap::new();
+                for (position, item) in items.into_iter().enumerate() {
+                    let entry = by_shard.entry(account::shard(placement, &item)).or_default();
+                    entry.0.push(item);
+                    entry.1.push(position);
+                }
+                legs.extend(by_shard.into_iter().map(|(shard, (items, positions))| (shard, Request::CreateAccounts(items), positions)));
+                CallState::Accounts(vec![None; count])
             }
             Request::Transfers(items) => {
                 let count = items.len();
@@ -146,20 +162,22 @@ impl NodeCore {
                 CallState::Single(None)
             }
             Request::ReadTransfer { id, payer: Some(payer) } => {
-                let request = Request::ReadTransfer { id, payer: None };
-                legs.push((read::payer_shard(placement, &payer), request, Vec::new()));
+                let shard = read::payer_shard(placement, &payer);
+                legs.push((shard, Request::ReadTransfer { id, payer: Some(payer) }, Vec::new()));
                 CallState::Single(None)
             }
             Request::ReadTransfer { id, payer: None } => {
-                for shard in placement.shard_ids() {
-                    legs.push((shard, Request::ReadTransfer { id: id.clone(), payer: None }, Vec::new()));
-                }
+                legs.push((reserve::home_shard(placement, &id), Request::ReadTransfer { id, payer: None }, Vec::new()));
                 CallState::Lookup(None)
             }
         };
         if legs.is_empty() {
             // An empty batch: nothing to route, answer at once.
-            self.effects.push(Effect::Reply { call, reply: Reply::Transfers(Vec::new()) });
+            let reply = match state {
+                CallState::Accounts(_) => Reply::Accounts(Vec::new()),
+                _ => Reply::Transfers(Vec::new()),
+            };
+            self.effects.push(Effect::Reply { call, reply });
             return;
         }
         self.router.transfers_inflight += transfers;
@@ -322,7 +340,7 @@ impl NodeCore {
             return;
         };
         call.legs.retain(|id| *id != leg_id);
-        let mut finished = call.legs.is_empty();
+        let finished = call.legs.is_empty();
         match (&mut call.state, reply) {
             (CallState::Single(slot), reply) => *slot = Some(reply),
             (CallState::Batch(slots), Reply::Transfers(results)) => {
@@ -331,13 +349,26 @@ impl NodeCore {
                     slots[*position] = Some(result);
                 }
             }
-            (CallState::Lookup(found), Reply::Transfer(Some(view))) => {
-                if !view.payee_side {
-                    // The payer's record is the authority: no need to wait for other shards.
-                    finished = true;
-                    *found = Some(view);
-                } else if found.is_none() {
-                    *found = Some(view);
+            (CallState::Accounts(slots), Reply::Accounts(results)) => {
+                assert_eq!(results.len(), leg.items.len(), "a leader answered every account of a leg");
+                for (position, result) in leg.items.iter().zip(results) {
+                    slots[*position] = Some(result);
+                }
+            }
+            (CallState::Accounts(_), other) => panic!("an account leg was answered with {other:?}"),
+            (CallState::Lookup(found), Reply::Transfer(view)) => *found = view,
+            (CallState::Lookup(_), Reply::Reserved(body)) => {
+                let placement = &self.config.placement;
+                let payer_shard = read::payer_shard(placement, &body.from);
+                let id = match &leg.request {
+                    Request::ReadTransfer { id, .. } => id.clone(),
+                    _ => unreachable!("a lookup's legs read a transfer"),
+                };
+                // On the home shard itself the record would have been there: not posted.
+                if payer_shard != leg.shard {
+                    let request = Request::ReadTransfer { id, payer: Some(body.from) };
+                    self.start_legs(leg.call, vec![(payer_shard, request, Vec::new())]);
+                    return;
                 }
             }
             (CallState::Lookup(_), _) => {}
@@ -394,6 +425,9 @@ impl NodeCore {
             CallState::Single(None) => Reply::Unavailable,
             CallState::Batch(slots) => {
                 Reply::Transfers(slots.into_iter().map(|slot| slot.unwrap_or(TransferResult::Unavailable)).collect())
+            }
+            CallState::Accounts(slots) => {
+                Reply::Accounts(slots.into_iter().map(|slot| slot.unwrap_or(AccountResult::Unavailable)).collect())
             }
             CallState::Lookup(found) if timed_out && found.is_none() => Reply::Unavailable,
             CallState::Lookup(found) => Reply::Transfer(found),
@@ -472,9 +506,17 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                 })
         }
         (Request::Reserve(commands), Reply::Reservations(outcomes)) => commands.len() == outcomes.len(),
+        (Request::CreateAccounts(creates), Reply::Accounts(results)) => {
+            creates.len() == results.len()
+                && creates.iter().zip(results).all(|(create, result)| match result {
+                    AccountResult::Done { account, .. } => account.as_ref().is_none_or(|account| account.id == create.id),
+                    AccountResult::Unavailable => true,
+                })
+        }
         (Request::CreateAccount(create), Reply::Account { account, .. }) => account.as_ref().is_none_or(|account| account.id == create.id),
         (Request::ReadAccount(id), Reply::AccountState(state)) => state.as_ref().is_none_or(|account| account.id == *id),
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
+        (Request::ReadTransfer { payer: None, .. }, Reply::Reserved(_)) => true,
         (Request::History { .. }, Reply::History(_)) => true,
         _ => false,
     }

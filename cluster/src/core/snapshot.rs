@@ -60,8 +60,15 @@ impl NodeCore {
         self.effects.push(super::Effect::DeleteRange { start, end });
         let fetch = PeerMessage::SnapshotFetch { shard, snapshot_id: descriptor.snapshot_id, after: None };
         let peer = self.peers.get_mut(&shard).expect("checked above");
-        peer.incoming_snapshot =
-            Some(IncomingSnapshot { leader: from, message, snapshot_id: descriptor.snapshot_id, index, after: None, requested_ms: now, progressed_ms: now });
+        peer.incoming_snapshot = Some(IncomingSnapshot {
+            leader: from,
+            message,
+            snapshot_id: descriptor.snapshot_id,
+            index,
+            after: None,
+            requested_ms: now,
+            progressed_ms: now,
+        });
         self.stats.snapshot_streams_started += 1;
         self.send(from, fetch);
     }
@@ -80,7 +87,10 @@ impl NodeCore {
 
     fn serve_snapshot_fetch(&mut self, from: NodeId, shard: ShardId, snapshot_id: u64, after: Option<Key>) {
         let now = self.time.monotonic_ms;
-        let chunk = self.peers.get_mut(&shard).and_then(|peer| peer.replica.snapshot_chunk(snapshot_id, from, after.as_deref(), SNAPSHOT_CHUNK_BYTES_MAX, now));
+        let chunk = self
+            .peers
+            .get_mut(&shard)
+            .and_then(|peer| peer.replica.snapshot_chunk(snapshot_id, from, after.as_deref(), SNAPSHOT_CHUNK_BYTES_MAX, now));
         let reply = match chunk {
             Some((entries, done)) => {
                 let bytes: usize = entries.iter().map(|(key, value)| key.len() + value.len()).sum();
@@ -95,12 +105,21 @@ impl NodeCore {
 
     /// A chunk of the snapshot this replica fetches: staged, then the next fetched — or, after
     /// the last, the raft message is stepped so raft installs the staged state.
-    pub(super) fn snapshot_chunk_received(&mut self, from: NodeId, shard: ShardId, snapshot_id: u64, entries: Vec<(Key, Value)>, done: bool, unknown: bool) {
+    pub(super) fn snapshot_chunk_received(
+        &mut self,
+        from: NodeId,
+        shard: ShardId,
+        snapshot_id: u64,
+        entries: Vec<(Key, Value)>,
+        done: bool,
+        unknown: bool,
+    ) {
         let now = self.time.monotonic_ms;
         let Some(peer) = self.peers.get_mut(&shard) else {
             return;
         };
-        let expected = peer.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.leader == from && incoming.snapshot_id == snapshot_id);
+        let expected =
+            peer.incoming_snapshot.as_ref().is_some_and(|incoming| incoming.leader == from && incoming.snapshot_id == snapshot_id);
         if !expected {
             return;
         }
@@ -157,7 +176,10 @@ impl NodeCore {
             }
             if now.saturating_sub(incoming.requested_ms) >= FETCH_RETRY_MS {
                 incoming.requested_ms = now;
-                resend.push((incoming.leader, PeerMessage::SnapshotFetch { shard: *shard, snapshot_id: incoming.snapshot_id, after: incoming.after.clone() }));
+                resend.push((
+                    incoming.leader,
+                    PeerMessage::SnapshotFetch { shard: *shard, snapshot_id: incoming.snapshot_id, after: incoming.after.clone() },
+                ));
             }
         }
         for (to, message) in resend {

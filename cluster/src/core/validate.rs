@@ -7,9 +7,9 @@
 use super::NodeCore;
 use crate::ids::{NodeId, ShardId};
 use crate::ledger::{keys, CreditCmd, FinalizeCmd, ReserveCmd, TransferBody};
-use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_ENTRIES_MAX};
 use crate::message::{PeerMessage, Request, TransferRequest};
 use crate::money::AMOUNT_MINOR_MAX;
+use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_ENTRIES_MAX};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
@@ -32,17 +32,33 @@ pub type Rejection = &'static str;
 /// A message that passed: raft messages come back parsed. (Raft messages for a replica of
 /// this node that is quarantined pass too; the node simply does not run that replica.)
 pub(super) enum Checked {
-    Raft { shard: ShardId, message: Message },
+    Raft {
+        shard: ShardId,
+        message: Message,
+    },
     /// A raft snapshot offer, with its descriptor (the follower fetches the records first).
-    Snapshot { shard: ShardId, message: Message, descriptor: SnapshotDescriptor },
+    Snapshot {
+        shard: ShardId,
+        message: Message,
+        descriptor: SnapshotDescriptor,
+    },
     Other(PeerMessage),
 }
 
 /// The longest store key a snapshot chunk may carry (kind, id, position).
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
 /// Record kinds a snapshot may carry (`ledger/keys.rs`).
-const SNAPSHOT_KINDS: [u8; 9] =
-    [keys::ACCOUNT, keys::TRANSFER, keys::CREDIT, keys::RESERVATION, keys::HISTORY, keys::PENDING, keys::INFLOW, keys::APPLIED, keys::ACCOUNT_COUNT];
+const SNAPSHOT_KINDS: [u8; 9] = [
+    keys::ACCOUNT,
+    keys::TRANSFER,
+    keys::CREDIT,
+    keys::RESERVATION,
+    keys::HISTORY,
+    keys::PENDING,
+    keys::INFLOW,
+    keys::APPLIED,
+    keys::ACCOUNT_COUNT,
+];
 
 impl NodeCore {
     /// Checks a message from `from` before the core sees it.
@@ -184,8 +200,13 @@ impl NodeCore {
                 }
                 items.iter().try_for_each(|ReserveCmd { body, .. }| check_body(body))
             }
+            Request::CreateAccounts(items) if items.is_empty() || items.len() > LEG_ITEMS_MAX => Err("leg_bounds"),
             Request::History { limit, .. } if *limit == 0 || *limit > HISTORY_LIMIT_MAX => Err("leg_bounds"),
-            Request::CreateAccount(_) | Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. } => Ok(()),
+            Request::CreateAccount(_)
+            | Request::CreateAccounts(_)
+            | Request::ReadAccount(_)
+            | Request::ReadTransfer { .. }
+            | Request::History { .. } => Ok(()),
         }
     }
 

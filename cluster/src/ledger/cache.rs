@@ -71,7 +71,11 @@ impl AccountCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats { active: u64::try_from(self.entries.len()).unwrap_or(u64::MAX), bytes: u64::try_from(self.bytes).unwrap_or(u64::MAX), ..self.stats }
+        CacheStats {
+            active: u64::try_from(self.entries.len()).unwrap_or(u64::MAX),
+            bytes: u64::try_from(self.bytes).unwrap_or(u64::MAX),
+            ..self.stats
+        }
     }
 
     pub fn contains(&self, id: &AccountId) -> bool {

@@ -105,10 +105,17 @@ impl Ledger {
 
     /// Opens a shard's ledger from the node's store (fresh when the store holds nothing of it),
     /// with the applied point its state is at.
-    pub fn open(shard: ShardId, shard_count: u32, store: Arc<dyn KvStore>, cache_bytes_max: usize) -> Result<(Ledger, AppliedMark), StoreError> {
+    pub fn open(
+        shard: ShardId,
+        shard_count: u32,
+        store: Arc<dyn KvStore>,
+        cache_bytes_max: usize,
+    ) -> Result<(Ledger, AppliedMark), StoreError> {
         assert!(shard < shard_count, "shard {shard} out of {shard_count}");
         let generation = match store.get(&keys::generation_key(shard)) {
-            Some(bytes) => u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StoreError(format!("shard {shard}: bad generation")))?),
+            Some(bytes) => {
+                u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StoreError(format!("shard {shard}: bad generation")))?)
+            }
             None => 0,
         };
         let mut ledger = Ledger {
@@ -604,9 +611,8 @@ impl Ledger {
     /// is returned to every later request for it, so duplicates and retries change nothing.
     fn credit_command(&mut self, now_ms: u64, credit: &CreditCmd) -> CreditOutcome {
         let valid_amount = credit.amount > 0 && credit.amount <= AMOUNT_MINOR_MAX;
-        let payer_elsewhere = credit.payer_shard < self.shard_count
-            && credit.payer_shard != self.shard
-            && self.owner(&credit.from) == credit.payer_shard;
+        let payer_elsewhere =
+            credit.payer_shard < self.shard_count && credit.payer_shard != self.shard && self.owner(&credit.from) == credit.payer_shard;
         if self.owner(&credit.to) != self.shard || !valid_amount || !payer_elsewhere {
             // Not a credit this shard can decide: no decision, nothing stored, nobody told.
             return CreditOutcome { decision: None, decided_now: false };

@@ -198,6 +198,13 @@ pub struct TransferRequest {
     pub to: String,
 }
 
+/// `POST /v1/accounts/batch`: up to 8,000 accounts, each answered alone in `results`
+/// (`{"status": 201, "account": {...}}`, 200 when it existed alike, or an error with its status).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBatchRequest {
+    pub accounts: Vec<CreateAccountRequest>,
+}
+
 /// `POST /v1/transfers/batch`: up to 8,000 transfers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRequest {

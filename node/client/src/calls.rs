@@ -3,7 +3,7 @@
 
 use crate::amount::{cents, parse_cents};
 use crate::answer::{classify, classify_item, Answer};
-use crate::api::{BatchRequest, ClusterView, TransferRequest, TransferView};
+use crate::api::{AccountBatchRequest, BatchRequest, ClusterView, CreateAccountRequest, TransferRequest, TransferView};
 use crate::transfer::Transfer;
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -15,6 +15,9 @@ const READ_FOR: Duration = Duration::from_secs(60);
 
 /// Funding transfers per batch request.
 const FUND_BATCH_MAX: usize = 1_000;
+
+/// Accounts per batch creation request (the API's maximum).
+const ACCOUNT_BATCH_MAX: usize = 8_000;
 
 /// A request body as compact JSON, for error messages.
 fn json_text<B: Serialize + ?Sized>(body: &B) -> String {
@@ -96,6 +99,48 @@ pub async fn fund(
             }
             if Instant::now() > deadline {
                 bail!("funding did not complete within {within:?}");
+            }
+            waiting = unknown;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Creates accounts through `POST /v1/accounts/batch`, 8,000 per request, resending the items
+/// whose outcome is unknown until each exists (201, or 200: it existed alike). Fails at once if
+/// an item is refused (say `account_exists` with another currency or kind), or when a batch is
+/// not done within `within`.
+pub async fn create_accounts(
+    client: &reqwest::Client,
+    urls: &[String],
+    accounts: &[CreateAccountRequest],
+    within: Duration,
+) -> anyhow::Result<()> {
+    for chunk in accounts.chunks(ACCOUNT_BATCH_MAX) {
+        let deadline = Instant::now() + within;
+        let mut waiting: Vec<CreateAccountRequest> = chunk.to_vec();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let batch = AccountBatchRequest { accounts: waiting };
+            let answer = post_until(client, urls, "/v1/accounts/batch", &batch, &[200], left).await?;
+            let results = answer["results"].as_array().cloned().unwrap_or_default();
+            let mut unknown = Vec::new();
+            for (position, item) in batch.accounts.into_iter().enumerate() {
+                let result = results.get(position).unwrap_or(&Value::Null);
+                if matches!(result["status"].as_u64(), Some(200 | 201)) {
+                    continue;
+                }
+                match classify_item(result) {
+                    Answer::Final(code) => bail!("creating account {} refused: {code}: {result}", Value::from(item.id)),
+                    Answer::Posted | Answer::Retry(_) => unknown.push(item),
+                }
+            }
+            if unknown.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("creating accounts did not complete within {within:?}");
             }
             waiting = unknown;
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -23,6 +23,6 @@ mod transfer;
 
 pub use amount::{cents, parse_cents};
 pub use answer::{classify, classify_item, Answer};
-pub use calls::{balance, cluster_view, final_status, fund, post_until};
+pub use calls::{balance, cluster_view, create_accounts, final_status, fund, post_until};
 pub use nodes::{match_advertised, node_urls};
 pub use transfer::Transfer;

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_actors::{DriverHandle, PeerStatus};
 use settle_client::api;
-use settle_cluster::ledger::{AccountOutcome, TransferStatus};
-use settle_cluster::message::{Reply, Request, TransferResult};
+use settle_cluster::ledger::{AccountOutcome, AccountView, TransferStatus};
+use settle_cluster::message::{AccountResult, Reply, Request, TransferResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +110,7 @@ pub fn app(
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/v1/cluster").route(web::get().to(cluster)))
         .service(resource("/v1/accounts").route(web::post().to(create_account)))
+        .service(resource("/v1/accounts/batch").route(web::post().to(batch_accounts)))
         .service(resource("/v1/accounts/{id}").route(web::get().to(get_account)))
         .service(resource("/v1/accounts/{id}/transfers").route(web::get().to(list_transfers)))
         .service(resource("/v1/transfers").route(web::post().to(create_transfer)))
@@ -282,17 +283,78 @@ async fn create_account(
     let id = create.id.to_string();
     match state.call_with(&request_id, Request::CreateAccount(create)).await? {
         Reply::Account { outcome, account } => {
-            let body = account.as_ref().map(types::account_json);
-            match outcome {
-                AccountOutcome::Created => Ok(HttpResponse::Created().json(body)),
-                AccountOutcome::AlreadyExists => Ok(HttpResponse::Ok().json(body)),
-                AccountOutcome::Conflict => Err(ApiError::account_exists(&id)),
-                // Only a misbehaving proposer gets this; the outcome is unknown to the client.
-                AccountOutcome::WrongShard => Err(ApiError::unavailable()),
-            }
+            let (status, body) = account_outcome(&id, outcome, account.as_ref())?;
+            Ok(HttpResponse::build(status).json(body))
         }
         other => Err(unexpected(other)),
     }
+}
+
+/// The status and body (or error) of one account creation, as `POST /v1/accounts` answers it.
+fn account_outcome(id: &str, outcome: AccountOutcome, account: Option<&AccountView>) -> Result<(StatusCode, Value)> {
+    let body = json!(account.map(types::account_json));
+    match outcome {
+        AccountOutcome::Created => Ok((StatusCode::CREATED, body)),
+        AccountOutcome::AlreadyExists => Ok((StatusCode::OK, body)),
+        AccountOutcome::Conflict => Err(ApiError::account_exists(id)),
+        // Only a misbehaving proposer gets this; the outcome is unknown to the client.
+        AccountOutcome::WrongShard => Err(ApiError::unavailable()),
+    }
+}
+
+/// `POST /v1/accounts/batch {"accounts": [...]}`: up to 8,000 accounts, each validated and
+/// answered alone (`{"results": [{"status": 201, "account": {...}} | {"status": 4xx, "error": ...}]}`),
+/// in order, with the same rules and codes as `POST /v1/accounts`.
+async fn batch_accounts(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+) -> Result<HttpResponse> {
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &["accounts"])?;
+    let Some(Value::Array(items)) = object.get("accounts") else {
+        return Err(ApiError::invalid_request("accounts", "accounts must be an array"));
+    };
+    if items.len() > types::BATCH_ACCOUNTS_MAX {
+        let message = format!("a batch carries at most {} accounts", types::BATCH_ACCOUNTS_MAX);
+        return Err(ApiError::invalid_request("accounts", message));
+    }
+    let mut results: Vec<Option<Value>> = vec![None; items.len()];
+    let mut valid = Vec::new();
+    let mut positions = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let parsed = match item {
+            Value::Object(object) => types::create_account(object),
+            _ => Err(ApiError::invalid_body("each account must be a JSON object")),
+        };
+        match parsed {
+            Ok(create) => {
+                valid.push(create);
+                positions.push(position);
+            }
+            Err(error) => results[position] = Some(item_error(&error)),
+        }
+    }
+    if !valid.is_empty() {
+        let ids: Vec<String> = valid.iter().map(|create| create.id.to_string()).collect();
+        let answers = match state.call_with(&request_id, Request::CreateAccounts(valid)).await? {
+            Reply::Accounts(answers) if answers.len() == ids.len() => answers,
+            other => return Err(unexpected(other)),
+        };
+        for ((position, id), answer) in positions.into_iter().zip(ids).zip(answers) {
+            let outcome = match answer {
+                AccountResult::Done { outcome, account } => account_outcome(&id, outcome, account.as_ref()),
+                AccountResult::Unavailable => Err(ApiError::unavailable()),
+            };
+            results[position] = Some(match outcome {
+                Ok((status, account)) => json!({ "status": status.as_u16(), "account": account }),
+                Err(error) => item_error(&error),
+            });
+        }
+    }
+    let results: Vec<Value> = results.into_iter().map(|result| result.expect("every item answered")).collect();
+    Ok(HttpResponse::Ok().json(json!({ "results": results })))
 }
 
 async fn get_account(state: web::Data<AppState>, path: web::Path<String>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {

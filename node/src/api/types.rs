@@ -16,6 +16,9 @@ use settle_cluster::money::Currency;
 /// The most transfers one batch request may carry.
 pub const BATCH_TRANSFERS_MAX: usize = 8_000;
 
+/// The most accounts one batch request may carry.
+pub const BATCH_ACCOUNTS_MAX: usize = 8_000;
+
 fn string_field<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, ApiError> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),

@@ -26,6 +26,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
     let shard = peer.replica.shard();
     let routed_here = match &request {
         Request::CreateAccount(create) => account::shard(ctx.placement, create) == shard,
+        Request::CreateAccounts(items) => !items.is_empty() && items.iter().all(|item| account::shard(ctx.placement, item) == shard),
         Request::Transfers(items) => items.iter().all(|item| transfer::payer_shard(ctx.placement, item) == shard),
         Request::Reserve(items) => items.iter().all(|item| reserve::home_shard(ctx.placement, &item.id) == shard),
         Request::ReadAccount(_) | Request::History { .. } => read::account_shard(ctx.placement, &request) == shard,
@@ -39,6 +40,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
     }
     match request {
         Request::CreateAccount(create) => account::accept(peer, origin, deadline_ms, create),
+        Request::CreateAccounts(items) => account::accept_batch(peer, origin, deadline_ms, items),
         Request::Transfers(items) => transfer::accept(peer, origin, deadline_ms, items, ctx),
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
         read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. }) => {

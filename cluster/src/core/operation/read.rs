@@ -91,9 +91,14 @@ fn read_reply(peer: &ShardPeer, request: &Request) -> Reply {
     let ledger = peer.replica.ledger();
     match request {
         Request::ReadAccount(account) => Reply::AccountState(ledger.account(account).map(|account| AccountView::from(&account))),
-        Request::ReadTransfer { id, .. } => {
+        Request::ReadTransfer { id, payer } => {
             let payer_side = ledger.transfer(id).map(|record| TransferView::from(&record));
-            Reply::Transfer(payer_side.or_else(|| ledger.credit(id).map(|record| TransferView::from(&record))))
+            match payer_side.or_else(|| ledger.credit(id).map(|record| TransferView::from(&record))) {
+                Some(view) => Reply::Transfer(Some(view)),
+                // Asked as the id's home shard: point at the payer's shard.
+                None if payer.is_none() => ledger.reservation(id).map_or(Reply::Transfer(None), Reply::Reserved),
+                None => Reply::Transfer(None),
+            }
         }
         Request::History { account, before, limit } => {
             let limit = usize::try_from(*limit).unwrap_or(usize::MAX);
@@ -101,6 +106,6 @@ fn read_reply(peer: &ShardPeer, request: &Request) -> Reply {
             Reply::History(page.map(|(transfers, next_cursor)| HistoryPage { transfers, next_cursor }))
         }
         // The router sends only reads here (see `operation::accept`).
-        Request::CreateAccount(_) | Request::Transfers(_) | Request::Reserve(_) => Reply::Unavailable,
+        Request::CreateAccount(_) | Request::CreateAccounts(_) | Request::Transfers(_) | Request::Reserve(_) => Reply::Unavailable,
     }
 }
