@@ -28,6 +28,8 @@ pub struct RaftSettings {
     pub message_bytes_max: u64,
     pub inflight_messages_max: usize,
     pub uncommitted_bytes_max: u64,
+    /// Committed entries one shard applies per Ready: bounds the work of one driver-loop
+    /// iteration (the rest is applied in the next one, after heartbeats had their turn).
     pub committed_bytes_per_ready_max: u64,
 }
 
@@ -40,7 +42,7 @@ impl Default for RaftSettings {
             message_bytes_max: 1 << 20,
             inflight_messages_max: 256,
             uncommitted_bytes_max: 64 << 20,
-            committed_bytes_per_ready_max: 16 << 20,
+            committed_bytes_per_ready_max: 1 << 20,
         }
     }
 }
@@ -77,6 +79,9 @@ struct SnapshotSource {
     /// When it was made (monotonic ms): kept at least `SNAPSHOT_START_MS` for raft to send it.
     created_ms: u64,
 }
+
+/// The furthest back a live follower's need holds the leader's log compaction, in entries.
+pub const COMPACTION_HOLD_ENTRIES_MAX: u64 = 100_000;
 
 /// An offered snapshot must be fetched from within this long, or raft hears it failed.
 pub const SNAPSHOT_START_MS: u64 = 2_000;
@@ -493,10 +498,33 @@ impl ShardReplica {
     }
 
     /// The state store holds the ledger at `index`: the log up to `index - lag` may go (the lag
-    /// keeps entries for a briefly lagging follower). Returns the new compaction point.
+    /// keeps entries for a briefly lagging follower). On a leader, not past what a live follower
+    /// still needs: the entries after its match, or after the snapshot it is being sent (else a
+    /// follower whose snapshot takes longer to stream than the log takes to move on would need
+    /// snapshot after snapshot and never catch up). A follower not heard from within an
+    /// election timeout holds nothing, and no hold reaches back more than
+    /// `COMPACTION_HOLD_ENTRIES_MAX`. Returns the new compaction point.
     pub fn checkpointed(&mut self, index: u64, lag: u64) -> Option<(u64, u64)> {
         self.checkpoint_index = self.checkpoint_index.max(index);
-        let compact_to = index.min(self.applied_index).saturating_sub(lag);
+        let mut compact_to = index.min(self.applied_index).saturating_sub(lag);
+        if self.raw.raft.state == raft::StateRole::Leader {
+            let own = self.raw.raft.id;
+            let needed = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != own)
+                .filter_map(|(_, progress)| match progress.state {
+                    raft::ProgressState::Snapshot => Some(progress.pending_snapshot),
+                    _ if progress.recent_active => Some(progress.matched),
+                    _ => None,
+                })
+                .min();
+            if let Some(needed) = needed {
+                compact_to = compact_to.min(needed.max(compact_to.saturating_sub(COMPACTION_HOLD_ENTRIES_MAX)));
+            }
+        }
         if compact_to <= self.raw.store().compacted_index() {
             return None;
         }

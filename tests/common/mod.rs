@@ -203,6 +203,13 @@ impl TestCluster {
         }
     }
 
+    /// The last `lines` lines of a node's log (for failure messages).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.data_dir(id).join("settle.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(TestNode::url).collect()
     }

@@ -7,6 +7,7 @@
 //! (HdrHistogram) and errors by code.
 
 mod report;
+mod timeline;
 mod workload;
 
 use crate::local::{settle_binary, LocalCluster};
@@ -73,6 +74,14 @@ pub struct BenchFlags {
     pub nodes: u64,
     #[arg(long, default_value_t = 64)]
     pub shards: u32,
+    /// Soak runs: record a timeline (throughput, p99, and each node's RSS, leader changes and
+    /// driver-loop max, every `--sample-every`) as JSON here, and as an SVG chart beside it.
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
+    /// How often the timeline samples.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_seconds")]
+    pub sample_every: Duration,
     /// Embedded cluster: plain TCP between its nodes instead of mutual TLS (to measure the cost).
     #[arg(long)]
     pub insecure_peers: bool,
@@ -82,7 +91,7 @@ fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Resul
     serializer.serialize_f64(duration.as_secs_f64())
 }
 
-/// "10s", "500ms", "2m" or plain seconds.
+/// "10s", "500ms", "2m", "1h" or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -93,8 +102,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("bad duration unit in {text:?} (ms, s, m)")),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(value.saturating_mul(3_600))),
+        _ => Err(format!("bad duration unit in {text:?} (ms, s, m, h)")),
     }
 }
 
@@ -152,6 +162,9 @@ fn validate(flags: &BenchFlags) -> anyhow::Result<()> {
     if flags.rate == Some(0) {
         bail!("--rate must be at least 1");
     }
+    if flags.sample_every.is_zero() {
+        bail!("--sample-every must be more than 0");
+    }
     if flags.route != "spread" && flags.route != "leader" {
         bail!("--route must be spread or leader");
     }
@@ -171,6 +184,8 @@ struct Shared {
     errors: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<Histogram<u64>>,
     interval: Mutex<Histogram<u64>>,
+    /// Latencies since the last timeline sample.
+    sample_window: Mutex<Histogram<u64>>,
     /// Per account: net minor units moved by acknowledged transfers.
     net: Mutex<Vec<i128>>,
     ambiguous: Mutex<Vec<Transfer>>,
@@ -195,6 +210,7 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
         errors: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         interval: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+        sample_window: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         net: Mutex::new(vec![0; accounts]),
         ambiguous: Mutex::new(Vec::new()),
         leaders: std::sync::RwLock::new(Vec::new()),
@@ -228,6 +244,8 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
     let mut measured_from = None;
     // When the last progress line was printed, and the transfers counted then.
     let mut last = (Instant::now(), 0u64);
+    let mut samples: Vec<timeline::Sample> = Vec::new();
+    let mut last_sample = (Instant::now(), 0u64);
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_millis(1_000).min(total.saturating_sub(started.elapsed()))).await;
         if measured_from.is_none() && started.elapsed() >= flags.warmup {
@@ -235,6 +253,8 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
             shared.measuring.store(true, Ordering::Relaxed);
             measured_from = Some(Instant::now());
             last = (Instant::now(), 0);
+            last_sample = (Instant::now(), 0);
+            shared.sample_window.lock().expect("window").reset();
             eprintln!("bench: warmup done, measuring for {:?}", flags.duration);
             continue;
         }
@@ -254,8 +274,20 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
             shared.error_count.load(Ordering::Relaxed)
         );
         last = (Instant::now(), transfers);
+        if let (Some(from), Some(path)) = (measured_from, &flags.timeline) {
+            if last_sample.0.elapsed() >= flags.sample_every {
+                samples.push(take_sample(&shared, from, &mut last_sample).await);
+                if let Err(error) = timeline::write(path, &samples, &serde_json::to_value(flags)?) {
+                    eprintln!("bench: writing the timeline {}: {error}", path.display());
+                }
+            }
+        }
     }
     shared.stop.store(true, Ordering::Relaxed);
+    if let Some(path) = &flags.timeline {
+        let summary = timeline::summary(&samples);
+        eprintln!("bench: timeline in {} (and .svg): {summary}", path.display());
+    }
     let measured_for = measured_from.map_or(Duration::ZERO, |at: Instant| at.elapsed());
     for worker in workers {
         worker.await?;
@@ -271,6 +303,32 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
         errors,
         conserved,
     ))
+}
+
+/// One timeline sample: the bench's window since the last sample, and every node's metrics.
+async fn take_sample(shared: &Shared, measured_from: Instant, last: &mut (Instant, u64)) -> timeline::Sample {
+    let transfers = shared.transfers.load(Ordering::Relaxed);
+    let seconds = last.0.elapsed().as_secs_f64().max(1e-9);
+    let p99_ms = {
+        let mut window = shared.sample_window.lock().expect("window");
+        let p99 = window.value_at_quantile(0.99) as f64 / 1000.0;
+        window.reset();
+        p99
+    };
+    let transfers_per_sec = transfers.saturating_sub(last.1) as f64 / seconds;
+    *last = (Instant::now(), transfers);
+    let mut nodes = Vec::new();
+    for target in &shared.targets {
+        nodes.push(timeline::scrape(&shared.client, target).await);
+    }
+    timeline::Sample {
+        elapsed_seconds: measured_from.elapsed().as_secs_f64(),
+        transfers_per_sec,
+        p99_ms,
+        transfers_total: transfers,
+        errors_total: shared.error_count.load(Ordering::Relaxed),
+        nodes,
+    }
 }
 
 fn reset_counters(shared: &Shared) {
@@ -357,6 +415,7 @@ fn record(shared: &Shared, transfers: &[Transfer], outcome: workload::Outcome, m
     shared.transfers.fetch_add(posted, Ordering::Relaxed);
     let _ = shared.latency.lock().expect("latency").record(micros);
     let _ = shared.interval.lock().expect("interval").record(micros);
+    let _ = shared.sample_window.lock().expect("window").record(micros);
     let failures: Vec<&String> = outcome
         .results
         .iter()

@@ -35,8 +35,8 @@ struct Entry {
 
 pub struct AccountCache {
     entries: BTreeMap<AccountId, Entry>,
-    /// Recency counter → account, least recent first.
-    by_use: BTreeMap<u64, AccountId>,
+    /// Accounts changed since the last commit (each once).
+    dirty: Vec<AccountId>,
     clock: u64,
     bytes: usize,
     budget_bytes: usize,
@@ -48,11 +48,15 @@ fn size_of(account: &Account) -> usize {
     ACCOUNT_OVERHEAD_BYTES + 2 * account.id.as_str().len()
 }
 
+/// Passivation goes down to this share of the budget (in percent), so that it runs once per
+/// many activations rather than at every one.
+const PASSIVATE_DOWN_TO_PERCENT: usize = 90;
+
 impl AccountCache {
     pub fn new(budget_bytes: usize) -> AccountCache {
         AccountCache {
             entries: BTreeMap::new(),
-            by_use: BTreeMap::new(),
+            dirty: Vec::new(),
             clock: 0,
             bytes: 0,
             budget_bytes,
@@ -91,28 +95,19 @@ impl AccountCache {
         self.entries.keys()
     }
 
-    fn touch(&mut self, id: &AccountId) {
-        self.clock += 1;
-        let clock = self.clock;
-        if let Some(entry) = self.entries.get_mut(id) {
-            self.by_use.remove(&entry.used);
-            entry.used = clock;
-            self.by_use.insert(clock, id.clone());
-        }
-    }
-
     /// An account for a command (`hit`: it was in the cache already): counted as a use, and
     /// dirty from now until the round commits.
     pub fn get_mut(&mut self, id: &AccountId, hit: bool) -> Option<&mut Account> {
-        if !self.entries.contains_key(id) {
-            return None;
-        }
+        let entry = self.entries.get_mut(id)?;
         if hit {
             self.stats.hits += 1;
         }
-        self.touch(id);
-        let entry = self.entries.get_mut(id).expect("checked above");
-        entry.dirty = true;
+        self.clock += 1;
+        entry.used = self.clock;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(id.clone());
+        }
         Some(&mut entry.account)
     }
 
@@ -131,48 +126,56 @@ impl AccountCache {
     fn insert(&mut self, account: Account, dirty: bool) {
         let id = account.id.clone();
         self.bytes += size_of(&account);
-        self.entries.insert(id.clone(), Entry { account, dirty, used: 0 });
-        self.touch(&id);
+        self.clock += 1;
+        if dirty {
+            self.dirty.push(id.clone());
+        }
+        if let Some(old) = self.entries.insert(id, Entry { account, dirty, used: self.clock }) {
+            self.bytes -= size_of(&old.account);
+        }
     }
 
     /// The dirty accounts, now clean: what the round writes back.
     pub fn take_dirty(&mut self) -> Vec<(AccountId, Account)> {
-        let mut dirty = Vec::new();
-        for (id, entry) in self.entries.iter_mut() {
-            if entry.dirty {
-                entry.dirty = false;
-                dirty.push((id.clone(), entry.account.clone()));
+        let mut written = Vec::with_capacity(self.dirty.len());
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(entry) = self.entries.get_mut(&id) {
+                if entry.dirty {
+                    entry.dirty = false;
+                    written.push((id, entry.account.clone()));
+                }
             }
         }
-        dirty
+        written
     }
 
-    /// Passivates the least recently used clean accounts while the cache is over its budget.
-    /// `including_dirty` is the planted bug `PassivateUnflushed` (an update not yet written
-    /// back is lost with its account).
+    /// Passivates the least recently used clean accounts once the cache is over its budget,
+    /// down to `PASSIVATE_DOWN_TO_PERCENT` of it (one pass over the cache per many
+    /// activations). `including_dirty` is the planted bug `PassivateUnflushed` (an update not
+    /// yet written back is lost with its account).
     pub fn passivate_over_budget(&mut self, including_dirty: bool) {
+        if self.bytes <= self.budget_bytes {
+            return;
+        }
         let drop_dirty = including_dirty && planted(self.planted, PlantedBug::PassivateUnflushed);
-        let mut skipped = Vec::new();
-        while self.bytes > self.budget_bytes {
-            let Some((used, id)) = self.by_use.pop_first() else {
+        let target = self.budget_bytes / 100 * PASSIVATE_DOWN_TO_PERCENT;
+        let mut candidates: Vec<(u64, AccountId)> =
+            self.entries.iter().filter(|(_, entry)| drop_dirty || !entry.dirty).map(|(id, entry)| (entry.used, id.clone())).collect();
+        candidates.sort_unstable();
+        for (_, id) in candidates {
+            if self.bytes <= target {
                 break;
-            };
-            let dirty = self.entries.get(&id).is_some_and(|entry| entry.dirty);
-            if dirty && !drop_dirty {
-                skipped.push((used, id));
-                continue;
             }
             if let Some(entry) = self.entries.remove(&id) {
                 self.bytes -= size_of(&entry.account);
                 self.stats.passivations += 1;
             }
         }
-        self.by_use.extend(skipped);
     }
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.by_use.clear();
+        self.dirty.clear();
         self.bytes = 0;
     }
 }

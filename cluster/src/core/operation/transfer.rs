@@ -86,13 +86,19 @@ pub(in crate::core) fn redrive(peer: &mut ShardPeer, ctx: &mut Ctx) {
     if peer.replica.leader_ready() {
         let payer_shard = peer.replica.shard();
         let mut resend = Vec::new();
-        for record in peer.replica.ledger().pending() {
-            let record = &record;
-            let drive = drive_of(&mut peer.drives, &record.id);
+        let pending: Vec<crate::ids::TransferId> = peer.replica.ledger().pending_ids().cloned().collect();
+        for id in pending {
+            let drive = drive_of(&mut peer.drives, &id);
             let since = *drive.since_ms.get_or_insert(now);
             if drive.credit_sent_ms.is_some_and(|sent| now.saturating_sub(sent) < redrive_interval_ms) {
                 continue;
             }
+            // The record is read from the store only when its credit is due again.
+            let Some(record) = peer.replica.ledger().transfer(&id) else {
+                continue;
+            };
+            let record = &record;
+            let drive = drive_of(&mut peer.drives, &id);
             // Measured on this leader's monotonic clock from when it first saw the transfer
             // pending: a new leader gives the payee shard the full period again.
             let prevent = now.saturating_sub(since) >= ctx.limits.prevent_after_ms;
