@@ -237,6 +237,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 leaders_seen: BTreeMap::new(),
                 node_info_rejected: 0,
                 loop_stats,
+                last_slow_logged: None,
             };
             runtime.block_on(driver.run(tick, commands, inbound, io_done));
             // Closing the job channel lets the IO thread finish what is queued and exit.
@@ -251,38 +252,39 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
 
 /// How long the driver thread's loop iterations take: one iteration handles a bounded batch of
 /// inputs, then polls the core and hands its effects out. An iteration over 100 ms stalls
-/// every shard of the node (heartbeats included) and is a bug.
+/// every shard of the node (heartbeats included). Measured twice: wall time (what the shards
+/// wait) and the thread's own CPU time (our work: over 100 ms is a bug; wall time far above it
+/// means the thread waited for a core or a lock).
 pub struct LoopStats {
     pub iteration_seconds: prometheus::Histogram,
-    /// The longest iteration in the current and the previous window of `LOOP_MAX_WINDOW_SECS`.
+    pub iteration_cpu_seconds: prometheus::Histogram,
+    wall_max: WindowMax,
+    cpu_max: WindowMax,
+}
+
+/// The window of `LoopStats::recent_max_seconds`.
+pub const LOOP_MAX_WINDOW_SECS: u64 = 10;
+
+/// The largest value recorded in the current and the previous window of `LOOP_MAX_WINDOW_SECS`.
+struct WindowMax {
     window: AtomicU64,
     max_us_current: AtomicU64,
     max_us_previous: AtomicU64,
     started: Instant,
 }
 
-/// The window of `LoopStats::recent_max_seconds`.
-pub const LOOP_MAX_WINDOW_SECS: u64 = 10;
-
-impl Default for LoopStats {
-    fn default() -> Self {
-        let opts =
-            prometheus::HistogramOpts::new("driver_loop_iteration_seconds", "Time one driver loop iteration took (inputs, poll, effects)")
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
-        LoopStats {
-            iteration_seconds: prometheus::Histogram::with_opts(opts).expect("valid histogram"),
+impl WindowMax {
+    fn new() -> WindowMax {
+        WindowMax {
             window: AtomicU64::new(0),
             max_us_current: AtomicU64::new(0),
             max_us_previous: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
-}
 
-impl LoopStats {
-    /// Records one iteration (only the driver thread calls this).
-    fn record(&self, took: Duration) {
-        self.iteration_seconds.observe(took.as_secs_f64());
+    /// Only one thread records.
+    fn record(&self, value: Duration) {
         let window = self.started.elapsed().as_secs() / LOOP_MAX_WINDOW_SECS;
         if self.window.load(Ordering::Relaxed) != window {
             let last = self.max_us_current.swap(0, Ordering::Relaxed);
@@ -290,12 +292,12 @@ impl LoopStats {
             self.max_us_previous.store(if adjacent { last } else { 0 }, Ordering::Relaxed);
             self.window.store(window, Ordering::Relaxed);
         }
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         self.max_us_current.fetch_max(micros, Ordering::Relaxed);
     }
 
-    /// The longest iteration over the last one to two windows (10–20 s), in seconds.
-    pub fn recent_max_seconds(&self) -> f64 {
+    /// The largest value over the last one to two windows (10–20 s), in seconds.
+    fn recent_max_seconds(&self) -> f64 {
         let window = self.started.elapsed().as_secs() / LOOP_MAX_WINDOW_SECS;
         let recorded = self.window.load(Ordering::Relaxed);
         let micros = if recorded == window {
@@ -309,12 +311,71 @@ impl LoopStats {
     }
 }
 
+impl Default for LoopStats {
+    fn default() -> Self {
+        let buckets = vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let wall =
+            prometheus::HistogramOpts::new("driver_loop_iteration_seconds", "Time one driver loop iteration took (inputs, poll, effects)")
+                .buckets(buckets.clone());
+        let cpu = prometheus::HistogramOpts::new(
+            "driver_loop_iteration_cpu_seconds",
+            "CPU time the driver thread used in one loop iteration (its own work, without waiting for a core or a lock)",
+        )
+        .buckets(buckets);
+        LoopStats {
+            iteration_seconds: prometheus::Histogram::with_opts(wall).expect("valid histogram"),
+            iteration_cpu_seconds: prometheus::Histogram::with_opts(cpu).expect("valid histogram"),
+            wall_max: WindowMax::new(),
+            cpu_max: WindowMax::new(),
+        }
+    }
+}
+
+impl LoopStats {
+    /// Records one iteration (only the driver thread calls this).
+    fn record(&self, took: Duration, cpu: Duration) {
+        self.iteration_seconds.observe(took.as_secs_f64());
+        self.iteration_cpu_seconds.observe(cpu.as_secs_f64());
+        self.wall_max.record(took);
+        self.cpu_max.record(cpu);
+    }
+
+    /// The longest iteration (wall time) over the last 10–20 s, in seconds.
+    pub fn recent_max_seconds(&self) -> f64 {
+        self.wall_max.recent_max_seconds()
+    }
+
+    /// The most CPU one iteration used over the last 10–20 s, in seconds.
+    pub fn recent_max_cpu_seconds(&self) -> f64 {
+        self.cpu_max.recent_max_seconds()
+    }
+}
+
+/// A driver-loop iteration this long is logged (with where the time went), at most once per
+/// `SLOW_ITERATION_LOG_EVERY`.
+const SLOW_ITERATION: Duration = Duration::from_millis(100);
+const SLOW_ITERATION_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// CPU time this thread has used: against wall time it tells our own slowness from waiting for
+/// a core (on a machine with more runnable threads than cores).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec; the call only writes it.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
 /// What woke the driver loop.
 enum Woke {
     Io(Vec<IoDone>),
     Peer(NodeId, Vec<PeerMessage>),
     Command(DriverMail),
     Tick,
+    /// Nothing arrived, but the last poll left work for the next.
+    More,
 }
 
 struct NodeInfo {
@@ -341,6 +402,7 @@ struct DriverActor {
     /// Introductions dropped: from a node that is not a peer, or with implausible text.
     node_info_rejected: u64,
     loop_stats: Arc<LoopStats>,
+    last_slow_logged: Option<Instant>,
 }
 
 impl DriverActor {
@@ -354,6 +416,8 @@ impl DriverActor {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A poll cut at its work budget: look at the mailboxes (and the tick), then go on.
+            let more = self.core.has_more_work();
             let woke = tokio::select! {
                 biased;
                 Some(done) = io_done.recv() => Woke::Io(done),
@@ -363,13 +427,17 @@ impl DriverActor {
                     Some(command) => Woke::Command(command),
                 },
                 _ = ticker.tick() => Woke::Tick,
+                () = std::future::ready(()), if more => Woke::More,
             };
             let iteration = Instant::now();
+            let cpu_before = thread_cpu_time();
+            let mut inputs = 1usize;
             match woke {
                 Woke::Io(done) => self.io_done(done),
                 Woke::Peer(from, messages) => self.peer(from, messages),
                 Woke::Command(command) => self.command(command),
                 Woke::Tick => self.tick(),
+                Woke::More => {}
             }
             for _ in 0..INPUTS_PER_POLL_MAX {
                 let mut progressed = false;
@@ -392,11 +460,28 @@ impl DriverActor {
                 if !progressed {
                     break;
                 }
+                inputs += 1;
             }
+            let took_inputs = iteration.elapsed();
             self.core.advance_clock(self.time());
             self.core.poll();
+            let took_poll = iteration.elapsed();
             self.effects();
-            self.loop_stats.record(iteration.elapsed());
+            let took = iteration.elapsed();
+            let cpu = thread_cpu_time().saturating_sub(cpu_before);
+            self.loop_stats.record(took, cpu);
+            if took >= SLOW_ITERATION && self.last_slow_logged.is_none_or(|at| at.elapsed() >= SLOW_ITERATION_LOG_EVERY) {
+                self.last_slow_logged = Some(Instant::now());
+                tracing::warn!(
+                    took_ms = took.as_millis(),
+                    cpu_ms = cpu.as_millis(),
+                    inputs_ms = took_inputs.as_millis(),
+                    poll_ms = (took_poll - took_inputs).as_millis(),
+                    effects_ms = (took - took_poll).as_millis(),
+                    inputs,
+                    "slow driver loop iteration (every shard here waited, heartbeats too)"
+                );
+            }
         }
     }
 

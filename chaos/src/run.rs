@@ -85,6 +85,8 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
     config.limits.checkpoint_entries = 40;
     config.limits.checkpoint_interval_ms = 2_000;
     config.limits.compaction_lag_entries = 10;
+    // A few entries' worth: the byte bound on the lag cuts in too.
+    config.limits.compaction_lag_bytes = 2 << 10;
     config.limits.leader_balance_interval_ms = 1_500;
     let mut cluster = SimCluster::new(config);
     let mut workload = Workload::new(WorkloadConfig::default(), options.seed);

@@ -42,7 +42,7 @@ impl Default for RaftSettings {
             message_bytes_max: 1 << 20,
             inflight_messages_max: 256,
             uncommitted_bytes_max: 64 << 20,
-            committed_bytes_per_ready_max: 1 << 20,
+            committed_bytes_per_ready_max: 64 << 10,
         }
     }
 }
@@ -80,8 +80,10 @@ struct SnapshotSource {
     created_ms: u64,
 }
 
-/// The furthest back a live follower's need holds the leader's log compaction, in entries.
+/// The furthest back a live follower's need holds the leader's log compaction, in entries...
 pub const COMPACTION_HOLD_ENTRIES_MAX: u64 = 100_000;
+/// ...and in bytes of entries (the log is held in memory; 64 shards could each hold this).
+pub const COMPACTION_HOLD_BYTES_MAX: u64 = 8 << 20;
 
 /// An offered snapshot must be fetched from within this long, or raft hears it failed.
 pub const SNAPSHOT_START_MS: u64 = 2_000;
@@ -115,6 +117,8 @@ pub struct ReadyOutput {
     pub obsolete_ranges: Vec<(Key, Key)>,
     /// Committed entries whose data did not decode, applied as nothing.
     pub entries_undecodable: u64,
+    /// Bytes of committed entries applied in this Ready (the driver's work budget counts them).
+    pub applied_bytes: u64,
 }
 
 pub struct ShardReplica {
@@ -497,16 +501,19 @@ impl ShardReplica {
         self.applied_index
     }
 
-    /// The state store holds the ledger at `index`: the log up to `index - lag` may go (the lag
-    /// keeps entries for a briefly lagging follower). On a leader, not past what a live follower
+    /// The state store holds the ledger at `index`: the log up to it may go except for a lag of
+    /// at most `lag_entries` entries and `lag_bytes` bytes (kept for a briefly lagging
+    /// follower; the log is held in memory, so bytes bound it too). On a leader, not past what a live follower
     /// still needs: the entries after its match, or after the snapshot it is being sent (else a
     /// follower whose snapshot takes longer to stream than the log takes to move on would need
     /// snapshot after snapshot and never catch up). A follower not heard from within an
     /// election timeout holds nothing, and no hold reaches back more than
-    /// `COMPACTION_HOLD_ENTRIES_MAX`. Returns the new compaction point.
-    pub fn checkpointed(&mut self, index: u64, lag: u64) -> Option<(u64, u64)> {
+    /// `COMPACTION_HOLD_ENTRIES_MAX` entries or `COMPACTION_HOLD_BYTES_MAX` bytes. Returns the
+    /// new compaction point.
+    pub fn checkpointed(&mut self, index: u64, lag_entries: u64, lag_bytes: u64) -> Option<(u64, u64)> {
         self.checkpoint_index = self.checkpoint_index.max(index);
-        let mut compact_to = index.min(self.applied_index).saturating_sub(lag);
+        let upto = index.min(self.applied_index);
+        let mut compact_to = upto.saturating_sub(lag_entries).max(self.raw.store().index_keeping_bytes(upto, lag_bytes));
         if self.raw.raft.state == raft::StateRole::Leader {
             let own = self.raw.raft.id;
             let needed = self
@@ -522,7 +529,10 @@ impl ShardReplica {
                 })
                 .min();
             if let Some(needed) = needed {
-                compact_to = compact_to.min(needed.max(compact_to.saturating_sub(COMPACTION_HOLD_ENTRIES_MAX)));
+                let floor = compact_to
+                    .saturating_sub(COMPACTION_HOLD_ENTRIES_MAX)
+                    .max(self.raw.store().index_keeping_bytes(compact_to, COMPACTION_HOLD_BYTES_MAX));
+                compact_to = compact_to.min(needed.max(floor));
             }
         }
         if compact_to <= self.raw.store().compacted_index() {
@@ -579,6 +589,7 @@ impl ShardReplica {
         output.messages = ready.take_messages();
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
+        output.applied_bytes = committed.iter().map(|entry| u64::try_from(entry.data.len()).unwrap_or(u64::MAX)).sum();
         output.entries_undecodable = self.apply_entries(committed, proposer, &mut output.applied);
         if applied_any {
             // One batch per round: the round's changes with the applied point, so the store's

@@ -106,6 +106,23 @@ impl ShardStorage {
         self.compacted_term = term;
     }
 
+    /// The lowest index `i` (not below the compaction point) such that the entries after `i` up
+    /// to `upto` hold at most `bytes` of payload: how far back a byte budget reaches.
+    pub fn index_keeping_bytes(&self, upto: u64, bytes: u64) -> u64 {
+        let upto = upto.min(self.last_index());
+        let mut kept = 0u64;
+        let mut index = upto;
+        while index > self.compacted_index {
+            let offset = usize::try_from(index - self.compacted_index - 1).expect("fits usize");
+            kept += entry_bytes(&self.entries[offset]);
+            if kept > bytes {
+                break;
+            }
+            index -= 1;
+        }
+        index
+    }
+
     /// Term of an entry still known (in the log or the compaction point).
     pub fn term_of(&self, index: u64) -> Option<u64> {
         if index == self.compacted_index {
@@ -221,6 +238,24 @@ mod tests {
         assert!(Storage::entries(&storage, 2, 5, None, GetEntriesContext::empty(false)).is_err());
     }
 
+    /// A byte budget reaches back over whole entries only, and never past the compaction point.
+    #[test]
+    fn a_byte_budget_keeps_the_newest_entries_that_fit() {
+        let mut storage = ShardStorage::bootstrap(vec![1, 2, 3]);
+        let sized = |index: u64| {
+            let mut entry = entry(index, 1);
+            entry.data = vec![0; 936].into();
+            entry
+        };
+        storage.append(&(1..=10).map(sized).collect::<Vec<_>>());
+        storage.compact(2);
+        // Each entry counts 1,000 bytes (936 of payload and the fixed overhead).
+        assert_eq!(storage.index_keeping_bytes(10, 3_000), 7, "entries 8..=10 fit in 3,000 bytes");
+        assert_eq!(storage.index_keeping_bytes(10, 2_999), 8);
+        assert_eq!(storage.index_keeping_bytes(9, 0), 9, "nothing fits in 0 bytes");
+        assert_eq!(storage.index_keeping_bytes(10, u64::MAX), 2, "never below the compaction point");
+    }
+
     /// A snapshot is built on request: the first ask is refused and flags the request.
     #[test]
     fn snapshot_is_built_on_request() {
@@ -235,3 +270,11 @@ mod tests {
         assert_eq!(&snapshot.data[..], b"ledger");
     }
 }
+
+/// What an entry costs in memory, roughly: its payload and a fixed overhead.
+fn entry_bytes(entry: &Entry) -> u64 {
+    u64::try_from(entry.data.len() + entry.context.len()).unwrap_or(u64::MAX).saturating_add(ENTRY_OVERHEAD_BYTES)
+}
+
+/// The per-entry overhead counted by `index_keeping_bytes` (the struct and its allocation).
+const ENTRY_OVERHEAD_BYTES: u64 = 64;

@@ -75,6 +75,7 @@ impl Metrics {
             Box::new(driver.io_stats.group_entries.clone()),
             Box::new(driver.io_stats.group_shards.clone()),
             Box::new(driver.loop_stats.iteration_seconds.clone()),
+            Box::new(driver.loop_stats.iteration_cpu_seconds.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("unique metric names");
@@ -103,6 +104,11 @@ impl Metrics {
             "driver_loop_recent_max_seconds",
             "Longest driver loop iteration over the last 10-20 s (over 0.1 s under load is a bug)",
             vec![(vec![], driver.loop_stats.recent_max_seconds())],
+        );
+        scrape.gauge(
+            "driver_loop_recent_max_cpu_seconds",
+            "Most CPU time one driver loop iteration used over the last 10-20 s (over 0.1 s is a bug in our work per iteration)",
+            vec![(vec![], driver.loop_stats.recent_max_cpu_seconds())],
         );
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;

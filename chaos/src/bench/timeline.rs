@@ -17,8 +17,10 @@ pub struct NodeSample {
     pub rss_bytes: f64,
     /// Leader changes its shard replicas have seen since it started.
     pub leader_changes: f64,
-    /// The longest driver-loop iteration over the last 10–20 s.
+    /// The longest driver-loop iteration over the last 10–20 s (wall time)...
     pub driver_loop_max_seconds: f64,
+    /// ...and the most CPU time one used (the node's own work).
+    pub driver_loop_max_cpu_seconds: f64,
     pub data_dir_bytes: f64,
 }
 
@@ -55,6 +57,7 @@ pub async fn scrape(client: &reqwest::Client, target: &str) -> NodeSample {
         rss_bytes: metric(&text, "process_resident_memory_bytes"),
         leader_changes: metric(&text, "settle_shard_leader_changes_total"),
         driver_loop_max_seconds: metric(&text, "settle_driver_loop_recent_max_seconds"),
+        driver_loop_max_cpu_seconds: metric(&text, "settle_driver_loop_recent_max_cpu_seconds"),
         data_dir_bytes: metric(&text, "settle_data_dir_bytes"),
     }
 }
@@ -109,6 +112,7 @@ pub fn summary(samples: &[Sample]) -> Value {
         "last_p99_ms": last_p99,
         "last_over_first_p99": if first_p99 > 0.0 { last_p99 / first_p99 } else { 0.0 },
         "driver_loop_max_seconds": samples.iter().flat_map(|s| s.nodes.iter()).map(|n| n.driver_loop_max_seconds).fold(0.0, f64::max),
+        "driver_loop_max_cpu_seconds": samples.iter().flat_map(|s| s.nodes.iter()).map(|n| n.driver_loop_max_cpu_seconds).fold(0.0, f64::max),
         "transfers_total": samples.last().map_or(0, |sample| sample.transfers_total),
         "nodes": per_node,
     })
@@ -128,7 +132,8 @@ const MARGIN_TOP: f64 = 30.0;
 const GAP: f64 = 45.0;
 const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
-/// Four panels over time: throughput, p99, RSS per node, driver-loop max per node.
+/// Panels over time: throughput, p99, and per node RSS, driver-loop max (wall and CPU) and
+/// leader changes.
 pub fn svg(samples: &[Sample]) -> String {
     let nodes = samples.first().map_or(0, |sample| sample.nodes.len());
     let mut panels: Vec<(&str, &str, Vec<(String, Vec<(f64, f64)>)>)> = Vec::new();
@@ -139,7 +144,8 @@ pub fn svg(samples: &[Sample]) -> String {
         (0..nodes).map(|node| (samples[0].nodes[node].target.clone(), series(&|s| value(&s.nodes[node])))).collect::<Vec<_>>()
     };
     panels.push(("RSS per node", "MiB", per_node(&|n| n.rss_bytes / (1 << 20) as f64)));
-    panels.push(("driver-loop max iteration per node", "ms", per_node(&|n| n.driver_loop_max_seconds * 1000.0)));
+    panels.push(("driver-loop max iteration per node, wall time", "ms", per_node(&|n| n.driver_loop_max_seconds * 1000.0)));
+    panels.push(("driver-loop max iteration per node, CPU time", "ms", per_node(&|n| n.driver_loop_max_cpu_seconds * 1000.0)));
     panels.push(("leader changes seen per node (cumulative)", "changes", per_node(&|n| n.leader_changes)));
     let height = MARGIN_TOP + panels.len() as f64 * (PANEL_HEIGHT + GAP) + 20.0;
     let width = MARGIN_LEFT + PANEL_WIDTH + 220.0;
@@ -206,6 +212,7 @@ mod tests {
                 rss_bytes: rss,
                 leader_changes: elapsed,
                 driver_loop_max_seconds: 0.01,
+                driver_loop_max_cpu_seconds: 0.005,
                 data_dir_bytes: 0.0,
             }],
         }
@@ -222,7 +229,7 @@ mod tests {
         assert_eq!(summary["nodes"][0]["rss_first_bytes"], 1.0);
         assert_eq!(summary["nodes"][0]["rss_max_bytes"], 10.0);
         assert_eq!(summary["nodes"][0]["leader_changes_during_run"], 90.0);
-        assert_eq!(svg(&samples).matches("<polyline").count(), 5);
+        assert_eq!(svg(&samples).matches("<polyline").count(), 6);
     }
 
     /// Series are summed over labels, and only exact metric names count.

@@ -68,8 +68,10 @@ pub struct CoreLimits {
     pub checkpoint_interval_ms: u64,
     /// Bytes of snapshot records this node serves to lagging followers per second.
     pub snapshot_bytes_per_sec: u64,
-    /// Entries kept in the log behind a checkpoint, so a briefly lagging follower needs no snapshot.
+    /// Entries kept in the log behind a checkpoint, so a briefly lagging follower needs no snapshot...
     pub compaction_lag_entries: u64,
+    /// ...and at most this many bytes of them per shard (the log is held in memory).
+    pub compaction_lag_bytes: u64,
     /// How often a leader checks whether to hand its shard back to the preferred leader.
     pub leader_balance_interval_ms: u64,
     /// Client calls in flight on this node; more are refused with `Reply::Overloaded`.
@@ -78,6 +80,10 @@ pub struct CoreLimits {
     pub transfers_inflight_max: usize,
     /// Persist rounds handed to the driver and not yet durable; at the cap no new Ready is taken.
     pub rounds_inflight_max: usize,
+    /// Committed entry bytes one `poll` applies over all shards; the rest waits for the next
+    /// poll (`has_more_work`), so one driver-loop iteration stays short and heartbeats, IO
+    /// completions and new calls get their turn in between.
+    pub apply_bytes_per_poll_max: u64,
 }
 
 impl Default for CoreLimits {
@@ -90,10 +96,12 @@ impl Default for CoreLimits {
             checkpoint_interval_ms: 5_000,
             snapshot_bytes_per_sec: 32 << 20,
             compaction_lag_entries: 1_000,
+            compaction_lag_bytes: 256 << 10,
             leader_balance_interval_ms: 3_000,
             calls_inflight_max: 20_000,
             transfers_inflight_max: 400_000,
             rounds_inflight_max: 32,
+            apply_bytes_per_poll_max: 128 << 10,
         }
     }
 }
@@ -205,6 +213,16 @@ struct Leadership {
     last_balance_ms: u64,
 }
 
+/// What the current `poll` has applied, and where the next one starts after a cut.
+#[derive(Debug, Default)]
+struct PollBudget {
+    applied_bytes: u64,
+    /// This poll stopped at `CoreLimits::apply_bytes_per_poll_max`.
+    cut: bool,
+    /// The shard the next poll starts from.
+    next_shard: ShardId,
+}
+
 pub struct NodeCore {
     config: NodeConfig,
     proposer: Proposer,
@@ -226,6 +244,7 @@ pub struct NodeCore {
     snapshot_fetches_waiting: std::collections::VecDeque<(NodeId, ShardId, u64, Option<Key>)>,
     /// Shards touched by an input since they were last polled: only these can have work.
     dirty: BTreeSet<ShardId>,
+    poll_budget: PollBudget,
     leadership: Leadership,
     stats: CoreStats,
     /// Test-only (inert without the `planted-bugs` feature).
@@ -286,6 +305,7 @@ impl NodeCore {
             snapshot_budget_bytes: 0,
             snapshot_fetches_waiting: std::collections::VecDeque::new(),
             dirty: BTreeSet::new(),
+            poll_budget: PollBudget::default(),
             leadership,
             stats: CoreStats::default(),
             planted: PlantedBug::None,
@@ -578,12 +598,12 @@ impl NodeCore {
     /// compact each shard's log behind its mark.
     pub fn state_persisted(&mut self, marks: &[(ShardId, u64)]) {
         self.state_persist_inflight = false;
-        let lag = self.config.limits.compaction_lag_entries;
+        let (lag_entries, lag_bytes) = (self.config.limits.compaction_lag_entries, self.config.limits.compaction_lag_bytes);
         for (shard, index) in marks {
             let Some(peer) = self.peers.get_mut(shard) else {
                 continue;
             };
-            if let Some(compact_to) = peer.replica.checkpointed(*index, lag) {
+            if let Some(compact_to) = peer.replica.checkpointed(*index, lag_entries, lag_bytes) {
                 self.rounds.compactions.insert(*shard, compact_to);
             }
         }
@@ -593,13 +613,21 @@ impl NodeCore {
     pub fn poll(&mut self) {
         // Applying can queue more local work (a credit for a shard this node also leads), so
         // go round a few times; anything left waits for the next poll.
+        self.poll_budget.applied_bytes = 0;
+        self.poll_budget.cut = false;
         for _ in 0..4 {
             let progressed = self.poll_once();
-            if !progressed {
+            if !progressed || self.poll_budget.cut {
                 break;
             }
         }
         self.flush_outgoing();
+    }
+
+    /// The last `poll` stopped at its work budget with shards still to handle: poll again soon,
+    /// after taking new inputs.
+    pub fn has_more_work(&self) -> bool {
+        self.poll_budget.cut && !self.dirty.is_empty()
     }
 
     /// Takes the effects produced so far.
@@ -617,7 +645,10 @@ impl NodeCore {
 
     fn poll_once(&mut self) -> bool {
         self.route_protocol();
-        let shards: Vec<ShardId> = std::mem::take(&mut self.dirty).into_iter().filter(|shard| self.peers.contains_key(shard)).collect();
+        let mut shards: Vec<ShardId> = std::mem::take(&mut self.dirty).into_iter().filter(|shard| self.peers.contains_key(shard)).collect();
+        // Round-robin from where the last cut poll stopped, so no shard waits behind others.
+        let start = shards.partition_point(|shard| *shard < self.poll_budget.next_shard);
+        shards.rotate_left(start);
         let proposer = self.proposer;
         {
             let (mut ctx, peers) = self.ctx();
@@ -638,9 +669,19 @@ impl NodeCore {
             self.dirty.extend(shards.iter().copied());
         } else {
             for shard in &shards {
+                if self.poll_budget.applied_bytes >= self.config.limits.apply_bytes_per_poll_max {
+                    // Over budget: this shard's Ready waits for the next poll.
+                    if !self.poll_budget.cut {
+                        self.poll_budget.cut = true;
+                        self.poll_budget.next_shard = *shard;
+                    }
+                    self.dirty.insert(*shard);
+                    continue;
+                }
                 let Some(output) = self.peers.get_mut(shard).expect("listed").replica.handle_ready(proposer, self.time.monotonic_ms) else {
                     continue;
                 };
+                self.poll_budget.applied_bytes += output.applied_bytes;
                 for latency in &output.apply_latencies_ms {
                     self.stats.propose_apply_ms.observe(*latency);
                 }
