@@ -99,6 +99,13 @@ pub enum Fault {
     Hostile {
         node: NodeId,
     },
+    /// A deposed leader that does not know it: the node (the one leading most shards when
+    /// `leader` is set) is cut off from its peers and its timers stop, so it never notices it
+    /// lost its quorum, while clients keep calling it.
+    StallTimers {
+        node: NodeId,
+        leader: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -125,11 +132,11 @@ impl FaultPlan {
             let node = rng.gen_range(1..=nodes);
             let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
             let kinds: &[u8] = match class {
-                FaultClass::Net => &[0, 1, 2, 3, 4, 5],
+                FaultClass::Net => &[0, 1, 2, 3, 4, 5, 14],
                 FaultClass::Crash => &[6, 7, 8, 9],
                 FaultClass::Disk => &[10, 11, 6, 12],
                 FaultClass::Hostile => &[13, 13, 4, 6],
-                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
                 FaultClass::None => unreachable!("returned above"),
             };
             let fault = match kinds[rng.gen_range(0..kinds.len())] {
@@ -146,8 +153,12 @@ impl FaultPlan {
                 10 => Fault::FailFlush { node },
                 11 => Fault::SlowDisk { max_ms: rng.gen_range(20..=200) },
                 12 => Fault::Corrupt { node },
-                _ => Fault::Hostile { node },
+                13 => Fault::Hostile { node },
+                _ => Fault::StallTimers { node, leader: rng.gen_bool(0.7) },
             };
+            // A deposed leader must outlive the election of its successor (1–2 s) by enough for
+            // writes to commit there while it still answers.
+            let length = if matches!(fault, Fault::StallTimers { .. }) { length.max(3_500).min(chaos_ms - start_ms) } else { length };
             faults.push(ScheduledFault { start_ms, end_ms: start_ms + length, fault });
         }
         faults.sort_by_key(|fault| fault.start_ms);
@@ -218,6 +229,11 @@ pub fn apply(cluster: &mut SimCluster, fault: Fault) {
         }
         Fault::Corrupt { node } => cluster.corrupt_record(node),
         Fault::Hostile { node } => cluster.set_hostile(node, true),
+        Fault::StallTimers { node, leader } => {
+            let node = if leader { busiest_leader(cluster).unwrap_or(node) } else { node };
+            cluster.isolate(node);
+            cluster.stall_timers(node, true);
+        }
     }
 }
 
@@ -234,6 +250,12 @@ pub fn undo(cluster: &mut SimCluster, fault: Fault) {
         Fault::Pause { node } => cluster.resume(node),
         Fault::ClockJump { .. } => {}
         Fault::Hostile { node } => cluster.set_hostile(node, false),
+        Fault::StallTimers { .. } => {
+            cluster.heal_network();
+            for node in cluster.node_ids() {
+                cluster.stall_timers(node, false);
+            }
+        }
     }
 }
 
@@ -251,6 +273,7 @@ pub fn heal_all(cluster: &mut SimCluster) {
     cluster.heal_network();
     for node in cluster.node_ids() {
         cluster.set_hostile(node, false);
+        cluster.stall_timers(node, false);
     }
     *cluster.network_mut() = crate::sim::NetworkSettings::default();
     for node in cluster.node_ids() {

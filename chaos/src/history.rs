@@ -27,7 +27,7 @@ use settle_client::{balance, final_status, Transfer};
 use std::collections::BTreeMap;
 
 /// The read-back keeps this many reads in flight (answers are taken in order).
-const READS_IN_FLIGHT: usize = 32;
+pub const READS_IN_FLIGHT: usize = 32;
 
 /// What a client was told about one transfer, once it stopped asking.
 #[derive(Debug, Clone, PartialEq, Eq)]

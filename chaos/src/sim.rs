@@ -137,6 +137,9 @@ struct SimNode {
     /// Whether `deferred` holds a tick (one is enough: a paused node's ticks do not pile up).
     tick_deferred: bool,
     clock_offset_ms: i64,
+    /// The node's timers do not fire (its ticks are skipped) while it keeps receiving and
+    /// serving: a deposed leader that does not know it yet.
+    timers_stalled: bool,
     fail_next_flush: bool,
     /// Hostile messages delivered to this incarnation.
     hostile_received: u64,
@@ -211,6 +214,7 @@ impl SimCluster {
                 paused: false,
                 deferred: Vec::new(),
                 tick_deferred: false,
+                timers_stalled: false,
                 clock_offset_ms: 0,
                 fail_next_flush: false,
                 hostile_received: 0,
@@ -439,6 +443,16 @@ impl SimCluster {
     }
 
     /// Starts or stops feeding `node` hostile input (`inject_hostile`).
+    /// Stops (or restarts) a node's timers: no raft ticks, so a leader neither sends heartbeats
+    /// nor notices it lost its quorum, while it keeps answering what reaches it.
+    pub fn stall_timers(&mut self, node: NodeId, stalled: bool) {
+        let sim_node = self.nodes.get_mut(&node).expect("known node");
+        if sim_node.timers_stalled != stalled {
+            sim_node.timers_stalled = stalled;
+            self.note(format!("node {node} timers {}", if stalled { "stalled" } else { "running" }));
+        }
+    }
+
     pub fn set_hostile(&mut self, node: NodeId, hostile: bool) {
         if hostile {
             self.hostile_targets.insert(node);
@@ -659,11 +673,14 @@ impl SimCluster {
                 if sim_node.incarnation != incarnation {
                     return;
                 }
+                let stalled = sim_node.timers_stalled;
                 let Some(core) = sim_node.core.as_mut() else {
                     return;
                 };
-                core.tick(now);
-                self.after_input(node);
+                if !stalled {
+                    core.tick(now);
+                    self.after_input(node);
+                }
                 let next = self.now_ms + self.config.raft.tick_ms;
                 self.schedule(next, Event::Tick { node, incarnation });
             }

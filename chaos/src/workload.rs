@@ -7,6 +7,10 @@
 //! on the same or another shard, another payee, or another amount; half of them pick an id
 //! another client has in flight at that moment, so the two requests race through different
 //! nodes. The cluster must post at most one body per id (`one_body_per_id`).
+//!
+//! The workload aims at the edges: amounts of exactly a payer's last read available balance or
+//! one minor unit more (`boundary_percent`), and payees that do not exist, so payee shards
+//! refuse credits and payers must release their holds (`missing_payee_percent`).
 
 use crate::checkers::Violation;
 use crate::sim::SimCluster;
@@ -33,6 +37,12 @@ pub struct WorkloadConfig {
     pub read_percent: u32,
     /// Share (percent) of transfers that reuse a known id with another body.
     pub reuse_percent: u32,
+    /// Share (percent) of transfers whose amount is a boundary of the payer's last read
+    /// `available`: exactly it, or one minor unit more.
+    pub boundary_percent: u32,
+    /// Share (percent) of transfers to an account that does not exist (a payee-side refusal,
+    /// usually on another shard).
+    pub missing_payee_percent: u32,
     pub call_timeout_ms: u64,
     pub think_ms_max: u64,
 }
@@ -48,6 +58,8 @@ impl Default for WorkloadConfig {
             amount_max_minor: 400,
             read_percent: 30,
             reuse_percent: 12,
+            boundary_percent: 15,
+            missing_payee_percent: 6,
             call_timeout_ms: 3_000,
             think_ms_max: 40,
         }
@@ -97,6 +109,9 @@ pub struct Workload {
     acknowledged_touching: BTreeMap<AccountId, u64>,
     /// Per account: the largest transfer count a completed read returned.
     read_count_max: BTreeMap<AccountId, u64>,
+    /// Per customer account: `available` as its last completed read returned it (boundary
+    /// amounts are drawn from it).
+    last_available: BTreeMap<usize, Minor>,
     /// The first read that broke an invariant (the run stops at it).
     pub first_violation: Option<Violation>,
     pub operations: u64,
@@ -126,6 +141,7 @@ impl Workload {
             shards: 1,
             acknowledged_touching: BTreeMap::new(),
             read_count_max: BTreeMap::new(),
+            last_available: BTreeMap::new(),
             first_violation: None,
             operations: 0,
         }
@@ -280,11 +296,22 @@ impl Workload {
         }
         // Now and then the settlement account pays out, so money keeps flowing in.
         let from = if client.rng.gen_range(0..20) == 0 { 0 } else { from };
-        let amount = client.rng.gen_range(1..=self.config.amount_max_minor);
+        let mut amount = client.rng.gen_range(1..=self.config.amount_max_minor);
+        // The edge of the overdraft rule: all of the payer's last seen available balance, or
+        // one minor unit more.
+        if from != 0 && client.rng.gen_range(0..100) < self.config.boundary_percent {
+            if let Some(available) = self.last_available.get(&from).copied().filter(|available| *available > 0) {
+                amount = if client.rng.gen_bool(0.5) { available } else { available + 1 };
+            }
+        }
         let id = TransferId::new(format!("c{}-{}", client.id, client.next_transfer)).expect("valid");
         client.next_transfer += 1;
-        let command =
-            TransferRequest { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
+        let payee = if client.rng.gen_range(0..100) < self.config.missing_payee_percent {
+            AccountId::new(format!("missing-{}", client.rng.gen_range(0..8))).expect("valid")
+        } else {
+            self.accounts[to].clone()
+        };
+        let command = TransferRequest { id, from: self.accounts[from].clone(), to: payee, amount, currency: self.currency };
         Operation::Transfer { command }
     }
 
@@ -439,6 +466,9 @@ impl Workload {
                     }
                     let seen = self.read_count_max.entry(account.clone()).or_insert(0);
                     *seen = (*seen).max(view.transfer_count);
+                    if let Some(position) = self.accounts.iter().position(|known| known == account) {
+                        self.last_available.insert(position, view.available);
+                    }
                 }
                 true
             }

@@ -27,12 +27,13 @@ fn find_within(bug: PlantedBug, faults: FaultClass, seeds: u64) -> (u64, &'stati
     panic!("{bug:?} was not found in {seeds} seeds");
 }
 
-/// Acknowledging before the flush loses acknowledged transfers when nodes crash.
+/// Acknowledging before the flush loses acknowledged transfers when nodes crash (or leaves a
+/// replica that lost entries it acknowledged unable to converge: `liveness`).
 #[test]
 fn ack_before_flush_is_caught() {
     let (_, checker, _) = find(PlantedBug::AckBeforeFlush, FaultClass::Crash);
     assert!(
-        ["acknowledged_durable", "core_assertion", "conservation", "at_most_once", "replicas_converge"].contains(&checker),
+        ["acknowledged_durable", "core_assertion", "conservation", "at_most_once", "replicas_converge", "liveness"].contains(&checker),
         "{checker}"
     );
 }
@@ -95,4 +96,21 @@ fn passivating_an_unflushed_account_is_caught() {
             .contains(&checker),
         "{checker}"
     );
+}
+
+/// An overdraft check off by one minor unit on the same-shard path only: the workload's
+/// boundary amounts (exactly the payer's last read available balance, or one unit more) find
+/// it within the first seeds.
+#[test]
+fn overdraft_off_by_one_is_caught() {
+    let (_, checker, _) = find_within(PlantedBug::OverdraftOffByOne, FaultClass::All, 100);
+    assert!(["no_overdraft", "core_assertion"].contains(&checker), "{checker}");
+}
+
+/// A payer that finalizes "posted" although the payee shard refused destroys the amount: the
+/// workload's transfers to missing payees make payee refusals common in every seed.
+#[test]
+fn finalizing_posted_on_a_refusal_is_caught() {
+    let (_, checker, _) = find_within(PlantedBug::FinalizePostsRefused, FaultClass::All, 100);
+    assert!(["conservation", "rejected_never_posted", "linearizable_reads", "core_assertion"].contains(&checker), "{checker}");
 }

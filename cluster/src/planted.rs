@@ -28,6 +28,51 @@ pub enum PlantedBug {
     /// The account cache passivates accounts whose update was not yet written back to the
     /// store: the update is lost.
     PassivateUnflushed,
+    /// The overdraft check lets a same-shard transfer take one minor unit more than available.
+    OverdraftOffByOne,
+    /// The payer finalizes a cross-shard transfer as posted although the payee shard refused
+    /// it: the debit lands, the credit never does.
+    FinalizePostsRefused,
+}
+
+/// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
+pub const COMPILED: bool = cfg!(feature = "planted-bugs");
+
+impl PlantedBug {
+    /// Every bug that can be planted (not `None`).
+    pub const ALL: [PlantedBug; 10] = [
+        PlantedBug::AckBeforeFlush,
+        PlantedBug::DoubleCredit,
+        PlantedBug::StaleLeaderRead,
+        PlantedBug::CoordinatorAbortsAlone,
+        PlantedBug::SkipOverdraftCheck,
+        PlantedBug::SkipIdReservation,
+        PlantedBug::IdReuseUnchecked,
+        PlantedBug::PassivateUnflushed,
+        PlantedBug::OverdraftOffByOne,
+        PlantedBug::FinalizePostsRefused,
+    ];
+}
+
+impl std::fmt::Display for PlantedBug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::str::FromStr for PlantedBug {
+    type Err = String;
+
+    /// A bug by its name (`AckBeforeFlush`), or `None`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "None" {
+            return Ok(PlantedBug::None);
+        }
+        PlantedBug::ALL.into_iter().find(|bug| format!("{bug:?}") == text).ok_or_else(|| {
+            let names: Vec<String> = PlantedBug::ALL.iter().map(ToString::to_string).collect();
+            format!("unknown planted bug {text:?} (one of {})", names.join(", "))
+        })
+    }
 }
 
 /// Whether `bug` is planted in this configuration.

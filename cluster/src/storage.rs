@@ -209,6 +209,14 @@ impl raft::Storage for ShardStorage {
     }
 }
 
+/// What an entry costs in memory, roughly: its payload and a fixed overhead.
+fn entry_bytes(entry: &Entry) -> u64 {
+    u64::try_from(entry.data.len() + entry.context.len()).unwrap_or(u64::MAX).saturating_add(ENTRY_OVERHEAD_BYTES)
+}
+
+/// The per-entry overhead counted by `index_keeping_bytes` (the struct and its allocation).
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,11 +278,3 @@ mod tests {
         assert_eq!(&snapshot.data[..], b"ledger");
     }
 }
-
-/// What an entry costs in memory, roughly: its payload and a fixed overhead.
-fn entry_bytes(entry: &Entry) -> u64 {
-    u64::try_from(entry.data.len() + entry.context.len()).unwrap_or(u64::MAX).saturating_add(ENTRY_OVERHEAD_BYTES)
-}
-
-/// The per-entry overhead counted by `index_keeping_bytes` (the struct and its allocation).
-const ENTRY_OVERHEAD_BYTES: u64 = 64;

@@ -4,6 +4,7 @@
 
 use settle_chaos::faults::FaultClass;
 use settle_chaos::run::{run_seed, RunOptions, RunReport};
+use settle_cluster::planted::PlantedBug;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -37,6 +38,11 @@ pub struct SimFlags {
     /// Worker threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Plant one known bug (`AckBeforeFlush`, `DoubleCredit`, ...; see README) and report how
+    /// often the seeds catch it and by which checker, instead of failing on it. Needs a build
+    /// with `--features planted-bugs`.
+    #[arg(long)]
+    pub planted: Option<PlantedBug>,
 }
 
 fn options(flags: &SimFlags, seed: u64) -> RunOptions {
@@ -45,12 +51,19 @@ fn options(flags: &SimFlags, seed: u64) -> RunOptions {
     options.shards = flags.shards;
     options.faults = flags.faults;
     options.chaos_ms = flags.chaos_ms;
+    options.planted = flags.planted.unwrap_or_default();
     options
 }
 
 pub fn run(flags: SimFlags) -> anyhow::Result<()> {
     if !(3..=7).contains(&flags.nodes) {
         anyhow::bail!("--nodes must be between 3 and 7");
+    }
+    if flags.planted.is_some_and(|bug| bug != PlantedBug::None) && !settle_cluster::planted::COMPILED {
+        anyhow::bail!(
+            "--planted needs the known bugs compiled in, which production builds never have: \
+             cargo run --release --features planted-bugs -- sim --planted ..."
+        );
     }
     // Core assertions are caught per seed and reported as `core_assertion`; keep the default
     // panic message off the terminal.
@@ -105,6 +118,10 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let failures = failures.into_inner().expect("failures");
     let (virtual_ms, longest_ms, longest_seed, operations) = totals.into_inner().expect("totals");
+    if let Some(bug) = flags.planted {
+        print_catch_rate(&flags, bug, &failures);
+        return Ok(());
+    }
     for report in &failures {
         print_failure(&flags, report);
     }
@@ -128,6 +145,25 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
         anyhow::bail!("{} seeds failed: {}", failures.len(), seeds.join(", "));
     }
     Ok(())
+}
+
+/// With a planted bug, failures are the point: how many seeds caught it, the first, and by which
+/// checker (the simulator's detection rate for that class of bug).
+fn print_catch_rate(flags: &SimFlags, bug: PlantedBug, failures: &[RunReport]) {
+    let mut checkers: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for report in failures {
+        *checkers.entry(report.violation.as_ref().map_or("?", |violation| violation.checker)).or_default() += 1;
+    }
+    let first = failures.iter().map(|report| report.seed).min();
+    let by: Vec<String> = checkers.iter().map(|(checker, count)| format!("{checker} {count}")).collect();
+    println!(
+        "planted {bug}: caught in {} of {} seeds ({:.1}%), first at seed {}; by checker: {}",
+        failures.len(),
+        flags.seeds,
+        100.0 * failures.len() as f64 / flags.seeds.max(1) as f64,
+        first.map_or("none".to_string(), |seed| seed.to_string()),
+        if by.is_empty() { "none".to_string() } else { by.join(", ") },
+    );
 }
 
 fn draw_progress(done: u64, total: u64, elapsed: Duration, failures: usize) {

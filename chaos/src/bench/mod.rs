@@ -195,7 +195,10 @@ struct Shared {
 }
 
 async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Report> {
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(flags.concurrency.max(16)).build()?;
+    // Idle connections for every request in flight, the final read-back's too: a smaller pool
+    // closes and reopens connections, leaving thousands in TIME_WAIT after a large run.
+    let pool = flags.concurrency.max(crate::history::READS_IN_FLIGHT);
+    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
     let plan = workload::setup(&client, targets, flags).await?;
     let accounts = plan.accounts.len();
     let shared = Arc::new(Shared {

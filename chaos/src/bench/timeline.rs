@@ -132,11 +132,14 @@ const MARGIN_TOP: f64 = 30.0;
 const GAP: f64 = 45.0;
 const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
+/// One labelled series of (seconds, value) points.
+type Line = (String, Vec<(f64, f64)>);
+
 /// Panels over time: throughput, p99, and per node RSS, driver-loop max (wall and CPU) and
 /// leader changes.
 pub fn svg(samples: &[Sample]) -> String {
     let nodes = samples.first().map_or(0, |sample| sample.nodes.len());
-    let mut panels: Vec<(&str, &str, Vec<(String, Vec<(f64, f64)>)>)> = Vec::new();
+    let mut panels: Vec<(&str, &str, Vec<Line>)> = Vec::new();
     let series = |value: &dyn Fn(&Sample) -> f64| samples.iter().map(|s| (s.elapsed_seconds, value(s))).collect::<Vec<_>>();
     panels.push(("throughput", "transfers/s", vec![("bench".to_string(), series(&|s| s.transfers_per_sec))]));
     panels.push(("p99 latency", "ms", vec![("bench".to_string(), series(&|s| s.p99_ms))]));

@@ -533,7 +533,7 @@ impl Ledger {
             return TransferOutcome::Refused(RejectCode::InvalidAmount);
         }
         let cross_shard = self.owner(&transfer.to) != self.shard;
-        let payer_check = match self.check_payer(transfer) {
+        let payer_check = match self.check_payer(transfer, !cross_shard) {
             Err(RejectCode::InsufficientFunds) if cross_shard && planted(self.planted, PlantedBug::SkipOverdraftCheck) => Ok(()),
             other => other,
         };
@@ -579,14 +579,15 @@ impl Ledger {
 
     /// The payer exists, holds this currency and (unless it is a settlement account) has the
     /// funds available: posted balance minus debits already pending.
-    fn check_payer(&mut self, transfer: &TransferCmd) -> Result<(), RejectCode> {
+    fn check_payer(&mut self, transfer: &TransferCmd, same_shard: bool) -> Result<(), RejectCode> {
+        let slack = Minor::from(same_shard && planted(self.planted, PlantedBug::OverdraftOffByOne));
         let payer = self.activate(&transfer.from).ok_or(RejectCode::PayerNotFound)?;
         if payer.currency != transfer.currency {
             return Err(RejectCode::CurrencyMismatch);
         }
         if payer.kind != AccountKind::Settlement {
             let available = payer.available();
-            if available < transfer.amount {
+            if available + slack < transfer.amount {
                 return Err(RejectCode::InsufficientFunds);
             }
         }
@@ -669,9 +670,15 @@ impl Ledger {
             return FinalizeOutcome { status: Some(record.status), finalized_now: false };
         }
         let (payer, amount, currency) = (record.from.clone(), record.amount, record.currency);
+        let post_refused = planted(self.planted, PlantedBug::FinalizePostsRefused);
         let account = self.activate(&payer).expect("a pending transfer's payer exists");
         account.debits_pending = account.debits_pending.checked_sub(amount).expect("pending covers the amount");
         let status = match &finalize.decision {
+            Decision::Refused(_) if post_refused => {
+                account.balance = account.balance.checked_sub(amount).expect("bounded amounts");
+                self.add_inflow(currency, -amount);
+                TransferStatus::Posted
+            }
             Decision::Credited => {
                 account.balance = account.balance.checked_sub(amount).expect("bounded amounts");
                 self.add_inflow(currency, -amount);
