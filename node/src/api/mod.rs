@@ -302,6 +302,45 @@ fn account_outcome(id: &str, outcome: AccountOutcome, account: Option<&AccountVi
     }
 }
 
+/// What a batch endpoint does before calling the cluster: reads `{"<field>": [...]}` (at most
+/// `max` items), parses each item alone, answers invalid ones in place (`results`) and returns
+/// the valid ones with their positions.
+async fn batch_items<T>(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    field: &'static str,
+    max: usize,
+    noun: &'static str,
+    parse: impl Fn(&serde_json::Map<String, Value>) -> std::result::Result<T, ApiError>,
+) -> Result<(Vec<Option<Value>>, Vec<T>, Vec<usize>)> {
+    let object = state.read_object(request, payload).await?;
+    body::only_fields(&object, &[field])?;
+    let Some(Value::Array(items)) = object.get(field) else {
+        return Err(ApiError::invalid_request(field, format!("{field} must be an array")));
+    };
+    if items.len() > max {
+        return Err(ApiError::invalid_request(field, format!("a batch carries at most {max} {field}")));
+    }
+    let mut results: Vec<Option<Value>> = vec![None; items.len()];
+    let mut valid = Vec::new();
+    let mut positions = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let parsed = match item {
+            Value::Object(object) => parse(object),
+            _ => Err(ApiError::invalid_body(format!("each {noun} must be a JSON object"))),
+        };
+        match parsed {
+            Ok(value) => {
+                valid.push(value);
+                positions.push(position);
+            }
+            Err(error) => results[position] = Some(item_error(&error)),
+        }
+    }
+    Ok((results, valid, positions))
+}
+
 /// `POST /v1/accounts/batch {"accounts": [...]}`: up to 8,000 accounts, each validated and
 /// answered alone (`{"results": [{"status": 201, "account": {...}} | {"status": 4xx, "error": ...}]}`),
 /// in order, with the same rules and codes as `POST /v1/accounts`.
@@ -311,31 +350,8 @@ async fn batch_accounts(
     payload: web::Payload,
     request_id: web::ReqData<RequestId>,
 ) -> Result<HttpResponse> {
-    let object = state.read_object(&request, payload).await?;
-    body::only_fields(&object, &["accounts"])?;
-    let Some(Value::Array(items)) = object.get("accounts") else {
-        return Err(ApiError::invalid_request("accounts", "accounts must be an array"));
-    };
-    if items.len() > types::BATCH_ACCOUNTS_MAX {
-        let message = format!("a batch carries at most {} accounts", types::BATCH_ACCOUNTS_MAX);
-        return Err(ApiError::invalid_request("accounts", message));
-    }
-    let mut results: Vec<Option<Value>> = vec![None; items.len()];
-    let mut valid = Vec::new();
-    let mut positions = Vec::new();
-    for (position, item) in items.iter().enumerate() {
-        let parsed = match item {
-            Value::Object(object) => types::create_account(object),
-            _ => Err(ApiError::invalid_body("each account must be a JSON object")),
-        };
-        match parsed {
-            Ok(create) => {
-                valid.push(create);
-                positions.push(position);
-            }
-            Err(error) => results[position] = Some(item_error(&error)),
-        }
-    }
+    let (mut results, valid, positions) =
+        batch_items(&state, &request, payload, "accounts", types::BATCH_ACCOUNTS_MAX, "account", types::create_account).await?;
     if !valid.is_empty() {
         let ids: Vec<String> = valid.iter().map(|create| create.id.to_string()).collect();
         let answers = match state.call_with(&request_id, Request::CreateAccounts(valid)).await? {
@@ -454,32 +470,8 @@ async fn batch_transfers(
     payload: web::Payload,
     request_id: web::ReqData<RequestId>,
 ) -> Result<HttpResponse> {
-    let object = state.read_object(&request, payload).await?;
-    body::only_fields(&object, &["transfers"])?;
-    let Some(Value::Array(items)) = object.get("transfers") else {
-        return Err(ApiError::invalid_request("transfers", "transfers must be an array"));
-    };
-    if items.len() > types::BATCH_TRANSFERS_MAX {
-        let message = format!("a batch carries at most {} transfers", types::BATCH_TRANSFERS_MAX);
-        return Err(ApiError::invalid_request("transfers", message));
-    }
-    // Invalid items are answered in place; the valid ones go to the cluster together.
-    let mut results: Vec<Option<Value>> = vec![None; items.len()];
-    let mut valid = Vec::new();
-    let mut positions = Vec::new();
-    for (position, item) in items.iter().enumerate() {
-        let parsed = match item {
-            Value::Object(object) => types::transfer(object),
-            _ => Err(ApiError::invalid_body("each transfer must be a JSON object")),
-        };
-        match parsed {
-            Ok(transfer) => {
-                valid.push(transfer);
-                positions.push(position);
-            }
-            Err(error) => results[position] = Some(item_error(&error)),
-        }
-    }
+    let (mut results, valid, positions) =
+        batch_items(&state, &request, payload, "transfers", types::BATCH_TRANSFERS_MAX, "transfer", types::transfer).await?;
     if !valid.is_empty() {
         let answers = match state.call_with(&request_id, Request::Transfers(valid)).await? {
             Reply::Transfers(answers) => answers,
