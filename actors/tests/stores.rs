@@ -171,3 +171,36 @@ fn a_flipped_byte_in_a_log_record_is_never_served() {
         }
     }
 }
+
+/// A crash mid-append leaves a torn last write: the log store opens, cuts it off, and every
+/// write group before it reads back whole (the simulator's process crash keeps such a prefix).
+#[test]
+fn a_torn_last_write_is_cut_off_and_earlier_groups_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_round = 6;
+    {
+        let mut storage = Storage::open(dir.path()).unwrap();
+        for round in 1..=last_round {
+            let marker = if round == last_round { "TORNTORNTORN" } else { "whole" };
+            let writes = vec![write(1, vec![entry(round, 1, marker)], Some(hard_state(1, round)), None)];
+            storage.write_group(&[IoJob::Persist(PersistRound { id: round, writes })]).unwrap();
+        }
+    }
+    // Cut the file holding the last write in the middle of that write's record.
+    let needle = b"TORNTORNTORN-6";
+    let mut torn = false;
+    for file in std::fs::read_dir(dir.path().join("raft-log")).unwrap() {
+        let path = file.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(position) = bytes.windows(needle.len()).position(|window| window == needle) {
+            std::fs::write(&path, &bytes[..position + needle.len() / 2]).unwrap();
+            torn = true;
+        }
+    }
+    assert!(torn, "the last write was found in the log files");
+    let storage = Storage::open(dir.path()).expect("a torn tail does not stop the store from opening");
+    let durable = load(&storage);
+    let shard = &durable[&1];
+    assert_eq!(shard.last_index(), last_round - 1, "the torn write is cut off, the ones before it survive");
+    assert_eq!(shard.hard_state.commit, last_round - 1);
+}

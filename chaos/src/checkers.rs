@@ -17,6 +17,15 @@
 //! - `liveness`: after the faults heal, every shard elects a leader, every ambiguous transfer is
 //!   resolved and nothing stays pending, within a bounded virtual time.
 //! - `replicas_converge`: replicas of a shard reach the same applied index with identical state.
+//! - `memory_matches_store`: on every replica, what the ledger keeps in memory (pending set,
+//!   inflow, account count, cached accounts) equals what its store holds.
+//! - `payer_matches_payee`: both sides of every cross-shard transfer agree, checked record by
+//!   record on the most advanced replicas during the run and after it.
+//! - `compaction_behind_state` (after every IO completion, `sim.rs`): no durable log is
+//!   compacted past the durable state of its node's state store.
+//! - `committed_on_quorum` (after every input, `sim.rs`): no replica's commit index is ahead of
+//!   what a quorum of the shard's replicas holds durably (so an acknowledgement survives any
+//!   minority's power loss).
 //! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
 //!   an honest node sent (only what the simulator injects as hostile).
 
@@ -72,7 +81,7 @@ impl Checkers {
                 let message = format!("node {node} rejected honest peer messages: {:?}", core.stats().peer_messages_rejected);
                 return Err(Violation::new("valid_input_accepted", message));
             }
-            for replica in core.replicas() {
+            for replica in cluster.sound_replicas(node) {
                 let ledger = replica.ledger();
                 if replica.is_leader() {
                     // Leader completeness: a leader of a later term holds every committed entry.
@@ -102,6 +111,10 @@ impl Checkers {
                     continue;
                 }
                 check_shard(ledger)?;
+                if let Err(drift) = ledger.memory_matches_store() {
+                    let message = format!("node {node} shard {}: memory differs from the store: {drift}", ledger.shard());
+                    return Err(Violation::new("memory_matches_store", message));
+                }
                 self.check_final(ledger)?;
                 let hash = ledger.state_digest();
                 let key = (ledger.shard(), replica.applied_index());
@@ -112,7 +125,7 @@ impl Checkers {
                 }
             }
         }
-        Ok(())
+        payer_matches_payee(cluster, &latest_ledgers(cluster), false)
     }
 
     fn check_final(&mut self, ledger: &Ledger) -> Result<(), Violation> {
@@ -201,8 +214,7 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
 pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, &Ledger> {
     let mut best: BTreeMap<ShardId, (u64, &Ledger)> = BTreeMap::new();
     for node in cluster.live_nodes() {
-        let core = cluster.core(node).expect("live");
-        for replica in core.replicas() {
+        for replica in cluster.sound_replicas(node) {
             let shard = replica.ledger().shard();
             let newer = best.get(&shard).is_none_or(|(applied, _)| replica.applied_index() > *applied);
             if newer {
@@ -215,10 +227,11 @@ pub fn latest_ledgers(cluster: &SimCluster) -> BTreeMap<ShardId, &Ledger> {
 
 /// Replicas of each shard on live nodes agree: same applied index, identical ledgers.
 pub fn replicas_converged(cluster: &SimCluster) -> Result<(), Violation> {
-    let mut seen: BTreeMap<ShardId, (u64, BTreeMap<Vec<u8>, Vec<u8>>)> = BTreeMap::new();
+    // Per shard, the first replica's applied index and logical state.
+    type AppliedState = (u64, BTreeMap<Vec<u8>, Vec<u8>>);
+    let mut seen: BTreeMap<ShardId, AppliedState> = BTreeMap::new();
     for node in cluster.live_nodes() {
-        let core = cluster.core(node).expect("live");
-        for replica in core.replicas() {
+        for replica in cluster.sound_replicas(node) {
             let shard = replica.ledger().shard();
             let state = (replica.applied_index(), replica.ledger().logical_state());
             let first = first_recorded(&mut seen, &shard, || state.clone());
@@ -273,7 +286,57 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
             }
         }
     }
+    payer_matches_payee(cluster, &ledgers, true)?;
     one_body_per_id(cluster, &ledgers)
+}
+
+/// Both sides of every cross-shard transfer agree, checked directly rather than through the sums:
+/// a payer record finalized posted has the payee's `Credited` decision, one finalized rejected
+/// has none or a refusal; a payee's `Credited` decision has a payer record that is not
+/// rejected, a refusal one that is not posted. During the run a side not yet applied on the
+/// most advanced live replica is skipped (a failover may be under way); once `settled`, a
+/// posted record without its credit and a credit without its payer record are violations.
+pub fn payer_matches_payee(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Ledger>, settled: bool) -> Result<(), Violation> {
+    let placement = cluster.placement();
+    for ledger in ledgers.values() {
+        for record in ledger.transfers() {
+            if !record.cross_shard || record.status == TransferStatus::Pending {
+                continue;
+            }
+            let Some(payee) = ledgers.get(&placement.shard_of(&record.to)) else {
+                continue;
+            };
+            let credit = payee.credit(&record.id).filter(|credit| credit.body() == record.body());
+            let agrees = match (&record.status, credit.as_ref().map(|credit| &credit.decision)) {
+                (TransferStatus::Posted, Some(Decision::Credited)) => true,
+                (TransferStatus::Posted, None) => !settled,
+                (TransferStatus::Rejected(_), None | Some(Decision::Refused(_))) => true,
+                _ => false,
+            };
+            if !agrees {
+                let decision = credit.map(|credit| credit.decision);
+                let message = format!("{}: the payer finalized {:?}, the payee decided {decision:?}", record.id, record.status);
+                return Err(Violation::new("payer_matches_payee", message));
+            }
+        }
+        for credit in ledger.credits() {
+            let Some(payer) = ledgers.get(&credit.payer_shard) else {
+                continue;
+            };
+            let record = payer.transfer(&credit.id).filter(|record| record.body() == credit.body());
+            let agrees = match (&credit.decision, record.as_ref().map(|record| &record.status)) {
+                (_, None) => !settled,
+                (Decision::Credited, Some(status)) => !matches!(status, TransferStatus::Rejected(_)),
+                (Decision::Refused(_), Some(status)) => *status != TransferStatus::Posted,
+            };
+            if !agrees {
+                let status = record.map(|record| record.status);
+                let message = format!("{}: the payee decided {:?}, the payer holds {status:?}", credit.id, credit.decision);
+                return Err(Violation::new("payer_matches_payee", message));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every record stored under a transfer id, on any shard, has the body the id is reserved for

@@ -73,10 +73,15 @@ pub enum Fault {
     Latency {
         max_ms: u64,
     },
+    /// Stop a node (the busiest leader when `leader` is set): as a power loss (nothing that
+    /// was not fsynced survives) or as a process crash (what reached the operating system
+    /// survives, each store cut at its own point: `SimCluster::kill`).
     Crash {
         node: NodeId,
         leader: bool,
+        power_loss: bool,
     },
+    /// Every node loses power at once.
     CrashAll,
     Pause {
         node: NodeId,
@@ -91,9 +96,11 @@ pub enum Fault {
     SlowDisk {
         max_ms: u64,
     },
-    /// A bit flip in one stored record (the node is stopped, restarted at the end).
+    /// A bit flip in one stored record: in the log store of a stopped node (restarted at the
+    /// end), or in the state store of a running one (`live`).
     Corrupt {
         node: NodeId,
+        live: bool,
     },
     /// The node receives malformed and replayed frames while the fault lasts.
     Hostile {
@@ -136,7 +143,7 @@ impl FaultPlan {
                 FaultClass::Crash => &[6, 7, 8, 9],
                 FaultClass::Disk => &[10, 11, 6, 12],
                 FaultClass::Hostile => &[13, 13, 4, 6],
-                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+                FaultClass::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14],
                 FaultClass::None => unreachable!("returned above"),
             };
             let fault = match kinds[rng.gen_range(0..kinds.len())] {
@@ -146,19 +153,19 @@ impl FaultPlan {
                 3 => Fault::Loss { per_million: rng.gen_range(100_000..=500_000) },
                 4 => Fault::Duplicates { per_million: rng.gen_range(50_000..=300_000) },
                 5 => Fault::Latency { max_ms: rng.gen_range(20..=300) },
-                6 => Fault::Crash { node, leader: rng.gen_bool(0.5) },
+                6 => Fault::Crash { node, leader: rng.gen_bool(0.5), power_loss: rng.gen_bool(0.5) },
                 7 => Fault::CrashAll,
                 8 => Fault::Pause { node },
                 9 => Fault::ClockJump { node, delta_ms: rng.gen_range(-60_000..=120_000) },
                 10 => Fault::FailFlush { node },
                 11 => Fault::SlowDisk { max_ms: rng.gen_range(20..=200) },
-                12 => Fault::Corrupt { node },
+                12 => Fault::Corrupt { node, live: rng.gen_bool(0.5) },
                 13 => Fault::Hostile { node },
                 _ => Fault::StallTimers { node, leader: rng.gen_bool(0.7) },
             };
             // A deposed leader must outlive the election of its successor (1–2 s) by enough for
             // writes to commit there while it still answers.
-            let length = if matches!(fault, Fault::StallTimers { .. }) { length.max(3_500).min(chaos_ms - start_ms) } else { length };
+            let length = if matches!(fault, Fault::StallTimers { .. }) { length.max(6_000).min(chaos_ms - start_ms) } else { length };
             faults.push(ScheduledFault { start_ms, end_ms: start_ms + length, fault });
         }
         faults.sort_by_key(|fault| fault.start_ms);
@@ -207,10 +214,14 @@ pub fn apply(cluster: &mut SimCluster, fault: Fault) {
             cluster.network_mut().latency_ms_max = max_ms;
             cluster.note(format!("latency up to {max_ms} ms"));
         }
-        Fault::Crash { node, leader } => {
+        Fault::Crash { node, leader, power_loss } => {
             let node = if leader { busiest_leader(cluster).unwrap_or(node) } else { node };
             if cluster.is_up(node) {
-                cluster.crash(node);
+                if power_loss {
+                    cluster.crash(node);
+                } else {
+                    cluster.kill(node);
+                }
             }
         }
         Fault::CrashAll => {
@@ -227,7 +238,8 @@ pub fn apply(cluster: &mut SimCluster, fault: Fault) {
             cluster.network_mut().io_latency_ms_max = max_ms;
             cluster.note(format!("disk latency up to {max_ms} ms"));
         }
-        Fault::Corrupt { node } => cluster.corrupt_record(node),
+        Fault::Corrupt { node, live: false } => cluster.corrupt_record(node),
+        Fault::Corrupt { node, live: true } => cluster.corrupt_state_record(node),
         Fault::Hostile { node } => cluster.set_hostile(node, true),
         Fault::StallTimers { node, leader } => {
             let node = if leader { busiest_leader(cluster).unwrap_or(node) } else { node };
@@ -251,10 +263,10 @@ pub fn undo(cluster: &mut SimCluster, fault: Fault) {
         Fault::ClockJump { .. } => {}
         Fault::Hostile { node } => cluster.set_hostile(node, false),
         Fault::StallTimers { .. } => {
-            cluster.heal_network();
             for node in cluster.node_ids() {
                 cluster.stall_timers(node, false);
             }
+            cluster.heal_network();
         }
     }
 }
@@ -270,11 +282,11 @@ pub fn restart_stopped(cluster: &mut SimCluster) {
 /// Removes every fault: network, disk, paused and stopped nodes.
 pub fn heal_all(cluster: &mut SimCluster) {
     cluster.clear_flush_failures();
-    cluster.heal_network();
     for node in cluster.node_ids() {
         cluster.set_hostile(node, false);
         cluster.stall_timers(node, false);
     }
+    cluster.heal_network();
     *cluster.network_mut() = crate::sim::NetworkSettings::default();
     for node in cluster.node_ids() {
         cluster.resume(node);

@@ -55,6 +55,8 @@ pub struct RunReport {
     pub posted: usize,
     pub rejected: usize,
     pub corruptions: u64,
+    /// Replicas quarantined while running because a stored record did not decode.
+    pub damaged_quarantines: u64,
     /// Over the cores running at the end: accounts activated and passivated, snapshot streams
     /// started (the state on disk is exercised, not just present).
     pub activations: u64,
@@ -81,12 +83,14 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
     // Shorter periods than production so a 10-second run exercises re-drive, prevent,
     // checkpoints, compaction and snapshots.
     config.limits.redrive_interval_ms = 300;
-    config.limits.prevent_after_ms = 3_000;
+    config.limits.prevent_after_ms = 1_500;
     config.limits.checkpoint_entries = 40;
     config.limits.checkpoint_interval_ms = 2_000;
-    config.limits.compaction_lag_entries = 10;
-    // A few entries' worth: the byte bound on the lag cuts in too.
-    config.limits.compaction_lag_bytes = 2 << 10;
+    // The log keeps only a couple of entries behind a checkpoint, so compaction follows the
+    // durable state closely (and a bug that compacts past it shows at once).
+    config.limits.compaction_lag_entries = 2;
+    // About an entry's worth: the byte bound on the lag cuts in too.
+    config.limits.compaction_lag_bytes = 512;
     config.limits.leader_balance_interval_ms = 1_500;
     let mut cluster = SimCluster::new(config);
     let mut workload = Workload::new(WorkloadConfig::default(), options.seed);
@@ -114,6 +118,7 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         posted: workload.posted.len(),
         rejected: workload.rejected.len(),
         corruptions: cluster.corruptions(),
+        damaged_quarantines: cluster.damaged_quarantines(),
         activations,
         passivations,
         snapshot_streams,
@@ -165,6 +170,9 @@ fn check(checkers: &mut Checkers, cluster: &SimCluster, workload: &Workload) -> 
     if let Some(violation) = &workload.first_violation {
         return Err(violation.clone());
     }
+    if let Some(violation) = cluster.durable_violation() {
+        return Err(violation.clone());
+    }
     checkers.periodic(cluster)
 }
 
@@ -194,17 +202,14 @@ fn settle(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workloa
 }
 
 pub fn all_shards_led(cluster: &SimCluster) -> bool {
-    cluster.live_nodes().iter().all(|node| {
-        let core = cluster.core(*node).expect("live");
-        core.replicas().all(|replica| replica.leader().is_some())
-    })
+    cluster.live_nodes().iter().all(|node| cluster.sound_replicas(*node).all(|replica| replica.leader().is_some()))
 }
 
 /// Every live replica of each shard has applied up to the same index.
 pub fn applied_indexes_agree(cluster: &SimCluster) -> bool {
     let mut applied = std::collections::BTreeMap::new();
     for node in cluster.live_nodes() {
-        for replica in cluster.core(node).expect("live").replicas() {
+        for replica in cluster.sound_replicas(node) {
             let index = applied.entry(replica.ledger().shard()).or_insert(replica.applied_index());
             if *index != replica.applied_index() {
                 return false;
@@ -240,7 +245,7 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
             ));
         }
         for node in cluster.live_nodes() {
-            for replica in cluster.core(node).expect("live").replicas() {
+            for replica in cluster.sound_replicas(node) {
                 message.push_str(&format!(
                     "; node {node} shard {}: {:?} applied {} commit {} last {}",
                     replica.shard(),
@@ -253,7 +258,7 @@ fn unsettled(options: &RunOptions, cluster: &SimCluster, workload: &Workload) ->
         }
     }
     for node in cluster.live_nodes() {
-        for replica in cluster.core(node).expect("live").replicas() {
+        for replica in cluster.sound_replicas(node) {
             if replica.leader().is_none() {
                 message.push_str(&format!(
                     "; node {node} shard {}: {:?} term {} last {} commit {}",

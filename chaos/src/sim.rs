@@ -8,14 +8,17 @@
 //! offsets (`jump_clock`), network and disk settings changed at run time (`network_mut`), and
 //! `fail_next_flush` (the node's next IO fails, which stops the node like a real storage error).
 
+use crate::checkers::Violation;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{NodeId, ShardId};
+use settle_cluster::ledger::{keys, Ledger};
 use settle_cluster::message::{PeerMessage, Reply, Request};
 use settle_cluster::placement::Placement;
 use settle_cluster::planted::PlantedBug;
 use settle_cluster::recovery::{recover_node, DurableShard};
 use settle_cluster::replica::RaftSettings;
+use settle_cluster::replica::ShardReplica;
 use settle_cluster::store::{KvStore, MemStore, WriteBatch};
 use settle_cluster::{cache_bytes_per_shard, CallId, CoreLimits, Effect, NodeConfig, NodeCore, PersistRound, Time};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,6 +34,11 @@ pub struct NetworkSettings {
     pub duplicate_per_million: u32,
     pub io_latency_ms_min: u64,
     pub io_latency_ms_max: u64,
+    /// Probability (per million) that one state store persist takes up to `io_stall_ms_max`
+    /// more: the long tail of a journal fsync behind a memtable flush, which opens the windows
+    /// where the log store's IO overtakes the state store's.
+    pub io_stall_per_million: u32,
+    pub io_stall_ms_max: u64,
 }
 
 impl Default for NetworkSettings {
@@ -42,6 +50,8 @@ impl Default for NetworkSettings {
             duplicate_per_million: 0,
             io_latency_ms_min: 1,
             io_latency_ms_max: 3,
+            io_stall_per_million: 100_000,
+            io_stall_ms_max: 150,
         }
     }
 }
@@ -129,8 +139,12 @@ struct SimNode {
     /// The state store: written data is readable, a crash keeps what a persist covered.
     store: MemStore,
     incarnation: u64,
-    /// When this node's disk finishes the IO queued so far (IO completes in order).
-    io_free_at_ms: u64,
+    /// When this node's log store finishes the IO queued so far. Each store completes in order
+    /// (one journal, one fsync covers what came before) but on its own schedule: a log round
+    /// handed over after a state persist may become durable first.
+    log_free_at_ms: u64,
+    /// When this node's state store finishes the persists queued so far.
+    state_free_at_ms: u64,
     paused: bool,
     /// Events that arrived while paused, delivered in order on resume.
     deferred: Vec<Event>,
@@ -141,6 +155,9 @@ struct SimNode {
     /// serving: a deposed leader that does not know it yet.
     timers_stalled: bool,
     fail_next_flush: bool,
+    /// Per shard, the last index this node holds durably, in its log or its applied state
+    /// (refreshed by `check_durable` whenever durable state changes).
+    durable_held: BTreeMap<ShardId, u64>,
     /// Hostile messages delivered to this incarnation.
     hostile_received: u64,
 }
@@ -174,7 +191,22 @@ pub struct SimCluster {
     trace_capacity: usize,
     events_handled: u64,
     corruptions: u64,
+    /// The first broken invariant of durable state (`check_durable`).
+    durable_violation: Option<Violation>,
+    /// Replicas (node, shard) whose state store holds a damaged record (`corrupt_state_record`):
+    /// the checkers do not hold them to the others (the core quarantines them when it meets
+    /// the damage).
+    state_damaged: BTreeSet<(NodeId, ShardId)>,
+    /// Replicas quarantined at run time by cores no longer running.
+    damaged_quarantines_past: u64,
     logger: slog::Logger,
+}
+
+/// The two stores of a node, each with its own IO queue.
+#[derive(Debug, Clone, Copy)]
+enum StoreQueue {
+    Log,
+    State,
 }
 
 impl SimCluster {
@@ -200,6 +232,9 @@ impl SimCluster {
             trace_capacity: if config.verbose { usize::MAX } else { TRACE_LINES_MAX },
             events_handled: 0,
             corruptions: 0,
+            durable_violation: None,
+            state_damaged: BTreeSet::new(),
+            damaged_quarantines_past: 0,
             logger: std::env::var("SETTLE_SIM_RAFT_LOG")
                 .map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
@@ -210,13 +245,15 @@ impl SimCluster {
                 durable: BTreeMap::new(),
                 store: MemStore::new(),
                 incarnation: 0,
-                io_free_at_ms: 0,
+                log_free_at_ms: 0,
+                state_free_at_ms: 0,
                 paused: false,
                 deferred: Vec::new(),
                 tick_deferred: false,
                 timers_stalled: false,
                 clock_offset_ms: 0,
                 fail_next_flush: false,
+                durable_held: BTreeMap::new(),
                 hostile_received: 0,
             };
             cluster.nodes.insert(node, sim_node);
@@ -342,14 +379,51 @@ impl SimCluster {
             .expect("core starts");
         core.plant_bug(self.config.planted);
         sim_node.core = Some(core);
-        sim_node.io_free_at_ms = self.now_ms;
+        sim_node.log_free_at_ms = self.now_ms;
+        sim_node.state_free_at_ms = self.now_ms;
         let offset = self.rng.gen_range(0..self.config.raft.tick_ms);
         self.schedule(self.now_ms + offset, Event::Tick { node, incarnation });
         self.note(format!("node {node} started (incarnation {incarnation})"));
     }
 
-    /// Kills a node: everything not yet durable is lost, its clients' calls fail (the
-    /// connection dropped: the outcome is unknown).
+    /// A process crash (`kill -9`, a panic): what the node had handed to the operating system
+    /// survives although it was never fsynced — a prefix of the rounds queued at its log store
+    /// and of the batches written to its state store, each store cut at its own point (a torn
+    /// last record fails its checksum and is dropped, so a cut falls between records). Then as
+    /// `crash`.
+    pub fn kill(&mut self, node: NodeId) {
+        let incarnation = self.nodes[&node].incarnation;
+        let inflight: Vec<(u64, u64)> = self
+            .events
+            .iter()
+            .filter(|(_, event)| matches!(event, Event::PersistDone { node: n, incarnation: i, .. } if *n == node && *i == incarnation))
+            .map(|(key, _)| *key)
+            .collect();
+        let kept_rounds = self.rng.gen_range(0..=inflight.len());
+        let store = self.nodes[&node].store.clone();
+        let mut keep_seq = self.rng.gen_range(store.persisted_seq()..=store.written_seq());
+        for key in &inflight[..kept_rounds] {
+            let Some(Event::PersistDone { round, state_until, .. }) = self.events.remove(key) else {
+                unreachable!("listed above");
+            };
+            // The IO actor fsyncs the state store before it writes a round that needs it.
+            keep_seq = keep_seq.max(state_until.unwrap_or(0));
+            let sim_node = self.nodes.get_mut(&node).expect("known node");
+            for write in &round.writes {
+                sim_node.durable.entry(write.shard).or_default().apply_write(write);
+            }
+        }
+        store.crash_keeping(keep_seq);
+        self.note(format!(
+            "node {node} killed: {kept_rounds} of {} queued log rounds and state batches to {keep_seq} survive",
+            inflight.len()
+        ));
+        self.check_durable(node);
+        self.crash(node);
+    }
+
+    /// Kills a node as a power loss does: everything not yet durable is lost, its clients' calls
+    /// fail (the connection dropped: the outcome is unknown).
     pub fn crash(&mut self, node: NodeId) {
         // Its peers' connections to it break (as TCP does when a process dies).
         let peers: Vec<NodeId> = self.nodes.keys().copied().filter(|peer| *peer != node).collect();
@@ -359,7 +433,9 @@ impl SimCluster {
             }
         }
         let sim_node = self.nodes.get_mut(&node).expect("known node");
-        sim_node.core = None;
+        if let Some(core) = sim_node.core.take() {
+            self.damaged_quarantines_past += core.stats().replicas_quarantined_damaged;
+        }
         // Whatever the state store had not made durable is gone with the process.
         sim_node.store.crash();
         sim_node.paused = false;
@@ -419,6 +495,49 @@ impl SimCluster {
     /// not built to survive.
     fn corrupt_elsewhere(&self, node: NodeId) -> bool {
         self.nodes.iter().filter(|(id, _)| **id != node).any(|(_, other)| other.durable.values().any(|durable| durable.corrupt.is_some()))
+            || self.state_damaged.iter().any(|(damaged, _)| *damaged != node)
+    }
+
+    /// Damages one account record in a running node's state store (its first byte flipped, in
+    /// what is written and what is durable): the node does not know until its ledger reads the
+    /// record, then quarantines that replica while it and its other shards keep running.
+    pub fn corrupt_state_record(&mut self, node: NodeId) {
+        if self.corrupt_elsewhere(node) {
+            return;
+        }
+        let Some(core) = self.nodes[&node].core.as_ref() else {
+            return;
+        };
+        let shards: Vec<(ShardId, u32)> = core.replicas().map(|replica| (replica.shard(), replica.ledger().generation())).collect();
+        if shards.is_empty() {
+            return;
+        }
+        let (shard, generation) = shards[self.rng.gen_range(0..shards.len())];
+        let (prefix, _) = keys::kind_range(shard, generation, keys::ACCOUNT);
+        let pick = self.rng.gen_range(0..usize::MAX);
+        if self.nodes[&node].store.corrupt_durable(&prefix, pick) {
+            self.state_damaged.insert((node, shard));
+            self.corruptions += 1;
+            self.note(format!("node {node} shard {shard}: an account record damaged in the state store"));
+        }
+    }
+
+    /// Whether a replica's state store was damaged (`corrupt_state_record`).
+    pub fn is_damaged(&self, node: NodeId, shard: ShardId) -> bool {
+        self.state_damaged.contains(&(node, shard))
+    }
+
+    /// The replicas a node runs whose state is sound (not damaged by the simulator): what the
+    /// checkers hold to each other.
+    pub fn sound_replicas(&self, node: NodeId) -> impl Iterator<Item = &ShardReplica> {
+        let damaged = &self.state_damaged;
+        self.nodes[&node].core.iter().flat_map(|core| core.replicas()).filter(move |replica| !damaged.contains(&(node, replica.shard())))
+    }
+
+    /// Replicas quarantined at run time because a stored record did not decode, over the run.
+    pub fn damaged_quarantines(&self) -> u64 {
+        self.damaged_quarantines_past
+            + self.nodes.values().filter_map(|node| node.core.as_ref()).map(|core| core.stats().replicas_quarantined_damaged).sum::<u64>()
     }
 
     /// Flips bits in one stored record of a node (stopping it first): on restart the record
@@ -552,9 +671,15 @@ impl SimCluster {
         self.note(format!("node {node} isolated"));
     }
 
+    /// Removes every cut link, except those of a node whose timers are stalled: that fault
+    /// (a deposed leader that does not know it) lasts until its own end.
     pub fn heal_network(&mut self) {
         self.blocked.clear();
         self.note("network healed".to_string());
+        let stalled: Vec<NodeId> = self.nodes.iter().filter(|(_, node)| node.timers_stalled).map(|(id, _)| *id).collect();
+        for node in stalled {
+            self.isolate(node);
+        }
     }
 
     /// Submits a client request to a node; the reply shows up in `take_reply(call)`.
@@ -697,6 +822,7 @@ impl SimCluster {
                     sim_node.durable.entry(write.shard).or_default().apply_write(write);
                 }
                 sim_node.core.as_mut().expect("up").persisted(round.id);
+                self.check_durable(node);
                 self.after_input(node);
             }
             Event::StatePersistDone { node, incarnation, marks, state_until } => {
@@ -707,6 +833,7 @@ impl SimCluster {
                 let sim_node = self.nodes.get_mut(&node).expect("known node");
                 sim_node.store.persist_until(state_until);
                 sim_node.core.as_mut().expect("up").state_persisted(&marks);
+                self.check_durable(node);
                 self.after_input(node);
             }
         }
@@ -743,13 +870,13 @@ impl SimCluster {
             match effect {
                 Effect::Send { to, messages } => self.transmit(node, to, messages),
                 Effect::Persist(round) => {
-                    let at = self.io_completion(node);
+                    let at = self.io_completion(node, StoreQueue::Log);
                     let installs = round.writes.iter().any(|write| write.snapshot.is_some());
                     let state_until = installs.then(|| store.written_seq());
                     self.schedule(at, Event::PersistDone { node, incarnation, round, state_until });
                 }
                 Effect::PersistState { marks } => {
-                    let at = self.io_completion(node);
+                    let at = self.io_completion(node, StoreQueue::State);
                     let state_until = store.written_seq();
                     self.schedule(at, Event::StatePersistDone { node, incarnation, marks, state_until });
                 }
@@ -770,15 +897,92 @@ impl SimCluster {
                 }
             }
         }
+        self.check_committed_durable(node);
     }
 
-    fn io_completion(&mut self, node: NodeId) -> u64 {
+    fn io_completion(&mut self, node: NodeId, queue: StoreQueue) -> u64 {
         let network = &self.config.network;
-        let latency = self.rng.gen_range(network.io_latency_ms_min..=network.io_latency_ms_max);
+        let mut latency = self.rng.gen_range(network.io_latency_ms_min..=network.io_latency_ms_max);
+        if matches!(queue, StoreQueue::State) && self.rng.gen_range(0..1_000_000) < network.io_stall_per_million {
+            latency += self.rng.gen_range(0..=network.io_stall_ms_max);
+        }
         let sim_node = self.nodes.get_mut(&node).expect("known node");
-        let at = sim_node.io_free_at_ms.max(self.now_ms) + latency;
-        sim_node.io_free_at_ms = at;
+        let free_at = match queue {
+            StoreQueue::Log => &mut sim_node.log_free_at_ms,
+            StoreQueue::State => &mut sim_node.state_free_at_ms,
+        };
+        let at = (*free_at).max(self.now_ms) + latency;
+        *free_at = at;
         at
+    }
+
+    /// The first broken invariant of durable state, if any.
+    pub fn durable_violation(&self) -> Option<&Violation> {
+        self.durable_violation.as_ref()
+    }
+
+    fn durable_violated(&mut self, violation: Violation) {
+        if self.durable_violation.is_none() {
+            self.note(format!("violation: {}: {}", violation.checker, violation.message));
+            self.durable_violation = Some(violation);
+        }
+    }
+
+    /// The applied index a node's state store holds durably for a shard.
+    fn durable_applied(&self, node: NodeId, shard: ShardId) -> u64 {
+        let store = &self.nodes[&node].store;
+        // A mark that does not decode is the corruption fault's business (recovery quarantines).
+        Ledger::stored_mark(shard, |key| store.durable_get(key)).map_or(0, |mark| mark.index)
+    }
+
+    /// Checked after every IO completion: no shard's durable log is compacted past the state
+    /// the node's state store holds durably (`compaction_behind_state`): else a crash now leaves
+    /// entries that are in neither.
+    fn check_durable(&mut self, node: NodeId) {
+        let mut broken = None;
+        let mut held = BTreeMap::new();
+        for (shard, durable) in &self.nodes[&node].durable {
+            let applied = self.durable_applied(node, *shard);
+            held.insert(*shard, durable.last_index().max(applied));
+            if durable.compacted_index > applied && broken.is_none() {
+                broken = Some(format!(
+                    "node {node} shard {shard}: the durable log is compacted to {} but the durable state is at {applied}",
+                    durable.compacted_index
+                ));
+            }
+        }
+        self.nodes.get_mut(&node).expect("known node").durable_held = held;
+        if let Some(message) = broken {
+            self.durable_violated(Violation::new("compaction_behind_state", message));
+        }
+    }
+
+    /// Checked after every input a node handles: no replica's commit index is ahead of what a
+    /// quorum of the shard's replicas holds durably (in its log or its applied state) —
+    /// `committed_on_quorum`: what a node acknowledges survives any minority's power loss.
+    fn check_committed_durable(&mut self, node: NodeId) {
+        let Some(core) = self.nodes[&node].core.as_ref() else {
+            return;
+        };
+        let mut broken = None;
+        for replica in core.replicas() {
+            let shard = replica.shard();
+            let commit = replica.commit_index();
+            let replicas = self.placement.replicas(shard);
+            let mut held: Vec<u64> =
+                replicas.iter().map(|holder| self.nodes[holder].durable_held.get(&shard).copied().unwrap_or(0)).collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            let quorum_holds = held[replicas.len() / 2];
+            if commit > quorum_holds {
+                broken = Some(format!(
+                    "node {node} shard {shard}: commit index {commit} but a quorum holds only up to {quorum_holds} durably ({held:?})"
+                ));
+                break;
+            }
+        }
+        if let Some(message) = broken {
+            self.durable_violated(Violation::new("committed_on_quorum", message));
+        }
     }
 
     fn transmit(&mut self, from: NodeId, to: NodeId, messages: Vec<PeerMessage>) {

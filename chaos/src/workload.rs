@@ -21,11 +21,15 @@ use settle_cluster::ledger::{AccountKind, RejectCode, TransferBody, TransferStat
 use settle_cluster::message::{AccountRequest, AccountResult, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone)]
 pub struct WorkloadConfig {
     pub clients: usize,
+    /// Clients that only read (dashboards polling balances), from the latest acknowledgement
+    /// on: they keep asking every node while writers wait out timeouts, so a node answering
+    /// stale is asked often.
+    pub readers: usize,
     pub accounts: usize,
     /// Share (percent) of transfers that touch one of the first `hot_accounts` accounts.
     pub hot_percent: u32,
@@ -51,6 +55,7 @@ impl Default for WorkloadConfig {
     fn default() -> Self {
         WorkloadConfig {
             clients: 6,
+            readers: 2,
             accounts: 12,
             hot_percent: 30,
             hot_accounts: 2,
@@ -60,7 +65,7 @@ impl Default for WorkloadConfig {
             reuse_percent: 12,
             boundary_percent: 15,
             missing_payee_percent: 6,
-            call_timeout_ms: 3_000,
+            call_timeout_ms: 1_500,
             think_ms_max: 40,
         }
     }
@@ -71,13 +76,31 @@ impl Default for WorkloadConfig {
 pub struct Acknowledged {
     pub command: TransferRequest,
     pub at_ms: u64,
+    /// Its position among acknowledgements (a read started after `seq` acknowledgements must
+    /// see the first `seq`).
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone)]
 enum Operation {
-    Transfer { command: TransferRequest },
-    ReadTransfer { id: TransferId, body: TransferBody, expect_posted: bool, started_ms: u64 },
-    ReadAccount { account: AccountId, started_ms: u64, acked_before: u64, seen_before: u64 },
+    Transfer {
+        command: TransferRequest,
+    },
+    ReadTransfer {
+        id: TransferId,
+        body: TransferBody,
+        expect_posted: bool,
+        started_ms: u64,
+    },
+    /// `acks_before`: how many acknowledgements (of any transfer) had been received when the
+    /// read started; the balance model counts those touching the account as certainly posted.
+    ReadAccount {
+        account: AccountId,
+        started_ms: u64,
+        acked_before: u64,
+        seen_before: u64,
+        acks_before: u64,
+    },
 }
 
 struct Client {
@@ -112,6 +135,12 @@ pub struct Workload {
     /// Per customer account: `available` as its last completed read returned it (boundary
     /// amounts are drawn from it).
     last_available: BTreeMap<usize, Minor>,
+    /// Per account, every transfer (id and body) ever sent touching it: the balance model's
+    /// candidates.
+    sent_touching: BTreeMap<AccountId, BTreeSet<(TransferId, TransferBody)>>,
+    /// The accounts of the latest acknowledged transfer: reads aim there half the time, where a
+    /// stale answer shows.
+    last_acked: Option<(AccountId, AccountId)>,
     /// The first read that broke an invariant (the run stops at it).
     pub first_violation: Option<Violation>,
     pub operations: u64,
@@ -120,7 +149,7 @@ pub struct Workload {
 impl Workload {
     pub fn new(config: WorkloadConfig, seed: u64) -> Workload {
         let accounts: Vec<AccountId> = (0..config.accounts.max(3)).map(|n| AccountId::new(format!("acct-{n}")).expect("valid")).collect();
-        let clients = (0..config.clients)
+        let clients = (0..config.clients + config.readers)
             .map(|id| Client {
                 id,
                 rng: SmallRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(u64::try_from(id).expect("small") + 1))),
@@ -142,6 +171,8 @@ impl Workload {
             acknowledged_touching: BTreeMap::new(),
             read_count_max: BTreeMap::new(),
             last_available: BTreeMap::new(),
+            sent_touching: BTreeMap::new(),
+            last_acked: None,
             first_violation: None,
             operations: 0,
         }
@@ -182,6 +213,7 @@ impl Workload {
                 currency: self.currency,
             };
             let posted = |reply: &Reply| matches!(reply, Reply::Transfers(results) if matches!(&results[0], TransferResult::Done(view) if view.status == TransferStatus::Posted));
+            self.sent(&command);
             if !retry(cluster, Request::Transfers(vec![command.clone()]), posted) {
                 return false;
             }
@@ -238,6 +270,10 @@ impl Workload {
         } else {
             all[client.rng.gen_range(0..all.len())]
         };
+        if let Operation::Transfer { command } = &operation {
+            self.sent(command);
+        }
+        let client = &mut self.clients[index];
         let request = match &operation {
             Operation::Transfer { command, .. } => Request::Transfers(vec![command.clone()]),
             // Half the lookups name the payer; the others go through the id's home shard.
@@ -255,14 +291,28 @@ impl Workload {
     fn next_operation(&mut self, index: usize, now: u64) -> Operation {
         let accounts = self.accounts.len();
         let hot = self.config.hot_accounts.clamp(1, accounts - 1);
-        let read = self.clients[index].rng.gen_range(0..100) < self.config.read_percent;
+        let reader = index >= self.config.clients;
+        let read = reader || self.clients[index].rng.gen_range(0..100) < self.config.read_percent;
         if read && !self.posted.is_empty() {
             let client = &mut self.clients[index];
             if client.rng.gen_bool(0.5) {
-                let account = self.accounts[client.rng.gen_range(1..accounts)].clone();
+                // Half the reads ask about an account of the latest acknowledgement: a replica
+                // that missed it answers stale there first.
+                let latest = self.last_acked.as_ref().filter(|_| client.rng.gen_bool(0.5));
+                let account = match latest {
+                    Some((from, to)) => {
+                        if client.rng.gen_bool(0.5) {
+                            from.clone()
+                        } else {
+                            to.clone()
+                        }
+                    }
+                    None => self.accounts[client.rng.gen_range(1..accounts)].clone(),
+                };
                 let acked_before = self.acknowledged_touching.get(&account).copied().unwrap_or(0);
                 let seen_before = self.read_count_max.get(&account).copied().unwrap_or(0);
-                return Operation::ReadAccount { account, started_ms: now, acked_before, seen_before };
+                let acks_before = u64::try_from(self.posted.len()).expect("fits");
+                return Operation::ReadAccount { account, started_ms: now, acked_before, seen_before, acks_before };
             }
             let pick_rejected = !self.rejected.is_empty() && client.rng.gen_bool(0.3);
             let (id, body, expect_posted) = if pick_rejected {
@@ -271,8 +321,11 @@ impl Workload {
                 (id.clone(), body.clone(), false)
             } else {
                 let position = client.rng.gen_range(0..self.posted.len());
-                let (id, acked) = self.posted.iter().nth(position).expect("in range");
-                (id.clone(), acked.command.body(), true)
+                let (_, acked) = self.posted.iter().nth(position).expect("in range");
+                // Half the time the latest acknowledgement instead.
+                let latest = client.rng.gen_bool(0.5).then(|| self.posted.values().max_by_key(|acked| acked.seq)).flatten();
+                let acked = latest.unwrap_or(acked);
+                (acked.command.id.clone(), acked.command.body(), true)
             };
             return Operation::ReadTransfer { id, body, expect_posted, started_ms: now };
         }
@@ -447,8 +500,16 @@ impl Workload {
                 }
                 true
             }
-            Operation::ReadAccount { account, started_ms, acked_before, seen_before } => {
+            Operation::ReadAccount { account, started_ms, acked_before, seen_before, acks_before } => {
                 if let Reply::AccountState(Some(view)) = reply {
+                    let (low, high) = self.balance_bounds(account, *acks_before);
+                    if view.balance < low || view.balance > high {
+                        let message = format!(
+                            "read of {account} started at {started_ms} ms saw balance {}; the acknowledged and possible transfers allow {low}..={high}",
+                            view.balance
+                        );
+                        self.violated(Violation::new("reads_match_model", message));
+                    }
                     // A read sees at least what was acknowledged, and what any earlier read saw,
                     // before it started.
                     let lower_bounds = [
@@ -487,7 +548,45 @@ impl Workload {
         for account in [&command.from, &command.to] {
             *self.acknowledged_touching.entry(account.clone()).or_insert(0) += 1;
         }
-        self.posted.insert(command.id.clone(), Acknowledged { command, at_ms });
+        self.last_acked = Some((command.from.clone(), command.to.clone()));
+        let seq = u64::try_from(self.posted.len()).expect("fits");
+        self.posted.insert(command.id.clone(), Acknowledged { command, at_ms, seq });
+    }
+
+    /// Records a transfer sent (for the balance model).
+    fn sent(&mut self, command: &TransferRequest) {
+        for account in [&command.from, &command.to] {
+            self.sent_touching.entry(account.clone()).or_default().insert((command.id.clone(), command.body()));
+        }
+    }
+
+    /// The balance model: the range an account's posted balance may read, for a read started
+    /// after `acks_before` acknowledgements. Every transfer acknowledged before it counts; each
+    /// one sent and neither acknowledged before it nor known not to post (rejected with a 4xx,
+    /// or its id posted with another body) may or may not count.
+    fn balance_bounds(&self, account: &AccountId, acks_before: u64) -> (Minor, Minor) {
+        let (mut low, mut high) = (0, 0);
+        for (id, body) in self.sent_touching.get(account).into_iter().flatten() {
+            let signed = if body.from == *account { -body.amount } else { body.amount };
+            match self.posted.get(id) {
+                Some(acked) if acked.command.body() == *body && acked.seq < acks_before => {
+                    low += signed;
+                    high += signed;
+                    continue;
+                }
+                Some(acked) if acked.command.body() != *body => continue,
+                _ => {}
+            }
+            if self.rejected.contains_key(&(id.clone(), body.clone())) {
+                continue;
+            }
+            if signed < 0 {
+                low += signed;
+            } else {
+                high += signed;
+            }
+        }
+        (low, high)
     }
 
     /// Keeps the first violation a read found.

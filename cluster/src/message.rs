@@ -17,7 +17,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The layout of peer frames this build speaks (both ends must agree; a frame of another
 /// version is refused by the transport, never misread).
 /// 2: transfer-id reservations, decisions carry the body they decide.
-pub const PEER_FORMAT_VERSION: u8 = 2;
+/// 3: reservation answers carry the reservation they answer.
+pub const PEER_FORMAT_VERSION: u8 = 3;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -125,8 +126,10 @@ pub enum Reply {
     Transfers(Vec<TransferResult>),
     /// One result per account of `Request::CreateAccounts`, in order.
     Accounts(Vec<AccountResult>),
-    /// The home shard's answer to `Request::Reserve`, item by item.
-    Reservations(Vec<ReserveOutcome>),
+    /// The home shard's answer to `Request::Reserve`, item by item, each with the reservation
+    /// it answers (so the origin matches it against what it asked, never trusting a leg id
+    /// alone: a replayed or misdirected reply must not clear a transfer).
+    Reservations(Vec<(ReserveCmd, ReserveOutcome)>),
     AccountState(Option<AccountView>),
     Transfer(Option<TransferView>),
     /// The home shard's answer to a lookup without payer when the record lives on the payer's

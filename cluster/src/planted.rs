@@ -33,6 +33,11 @@ pub enum PlantedBug {
     /// The payer finalizes a cross-shard transfer as posted although the payee shard refused
     /// it: the debit lands, the credit never does.
     FinalizePostsRefused,
+    /// The log is compacted as soon as a checkpoint is handed to the state store, before the
+    /// state store reports it durable: a crash in between leaves entries in neither store.
+    CompactBeforeDurable,
+    /// The log is compacted to the applied index, past the durable checkpoint it was told of.
+    CompactPastCheckpoint,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -40,7 +45,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 12] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -51,6 +56,8 @@ impl PlantedBug {
         PlantedBug::PassivateUnflushed,
         PlantedBug::OverdraftOffByOne,
         PlantedBug::FinalizePostsRefused,
+        PlantedBug::CompactBeforeDurable,
+        PlantedBug::CompactPastCheckpoint,
     ];
 }
 

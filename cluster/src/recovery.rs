@@ -134,7 +134,7 @@ pub fn recover_shard(
 pub type RecoveredNode = (BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, String>);
 
 /// Rebuilds every shard replica a node hosts from what survived: the replicas that start, and
-/// the quarantined ones (a stored record failed its checksum) with the reason. Any other error
+/// the quarantined ones (a stored log record failed its checksum, or a state record does not decode) with the reason. Any other error
 /// means the node cannot start. Production (`actors::io`) and the simulator both start nodes this
 /// way.
 pub fn recover_node(
@@ -155,6 +155,11 @@ pub fn recover_node(
             Err(RecoveryError::Corrupt { reason, .. }) => {
                 quarantined.insert(shard, reason);
             }
+            // A stored record of the shard's state that does not decode: the same damage, met
+            // in the state store (crash-looping on it would take the node's other shards down).
+            Err(RecoveryError::State { source, .. }) => {
+                quarantined.insert(shard, source.to_string());
+            }
             Err(other) => return Err(other),
         }
     }
@@ -173,6 +178,22 @@ mod tests {
 
     fn store() -> Arc<dyn KvStore> {
         Arc::new(MemStore::new())
+    }
+
+    /// A shard whose stored applied mark does not decode is quarantined at start (the node and
+    /// its other shards start), not a reason for the whole node to stop and crash-loop.
+    #[test]
+    fn an_undecodable_state_record_quarantines_only_its_shard() {
+        let placement = Placement::new(vec![1, 2, 3], 4);
+        let store = store();
+        let mut batch = crate::store::WriteBatch::default();
+        batch.put(crate::ledger::keys::applied(2, 0), b"\xffnot a mark".to_vec());
+        store.write(batch).unwrap();
+
+        let (recovered, quarantined) = recover_node(&placement, 1, BTreeMap::new(), &store, 1 << 20).unwrap();
+
+        assert_eq!(recovered.keys().copied().collect::<Vec<_>>(), vec![0, 1, 3]);
+        assert!(quarantined[&2].contains("does not decode"), "{quarantined:?}");
     }
 
     /// A node's shards split into replicas that start (from their log, or fresh) and

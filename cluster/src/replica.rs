@@ -6,7 +6,7 @@
 use crate::ids::{NodeId, ProposalTag, ShardId};
 use crate::ledger::{keys, AppliedCommand, AppliedMark, Ledger};
 use crate::log::{decode_entry, EntryPayload, Proposer, Tagged};
-use crate::planted::PlantedBug;
+use crate::planted::{planted, PlantedBug};
 use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_ENTRIES_MAX};
 use crate::storage::ShardStorage;
 use crate::store::{prefix_end, Key, ReadView, Value};
@@ -119,6 +119,10 @@ pub struct ReadyOutput {
     pub entries_undecodable: u64,
     /// Bytes of committed entries applied in this Ready (the driver's work budget counts them).
     pub applied_bytes: u64,
+    /// The ledger met a stored record that does not decode (`Ledger::damage`): nothing of this
+    /// Ready may leave (no replies, no messages, no round written); the core quarantines the
+    /// replica.
+    pub damaged: bool,
 }
 
 pub struct ShardReplica {
@@ -409,6 +413,14 @@ impl ShardReplica {
             None => prefix.clone(),
         };
         let entries = source.view.scan(&start, &end, SNAPSHOT_CHUNK_ENTRIES_MAX, bytes_max);
+        for (key, value) in &entries {
+            if let Err(error) = Ledger::check_record(&key[prefix.len()..], value) {
+                // Damage in this replica's state: send none of it (the core quarantines the
+                // replica; another one serves the follower).
+                self.ledger.damaged(format!("a stored record does not decode: {error}"));
+                return None;
+            }
+        }
         let done = entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX
             && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
         let stripped = entries.into_iter().map(|(key, value)| (key[prefix.len()..].to_vec(), value)).collect();
@@ -512,7 +524,8 @@ impl ShardReplica {
     /// new compaction point.
     pub fn checkpointed(&mut self, index: u64, lag_entries: u64, lag_bytes: u64) -> Option<(u64, u64)> {
         self.checkpoint_index = self.checkpoint_index.max(index);
-        let upto = index.min(self.applied_index);
+        let upto =
+            if planted(self.planted, PlantedBug::CompactPastCheckpoint) { self.applied_index } else { index.min(self.applied_index) };
         let mut compact_to = upto.saturating_sub(lag_entries).max(self.raw.store().index_keeping_bytes(upto, lag_bytes));
         if self.raw.raft.state == raft::StateRole::Leader {
             let own = self.raw.raft.id;
@@ -591,6 +604,14 @@ impl ShardReplica {
         let applied_any = !committed.is_empty();
         output.applied_bytes = committed.iter().map(|entry| u64::try_from(entry.data.len()).unwrap_or(u64::MAX)).sum();
         output.entries_undecodable = self.apply_entries(committed, proposer, &mut output.applied);
+        if self.ledger.damage().is_some() {
+            // What was applied may rest on a record read as absent: none of it leaves.
+            output.damaged = true;
+            output.applied.clear();
+            output.messages.clear();
+            output.read_states.clear();
+            return Some(output);
+        }
         if applied_any {
             // One batch per round: the round's changes with the applied point, so the store's
             // state is always the state at a whole applied index.

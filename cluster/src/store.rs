@@ -133,6 +133,25 @@ impl MemStore {
         inner.current = inner.durable.clone();
     }
 
+    /// A process crash (not a power loss): the batches written up to `seq` had reached the
+    /// operating system and survive, later ones are gone (a torn last batch fails its checksum
+    /// and is dropped, as the real journal does).
+    pub fn crash_keeping(&self, seq: u64) {
+        self.persist_until(seq);
+        self.crash();
+    }
+
+    /// The sequence number of the last batch a crash keeps.
+    pub fn persisted_seq(&self) -> u64 {
+        let inner = self.lock();
+        inner.unpersisted.first().map_or(inner.written_seq, |(seq, _)| seq - 1)
+    }
+
+    /// A durable value (what a crash keeps under `key`).
+    pub fn durable_get(&self, key: &[u8]) -> Option<Value> {
+        self.lock().durable.get(key).cloned()
+    }
+
     /// The sequence number of the last batch written (a persist asked for now covers up to it).
     pub fn written_seq(&self) -> u64 {
         self.lock().written_seq

@@ -411,6 +411,11 @@ impl Scrape {
             "Committed entries that did not decode, applied as nothing",
             vec![(vec![], stats.entries_undecodable as f64)],
         );
+        self.counter(
+            "replicas_quarantined_damaged_total",
+            "Replicas stopped while running because a stored record did not decode",
+            vec![(vec![], stats.replicas_quarantined_damaged as f64)],
+        );
     }
 }
 

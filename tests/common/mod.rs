@@ -223,8 +223,13 @@ impl TestCluster {
         self.get_json(id, "/v1/cluster").await.1
     }
 
+    /// GET a JSON document; a request that fails (the node down or slower than the client's
+    /// timeout) is status 0 with the error, so polling loops retry until their own deadline.
     pub async fn get_json(&self, id: u64, path: &str) -> (u16, Value) {
-        let response = self.client.get(format!("{}{path}", self.node(id).url())).send().await.expect("request");
+        let response = match self.client.get(format!("{}{path}", self.node(id).url())).send().await {
+            Ok(response) => response,
+            Err(error) => return (0, json!({ "request_error": error.to_string() })),
+        };
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

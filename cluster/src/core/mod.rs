@@ -621,6 +621,7 @@ impl NodeCore {
                 break;
             }
         }
+        self.quarantine_damaged();
         self.flush_outgoing();
     }
 
@@ -681,6 +682,10 @@ impl NodeCore {
                 let Some(output) = self.peers.get_mut(shard).expect("listed").replica.handle_ready(proposer, self.time.monotonic_ms) else {
                     continue;
                 };
+                if output.damaged {
+                    // Quarantined at the end of this poll (`quarantine_damaged`).
+                    continue;
+                }
                 self.poll_budget.applied_bytes += output.applied_bytes;
                 for latency in &output.apply_latencies_ms {
                     self.stats.propose_apply_ms.observe(*latency);
@@ -759,8 +764,35 @@ impl NodeCore {
     /// Ready `number` of `shard` is durable: raft may count it, and the messages that waited
     /// for it leave.
     fn release(&mut self, shard: ShardId, number: u64, messages: Vec<Message>) {
-        self.peers.get_mut(&shard).expect("a round holds shards of this node").replica.on_persisted(number);
+        let Some(peer) = self.peers.get_mut(&shard) else {
+            // The replica was quarantined since the round was handed over.
+            return;
+        };
+        peer.replica.on_persisted(number);
         self.send_raft(shard, messages);
+    }
+
+    /// Stops running every replica whose ledger met a stored record that does not decode, as
+    /// recovery does at start for a record that fails its checksum: its waiters are told to
+    /// look elsewhere, it neither serves nor votes, and the shard runs on its other replicas
+    /// (repair: restore the node's data or rebuild it; see the runbooks). The node and its other
+    /// shards keep running, and a restart meets the damage again without crash-looping.
+    fn quarantine_damaged(&mut self) {
+        let damaged: Vec<(ShardId, String)> =
+            self.peers.iter().filter_map(|(shard, peer)| peer.replica.ledger().damage().map(|reason| (*shard, reason))).collect();
+        for (shard, reason) in damaged {
+            {
+                let (mut ctx, peers) = self.ctx();
+                peers.get_mut(&shard).expect("listed").reset(None, &mut ctx);
+            }
+            self.deliver_outbox();
+            self.peers.remove(&shard);
+            self.dirty.remove(&shard);
+            self.rounds.compactions.remove(&shard);
+            self.quarantined.insert(shard);
+            self.stats.replicas_quarantined_damaged += 1;
+            self.stats.last_damage = Some(reason);
+        }
     }
 
     fn send_raft(&mut self, shard: ShardId, messages: Vec<Message>) {
@@ -850,6 +882,16 @@ impl NodeCore {
         }
         self.state_persist_inflight = true;
         self.last_state_persist_ms = now;
+        if planted(self.planted, PlantedBug::CompactBeforeDurable) {
+            let (lag_entries, lag_bytes) = (limits.compaction_lag_entries, limits.compaction_lag_bytes);
+            for (shard, index) in &marks {
+                if let Some(compact_to) =
+                    self.peers.get_mut(shard).and_then(|peer| peer.replica.checkpointed(*index, lag_entries, lag_bytes))
+                {
+                    self.rounds.compactions.insert(*shard, compact_to);
+                }
+            }
+        }
         self.effects.push(Effect::PersistState { marks });
     }
 

@@ -9,7 +9,7 @@
 
 use super::Ctx;
 use crate::ids::{LegId, NodeId, ProposalTag, TransferId};
-use crate::ledger::{Command, ReserveOutcome};
+use crate::ledger::{Command, ReserveCmd, ReserveOutcome};
 use crate::log::{Proposer, Tagged};
 use crate::message::{AccountResult, Reply, Request, TransferResult};
 use crate::replica::ShardReplica;
@@ -47,7 +47,7 @@ pub(super) enum TaskKind {
 pub(super) enum Answer {
     Reply(Reply),
     Transfer(TransferResult),
-    Reservation(ReserveOutcome),
+    Reservation(ReserveCmd, ReserveOutcome),
     /// An account's outcome: a slot of an `Accounts` task, or a `Single` one's whole reply.
     Account(AccountResult),
 }
@@ -56,7 +56,7 @@ pub(super) enum Answer {
 enum Slots {
     Single(Option<Reply>),
     Transfers(Vec<Option<TransferResult>>),
-    Reservations(Vec<Option<ReserveOutcome>>),
+    Reservations(Vec<Option<(ReserveCmd, ReserveOutcome)>>),
     Accounts(Vec<Option<AccountResult>>),
 }
 
@@ -85,7 +85,7 @@ impl Slots {
         match (self, answer) {
             (Slots::Single(place), Answer::Reply(reply)) if slot == 0 => put_once(Some(place), reply),
             (Slots::Transfers(places), Answer::Transfer(result)) => put_once(places.get_mut(slot), result),
-            (Slots::Reservations(places), Answer::Reservation(outcome)) => put_once(places.get_mut(slot), outcome),
+            (Slots::Reservations(places), Answer::Reservation(reserve, outcome)) => put_once(places.get_mut(slot), (reserve, outcome)),
             (Slots::Accounts(places), Answer::Account(result)) => put_once(places.get_mut(slot), result),
             (Slots::Single(place), Answer::Account(result)) if slot == 0 => {
                 let reply = match result {

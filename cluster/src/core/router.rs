@@ -301,6 +301,11 @@ impl NodeCore {
         let Some(leg) = self.router.legs.get_mut(&leg_id) else {
             return;
         };
+        if from.is_some() && from != leg.sent.map(|(_, to)| to) {
+            // Not from the node this leg was last sent to (a late answer from a node it was
+            // sent to before, or a replayed frame): ignore it, the leg has its own answer coming.
+            return;
+        }
         if !reply_fits(&leg.request, &reply) {
             // Not an answer to this leg (a stale reply): ignore it, the leg retries.
             return;
@@ -372,9 +377,9 @@ impl NodeCore {
                 }
             }
             (CallState::Lookup(_), _) => {}
-            (CallState::Batch(slots), Reply::Reservations(outcomes)) => {
-                assert_eq!(outcomes.len(), leg.items.len(), "a home shard answered every reservation of a leg");
-                for (position, outcome) in leg.items.iter().zip(outcomes) {
+            (CallState::Batch(slots), Reply::Reservations(answers)) => {
+                assert_eq!(answers.len(), leg.items.len(), "a home shard answered every reservation of a leg");
+                for (position, (_, outcome)) in leg.items.iter().zip(answers) {
                     match outcome {
                         ReserveOutcome::Reserved | ReserveOutcome::Replayed => {
                             if let Some((_, cleared)) = call.held.get_mut(position) {
@@ -505,7 +510,9 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
-        (Request::Reserve(commands), Reply::Reservations(outcomes)) => commands.len() == outcomes.len(),
+        (Request::Reserve(commands), Reply::Reservations(answers)) => {
+            commands.len() == answers.len() && commands.iter().zip(answers).all(|(command, (answered, _))| command == answered)
+        }
         (Request::CreateAccounts(creates), Reply::Accounts(results)) => {
             creates.len() == results.len()
                 && creates.iter().zip(results).all(|(create, result)| match result {

@@ -8,6 +8,7 @@
 
 use super::NodeCore;
 use crate::ids::{NodeId, ShardId};
+use crate::ledger::Ledger;
 use crate::message::PeerMessage;
 use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_BYTES_MAX};
 use crate::store::{Key, Value};
@@ -126,6 +127,13 @@ impl NodeCore {
         if unknown {
             // The leader no longer offers it: give up; raft offers a fresh one.
             peer.incoming_snapshot = None;
+            return;
+        }
+        if entries.iter().any(|(key, value)| Ledger::check_record(key, value).is_err()) {
+            // Never staged: give the stream up (raft offers a fresh snapshot, from whichever
+            // replica leads by then).
+            peer.incoming_snapshot = None;
+            *self.stats.peer_messages_rejected.entry("snapshot_record_invalid").or_insert(0) += 1;
             return;
         }
         let last_key = entries.last().map(|(key, _)| key.clone());

@@ -62,6 +62,10 @@ pub struct CoreStats {
     pub peer_messages_rejected: BTreeMap<&'static str, u64>,
     /// Committed entries that did not decode: applied as nothing, the same on every replica.
     pub entries_undecodable: u64,
+    /// Replicas stopped while running because their ledger met a stored record that does not
+    /// decode (`NodeCore::quarantine_damaged`), and the last such damage.
+    pub replicas_quarantined_damaged: u64,
+    pub last_damage: Option<String>,
     /// Snapshot streams this node started fetching, and bytes of snapshot records it sent and
     /// received.
     pub snapshot_streams_started: u64,

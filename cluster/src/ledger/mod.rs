@@ -35,6 +35,7 @@ use crate::planted::{planted, PlantedBug};
 use crate::store::{Key, KvStore, MemStore, StoreError, Value, WriteBatch};
 use cache::AccountCache;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -63,6 +64,16 @@ struct StoredAccount {
     debits_pending: Minor,
     created_at_ms: u64,
     history_len: u64,
+}
+
+/// The generation of keys a shard uses, as `get` reads it from a store (0 before any snapshot).
+fn stored_generation(shard: ShardId, get: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<u32, StoreError> {
+    match get(&keys::generation_key(shard)) {
+        Some(bytes) => {
+            bytes.as_slice().try_into().map(u32::from_be_bytes).map_err(|_| StoreError(format!("shard {shard}: bad generation")))
+        }
+        None => Ok(0),
+    }
 }
 
 fn encode_value<T: Serialize>(value: &T) -> Value {
@@ -94,6 +105,11 @@ pub struct Ledger {
     account_count_changed: bool,
     /// Test-only: a planted bug (see `planted.rs`).
     planted: PlantedBug,
+    /// The first stored record this ledger met that does not decode (damage the storage
+    /// engine's checksums missed, or a bug): read as absent, and the core quarantines the
+    /// replica before anything read from it leaves (`NodeCore::quarantine_damaged`). A crash
+    /// instead would loop: the same record is met again after every restart.
+    damage: RefCell<Option<String>>,
 }
 
 impl Ledger {
@@ -112,13 +128,15 @@ impl Ledger {
         cache_bytes_max: usize,
     ) -> Result<(Ledger, AppliedMark), StoreError> {
         assert!(shard < shard_count, "shard {shard} out of {shard_count}");
-        let generation = match store.get(&keys::generation_key(shard)) {
-            Some(bytes) => {
-                u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StoreError(format!("shard {shard}: bad generation")))?)
-            }
-            None => 0,
-        };
-        let mut ledger = Ledger {
+        let generation = stored_generation(shard, |key| store.get(key))?;
+        let mut ledger = Ledger::unloaded(shard, shard_count, store, generation, cache_bytes_max);
+        let mark = ledger.load_meta()?;
+        Ok((ledger, mark))
+    }
+
+    /// A ledger over `store` at `generation` with nothing loaded yet (`load_meta` reads it).
+    fn unloaded(shard: ShardId, shard_count: u32, store: Arc<dyn KvStore>, generation: u32, cache_bytes_max: usize) -> Ledger {
+        Ledger {
             shard,
             shard_count,
             store,
@@ -131,9 +149,21 @@ impl Ledger {
             account_count: 0,
             account_count_changed: false,
             planted: PlantedBug::None,
-        };
-        let mark = ledger.load_meta()?;
-        Ok((ledger, mark))
+            damage: RefCell::new(None),
+        }
+    }
+
+    /// The applied mark a store holds for a shard (of its current generation), read through
+    /// `get` alone: the simulator reads it from a store's durable contents to check that no log
+    /// is compacted past the state that survives a crash.
+    pub fn stored_mark(shard: ShardId, get: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<AppliedMark, StoreError> {
+        let generation = stored_generation(shard, &get)?;
+        match get(&keys::applied(shard, generation)) {
+            Some(bytes) => {
+                decode_value(&bytes).map_err(|error| StoreError(format!("shard {shard}: stored applied mark does not decode: {error}")))
+            }
+            None => Ok(AppliedMark::default()),
+        }
     }
 
     /// Reads what the ledger keeps in memory (the pending set, the inflow) and the applied mark
@@ -204,10 +234,48 @@ impl Ledger {
         };
         match decode_value(&bytes) {
             Ok(value) => Some(value),
-            // The store's records are checksummed by the engine; one that still does not decode
-            // is a bug or damage this replica cannot repair: stop it (crash-only).
-            Err(error) => panic!("shard {}: a stored record does not decode: {error}", self.shard),
+            Err(error) => {
+                self.damaged(format!("a stored record does not decode: {error}"));
+                None
+            }
         }
+    }
+
+    /// Whether a record of a shard's state (its key after the generation prefix, its value)
+    /// decodes as what its kind says (`keys.rs`). Snapshot streams check every record on both
+    /// ends: a damaged record is neither sent nor staged.
+    pub fn check_record(suffix: &[u8], value: &[u8]) -> Result<(), String> {
+        fn decodes<T: DeserializeOwned>(value: &[u8]) -> Result<(), String> {
+            decode_value::<T>(value).map(|_| ()).map_err(|error| error.to_string())
+        }
+        match suffix.first().copied() {
+            Some(keys::ACCOUNT) => decodes::<StoredAccount>(value),
+            Some(keys::TRANSFER) => decodes::<TransferRecord>(value),
+            Some(keys::CREDIT) => decodes::<CreditRecord>(value),
+            Some(keys::RESERVATION) => decodes::<TransferBody>(value),
+            Some(keys::HISTORY) => decodes::<HistoryItem>(value),
+            Some(keys::PENDING) if value.is_empty() => Ok(()),
+            Some(keys::PENDING) => Err("a pending marker with a value".to_string()),
+            Some(keys::INFLOW) => decodes::<Minor>(value),
+            Some(keys::APPLIED) => decodes::<AppliedMark>(value),
+            Some(keys::ACCOUNT_COUNT) => decodes::<u64>(value),
+            Some(kind) => Err(format!("unknown record kind {kind:#04x}")),
+            None => Err("an empty key".to_string()),
+        }
+    }
+
+    /// Records the first damage met (see `damage`).
+    pub(crate) fn damaged(&self, reason: String) {
+        let mut damage = self.damage.borrow_mut();
+        if damage.is_none() {
+            *damage = Some(format!("shard {}: {reason}", self.shard));
+        }
+    }
+
+    /// The first stored record this ledger met that does not decode, if any: what was read
+    /// from it must not be used, and the replica must stop (it is quarantined).
+    pub fn damage(&self) -> Option<String> {
+        self.damage.borrow().clone()
     }
 
     fn write<T: Serialize>(&mut self, key: Key, value: &T) {
@@ -284,7 +352,7 @@ impl Ledger {
         for (key, value) in self.store.scan(&start, &end, usize::MAX, false) {
             match decode_value(&value) {
                 Ok(decoded) => out.push((key[start.len()..].to_vec(), decoded)),
-                Err(error) => panic!("shard {}: a stored record does not decode: {error}", self.shard),
+                Err(error) => self.damaged(format!("a stored record does not decode: {error}")),
             }
         }
         out
@@ -340,7 +408,10 @@ impl Ledger {
             last_position = u64::from_be_bytes(position_bytes);
             let item: HistoryItem = match decode_value(&value) {
                 Ok(item) => item,
-                Err(error) => panic!("shard {}: a stored history item does not decode: {error}", self.shard),
+                Err(error) => {
+                    self.damaged(format!("a stored history item does not decode: {error}"));
+                    continue;
+                }
             };
             if let Some(view) = self.view(&item) {
                 views.push(view);
@@ -671,7 +742,12 @@ impl Ledger {
         }
         let (payer, amount, currency) = (record.from.clone(), record.amount, record.currency);
         let post_refused = planted(self.planted, PlantedBug::FinalizePostsRefused);
-        let account = self.activate(&payer).expect("a pending transfer's payer exists");
+        let Some(account) = self.activate(&payer) else {
+            // Only damage (the payer's record does not decode) hides a pending transfer's payer:
+            // nothing of this replica's round leaves, and it is quarantined.
+            assert!(self.damage.borrow().is_some(), "a pending transfer's payer exists");
+            return FinalizeOutcome { status: None, finalized_now: false };
+        };
         account.debits_pending = account.debits_pending.checked_sub(amount).expect("pending covers the amount");
         let status = match &finalize.decision {
             Decision::Refused(_) if post_refused => {
@@ -831,6 +907,39 @@ impl Ledger {
             bytes.extend_from_slice(&value);
         }
         crate::placement::fnv1a_64(&bytes)
+    }
+
+    /// Whether what the ledger keeps in memory (the pending set, the net inflow, the account
+    /// count, every cached account) says what its store says, once a round is committed (no
+    /// overlay, no dirty account). The simulator checks it on every replica, so a replica whose
+    /// memory drifted from its serialised state is caught before a restart or a snapshot hides
+    /// it. Proportional to the shard.
+    pub fn memory_matches_store(&self) -> Result<(), String> {
+        if !self.overlay.is_empty() {
+            return Err(format!("{} overlay writes not committed", self.overlay.len()));
+        }
+        let mut stored = Ledger::unloaded(self.shard, self.shard_count, self.store.clone(), self.generation, 0);
+        stored.load_meta().map_err(|error| error.to_string())?;
+        if stored.pending != self.pending {
+            return Err(format!("pending set in memory {:?}, stored {:?}", self.pending, stored.pending));
+        }
+        let nonzero = |inflow: &BTreeMap<Currency, Minor>| -> BTreeMap<Currency, Minor> {
+            inflow.iter().filter(|(_, amount)| **amount != 0).map(|(currency, amount)| (*currency, *amount)).collect()
+        };
+        if nonzero(&stored.net_inflow) != nonzero(&self.net_inflow) {
+            return Err(format!("net inflow in memory {:?}, stored {:?}", self.net_inflow, stored.net_inflow));
+        }
+        if stored.account_count != self.account_count {
+            return Err(format!("account count in memory {}, stored {}", self.account_count, stored.account_count));
+        }
+        for id in self.accounts.ids() {
+            let cached = self.accounts.peek(id).cloned();
+            let on_disk = stored.account(id);
+            if cached != on_disk {
+                return Err(format!("account {id} cached as {cached:?}, stored as {on_disk:?}"));
+            }
+        }
+        Ok(())
     }
 
     /// The shard's whole committed logical state: every record of the current generation, with

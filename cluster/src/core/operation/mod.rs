@@ -55,7 +55,7 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
     match proposal.applied {
         AppliedCommand::Account { outcome, account, .. } => account::applied(peer, tag, outcome, account, ctx),
         AppliedCommand::Transfer { transfer, outcome, record } => transfer::applied(peer, tag, transfer, outcome, record, ctx),
-        AppliedCommand::Reserve { outcome, .. } => reserve::applied(peer, tag, outcome, ctx),
+        AppliedCommand::Reserve { reserve, outcome } => reserve::applied(peer, tag, reserve, outcome, ctx),
         AppliedCommand::Credit { credit, outcome } => credit::applied(peer, credit, outcome, ctx),
         AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
     }

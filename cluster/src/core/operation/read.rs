@@ -88,6 +88,16 @@ pub(in crate::core) fn serve_applied_reads(peer: &mut ShardPeer, ctx: &mut Ctx) 
 }
 
 fn read_reply(peer: &ShardPeer, request: &Request) -> Reply {
+    let reply = read_from_ledger(peer, request);
+    if peer.replica.ledger().damage().is_some() {
+        // A stored record did not decode: what was read may be incomplete. The replica is
+        // quarantined at the end of this poll; the client retries another.
+        return Reply::Unavailable;
+    }
+    reply
+}
+
+fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
     let ledger = peer.replica.ledger();
     match request {
         Request::ReadAccount(account) => Reply::AccountState(ledger.account(account).map(|account| AccountView::from(&account))),

@@ -47,8 +47,8 @@ pub(in crate::core) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms:
     }
 }
 
-pub(in crate::core) fn applied(peer: &mut ShardPeer, tag: ProposalTag, outcome: ReserveOutcome, ctx: &mut Ctx) {
+pub(in crate::core) fn applied(peer: &mut ShardPeer, tag: ProposalTag, reserve: ReserveCmd, outcome: ReserveOutcome, ctx: &mut Ctx) {
     if let Some((task, slot)) = peer.take_tag(tag) {
-        peer.fill(task, slot, Answer::Reservation(outcome), ctx);
+        peer.fill(task, slot, Answer::Reservation(reserve, outcome), ctx);
     }
 }
