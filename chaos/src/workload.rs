@@ -9,8 +9,9 @@
 //! nodes. The cluster must post at most one body per id (`one_body_per_id`).
 //!
 //! The workload aims at the edges: amounts of exactly a payer's last read available balance or
-//! one minor unit more (`boundary_percent`), and payees that do not exist, so payee shards
-//! refuse credits and payers must release their holds (`missing_payee_percent`).
+//! one minor unit more (`boundary_percent`), and payees that do not exist or hold another
+//! currency, so payee shards refuse credits and payers must release their holds
+//! (`missing_payee_percent`).
 
 use crate::checkers::Violation;
 use crate::sim::SimCluster;
@@ -44,8 +45,9 @@ pub struct WorkloadConfig {
     /// Share (percent) of transfers whose amount is a boundary of the payer's last read
     /// `available`: exactly it, or one minor unit more.
     pub boundary_percent: u32,
-    /// Share (percent) of transfers to an account that does not exist (a payee-side refusal,
-    /// usually on another shard).
+    /// Share (percent) of transfers to a payee that refuses them: half to an account that does
+    /// not exist, half to one in another currency (payee-side refusals, usually on another
+    /// shard).
     pub missing_payee_percent: u32,
     pub call_timeout_ms: u64,
     pub think_ms_max: u64,
@@ -116,6 +118,8 @@ pub struct Workload {
     config: WorkloadConfig,
     currency: Currency,
     pub accounts: Vec<AccountId>,
+    /// Accounts in another currency than the workload's (never funded): payees that refuse.
+    foreign: Vec<AccountId>,
     clients: Vec<Client>,
     /// Transfers a client was told are posted (one body per id, or the run fails).
     pub posted: BTreeMap<TransferId, Acknowledged>,
@@ -162,6 +166,7 @@ impl Workload {
             config,
             currency: Currency::from_code("USD").expect("USD"),
             accounts,
+            foreign: (0..2).map(|n| AccountId::new(format!("eur-{n}")).expect("valid")).collect(),
             clients,
             posted: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -196,9 +201,11 @@ impl Workload {
         if !retry(cluster, bank, |reply| matches!(reply, Reply::Account { .. })) {
             return false;
         }
+        let euro = Currency::from_code("EUR").expect("EUR");
         let customers: Vec<AccountRequest> = self.accounts[1..]
             .iter()
             .map(|account| AccountRequest { id: account.clone(), currency: self.currency, kind: AccountKind::Customer })
+            .chain(self.foreign.iter().map(|account| AccountRequest { id: account.clone(), currency: euro, kind: AccountKind::Customer }))
             .collect();
         let created = |reply: &Reply| matches!(reply, Reply::Accounts(results) if results.iter().all(|result| matches!(result, AccountResult::Done { .. })));
         if !customers.is_empty() && !retry(cluster, Request::CreateAccounts(customers), created) {
@@ -360,7 +367,11 @@ impl Workload {
         let id = TransferId::new(format!("c{}-{}", client.id, client.next_transfer)).expect("valid");
         client.next_transfer += 1;
         let payee = if client.rng.gen_range(0..100) < self.config.missing_payee_percent {
-            AccountId::new(format!("missing-{}", client.rng.gen_range(0..8))).expect("valid")
+            if client.rng.gen_bool(0.5) {
+                AccountId::new(format!("missing-{}", client.rng.gen_range(0..8))).expect("valid")
+            } else {
+                self.foreign[client.rng.gen_range(0..self.foreign.len())].clone()
+            }
         } else {
             self.accounts[to].clone()
         };

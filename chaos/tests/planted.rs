@@ -37,7 +37,7 @@ fn ack_before_flush_is_caught() {
 /// A payee credit applied twice creates money.
 #[test]
 fn double_credit_is_caught() {
-    caught(PlantedBug::DoubleCredit, &["at_most_once", "conservation", "payer_matches_payee"]);
+    caught(PlantedBug::DoubleCredit, &["at_most_once", "conservation", "payer_matches_payee", "reads_match_model"]);
 }
 
 /// A deposed leader answering reads without ReadIndex returns stale state: reads of the latest
@@ -51,7 +51,10 @@ fn stale_leader_read_is_caught() {
 /// payee's credit standing against a released payer record.
 #[test]
 fn coordinator_aborting_alone_is_caught() {
-    caught(PlantedBug::CoordinatorAbortsAlone, &["payer_matches_payee", "conservation", "acknowledged_durable", "at_most_once"]);
+    caught(
+        PlantedBug::CoordinatorAbortsAlone,
+        &["payer_matches_payee", "conservation", "acknowledged_durable", "at_most_once", "reads_match_model"],
+    );
 }
 
 /// Skipping the funds check on the cross-shard path overdraws accounts.
@@ -99,7 +102,10 @@ fn overdraft_off_by_one_is_caught() {
 /// check of both sides sees it (transfers to missing payees make refusals common).
 #[test]
 fn finalizing_posted_on_a_refusal_is_caught() {
-    caught(PlantedBug::FinalizePostsRefused, &["payer_matches_payee", "conservation", "rejected_never_posted", "linearizable_reads"]);
+    caught(
+        PlantedBug::FinalizePostsRefused,
+        &["payer_matches_payee", "conservation", "rejected_never_posted", "linearizable_reads", "reads_match_model"],
+    );
 }
 
 /// Compacting the log when a checkpoint is handed to the state store, before it is durable:
