@@ -116,6 +116,7 @@ async fn prometheus_scrapes_the_cluster_and_node_down_fires() {
     let mut cluster = TestCluster::start_with_env(3, SHARDS, &env).await;
     let scratch = tempfile::tempdir().unwrap();
     let prometheus = start_prometheus(scratch.path(), &cluster.urls());
+    settle_actors::tls::install_crypto_provider();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
     // Some traffic, so that business metrics exist; one request carries a known id.

@@ -38,3 +38,35 @@ async fn peers_talk_over_mutual_tls_and_refuse_strangers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The client API over HTTPS (`--http-tls-cert`/`--http-tls-key`, here through the
+/// `SETTLE_HTTP_TLS_*` environment): a client trusting the cluster CA moves money through one
+/// node and reads it back through another; plain HTTP to the same port gets no answer, and a
+/// client that does not trust the CA fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_serves_https_and_refuses_plain_http_and_untrusted_clients() {
+    let cluster = TestCluster::start_https(3, 4).await;
+    assert!(cluster.node(1).url().starts_with("https://"));
+    cluster.create_account(1, "bank", "USD", "settlement").await;
+    cluster.create_account(2, "alice", "USD", "customer").await;
+    let (status, body) = cluster
+        .post_json(2, "/v1/transfers", &json!({ "id": "https-1", "from": "bank", "to": "alice", "amount": "4.00", "currency": "USD" }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(cluster.get_json(3, "/v1/accounts/alice").await.1["balance"], "4.00");
+
+    let port = cluster.node(1).http_port;
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let answer = plain.get(format!("http://127.0.0.1:{port}/health/live")).send().await;
+    assert!(answer.as_ref().map_or(true, |response| !response.status().is_success()), "plain HTTP was served: {answer:?}");
+
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = settle_actors::tls::generate(other.path(), &[(1, "127.0.0.1".parse().unwrap())]).unwrap()[0].1.ca.clone();
+    let untrusting = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .use_preconfigured_tls(settle_actors::tls::client_config_trusting(&other_ca).unwrap())
+        .build()
+        .unwrap();
+    let refused = untrusting.get(format!("https://127.0.0.1:{port}/health/live")).send().await;
+    assert!(refused.is_err(), "a client not trusting the cluster CA connected: {refused:?}");
+}

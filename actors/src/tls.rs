@@ -110,14 +110,19 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
 }
 
-/// Loads the node's certificate chain and key and the cluster CA (all PEM).
-pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<PeerTls, TlsError> {
+/// A certificate chain and its private key, from PEM files.
+fn read_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?).filter_map(Result::ok).collect();
     if chain.is_empty() {
         return Err(TlsError::Pem { path: cert.display().to_string(), what: "certificate" });
     }
     let key =
         PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|_| TlsError::Pem { path: key.display().to_string(), what: "private key" })?;
+    Ok((chain, key))
+}
+
+/// The CA certificates of a PEM file, as trust roots.
+fn read_roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(&read(ca)?).filter_map(Result::ok) {
         roots.add(certificate)?;
@@ -125,6 +130,43 @@ pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<PeerTls, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::Pem { path: ca.display().to_string(), what: "CA certificate" });
     }
+    Ok(roots)
+}
+
+/// Installs ring as the process's TLS crypto provider (once; later calls do nothing). reqwest is
+/// built without a provider of its own, and building any client, even a plain-HTTP one, panics
+/// without one: every place that builds a client calls this first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// TLS for the client HTTP API: the node's certificate chain and key (PEM), no client
+/// certificates (clients authenticate with API keys), HTTP/2 and HTTP/1.1 offered by ALPN.
+pub fn http_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let (chain, key) = read_identity(cert, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TLS client that trusts only the CA certificates in `ca` (PEM): how the tools and tests
+/// reach a cluster whose HTTPS certificates come from its own CA.
+pub fn client_config_trusting(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(read_roots(ca)?)
+        .with_no_client_auth())
+}
+
+/// Loads the node's certificate chain and key and the cluster CA (all PEM).
+pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<PeerTls, TlsError> {
+    let (chain, key) = read_identity(cert, key)?;
+    let roots = read_roots(ca)?;
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())

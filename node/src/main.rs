@@ -84,6 +84,8 @@ fn certs(flags: CertsFlags) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // TLS (peers, HTTPS, the tools' HTTP clients) uses ring, installed once for the process.
+    settle_actors::tls::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Start(flags) => start(flags),
@@ -149,6 +151,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         shards = settings.shards,
         bootstrapped,
         peer_tls = settings.peer_tls().is_some(),
+        https = settings.http_tls().is_some(),
         "node started"
     );
     let settings = Arc::new(settings);
@@ -160,6 +163,10 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         request_counter: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
     });
     let http = settings.http;
+    let http_tls = match settings.http_tls() {
+        Some((cert, key)) => Some(settle_actors::tls::http_server_config(&cert, &key).context("loading the HTTPS certificate and key")?),
+        None => None,
+    };
     let workers = settings.http_workers;
     // actix counts connections per worker.
     let connections_per_worker = (settings.http_connections_max / workers.max(1)).max(1);
@@ -169,10 +176,14 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
             .max_connections(connections_per_worker)
             .client_request_timeout(std::time::Duration::from_secs(5))
             .client_disconnect_timeout(std::time::Duration::from_secs(1))
-            .shutdown_timeout(5)
-            .bind(http)
-            .with_context(|| format!("binding the HTTP API on {http}"))?
-            .run();
+            // A TLS handshake that stalls cannot hold a connection either.
+            .tls_handshake_timeout(std::time::Duration::from_secs(3))
+            .shutdown_timeout(5);
+        let server = match http_tls {
+            Some(config) => server.bind_rustls_0_23(http, config),
+            None => server.bind(http),
+        };
+        let server = server.with_context(|| format!("binding the HTTP API on {http}"))?.run();
         server.await.context("HTTP server")?;
         tracing::info!("shutting down: waiting for queued writes");
         driver.stop().await;

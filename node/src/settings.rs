@@ -75,6 +75,12 @@ pub struct NodeSettings {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// TLS on the client HTTP API: the certificate chain clients verify and its key, PEM. Both
+    /// or neither (plain HTTP, for development).
+    #[serde(default)]
+    pub http_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub http_tls_key: Option<PathBuf>,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
@@ -188,6 +194,15 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// HTTPS on the client API: the certificate chain (PEM) clients verify. With
+    /// --http-tls-key; also SETTLE_HTTP_TLS_CERT / `http_tls_cert` in the TOML file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --http-tls-cert; also SETTLE_HTTP_TLS_KEY.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_key: Option<PathBuf>,
 }
 
 impl NodeSettings {
@@ -232,6 +247,9 @@ impl NodeSettings {
                  node certificates with `settle certs`), or --insecure-peers for a development cluster on loopback"
             );
         }
+        if self.http_tls_cert.is_some() != self.http_tls_key.is_some() {
+            bail!("HTTPS needs both --http-tls-cert and --http-tls-key");
+        }
         if tls_given == 0 && self.insecure_peers {
             let exposed: Vec<String> =
                 self.members.values().filter(|address| !address.ip().is_loopback()).map(|address| address.to_string()).collect();
@@ -240,6 +258,11 @@ impl NodeSettings {
             }
         }
         Ok(())
+    }
+
+    /// Certificate and key of the HTTPS client API, when configured.
+    pub fn http_tls(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.http_tls_cert.clone()?, self.http_tls_key.clone()?))
     }
 
     /// Certificate, key and CA for peer mTLS, when configured.

@@ -52,6 +52,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
 }
 
 async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
+    settle_actors::tls::install_crypto_provider();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let target = flags.target.trim_end_matches('/');
     let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;

@@ -26,11 +26,14 @@ pub struct TestNode {
     pub http_port: u16,
     pub peer_port: u16,
     pub child: Option<Child>,
+    /// The client API is served over HTTPS (`start_https`).
+    pub https: bool,
 }
 
 impl TestNode {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 }
 
@@ -64,6 +67,21 @@ impl TestCluster {
     /// Starts `count` nodes with peer mutual TLS: a throwaway cluster CA and a certificate per
     /// node (naming its node id), made with `settle_actors::tls::generate` in the cluster's dir.
     pub async fn start_tls(count: u64, shards: u32, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_secured(count, shards, env, false).await
+    }
+
+    /// `start_tls`, and the client API over HTTPS with each node's certificate (it names
+    /// 127.0.0.1); the cluster's client trusts the cluster CA (`ca_path`).
+    pub async fn start_https(count: u64, shards: u32) -> TestCluster {
+        TestCluster::start_secured(count, shards, &[], true).await
+    }
+
+    /// The cluster CA the nodes' certificates come from (`start_tls`, `start_https`).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.pem")
+    }
+
+    async fn start_secured(count: u64, shards: u32, env: &[(&str, &str)], https: bool) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).expect("certs dir");
@@ -72,15 +90,20 @@ impl TestCluster {
         let node_env = generated
             .into_iter()
             .map(|(id, cert)| {
-                let vars = vec![
+                let mut vars = vec![
                     ("SETTLE_TLS_CERT".to_string(), cert.cert.display().to_string()),
                     ("SETTLE_TLS_KEY".to_string(), cert.key.display().to_string()),
                     ("SETTLE_TLS_CA".to_string(), cert.ca.display().to_string()),
                 ];
+                if https {
+                    vars.push(("SETTLE_HTTP_TLS_CERT".to_string(), cert.cert.display().to_string()));
+                    vars.push(("SETTLE_HTTP_TLS_KEY".to_string(), cert.key.display().to_string()));
+                }
                 (id, vars)
             })
             .collect();
-        TestCluster::start_in(dir, count, shards, env, node_env).await
+        let ca = https.then(|| certs.join("ca.pem"));
+        TestCluster::start_in(dir, count, shards, env, node_env, ca.as_deref()).await
     }
 
     async fn start_configured(
@@ -89,7 +112,7 @@ impl TestCluster {
         env: &[(&str, &str)],
         node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
     ) -> TestCluster {
-        TestCluster::start_in(tempfile::tempdir().expect("temp dir"), count, shards, env, node_env).await
+        TestCluster::start_in(tempfile::tempdir().expect("temp dir"), count, shards, env, node_env, None).await
     }
 
     async fn start_in(
@@ -98,15 +121,27 @@ impl TestCluster {
         shards: u32,
         env: &[(&str, &str)],
         node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+        https_ca: Option<&std::path::Path>,
     ) -> TestCluster {
         let ports = free_ports(usize::try_from(count * 2).expect("small"));
         let mut nodes = Vec::new();
         for id in 1..=count {
             let index = usize::try_from(id - 1).expect("small");
-            nodes.push(TestNode { id, http_port: ports[2 * index], peer_port: ports[2 * index + 1], child: None });
+            nodes.push(TestNode {
+                id,
+                http_port: ports[2 * index],
+                peer_port: ports[2 * index + 1],
+                child: None,
+                https: https_ca.is_some(),
+            });
         }
         let cluster_arg = nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        settle_actors::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = https_ca {
+            builder = builder.use_preconfigured_tls(settle_actors::tls::client_config_trusting(ca).expect("cluster CA"));
+        }
+        let client = builder.build().expect("client");
         let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         let mut cluster = TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env };
         for id in 1..=count {

@@ -198,6 +198,7 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
     // Idle connections for every request in flight, the final read-back's too: a smaller pool
     // closes and reopens connections, leaving thousands in TIME_WAIT after a large run.
     let pool = flags.concurrency.max(crate::history::READS_IN_FLIGHT);
+    settle_actors::tls::install_crypto_provider();
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
     let plan = workload::setup(&client, targets, flags).await?;
     let accounts = plan.accounts.len();
