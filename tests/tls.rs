@@ -69,4 +69,44 @@ async fn the_client_api_serves_https_and_refuses_plain_http_and_untrusted_client
         .unwrap();
     let refused = untrusting.get(format!("https://127.0.0.1:{port}/health/live")).send().await;
     assert!(refused.is_err(), "a client not trusting the cluster CA connected: {refused:?}");
+
+    // The tools reach the HTTPS cluster with the cluster CA (`--ca-cert`).
+    let ca = cluster.ca_path();
+    // Until every node has heard of the others (their addresses travel with peer traffic).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_settle"))
+            .args(["status", "--target", &cluster.node(1).url(), "--ca-cert"])
+            .arg(&ca)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        if status.status.success() && text.contains("every node up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "settle status over HTTPS: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_settle"))
+        .args([
+            "bench",
+            "--target",
+            &cluster.urls().join(","),
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--accounts",
+            "50",
+            "--concurrency",
+            "4",
+        ])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success() && text.contains("conservation   ok"), "settle bench over HTTPS: {text}");
 }

@@ -13,6 +13,7 @@ pub mod checkers;
 pub mod drill;
 pub mod faults;
 pub mod history;
+pub mod http;
 pub mod local;
 pub mod run;
 pub mod sim;

@@ -137,7 +137,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         },
         inbox_calls_max: settings.inbox_calls_max,
         io_queue_jobs_max: settings.io_queue_jobs_max,
-        http_advertise: format!("http://{}", settings.http),
+        http_advertise: format!("{}://{}", settings.http_scheme(), settings.http),
         version: env!("CARGO_PKG_VERSION").to_string(),
         peer_tls: settings.peer_tls(),
     };

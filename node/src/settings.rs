@@ -260,6 +260,16 @@ impl NodeSettings {
         Ok(())
     }
 
+    /// `https` when the client API serves TLS, else `http` (how other nodes and tools are told
+    /// to reach it).
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http_tls().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Certificate and key of the HTTPS client API, when configured.
     pub fn http_tls(&self) -> Option<(PathBuf, PathBuf)> {
         Some((self.http_tls_cert.clone()?, self.http_tls_key.clone()?))

@@ -13,6 +13,9 @@ pub struct StatusFlags {
     /// Any node of the cluster.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
+    /// The cluster CA (PEM) to verify an HTTPS cluster's certificates with.
+    #[arg(long)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// A replica further behind its leader than this many entries counts as lagging.
     #[arg(long, default_value_t = 1_000)]
     pub lag_entries_max: u64,
@@ -52,8 +55,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
 }
 
 async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
-    settle_actors::tls::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = settle_chaos::http::client_builder(flags.ca_cert.as_deref())?.timeout(Duration::from_secs(2)).build()?;
     let target = flags.target.trim_end_matches('/');
     let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;
     let mut members = Vec::new();

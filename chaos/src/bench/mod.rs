@@ -85,6 +85,9 @@ pub struct BenchFlags {
     /// Embedded cluster: plain TCP between its nodes instead of mutual TLS (to measure the cost).
     #[arg(long)]
     pub insecure_peers: bool,
+    /// `--target` serves HTTPS: the cluster CA (PEM) to verify its certificates with.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -198,8 +201,7 @@ async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Rep
     // Idle connections for every request in flight, the final read-back's too: a smaller pool
     // closes and reopens connections, leaving thousands in TIME_WAIT after a large run.
     let pool = flags.concurrency.max(crate::history::READS_IN_FLIGHT);
-    settle_actors::tls::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
+    let client = crate::http::client_builder(flags.ca_cert.as_deref())?.timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
     let plan = workload::setup(&client, targets, flags).await?;
     let accounts = plan.accounts.len();
     let shared = Arc::new(Shared {

@@ -238,7 +238,7 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
             // This node knows its own details; of a peer, what it last introduced itself with
             // (null until it has); of a node it has no link to, nothing more.
             if *id == status.node {
-                node.http = Some(Some(format!("http://{}", state.settings.http)));
+                node.http = Some(Some(format!("{}://{}", state.settings.http_scheme(), state.settings.http)));
                 node.version = Some(Some(version.to_string()));
                 node.uptime_ms = Some(Some(uptime_ms));
                 node.reachable = Some(true);
