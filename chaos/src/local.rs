@@ -159,8 +159,7 @@ impl LocalCluster {
 
     /// Waits until node `node` answers /health/ready (or fails if it exits or time runs out).
     pub async fn wait_ready(&mut self, node: usize, timeout: Duration) -> anyhow::Result<()> {
-        settle_actors::tls::install_crypto_provider();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let client = crate::http::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
         let url = self.urls[node - 1].clone();
         let deadline = Instant::now() + timeout;
         loop {

@@ -109,8 +109,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         name if SCENARIOS.contains(&name) => vec![name],
         other => bail!("unknown scenario {other:?}; one of {}, all, heal", SCENARIOS.join(", ")),
     };
-    settle_actors::tls::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = crate::http::client_builder(None)?.timeout(Duration::from_secs(5)).build()?;
     let mut drilled = if flags.target.is_empty() {
         if flags.scenario == "heal" {
             bail!("`settle drill heal` needs --target (a local drill heals itself on Ctrl-C)");
