@@ -36,7 +36,11 @@ fn customer(n: usize) -> String {
 /// out of funds here).
 async fn post_batch(cluster: &TestCluster, nodes: &[u64], items: Vec<Value>) -> Vec<(String, String, i128)> {
     settle_actors::tls::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(common::bearer(common::ADMIN_KEY))
+        .build()
+        .expect("client");
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut waiting = items;
     let mut posted = Vec::new();

@@ -391,9 +391,11 @@ async fn http_input_is_validated_and_answered_in_the_error_shape() {
     // A body that stalls half way is answered 408 once the body timeout passes.
     let mut stream = TcpStream::connect(("127.0.0.1", cluster.node(1).http_port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    stream
-        .write_all(b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":")
-        .unwrap();
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\":",
+        common::ADMIN_KEY
+    );
+    stream.write_all(head.as_bytes()).unwrap();
     let mut answer = String::new();
     let mut buffer = [0u8; 4096];
     while !answer.contains("body_timeout") {

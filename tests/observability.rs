@@ -56,8 +56,9 @@ fn start_prometheus(dir: &Path, targets: &[String]) -> Prometheus {
     let rules = repo().join("deploy/prometheus/alerts.yml");
     let targets: Vec<String> = targets.iter().map(|url| format!("\"{}\"", url.trim_start_matches("http://"))).collect();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: settle\n    static_configs:\n      - targets: [{}]\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: settle\n    authorization:\n      credentials: {}\n    static_configs:\n      - targets: [{}]\n",
         rules.display(),
+        common::ADMIN_KEY,
         targets.join(", ")
     );
     let config_path = dir.join("prometheus.yml");
@@ -117,7 +118,8 @@ async fn prometheus_scrapes_the_cluster_and_node_down_fires() {
     let scratch = tempfile::tempdir().unwrap();
     let prometheus = start_prometheus(scratch.path(), &cluster.urls());
     settle_actors::tls::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(5)).default_headers(common::bearer(common::ADMIN_KEY)).build().unwrap();
 
     // Some traffic, so that business metrics exist; one request carries a known id.
     cluster.create_account(1, "bank", "USD", "settlement").await;
@@ -201,7 +203,10 @@ async fn prometheus_scrapes_the_cluster_and_node_down_fires() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let status = Command::new(env!("CARGO_BIN_EXE_settle")).args(["status", "--target", &cluster.node(1).url()]).output().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_settle"))
+        .args(["status", "--target", &cluster.node(1).url(), "--api-key", common::ADMIN_KEY])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(!status.status.success(), "settle status exits non-zero with a node down:\n{text}");
     assert!(text.contains("DOWN"), "{text}");

@@ -42,7 +42,8 @@ async fn peers_talk_over_mutual_tls_and_refuse_strangers() {
 /// The client API over HTTPS (`--http-tls-cert`/`--http-tls-key`, here through the
 /// `SETTLE_HTTP_TLS_*` environment): a client trusting the cluster CA moves money through one
 /// node and reads it back through another; plain HTTP to the same port gets no answer, and a
-/// client that does not trust the CA fails the handshake.
+/// client that does not trust the CA fails the handshake; `settle status` (auditor key) and
+/// `settle bench` (operator key) work against the secured cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_api_serves_https_and_refuses_plain_http_and_untrusted_clients() {
     let cluster = TestCluster::start_https(3, 4).await;
@@ -70,13 +71,25 @@ async fn the_client_api_serves_https_and_refuses_plain_http_and_untrusted_client
     let refused = untrusting.get(format!("https://127.0.0.1:{port}/health/live")).send().await;
     assert!(refused.is_err(), "a client not trusting the cluster CA connected: {refused:?}");
 
-    // The tools reach the HTTPS cluster with the cluster CA (`--ca-cert`).
+    // The tools reach the HTTPS cluster with the cluster CA (`--ca-cert`) and a key of the
+    // least role that does their job: status reads as an auditor, the bench moves money as an
+    // operator.
     let ca = cluster.ca_path();
+    let key = |role: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let (status, created) = cluster.post_json(1, "/v1/api_keys", &json!({ "role": role })).await;
+            assert_eq!(status, 201, "{created}");
+            created["key"].as_str().unwrap().to_string()
+        }
+    };
+    let auditor = key("auditor").await;
+    let operator = key("operator").await;
     // Until every node has heard of the others (their addresses travel with peer traffic).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_settle"))
-            .args(["status", "--target", &cluster.node(1).url(), "--ca-cert"])
+            .args(["status", "--target", &cluster.node(1).url(), "--api-key", &auditor, "--ca-cert"])
             .arg(&ca)
             .output()
             .await
@@ -101,6 +114,8 @@ async fn the_client_api_serves_https_and_refuses_plain_http_and_untrusted_client
             "50",
             "--concurrency",
             "4",
+            "--api-key",
+            &operator,
         ])
         .arg("--ca-cert")
         .arg(&ca)

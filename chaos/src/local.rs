@@ -32,11 +32,19 @@ pub struct LocalFlags {
     /// default the cluster gets a throwaway CA and node certificates in DATA_DIR/certs.
     #[arg(long)]
     pub insecure_peers: bool,
+    /// Plain HTTP on the client port instead of HTTPS (a development mode; the production path
+    /// is TLS). By default the nodes serve HTTPS with the throwaway CA's certificates.
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 /// A running local cluster; dropping it stops the nodes.
 pub struct LocalCluster {
     pub urls: Vec<String>,
+    /// The development admin key every node bootstraps with (DATA_DIR/admin.key).
+    pub admin_key: String,
+    /// The CA clients trust for HTTPS (None with `--plain-http`).
+    pub ca: Option<PathBuf>,
     /// How to start each node again (binary, arguments, log file).
     specs: Vec<(std::path::PathBuf, Vec<std::ffi::OsString>, std::path::PathBuf)>,
     env: Vec<(String, String)>,
@@ -75,9 +83,22 @@ impl LocalCluster {
             members.push(format!("{node}=127.0.0.1:{}", port(peer_base, node)?));
         }
         let cluster = members.join(",");
-        let certificates = if flags.insecure_peers { None } else { Some(node_certificates(&flags.data_dir, flags.nodes)?) };
-        let mut started =
-            LocalCluster { urls: Vec::new(), specs: Vec::new(), env, children: Vec::new(), reported: Vec::new(), temporary: None };
+        let needs_certificates = !flags.insecure_peers || !flags.plain_http;
+        let certificates = if needs_certificates { Some(node_certificates(&flags.data_dir, flags.nodes)?) } else { None };
+        let ca = if flags.plain_http { None } else { Some(flags.data_dir.join("certs").join("ca.pem")) };
+        let admin_key = development_admin_key(&flags.data_dir)?;
+        let mut env = env;
+        env.push(("SETTLE_BOOTSTRAP_ADMIN_KEY".to_string(), admin_key.clone()));
+        let mut started = LocalCluster {
+            urls: Vec::new(),
+            admin_key,
+            ca,
+            specs: Vec::new(),
+            env,
+            children: Vec::new(),
+            reported: Vec::new(),
+            temporary: None,
+        };
         for node in 1..=flags.nodes {
             let data_dir = flags.data_dir.join(format!("node-{node}"));
             std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -98,18 +119,26 @@ impl LocalCluster {
                 flags.shards.to_string().into(),
             ];
             let mut args = args;
-            match &certificates {
-                Some(certificates) => {
-                    let certificate = &certificates[usize::try_from(node - 1).expect("small")];
+            let certificate = certificates.as_ref().map(|certificates| &certificates[usize::try_from(node - 1).expect("small")]);
+            match certificate {
+                Some(certificate) if !flags.insecure_peers => {
                     args.extend(["--tls-cert".into(), certificate.cert.clone().into_os_string()]);
                     args.extend(["--tls-key".into(), certificate.key.clone().into_os_string()]);
                     args.extend(["--tls-ca".into(), certificate.ca.clone().into_os_string()]);
                 }
-                None => args.push("--insecure-peers".into()),
+                _ => args.push("--insecure-peers".into()),
             }
+            let scheme = match certificate {
+                Some(certificate) if !flags.plain_http => {
+                    args.extend(["--http-tls-cert".into(), certificate.cert.clone().into_os_string()]);
+                    args.extend(["--http-tls-key".into(), certificate.key.clone().into_os_string()]);
+                    "https"
+                }
+                _ => "http",
+            };
             started.specs.push((binary.to_path_buf(), args, data_dir.join("settle.log")));
             started.children.push(None);
-            started.urls.push(format!("http://127.0.0.1:{http_port}"));
+            started.urls.push(format!("{scheme}://127.0.0.1:{http_port}"));
             started.spawn(usize::try_from(node).expect("small"))?;
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -128,12 +157,14 @@ impl LocalCluster {
         nodes: u64,
         shards: u32,
         insecure_peers: bool,
+        plain_http: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<LocalCluster> {
         let dir = TempDir::new_for(purpose)?;
         let http_port = free_port_range(nodes.checked_mul(2).context("too many nodes")?)?;
         let peer_port = http_port.checked_add(u16::try_from(nodes).context("too many nodes")?).context("port out of range")?;
-        let flags = LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards, insecure_peers };
+        let flags =
+            LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards, insecure_peers, plain_http };
         eprintln!("{purpose}: starting a local {nodes}-node cluster ({shards} shards) in {}", dir.path.display());
         let mut cluster = LocalCluster::start_with_env(&flags, binary, Duration::from_secs(60), env)?;
         cluster.temporary = Some(dir);
@@ -159,7 +190,7 @@ impl LocalCluster {
 
     /// Waits until node `node` answers /health/ready (or fails if it exits or time runs out).
     pub async fn wait_ready(&mut self, node: usize, timeout: Duration) -> anyhow::Result<()> {
-        let client = crate::http::client_builder(None)?.timeout(Duration::from_secs(2)).build()?;
+        let client = crate::http::client_builder(self.ca.as_deref(), None)?.timeout(Duration::from_secs(2)).build()?;
         let url = self.urls[node - 1].clone();
         let deadline = Instant::now() + timeout;
         loop {
@@ -338,6 +369,34 @@ fn node_certificates(data_dir: &Path, nodes: u64) -> anyhow::Result<Vec<settle_a
     Ok(generated.into_iter().map(|(_, files)| files).collect())
 }
 
+/// The development admin key of a local cluster: made once (32 random bytes, hex) and kept in
+/// DATA_DIR/admin.key (mode 0600), so a cluster started again on the same data accepts it.
+fn development_admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin.key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if existing.len() >= 16 {
+            return Ok(existing);
+        }
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let key: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let key = format!("dev_admin_{key}");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{key}")?;
+    Ok(key)
+}
+
 /// The `settle` binary for the nodes of a cluster started by one of its own commands: the
 /// running executable.
 pub fn settle_binary() -> anyhow::Result<PathBuf> {
@@ -358,11 +417,29 @@ pub fn run(flags: LocalFlags) -> anyhow::Result<()> {
     }
     let url = &cluster.urls[0];
     println!();
+    println!("development admin key (kept in {}):", flags.data_dir.join("admin.key").display());
+    println!("  export SETTLE_API_KEY={}", cluster.admin_key);
+    let trust = match &cluster.ca {
+        Some(ca) => {
+            println!("HTTPS with a throwaway CA: trust {} (curl --cacert, settle ... --ca-cert)", ca.display());
+            format!(" --cacert {}", ca.display())
+        }
+        None => {
+            println!("plain HTTP (--plain-http): for development only");
+            String::new()
+        }
+    };
+    let auth = " -H \"Authorization: Bearer $SETTLE_API_KEY\"";
+    println!();
     println!("try:");
-    println!("  curl -s -XPOST {url}/v1/accounts -d '{{\"id\":\"bank\",\"currency\":\"USD\",\"kind\":\"settlement\"}}'");
-    println!("  curl -s -XPOST {url}/v1/accounts -d '{{\"id\":\"alice\",\"currency\":\"USD\"}}'");
-    println!("  curl -s -XPOST {url}/v1/transfers -d '{{\"id\":\"t1\",\"from\":\"bank\",\"to\":\"alice\",\"amount\":\"100.00\",\"currency\":\"USD\"}}'");
-    println!("  curl -s {url}/v1/accounts/alice");
+    println!("  curl -s{trust}{auth} -XPOST {url}/v1/accounts -d '{{\"id\":\"bank\",\"currency\":\"USD\",\"kind\":\"settlement\"}}'");
+    println!("  curl -s{trust}{auth} -XPOST {url}/v1/accounts -d '{{\"id\":\"alice\",\"currency\":\"USD\"}}'");
+    println!("  curl -s{trust}{auth} -XPOST {url}/v1/transfers -d '{{\"id\":\"t1\",\"from\":\"bank\",\"to\":\"alice\",\"amount\":\"100.00\",\"currency\":\"USD\"}}'");
+    println!("  curl -s{trust}{auth} {url}/v1/accounts/alice");
+    println!(
+        "  settle status --target {url}{} --api-key $SETTLE_API_KEY",
+        cluster.ca.as_ref().map(|ca| format!(" --ca-cert {}", ca.display())).unwrap_or_default()
+    );
     println!();
     println!("Ctrl-C stops every node.");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

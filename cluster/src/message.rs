@@ -8,7 +8,8 @@ use crate::ids::LegId;
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, TransferBody, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, SystemCmd, SystemOutcome, SystemRead,
+    SystemReadReply, TransferBody, TransferView,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -85,6 +86,10 @@ pub enum Request {
         before: Option<u64>,
         limit: u32,
     },
+    /// API keys, nonces, audit events (`ledger/system.rs`): one command, on its shard.
+    System(SystemCmd),
+    /// A linearizable read of keys or the audit log (system shard).
+    SystemRead(SystemRead),
 }
 
 /// The outcome of one account of a batch.
@@ -136,6 +141,8 @@ pub enum Reply {
     /// shard: the body the id is reserved for (the router asks the payer's shard next).
     Reserved(TransferBody),
     History(Option<HistoryPage>),
+    System(SystemOutcome),
+    SystemRead(SystemReadReply),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

@@ -4,6 +4,7 @@
 //! `settle_client`.
 
 mod api;
+mod keys_cli;
 mod logging;
 mod metrics;
 mod settings;
@@ -49,6 +50,12 @@ enum Command {
     Drill(drill::DrillFlags),
     /// Make a cluster CA and a peer certificate per node (naming its node id and address).
     Certs(CertsFlags),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(keys_cli::KeysCommand),
+    /// Check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(keys_cli::AuditCommand),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +105,8 @@ fn main() -> anyhow::Result<()> {
         Command::Status(flags) => status::run(flags),
         Command::Drill(flags) => drill::run(flags),
         Command::Certs(flags) => certs(flags),
+        Command::Keys(command) => keys_cli::keys(command),
+        Command::Audit(command) => keys_cli::audit(command),
     }
 }
 
@@ -161,13 +170,16 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         settings: settings.clone(),
         started: Instant::now(),
         request_counter: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
+        auth: api::auth::Auth::new(settings.auth_cache_ms, settings.bootstrap_admin_key.as_deref()),
     });
+    let metrics_state = state.clone();
     let http = settings.http;
     let http_tls = match settings.http_tls() {
         Some((cert, key)) => Some(settle_actors::tls::http_server_config(&cert, &key).context("loading the HTTPS certificate and key")?),
         None => None,
     };
     let workers = settings.http_workers;
+    let metrics_addr = settings.metrics_addr;
     // actix counts connections per worker.
     let connections_per_worker = (settings.http_connections_max / workers.max(1)).max(1);
     actix_web::rt::System::new().block_on(async move {
@@ -184,7 +196,28 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
             None => server.bind(http),
         };
         let server = server.with_context(|| format!("binding the HTTP API on {http}"))?.run();
+        // `/metrics` without a key, on its own listener, for Prometheus.
+        let metrics_server = match metrics_addr {
+            Some(address) => Some(
+                actix_web::HttpServer::new(move || {
+                    actix_web::App::new().app_data(metrics_state.clone()).route("/metrics", web::get().to(api::metrics))
+                })
+                .workers(1)
+                .shutdown_timeout(1)
+                .bind(address)
+                .with_context(|| format!("binding the metrics listener on {address}"))?
+                .run(),
+            ),
+            None => None,
+        };
+        let metrics_handle = metrics_server.as_ref().map(actix_web::dev::Server::handle);
+        if let Some(metrics_server) = metrics_server {
+            actix_web::rt::spawn(metrics_server);
+        }
         server.await.context("HTTP server")?;
+        if let Some(handle) = metrics_handle {
+            handle.stop(true).await;
+        }
         tracing::info!("shutting down: waiting for queued writes");
         driver.stop().await;
         anyhow::Ok(())

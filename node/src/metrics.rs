@@ -29,6 +29,12 @@ pub struct Metrics {
     pub transfers: IntCounterVec,
     /// A float counter: a sum of amounts in minor units can pass u64 and must never wrap.
     pub transfer_volume: CounterVec,
+    /// Refused authentications by code (no key, wrong key, bad signature, replayed nonce...).
+    pub auth_failures: IntCounterVec,
+    /// Requests refused by a key's rate limit, by the key's role.
+    pub rate_limited: IntCounterVec,
+    /// Audit events that could not be appended (their operations happened).
+    pub audit_failures: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -54,6 +60,15 @@ impl Metrics {
             &["currency"],
         )
         .expect("valid metric");
+        let auth_failures =
+            IntCounterVec::new(Opts::new("auth_failures_total", "Requests refused as unauthenticated, by error code"), &["code"])
+                .expect("valid metric");
+        let rate_limited =
+            IntCounterVec::new(Opts::new("rate_limited_total", "Requests refused by a key's rate limit, by role"), &["role"])
+                .expect("valid metric");
+        let audit_failures =
+            prometheus::IntCounter::new("audit_append_failures_total", "Audit events that could not be appended to the audit chain")
+                .expect("valid metric");
         let process_registry = Registry::new_custom(None, Some(labels.clone())).expect("valid registry");
         process_registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("unique metric names");
         let metrics = Metrics {
@@ -65,12 +80,18 @@ impl Metrics {
             http_latency,
             transfers,
             transfer_volume,
+            auth_failures,
+            rate_limited,
+            audit_failures,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_latency.clone()),
             Box::new(metrics.transfers.clone()),
             Box::new(metrics.transfer_volume.clone()),
+            Box::new(metrics.auth_failures.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.audit_failures.clone()),
             Box::new(driver.io_stats.sync_seconds.clone()),
             Box::new(driver.io_stats.group_entries.clone()),
             Box::new(driver.io_stats.group_shards.clone()),

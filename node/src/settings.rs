@@ -5,6 +5,7 @@
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use settle_cluster::ids::NodeId;
+use settle_cluster::ledger::{RateLimit, Role};
 use settle_cluster::replica::RaftSettings;
 use settle_cluster::CoreLimits;
 use std::collections::BTreeMap;
@@ -81,10 +82,65 @@ pub struct NodeSettings {
     pub http_tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub http_tls_key: Option<PathBuf>,
+    /// The bootstrap admin key: on its first use it is registered as API key `bootstrap` (role
+    /// admin) in the cluster's replicated state; revoke it once real admin keys exist. At
+    /// least 16 characters. Better from SETTLE_BOOTSTRAP_ADMIN_KEY than a flag.
+    #[serde(default)]
+    pub bootstrap_admin_key: Option<String>,
+    /// A second listener serving only `/metrics`, without a key (for Prometheus).
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long a node trusts a key it looked up (a revocation holds everywhere within it).
+    #[serde(default = "default_auth_cache_ms")]
+    pub auth_cache_ms: u64,
+    /// Requests per second and burst for each role's keys (a key may carry its own).
+    #[serde(default)]
+    pub rate_limits: RateLimits,
     #[serde(default)]
     pub raft: RaftSettings,
     #[serde(default)]
     pub limits: CoreLimits,
+}
+
+fn default_auth_cache_ms() -> u64 {
+    1_000
+}
+
+/// The default token bucket of each role's keys (`[rate_limits.merchant]` in the TOML file,
+/// `SETTLE_RATE_LIMITS__MERCHANT__PER_SECOND=...` in the environment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimits {
+    pub admin: RateLimit,
+    pub operator: RateLimit,
+    pub merchant: RateLimit,
+    pub customer_app: RateLimit,
+    pub auditor: RateLimit,
+}
+
+impl Default for RateLimits {
+    fn default() -> RateLimits {
+        let limit = |per_second, burst| RateLimit { per_second, burst };
+        RateLimits {
+            admin: limit(100_000, 200_000),
+            operator: limit(100_000, 200_000),
+            merchant: limit(1_000, 2_000),
+            customer_app: limit(50, 100),
+            auditor: limit(100, 200),
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn for_role(&self, role: Role) -> RateLimit {
+        match role {
+            Role::Admin => self.admin,
+            Role::Operator => self.operator,
+            Role::Merchant => self.merchant,
+            Role::CustomerApp => self.customer_app,
+            Role::Auditor => self.auditor,
+        }
+    }
 }
 
 fn default_shards() -> u32 {
@@ -203,6 +259,15 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_tls_key: Option<PathBuf>,
+    /// The bootstrap admin key, registered on first use (better from
+    /// SETTLE_BOOTSTRAP_ADMIN_KEY than a flag, which other users can see).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_admin_key: Option<String>,
+    /// Serve /metrics without a key on this extra address (for Prometheus), e.g. 127.0.0.1:9100.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl NodeSettings {
@@ -246,6 +311,15 @@ impl NodeSettings {
                 "peers are authenticated with mutual TLS: give --tls-cert, --tls-key and --tls-ca (make a cluster CA and \
                  node certificates with `settle certs`), or --insecure-peers for a development cluster on loopback"
             );
+        }
+        if self.bootstrap_admin_key.as_ref().is_some_and(|key| key.len() < 16) {
+            bail!("--bootstrap-admin-key must be at least 16 characters");
+        }
+        for role in Role::ALL {
+            let limit = self.rate_limits.for_role(role);
+            if limit.per_second == 0 || limit.burst == 0 {
+                bail!("rate_limits.{} must allow at least one request (per_second and burst >= 1)", role.name());
+            }
         }
         if self.http_tls_cert.is_some() != self.http_tls_key.is_some() {
             bail!("HTTPS needs both --http-tls-cert and --http-tls-key");

@@ -16,6 +16,9 @@ pub struct StatusFlags {
     /// The cluster CA (PEM) to verify an HTTPS cluster's certificates with.
     #[arg(long)]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// An API key (any role; `/v1/cluster` needs one), or SETTLE_API_KEY.
+    #[arg(long, env = "SETTLE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// A replica further behind its leader than this many entries counts as lagging.
     #[arg(long, default_value_t = 1_000)]
     pub lag_entries_max: u64,
@@ -48,6 +51,10 @@ pub fn run(flags: StatusFlags) -> anyhow::Result<()> {
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
     let response = client.get(format!("{url}/v1/cluster")).send().await.ok()?;
+    if matches!(response.status().as_u16(), 401 | 403) {
+        eprintln!("{url} refused the API key ({}): give --api-key or SETTLE_API_KEY", response.status());
+        return None;
+    }
     if !response.status().is_success() {
         return None;
     }
@@ -55,7 +62,8 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
 }
 
 async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
-    let client = settle_chaos::http::client_builder(flags.ca_cert.as_deref())?.timeout(Duration::from_secs(2)).build()?;
+    let client =
+        settle_chaos::http::client_builder(flags.ca_cert.as_deref(), flags.api_key.as_deref())?.timeout(Duration::from_secs(2)).build()?;
     let target = flags.target.trim_end_matches('/');
     let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;
     let mut members = Vec::new();

@@ -9,6 +9,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The bootstrap admin key every test node starts with; the cluster's client sends it.
+pub const ADMIN_KEY: &str = "test-bootstrap-admin-key-0123456789";
+
+/// Headers carrying `Authorization: Bearer <key>`.
+pub fn bearer(key: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"));
+    headers
+}
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
@@ -137,7 +147,7 @@ impl TestCluster {
         }
         let cluster_arg = nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
         settle_actors::tls::install_crypto_provider();
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(bearer(ADMIN_KEY));
         if let Some(ca) = https_ca {
             builder = builder.use_preconfigured_tls(settle_actors::tls::client_config_trusting(ca).expect("cluster CA"));
         }
@@ -183,6 +193,7 @@ impl TestCluster {
             .args(["--cluster", &self.cluster_arg])
             .args(["--shards", &self.shards.to_string()])
             .env("RUST_LOG", "info")
+            .env("SETTLE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
             .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .envs(self.node_env.get(&id).into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str())))
             .stdin(Stdio::null())

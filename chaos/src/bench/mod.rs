@@ -88,6 +88,14 @@ pub struct BenchFlags {
     /// `--target` serves HTTPS: the cluster CA (PEM) to verify its certificates with.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// The API key every request carries (a key that may create accounts and move money:
+    /// admin or operator). Embedded cluster: its development admin key.
+    #[arg(long, env = "SETTLE_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    /// Embedded cluster: plain HTTP on the client port instead of HTTPS (to measure the cost).
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 fn as_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -122,7 +130,15 @@ const OPEN_LOOP_REQUESTS_MAX: u64 = 50_000_000;
 pub fn run(flags: BenchFlags) -> anyhow::Result<()> {
     validate(&flags)?;
     let embedded = if flags.target.is_empty() {
-        Some(LocalCluster::start_temporary("bench", &settle_binary()?, flags.nodes, flags.shards, flags.insecure_peers, Vec::new())?)
+        Some(LocalCluster::start_temporary(
+            "bench",
+            &settle_binary()?,
+            flags.nodes,
+            flags.shards,
+            flags.insecure_peers,
+            flags.plain_http,
+            Vec::new(),
+        )?)
     } else {
         None
     };
@@ -130,8 +146,12 @@ pub fn run(flags: BenchFlags) -> anyhow::Result<()> {
         Some(cluster) => cluster.urls.clone(),
         None => flags.target.clone(),
     };
+    let (ca, api_key) = match &embedded {
+        Some(cluster) => (cluster.ca.clone(), Some(cluster.admin_key.clone())),
+        None => (flags.ca_cert.clone(), flags.api_key.clone()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let report = runtime.block_on(run_bench(&flags, &targets));
+    let report = runtime.block_on(run_bench(&flags, &targets, ca.as_deref(), api_key.as_deref()));
     drop(embedded);
     let report = report?;
     report.print();
@@ -197,11 +217,11 @@ struct Shared {
     route_to_leader: bool,
 }
 
-async fn run_bench(flags: &BenchFlags, targets: &[String]) -> anyhow::Result<Report> {
+async fn run_bench(flags: &BenchFlags, targets: &[String], ca: Option<&std::path::Path>, api_key: Option<&str>) -> anyhow::Result<Report> {
     // Idle connections for every request in flight, the final read-back's too: a smaller pool
     // closes and reopens connections, leaving thousands in TIME_WAIT after a large run.
     let pool = flags.concurrency.max(crate::history::READS_IN_FLIGHT);
-    let client = crate::http::client_builder(flags.ca_cert.as_deref())?.timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
+    let client = crate::http::client_builder(ca, api_key)?.timeout(REQUEST_TIMEOUT).pool_max_idle_per_host(pool).build()?;
     let plan = workload::setup(&client, targets, flags).await?;
     let accounts = plan.accounts.len();
     let shared = Arc::new(Shared {

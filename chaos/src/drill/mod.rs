@@ -64,6 +64,13 @@ pub struct DrillFlags {
     /// Admin bearer token for --target clusters (or SETTLE_ADMIN_TOKEN).
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// An API key for --target clusters that may create accounts and move money (admin or
+    /// operator; or SETTLE_API_KEY). A local cluster uses its development admin key.
+    #[arg(long, env = "SETTLE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// --target serves HTTPS: the cluster CA (PEM) to verify it with.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
     /// The node to break (kill, pause, isolate, slow down) instead of the one leading the most
     /// shards (or, for partition-minority, the one leading the fewest).
     #[arg(long)]
@@ -109,20 +116,22 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
         name if SCENARIOS.contains(&name) => vec![name],
         other => bail!("unknown scenario {other:?}; one of {}, all, heal", SCENARIOS.join(", ")),
     };
-    let client = crate::http::client_builder(None)?.timeout(Duration::from_secs(5)).build()?;
+    let client = |ca: Option<&std::path::Path>, key: Option<&str>| -> anyhow::Result<reqwest::Client> {
+        Ok(crate::http::client_builder(ca, key)?.timeout(Duration::from_secs(5)).build()?)
+    };
     let mut drilled = if flags.target.is_empty() {
         if flags.scenario == "heal" {
             bail!("`settle drill heal` needs --target (a local drill heals itself on Ctrl-C)");
         }
         let token = format!("{:032x}", rand::random::<u128>());
         let env = vec![("SETTLE_FAULTS_ENABLED".to_string(), "true".to_string()), ("SETTLE_ADMIN_TOKEN".to_string(), token.clone())];
-        let cluster = LocalCluster::start_temporary("drill", &settle_binary()?, flags.nodes, flags.shards, false, env)?;
+        let cluster = LocalCluster::start_temporary("drill", &settle_binary()?, flags.nodes, flags.shards, false, false, env)?;
         Drilled {
             urls: cluster.urls.clone(),
             nodes: BTreeMap::new(),
             token,
+            client: client(cluster.ca.as_deref(), Some(&cluster.admin_key))?,
             local: Some(cluster),
-            client,
             paused: Vec::new(),
             killed: Vec::new(),
         }
@@ -133,7 +142,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
             nodes: BTreeMap::new(),
             token,
             local: None,
-            client,
+            client: client(flags.ca_cert.as_deref(), flags.api_key.as_deref())?,
             paused: Vec::new(),
             killed: Vec::new(),
         }

@@ -9,11 +9,11 @@
 //! transfer whose id is bound to another body is refused with `idempotency_key_reused` and
 //! moves nothing, whichever nodes and shards the two requests went through.
 
-use super::operation::{account, read, reserve, transfer};
+use super::operation::{account, read, reserve, system, transfer};
 use super::peer::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{CallId, LegId, NodeId, ShardId};
-use crate::ledger::{RejectCode, ReserveOutcome, TransferView};
+use crate::ledger::{RejectCode, ReserveOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
 use crate::message::{AccountRequest, AccountResult, PeerMessage, Reply, Request, TransferRequest, TransferResult};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
@@ -169,6 +169,14 @@ impl NodeCore {
             Request::ReadTransfer { id, payer: None } => {
                 legs.push((reserve::home_shard(placement, &id), Request::ReadTransfer { id, payer: None }, Vec::new()));
                 CallState::Lookup(None)
+            }
+            Request::System(command) => {
+                legs.push((system::shard(placement, &command), Request::System(command), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::SystemRead(read) => {
+                legs.push((crate::ledger::SYSTEM_SHARD, Request::SystemRead(read), Vec::new()));
+                CallState::Single(None)
             }
         };
         if legs.is_empty() {
@@ -525,6 +533,28 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
         (Request::ReadTransfer { payer: None, .. }, Reply::Reserved(_)) => true,
         (Request::History { .. }, Reply::History(_)) => true,
+        (Request::System(command), Reply::System(outcome)) => system_reply_fits(command, outcome),
+        (Request::SystemRead(read), Reply::SystemRead(answer)) => matches!(
+            (read, answer),
+            (SystemRead::Key(_), SystemReadReply::Key(_))
+                | (SystemRead::Keys { .. }, SystemReadReply::Keys(_))
+                | (SystemRead::Audit { .. }, SystemReadReply::Audit { .. })
+        ),
+        _ => false,
+    }
+}
+
+/// Whether a system outcome answers this command (a key outcome names the key asked about).
+fn system_reply_fits(command: &SystemCmd, outcome: &SystemOutcome) -> bool {
+    match (command, outcome) {
+        (_, SystemOutcome::Invalid(_)) => true,
+        (SystemCmd::CreateKey(asked), SystemOutcome::KeyCreated(key) | SystemOutcome::KeyExists(key)) => key.id == asked.id,
+        (SystemCmd::RevokeKey { id }, SystemOutcome::KeyRevoked(key)) => key.id == *id,
+        (SystemCmd::RevokeKey { .. }, SystemOutcome::KeyNotFound) => true,
+        (SystemCmd::UseNonce { .. }, SystemOutcome::NonceFresh | SystemOutcome::NonceReplayed) => true,
+        (SystemCmd::Audit(events), SystemOutcome::Audited { count, .. }) => {
+            usize::try_from(*count).is_ok_and(|count| count == events.len())
+        }
         _ => false,
     }
 }

@@ -48,7 +48,7 @@ pub(super) enum Checked {
 /// The longest store key a snapshot chunk may carry (kind, id, position).
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
 /// Record kinds a snapshot may carry (`ledger/keys.rs`).
-const SNAPSHOT_KINDS: [u8; 9] = [
+const SNAPSHOT_KINDS: [u8; 14] = [
     keys::ACCOUNT,
     keys::TRANSFER,
     keys::CREDIT,
@@ -58,6 +58,11 @@ const SNAPSHOT_KINDS: [u8; 9] = [
     keys::INFLOW,
     keys::APPLIED,
     keys::ACCOUNT_COUNT,
+    keys::API_KEY,
+    keys::NONCE,
+    keys::NONCE_EXPIRY,
+    keys::AUDIT,
+    keys::AUDIT_HEAD,
 ];
 
 impl NodeCore {
@@ -202,6 +207,8 @@ impl NodeCore {
             }
             Request::CreateAccounts(items) if items.is_empty() || items.len() > LEG_ITEMS_MAX => Err("leg_bounds"),
             Request::History { limit, .. } if *limit == 0 || *limit > HISTORY_LIMIT_MAX => Err("leg_bounds"),
+            Request::System(command) => command.check().map_err(|_| "system_bounds"),
+            Request::SystemRead(read) => read.check().map_err(|_| "system_bounds"),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

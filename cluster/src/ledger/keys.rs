@@ -13,6 +13,11 @@
 //! | `i` | currency code | net cross-shard inflow (`Minor`) |
 //! | `x` | — | `AppliedMark` (applied index, its term, the voters) |
 //! | `n` | — | how many accounts the shard has (`u64`) |
+//! | `k` | key id | `ApiKeyRecord` (system shard) |
+//! | `o` | nonce name | its expiry (`u64` ms) |
+//! | `e` | expiry (u64 BE), nonce name | nothing (nonces by expiry, for pruning) |
+//! | `l` | sequence (u64 BE) | `AuditRecord` (system shard) |
+//! | `g` | — | `AuditHead` (system shard) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -30,6 +35,11 @@ pub const PENDING: u8 = b'p';
 pub const INFLOW: u8 = b'i';
 pub const APPLIED: u8 = b'x';
 pub const ACCOUNT_COUNT: u8 = b'n';
+pub const API_KEY: u8 = b'k';
+pub const NONCE: u8 = b'o';
+pub const NONCE_EXPIRY: u8 = b'e';
+pub const AUDIT: u8 = b'l';
+pub const AUDIT_HEAD: u8 = b'g';
 
 /// The prefix of every data key of one generation of a shard.
 pub fn generation_prefix(shard: ShardId, generation: u32) -> Key {

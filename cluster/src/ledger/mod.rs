@@ -19,12 +19,14 @@
 
 mod cache;
 pub mod keys;
+mod system;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
 pub use cache::CacheStats;
+pub use system::*;
 pub use types::*;
 
 use crate::codec::{self, CodecError};
@@ -110,6 +112,8 @@ pub struct Ledger {
     /// replica before anything read from it leaves (`NodeCore::quarantine_damaged`). A crash
     /// instead would loop: the same record is met again after every restart.
     damage: RefCell<Option<String>>,
+    /// Where the audit chain ends (system shard; stored beside the records).
+    audit_head: AuditHead,
 }
 
 impl Ledger {
@@ -150,6 +154,7 @@ impl Ledger {
             account_count_changed: false,
             planted: PlantedBug::None,
             damage: RefCell::new(None),
+            audit_head: AuditHead::default(),
         }
     }
 
@@ -169,6 +174,7 @@ impl Ledger {
     /// Reads what the ledger keeps in memory (the pending set, the inflow) and the applied mark
     /// of the current generation.
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
+        self.load_audit_head()?;
         let corrupt = |what: &str, error: CodecError| StoreError(format!("shard {}: stored {what} does not decode: {error}", self.shard));
         self.pending.clear();
         self.net_inflow.clear();
@@ -247,6 +253,9 @@ impl Ledger {
     pub fn check_record(suffix: &[u8], value: &[u8]) -> Result<(), String> {
         fn decodes<T: DeserializeOwned>(value: &[u8]) -> Result<(), String> {
             decode_value::<T>(value).map(|_| ()).map_err(|error| error.to_string())
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| system::check_system_record(*kind, value)) {
+            return checked;
         }
         match suffix.first().copied() {
             Some(keys::ACCOUNT) => decodes::<StoredAccount>(value),
@@ -459,6 +468,10 @@ impl Ledger {
                 let record = if report { self.transfer(&finalize.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Finalize { finalize, outcome, record }
             }
+            Command::System(command) => {
+                let outcome = self.system_command(now_ms, &command);
+                AppliedCommand::System { command, outcome }
+            }
         };
         if cfg!(debug_assertions) {
             self.assert_touched_accounts(&applied);
@@ -479,6 +492,7 @@ impl Ledger {
             AppliedCommand::Reserve { outcome, .. } => Applied::Reserve(outcome),
             AppliedCommand::Credit { outcome, .. } => Applied::Credit(outcome),
             AppliedCommand::Finalize { outcome, .. } => Applied::Finalize(outcome),
+            AppliedCommand::System { outcome, .. } => Applied::System(outcome),
         };
         let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
         self.commit_round(&mark).expect("a test store takes writes");
@@ -812,7 +826,7 @@ impl Ledger {
             AppliedCommand::Transfer { transfer, .. } => [Some(&transfer.from), Some(&transfer.to)],
             AppliedCommand::Credit { credit, .. } => [Some(&credit.to), None],
             AppliedCommand::Finalize { .. } => [finalized_payer.as_ref(), None],
-            AppliedCommand::Reserve { .. } => [None, None],
+            AppliedCommand::Reserve { .. } | AppliedCommand::System { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.account(id) {
@@ -888,6 +902,8 @@ impl Ledger {
                 ensure!(*inflow == 0, "shard {} {currency}: inflow without accounts", self.shard);
             }
         }
+        self.verify_audit_chain()?;
+        self.verify_nonces()?;
         Ok(())
     }
 
@@ -928,6 +944,9 @@ impl Ledger {
         };
         if nonzero(&stored.net_inflow) != nonzero(&self.net_inflow) {
             return Err(format!("net inflow in memory {:?}, stored {:?}", self.net_inflow, stored.net_inflow));
+        }
+        if stored.audit_head != self.audit_head {
+            return Err(format!("audit head in memory {:?}, stored {:?}", self.audit_head, stored.audit_head));
         }
         if stored.account_count != self.account_count {
             return Err(format!("account count in memory {}, stored {}", self.account_count, stored.account_count));

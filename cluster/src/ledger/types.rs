@@ -1,5 +1,6 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
+use super::system::{SystemCmd, SystemOutcome};
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor};
 use serde::{Deserialize, Serialize};
@@ -422,6 +423,8 @@ pub enum Command {
     Credit(CreditCmd),
     Finalize(FinalizeCmd),
     Reserve(ReserveCmd),
+    /// API keys, nonces, the audit log (`system.rs`).
+    System(SystemCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +470,7 @@ pub enum Applied {
     Credit(CreditOutcome),
     Finalize(FinalizeOutcome),
     Reserve(ReserveOutcome),
+    System(SystemOutcome),
 }
 
 /// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
@@ -479,4 +483,5 @@ pub enum AppliedCommand {
     Reserve { reserve: ReserveCmd, outcome: ReserveOutcome },
     Credit { credit: CreditCmd, outcome: CreditOutcome },
     Finalize { finalize: FinalizeCmd, outcome: FinalizeOutcome, record: Option<TransferView> },
+    System { command: SystemCmd, outcome: SystemOutcome },
 }

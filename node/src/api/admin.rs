@@ -1,6 +1,7 @@
 //! Admin endpoints for SREs and drills: fault injection (`/admin/faults`, only on nodes started
-//! with faults enabled), planned leader transfer, and draining a node before maintenance. Every
-//! admin request needs `Authorization: Bearer <admin token>`; a node without a token refuses them.
+//! with faults enabled), planned leader transfer, and draining a node before maintenance. Who may
+//! call them is the role table in `auth.rs` (admin keys; operators for drain and leader
+//! transfer; the node's `--admin-token` too).
 
 use super::errors::ApiError;
 use super::AppState;
@@ -11,22 +12,6 @@ use settle_cluster::AdminError;
 use std::sync::atomic::Ordering;
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-/// Checks the bearer token (compared in constant time).
-fn authorize(state: &AppState, request: &HttpRequest) -> Result<()> {
-    let Some(expected) = state.settings.admin_token.as_deref().filter(|token| !token.is_empty()) else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "this node was started without an admin token"));
-    };
-    let given =
-        request.headers().get("authorization").and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
-    let matches = given.is_some_and(|given| {
-        given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    });
-    if !matches {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"));
-    }
-    Ok(())
-}
 
 fn faults_allowed(state: &AppState) -> Result<()> {
     if !state.settings.faults_enabled {
@@ -53,15 +38,13 @@ fn faults_json(state: &AppState) -> Value {
     json!({ "peers": peers, "disk_delay_ms": driver.io_stats.sync_delay_ms.load(Ordering::Relaxed) })
 }
 
-pub async fn get_faults(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    authorize(&state, &request)?;
+pub async fn get_faults(state: web::Data<AppState>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(faults_json(&state)))
 }
 
 /// `{"peers": {"2": {"drop_outbound": true, "drop_inbound": true, "delay_ms": 50, "loss_percent": 10}}, "disk_delay_ms": 20}`:
 /// sets the given fields; anything not mentioned stays as it is.
 pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
-    authorize(&state, &request)?;
     faults_allowed(&state)?;
     let object = state.read_object(&request, payload).await?;
     let driver = &state.driver;
@@ -98,8 +81,7 @@ pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, payloa
 }
 
 /// Removes every injected fault (the drill's kill switch).
-pub async fn clear_faults(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    authorize(&state, &request)?;
+pub async fn clear_faults(state: web::Data<AppState>) -> Result<HttpResponse> {
     let driver = &state.driver;
     for link in driver.link_faults.values() {
         link.drop_outbound.store(false, Ordering::Relaxed);
@@ -119,7 +101,6 @@ pub async fn transfer_leader(
     path: web::Path<u32>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
-    authorize(&state, &request)?;
     let object = state.read_object(&request, payload).await?;
     let to = object.get("to").and_then(Value::as_u64).ok_or_else(|| ApiError::invalid_request("to", "to must be a node id"))?;
     let shard = path.into_inner();
@@ -139,7 +120,6 @@ pub async fn transfer_leader(
 
 /// `POST /admin/drain` starts draining (leaders move away, none come back); `DELETE` stops.
 pub async fn drain(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse> {
-    authorize(&state, &request)?;
     let draining = request.method() == actix_web::http::Method::POST;
     let leading = state.driver.drain(draining).await.ok_or_else(ApiError::unavailable)?;
     Ok(HttpResponse::Ok().json(json!({ "draining": draining, "leading": leading })))

@@ -4,9 +4,10 @@
 //! silently resolved to one of them.
 
 use super::errors::ApiError;
-use actix_web::http::header::CONTENT_ENCODING;
+use actix_web::error::PayloadError;
+use actix_web::http::header::{HeaderMap, CONTENT_ENCODING};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use futures_util::StreamExt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -18,8 +19,11 @@ use std::time::Duration;
 const ENCODINGS_ACCEPTED: [&str; 2] = ["identity", "gzip"];
 
 /// Reads the whole body: at most `bytes_max` bytes (after decoding), within `timeout`.
-pub async fn read(request: &HttpRequest, mut payload: web::Payload, bytes_max: usize, timeout: Duration) -> Result<web::Bytes, ApiError> {
-    if let Some(encoding) = request.headers().get(CONTENT_ENCODING) {
+pub async fn read<S>(headers: &HeaderMap, mut payload: S, bytes_max: usize, timeout: Duration) -> Result<web::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
+{
+    if let Some(encoding) = headers.get(CONTENT_ENCODING) {
         let text = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
         if !ENCODINGS_ACCEPTED.contains(&text.as_str()) {
             let message = format!("Content-Encoding {text:?} is not supported; send identity or gzip");

@@ -111,6 +111,8 @@ impl ResponseError for ApiError {
         if matches!(self.status.as_u16(), 429 | 503) {
             response.insert_header(("Retry-After", "1"));
         }
-        response.json(self.body())
+        let mut response = response.json(self.body());
+        response.extensions_mut().insert(super::auth::AnsweredCode(self.code));
+        response
     }
 }

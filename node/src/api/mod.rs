@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod amount;
+pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod keys;
 pub mod types;
 
 use crate::metrics::{DiskUsage, Metrics};
@@ -37,6 +39,8 @@ pub struct AppState {
     /// Generated request ids: node id plus this counter, which starts at a random value so ids
     /// do not repeat across restarts.
     pub request_counter: AtomicU64,
+    /// The key cache and rate-limit buckets (`auth.rs`).
+    pub auth: auth::Auth,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -58,6 +62,8 @@ pub fn app(
 > {
     let middleware_state = state.clone();
     actix_web::App::new()
+        // Inside the request-id layer below (middleware registered later wraps what came before).
+        .wrap(actix_web::middleware::from_fn(guard))
         .app_data(state)
         .app_data(web::PayloadConfig::new(BODY_BYTES_MAX))
         // Extractor failures answer in the one error shape, like everything else.
@@ -116,6 +122,9 @@ pub fn app(
         .service(resource("/v1/transfers").route(web::post().to(create_transfer)))
         .service(resource("/v1/transfers/batch").route(web::post().to(batch_transfers)))
         .service(resource("/v1/transfers/{id}").route(web::get().to(get_transfer)))
+        .service(resource("/v1/api_keys").route(web::post().to(keys::create)).route(web::get().to(keys::list)))
+        .service(resource("/v1/api_keys/{id}").route(web::get().to(keys::show)).route(web::delete().to(keys::revoke)))
+        .service(resource("/v1/audit").route(web::get().to(keys::audit)))
         .service(
             resource("/admin/faults")
                 .route(web::get().to(admin::get_faults))
@@ -127,6 +136,83 @@ pub fn app(
         .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response() }))
 }
 
+/// Authentication, rate limit, the role table, and the audit record of every authenticated
+/// mutating request (appended before the answer leaves; see `auth.rs`).
+async fn guard(
+    mut request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<actix_web::body::BoxBody>,
+) -> std::result::Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(request.error_response(ApiError::unavailable()));
+    };
+    let method = request.method().clone();
+    let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+    if auth::access(&method, &pattern) == auth::Access::Public {
+        return next.call(request).await;
+    }
+    let (principal, limit) = match auth::authenticate(&state, &mut request).await {
+        Ok(authenticated) => authenticated,
+        Err(error) => {
+            if error.status == StatusCode::UNAUTHORIZED {
+                state.metrics.auth_failures.with_label_values(&[error.code]).inc();
+            }
+            return Ok(request.error_response(error));
+        }
+    };
+    let limit = limit.unwrap_or_else(|| state.settings.rate_limits.for_role(principal.role));
+    let decision = auth::rate_check(&state.auth, &principal.key_id, limit);
+    let checked = if decision.allowed {
+        auth::authorize(&principal, &method, &pattern)
+    } else {
+        state.metrics.rate_limited.with_label_values(&[principal.role.name()]).inc();
+        let message =
+            format!("key {} is over its rate limit of {}/s; retry after {} s", principal.key_id, limit.per_second, decision.reset_s);
+        Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message))
+    };
+    let client = request.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let mut response = match checked {
+        Ok(()) => {
+            request.extensions_mut().insert(principal.clone());
+            next.call(request).await?
+        }
+        Err(error) => request.error_response(error),
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", decision.limit.to_string()),
+        ("ratelimit-remaining", decision.remaining.to_string()),
+        ("ratelimit-reset", decision.reset_s.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    if !decision.allowed {
+        if let Ok(value) = HeaderValue::from_str(&decision.reset_s.to_string()) {
+            headers.insert(actix_web::http::header::RETRY_AFTER, value);
+        }
+    }
+    let mutating = !(method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD);
+    if mutating {
+        let targets = response.request().extensions().get::<auth::AuditTargets>().map(|targets| targets.0.clone()).unwrap_or_default();
+        let status = response.status().as_u16();
+        let outcome = response.response().extensions().get::<auth::AnsweredCode>().map_or("ok", |code| code.0).to_string();
+        let event = auth::audit_event(&state, &principal, request_id, client, format!("{method} {pattern}"), targets, status, outcome);
+        if pattern.starts_with("/admin/") {
+            // Node-local operations (faults, drain) are for when the cluster is degraded: their
+            // answer does not wait for a quorum. The record is logged here and appended when
+            // the system shard can take it.
+            tracing::info!(key_id = %event.key_id, operation = %event.operation, status, "admin operation");
+            let state = state.clone();
+            actix_web::rt::spawn(async move { auth::audit(&state, event).await });
+        } else {
+            auth::audit(&state, event).await;
+        }
+    }
+    Ok(response)
+}
+
 impl AppState {
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.settings.request_timeout_ms)
@@ -135,11 +221,11 @@ impl AppState {
     /// Reads and parses a JSON object body within the body limits.
     pub(crate) async fn read_object(&self, request: &HttpRequest, payload: web::Payload) -> Result<serde_json::Map<String, Value>> {
         let timeout = Duration::from_millis(self.settings.http_body_timeout_ms);
-        let bytes = body::read(request, payload, BODY_BYTES_MAX, timeout).await?;
+        let bytes = body::read(request.headers(), payload, BODY_BYTES_MAX, timeout).await?;
         body::parse_object(&bytes)
     }
 
-    async fn call_with(&self, request_id: &RequestId, request: Request) -> Result<Reply> {
+    pub(crate) async fn call_with(&self, request_id: &RequestId, request: Request) -> Result<Reply> {
         match self.driver.call_traced(request, self.timeout(), Some(request_id.0.clone())).await {
             Reply::Unavailable => Err(ApiError::unavailable()),
             Reply::Overloaded => Err(ApiError::overloaded()),
@@ -202,7 +288,7 @@ fn reachable(peer: &PeerStatus) -> bool {
     peer.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS)
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.driver.status().await;
     // Walking the data dir and statvfs block: keep them off the few HTTP workers.
     let data_dir = state.settings.data_dir.clone();
@@ -281,6 +367,7 @@ async fn create_account(
     let object = state.read_object(&request, payload).await?;
     let create = types::create_account(&object)?;
     let id = create.id.to_string();
+    request.extensions_mut().insert(auth::AuditTargets(vec![id.clone()]));
     match state.call_with(&request_id, Request::CreateAccount(create)).await? {
         Reply::Account { outcome, account } => {
             let (status, body) = account_outcome(&id, outcome, account.as_ref())?;
@@ -354,6 +441,7 @@ async fn batch_accounts(
         batch_items(&state, &request, payload, "accounts", types::BATCH_ACCOUNTS_MAX, "account", types::create_account).await?;
     if !valid.is_empty() {
         let ids: Vec<String> = valid.iter().map(|create| create.id.to_string()).collect();
+        request.extensions_mut().insert(auth::AuditTargets(ids.clone()));
         let answers = match state.call_with(&request_id, Request::CreateAccounts(valid)).await? {
             Reply::Accounts(answers) if answers.len() == ids.len() => answers,
             other => return Err(unexpected(other)),
@@ -373,8 +461,14 @@ async fn batch_accounts(
     Ok(HttpResponse::Ok().json(json!({ "results": results })))
 }
 
-async fn get_account(state: web::Data<AppState>, path: web::Path<String>, request_id: web::ReqData<RequestId>) -> Result<HttpResponse> {
+async fn get_account(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<auth::Principal>,
+) -> Result<HttpResponse> {
     let id = types::account_id(&path, "id")?;
+    principal.check_account(&id)?;
     match state.call_with(&request_id, Request::ReadAccount(id.clone())).await? {
         Reply::AccountState(Some(view)) => Ok(HttpResponse::Ok().json(types::account_json(&view))),
         Reply::AccountState(None) => Err(ApiError::account_not_found(id.as_str())),
@@ -388,6 +482,18 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A page's `limit` query parameter: `default` when absent, else 1..=`max`.
+pub(crate) fn page_limit(text: Option<&str>, default: u32, max: u32) -> Result<u32> {
+    match text {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=max).contains(limit))
+            .ok_or_else(|| ApiError::invalid_request("limit", format!("limit must be 1..={max}"))),
+    }
+}
+
 /// Transfers listed per page at most.
 const LIST_LIMIT_MAX: u32 = 500;
 
@@ -396,16 +502,11 @@ async fn list_transfers(
     path: web::Path<String>,
     query: web::Query<ListQuery>,
     request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let id = types::account_id(&path, "id")?;
-    let limit = match &query.limit {
-        None => 50,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=LIST_LIMIT_MAX).contains(limit))
-            .ok_or_else(|| ApiError::invalid_request("limit", format!("limit must be 1..={LIST_LIMIT_MAX}")))?,
-    };
+    principal.check_account(&id)?;
+    let limit = page_limit(query.limit.as_deref(), 50, LIST_LIMIT_MAX)?;
     let before = match &query.cursor {
         None => None,
         Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::invalid_request("cursor", "cursor is not one this API returned"))?),
@@ -431,10 +532,15 @@ async fn get_transfer(
     path: web::Path<String>,
     query: web::Query<TransferQuery>,
     request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let id = types::transfer_id(&path, "id")?;
     let payer = query.from.as_deref().map(|from| types::account_id(from, "from")).transpose()?;
     match state.call_with(&request_id, Request::ReadTransfer { id: id.clone(), payer }).await? {
+        // A key bound to accounts sees the transfers of those accounts only.
+        Reply::Transfer(Some(view)) if !principal.may_act_for(&view.from) && !principal.may_act_for(&view.to) => {
+            principal.check_account(&view.from).map(|()| HttpResponse::Ok().finish())
+        }
         Reply::Transfer(Some(view)) => Ok(HttpResponse::Ok().json(types::transfer_json(&view))),
         Reply::Transfer(None) => Err(ApiError::transfer_not_found(id.as_str())),
         other => Err(unexpected(other)),
@@ -446,9 +552,12 @@ async fn create_transfer(
     request: HttpRequest,
     payload: web::Payload,
     request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let object = state.read_object(&request, payload).await?;
     let transfer = types::transfer(&object)?;
+    request.extensions_mut().insert(auth::AuditTargets(vec![transfer.id.to_string(), transfer.from.to_string(), transfer.to.to_string()]));
+    principal.check_account(&transfer.from)?;
     let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
         Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
         other => return Err(unexpected(other)),
@@ -469,9 +578,15 @@ async fn batch_transfers(
     request: HttpRequest,
     payload: web::Payload,
     request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let (mut results, valid, positions) =
         batch_items(&state, &request, payload, "transfers", types::BATCH_TRANSFERS_MAX, "transfer", types::transfer).await?;
+    request.extensions_mut().insert(auth::AuditTargets(valid.iter().map(|transfer| transfer.id.to_string()).collect()));
+    // A scoped key's batch debits only its accounts, all or nothing.
+    for transfer in &valid {
+        principal.check_account(&transfer.from)?;
+    }
     if !valid.is_empty() {
         let answers = match state.call_with(&request_id, Request::Transfers(valid)).await? {
             Reply::Transfers(answers) => answers,
@@ -523,7 +638,7 @@ fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(Status
     outcome
 }
 
-fn unexpected(reply: Reply) -> ApiError {
+pub(crate) fn unexpected(reply: Reply) -> ApiError {
     tracing::error!(?reply, "unexpected reply from the core");
     ApiError::unavailable()
 }

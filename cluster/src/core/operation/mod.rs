@@ -12,6 +12,7 @@ pub(super) mod credit;
 pub(super) mod finalize;
 pub(super) mod read;
 pub(super) mod reserve;
+pub(super) mod system;
 pub(super) mod transfer;
 
 use super::peer::{Origin, ShardPeer};
@@ -30,6 +31,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Transfers(items) => items.iter().all(|item| transfer::payer_shard(ctx.placement, item) == shard),
         Request::Reserve(items) => items.iter().all(|item| reserve::home_shard(ctx.placement, &item.id) == shard),
         Request::ReadAccount(_) | Request::History { .. } => read::account_shard(ctx.placement, &request) == shard,
+        Request::System(command) => system::shard(ctx.placement, command) == shard,
+        Request::SystemRead(_) => shard == crate::ledger::SYSTEM_SHARD,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -43,7 +46,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::CreateAccounts(items) => account::accept_batch(peer, origin, deadline_ms, items),
         Request::Transfers(items) => transfer::accept(peer, origin, deadline_ms, items, ctx),
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
-        read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. }) => {
+        Request::System(command) => system::accept(peer, origin, deadline_ms, command),
+        read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. } | Request::SystemRead(_)) => {
             read::accept(peer, origin, deadline_ms, read, ctx)
         }
     }
@@ -58,5 +62,6 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::Reserve { reserve, outcome } => reserve::applied(peer, tag, reserve, outcome, ctx),
         AppliedCommand::Credit { credit, outcome } => credit::applied(peer, credit, outcome, ctx),
         AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
+        AppliedCommand::System { outcome, .. } => system::applied(peer, tag, outcome, ctx),
     }
 }

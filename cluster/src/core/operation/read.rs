@@ -115,7 +115,10 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
             let page = ledger.history(account, *before, limit);
             Reply::History(page.map(|(transfers, next_cursor)| HistoryPage { transfers, next_cursor }))
         }
+        Request::SystemRead(read) => Reply::SystemRead(ledger.system_read(read)),
         // The router sends only reads here (see `operation::accept`).
-        Request::CreateAccount(_) | Request::CreateAccounts(_) | Request::Transfers(_) | Request::Reserve(_) => Reply::Unavailable,
+        Request::CreateAccount(_) | Request::CreateAccounts(_) | Request::Transfers(_) | Request::Reserve(_) | Request::System(_) => {
+            Reply::Unavailable
+        }
     }
 }
