@@ -76,7 +76,7 @@ pub struct RateLimit {
 /// One API key as stored. The bearer secret is kept only as its SHA-256; a merchant's HMAC
 /// signing secret is kept as is (a symmetric signature cannot be checked otherwise), an Ed25519
 /// key only as its public half.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub role: Role,
@@ -88,6 +88,28 @@ pub struct ApiKeyRecord {
     pub label: String,
     pub created_at_ms: u64,
     pub revoked_at_ms: Option<u64>,
+}
+
+/// Secrets never reach a log: a key prints without its digest or signing secret.
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("accounts", &self.accounts)
+            .field("secret_sha256", &"<redacted>")
+            .field("signing_secret", &self.signing_secret.as_ref().map(|_| "<redacted>"))
+            .field("ed25519_public_key", &self.ed25519_public_key.as_deref().map(hex_of))
+            .field("rate_limit", &self.rate_limit)
+            .field("label", &self.label)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("revoked_at_ms", &self.revoked_at_ms)
+            .finish()
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Whether a key id is well formed: 1..=64 bytes of `[A-Za-z0-9_-]`.
@@ -563,6 +585,15 @@ mod tests {
             Applied::System(outcome) => outcome,
             other => panic!("not a system outcome: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_key_never_prints_its_secrets() {
+        let mut record = key("k1", Role::Merchant, &["m1"]);
+        record.signing_secret = Some(b"0123456789abcdef-signing".to_vec());
+        let printed = format!("{:?}", SystemCmd::CreateKey(Box::new(record)));
+        assert!(printed.contains("k1") && printed.contains("<redacted>"), "{printed}");
+        assert!(!printed.contains("0123456789abcdef") && !printed.contains("7, 7"), "{printed}");
     }
 
     #[test]
