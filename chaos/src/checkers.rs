@@ -207,7 +207,11 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
             return Err(Violation::new("conservation", message));
         }
     }
-    Ok(())
+    // The audit chain links every record to the one before, and the head to the last.
+    if let Err(broken) = ledger.verify_audit_chain() {
+        return Err(Violation::new("audit_chain_intact", broken));
+    }
+    ledger.verify_nonces().map_err(|broken| Violation::new("nonces_indexed", format!("shard {shard}: {broken}")))
 }
 
 /// The state of each shard on its most advanced live replica.
@@ -271,6 +275,20 @@ pub fn final_checks(cluster: &SimCluster, workload: &Workload) -> Result<(), Vio
         let shard = placement.shard_of(payer);
         ledgers.get(&shard).and_then(|ledger| ledger.transfer(id))
     };
+    // Every acknowledged audit event is in the chain, where its acknowledgement said.
+    if let Some(system) = ledgers.get(&settle_cluster::ledger::SYSTEM_SHARD) {
+        for (seq, marker) in &workload.audited {
+            let read = settle_cluster::ledger::SystemRead::Audit { from: *seq, limit: 1 };
+            let settle_cluster::ledger::SystemReadReply::Audit { records, .. } = system.system_read(&read) else {
+                unreachable!("an audit read answers audit records")
+            };
+            let found = records.first().filter(|record| record.seq == *seq).map(|record| record.event.request_id.clone());
+            if found.as_deref() != Some(marker.as_str()) {
+                let message = format!("audit event {marker} was acknowledged at {seq} but the chain holds {found:?} there");
+                return Err(Violation::new("acknowledged_durable", message));
+            }
+        }
+    }
     for (id, acknowledged) in &workload.posted {
         let status = record_of(&acknowledged.command.from, id).map(|record| record.status);
         if status != Some(TransferStatus::Posted) {

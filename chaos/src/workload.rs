@@ -18,7 +18,7 @@ use crate::sim::SimCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::{AccountId, NodeId, TransferId};
-use settle_cluster::ledger::{AccountKind, RejectCode, TransferBody, TransferStatus};
+use settle_cluster::ledger::{AccountKind, AuditEvent, RejectCode, SystemCmd, SystemOutcome, TransferBody, TransferStatus};
 use settle_cluster::message::{AccountRequest, AccountResult, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
@@ -51,6 +51,12 @@ pub struct WorkloadConfig {
     pub missing_payee_percent: u32,
     pub call_timeout_ms: u64,
     pub think_ms_max: u64,
+    /// Share (percent) of writers' operations that are system commands: spending a request
+    /// nonce (from a small pool of names, so the same one is spent again and again, through
+    /// any node) or appending an audit event.
+    pub system_percent: u32,
+    /// How many nonce names the writers share.
+    pub nonce_names: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -69,6 +75,8 @@ impl Default for WorkloadConfig {
             missing_payee_percent: 6,
             call_timeout_ms: 1_500,
             think_ms_max: 40,
+            system_percent: 8,
+            nonce_names: 12,
         }
     }
 }
@@ -96,6 +104,15 @@ enum Operation {
     },
     /// `acks_before`: how many acknowledgements (of any transfer) had been received when the
     /// read started; the balance model counts those touching the account as certainly posted.
+    /// Spends a request nonce, as a signed request's edge node does.
+    UseNonce {
+        name: String,
+        expires_ms: u64,
+    },
+    /// Appends an audit event whose request id is `marker`.
+    Audit {
+        marker: String,
+    },
     ReadAccount {
         account: AccountId,
         started_ms: u64,
@@ -148,6 +165,12 @@ pub struct Workload {
     /// The first read that broke an invariant (the run stops at it).
     pub first_violation: Option<Violation>,
     pub operations: u64,
+    /// Per nonce name, how many times a use was answered fresh (at most once, cluster-wide).
+    pub nonces_fresh: BTreeMap<String, u64>,
+    /// Audit events the cluster acknowledged: their sequence number and marker.
+    pub audited: Vec<(u64, String)>,
+    /// How many audit events were sent (markers are unique).
+    audit_sent: u64,
 }
 
 impl Workload {
@@ -179,6 +202,9 @@ impl Workload {
             sent_touching: BTreeMap::new(),
             last_acked: None,
             first_violation: None,
+            nonces_fresh: BTreeMap::new(),
+            audited: Vec::new(),
+            audit_sent: 0,
             operations: 0,
         }
     }
@@ -289,6 +315,21 @@ impl Workload {
                 Request::ReadTransfer { id: id.clone(), payer }
             }
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
+            Operation::UseNonce { name, expires_ms } => {
+                Request::System(SystemCmd::UseNonce { name: name.clone(), expires_ms: *expires_ms })
+            }
+            Operation::Audit { marker } => Request::System(SystemCmd::Audit(vec![AuditEvent {
+                at_ms: 0,
+                node,
+                key_id: format!("client-{index}"),
+                role: "operator".to_string(),
+                request_id: marker.clone(),
+                client: String::new(),
+                operation: "POST /v1/transfers".to_string(),
+                targets: vec![marker.clone()],
+                status: 201,
+                outcome: "ok".to_string(),
+            }])),
         };
         let call = cluster.submit(node, request, self.config.call_timeout_ms);
         self.operations += 1;
@@ -335,6 +376,16 @@ impl Workload {
                 (acked.command.id.clone(), acked.command.body(), true)
             };
             return Operation::ReadTransfer { id, body, expect_posted, started_ms: now };
+        }
+        if !reader && self.clients[index].rng.gen_range(0..100) < self.config.system_percent {
+            let client = &mut self.clients[index];
+            if client.rng.gen_bool(0.5) {
+                let name = format!("key-{}:nonce-{}", client.rng.gen_range(0..2), client.rng.gen_range(0..self.config.nonce_names.max(1)));
+                // Long past the run: a name is spent once for the whole run.
+                return Operation::UseNonce { name, expires_ms: now + 1_800_000 };
+            }
+            self.audit_sent += 1;
+            return Operation::Audit { marker: format!("audit-{}-{}", client.id, self.audit_sent) };
         }
         if self.clients[index].rng.gen_range(0..100) < self.config.reuse_percent {
             if let Some(reuse) = self.reuse(index) {
@@ -508,6 +559,31 @@ impl Workload {
                             format!("{id} was rejected with a 4xx but reads back posted"),
                         ));
                     }
+                }
+                true
+            }
+            Operation::UseNonce { name, .. } => {
+                if let Reply::System(SystemOutcome::NonceFresh) = reply {
+                    cluster.note(format!("ack nonce {name} fresh"));
+                    let fresh = {
+                        let count = self.nonces_fresh.entry(name.clone()).or_insert(0);
+                        *count += 1;
+                        *count
+                    };
+                    if fresh > 1 {
+                        self.violated(Violation::new("nonce_used_once", format!("nonce {name} was answered fresh {fresh} times")));
+                    }
+                }
+                // An unknown outcome is not retried: the nonce may or may not be spent.
+                true
+            }
+            Operation::Audit { marker } => {
+                if let Reply::System(SystemOutcome::Audited { first_seq, count }) = reply {
+                    if count != 1 {
+                        self.violated(Violation::new("audit_acknowledged", format!("{marker}: one event acknowledged as {count}")));
+                    }
+                    cluster.note(format!("ack audit {marker} at {first_seq}"));
+                    self.audited.push((first_seq, marker.clone()));
                 }
                 true
             }

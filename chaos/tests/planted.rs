@@ -121,3 +121,17 @@ fn compaction_before_the_checkpoint_is_durable_is_caught() {
 fn compaction_past_the_checkpoint_is_caught() {
     caught(PlantedBug::CompactPastCheckpoint, &["compaction_behind_state"]);
 }
+
+/// A nonce answered fresh without looking for its earlier use lets a captured signed request
+/// be replayed: writers spend the same few nonce names through every node.
+#[test]
+fn nonce_forgotten_is_caught() {
+    caught(PlantedBug::NonceForgotten, &["nonce_used_once"]);
+}
+
+/// A restarted replica that does not load the audit chain's head starts the chain over: its
+/// memory differs from its store, its chain breaks, or it diverges from the other replicas.
+#[test]
+fn audit_head_not_loaded_is_caught() {
+    caught(PlantedBug::AuditHeadNotLoaded, &["memory_matches_store", "audit_chain_intact", "replicas_converge", "acknowledged_durable"]);
+}

@@ -38,6 +38,12 @@ pub enum PlantedBug {
     CompactBeforeDurable,
     /// The log is compacted to the applied index, past the durable checkpoint it was told of.
     CompactPastCheckpoint,
+    /// A request nonce is answered fresh without looking for an earlier use: a captured
+    /// signed request can be replayed.
+    NonceForgotten,
+    /// A ledger opened from the store does not load where the audit chain ends: the next
+    /// event starts the chain over, overwriting the first records.
+    AuditHeadNotLoaded,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -45,7 +51,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 12] = [
+    pub const ALL: [PlantedBug; 14] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -58,6 +64,8 @@ impl PlantedBug {
         PlantedBug::FinalizePostsRefused,
         PlantedBug::CompactBeforeDurable,
         PlantedBug::CompactPastCheckpoint,
+        PlantedBug::NonceForgotten,
+        PlantedBug::AuditHeadNotLoaded,
     ];
 }
 

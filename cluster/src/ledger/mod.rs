@@ -175,6 +175,9 @@ impl Ledger {
     /// of the current generation.
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
         self.load_audit_head()?;
+        if planted(self.planted, PlantedBug::AuditHeadNotLoaded) {
+            self.audit_head = AuditHead::default();
+        }
         let corrupt = |what: &str, error: CodecError| StoreError(format!("shard {}: stored {what} does not decode: {error}", self.shard));
         self.pending.clear();
         self.net_inflow.clear();
@@ -205,6 +208,10 @@ impl Ledger {
     pub fn set_planted(&mut self, bug: PlantedBug) {
         self.planted = bug;
         self.accounts.set_planted(bug);
+        if planted(bug, PlantedBug::AuditHeadNotLoaded) {
+            // The bug: as if `load_meta` had not read the audit head.
+            self.audit_head = AuditHead::default();
+        }
     }
 
     pub fn shard(&self) -> ShardId {
