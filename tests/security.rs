@@ -164,6 +164,15 @@ async fn every_role_gets_what_the_endpoint_table_says() {
         (Method::GET, "/v1/audit", None, [200, 403, 403, 403, 200]),
         (Method::GET, "/admin/faults", None, [200, 403, 403, 403, 403]),
         (Method::DELETE, "/admin/drain", None, [200, 200, 403, 403, 403]),
+        // Stops last: they freeze `other`'s debits (nobody debits it above).
+        (
+            Method::POST,
+            "/v1/risk/stops",
+            Some(json!({ "id": "stop-{role}", "target": "account", "account": "other", "reason": "test" })),
+            [201, 201, 403, 403, 403],
+        ),
+        (Method::GET, "/v1/accounts/other/stops", None, [200, 200, 403, 403, 200]),
+        (Method::POST, "/v1/risk/stops/stop-{role}/lift", Some(json!({ "account": "other", "reason": "test" })), [200, 200, 403, 403, 403]),
     ];
     let client = Client::new();
     let base = cluster.node(2).url();
@@ -172,7 +181,8 @@ async fn every_role_gets_what_the_endpoint_table_says() {
     for (method, path, body, expected) in &table {
         for ((role, key), want) in roles.iter().zip(expected) {
             let body = body.as_ref().map(|body| serde_json::from_str::<Value>(&body.to_string().replace("{role}", role)).unwrap());
-            let (status, answer, _) = client.send(&base, Some(key), method.clone(), path, body.as_ref()).await;
+            let path = path.replace("{role}", role);
+            let (status, answer, _) = client.send(&base, Some(key), method.clone(), &path, body.as_ref()).await;
             if status != *want {
                 mismatches.push(format!("{role} {method} {path}: {status} (want {want}) {answer}"));
             } else if status == 403 {

@@ -32,7 +32,7 @@
 use crate::sim::SimCluster;
 use crate::workload::Workload;
 use settle_cluster::ids::{AccountId, NodeId, ShardId, TransferId};
-use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferBody, TransferRecord, TransferStatus};
+use settle_cluster::ledger::{AccountKind, Decision, Ledger, TransferBody, TransferRecord, TransferStatus, TransferView};
 use settle_cluster::money::{Currency, Minor};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,6 +193,7 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
                 return Err(Violation::new("at_most_once", message));
             }
         }
+        no_movement_while_frozen(ledger, &account.id, &history)?;
         if u64::try_from(history.len()).ok() != Some(account.history_len) {
             let message =
                 format!("account {} counts {} transfers but its history lists {}", account.id, account.history_len, history.len());
@@ -212,6 +213,39 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
         return Err(Violation::new("audit_chain_intact", broken));
     }
     ledger.verify_nonces().map_err(|broken| Violation::new("nonces_indexed", format!("shard {shard}: {broken}")))
+}
+
+/// No debit passed a stop on its account, and no credit a stop that blocks credits: every
+/// movement in the account's history (newest first in `history`) between a stop's placement and
+/// its lift, by history position (log order, not clocks), is a violation.
+fn no_movement_while_frozen(ledger: &Ledger, account: &AccountId, history: &[TransferView]) -> Result<(), Violation> {
+    let stops = ledger.stops(account);
+    if stops.is_empty() {
+        return Ok(());
+    }
+    let length = history.len();
+    for (newest_first, item) in history.iter().enumerate() {
+        let position = u64::try_from(length - 1 - newest_first).expect("fits");
+        for stop in &stops {
+            let until = stop.lifted.as_ref().map_or(u64::MAX, |lifted| lifted.at_position);
+            if position < stop.placed_at_position || position >= until {
+                continue;
+            }
+            let debit = item.from == *account;
+            if debit || stop.block_credits {
+                let what = if debit { "debited" } else { "credited" };
+                let message = format!(
+                    "shard {}: {} {what} {account} at history position {position}, under stop {} (positions {}..{until})",
+                    ledger.shard(),
+                    item.id,
+                    stop.id,
+                    stop.placed_at_position
+                );
+                return Err(Violation::new("no_movement_while_frozen", message));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The state of each shard on its most advanced live replica.

@@ -17,8 +17,11 @@ use crate::checkers::Violation;
 use crate::sim::SimCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use settle_cluster::ids::StopId;
 use settle_cluster::ids::{AccountId, NodeId, TransferId};
-use settle_cluster::ledger::{AccountKind, AuditEvent, RejectCode, SystemCmd, SystemOutcome, TransferBody, TransferStatus};
+use settle_cluster::ledger::{
+    AccountKind, AuditEvent, LiftStop, PlaceStop, RejectCode, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
+};
 use settle_cluster::message::{AccountRequest, AccountResult, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
@@ -57,6 +60,9 @@ pub struct WorkloadConfig {
     pub system_percent: u32,
     /// How many nonce names the writers share.
     pub nonce_names: u32,
+    /// Share (percent) of writers' operations that place or lift a stop order on a customer
+    /// account (debits from it are then refused until it is lifted).
+    pub stop_percent: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -77,6 +83,7 @@ impl Default for WorkloadConfig {
             think_ms_max: 40,
             system_percent: 8,
             nonce_names: 12,
+            stop_percent: 4,
         }
     }
 }
@@ -112,6 +119,10 @@ enum Operation {
     /// Appends an audit event whose request id is `marker`.
     Audit {
         marker: String,
+    },
+    /// Places or lifts a stop order.
+    Stop {
+        command: StopCmd,
     },
     ReadAccount {
         account: AccountId,
@@ -171,6 +182,9 @@ pub struct Workload {
     pub audited: Vec<(u64, String)>,
     /// How many audit events were sent (markers are unique).
     audit_sent: u64,
+    /// Stops placed so far (ids are unique), and the ones a client saw placed and not lifted.
+    stops_sent: u64,
+    stops_active: Vec<(StopId, AccountId)>,
 }
 
 impl Workload {
@@ -205,6 +219,8 @@ impl Workload {
             nonces_fresh: BTreeMap::new(),
             audited: Vec::new(),
             audit_sent: 0,
+            stops_sent: 0,
+            stops_active: Vec::new(),
             operations: 0,
         }
     }
@@ -315,6 +331,7 @@ impl Workload {
                 Request::ReadTransfer { id: id.clone(), payer }
             }
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
+            Operation::Stop { command } => Request::Stop(command.clone()),
             Operation::UseNonce { name, expires_ms } => {
                 Request::System(SystemCmd::UseNonce { name: name.clone(), expires_ms: *expires_ms })
             }
@@ -376,6 +393,27 @@ impl Workload {
                 (acked.command.id.clone(), acked.command.body(), true)
             };
             return Operation::ReadTransfer { id, body, expect_posted, started_ms: now };
+        }
+        if !reader && self.clients[index].rng.gen_range(0..100) < self.config.stop_percent {
+            let client = &mut self.clients[index];
+            // Lift a stop a client saw placed, or place a new one (at most two at a time, so
+            // money keeps moving).
+            if self.stops_active.len() >= 2 || (!self.stops_active.is_empty() && client.rng.gen_bool(0.5)) {
+                let (id, account) = self.stops_active.remove(client.rng.gen_range(0..self.stops_active.len()));
+                let lift = LiftStop { id, account, reason: "cleared".to_string(), actor: format!("client-{index}") };
+                return Operation::Stop { command: StopCmd::Lift(lift) };
+            }
+            self.stops_sent += 1;
+            let account = self.accounts[client.rng.gen_range(1..accounts)].clone();
+            let place = PlaceStop {
+                id: StopId::new(format!("stop-{}", self.stops_sent)).expect("valid"),
+                account,
+                block_credits: client.rng.gen_bool(0.3),
+                reason: "simulated order".to_string(),
+                authority_ref: String::new(),
+                actor: format!("client-{index}"),
+            };
+            return Operation::Stop { command: StopCmd::Place(place) };
         }
         if !reader && self.clients[index].rng.gen_range(0..100) < self.config.system_percent {
             let client = &mut self.clients[index];
@@ -559,6 +597,24 @@ impl Workload {
                             format!("{id} was rejected with a 4xx but reads back posted"),
                         ));
                     }
+                }
+                true
+            }
+            Operation::Stop { command } => {
+                match (command, reply) {
+                    (StopCmd::Place(place), Reply::Stop(StopOutcome::Placed(_) | StopOutcome::Replayed(_))) => {
+                        cluster.note(format!("ack stop {} on {}", place.id, place.account));
+                        self.stops_active.push((place.id.clone(), place.account.clone()));
+                    }
+                    (StopCmd::Lift(lift), Reply::Stop(StopOutcome::Lifted(_) | StopOutcome::Replayed(_))) => {
+                        cluster.note(format!("ack lift {} on {}", lift.id, lift.account));
+                    }
+                    (StopCmd::Lift(lift), _) => {
+                        // Unknown: lift it again later.
+                        self.stops_active.push((lift.id.clone(), lift.account.clone()));
+                    }
+                    // An unknown placement may hold or not: the checkers read the stops.
+                    _ => {}
                 }
                 true
             }

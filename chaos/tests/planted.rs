@@ -135,3 +135,10 @@ fn nonce_forgotten_is_caught() {
 fn audit_head_not_loaded_is_caught() {
     caught(PlantedBug::AuditHeadNotLoaded, &["memory_matches_store", "audit_chain_intact", "replicas_converge", "acknowledged_durable"]);
 }
+
+/// A stop order checked on the same-shard path only lets a frozen account pay across shards:
+/// writers place and lift stops on customer accounts while transfers go on.
+#[test]
+fn stop_ignored_cross_shard_is_caught() {
+    caught(PlantedBug::StopIgnoredCrossShard, &["no_movement_while_frozen"]);
+}

@@ -89,6 +89,7 @@ macro_rules! string_id {
 
 string_id!(AccountId, "an account");
 string_id!(TransferId, "a transfer (also its idempotency key)");
+string_id!(StopId, "a stop order on an account (also its idempotency key)");
 
 macro_rules! number_id {
     ($name:ident, $doc:literal) => {

@@ -8,8 +8,8 @@ use crate::ids::LegId;
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, SystemCmd, SystemOutcome, SystemRead,
-    SystemReadReply, TransferBody, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, StopCmd, StopOutcome, StopRecord,
+    SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -90,6 +90,10 @@ pub enum Request {
     System(SystemCmd),
     /// A linearizable read of keys or the audit log (system shard).
     SystemRead(SystemRead),
+    /// Places or lifts a stop order on an account (the account's shard).
+    Stop(StopCmd),
+    /// Every stop placed on an account, active and lifted.
+    ReadStops(AccountId),
 }
 
 /// The outcome of one account of a batch.
@@ -143,6 +147,9 @@ pub enum Reply {
     History(Option<HistoryPage>),
     System(SystemOutcome),
     SystemRead(SystemReadReply),
+    Stop(StopOutcome),
+    /// An account's stops; `None` when the account does not exist.
+    Stops(Option<Vec<StopRecord>>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

@@ -44,6 +44,9 @@ pub enum PlantedBug {
     /// A ledger opened from the store does not load where the audit chain ends: the next
     /// event starts the chain over, overwriting the first records.
     AuditHeadNotLoaded,
+    /// A stop order is checked on the same-shard path only: a frozen account still pays
+    /// payees on other shards.
+    StopIgnoredCrossShard,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -51,7 +54,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 14] = [
+    pub const ALL: [PlantedBug; 15] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -66,6 +69,7 @@ impl PlantedBug {
         PlantedBug::CompactPastCheckpoint,
         PlantedBug::NonceForgotten,
         PlantedBug::AuditHeadNotLoaded,
+        PlantedBug::StopIgnoredCrossShard,
     ];
 }
 

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusFlags {
-    /// Any node of the cluster.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub target: String,
+    /// Nodes of the cluster (comma-separated or repeated): the first that answers is asked who
+    /// the members are, so one node down does not blind the report.
+    #[arg(long, value_delimiter = ',', default_value = "https://127.0.0.1:8080")]
+    pub target: Vec<String>,
     /// The cluster CA (PEM) to verify an HTTPS cluster's certificates with.
     #[arg(long)]
     pub ca_cert: Option<std::path::PathBuf>,
@@ -64,8 +65,15 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Option<ClusterView> {
 async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
     let client =
         settle_chaos::http::client_builder(flags.ca_cert.as_deref(), flags.api_key.as_deref())?.timeout(Duration::from_secs(2)).build()?;
-    let target = flags.target.trim_end_matches('/');
-    let first = fetch(&client, target).await.with_context(|| format!("{target} does not answer /v1/cluster"))?;
+    let mut first = None;
+    for target in flags.target.iter().map(|target| target.trim_end_matches('/')).filter(|target| !target.is_empty()) {
+        first = fetch(&client, target).await;
+        if first.is_some() {
+            break;
+        }
+        eprintln!("{target} does not answer /v1/cluster; trying the next --target");
+    }
+    let first = first.with_context(|| format!("no --target answers /v1/cluster (tried {})", flags.target.join(", ")))?;
     let mut members = Vec::new();
     for node in &first.nodes {
         let http = node.http_url().map(str::to_string);

@@ -9,11 +9,11 @@
 //! transfer whose id is bound to another body is refused with `idempotency_key_reused` and
 //! moves nothing, whichever nodes and shards the two requests went through.
 
-use super::operation::{account, read, reserve, system, transfer};
+use super::operation::{account, read, reserve, stop, system, transfer};
 use super::peer::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{CallId, LegId, NodeId, ShardId};
-use crate::ledger::{RejectCode, ReserveOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
+use crate::ledger::{RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
 use crate::message::{AccountRequest, AccountResult, PeerMessage, Reply, Request, TransferRequest, TransferResult};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
@@ -176,6 +176,14 @@ impl NodeCore {
             }
             Request::SystemRead(read) => {
                 legs.push((crate::ledger::SYSTEM_SHARD, Request::SystemRead(read), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Stop(command) => {
+                legs.push((stop::shard(placement, &command), Request::Stop(command), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadStops(account) => {
+                legs.push((placement.shard_of(&account), Request::ReadStops(account), Vec::new()));
                 CallState::Single(None)
             }
         };
@@ -534,6 +542,13 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::ReadTransfer { payer: None, .. }, Reply::Reserved(_)) => true,
         (Request::History { .. }, Reply::History(_)) => true,
         (Request::System(command), Reply::System(outcome)) => system_reply_fits(command, outcome),
+        (Request::Stop(command), Reply::Stop(outcome)) => match outcome {
+            StopOutcome::Placed(record) | StopOutcome::Lifted(record) | StopOutcome::Replayed(record) | StopOutcome::Conflict(record) => {
+                record.id == *command.id() && record.account == *command.account()
+            }
+            StopOutcome::AccountNotFound | StopOutcome::StopNotFound | StopOutcome::Invalid(_) => true,
+        },
+        (Request::ReadStops(account), Reply::Stops(stops)) => stops.iter().flatten().all(|stop| stop.account == *account),
         (Request::SystemRead(read), Reply::SystemRead(answer)) => matches!(
             (read, answer),
             (SystemRead::Key(_), SystemReadReply::Key(_))

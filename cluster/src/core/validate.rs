@@ -48,7 +48,7 @@ pub(super) enum Checked {
 /// The longest store key a snapshot chunk may carry (kind, id, position).
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
 /// Record kinds a snapshot may carry (`ledger/keys.rs`).
-const SNAPSHOT_KINDS: [u8; 14] = [
+const SNAPSHOT_KINDS: [u8; 16] = [
     keys::ACCOUNT,
     keys::TRANSFER,
     keys::CREDIT,
@@ -63,6 +63,8 @@ const SNAPSHOT_KINDS: [u8; 14] = [
     keys::NONCE_EXPIRY,
     keys::AUDIT,
     keys::AUDIT_HEAD,
+    keys::STOP,
+    keys::STOP_ACTIVE,
 ];
 
 impl NodeCore {
@@ -209,6 +211,8 @@ impl NodeCore {
             Request::History { limit, .. } if *limit == 0 || *limit > HISTORY_LIMIT_MAX => Err("leg_bounds"),
             Request::System(command) => command.check().map_err(|_| "system_bounds"),
             Request::SystemRead(read) => read.check().map_err(|_| "system_bounds"),
+            Request::Stop(command) => command.check().map_err(|_| "stop_bounds"),
+            Request::ReadStops(_) => Ok(()),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

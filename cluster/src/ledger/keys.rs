@@ -18,6 +18,8 @@
 //! | `e` | expiry (u64 BE), nonce name | nothing (nonces by expiry, for pruning) |
 //! | `l` | sequence (u64 BE) | `AuditRecord` (system shard) |
 //! | `g` | — | `AuditHead` (system shard) |
+//! | `s` | account id length, account id, stop id | `StopRecord` |
+//! | `f` | account id length, account id, stop id | nothing (the active stops) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -40,6 +42,8 @@ pub const NONCE: u8 = b'o';
 pub const NONCE_EXPIRY: u8 = b'e';
 pub const AUDIT: u8 = b'l';
 pub const AUDIT_HEAD: u8 = b'g';
+pub const STOP: u8 = b's';
+pub const STOP_ACTIVE: u8 = b'f';
 
 /// The prefix of every data key of one generation of a shard.
 pub fn generation_prefix(shard: ShardId, generation: u32) -> Key {

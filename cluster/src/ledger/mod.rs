@@ -19,6 +19,7 @@
 
 mod cache;
 pub mod keys;
+mod stops;
 mod system;
 mod types;
 
@@ -26,6 +27,7 @@ mod types;
 mod tests;
 
 pub use cache::CacheStats;
+pub use stops::*;
 pub use system::*;
 pub use types::*;
 
@@ -114,6 +116,8 @@ pub struct Ledger {
     damage: RefCell<Option<String>>,
     /// Where the audit chain ends (system shard; stored beside the records).
     audit_head: AuditHead,
+    /// Accounts with active stop orders (`stops.rs`): how many block debits and credits.
+    frozen: BTreeMap<AccountId, Frozen>,
 }
 
 impl Ledger {
@@ -155,6 +159,7 @@ impl Ledger {
             planted: PlantedBug::None,
             damage: RefCell::new(None),
             audit_head: AuditHead::default(),
+            frozen: BTreeMap::new(),
         }
     }
 
@@ -175,6 +180,7 @@ impl Ledger {
     /// of the current generation.
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
         self.load_audit_head()?;
+        self.load_frozen()?;
         if planted(self.planted, PlantedBug::AuditHeadNotLoaded) {
             self.audit_head = AuditHead::default();
         }
@@ -262,6 +268,9 @@ impl Ledger {
             decode_value::<T>(value).map(|_| ()).map_err(|error| error.to_string())
         }
         if let Some(checked) = suffix.first().and_then(|kind| system::check_system_record(*kind, value)) {
+            return checked;
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| stops::check_stop_record(*kind, value)) {
             return checked;
         }
         match suffix.first().copied() {
@@ -479,6 +488,10 @@ impl Ledger {
                 let outcome = self.system_command(now_ms, &command);
                 AppliedCommand::System { command, outcome }
             }
+            Command::Stop(command) => {
+                let outcome = self.stop_command(now_ms, &command);
+                AppliedCommand::Stop { command, outcome }
+            }
         };
         if cfg!(debug_assertions) {
             self.assert_touched_accounts(&applied);
@@ -500,6 +513,7 @@ impl Ledger {
             AppliedCommand::Credit { outcome, .. } => Applied::Credit(outcome),
             AppliedCommand::Finalize { outcome, .. } => Applied::Finalize(outcome),
             AppliedCommand::System { outcome, .. } => Applied::System(outcome),
+            AppliedCommand::Stop { outcome, .. } => Applied::Stop(outcome),
         };
         let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
         self.commit_round(&mark).expect("a test store takes writes");
@@ -673,9 +687,14 @@ impl Ledger {
     /// funds available: posted balance minus debits already pending.
     fn check_payer(&mut self, transfer: &TransferCmd, same_shard: bool) -> Result<(), RejectCode> {
         let slack = Minor::from(same_shard && planted(self.planted, PlantedBug::OverdraftOffByOne));
+        let ignored = !same_shard && planted(self.planted, PlantedBug::StopIgnoredCrossShard);
+        let frozen = self.frozen(&transfer.from).debits > 0 && !ignored;
         let payer = self.activate(&transfer.from).ok_or(RejectCode::PayerNotFound)?;
         if payer.currency != transfer.currency {
             return Err(RejectCode::CurrencyMismatch);
+        }
+        if frozen {
+            return Err(RejectCode::AccountFrozen);
         }
         if payer.kind != AccountKind::Settlement {
             let available = payer.available();
@@ -690,9 +709,13 @@ impl Ledger {
     }
 
     fn check_payee(&mut self, payee: &AccountId, currency: Currency) -> Result<(), RejectCode> {
+        let frozen = self.frozen(payee).credits > 0;
         let account = self.activate(payee).ok_or(RejectCode::PayeeNotFound)?;
         if account.currency != currency {
             return Err(RejectCode::CurrencyMismatch);
+        }
+        if frozen {
+            return Err(RejectCode::AccountFrozen);
         }
         if account.balance.checked_add(AMOUNT_MINOR_MAX).is_none() {
             return Err(RejectCode::BalanceOverflow);
@@ -833,7 +856,7 @@ impl Ledger {
             AppliedCommand::Transfer { transfer, .. } => [Some(&transfer.from), Some(&transfer.to)],
             AppliedCommand::Credit { credit, .. } => [Some(&credit.to), None],
             AppliedCommand::Finalize { .. } => [finalized_payer.as_ref(), None],
-            AppliedCommand::Reserve { .. } | AppliedCommand::System { .. } => [None, None],
+            AppliedCommand::Reserve { .. } | AppliedCommand::System { .. } | AppliedCommand::Stop { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.account(id) {
@@ -911,6 +934,7 @@ impl Ledger {
         }
         self.verify_audit_chain()?;
         self.verify_nonces()?;
+        self.verify_stops()?;
         Ok(())
     }
 
@@ -951,6 +975,9 @@ impl Ledger {
         };
         if nonzero(&stored.net_inflow) != nonzero(&self.net_inflow) {
             return Err(format!("net inflow in memory {:?}, stored {:?}", self.net_inflow, stored.net_inflow));
+        }
+        if stored.frozen != self.frozen {
+            return Err(format!("frozen accounts in memory {:?}, stored {:?}", self.frozen, stored.frozen));
         }
         if stored.audit_head != self.audit_head {
             return Err(format!("audit head in memory {:?}, stored {:?}", self.audit_head, stored.audit_head));

@@ -466,7 +466,8 @@ impl Ledger {
         }
     }
 
-    fn decoded<T: serde::de::DeserializeOwned>(&self, value: &[u8]) -> Option<T> {
+    /// A stored value decoded, or `None` with the damage recorded (see `Ledger::damage`).
+    pub(super) fn decoded<T: serde::de::DeserializeOwned>(&self, value: &[u8]) -> Option<T> {
         match decode_value(value) {
             Ok(decoded) => Some(decoded),
             Err(error) => {

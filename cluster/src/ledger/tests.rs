@@ -1,6 +1,7 @@
 //! Unit tests of one shard's ledger. Cross-shard interleavings live in `cluster/tests/protocol.rs`.
 
 use super::*;
+use crate::ids::StopId;
 use crate::money::Currency;
 use crate::placement::home_shard_of;
 
@@ -30,6 +31,22 @@ fn create(ledger: &mut Ledger, account: &AccountId, kind: AccountKind) {
 fn transfer(ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
     let command = Command::Transfer(TransferCmd { id: tid(id), from: from.clone(), to: to.clone(), amount, currency: usd() });
     ledger.apply(2, &command)
+}
+
+/// Shard 0 of two holds `bank` (settlement) and `alice`, funded with `funding`; shard 1 holds
+/// `bob`: the cross-shard tests' starting point.
+fn two_shards(funding: Minor) -> (Ledger, Ledger, [AccountId; 3]) {
+    let shards = 2;
+    let payers = ids_on(0, shards, 2);
+    let payees = ids_on(1, shards, 1);
+    let (bank, alice, bob) = (payers[0].clone(), payers[1].clone(), payees[0].clone());
+    let mut p = Ledger::new(0, shards);
+    let mut q = Ledger::new(1, shards);
+    create(&mut p, &bank, AccountKind::Settlement);
+    create(&mut p, &alice, AccountKind::Customer);
+    create(&mut q, &bob, AccountKind::Customer);
+    transfer(&mut p, "fund", &bank, &alice, funding);
+    (p, q, [bank, alice, bob])
 }
 
 /// Creating an account is idempotent for the same body and a conflict for a different one.
@@ -117,16 +134,8 @@ fn missing_accounts_and_currency_mismatch_are_rejected() {
 /// Cross-shard: prepare holds the funds, the payee's first decision wins, finalize copies it once.
 #[test]
 fn cross_shard_prepare_credit_finalize() {
-    let shards = 2;
-    let payers = ids_on(0, shards, 2);
-    let payees = ids_on(1, shards, 1);
-    let (bank, alice, bob) = (&payers[0], &payers[1], &payees[0]);
-    let mut p = Ledger::new(0, shards);
-    let mut q = Ledger::new(1, shards);
-    create(&mut p, bank, AccountKind::Settlement);
-    create(&mut p, alice, AccountKind::Customer);
-    create(&mut q, bob, AccountKind::Customer);
-    transfer(&mut p, "fund", bank, alice, 100);
+    let (mut p, mut q, [_, alice, bob]) = two_shards(100);
+    let (alice, bob) = (&alice, &bob);
 
     let prepared = transfer(&mut p, "x1", alice, bob, 70);
     assert_eq!(prepared, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
@@ -347,4 +356,122 @@ mod model {
             ledger.check_invariants();
         }
     }
+}
+
+fn stop(ledger: &mut Ledger, now_ms: u64, command: StopCmd) -> StopOutcome {
+    match ledger.apply(now_ms, &Command::Stop(command)) {
+        Applied::Stop(outcome) => outcome,
+        other => panic!("not a stop outcome: {other:?}"),
+    }
+}
+
+fn place(id_text: &str, account: &AccountId, block_credits: bool) -> StopCmd {
+    StopCmd::Place(PlaceStop {
+        id: StopId::new(id_text).unwrap(),
+        account: account.clone(),
+        block_credits,
+        reason: "suspected fraud".to_string(),
+        authority_ref: "PSB-2026-118".to_string(),
+        actor: "op-key".to_string(),
+    })
+}
+
+fn lift(id_text: &str, account: &AccountId) -> StopCmd {
+    StopCmd::Lift(LiftStop {
+        id: StopId::new(id_text).unwrap(),
+        account: account.clone(),
+        reason: "cleared".to_string(),
+        actor: "op-key".to_string(),
+    })
+}
+
+/// A stop refuses the account's debits (stored as `account_frozen`) but not its credits; a
+/// second stop that blocks credits refuses those too; each lift counts down; a placement is
+/// idempotent by id and an id is never reused for another order; the frozen set survives a
+/// reopen from the store.
+#[test]
+fn stops_freeze_debits_and_optionally_credits_until_lifted() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, bob) = (id("bank"), id("alice"), id("bob"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    create(&mut ledger, &bob, AccountKind::Customer);
+    transfer(&mut ledger, "fund", &bank, &alice, 1_000);
+
+    assert!(
+        matches!(stop(&mut ledger, 10, place("s1", &alice, false)), StopOutcome::Placed(record) if record.placed_at_ms == 10 && record.placed_by == "op-key")
+    );
+    assert!(matches!(stop(&mut ledger, 11, place("s1", &alice, false)), StopOutcome::Replayed(_)), "a retry replays");
+    assert!(matches!(stop(&mut ledger, 11, place("s1", &alice, true)), StopOutcome::Conflict(_)), "another order under the id");
+    assert_eq!(stop(&mut ledger, 11, place("s9", &id("nobody"), false)), StopOutcome::AccountNotFound);
+    let frozen = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::AccountFrozen)));
+    assert_eq!(transfer(&mut ledger, "t1", &alice, &bob, 10), frozen, "no debit from a frozen account");
+    assert_eq!(
+        transfer(&mut ledger, "t2", &bank, &alice, 10),
+        Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)),
+        "credits still arrive"
+    );
+
+    assert!(matches!(stop(&mut ledger, 12, place("s2", &alice, true)), StopOutcome::Placed(_)));
+    assert_eq!(ledger.frozen(&alice), Frozen { debits: 2, credits: 1 });
+    assert_eq!(transfer(&mut ledger, "t3", &bank, &alice, 10), frozen, "a stop that blocks credits refuses them");
+
+    // Reopened from its store, the ledger knows what is frozen.
+    let (reopened, _) = Ledger::open(0, 1, ledger.store().clone(), 1 << 20).unwrap();
+    assert_eq!(reopened.frozen(&alice), Frozen { debits: 2, credits: 1 });
+
+    assert!(
+        matches!(stop(&mut ledger, 13, lift("s2", &alice)), StopOutcome::Lifted(record) if record.lifted.as_ref().is_some_and(|lifted| lifted.at_ms == 13))
+    );
+    assert!(matches!(stop(&mut ledger, 14, lift("s2", &alice)), StopOutcome::Replayed(_)), "lifting twice changes nothing");
+    assert_eq!(stop(&mut ledger, 14, lift("s7", &alice)), StopOutcome::StopNotFound);
+    assert_eq!(transfer(&mut ledger, "t4", &alice, &bob, 10), frozen, "s1 still holds the debits");
+    stop(&mut ledger, 15, lift("s1", &alice));
+    assert_eq!(ledger.frozen(&alice), Frozen::default());
+    assert_eq!(transfer(&mut ledger, "t5", &alice, &bob, 10), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)));
+    assert_eq!(ledger.stops(&alice).len(), 2, "lifted stops stay on record");
+    ledger.check_invariants();
+    ledger.memory_matches_store().unwrap();
+}
+
+/// Across shards: a frozen payer's prepare is refused on its shard, and a payee whose stop
+/// blocks credits refuses the credit decision, which releases the payer's hold.
+#[test]
+fn stops_hold_on_the_cross_shard_path() {
+    let (mut p, mut q, [_, alice, bob]) = two_shards(100);
+    let (alice, bob) = (&alice, &bob);
+
+    stop(&mut p, 3, place("s1", alice, false));
+    let refused = transfer(&mut p, "x1", alice, bob, 10);
+    assert_eq!(refused, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::AccountFrozen))));
+    stop(&mut p, 4, lift("s1", alice));
+
+    stop(&mut q, 5, place("s2", bob, true));
+    assert_eq!(transfer(&mut p, "x2", alice, bob, 10), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
+    let record = p.transfer(&tid("x2")).unwrap();
+    let decided = q.apply(6, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(Decision::Refused(RejectCode::AccountFrozen)), decided_now: true }));
+    let finalize =
+        Command::Finalize(FinalizeCmd { id: tid("x2"), body: record.body(), decision: Decision::Refused(RejectCode::AccountFrozen) });
+    p.apply(7, &finalize);
+    assert_eq!(p.account(alice).unwrap().available(), 100, "the hold is released");
+    assert_eq!(q.account(bob).unwrap().balance, 0);
+    p.check_invariants();
+    q.check_invariants();
+}
+
+/// A ledger reopened from its store lifts stops placed before the reopen.
+#[test]
+fn stops_placed_before_a_reopen_are_lifted_after_it() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice) = (id("bank"), id("alice"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    stop(&mut ledger, 10, place("s1", &alice, false));
+    let (mut reopened, _) = Ledger::open(0, 1, ledger.store().clone(), 1 << 20).unwrap();
+    stop(&mut reopened, 11, place("s2", &alice, true));
+    stop(&mut reopened, 12, lift("s1", &alice));
+    stop(&mut reopened, 13, lift("s2", &alice));
+    assert_eq!(reopened.frozen(&alice), Frozen::default());
+    reopened.check_invariants();
 }

@@ -1,5 +1,6 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
+use super::stops::{StopCmd, StopOutcome};
 use super::system::{SystemCmd, SystemOutcome};
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor};
@@ -138,6 +139,8 @@ pub enum RejectCode {
     /// Not stored: the command reached a shard that does not own it (a leader checks routing
     /// before proposing, so only a misbehaving proposer gets this).
     WrongShard,
+    /// A stop order on the payer (or, for a stop that blocks credits, the payee) is active.
+    AccountFrozen,
 }
 
 impl RejectCode {
@@ -153,6 +156,7 @@ impl RejectCode {
             RejectCode::SameAccount => "same_account",
             RejectCode::InvalidAmount => "invalid_amount",
             RejectCode::WrongShard => "wrong_shard",
+            RejectCode::AccountFrozen => "account_frozen",
         }
     }
 
@@ -178,6 +182,7 @@ impl RejectCode {
             RejectCode::SameAccount => "payer and payee are the same account",
             RejectCode::InvalidAmount => "the amount must be positive and within limits",
             RejectCode::WrongShard => "the request reached a shard that does not own it; retry",
+            RejectCode::AccountFrozen => "a stop order on the account forbids this movement",
         }
     }
 }
@@ -425,6 +430,8 @@ pub enum Command {
     Reserve(ReserveCmd),
     /// API keys, nonces, the audit log (`system.rs`).
     System(SystemCmd),
+    /// Stop orders on accounts (`stops.rs`).
+    Stop(StopCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,6 +478,7 @@ pub enum Applied {
     Finalize(FinalizeOutcome),
     Reserve(ReserveOutcome),
     System(SystemOutcome),
+    Stop(StopOutcome),
 }
 
 /// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
@@ -484,4 +492,5 @@ pub enum AppliedCommand {
     Credit { credit: CreditCmd, outcome: CreditOutcome },
     Finalize { finalize: FinalizeCmd, outcome: FinalizeOutcome, record: Option<TransferView> },
     System { command: SystemCmd, outcome: SystemOutcome },
+    Stop { command: StopCmd, outcome: StopOutcome },
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod keys;
+pub mod stops;
 pub mod types;
 
 use crate::metrics::{DiskUsage, Metrics};
@@ -125,6 +126,9 @@ pub fn app(
         .service(resource("/v1/api_keys").route(web::post().to(keys::create)).route(web::get().to(keys::list)))
         .service(resource("/v1/api_keys/{id}").route(web::get().to(keys::show)).route(web::delete().to(keys::revoke)))
         .service(resource("/v1/audit").route(web::get().to(keys::audit)))
+        .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
+        .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
+        .service(resource("/v1/accounts/{id}/stops").route(web::get().to(stops::list)))
         .service(
             resource("/admin/faults")
                 .route(web::get().to(admin::get_faults))

@@ -12,6 +12,7 @@ pub(super) mod credit;
 pub(super) mod finalize;
 pub(super) mod read;
 pub(super) mod reserve;
+pub(super) mod stop;
 pub(super) mod system;
 pub(super) mod transfer;
 
@@ -33,6 +34,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::ReadAccount(_) | Request::History { .. } => read::account_shard(ctx.placement, &request) == shard,
         Request::System(command) => system::shard(ctx.placement, command) == shard,
         Request::SystemRead(_) => shard == crate::ledger::SYSTEM_SHARD,
+        Request::Stop(command) => stop::shard(ctx.placement, command) == shard,
+        Request::ReadStops(account) => ctx.placement.shard_of(account) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -47,9 +50,12 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Transfers(items) => transfer::accept(peer, origin, deadline_ms, items, ctx),
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
         Request::System(command) => system::accept(peer, origin, deadline_ms, command),
-        read @ (Request::ReadAccount(_) | Request::ReadTransfer { .. } | Request::History { .. } | Request::SystemRead(_)) => {
-            read::accept(peer, origin, deadline_ms, read, ctx)
-        }
+        Request::Stop(command) => stop::accept(peer, origin, deadline_ms, command),
+        read @ (Request::ReadAccount(_)
+        | Request::ReadTransfer { .. }
+        | Request::History { .. }
+        | Request::SystemRead(_)
+        | Request::ReadStops(_)) => read::accept(peer, origin, deadline_ms, read, ctx),
     }
 }
 
@@ -63,5 +69,6 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::Credit { credit, outcome } => credit::applied(peer, credit, outcome, ctx),
         AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
         AppliedCommand::System { outcome, .. } => system::applied(peer, tag, outcome, ctx),
+        AppliedCommand::Stop { outcome, .. } => stop::applied(peer, tag, outcome, ctx),
     }
 }

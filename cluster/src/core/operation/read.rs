@@ -116,9 +116,13 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
             Reply::History(page.map(|(transfers, next_cursor)| HistoryPage { transfers, next_cursor }))
         }
         Request::SystemRead(read) => Reply::SystemRead(ledger.system_read(read)),
+        Request::ReadStops(account) => Reply::Stops(ledger.account(account).map(|_| ledger.stops(account))),
         // The router sends only reads here (see `operation::accept`).
-        Request::CreateAccount(_) | Request::CreateAccounts(_) | Request::Transfers(_) | Request::Reserve(_) | Request::System(_) => {
-            Reply::Unavailable
-        }
+        Request::CreateAccount(_)
+        | Request::CreateAccounts(_)
+        | Request::Transfers(_)
+        | Request::Reserve(_)
+        | Request::System(_)
+        | Request::Stop(_) => Reply::Unavailable,
     }
 }
