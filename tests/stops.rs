@@ -9,25 +9,9 @@ use common::TestCluster;
 use serde_json::{json, Value};
 use settle_cluster::ids::AccountId;
 use settle_cluster::placement::Placement;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SHARDS: u32 = 4;
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<none>")
-}
-
-/// POSTs until the cluster answers something other than 5xx (a failover in progress).
-async fn post_settled(cluster: &TestCluster, node: u64, path: &str, body: &Value) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, reply) = cluster.post_json(node, path, body).await;
-        if status < 500 || Instant::now() > deadline {
-            return (status, reply);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn transfer(id: &str, from: &str, to: &str, amount: &str) -> Value {
     json!({ "id": id, "from": from, "to": to, "amount": amount, "currency": "USD" })
@@ -40,7 +24,7 @@ async fn a_stop_freezes_an_account_on_every_node_and_across_failover() {
     for (id, kind) in [("bank", "settlement"), ("alice", "customer"), ("bob", "customer")] {
         cluster.create_account(1, id, "USD", kind).await;
     }
-    assert_eq!(post_settled(&cluster, 1, "/v1/transfers", &transfer("fund", "bank", "alice", "100.00")).await.0, 201);
+    assert_eq!(cluster.post_settled(1, "/v1/transfers", &transfer("fund", "bank", "alice", "100.00")).await.0, 201);
     let (status, created) = cluster.post_json(1, "/v1/api_keys", &json!({ "role": "operator", "label": "risk desk" })).await;
     assert_eq!(status, 201, "{created}");
     let operator_id = created["id"].as_str().unwrap().to_string();
@@ -64,7 +48,7 @@ async fn a_stop_freezes_an_account_on_every_node_and_across_failover() {
 
     for node in 1..=3 {
         let (status, body) = cluster.post_json(node, "/v1/transfers", &transfer(&format!("out-{node}"), "alice", "bob", "1.00")).await;
-        assert_eq!((status, code(&body)), (422, "account_frozen"), "node {node}: {body}");
+        assert_eq!((status, common::error_code(&body)), (422, "account_frozen"), "node {node}: {body}");
     }
     let (status, body) = cluster.post_json(1, "/v1/transfers", &transfer("in-1", "bank", "alice", "5.00")).await;
     assert_eq!(status, 201, "credits still arrive: {body}");
@@ -75,17 +59,17 @@ async fn a_stop_freezes_an_account_on_every_node_and_across_failover() {
     let leader = view["shards"][usize::try_from(shard).unwrap()]["leader"].as_u64().expect("a leader");
     cluster.kill(leader);
     let survivor = (1..=3).find(|node| *node != leader).unwrap();
-    let (status, body) = post_settled(&cluster, survivor, "/v1/transfers", &transfer("out-after", "alice", "bob", "1.00")).await;
-    assert_eq!((status, code(&body)), (422, "account_frozen"), "after failover: {body}");
-    let (status, body) = post_settled(&cluster, survivor, "/v1/transfers", &transfer("out-1", "alice", "bob", "1.00")).await;
-    assert_eq!((status, code(&body)), (422, "account_frozen"), "a retry replays the stored refusal: {body}");
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers", &transfer("out-after", "alice", "bob", "1.00")).await;
+    assert_eq!((status, common::error_code(&body)), (422, "account_frozen"), "after failover: {body}");
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers", &transfer("out-1", "alice", "bob", "1.00")).await;
+    assert_eq!((status, common::error_code(&body)), (422, "account_frozen"), "a retry replays the stored refusal: {body}");
     cluster.restart(leader).await;
 
     // A second stop that blocks credits, then lift both.
     let blocking = json!({ "id": "stop-2", "target": "account", "account": "alice", "reason": "court order", "block_credits": true });
     assert_eq!(operator.post(format!("{}/v1/risk/stops", cluster.node(1).url())).json(&blocking).send().await.unwrap().status(), 201);
-    let (status, body) = post_settled(&cluster, 2, "/v1/transfers", &transfer("in-2", "bank", "alice", "5.00")).await;
-    assert_eq!((status, code(&body)), (422, "account_frozen"), "{body}");
+    let (status, body) = cluster.post_settled(2, "/v1/transfers", &transfer("in-2", "bank", "alice", "5.00")).await;
+    assert_eq!((status, common::error_code(&body)), (422, "account_frozen"), "{body}");
     for id in ["stop-1", "stop-2"] {
         let lift = json!({ "account": "alice", "reason": "cleared by the bank" });
         let response = operator.post(format!("{}/v1/risk/stops/{id}/lift", cluster.node(3).url())).json(&lift).send().await.unwrap();
@@ -93,7 +77,7 @@ async fn a_stop_freezes_an_account_on_every_node_and_across_failover() {
         let lifted: Value = response.json().await.unwrap();
         assert_eq!(lifted["lifted"]["by"].as_str(), Some(operator_id.as_str()), "{lifted}");
     }
-    let (status, body) = post_settled(&cluster, 1, "/v1/transfers", &transfer("out-lifted", "alice", "bob", "1.00")).await;
+    let (status, body) = cluster.post_settled(1, "/v1/transfers", &transfer("out-lifted", "alice", "bob", "1.00")).await;
     assert_eq!(status, 201, "money moves again: {body}");
 
     let (status, stops) = cluster.get_json(2, "/v1/accounts/alice/stops").await;

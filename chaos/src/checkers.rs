@@ -208,6 +208,8 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
             return Err(Violation::new("conservation", message));
         }
     }
+    // Refunds of an original never exceed it, and its total counts exactly its live refunds.
+    ledger.verify_refunds().map_err(|broken| Violation::new("refunds_within_original", format!("shard {shard}: {broken}")))?;
     // The audit chain links every record to the one before, and the head to the last.
     if let Err(broken) = ledger.verify_audit_chain() {
         return Err(Violation::new("audit_chain_intact", broken));

@@ -199,6 +199,9 @@ pub struct SimCluster {
     state_damaged: BTreeSet<(NodeId, ShardId)>,
     /// Replicas quarantined at run time by cores no longer running.
     damaged_quarantines_past: u64,
+    /// Account activations, passivations and snapshot streams of nodes' earlier incarnations
+    /// (a crash ends a core and its counters).
+    cache_and_snapshot_counts_past: (u64, u64, u64),
     logger: slog::Logger,
 }
 
@@ -235,6 +238,7 @@ impl SimCluster {
             durable_violation: None,
             state_damaged: BTreeSet::new(),
             damaged_quarantines_past: 0,
+            cache_and_snapshot_counts_past: (0, 0, 0),
             logger: std::env::var("SETTLE_SIM_RAFT_LOG")
                 .map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
@@ -312,14 +316,13 @@ impl SimCluster {
 
     /// Account activations and passivations, and snapshot streams started, over the cores
     /// running now (since each started).
+    /// Account activations, passivations and snapshot streams started over the whole run (every
+    /// incarnation of every node).
     pub fn cache_and_snapshot_counts(&self) -> (u64, u64, u64) {
-        let mut counts = (0, 0, 0);
+        let mut counts = self.cache_and_snapshot_counts_past;
         for core in self.nodes.values().filter_map(|node| node.core.as_ref()) {
-            for shard in core.shard_status() {
-                counts.0 += shard.cache.activations;
-                counts.1 += shard.cache.passivations;
-            }
-            counts.2 += core.stats().snapshot_streams_started;
+            let (activations, passivations, streams) = core_counts(core);
+            counts = (counts.0 + activations, counts.1 + passivations, counts.2 + streams);
         }
         counts
     }
@@ -435,6 +438,9 @@ impl SimCluster {
         let sim_node = self.nodes.get_mut(&node).expect("known node");
         if let Some(core) = sim_node.core.take() {
             self.damaged_quarantines_past += core.stats().replicas_quarantined_damaged;
+            let (activations, passivations, streams) = core_counts(&core);
+            let past = &mut self.cache_and_snapshot_counts_past;
+            *past = (past.0 + activations, past.1 + passivations, past.2 + streams);
         }
         // Whatever the state store had not made durable is gone with the process.
         sim_node.store.crash();
@@ -1034,4 +1040,14 @@ impl slog::Drain for DebugDrain {
         eprintln!("{} {}{}", record.level(), record.msg(), collect.0);
         Ok(())
     }
+}
+
+/// One core's account activations, passivations and snapshot streams started.
+fn core_counts(core: &NodeCore) -> (u64, u64, u64) {
+    let (mut activations, mut passivations) = (0, 0);
+    for shard in core.shard_status() {
+        activations += shard.cache.activations;
+        passivations += shard.cache.passivations;
+    }
+    (activations, passivations, core.stats().snapshot_streams_started)
 }

@@ -22,7 +22,7 @@ use settle_cluster::ids::{AccountId, NodeId, TransferId};
 use settle_cluster::ledger::{
     AccountKind, AuditEvent, LiftStop, PlaceStop, RejectCode, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
 };
-use settle_cluster::message::{AccountRequest, AccountResult, Reply, Request, TransferRequest, TransferResult};
+use settle_cluster::message::{AccountRequest, AccountResult, RefundRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +63,9 @@ pub struct WorkloadConfig {
     /// Share (percent) of writers' operations that place or lift a stop order on a customer
     /// account (debits from it are then refused until it is lifted).
     pub stop_percent: u32,
+    /// Share (percent) of writers' operations that refund part of an acknowledged transfer
+    /// (amounts drawn up to the whole original, so refunds of one often exceed it together).
+    pub refund_percent: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -84,6 +87,7 @@ impl Default for WorkloadConfig {
             system_percent: 8,
             nonce_names: 12,
             stop_percent: 4,
+            refund_percent: 5,
         }
     }
 }
@@ -119,6 +123,11 @@ enum Operation {
     /// Appends an audit event whose request id is `marker`.
     Audit {
         marker: String,
+    },
+    /// Refunds part of an acknowledged transfer: `command` is the refund transfer.
+    Refund {
+        command: TransferRequest,
+        original: TransferId,
     },
     /// Places or lifts a stop order.
     Stop {
@@ -319,12 +328,15 @@ impl Workload {
         } else {
             all[client.rng.gen_range(0..all.len())]
         };
-        if let Operation::Transfer { command } = &operation {
+        if let Operation::Transfer { command } | Operation::Refund { command, .. } = &operation {
             self.sent(command);
         }
         let client = &mut self.clients[index];
         let request = match &operation {
             Operation::Transfer { command, .. } => Request::Transfers(vec![command.clone()]),
+            Operation::Refund { command, original } => {
+                Request::Refund(RefundRequest { transfer: command.clone(), original: original.clone(), reason: "simulated".to_string() })
+            }
             // Half the lookups name the payer; the others go through the id's home shard.
             Operation::ReadTransfer { id, body, .. } => {
                 let payer = client.rng.gen_bool(0.5).then(|| body.from.clone());
@@ -393,6 +405,23 @@ impl Workload {
                 (acked.command.id.clone(), acked.command.body(), true)
             };
             return Operation::ReadTransfer { id, body, expect_posted, started_ms: now };
+        }
+        if !reader && !self.posted.is_empty() && self.clients[index].rng.gen_range(0..100) < self.config.refund_percent {
+            let client = &mut self.clients[index];
+            // Half the time the latest acknowledged transfer, so refunds of one original meet
+            // (and their sum presses against its amount).
+            let original = if client.rng.gen_bool(0.5) {
+                self.posted.values().max_by_key(|acked| acked.seq).expect("not empty").command.clone()
+            } else {
+                let position = client.rng.gen_range(0..self.posted.len());
+                self.posted.values().nth(position).expect("in range").command.clone()
+            };
+            let id = TransferId::new(format!("rf{}-{}", client.id, client.next_transfer)).expect("valid");
+            client.next_transfer += 1;
+            // Often the whole amount: a second such refund of an original must be refused.
+            let amount = if client.rng.gen_bool(0.5) { original.amount } else { client.rng.gen_range(1..=original.amount) };
+            let command = TransferRequest { id, from: original.to.clone(), to: original.from.clone(), amount, currency: original.currency };
+            return Operation::Refund { command, original: original.id };
         }
         if !reader && self.clients[index].rng.gen_range(0..100) < self.config.stop_percent {
             let client = &mut self.clients[index];
@@ -530,7 +559,7 @@ impl Workload {
     /// Handles a reply; true when the operation is finished.
     fn handle_reply(&mut self, client: usize, operation: &Operation, reply: Reply, now: u64, cluster: &mut SimCluster) -> bool {
         match operation {
-            Operation::Transfer { command } => {
+            Operation::Transfer { command } | Operation::Refund { command, .. } => {
                 let result = match reply {
                     Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
                     _ => TransferResult::Unavailable,

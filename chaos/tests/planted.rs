@@ -142,3 +142,10 @@ fn audit_head_not_loaded_is_caught() {
 fn stop_ignored_cross_shard_is_caught() {
     caught(PlantedBug::StopIgnoredCrossShard, &["no_movement_while_frozen"]);
 }
+
+/// A refund applied without checking the original's refunded total lets refunds exceed the
+/// original: writers refund random parts of acknowledged transfers, often more than is left.
+#[test]
+fn refund_cap_unchecked_is_caught() {
+    caught(PlantedBug::RefundCapUnchecked, &["refunds_within_original"]);
+}

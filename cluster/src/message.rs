@@ -8,8 +8,8 @@ use crate::ids::LegId;
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RejectCode, ReserveCmd, ReserveOutcome, StopCmd, StopOutcome, StopRecord,
-    SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd, ReserveOutcome, StopCmd, StopOutcome,
+    StopRecord, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -63,6 +63,16 @@ impl TransferRequest {
     }
 }
 
+/// A refund of a posted transfer: the refund transfer (payer = the original's payee, payee =
+/// the original's payer, its own id) and the original it refunds. Routed like a transfer (its
+/// id reserved on its home shard first), applied on its payer's shard as `Command::Refund`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub transfer: TransferRequest,
+    pub original: TransferId,
+    pub reason: String,
+}
+
 /// What a client asks of the cluster. `Transfers` may name payers on many shards (the batch
 /// endpoint); the node splits it into one leg per shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +104,12 @@ pub enum Request {
     Stop(StopCmd),
     /// Every stop placed on an account, active and lifted.
     ReadStops(AccountId),
+    Refund(RefundRequest),
+    /// What was refunded of an original, read on its payee's shard.
+    ReadRefunds {
+        original: TransferId,
+        payee: AccountId,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -150,6 +166,8 @@ pub enum Reply {
     Stop(StopOutcome),
     /// An account's stops; `None` when the account does not exist.
     Stops(Option<Vec<StopRecord>>),
+    /// An original's refunds; `None` when nothing was refunded of it.
+    Refunds(Option<RefundTotal>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

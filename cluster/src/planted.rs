@@ -47,6 +47,8 @@ pub enum PlantedBug {
     /// A stop order is checked on the same-shard path only: a frozen account still pays
     /// payees on other shards.
     StopIgnoredCrossShard,
+    /// A refund is applied without checking the original's refunded total: refunds exceed it.
+    RefundCapUnchecked,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -54,7 +56,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 15] = [
+    pub const ALL: [PlantedBug; 16] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -70,6 +72,7 @@ impl PlantedBug {
         PlantedBug::NonceForgotten,
         PlantedBug::AuditHeadNotLoaded,
         PlantedBug::StopIgnoredCrossShard,
+        PlantedBug::RefundCapUnchecked,
     ];
 }
 

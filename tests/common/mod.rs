@@ -19,6 +19,11 @@ pub fn bearer(key: &str) -> reqwest::header::HeaderMap {
     headers
 }
 
+/// The error code of an error answer (`<none>` for anything else).
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
@@ -284,6 +289,19 @@ impl TestCluster {
         let response = self.client.post(format!("{}{path}", self.node(id).url())).json(body).send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs until the cluster answers something other than 5xx (a failover in progress), for
+    /// at most 30 s; the last answer.
+    pub async fn post_settled(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, reply) = self.post_json(id, path, body).await;
+            if status < 500 || Instant::now() > deadline {
+                return (status, reply);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Creates an account through a node, retrying while the cluster answers 5xx.

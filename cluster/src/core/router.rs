@@ -12,9 +12,9 @@
 use super::operation::{account, read, reserve, stop, system, transfer};
 use super::peer::Origin;
 use super::{Effect, NodeCore};
-use crate::ids::{CallId, LegId, NodeId, ShardId};
+use crate::ids::{CallId, LegId, NodeId, ShardId, TransferId};
 use crate::ledger::{RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
-use crate::message::{AccountRequest, AccountResult, PeerMessage, Reply, Request, TransferRequest, TransferResult};
+use crate::message::{AccountRequest, AccountResult, PeerMessage, RefundRequest, Reply, Request, TransferRequest, TransferResult};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
@@ -70,6 +70,8 @@ struct Call {
     /// Transfers held back while the call's reservation legs are out, by item position, with
     /// whether they may go (a home shard cleared them, or their payer's shard is their home).
     held: BTreeMap<usize, (TransferRequest, bool)>,
+    /// A refund call: what its one transfer refunds (its payer-shard leg is a `Refund`).
+    refund: Option<(TransferId, String)>,
     request_id: Option<String>,
 }
 
@@ -104,6 +106,7 @@ impl NodeCore {
         // Items in flight: transfers, and accounts of a batch (both bounded together).
         let transfers = match &request {
             Request::Transfers(items) => items.len(),
+            Request::Refund(_) => 1,
             Request::CreateAccounts(items) => items.len(),
             _ => 0,
         };
@@ -117,6 +120,14 @@ impl NodeCore {
         let placement = &self.config.placement;
         let mut legs: Vec<(ShardId, Request, Vec<usize>)> = Vec::new();
         let mut held = BTreeMap::new();
+        let mut refund = None;
+        let request = match request {
+            Request::Refund(request) => {
+                refund = Some((request.original, request.reason));
+                Request::Transfers(vec![request.transfer])
+            }
+            other => other,
+        };
         let state = match request {
             Request::CreateAccount(create) => {
                 legs.push((account::shard(placement, &create), Request::CreateAccount(create), Vec::new()));
@@ -138,7 +149,7 @@ impl NodeCore {
                 let skip = planted(self.planted, PlantedBug::SkipIdReservation) || planted(self.planted, PlantedBug::IdReuseUnchecked);
                 let reservations = if skip { Vec::new() } else { reserve::legs(placement, &items) };
                 if reservations.is_empty() {
-                    legs.extend(transfer_legs(placement, items.into_iter().enumerate()));
+                    legs.extend(refund_legs(transfer_legs(placement, items.into_iter().enumerate()), refund.as_ref()));
                 } else {
                     legs.extend(reservations);
                     for (position, item) in items.into_iter().enumerate() {
@@ -186,6 +197,11 @@ impl NodeCore {
                 legs.push((placement.shard_of(&account), Request::ReadStops(account), Vec::new()));
                 CallState::Single(None)
             }
+            Request::ReadRefunds { original, payee } => {
+                legs.push((placement.shard_of(&payee), Request::ReadRefunds { original, payee }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Refund(_) => unreachable!("a refund became a transfer call above"),
         };
         if legs.is_empty() {
             // An empty batch: nothing to route, answer at once.
@@ -197,7 +213,7 @@ impl NodeCore {
             return;
         }
         self.router.transfers_inflight += transfers;
-        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, request_id });
+        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, refund, request_id });
         self.start_legs(call, legs);
     }
 
@@ -422,7 +438,7 @@ impl NodeCore {
                 .into_iter()
                 .filter_map(|(position, (item, cleared))| cleared.then_some((position, item)))
                 .collect();
-            let legs = transfer_legs(&self.config.placement, cleared);
+            let legs = refund_legs(transfer_legs(&self.config.placement, cleared), call.refund.as_ref());
             if !legs.is_empty() {
                 self.start_legs(leg.call, legs);
                 return;
@@ -497,6 +513,22 @@ impl NodeCore {
     }
 }
 
+/// A refund call's transfer leg carries what it refunds (`Request::Refund`).
+fn refund_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, refund: Option<&(TransferId, String)>) -> Vec<(ShardId, Request, Vec<usize>)> {
+    let Some((original, reason)) = refund else {
+        return legs;
+    };
+    legs.into_iter()
+        .map(|(shard, request, positions)| match request {
+            Request::Transfers(mut items) if items.len() == 1 => {
+                let transfer = items.remove(0);
+                (shard, Request::Refund(RefundRequest { transfer, original: original.clone(), reason: reason.clone() }), positions)
+            }
+            other => (shard, other, positions),
+        })
+        .collect()
+}
+
 /// One transfer leg per payer shard, carrying the item positions in order.
 fn transfer_legs(placement: &Placement, items: impl IntoIterator<Item = (usize, TransferRequest)>) -> Vec<(ShardId, Request, Vec<usize>)> {
     let mut by_shard: BTreeMap<ShardId, (Vec<TransferRequest>, Vec<usize>)> = BTreeMap::new();
@@ -549,6 +581,10 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             StopOutcome::AccountNotFound | StopOutcome::StopNotFound | StopOutcome::Invalid(_) => true,
         },
         (Request::ReadStops(account), Reply::Stops(stops)) => stops.iter().flatten().all(|stop| stop.account == *account),
+        (Request::Refund(refund), Reply::Transfers(_)) => reply_fits(&Request::Transfers(vec![refund.transfer.clone()]), reply),
+        (Request::ReadRefunds { original, .. }, Reply::Refunds(total)) => {
+            total.as_ref().is_none_or(|total| total.original.as_ref() == Some(original))
+        }
         (Request::SystemRead(read), Reply::SystemRead(answer)) => matches!(
             (read, answer),
             (SystemRead::Key(_), SystemReadReply::Key(_))

@@ -48,7 +48,7 @@ pub(super) enum Checked {
 /// The longest store key a snapshot chunk may carry (kind, id, position).
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
 /// Record kinds a snapshot may carry (`ledger/keys.rs`).
-const SNAPSHOT_KINDS: [u8; 16] = [
+const SNAPSHOT_KINDS: [u8; 18] = [
     keys::ACCOUNT,
     keys::TRANSFER,
     keys::CREDIT,
@@ -65,6 +65,8 @@ const SNAPSHOT_KINDS: [u8; 16] = [
     keys::AUDIT_HEAD,
     keys::STOP,
     keys::STOP_ACTIVE,
+    keys::REFUND_TOTAL,
+    keys::REFUND_OF,
 ];
 
 impl NodeCore {
@@ -212,7 +214,9 @@ impl NodeCore {
             Request::System(command) => command.check().map_err(|_| "system_bounds"),
             Request::SystemRead(read) => read.check().map_err(|_| "system_bounds"),
             Request::Stop(command) => command.check().map_err(|_| "stop_bounds"),
-            Request::ReadStops(_) => Ok(()),
+            Request::ReadStops(_) | Request::ReadRefunds { .. } => Ok(()),
+            Request::Refund(refund) if refund.reason.len() > crate::ledger::REFUND_REASON_BYTES_MAX => Err("leg_bounds"),
+            Request::Refund(refund) => check_transfer_request(&refund.transfer),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

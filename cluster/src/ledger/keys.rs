@@ -20,6 +20,8 @@
 //! | `g` | — | `AuditHead` (system shard) |
 //! | `s` | account id length, account id, stop id | `StopRecord` |
 //! | `f` | account id length, account id, stop id | nothing (the active stops) |
+//! | `u` | original transfer id | `RefundTotal` (on the original payee's shard) |
+//! | `v` | refund transfer id | the original transfer id it refunds |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -44,6 +46,8 @@ pub const AUDIT: u8 = b'l';
 pub const AUDIT_HEAD: u8 = b'g';
 pub const STOP: u8 = b's';
 pub const STOP_ACTIVE: u8 = b'f';
+pub const REFUND_TOTAL: u8 = b'u';
+pub const REFUND_OF: u8 = b'v';
 
 /// The prefix of every data key of one generation of a shard.
 pub fn generation_prefix(shard: ShardId, generation: u32) -> Key {

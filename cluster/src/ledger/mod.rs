@@ -19,6 +19,7 @@
 
 mod cache;
 pub mod keys;
+mod refunds;
 mod stops;
 mod system;
 mod types;
@@ -27,6 +28,7 @@ mod types;
 mod tests;
 
 pub use cache::CacheStats;
+pub use refunds::*;
 pub use stops::*;
 pub use system::*;
 pub use types::*;
@@ -273,6 +275,9 @@ impl Ledger {
         if let Some(checked) = suffix.first().and_then(|kind| stops::check_stop_record(*kind, value)) {
             return checked;
         }
+        if let Some(checked) = suffix.first().and_then(|kind| refunds::check_refund_record(*kind, value)) {
+            return checked;
+        }
         match suffix.first().copied() {
             Some(keys::ACCOUNT) => decodes::<StoredAccount>(value),
             Some(keys::TRANSFER) => decodes::<TransferRecord>(value),
@@ -467,6 +472,13 @@ impl Ledger {
             }
             Command::Transfer(transfer) => {
                 let outcome = self.transfer_command(now_ms, &transfer);
+                let stored = matches!(&outcome, TransferOutcome::Recorded(_) | TransferOutcome::Replayed(_));
+                let record = if report && stored { self.transfer(&transfer.id).map(|record| TransferView::from(&record)) } else { None };
+                AppliedCommand::Transfer { transfer, outcome, record }
+            }
+            Command::Refund(refund) => {
+                let outcome = self.refund_command(now_ms, &refund);
+                let transfer = refund.transfer;
                 let stored = matches!(&outcome, TransferOutcome::Recorded(_) | TransferOutcome::Replayed(_));
                 let record = if report && stored { self.transfer(&transfer.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Transfer { transfer, outcome, record }
@@ -806,6 +818,10 @@ impl Ledger {
             }
             Decision::Refused(code) => TransferStatus::Rejected(*code),
         };
+        if matches!(status, TransferStatus::Rejected(_)) {
+            // A refund the original payer's shard refused gives its amount back.
+            self.release_refund(&finalize.id);
+        }
         record.status = status.clone();
         record.finalized_at_ms = Some(now_ms);
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &finalize.id), &record);
@@ -935,6 +951,7 @@ impl Ledger {
         self.verify_audit_chain()?;
         self.verify_nonces()?;
         self.verify_stops()?;
+        self.verify_refunds()?;
         Ok(())
     }
 

@@ -475,3 +475,70 @@ fn stops_placed_before_a_reopen_are_lifted_after_it() {
     assert_eq!(reopened.frozen(&alice), Frozen::default());
     reopened.check_invariants();
 }
+
+fn refund(ledger: &mut Ledger, id_text: &str, original: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
+    let transfer = TransferCmd { id: tid(id_text), from: from.clone(), to: to.clone(), amount, currency: usd() };
+    ledger.apply(5, &Command::Refund(RefundCmd { transfer, original: tid(original), reason: "returned goods".to_string() }))
+}
+
+/// Refunds of a same-shard payment: partial and multiple up to the original amount, each
+/// idempotent by its own id; beyond the amount, against the wrong direction or an unknown
+/// original they are refused and store nothing; a refund the payee cannot afford is rejected
+/// and does not count.
+#[test]
+fn refunds_are_partial_multiple_capped_and_idempotent() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, shop) = (id("bank"), id("alice"), id("shop"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    create(&mut ledger, &shop, AccountKind::Merchant);
+    transfer(&mut ledger, "fund", &bank, &alice, 1_000);
+    transfer(&mut ledger, "pay", &alice, &shop, 300);
+    let posted = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted));
+    assert_eq!(refund(&mut ledger, "r1", "pay", &shop, &alice, 100), posted);
+    assert_eq!(refund(&mut ledger, "r1", "pay", &shop, &alice, 100), Applied::Transfer(TransferOutcome::Replayed(TransferStatus::Posted)));
+    assert_eq!(refund(&mut ledger, "r2", "pay", &shop, &alice, 150), posted);
+    let exceeds = Applied::Transfer(TransferOutcome::Refused(RejectCode::RefundExceedsOriginal));
+    assert_eq!(refund(&mut ledger, "r3", "pay", &shop, &alice, 51), exceeds);
+    let not_refundable = Applied::Transfer(TransferOutcome::Refused(RejectCode::NotRefundable));
+    assert_eq!(refund(&mut ledger, "r4", "pay", &alice, &shop, 10), not_refundable, "the wrong direction");
+    assert_eq!(refund(&mut ledger, "r5", "nope", &shop, &alice, 10), not_refundable, "an unknown original");
+    assert!(ledger.transfer(&tid("r3")).is_none() && ledger.transfer(&tid("r4")).is_none());
+    assert_eq!(refund(&mut ledger, "r6", "pay", &shop, &alice, 50), posted, "exactly the rest");
+    let total = ledger.refunds(&tid("pay")).unwrap();
+    assert_eq!((total.refunded, total.original_amount, total.refunds.len()), (300, 300, 3));
+    assert_eq!(ledger.account(&alice).unwrap().balance, 1_000);
+    assert_eq!(ledger.account(&shop).unwrap().balance, 0);
+
+    // The shop spent its money: a refund it cannot afford is rejected and counts nothing.
+    transfer(&mut ledger, "pay2", &alice, &shop, 200);
+    transfer(&mut ledger, "spend", &shop, &bank, 200);
+    let broke = refund(&mut ledger, "r7", "pay2", &shop, &alice, 50);
+    assert_eq!(broke, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::InsufficientFunds))));
+    assert!(ledger.refunds(&tid("pay2")).is_none());
+    ledger.check_invariants();
+}
+
+/// A cross-shard refund: the original's credit is on the payee's shard, where the refund is
+/// prepared and capped; when the original payer's shard refuses the refund's credit, the
+/// refunded amount is given back and the refund can be made again under a new id.
+#[test]
+fn a_refused_cross_shard_refund_gives_its_amount_back() {
+    let (mut p, mut q, [_, alice, bob]) = two_shards(100);
+    transfer(&mut p, "pay", &alice, &bob, 60);
+    let record = p.transfer(&tid("pay")).unwrap();
+    q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("pay"), body: record.body(), decision: Decision::Credited }));
+
+    assert_eq!(refund(&mut q, "r1", "pay", &bob, &alice, 40), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
+    assert_eq!(q.refunds(&tid("pay")).unwrap().refunded, 40);
+    let exceeds = refund(&mut q, "r2", "pay", &bob, &alice, 21);
+    assert_eq!(exceeds, Applied::Transfer(TransferOutcome::Refused(RejectCode::RefundExceedsOriginal)), "pending refunds count");
+    let pending = q.transfer(&tid("r1")).unwrap();
+    let refused = Decision::Refused(RejectCode::AccountFrozen);
+    q.apply(6, &Command::Finalize(FinalizeCmd { id: tid("r1"), body: pending.body(), decision: refused }));
+    assert_eq!(q.refunds(&tid("pay")).unwrap().refunded, 0, "the refused refund is released");
+    assert_eq!(refund(&mut q, "r3", "pay", &bob, &alice, 60), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
+    q.check_invariants();
+    p.check_invariants();
+}

@@ -1,5 +1,6 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
+use super::refunds::RefundCmd;
 use super::stops::{StopCmd, StopOutcome};
 use super::system::{SystemCmd, SystemOutcome};
 use crate::ids::{AccountId, ShardId, TransferId};
@@ -141,6 +142,10 @@ pub enum RejectCode {
     WrongShard,
     /// A stop order on the payer (or, for a stop that blocks credits, the payee) is active.
     AccountFrozen,
+    /// Not stored: a refund names a transfer that did not post from its payee to its payer.
+    NotRefundable,
+    /// Not stored: the refunds of the original would exceed its amount.
+    RefundExceedsOriginal,
 }
 
 impl RejectCode {
@@ -157,6 +162,8 @@ impl RejectCode {
             RejectCode::InvalidAmount => "invalid_amount",
             RejectCode::WrongShard => "wrong_shard",
             RejectCode::AccountFrozen => "account_frozen",
+            RejectCode::NotRefundable => "transfer_not_refundable",
+            RejectCode::RefundExceedsOriginal => "refund_exceeds_original",
         }
     }
 
@@ -183,6 +190,8 @@ impl RejectCode {
             RejectCode::InvalidAmount => "the amount must be positive and within limits",
             RejectCode::WrongShard => "the request reached a shard that does not own it; retry",
             RejectCode::AccountFrozen => "a stop order on the account forbids this movement",
+            RejectCode::NotRefundable => "the original transfer did not post from this payee to this payer in this currency",
+            RejectCode::RefundExceedsOriginal => "the refunds of this transfer would exceed its amount",
         }
     }
 }
@@ -432,6 +441,8 @@ pub enum Command {
     System(SystemCmd),
     /// Stop orders on accounts (`stops.rs`).
     Stop(StopCmd),
+    /// A refund of a posted transfer (`refunds.rs`): applied as a transfer, after the cap.
+    Refund(RefundCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod keys;
+pub mod refunds;
 pub mod stops;
 pub mod types;
 
@@ -126,6 +127,7 @@ pub fn app(
         .service(resource("/v1/api_keys").route(web::post().to(keys::create)).route(web::get().to(keys::list)))
         .service(resource("/v1/api_keys/{id}").route(web::get().to(keys::show)).route(web::delete().to(keys::revoke)))
         .service(resource("/v1/audit").route(web::get().to(keys::audit)))
+        .service(resource("/v1/transfers/{id}/refunds").route(web::post().to(refunds::create)).route(web::get().to(refunds::list)))
         .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
         .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
         .service(resource("/v1/accounts/{id}/stops").route(web::get().to(stops::list)))
@@ -617,7 +619,7 @@ fn item_error(error: &ApiError) -> Value {
 /// Maps the core's answer for one transfer to a status and body, and counts it by outcome; a
 /// posted transfer's amount (in minor units) is added to the volume by currency from the core's
 /// view, before it becomes the API's.
-fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(StatusCode, api::TransferView)> {
+pub(crate) fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Result<(StatusCode, api::TransferView)> {
     let outcome = match result {
         TransferResult::Done(view) => match &view.status {
             TransferStatus::Posted => {

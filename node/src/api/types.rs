@@ -11,7 +11,7 @@ use settle_cluster::ids::{AccountId, TransferId};
 use settle_cluster::ledger::{AccountKind, TransferStatus, TransferView};
 use settle_cluster::message::AccountView;
 use settle_cluster::message::{AccountRequest, TransferRequest};
-use settle_cluster::money::Currency;
+use settle_cluster::money::{Currency, Minor};
 
 /// The most transfers one batch request may carry.
 pub const BATCH_TRANSFERS_MAX: usize = 8_000;
@@ -27,7 +27,7 @@ fn string_field<'a>(object: &'a Map<String, Value>, field: &'static str) -> Resu
     }
 }
 
-fn required<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ApiError> {
+pub fn required<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ApiError> {
     string_field(object, field)?.ok_or_else(|| ApiError::invalid_request(field, format!("{field} is required")))
 }
 
@@ -64,22 +64,27 @@ pub fn transfer(object: &Map<String, Value>) -> Result<TransferRequest, ApiError
     let from = account_id(required(object, "from")?, "from")?;
     let to = account_id(required(object, "to")?, "to")?;
     let currency = currency(required(object, "currency")?)?;
+    let amount = amount(object, currency)?;
+    if from == to {
+        return Err(ApiError { field: Some("to"), ..ApiError::rejected(settle_cluster::ledger::RejectCode::SameAccount) });
+    }
+    Ok(TransferRequest { id, from, to, amount, currency })
+}
+
+/// The `amount` member of a body, in `currency`'s minor units.
+pub fn amount(object: &Map<String, Value>, currency: Currency) -> Result<Minor, ApiError> {
     let amount_text = match object.get("amount") {
         Some(Value::String(text)) => text.as_str(),
         Some(Value::Number(_)) => return Err(ApiError::invalid_amount("amount must be a string such as \"12.34\", never a number")),
         None | Some(Value::Null) => return Err(ApiError::invalid_amount("amount is required")),
         Some(_) => return Err(ApiError::invalid_amount("amount must be a string such as \"12.34\"")),
     };
-    let amount = parse_amount(amount_text, currency).map_err(|error| match error {
+    parse_amount(amount_text, currency).map_err(|error| match error {
         AmountError::Scale(exponent) => {
             ApiError::invalid_amount(format!("{currency} amounts have exactly {exponent} decimal places; got {amount_text:?}"))
         }
         other => ApiError::invalid_amount(other.to_string()),
-    })?;
-    if from == to {
-        return Err(ApiError { field: Some("to"), ..ApiError::rejected(settle_cluster::ledger::RejectCode::SameAccount) });
-    }
-    Ok(TransferRequest { id, from, to, amount, currency })
+    })
 }
 
 /// An account as API v1 answers it.

@@ -36,6 +36,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::SystemRead(_) => shard == crate::ledger::SYSTEM_SHARD,
         Request::Stop(command) => stop::shard(ctx.placement, command) == shard,
         Request::ReadStops(account) => ctx.placement.shard_of(account) == shard,
+        Request::Refund(refund) => transfer::payer_shard(ctx.placement, &refund.transfer) == shard,
+        Request::ReadRefunds { payee, .. } => ctx.placement.shard_of(payee) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -51,11 +53,13 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
         Request::System(command) => system::accept(peer, origin, deadline_ms, command),
         Request::Stop(command) => stop::accept(peer, origin, deadline_ms, command),
+        Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
         read @ (Request::ReadAccount(_)
         | Request::ReadTransfer { .. }
         | Request::History { .. }
         | Request::SystemRead(_)
-        | Request::ReadStops(_)) => read::accept(peer, origin, deadline_ms, read, ctx),
+        | Request::ReadStops(_)
+        | Request::ReadRefunds { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
     }
 }
 

@@ -117,12 +117,14 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         }
         Request::SystemRead(read) => Reply::SystemRead(ledger.system_read(read)),
         Request::ReadStops(account) => Reply::Stops(ledger.account(account).map(|_| ledger.stops(account))),
+        Request::ReadRefunds { original, .. } => Reply::Refunds(ledger.refunds(original)),
         // The router sends only reads here (see `operation::accept`).
         Request::CreateAccount(_)
         | Request::CreateAccounts(_)
         | Request::Transfers(_)
         | Request::Reserve(_)
         | Request::System(_)
-        | Request::Stop(_) => Reply::Unavailable,
+        | Request::Stop(_)
+        | Request::Refund(_) => Reply::Unavailable,
     }
 }

@@ -8,8 +8,10 @@
 use super::super::peer::{drive_of, Answer, Origin, ShardPeer, TaskKind};
 use super::super::Ctx;
 use crate::ids::{ProposalTag, ShardId};
-use crate::ledger::{Command, CreditCmd, Decision, FinalizeCmd, RejectCode, TransferCmd, TransferOutcome, TransferStatus, TransferView};
-use crate::message::{Reply, TransferRequest, TransferResult};
+use crate::ledger::{
+    Command, CreditCmd, Decision, FinalizeCmd, RefundCmd, RejectCode, TransferCmd, TransferOutcome, TransferStatus, TransferView,
+};
+use crate::message::{RefundRequest, Reply, TransferRequest, TransferResult};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 
@@ -28,6 +30,14 @@ pub(in crate::core) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms:
         let command = TransferCmd { id: item.id, from: item.from, to: item.to, amount: item.amount, currency: item.currency };
         peer.propose(task, slot, Command::Transfer(command));
     }
+}
+
+/// A refund leg (one transfer): proposed as `Command::Refund`, answered like a transfer.
+pub(in crate::core) fn accept_refund(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, refund: RefundRequest) {
+    let task = peer.open_task(origin, deadline_ms, TaskKind::Transfers, 1);
+    let item = refund.transfer;
+    let transfer = TransferCmd { id: item.id, from: item.from, to: item.to, amount: item.amount, currency: item.currency };
+    peer.propose(task, 0, Command::Refund(RefundCmd { transfer, original: refund.original, reason: refund.reason }));
 }
 
 pub(in crate::core) fn applied(
