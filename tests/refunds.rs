@@ -68,3 +68,22 @@ async fn refunds_are_capped_idempotent_and_survive_failover() {
         app.post(format!("{}/v1/transfers/order-1/refunds", cluster.node(1).url())).json(&refund("refund-6", "1.00")).send().await.unwrap();
     assert_eq!(response.status(), 403);
 }
+
+/// Prepaid cards through the API: issued in CNY only, loaded up to their cap through any node,
+/// and a load past it refused with `limit_exceeded` (the card's shard decides, also for a
+/// cross-shard load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepaid_cards_are_capped() {
+    let cluster = TestCluster::start(3, SHARDS).await;
+    let (status, body) = cluster.post_json(1, "/v1/accounts", &json!({ "id": "card-usd", "currency": "USD", "kind": "prepaid" })).await;
+    assert_eq!((status, common::error_code(&body)), (400, "invalid_request"), "{body}");
+    cluster.create_account(1, "issuer", "CNY", "settlement").await;
+    cluster.create_account(2, "card-1", "CNY", "prepaid_anonymous").await;
+    let load = |id: &str, amount: &str| json!({ "id": id, "from": "issuer", "to": "card-1", "amount": amount, "currency": "CNY" });
+    assert_eq!(cluster.post_settled(2, "/v1/transfers", &load("load-1", "999.99")).await.0, 201);
+    let (status, body) = cluster.post_settled(3, "/v1/transfers", &load("load-2", "0.02")).await;
+    assert_eq!((status, common::error_code(&body)), (422, "limit_exceeded"), "{body}");
+    assert_eq!(cluster.post_settled(1, "/v1/transfers", &load("load-3", "0.01")).await.0, 201, "exactly up to the cap");
+    let (_, card) = cluster.get_json(3, "/v1/accounts/card-1").await;
+    assert_eq!((card["balance"].as_str(), card["kind"].as_str()), (Some("1000.00"), Some("prepaid_anonymous")), "{card}");
+}

@@ -583,6 +583,10 @@ impl Ledger {
     }
 
     fn create_account(&mut self, now_ms: u64, create: &CreateAccount) -> AccountOutcome {
+        if create.kind.prepaid() && create.currency.code() != PREPAID_CURRENCY {
+            // The edge refuses it first; a log entry is input too.
+            return AccountOutcome::WrongShard;
+        }
         if self.owner(&create.id) != self.shard {
             // Committed entries come from a leader that checked routing; refuse rather than
             // panic on one that did not (a log entry is input too).
@@ -658,7 +662,7 @@ impl Ledger {
         let status = match payer_check {
             Err(code) => TransferStatus::Rejected(code),
             Ok(()) if cross_shard => TransferStatus::Pending,
-            Ok(()) => match self.check_payee(&transfer.to, transfer.currency) {
+            Ok(()) => match self.check_payee(&transfer.to, transfer.currency, transfer.amount) {
                 Err(code) => TransferStatus::Rejected(code),
                 Ok(()) => TransferStatus::Posted,
             },
@@ -720,7 +724,7 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_payee(&mut self, payee: &AccountId, currency: Currency) -> Result<(), RejectCode> {
+    fn check_payee(&mut self, payee: &AccountId, currency: Currency, amount: Minor) -> Result<(), RejectCode> {
         let frozen = self.frozen(payee).credits > 0;
         let account = self.activate(payee).ok_or(RejectCode::PayeeNotFound)?;
         if account.currency != currency {
@@ -731,6 +735,10 @@ impl Ledger {
         }
         if account.balance.checked_add(AMOUNT_MINOR_MAX).is_none() {
             return Err(RejectCode::BalanceOverflow);
+        }
+        // A prepaid card never holds more than its cap (credits post on this shard, both paths).
+        if account.kind.balance_cap().is_some_and(|cap| account.balance + amount > cap) {
+            return Err(RejectCode::PrepaidLimitExceeded);
         }
         Ok(())
     }
@@ -760,7 +768,7 @@ impl Ledger {
         let decision = if credit.prevent {
             Decision::Refused(RejectCode::CreditTimeout)
         } else {
-            match self.check_payee(&credit.to, credit.currency) {
+            match self.check_payee(&credit.to, credit.currency, credit.amount) {
                 Ok(()) => Decision::Credited,
                 Err(code) => Decision::Refused(code),
             }

@@ -542,3 +542,55 @@ fn a_refused_cross_shard_refund_gives_its_amount_back() {
     q.check_invariants();
     p.check_invariants();
 }
+
+/// Prepaid cards never hold more than their cap (5,000 CNY named, 1,000 CNY anonymous): a load
+/// that would pass it is rejected and stored, same-shard and as a cross-shard credit; spending
+/// makes room again; a prepaid card in another currency is never created.
+#[test]
+fn prepaid_cards_stay_under_their_caps() {
+    let cny = Currency::from_code("CNY").unwrap();
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, named, anonymous, shop) = (id("bank"), id("card-n"), id("card-a"), id("shop"));
+    for (account, kind) in [
+        (&bank, AccountKind::Settlement),
+        (&named, AccountKind::Prepaid),
+        (&anonymous, AccountKind::PrepaidAnonymous),
+        (&shop, AccountKind::Merchant),
+    ] {
+        let command = Command::CreateAccount(CreateAccount { id: account.clone(), currency: cny, kind });
+        assert_eq!(ledger.apply(1, &command), Applied::Account(AccountOutcome::Created));
+    }
+    let load = |ledger: &mut Ledger, id_text: &str, from: &AccountId, to: &AccountId, amount: Minor| {
+        let command = Command::Transfer(TransferCmd { id: tid(id_text), from: from.clone(), to: to.clone(), amount, currency: cny });
+        ledger.apply(2, &command)
+    };
+    let posted = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted));
+    let over = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::PrepaidLimitExceeded)));
+    assert_eq!(load(&mut ledger, "l1", &bank, &named, 500_000), posted);
+    assert_eq!(load(&mut ledger, "l2", &bank, &named, 1), over);
+    assert_eq!(load(&mut ledger, "l3", &bank, &anonymous, 100_001), over);
+    assert_eq!(load(&mut ledger, "l4", &bank, &anonymous, 100_000), posted);
+    assert_eq!(load(&mut ledger, "s1", &anonymous, &shop, 30_000), posted, "spending");
+    assert_eq!(load(&mut ledger, "l5", &bank, &anonymous, 30_000), posted, "makes room");
+    assert_eq!(ledger.account(&anonymous).unwrap().balance, 100_000);
+    let usd_card = Command::CreateAccount(CreateAccount { id: id("card-usd"), currency: usd(), kind: AccountKind::Prepaid });
+    assert_eq!(ledger.apply(3, &usd_card), Applied::Account(AccountOutcome::WrongShard));
+    assert!(ledger.account(&id("card-usd")).is_none());
+    ledger.check_invariants();
+
+    // Cross-shard: the card's shard refuses the credit that would pass the cap.
+    let shards = 2;
+    let payers = ids_on(0, shards, 1);
+    let cards = ids_on(1, shards, 1);
+    let mut p = Ledger::new(0, shards);
+    let mut q = Ledger::new(1, shards);
+    p.apply(1, &Command::CreateAccount(CreateAccount { id: payers[0].clone(), currency: cny, kind: AccountKind::Settlement }));
+    q.apply(1, &Command::CreateAccount(CreateAccount { id: cards[0].clone(), currency: cny, kind: AccountKind::PrepaidAnonymous }));
+    load(&mut p, "x1", &payers[0], &cards[0], 100_001);
+    let record = p.transfer(&tid("x1")).unwrap();
+    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    assert_eq!(
+        decided,
+        Applied::Credit(CreditOutcome { decision: Some(Decision::Refused(RejectCode::PrepaidLimitExceeded)), decided_now: true })
+    );
+}

@@ -15,7 +15,18 @@ pub enum AccountKind {
     Customer,
     Merchant,
     Settlement,
+    /// A named prepaid card (CNY): its balance never above `PREPAID_NAMED_MAX_MINOR`.
+    Prepaid,
+    /// An anonymous prepaid card (CNY): at most `PREPAID_ANONYMOUS_MAX_MINOR`, and it pays
+    /// merchants only (no cash-out).
+    PrepaidAnonymous,
 }
+
+/// The PBOC caps on a prepaid card's balance, in fen: 5,000 CNY named, 1,000 CNY anonymous.
+pub const PREPAID_NAMED_MAX_MINOR: Minor = 500_000;
+pub const PREPAID_ANONYMOUS_MAX_MINOR: Minor = 100_000;
+/// Prepaid cards are issued in this currency only.
+pub const PREPAID_CURRENCY: &str = "CNY";
 
 impl AccountKind {
     pub fn as_str(&self) -> &'static str {
@@ -23,7 +34,22 @@ impl AccountKind {
             AccountKind::Customer => "customer",
             AccountKind::Merchant => "merchant",
             AccountKind::Settlement => "settlement",
+            AccountKind::Prepaid => "prepaid",
+            AccountKind::PrepaidAnonymous => "prepaid_anonymous",
         }
+    }
+
+    /// The most a balance of this kind may hold, if capped.
+    pub fn balance_cap(&self) -> Option<Minor> {
+        match self {
+            AccountKind::Prepaid => Some(PREPAID_NAMED_MAX_MINOR),
+            AccountKind::PrepaidAnonymous => Some(PREPAID_ANONYMOUS_MAX_MINOR),
+            _ => None,
+        }
+    }
+
+    pub fn prepaid(&self) -> bool {
+        matches!(self, AccountKind::Prepaid | AccountKind::PrepaidAnonymous)
     }
 
     pub fn parse(text: &str) -> Option<AccountKind> {
@@ -31,6 +57,8 @@ impl AccountKind {
             "customer" => Some(AccountKind::Customer),
             "merchant" => Some(AccountKind::Merchant),
             "settlement" => Some(AccountKind::Settlement),
+            "prepaid" => Some(AccountKind::Prepaid),
+            "prepaid_anonymous" => Some(AccountKind::PrepaidAnonymous),
             _ => None,
         }
     }
@@ -146,6 +174,10 @@ pub enum RejectCode {
     NotRefundable,
     /// Not stored: the refunds of the original would exceed its amount.
     RefundExceedsOriginal,
+    /// A prepaid card's balance would pass its cap.
+    PrepaidLimitExceeded,
+    /// An anonymous prepaid card pays merchants only.
+    PrepaidCashOut,
 }
 
 impl RejectCode {
@@ -164,6 +196,8 @@ impl RejectCode {
             RejectCode::AccountFrozen => "account_frozen",
             RejectCode::NotRefundable => "transfer_not_refundable",
             RejectCode::RefundExceedsOriginal => "refund_exceeds_original",
+            RejectCode::PrepaidLimitExceeded => "limit_exceeded",
+            RejectCode::PrepaidCashOut => "prepaid_cash_out_refused",
         }
     }
 
@@ -192,6 +226,8 @@ impl RejectCode {
             RejectCode::AccountFrozen => "a stop order on the account forbids this movement",
             RejectCode::NotRefundable => "the original transfer did not post from this payee to this payer in this currency",
             RejectCode::RefundExceedsOriginal => "the refunds of this transfer would exceed its amount",
+            RejectCode::PrepaidLimitExceeded => "the prepaid card's balance would pass its cap (5,000 CNY named, 1,000 CNY anonymous)",
+            RejectCode::PrepaidCashOut => "an anonymous prepaid card pays merchant accounts only",
         }
     }
 }

@@ -50,10 +50,13 @@ pub fn create_account(object: &Map<String, Value>) -> Result<AccountRequest, Api
     let currency = currency(required(object, "currency")?)?;
     let kind = match string_field(object, "kind")? {
         None => AccountKind::Customer,
-        Some(text) => {
-            AccountKind::parse(text).ok_or_else(|| ApiError::invalid_request("kind", "kind must be customer, merchant or settlement"))?
-        }
+        Some(text) => AccountKind::parse(text).ok_or_else(|| {
+            ApiError::invalid_request("kind", "kind must be customer, merchant, settlement, prepaid or prepaid_anonymous")
+        })?,
     };
+    if kind.prepaid() && currency.code() != settle_cluster::ledger::PREPAID_CURRENCY {
+        return Err(ApiError::invalid_request("currency", "prepaid cards are issued in CNY"));
+    }
     Ok(AccountRequest { id, currency, kind })
 }
 
