@@ -211,6 +211,7 @@ async fn prometheus_scrapes_the_cluster_and_node_down_fires() {
     assert!(!status.status.success(), "settle status exits non-zero with a node down:\n{text}");
     // The first --target is the dead node: the report comes from the next one.
     assert!(text.contains("DOWN"), "{text}");
+    assert!(text.contains("shard(s) under-replicated"), "shards with a replica on the dead node are named: {text}");
 }
 
 fn urlencode(text: &str) -> String {

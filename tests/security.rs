@@ -386,4 +386,32 @@ async fn rate_limits_audit_chain_and_metrics_listener() {
     assert!(open.text().await.unwrap().contains("settle_audit_append_failures_total"));
     let guarded = client.http.get(format!("{}/metrics", cluster.node(2).url())).send().await.unwrap();
     assert_eq!(guarded.status(), 401);
+
+    // A flood of wrong keys from one address is cut off (429 auth_throttled, no lookups), and
+    // the address is served again once it stops failing.
+    let node1 = cluster.node(1).url();
+    let guessed = Key { id: "guess".to_string(), key: "settle_0123456789abcdef_guess".to_string(), signing_secret: None };
+    let mut throttled_after = None;
+    for attempt in 0..300 {
+        let (status, answer, headers) = client.send(&node1, Some(&guessed), Method::GET, "/v1/cluster", None).await;
+        if status == 429 {
+            assert_eq!(error_code(&answer), "auth_throttled", "{answer}");
+            assert!(headers.contains_key("retry-after"));
+            throttled_after = Some(attempt);
+            break;
+        }
+        assert_eq!(status, 401, "{answer}");
+    }
+    let attempts = throttled_after.expect("a flood of wrong keys is throttled");
+    assert!(attempts >= 100, "the burst of 100 failures passes first: throttled after {attempts}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = client.send(&node1, Some(&auditor), Method::GET, "/v1/cluster", None).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(Instant::now() < deadline, "the address is served again once it stops failing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

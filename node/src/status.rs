@@ -152,12 +152,35 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
             }
         }
     }
+    // A shard with a replica on a node that is down, or quarantined, survives one loss fewer.
+    let down: Vec<u64> = members.iter().filter(|member| member.cluster.is_none()).map(|member| member.id).collect();
+    let mut under_replicated = Vec::new();
+    for (shard, replicas) in &by_shard {
+        let hosts = replicas.first().map(|(_, view)| view.replicas.clone()).unwrap_or_default();
+        let missing: Vec<u64> = hosts
+            .iter()
+            .copied()
+            .filter(|host| down.contains(host) || replicas.iter().any(|(node, view)| node == host && view.role == "quarantined"))
+            .collect();
+        if !missing.is_empty() {
+            under_replicated.push(format!("shard {shard} (replica on node {missing:?} down or quarantined)"));
+        }
+    }
     println!();
     println!("shards          {}", by_shard.len());
+    println!("under-replicated {}", under_replicated.len());
     println!("without leader  {}", leaderless.len());
     println!("lagging         {}", lagging.len());
     println!("quarantined     {}", quarantined.len());
     println!("in-doubt        {in_doubt} (oldest {})", format_age(oldest_ms));
+    if !under_replicated.is_empty() {
+        let shown: Vec<&String> = under_replicated.iter().take(8).collect();
+        problems.push(format!(
+            "{} shard(s) under-replicated: {shown:?}{}",
+            under_replicated.len(),
+            if under_replicated.len() > 8 { " ..." } else { "" }
+        ));
+    }
     if !leaderless.is_empty() {
         problems.push(format!("{} shard(s) without a leader: {:?}", leaderless.len(), leaderless));
     }

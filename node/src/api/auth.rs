@@ -37,6 +37,11 @@ pub const SIGNATURE_SKEW_S: u64 = 300;
 /// grow it).
 const KEY_CACHE_MAX: usize = 10_000;
 const BUCKETS_MAX: usize = 100_000;
+/// Failed authentications a client address may make: a burst, then this many a second. Past
+/// it the address gets 429 `auth_throttled` without its credentials being looked up, so a
+/// flood of guessed or random keys costs the system shard nothing.
+const FAILED_AUTH_BURST: f64 = 100.0;
+const FAILED_AUTH_PER_SECOND: f64 = 10.0;
 
 /// The caller of a request, once authenticated.
 #[derive(Debug, Clone)]
@@ -141,6 +146,8 @@ pub fn token_key_id(token: &str) -> Option<&str> {
 pub struct Auth {
     keys: Mutex<HashMap<String, (Option<ApiKeyRecord>, Instant)>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Per client address, what is left of its failed-authentication budget.
+    failures: Mutex<HashMap<std::net::IpAddr, Bucket>>,
     cache_for: Duration,
     bootstrap_digest: Option<[u8; 32]>,
 }
@@ -150,6 +157,7 @@ impl Auth {
         Auth {
             keys: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             cache_for: Duration::from_millis(cache_ms),
             bootstrap_digest: bootstrap_key.filter(|key| !key.is_empty()).map(key_digest),
         }
@@ -158,6 +166,33 @@ impl Auth {
     fn cached(&self, id: &str) -> Option<Option<ApiKeyRecord>> {
         let keys = self.keys.lock().expect("key cache");
         keys.get(id).filter(|(_, at)| at.elapsed() < self.cache_for).map(|(record, _)| record.clone())
+    }
+
+    /// Whether `address` has used up its failed-authentication budget (seconds until it has
+    /// one again, if so).
+    pub fn throttled(&self, address: std::net::IpAddr) -> Option<u64> {
+        let mut failures = self.failures.lock().expect("failures");
+        let bucket = failures.get_mut(&address)?;
+        let now = Instant::now();
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * FAILED_AUTH_PER_SECOND).min(FAILED_AUTH_BURST);
+        bucket.at = now;
+        // Whole seconds for Retry-After; the value is below one.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let wait = ((1.0 - bucket.tokens) / FAILED_AUTH_PER_SECOND).ceil().max(1.0) as u64;
+        (bucket.tokens < 1.0).then_some(wait)
+    }
+
+    /// Takes one failed authentication from `address`'s budget.
+    pub fn failed(&self, address: std::net::IpAddr) {
+        let mut failures = self.failures.lock().expect("failures");
+        if failures.len() >= BUCKETS_MAX && !failures.contains_key(&address) {
+            failures.clear();
+        }
+        let now = Instant::now();
+        let bucket = failures.entry(address).or_insert(Bucket { tokens: FAILED_AUTH_BURST, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * FAILED_AUTH_PER_SECOND).min(FAILED_AUTH_BURST);
+        bucket.at = now;
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
     }
 
     pub fn remember(&self, id: &str, record: Option<ApiKeyRecord>) {

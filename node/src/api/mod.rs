@@ -156,11 +156,24 @@ async fn guard(
     if auth::access(&method, &pattern) == auth::Access::Public {
         return next.call(request).await;
     }
+    let address = request.peer_addr().map(|address| address.ip());
+    if let Some(wait_s) = address.and_then(|address| state.auth.throttled(address)) {
+        state.metrics.auth_failures.with_label_values(&["auth_throttled"]).inc();
+        let message = format!("too many failed authentications from this address; retry in {wait_s} s");
+        let mut response = request.error_response(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "auth_throttled", message));
+        if let Ok(value) = HeaderValue::from_str(&wait_s.to_string()) {
+            response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
     let (principal, limit) = match auth::authenticate(&state, &mut request).await {
         Ok(authenticated) => authenticated,
         Err(error) => {
             if error.status == StatusCode::UNAUTHORIZED {
                 state.metrics.auth_failures.with_label_values(&[error.code]).inc();
+                if let Some(address) = address {
+                    state.auth.failed(address);
+                }
             }
             return Ok(request.error_response(error));
         }
