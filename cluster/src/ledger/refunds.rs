@@ -101,7 +101,7 @@ impl Ledger {
         if matches!(outcome, TransferOutcome::Recorded(TransferStatus::Posted | TransferStatus::Pending)) {
             total.original = Some(command.original.clone());
             total.original_amount = original_amount;
-            total.refunded += refund.amount;
+            total.refunded = total.refunded.saturating_add(refund.amount);
             total.refunds.push(RefundItem {
                 id: refund.id.clone(),
                 amount: refund.amount,
@@ -126,7 +126,7 @@ impl Ledger {
         };
         if let Some(item) = total.refunds.iter_mut().find(|item| item.id == *id && !item.released) {
             item.released = true;
-            total.refunded -= item.amount;
+            total.refunded = total.refunded.saturating_sub(item.amount);
             self.write(total_key, &total);
         }
     }

@@ -395,9 +395,9 @@ fn admin_token_principal(state: &AppState, request: &ServiceRequest, token: &str
     })
 }
 
-/// Checks the role table for an authenticated principal.
-pub fn authorize(principal: &Principal, method: &Method, pattern: &str) -> Result<(), ApiError> {
-    match access(method, pattern) {
+/// Checks an authenticated principal against the route's entry of the role table (`access`).
+pub fn authorize(principal: &Principal, access: Access, method: &Method, pattern: &str) -> Result<(), ApiError> {
+    match access {
         Access::Public => Ok(()),
         Access::Roles(roles) if roles.contains(&principal.role) => Ok(()),
         Access::Roles(_) => Err(forbidden_role(principal, method, pattern)),

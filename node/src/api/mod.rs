@@ -153,7 +153,8 @@ async fn guard(
     };
     let method = request.method().clone();
     let pattern = request.match_pattern().unwrap_or_else(|| "unmatched".to_string());
-    if auth::access(&method, &pattern) == auth::Access::Public {
+    let access = auth::access(&method, &pattern);
+    if access == auth::Access::Public {
         return next.call(request).await;
     }
     let address = request.peer_addr().map(|address| address.ip());
@@ -181,7 +182,7 @@ async fn guard(
     let limit = limit.unwrap_or_else(|| state.settings.rate_limits.for_role(principal.role));
     let decision = auth::rate_check(&state.auth, &principal.key_id, limit);
     let checked = if decision.allowed {
-        auth::authorize(&principal, &method, &pattern)
+        auth::authorize(&principal, access, &method, &pattern)
     } else {
         state.metrics.rate_limited.with_label_values(&[principal.role.name()]).inc();
         let message =

@@ -18,9 +18,23 @@ pub(super) mod transfer;
 
 use super::peer::{Origin, ShardPeer};
 use super::Ctx;
-use crate::ledger::AppliedCommand;
+use crate::ledger::{AppliedCommand, Command};
 use crate::message::{Reply, Request};
 use crate::replica::AppliedProposal;
+
+/// A one-command leg whose task's whole reply is the command's outcome (system commands, stop
+/// orders): proposes it.
+fn propose_single(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, command: crate::ledger::Command) {
+    let task = peer.open_task(origin, deadline_ms, super::peer::TaskKind::Single, 1);
+    peer.propose(task, 0, command);
+}
+
+/// The applied command of a `propose_single` leg: its reply goes to the waiting task.
+fn answer_single(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, reply: Reply, ctx: &mut Ctx) {
+    if let Some((task, slot)) = peer.take_tag(tag) {
+        peer.fill(task, slot, super::peer::Answer::Reply(reply), ctx);
+    }
+}
 
 /// A leg for a shard this node leads: its operation validates and proposes it (or, for reads,
 /// queues it for the next ReadIndex).
@@ -51,8 +65,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::CreateAccounts(items) => account::accept_batch(peer, origin, deadline_ms, items),
         Request::Transfers(items) => transfer::accept(peer, origin, deadline_ms, items, ctx),
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
-        Request::System(command) => system::accept(peer, origin, deadline_ms, command),
-        Request::Stop(command) => stop::accept(peer, origin, deadline_ms, command),
+        Request::System(command) => propose_single(peer, origin, deadline_ms, Command::System(command)),
+        Request::Stop(command) => propose_single(peer, origin, deadline_ms, Command::Stop(command)),
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
         read @ (Request::ReadAccount(_)
         | Request::ReadTransfer { .. }
@@ -72,7 +86,7 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::Reserve { reserve, outcome } => reserve::applied(peer, tag, reserve, outcome, ctx),
         AppliedCommand::Credit { credit, outcome } => credit::applied(peer, credit, outcome, ctx),
         AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
-        AppliedCommand::System { outcome, .. } => system::applied(peer, tag, outcome, ctx),
-        AppliedCommand::Stop { outcome, .. } => stop::applied(peer, tag, outcome, ctx),
+        AppliedCommand::System { outcome, .. } => answer_single(peer, tag, Reply::System(outcome), ctx),
+        AppliedCommand::Stop { outcome, .. } => answer_single(peer, tag, Reply::Stop(outcome), ctx),
     }
 }
