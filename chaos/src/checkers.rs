@@ -26,6 +26,9 @@
 //! - `committed_on_quorum` (after every input, `sim.rs`): no replica's commit index is ahead of
 //!   what a quorum of the shard's replicas holds durably (so an acknowledgement survives any
 //!   minority's power loss).
+//! - `holds_balanced`: a closed hold captured plus released exactly what it held, an open one
+//!   is indexed for its expiry, and every account's pending debits are exactly its pending
+//!   transfers plus its open holds (so nothing is released twice or held for ever).
 //! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
 //!   an honest node sent (only what the simulator injects as hostile).
 
@@ -132,7 +135,8 @@ impl Checkers {
         let shard = ledger.shard();
         let statuses = self.final_statuses.entry(shard).or_default();
         for record in ledger.transfers() {
-            if record.status == TransferStatus::Pending {
+            // Pending and held are not final (a held one is captured, voided or expires).
+            if matches!(record.status, TransferStatus::Pending | TransferStatus::Held) {
                 continue;
             }
             let earlier = first_recorded(statuses, &record.id, || record.status.clone());
@@ -173,7 +177,9 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
     for record in ledger.transfers() {
         // A record whose id is homed here was reserved in the same apply that stored it.
         if let Some(reserved) = ledger.reservation(&record.id) {
-            if reserved != record.body() {
+            // A captured hold's record says what was captured; its id was reserved for what it held.
+            let held = ledger.hold(&record.id).map(|hold| TransferBody { amount: hold.held, ..record.body() });
+            if reserved != held.unwrap_or_else(|| record.body()) {
                 let message = format!("{} on shard {shard} stores {:?} but the id is reserved for {reserved:?}", record.id, record.body());
                 return Err(Violation::new("one_body_per_id", message));
             }
@@ -206,6 +212,23 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
         if *sum != inflow {
             let message = format!("shard {shard} {currency}: balances sum to {sum}, net inflow is {inflow}");
             return Err(Violation::new("conservation", message));
+        }
+    }
+    // Holds: a closed one released or captured exactly what it held, an open one is indexed for
+    // expiry; every account's pending debits are exactly its pending transfers and open holds.
+    let held = ledger.verify_holds().map_err(|broken| Violation::new("holds_balanced", format!("shard {shard}: {broken}")))?;
+    let mut pending: BTreeMap<AccountId, Minor> = held;
+    for record in ledger.pending() {
+        *pending.entry(record.from.clone()).or_insert(0) += record.amount;
+    }
+    for account in ledger.accounts() {
+        let expected = pending.get(&account.id).copied().unwrap_or(0);
+        if account.debits_pending != expected {
+            let message = format!(
+                "account {} on shard {shard} has pending debits {}, its pending transfers and holds sum to {expected}",
+                account.id, account.debits_pending
+            );
+            return Err(Violation::new("holds_balanced", message));
         }
     }
     // Refunds of an original never exceed it, and its total counts exactly its live refunds.
@@ -365,6 +388,8 @@ pub fn payer_matches_payee(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Le
                 (TransferStatus::Posted, Some(Decision::Credited)) => true,
                 (TransferStatus::Posted, None) => !settled,
                 (TransferStatus::Rejected(_), None | Some(Decision::Refused(_))) => true,
+                // A hold not captured never asked the payee's shard.
+                (TransferStatus::Held | TransferStatus::Voided | TransferStatus::Expired, None) => true,
                 _ => false,
             };
             if !agrees {
@@ -403,7 +428,12 @@ fn one_body_per_id(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Ledger>) -
     for ledger in ledgers.values() {
         for record in ledger.transfers() {
             let body = record.body();
-            if reserved(&record.id) != Some(body.clone()) {
+            // A captured hold's record says what was captured; its id was reserved for what it held.
+            let reserved_body = match ledger.hold(&record.id) {
+                Some(hold) => TransferBody { amount: hold.held, ..body.clone() },
+                None => body.clone(),
+            };
+            if reserved(&record.id) != Some(reserved_body) {
                 let message = format!("{} is stored as {body:?} but reserved as {:?}", record.id, reserved(&record.id));
                 return Err(Violation::new("one_body_per_id", message));
             }

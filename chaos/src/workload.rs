@@ -22,7 +22,7 @@ use settle_cluster::ids::{AccountId, NodeId, TransferId};
 use settle_cluster::ledger::{
     AccountKind, AuditEvent, LiftStop, PlaceStop, RejectCode, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
 };
-use settle_cluster::message::{AccountRequest, AccountResult, RefundRequest, Reply, Request, TransferRequest, TransferResult};
+use settle_cluster::message::{AccountRequest, AccountResult, HoldRequest, RefundRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
 use settle_cluster::CallId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +66,9 @@ pub struct WorkloadConfig {
     /// Share (percent) of writers' operations that refund part of an acknowledged transfer
     /// (amounts drawn up to the whole original, so refunds of one often exceed it together).
     pub refund_percent: u32,
+    /// Share (percent) of writers' operations on holds: make one (lasting 100 ms to 2 s, so
+    /// many expire), capture one (all, part, or more than held), void one, or void one again.
+    pub hold_percent: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -88,6 +91,7 @@ impl Default for WorkloadConfig {
             nonce_names: 12,
             stop_percent: 4,
             refund_percent: 5,
+            hold_percent: 8,
         }
     }
 }
@@ -132,6 +136,20 @@ enum Operation {
     /// Places or lifts a stop order.
     Stop {
         command: StopCmd,
+    },
+    /// Makes a hold (`command` is what it holds).
+    Hold {
+        command: TransferRequest,
+        timeout_ms: u64,
+    },
+    /// Captures `command.amount` of the hold `held` (the capture is the transfer `command`).
+    Capture {
+        command: TransferRequest,
+        held: Minor,
+    },
+    /// Voids a hold.
+    Void {
+        hold: TransferRequest,
     },
     ReadAccount {
         account: AccountId,
@@ -194,6 +212,14 @@ pub struct Workload {
     /// Stops placed so far (ids are unique), and the ones a client saw placed and not lifted.
     stops_sent: u64,
     stops_active: Vec<(StopId, AccountId)>,
+    /// Holds a client saw made and not yet captured or voided (some expire meanwhile), and
+    /// holds it saw voided (voided again now and then: nothing may be released twice).
+    holds_open: Vec<TransferRequest>,
+    holds_voided: Vec<TransferRequest>,
+    /// Every hold id sent: not reused for plain transfers (another mode under the same id is
+    /// refused as reused even with the captured body, which the balance model would count as
+    /// "never posts"; `ledger/holds_tests.rs` covers that refusal).
+    hold_ids: BTreeSet<TransferId>,
 }
 
 impl Workload {
@@ -230,6 +256,9 @@ impl Workload {
             audit_sent: 0,
             stops_sent: 0,
             stops_active: Vec::new(),
+            holds_open: Vec::new(),
+            holds_voided: Vec::new(),
+            hold_ids: BTreeSet::new(),
             operations: 0,
         }
     }
@@ -328,7 +357,7 @@ impl Workload {
         } else {
             all[client.rng.gen_range(0..all.len())]
         };
-        if let Operation::Transfer { command } | Operation::Refund { command, .. } = &operation {
+        if let Operation::Transfer { command } | Operation::Refund { command, .. } | Operation::Capture { command, .. } = &operation {
             self.sent(command);
         }
         let client = &mut self.clients[index];
@@ -344,6 +373,11 @@ impl Workload {
             }
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
             Operation::Stop { command } => Request::Stop(command.clone()),
+            Operation::Hold { command, timeout_ms } => Request::Hold(HoldRequest { transfer: command.clone(), timeout_ms: *timeout_ms }),
+            Operation::Capture { command, .. } => {
+                Request::Capture { id: command.id.clone(), payer: command.from.clone(), amount: Some(command.amount) }
+            }
+            Operation::Void { hold } => Request::Void { id: hold.id.clone(), payer: hold.from.clone() },
             Operation::UseNonce { name, expires_ms } => {
                 Request::System(SystemCmd::UseNonce { name: name.clone(), expires_ms: *expires_ms })
             }
@@ -423,6 +457,9 @@ impl Workload {
             let command = TransferRequest { id, from: original.to.clone(), to: original.from.clone(), amount, currency: original.currency };
             return Operation::Refund { command, original: original.id };
         }
+        if !reader && self.clients[index].rng.gen_range(0..100) < self.config.hold_percent {
+            return self.hold_operation(index);
+        }
         if !reader && self.clients[index].rng.gen_range(0..100) < self.config.stop_percent {
             let client = &mut self.clients[index];
             // Lift a stop a client saw placed, or place a new one (at most two at a time, so
@@ -497,6 +534,40 @@ impl Workload {
         Operation::Transfer { command }
     }
 
+    /// An operation on holds: capture or void an open one, void a voided one again, or make one.
+    fn hold_operation(&mut self, index: usize) -> Operation {
+        let client = &mut self.clients[index];
+        if !self.holds_open.is_empty() && client.rng.gen_bool(0.6) {
+            let hold = self.holds_open.swap_remove(client.rng.gen_range(0..self.holds_open.len()));
+            if client.rng.gen_bool(0.35) {
+                return Operation::Void { hold };
+            }
+            // All of it, part of it, or (refused) one unit more.
+            let amount = match client.rng.gen_range(0..10) {
+                0..=3 => hold.amount,
+                4..=8 => client.rng.gen_range(1..=hold.amount),
+                _ => hold.amount + 1,
+            };
+            let held = hold.amount;
+            return Operation::Capture { command: TransferRequest { amount, ..hold }, held };
+        }
+        if !self.holds_voided.is_empty() && client.rng.gen_bool(0.25) {
+            let hold = self.holds_voided[client.rng.gen_range(0..self.holds_voided.len())].clone();
+            return Operation::Void { hold };
+        }
+        let accounts = self.accounts.len();
+        let from = client.rng.gen_range(1..accounts);
+        let to = if from + 1 < accounts { from + 1 } else { 1 };
+        let id = TransferId::new(format!("hd{}-{}", client.id, client.next_transfer)).expect("valid");
+        client.next_transfer += 1;
+        let amount = client.rng.gen_range(1..=self.config.amount_max_minor);
+        let command =
+            TransferRequest { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
+        let timeout_ms = client.rng.gen_range(100..=2_000);
+        self.hold_ids.insert(command.id.clone());
+        Operation::Hold { command, timeout_ms }
+    }
+
     /// A transfer under an id already used with another body: an id another client has in
     /// flight now (a race) or one already answered, with another payer (same shard or another
     /// one), payee or amount. `None` when no id is known yet.
@@ -523,6 +594,9 @@ impl Workload {
         } else {
             return None;
         };
+        if self.hold_ids.contains(&original.id) {
+            return None;
+        }
         let shard_of = |account: &AccountId| settle_cluster::placement::shard_of(account, self.shards);
         let mut command = original.clone();
         let customers = &self.accounts[1..];
@@ -647,6 +721,48 @@ impl Workload {
                 }
                 true
             }
+            Operation::Hold { command, .. } => match single_result(reply) {
+                TransferResult::Done(view) => {
+                    if view.status == TransferStatus::Held {
+                        cluster.note(format!("ack hold {} held", command.id));
+                        self.holds_open.push(command.clone());
+                    }
+                    true
+                }
+                TransferResult::Refused(_) => true,
+                TransferResult::Unavailable => false,
+            },
+            Operation::Capture { command, held } => {
+                let refused = match single_result(reply) {
+                    TransferResult::Done(view) => match view.status {
+                        TransferStatus::Posted => {
+                            cluster.note(format!("ack capture {} posted {} of {held}", command.id, command.amount));
+                            self.acknowledge(command.clone(), now);
+                            return true;
+                        }
+                        TransferStatus::Pending => return false,
+                        TransferStatus::Rejected(code) => code,
+                        // Voided or expired before the capture: nothing moved.
+                        _ => RejectCode::HoldNotActive,
+                    },
+                    TransferResult::Refused(code) => code,
+                    TransferResult::Unavailable => return false,
+                };
+                cluster.note(format!("ack capture {} refused {}", command.id, refused.code()));
+                self.rejected.insert((command.id.clone(), command.body()), refused);
+                true
+            }
+            Operation::Void { hold } => match single_result(reply) {
+                TransferResult::Done(view) => {
+                    if view.status == TransferStatus::Voided && !self.holds_voided.contains(hold) {
+                        cluster.note(format!("ack void {}", hold.id));
+                        self.holds_voided.push(hold.clone());
+                    }
+                    true
+                }
+                TransferResult::Refused(_) => true,
+                TransferResult::Unavailable => false,
+            },
             Operation::UseNonce { name, .. } => {
                 if let Reply::System(SystemOutcome::NonceFresh) = reply {
                     cluster.note(format!("ack nonce {name} fresh"));
@@ -764,6 +880,14 @@ impl Workload {
     /// Keeps the first violation a read found.
     fn violated(&mut self, violation: Violation) {
         self.first_violation.get_or_insert(violation);
+    }
+}
+
+/// The one result of a one-transfer reply (`Unavailable` for anything else).
+fn single_result(reply: Reply) -> TransferResult {
+    match reply {
+        Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
+        _ => TransferResult::Unavailable,
     }
 }
 

@@ -149,3 +149,11 @@ fn stop_ignored_cross_shard_is_caught() {
 fn refund_cap_unchecked_is_caught() {
     caught(PlantedBug::RefundCapUnchecked, &["refunds_within_original"]);
 }
+
+/// A void that releases an already voided hold again drops the payer's pending debits below
+/// its open holds (in a debug build the core's own assertion on the account may see it first):
+/// writers void some holds twice.
+#[test]
+fn hold_voided_twice_is_caught() {
+    caught(PlantedBug::HoldVoidedTwice, &["holds_balanced", "core_assertion"]);
+}

@@ -19,7 +19,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// version is refused by the transport, never misread).
 /// 2: transfer-id reservations, decisions carry the body they decide.
 /// 3: reservation answers carry the reservation they answer.
-pub const PEER_FORMAT_VERSION: u8 = 3;
+/// 4: transfer views carry their hold; holds, captures and voids.
+pub const PEER_FORMAT_VERSION: u8 = 4;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -73,6 +74,14 @@ pub struct RefundRequest {
     pub reason: String,
 }
 
+/// A hold (a transfer made with mode hold): routed like a transfer (its id reserved on its home
+/// shard first), applied on its payer's shard as `Command::Hold`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    pub transfer: TransferRequest,
+    pub timeout_ms: u64,
+}
+
 /// What a client asks of the cluster. `Transfers` may name payers on many shards (the batch
 /// endpoint); the node splits it into one leg per shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +118,18 @@ pub enum Request {
     ReadRefunds {
         original: TransferId,
         payee: AccountId,
+    },
+    Hold(HoldRequest),
+    /// Captures a hold on its payer's shard (all of it when `amount` is `None`).
+    Capture {
+        id: TransferId,
+        payer: AccountId,
+        amount: Option<Minor>,
+    },
+    /// Voids a hold on its payer's shard.
+    Void {
+        id: TransferId,
+        payer: AccountId,
     },
 }
 

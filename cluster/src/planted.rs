@@ -49,6 +49,9 @@ pub enum PlantedBug {
     StopIgnoredCrossShard,
     /// A refund is applied without checking the original's refunded total: refunds exceed it.
     RefundCapUnchecked,
+    /// A void of a hold that was already voided releases its amount again (the "voided twice"
+    /// bug other ledgers shipped): the payer's pending debits drop below what it holds.
+    HoldVoidedTwice,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -56,7 +59,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 16] = [
+    pub const ALL: [PlantedBug; 17] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -73,6 +76,7 @@ impl PlantedBug {
         PlantedBug::AuditHeadNotLoaded,
         PlantedBug::StopIgnoredCrossShard,
         PlantedBug::RefundCapUnchecked,
+        PlantedBug::HoldVoidedTwice,
     ];
 }
 

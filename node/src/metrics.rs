@@ -408,6 +408,11 @@ impl Scrape {
         );
         self.counter("transfer_redrives_total", "Credit requests re-sent for in-doubt transfers", vec![(vec![], stats.redrives as f64)]);
         self.counter(
+            "holds_expired_total",
+            "Holds released at their expiry on shards this node leads",
+            vec![(vec![], stats.holds_expired as f64)],
+        );
+        self.counter(
             "transfer_prevents_total",
             "Re-sent credit requests asking the payee shard to refuse (past prevent_after_ms)",
             vec![(vec![], stats.prevents as f64)],

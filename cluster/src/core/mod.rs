@@ -390,6 +390,7 @@ impl NodeCore {
         for peer in peers.values_mut() {
             peer.expire_tasks(&mut ctx);
             operation::transfer::redrive(peer, &mut ctx);
+            operation::holds::expire_due(peer, &mut ctx);
         }
         self.deliver_outbox();
         self.snapshot_tick();

@@ -177,6 +177,8 @@ pub(super) struct ShardPeer {
     pub leading: Option<u64>,
     /// A snapshot this replica fetches from its leader (`core/snapshot.rs`).
     pub incoming_snapshot: Option<super::snapshot::IncomingSnapshot>,
+    /// When this leader last looked for due holds (`operation/holds.rs`), monotonic.
+    pub holds_checked_ms: Option<u64>,
 }
 
 impl ShardPeer {
@@ -193,6 +195,7 @@ impl ShardPeer {
             credits_proposed_ms: BTreeMap::new(),
             leading: None,
             incoming_snapshot: None,
+            holds_checked_ms: None,
         }
     }
 

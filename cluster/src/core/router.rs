@@ -14,7 +14,9 @@ use super::peer::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{CallId, LegId, NodeId, ShardId, TransferId};
 use crate::ledger::{RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
-use crate::message::{AccountRequest, AccountResult, PeerMessage, RefundRequest, Reply, Request, TransferRequest, TransferResult};
+use crate::message::{
+    AccountRequest, AccountResult, HoldRequest, PeerMessage, RefundRequest, Reply, Request, TransferRequest, TransferResult,
+};
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
@@ -62,6 +64,14 @@ impl Router {
     }
 }
 
+/// What a one-transfer call's payer-shard leg is, when it is not a plain transfer.
+enum Wrap {
+    /// A refund of `original`, with its reason.
+    Refund(TransferId, String),
+    /// A hold lasting `timeout_ms`.
+    Hold(u64),
+}
+
 struct Call {
     deadline_ms: u64,
     state: CallState,
@@ -70,8 +80,8 @@ struct Call {
     /// Transfers held back while the call's reservation legs are out, by item position, with
     /// whether they may go (a home shard cleared them, or their payer's shard is their home).
     held: BTreeMap<usize, (TransferRequest, bool)>,
-    /// A refund call: what its one transfer refunds (its payer-shard leg is a `Refund`).
-    refund: Option<(TransferId, String)>,
+    /// A refund or hold call: its one transfer's payer-shard leg is a `Refund` or a `Hold`.
+    wrap: Option<Wrap>,
     request_id: Option<String>,
 }
 
@@ -106,7 +116,7 @@ impl NodeCore {
         // Items in flight: transfers, and accounts of a batch (both bounded together).
         let transfers = match &request {
             Request::Transfers(items) => items.len(),
-            Request::Refund(_) => 1,
+            Request::Refund(_) | Request::Hold(_) => 1,
             Request::CreateAccounts(items) => items.len(),
             _ => 0,
         };
@@ -120,10 +130,14 @@ impl NodeCore {
         let placement = &self.config.placement;
         let mut legs: Vec<(ShardId, Request, Vec<usize>)> = Vec::new();
         let mut held = BTreeMap::new();
-        let mut refund = None;
+        let mut wrap = None;
         let request = match request {
             Request::Refund(request) => {
-                refund = Some((request.original, request.reason));
+                wrap = Some(Wrap::Refund(request.original, request.reason));
+                Request::Transfers(vec![request.transfer])
+            }
+            Request::Hold(request) => {
+                wrap = Some(Wrap::Hold(request.timeout_ms));
                 Request::Transfers(vec![request.transfer])
             }
             other => other,
@@ -149,7 +163,7 @@ impl NodeCore {
                 let skip = planted(self.planted, PlantedBug::SkipIdReservation) || planted(self.planted, PlantedBug::IdReuseUnchecked);
                 let reservations = if skip { Vec::new() } else { reserve::legs(placement, &items) };
                 if reservations.is_empty() {
-                    legs.extend(refund_legs(transfer_legs(placement, items.into_iter().enumerate()), refund.as_ref()));
+                    legs.extend(wrapped_legs(transfer_legs(placement, items.into_iter().enumerate()), wrap.as_ref()));
                 } else {
                     legs.extend(reservations);
                     for (position, item) in items.into_iter().enumerate() {
@@ -201,7 +215,15 @@ impl NodeCore {
                 legs.push((placement.shard_of(&payee), Request::ReadRefunds { original, payee }, Vec::new()));
                 CallState::Single(None)
             }
-            Request::Refund(_) => unreachable!("a refund became a transfer call above"),
+            request @ (Request::Capture { .. } | Request::Void { .. }) => {
+                let shard = match &request {
+                    Request::Capture { payer, .. } | Request::Void { payer, .. } => placement.shard_of(payer),
+                    _ => unreachable!("matched above"),
+                };
+                legs.push((shard, request, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Refund(_) | Request::Hold(_) => unreachable!("a refund or hold became a transfer call above"),
         };
         if legs.is_empty() {
             // An empty batch: nothing to route, answer at once.
@@ -213,7 +235,7 @@ impl NodeCore {
             return;
         }
         self.router.transfers_inflight += transfers;
-        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, refund, request_id });
+        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, wrap, request_id });
         self.start_legs(call, legs);
     }
 
@@ -438,7 +460,7 @@ impl NodeCore {
                 .into_iter()
                 .filter_map(|(position, (item, cleared))| cleared.then_some((position, item)))
                 .collect();
-            let legs = refund_legs(transfer_legs(&self.config.placement, cleared), call.refund.as_ref());
+            let legs = wrapped_legs(transfer_legs(&self.config.placement, cleared), call.wrap.as_ref());
             if !legs.is_empty() {
                 self.start_legs(leg.call, legs);
                 return;
@@ -513,16 +535,23 @@ impl NodeCore {
     }
 }
 
-/// A refund call's transfer leg carries what it refunds (`Request::Refund`).
-fn refund_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, refund: Option<&(TransferId, String)>) -> Vec<(ShardId, Request, Vec<usize>)> {
-    let Some((original, reason)) = refund else {
+/// A refund or hold call's transfer leg carries what it refunds (`Request::Refund`) or how long
+/// it holds (`Request::Hold`).
+fn wrapped_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, wrap: Option<&Wrap>) -> Vec<(ShardId, Request, Vec<usize>)> {
+    let Some(wrap) = wrap else {
         return legs;
     };
     legs.into_iter()
         .map(|(shard, request, positions)| match request {
             Request::Transfers(mut items) if items.len() == 1 => {
                 let transfer = items.remove(0);
-                (shard, Request::Refund(RefundRequest { transfer, original: original.clone(), reason: reason.clone() }), positions)
+                let request = match wrap {
+                    Wrap::Refund(original, reason) => {
+                        Request::Refund(RefundRequest { transfer, original: original.clone(), reason: reason.clone() })
+                    }
+                    Wrap::Hold(timeout_ms) => Request::Hold(HoldRequest { transfer, timeout_ms: *timeout_ms }),
+                };
+                (shard, request, positions)
             }
             other => (shard, other, positions),
         })
@@ -582,6 +611,28 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         },
         (Request::ReadStops(account), Reply::Stops(stops)) => stops.iter().flatten().all(|stop| stop.account == *account),
         (Request::Refund(refund), Reply::Transfers(_)) => reply_fits(&Request::Transfers(vec![refund.transfer.clone()]), reply),
+        (Request::Hold(hold), Reply::Transfers(results)) => {
+            // A hold's record says what was captured once it is; its hold, what was held.
+            let asked = &hold.transfer;
+            results.len() == 1
+                && match &results[0] {
+                    TransferResult::Done(view) => {
+                        view.id == asked.id
+                            && view.from == asked.from
+                            && view.to == asked.to
+                            && view.currency == asked.currency
+                            && view.hold.as_ref().map_or(view.amount, |stored| stored.held) == asked.amount
+                    }
+                    TransferResult::Refused(_) | TransferResult::Unavailable => true,
+                }
+        }
+        (Request::Capture { id, payer, .. } | Request::Void { id, payer }, Reply::Transfers(results)) => {
+            results.len() == 1
+                && match &results[0] {
+                    TransferResult::Done(view) => view.id == *id && view.from == *payer,
+                    TransferResult::Refused(_) | TransferResult::Unavailable => true,
+                }
+        }
         (Request::ReadRefunds { original, .. }, Reply::Refunds(total)) => {
             total.as_ref().is_none_or(|total| total.original.as_ref() == Some(original))
         }

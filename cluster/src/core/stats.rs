@@ -53,6 +53,8 @@ pub struct CoreStats {
     /// Credit requests re-sent for pending transfers, and those asking to prevent.
     pub redrives: u64,
     pub prevents: u64,
+    /// Holds released at their expiry on shards this node leads.
+    pub holds_expired: u64,
     /// Legs sent to another node's leader.
     pub legs_forwarded: u64,
     /// Client calls that ran out of time (answered `Unavailable` for what was missing).

@@ -47,27 +47,6 @@ pub(super) enum Checked {
 
 /// The longest store key a snapshot chunk may carry (kind, id, position).
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
-/// Record kinds a snapshot may carry (`ledger/keys.rs`).
-const SNAPSHOT_KINDS: [u8; 18] = [
-    keys::ACCOUNT,
-    keys::TRANSFER,
-    keys::CREDIT,
-    keys::RESERVATION,
-    keys::HISTORY,
-    keys::PENDING,
-    keys::INFLOW,
-    keys::APPLIED,
-    keys::ACCOUNT_COUNT,
-    keys::API_KEY,
-    keys::NONCE,
-    keys::NONCE_EXPIRY,
-    keys::AUDIT,
-    keys::AUDIT_HEAD,
-    keys::STOP,
-    keys::STOP_ACTIVE,
-    keys::REFUND_TOTAL,
-    keys::REFUND_OF,
-];
 
 impl NodeCore {
     /// Checks a message from `from` before the core sees it.
@@ -153,7 +132,7 @@ impl NodeCore {
                 }
                 let keys_valid = entries
                     .iter()
-                    .all(|(key, _)| key.len() <= SNAPSHOT_KEY_BYTES_MAX && key.first().is_some_and(|kind| SNAPSHOT_KINDS.contains(kind)));
+                    .all(|(key, _)| key.len() <= SNAPSHOT_KEY_BYTES_MAX && key.first().is_some_and(|kind| keys::KINDS.contains(kind)));
                 if !keys_valid {
                     return Err("snapshot_key_invalid");
                 }
@@ -217,6 +196,10 @@ impl NodeCore {
             Request::ReadStops(_) | Request::ReadRefunds { .. } => Ok(()),
             Request::Refund(refund) if refund.reason.len() > crate::ledger::REFUND_REASON_BYTES_MAX => Err("leg_bounds"),
             Request::Refund(refund) => check_transfer_request(&refund.transfer),
+            Request::Hold(hold) if hold.timeout_ms == 0 || hold.timeout_ms > crate::ledger::HOLD_TIMEOUT_MS_MAX => Err("leg_bounds"),
+            Request::Hold(hold) => check_transfer_request(&hold.transfer),
+            Request::Capture { amount: Some(amount), .. } if *amount <= 0 || *amount > crate::money::AMOUNT_MINOR_MAX => Err("leg_bounds"),
+            Request::Capture { .. } | Request::Void { .. } => Ok(()),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

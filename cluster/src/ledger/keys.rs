@@ -22,6 +22,8 @@
 //! | `f` | account id length, account id, stop id | nothing (the active stops) |
 //! | `u` | original transfer id | `RefundTotal` (on the original payee's shard) |
 //! | `v` | refund transfer id | the original transfer id it refunds |
+//! | `w` | transfer id | `HoldRecord` (a transfer made with mode hold, on its payer's shard) |
+//! | `y` | expiry (u64 BE), transfer id | nothing (the active holds by expiry) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -48,6 +50,32 @@ pub const STOP: u8 = b's';
 pub const STOP_ACTIVE: u8 = b'f';
 pub const REFUND_TOTAL: u8 = b'u';
 pub const REFUND_OF: u8 = b'v';
+pub const HOLD: u8 = b'w';
+pub const HOLD_EXPIRY: u8 = b'y';
+
+/// Every record kind of a generation (what a snapshot may carry).
+pub const KINDS: [u8; 20] = [
+    ACCOUNT,
+    TRANSFER,
+    CREDIT,
+    RESERVATION,
+    HISTORY,
+    PENDING,
+    INFLOW,
+    APPLIED,
+    ACCOUNT_COUNT,
+    API_KEY,
+    NONCE,
+    NONCE_EXPIRY,
+    AUDIT,
+    AUDIT_HEAD,
+    STOP,
+    STOP_ACTIVE,
+    REFUND_TOTAL,
+    REFUND_OF,
+    HOLD,
+    HOLD_EXPIRY,
+];
 
 /// The prefix of every data key of one generation of a shard.
 pub fn generation_prefix(shard: ShardId, generation: u32) -> Key {
@@ -102,6 +130,13 @@ pub fn history(shard: ShardId, generation: u32, account: &AccountId, position: u
     let mut key = history_prefix(shard, generation, account);
     key.extend_from_slice(&position.to_be_bytes());
     key
+}
+
+/// An active hold in the expiry index: ordered by when it expires.
+pub fn hold_expiry(shard: ShardId, generation: u32, expires_at_ms: u64, id: &TransferId) -> Key {
+    let mut rest = expires_at_ms.to_be_bytes().to_vec();
+    rest.extend_from_slice(id.as_str().as_bytes());
+    key(shard, generation, HOLD_EXPIRY, &rest)
 }
 
 pub fn inflow(shard: ShardId, generation: u32, currency: Currency) -> Key {

@@ -18,6 +18,7 @@
 //!   Raft log is compacted only behind an applied index the store made durable.
 
 mod cache;
+mod holds;
 pub mod keys;
 mod refunds;
 mod stops;
@@ -25,9 +26,12 @@ mod system;
 mod types;
 
 #[cfg(test)]
+mod holds_tests;
+#[cfg(test)]
 mod tests;
 
 pub use cache::CacheStats;
+pub use holds::*;
 pub use refunds::*;
 pub use stops::*;
 pub use system::*;
@@ -278,6 +282,9 @@ impl Ledger {
         if let Some(checked) = suffix.first().and_then(|kind| refunds::check_refund_record(*kind, value)) {
             return checked;
         }
+        if let Some(checked) = suffix.first().and_then(|kind| holds::check_hold_record(*kind, value)) {
+            return checked;
+        }
         match suffix.first().copied() {
             Some(keys::ACCOUNT) => decodes::<StoredAccount>(value),
             Some(keys::TRANSFER) => decodes::<TransferRecord>(value),
@@ -453,7 +460,7 @@ impl Ledger {
 
     fn view(&self, item: &HistoryItem) -> Option<TransferView> {
         match item.record {
-            RecordKind::Transfer => self.transfer(&item.transfer).map(|record| TransferView::from(&record)),
+            RecordKind::Transfer => self.transfer_view(&item.transfer),
             RecordKind::Credit => self.credit(&item.transfer).map(|record| TransferView::from(&record)),
         }
     }
@@ -483,6 +490,19 @@ impl Ledger {
                 let record = if report && stored { self.transfer(&transfer.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Transfer { transfer, outcome, record }
             }
+            Command::Hold(hold) => {
+                let outcome = self.hold_command(now_ms, &hold);
+                self.hold_applied(hold.transfer.id.clone(), outcome, report)
+            }
+            Command::Capture(capture) => {
+                let outcome = self.capture_command(now_ms, &capture);
+                self.hold_applied(capture.id.clone(), outcome, report)
+            }
+            Command::Void(void) => {
+                let outcome = self.void_command(now_ms, &void);
+                self.hold_applied(void.id.clone(), outcome, report)
+            }
+            Command::ExpireHolds => AppliedCommand::HoldsExpired { expired: self.expire_holds(now_ms) },
             Command::Reserve(reserve) => {
                 let outcome = self.reserve_command(&reserve);
                 AppliedCommand::Reserve { reserve, outcome }
@@ -515,6 +535,21 @@ impl Ledger {
         applied
     }
 
+    /// A hold, capture or void as applied: its `transfer` is the record's body after the
+    /// command (what a cross-shard capture's credit carries; `None` when nothing is stored under
+    /// the id), its record comes with the hold.
+    fn hold_applied(&mut self, id: TransferId, outcome: TransferOutcome, report: bool) -> AppliedCommand {
+        let transfer = self.transfer(&id).map(|record| TransferCmd {
+            id: id.clone(),
+            from: record.from,
+            to: record.to,
+            amount: record.amount,
+            currency: record.currency,
+        });
+        let record = if report { self.transfer_view(&id) } else { None };
+        AppliedCommand::Hold { id, transfer, outcome, record }
+    }
+
     /// `apply_command` without the records, committed at once: the outcome alone (what the
     /// tests compare).
     pub fn apply(&mut self, now_ms: u64, command: &Command) -> Applied {
@@ -526,6 +561,8 @@ impl Ledger {
             AppliedCommand::Finalize { outcome, .. } => Applied::Finalize(outcome),
             AppliedCommand::System { outcome, .. } => Applied::System(outcome),
             AppliedCommand::Stop { outcome, .. } => Applied::Stop(outcome),
+            AppliedCommand::Hold { outcome, .. } => Applied::Transfer(outcome),
+            AppliedCommand::HoldsExpired { expired } => Applied::HoldsExpired(expired.len()),
         };
         let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
         self.commit_round(&mark).expect("a test store takes writes");
@@ -634,26 +671,16 @@ impl Ledger {
             return TransferOutcome::Refused(RejectCode::WrongShard);
         }
         if let Some(existing) = self.transfer(&transfer.id) {
-            if existing.same_request(transfer) {
+            // A hold's id is not a plain transfer's, whatever its body became at capture.
+            if existing.same_request(transfer) && self.hold(&transfer.id).is_none() {
                 return TransferOutcome::Replayed(existing.status);
             }
             return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
         }
-        // When the id's home is this shard, the reservation happens here, in the same apply;
-        // otherwise the origin reserved it on the home shard before proposing this command.
-        let home_here = home_shard_of(&transfer.id, self.shard_count) == self.shard;
-        let reserved = if home_here { self.reservation(&transfer.id) } else { None };
-        if let Some(reserved) = &reserved {
-            if !reserved.matches(transfer) && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
-                return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
-            }
-        }
-        if transfer.from == transfer.to {
-            return TransferOutcome::Refused(RejectCode::SameAccount);
-        }
-        if transfer.amount <= 0 || transfer.amount > AMOUNT_MINOR_MAX {
-            return TransferOutcome::Refused(RejectCode::InvalidAmount);
-        }
+        let (home_here, reserved) = match self.admit(transfer) {
+            Ok(admitted) => admitted,
+            Err(code) => return TransferOutcome::Refused(code),
+        };
         let cross_shard = self.owner(&transfer.to) != self.shard;
         let payer_check = match self.check_payer(transfer, !cross_shard) {
             Err(RejectCode::InsufficientFunds) if cross_shard && planted(self.planted, PlantedBug::SkipOverdraftCheck) => Ok(()),
@@ -667,17 +694,7 @@ impl Ledger {
                 Ok(()) => TransferStatus::Posted,
             },
         };
-        let record = TransferRecord {
-            id: transfer.id.clone(),
-            from: transfer.from.clone(),
-            to: transfer.to.clone(),
-            amount: transfer.amount,
-            currency: transfer.currency,
-            status: status.clone(),
-            cross_shard,
-            created_at_ms: now_ms,
-            finalized_at_ms: if status == TransferStatus::Pending { None } else { Some(now_ms) },
-        };
+        let record = TransferRecord::new(transfer, status.clone(), cross_shard, now_ms);
         match &status {
             TransferStatus::Posted => {
                 self.post_debit(&transfer.from, transfer.amount, &transfer.id);
@@ -690,13 +707,34 @@ impl Ledger {
                 self.pending.insert(transfer.id.clone());
                 self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &transfer.id), Some(Vec::new()));
             }
-            TransferStatus::Rejected(_) => {}
+            TransferStatus::Rejected(_) | TransferStatus::Held | TransferStatus::Voided | TransferStatus::Expired => {}
         }
         if home_here && reserved.is_none() {
             self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
         }
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
         TransferOutcome::Recorded(status)
+    }
+
+    /// The checks of a new transfer (or hold) under an unused id: whether the id's home is this
+    /// shard and, if so, its reservation (which must be for this body), then the body's own
+    /// validity. When the id's home is this shard, the reservation happens here, in the same
+    /// apply; otherwise the origin reserved it on the home shard before proposing the command.
+    fn admit(&self, transfer: &TransferCmd) -> Result<(bool, Option<TransferBody>), RejectCode> {
+        let home_here = home_shard_of(&transfer.id, self.shard_count) == self.shard;
+        let reserved = if home_here { self.reservation(&transfer.id) } else { None };
+        if let Some(reserved) = &reserved {
+            if !reserved.matches(transfer) && !planted(self.planted, PlantedBug::IdReuseUnchecked) {
+                return Err(RejectCode::IdempotencyKeyReused);
+            }
+        }
+        if transfer.from == transfer.to {
+            return Err(RejectCode::SameAccount);
+        }
+        if transfer.amount <= 0 || transfer.amount > AMOUNT_MINOR_MAX {
+            return Err(RejectCode::InvalidAmount);
+        }
+        Ok((home_here, reserved))
     }
 
     /// The payer exists, holds this currency and (unless it is a settlement account) has the
@@ -827,8 +865,10 @@ impl Ledger {
             Decision::Refused(code) => TransferStatus::Rejected(*code),
         };
         if matches!(status, TransferStatus::Rejected(_)) {
-            // A refund the original payer's shard refused gives its amount back.
+            // A refund the original payer's shard refused gives its amount back; so does a
+            // capture the payee's shard refused.
             self.release_refund(&finalize.id);
+            self.capture_refused(&finalize.id);
         }
         record.status = status.clone();
         record.finalized_at_ms = Some(now_ms);
@@ -877,10 +917,16 @@ impl Ledger {
         };
         let touched: [Option<&AccountId>; 2] = match applied {
             AppliedCommand::Account { create, .. } => [Some(&create.id), None],
-            AppliedCommand::Transfer { transfer, .. } => [Some(&transfer.from), Some(&transfer.to)],
+            AppliedCommand::Transfer { transfer, .. } | AppliedCommand::Hold { transfer: Some(transfer), .. } => {
+                [Some(&transfer.from), Some(&transfer.to)]
+            }
+            AppliedCommand::Hold { transfer: None, .. } => [None, None],
             AppliedCommand::Credit { credit, .. } => [Some(&credit.to), None],
             AppliedCommand::Finalize { .. } => [finalized_payer.as_ref(), None],
-            AppliedCommand::Reserve { .. } | AppliedCommand::System { .. } | AppliedCommand::Stop { .. } => [None, None],
+            AppliedCommand::Reserve { .. }
+            | AppliedCommand::System { .. }
+            | AppliedCommand::Stop { .. }
+            | AppliedCommand::HoldsExpired { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.account(id) {
@@ -932,7 +978,12 @@ impl Ledger {
             }
             if home_shard_of(id, self.shard_count) == self.shard {
                 let reserved = self.reservation(id);
-                ensure!(reserved == Some(record.body()), "transfer {id} is not the body its id is reserved for");
+                // A captured hold's record says what was captured; its id was reserved for what it held.
+                let mut body = record.body();
+                if let Some(hold) = self.hold(id) {
+                    body.amount = hold.held;
+                }
+                ensure!(reserved == Some(body), "transfer {id} is not the body its id is reserved for");
             }
         }
         for credit in self.credits() {
@@ -942,6 +993,10 @@ impl Ledger {
         }
         for (id, _) in self.reservations() {
             ensure!(home_shard_of(&id, self.shard_count) == self.shard, "reservation {id} on the wrong shard");
+        }
+        for (payer, held) in self.verify_holds()? {
+            let sum = pending_sums.entry(payer).or_insert(0);
+            *sum = sum.checked_add(held).ok_or("held amounts overflow")?;
         }
         for account in &accounts {
             let expected = pending_sums.get(&account.id).copied().unwrap_or(0);

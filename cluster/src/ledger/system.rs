@@ -412,7 +412,7 @@ impl Ledger {
 
     /// The first `limit` keys in `[start, end)` as this round sees them: the store's, with the
     /// overlay's writes and deletions applied.
-    fn scan_keys_merged(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<Key> {
+    pub(super) fn scan_keys_merged(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<Key> {
         let written: Vec<(&Key, bool)> =
             self.overlay.range(start.to_vec()..end.to_vec()).map(|(key, value)| (key, value.is_some())).collect();
         let deletions = written.iter().filter(|(_, present)| !present).count();

@@ -5,37 +5,37 @@ use crate::ids::StopId;
 use crate::money::Currency;
 use crate::placement::home_shard_of;
 
-fn usd() -> Currency {
+pub(super) fn usd() -> Currency {
     Currency::from_code("USD").unwrap()
 }
 
-fn id(text: &str) -> AccountId {
+pub(super) fn id(text: &str) -> AccountId {
     AccountId::new(text).unwrap()
 }
 
-fn tid(text: &str) -> TransferId {
+pub(super) fn tid(text: &str) -> TransferId {
     TransferId::new(text).unwrap()
 }
 
 /// Finds account ids that live on `shard` among `shards`, so tests can build same-shard and
 /// cross-shard pairs without knowing the hash.
-fn ids_on(shard: ShardId, shards: u32, count: usize) -> Vec<AccountId> {
+pub(super) fn ids_on(shard: ShardId, shards: u32, count: usize) -> Vec<AccountId> {
     (0..).map(|n| id(&format!("acct-{n}"))).filter(|a| shard_of(a, shards) == shard).take(count).collect()
 }
 
-fn create(ledger: &mut Ledger, account: &AccountId, kind: AccountKind) {
+pub(super) fn create(ledger: &mut Ledger, account: &AccountId, kind: AccountKind) {
     let command = Command::CreateAccount(CreateAccount { id: account.clone(), currency: usd(), kind });
     assert_eq!(ledger.apply(1, &command), Applied::Account(AccountOutcome::Created));
 }
 
-fn transfer(ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
+pub(super) fn transfer(ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor) -> Applied {
     let command = Command::Transfer(TransferCmd { id: tid(id), from: from.clone(), to: to.clone(), amount, currency: usd() });
     ledger.apply(2, &command)
 }
 
 /// Shard 0 of two holds `bank` (settlement) and `alice`, funded with `funding`; shard 1 holds
 /// `bob`: the cross-shard tests' starting point.
-fn two_shards(funding: Minor) -> (Ledger, Ledger, [AccountId; 3]) {
+pub(super) fn two_shards(funding: Minor) -> (Ledger, Ledger, [AccountId; 3]) {
     let shards = 2;
     let payers = ids_on(0, shards, 2);
     let payees = ids_on(1, shards, 1);
@@ -365,7 +365,7 @@ fn stop(ledger: &mut Ledger, now_ms: u64, command: StopCmd) -> StopOutcome {
     }
 }
 
-fn place(id_text: &str, account: &AccountId, block_credits: bool) -> StopCmd {
+pub(super) fn place(id_text: &str, account: &AccountId, block_credits: bool) -> StopCmd {
     StopCmd::Place(PlaceStop {
         id: StopId::new(id_text).unwrap(),
         account: account.clone(),

@@ -1,5 +1,6 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
+use super::holds::{CaptureCmd, HoldCmd, HoldRecord, VoidCmd};
 use super::refunds::RefundCmd;
 use super::stops::{StopCmd, StopOutcome};
 use super::system::{SystemCmd, SystemOutcome};
@@ -178,6 +179,12 @@ pub enum RejectCode {
     PrepaidLimitExceeded,
     /// An anonymous prepaid card pays merchants only.
     PrepaidCashOut,
+    /// Not stored: a capture or void names a transfer that is not a hold.
+    NotAHold,
+    /// Not stored: a capture asks for more than the hold reserved.
+    CaptureExceedsHold,
+    /// Not stored: the hold was already captured, voided or expired (the transfer shows which).
+    HoldNotActive,
 }
 
 impl RejectCode {
@@ -198,6 +205,9 @@ impl RejectCode {
             RejectCode::RefundExceedsOriginal => "refund_exceeds_original",
             RejectCode::PrepaidLimitExceeded => "limit_exceeded",
             RejectCode::PrepaidCashOut => "prepaid_cash_out_refused",
+            RejectCode::NotAHold => "transfer_not_a_hold",
+            RejectCode::CaptureExceedsHold => "capture_exceeds_hold",
+            RejectCode::HoldNotActive => "hold_not_active",
         }
     }
 
@@ -207,6 +217,7 @@ impl RejectCode {
             RejectCode::PayerNotFound | RejectCode::PayeeNotFound => 404,
             RejectCode::SameAccount | RejectCode::InvalidAmount => 400,
             RejectCode::WrongShard => 503,
+            RejectCode::HoldNotActive | RejectCode::NotAHold => 409,
             _ => 422,
         }
     }
@@ -228,6 +239,9 @@ impl RejectCode {
             RejectCode::RefundExceedsOriginal => "the refunds of this transfer would exceed its amount",
             RejectCode::PrepaidLimitExceeded => "the prepaid card's balance would pass its cap (5,000 CNY named, 1,000 CNY anonymous)",
             RejectCode::PrepaidCashOut => "an anonymous prepaid card pays merchant accounts only",
+            RejectCode::NotAHold => "the transfer was not made with mode hold",
+            RejectCode::CaptureExceedsHold => "a capture may not exceed the amount held",
+            RejectCode::HoldNotActive => "the hold was already captured, voided or expired",
         }
     }
 }
@@ -239,6 +253,14 @@ pub enum TransferStatus {
     Pending,
     Posted,
     Rejected(RejectCode),
+    /// A hold (`holds.rs`): the amount is reserved on the payer (a pending debit) until it is
+    /// captured (then `Posted`, or `Pending` while a cross-shard capture is decided), voided or
+    /// expired.
+    Held,
+    /// A hold released by its payer's request: nothing moved.
+    Voided,
+    /// A hold released at its expiry: nothing moved.
+    Expired,
 }
 
 impl TransferStatus {
@@ -247,6 +269,9 @@ impl TransferStatus {
             TransferStatus::Pending => "pending",
             TransferStatus::Posted => "posted",
             TransferStatus::Rejected(_) => "rejected",
+            TransferStatus::Held => "held",
+            TransferStatus::Voided => "voided",
+            TransferStatus::Expired => "expired",
         }
     }
 }
@@ -266,6 +291,22 @@ pub struct TransferRecord {
 }
 
 impl TransferRecord {
+    /// A new record of `transfer` with `status`, made at `now_ms` (final unless pending or held).
+    pub fn new(transfer: &TransferCmd, status: TransferStatus, cross_shard: bool, now_ms: u64) -> TransferRecord {
+        let open = matches!(status, TransferStatus::Pending | TransferStatus::Held);
+        TransferRecord {
+            id: transfer.id.clone(),
+            from: transfer.from.clone(),
+            to: transfer.to.clone(),
+            amount: transfer.amount,
+            currency: transfer.currency,
+            status,
+            cross_shard,
+            created_at_ms: now_ms,
+            finalized_at_ms: if open { None } else { Some(now_ms) },
+        }
+    }
+
     /// What the transfer moves: compared in full whenever a record is found under an id.
     pub fn body(&self) -> TransferBody {
         TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
@@ -320,6 +361,9 @@ pub struct TransferView {
     pub created_at_ms: u64,
     /// True when the view comes from the payee shard's decision rather than the payer record.
     pub payee_side: bool,
+    /// For a transfer made with mode hold, on its payer's side: what was held and what became
+    /// of it.
+    pub hold: Option<HoldRecord>,
 }
 
 impl From<&TransferRecord> for TransferView {
@@ -333,6 +377,7 @@ impl From<&TransferRecord> for TransferView {
             status: record.status.clone(),
             created_at_ms: record.created_at_ms,
             payee_side: false,
+            hold: None,
         }
     }
 }
@@ -352,6 +397,7 @@ impl From<&CreditRecord> for TransferView {
             status,
             created_at_ms: record.decided_at_ms,
             payee_side: true,
+            hold: None,
         }
     }
 }
@@ -479,6 +525,11 @@ pub enum Command {
     Stop(StopCmd),
     /// A refund of a posted transfer (`refunds.rs`): applied as a transfer, after the cap.
     Refund(RefundCmd),
+    /// A hold, its capture, its void, and the expiry of due holds (`holds.rs`).
+    Hold(HoldCmd),
+    Capture(CaptureCmd),
+    Void(VoidCmd),
+    ExpireHolds,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -526,6 +577,7 @@ pub enum Applied {
     Reserve(ReserveOutcome),
     System(SystemOutcome),
     Stop(StopOutcome),
+    HoldsExpired(usize),
 }
 
 /// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
@@ -533,11 +585,47 @@ pub enum Applied {
 /// command, so whoever handles it never pairs a command with an outcome of another kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppliedCommand {
-    Account { create: CreateAccount, outcome: AccountOutcome, account: Option<AccountView> },
-    Transfer { transfer: TransferCmd, outcome: TransferOutcome, record: Option<TransferView> },
-    Reserve { reserve: ReserveCmd, outcome: ReserveOutcome },
-    Credit { credit: CreditCmd, outcome: CreditOutcome },
-    Finalize { finalize: FinalizeCmd, outcome: FinalizeOutcome, record: Option<TransferView> },
-    System { command: SystemCmd, outcome: SystemOutcome },
-    Stop { command: StopCmd, outcome: StopOutcome },
+    Account {
+        create: CreateAccount,
+        outcome: AccountOutcome,
+        account: Option<AccountView>,
+    },
+    Transfer {
+        transfer: TransferCmd,
+        outcome: TransferOutcome,
+        record: Option<TransferView>,
+    },
+    Reserve {
+        reserve: ReserveCmd,
+        outcome: ReserveOutcome,
+    },
+    Credit {
+        credit: CreditCmd,
+        outcome: CreditOutcome,
+    },
+    Finalize {
+        finalize: FinalizeCmd,
+        outcome: FinalizeOutcome,
+        record: Option<TransferView>,
+    },
+    System {
+        command: SystemCmd,
+        outcome: SystemOutcome,
+    },
+    Stop {
+        command: StopCmd,
+        outcome: StopOutcome,
+    },
+    /// A hold, capture or void: answered like a transfer; `transfer` is the record's body after
+    /// the command (`None` if nothing is stored under the id).
+    Hold {
+        id: TransferId,
+        transfer: Option<TransferCmd>,
+        outcome: TransferOutcome,
+        record: Option<TransferView>,
+    },
+    /// `ExpireHolds`: the holds it released.
+    HoldsExpired {
+        expired: Vec<TransferId>,
+    },
 }

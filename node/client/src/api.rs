@@ -130,13 +130,30 @@ pub struct TransferView {
     pub created_at_ms: u64,
     pub currency: String,
     pub from: String,
+    /// A transfer made with mode hold: what was held and what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
+    /// A hold's expiry, RFC 3339 in UTC (present with `hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<String>,
     pub id: String,
     /// Present only when `status` is `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Rejection>,
-    /// `posted`, `rejected` or `pending`.
+    /// `posted`, `rejected`, `pending`, or for holds `held`, `voided`, `expired`.
     pub status: String,
     pub to: String,
+}
+
+/// A hold's amounts (`amount` is what was held until a capture, then what was captured).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    /// Captured (moved or, while `pending`, moving to the payee).
+    pub captured: String,
+    pub expires_at_ms: u64,
+    pub held: String,
+    /// Given back to the payer's available balance (by a partial capture, a void or expiry).
+    pub released: String,
 }
 
 /// Why a transfer was rejected, stored under its id.

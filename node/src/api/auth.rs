@@ -108,6 +108,7 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/audit", true) => Access::Roles(AUDITORS),
         ("/v1/risk/stops" | "/v1/risk/stops/{id}/lift", false) => Access::Roles(STAFF),
         ("/v1/transfers/{id}/refunds", false) => Access::Roles(PAYERS),
+        ("/v1/transfers/{id}/capture" | "/v1/transfers/{id}/void", false) => Access::Roles(PAYERS),
         ("/v1/transfers/{id}/refunds", true) => Access::Roles(EVERY_ROLE),
         ("/v1/accounts/{id}/stops", true) => Access::Roles(OBSERVERS),
         ("/admin/faults", _) => Access::Roles(ADMIN),

@@ -7,6 +7,7 @@ pub mod amount;
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod holds;
 pub mod keys;
 pub mod refunds;
 pub mod stops;
@@ -127,6 +128,8 @@ pub fn app(
         .service(resource("/v1/api_keys").route(web::post().to(keys::create)).route(web::get().to(keys::list)))
         .service(resource("/v1/api_keys/{id}").route(web::get().to(keys::show)).route(web::delete().to(keys::revoke)))
         .service(resource("/v1/audit").route(web::get().to(keys::audit)))
+        .service(resource("/v1/transfers/{id}/capture").route(web::post().to(holds::capture)))
+        .service(resource("/v1/transfers/{id}/void").route(web::post().to(holds::void)))
         .service(resource("/v1/transfers/{id}/refunds").route(web::post().to(refunds::create)).route(web::get().to(refunds::list)))
         .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
         .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
@@ -575,13 +578,15 @@ async fn create_transfer(
     principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let object = state.read_object(&request, payload).await?;
-    let transfer = types::transfer(&object)?;
+    let transfer = types::transfer_with(&object, &["mode", "hold_timeout_seconds"])?;
+    let hold_timeout_ms = types::hold_timeout_ms(&object)?;
     request.extensions_mut().insert(auth::AuditTargets(vec![transfer.id.to_string(), transfer.from.to_string(), transfer.to.to_string()]));
     principal.check_account(&transfer.from)?;
-    let result = match state.call_with(&request_id, Request::Transfers(vec![transfer])).await? {
-        Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
-        other => return Err(unexpected(other)),
+    let call = match hold_timeout_ms {
+        Some(timeout_ms) => Request::Hold(settle_cluster::message::HoldRequest { transfer, timeout_ms }),
+        None => Request::Transfers(vec![transfer]),
     };
+    let result = call_one(&state, &request_id, call).await?;
     let outcome = transfer_outcome(&state.metrics, result);
     // The id as the body gave it (`types::transfer` took it unchanged), borrowed for the log.
     let transfer_id = object.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -644,18 +649,34 @@ pub(crate) fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Res
                 Ok((StatusCode::CREATED, types::transfer_json(&view)))
             }
             TransferStatus::Pending => Ok((StatusCode::ACCEPTED, types::transfer_json(&view))),
+            // A hold made (or replayed), or one already released (a retried hold request).
+            TransferStatus::Held => Ok((StatusCode::CREATED, types::transfer_json(&view))),
+            TransferStatus::Voided | TransferStatus::Expired => Ok((StatusCode::OK, types::transfer_json(&view))),
             TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", json!(types::transfer_json(&view)))),
         },
         TransferResult::Refused(code) => Err(ApiError::rejected(code)),
         TransferResult::Unavailable => Err(ApiError::unavailable()),
     };
     let label = match &outcome {
-        Ok((StatusCode::CREATED, _)) => "posted",
-        Ok(_) => "pending",
+        Ok((_, view)) => match view.status.as_str() {
+            "posted" => "posted",
+            "held" => "held",
+            "voided" | "expired" => "released",
+            _ => "pending",
+        },
         Err(error) => error.code,
     };
     metrics.transfers.with_label_values(&[label]).inc();
     outcome
+}
+
+/// Calls the cluster with a request about one transfer (a transfer, hold, capture, void or
+/// refund) and returns its one result.
+pub(crate) async fn call_one(state: &AppState, request_id: &RequestId, request: Request) -> Result<TransferResult> {
+    match state.call_with(request_id, request).await? {
+        Reply::Transfers(mut results) if results.len() == 1 => Ok(results.remove(0)),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub(crate) fn unexpected(reply: Reply) -> ApiError {

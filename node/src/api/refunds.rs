@@ -6,7 +6,7 @@
 use super::auth::{AuditTargets, Principal};
 use super::body;
 use super::errors::ApiError;
-use super::{transfer_outcome, types, unexpected, AppState, RequestId};
+use super::{call_one, transfer_outcome, types, unexpected, AppState, RequestId};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -55,10 +55,7 @@ pub async fn create(
     let amount = types::amount(&object, original.currency)?;
     let transfer = TransferRequest { id, from: original.to.clone(), to: original.from.clone(), amount, currency: original.currency };
     let refund = RefundRequest { transfer, original: original_id.clone(), reason };
-    let result = match state.call_with(&request_id, Request::Refund(refund)).await? {
-        Reply::Transfers(mut results) if results.len() == 1 => results.remove(0),
-        other => return Err(unexpected(other)),
-    };
+    let result = call_one(&state, &request_id, Request::Refund(refund)).await?;
     let (status, view) = transfer_outcome(&state.metrics, result)?;
     let mut body = json!(view);
     body["refund_of"] = json!(original_id.as_str());

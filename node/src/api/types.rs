@@ -62,7 +62,14 @@ pub fn create_account(object: &Map<String, Value>) -> Result<AccountRequest, Api
 
 /// One transfer of `POST /v1/transfers` or of a batch.
 pub fn transfer(object: &Map<String, Value>) -> Result<TransferRequest, ApiError> {
-    super::body::only_fields(object, &["id", "from", "to", "amount", "currency"])?;
+    transfer_with(object, &[])
+}
+
+/// A transfer whose body may also carry the `extra` members (the single endpoint's `mode`).
+pub fn transfer_with(object: &Map<String, Value>, extra: &[&'static str]) -> Result<TransferRequest, ApiError> {
+    let mut fields = vec!["id", "from", "to", "amount", "currency"];
+    fields.extend_from_slice(extra);
+    super::body::only_fields(object, &fields)?;
     let id = transfer_id(required(object, "id")?, "id")?;
     let from = account_id(required(object, "from")?, "from")?;
     let to = account_id(required(object, "to")?, "to")?;
@@ -104,17 +111,61 @@ pub fn account_json(view: &AccountView) -> api::AccountView {
     }
 }
 
+/// Milliseconds since the Unix epoch as RFC 3339 in UTC (`2026-12-07T04:19:01.123Z`).
+pub fn rfc3339(at_ms: u64) -> String {
+    let nanos = i128::from(at_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| at_ms.to_string())
+}
+
+/// How a single transfer is made: posted at once (`mode` absent or `"post"`), or held
+/// (`"hold"`, for `hold_timeout_seconds`, default 7 days, at most 30).
+pub fn hold_timeout_ms(object: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    let timeout = object.get("hold_timeout_seconds");
+    match string_field(object, "mode")? {
+        None | Some("post") if timeout.is_none() => Ok(None),
+        None | Some("post") => Err(ApiError::invalid_request("hold_timeout_seconds", "hold_timeout_seconds needs mode hold")),
+        Some("hold") => {
+            let max_seconds = settle_cluster::ledger::HOLD_TIMEOUT_MS_MAX / 1_000;
+            let seconds = match timeout {
+                None | Some(Value::Null) => HOLD_TIMEOUT_SECONDS_DEFAULT,
+                Some(value) => value.as_u64().filter(|seconds| (1..=max_seconds).contains(seconds)).ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "hold_timeout_seconds",
+                        format!("hold_timeout_seconds must be an integer from 1 to {max_seconds}"),
+                    )
+                })?,
+            };
+            Ok(Some(seconds * 1_000))
+        }
+        Some(_) => Err(ApiError::invalid_request("mode", "mode must be \"post\" or \"hold\"")),
+    }
+}
+
+/// A hold lasts a week unless the request says otherwise.
+pub const HOLD_TIMEOUT_SECONDS_DEFAULT: u64 = 7 * 24 * 3_600;
+
 /// A transfer as API v1 answers it; a rejected one carries its stored rejection.
 pub fn transfer_json(view: &TransferView) -> api::TransferView {
     let rejection = match &view.status {
         TransferStatus::Rejected(code) => Some(api::Rejection { code: code.code().to_string(), message: code.message().to_string() }),
-        TransferStatus::Posted | TransferStatus::Pending => None,
+        _ => None,
     };
+    let hold = view.hold.as_ref().map(|hold| api::HoldView {
+        captured: view.currency.format(hold.captured),
+        expires_at_ms: hold.expires_at_ms,
+        held: view.currency.format(hold.held),
+        released: view.currency.format(hold.released),
+    });
     api::TransferView {
         amount: view.currency.format(view.amount),
         created_at_ms: view.created_at_ms,
         currency: view.currency.code().to_string(),
         from: view.from.to_string(),
+        hold_expires_at: view.hold.as_ref().map(|hold| rfc3339(hold.expires_at_ms)),
+        hold,
         id: view.id.to_string(),
         rejection,
         status: view.status.as_str().to_string(),
@@ -158,6 +209,7 @@ mod tests {
             status: TransferStatus::Posted,
             created_at_ms: 9,
             payee_side: false,
+            hold: None,
         };
         assert_eq!(
             serde_json::to_string(&transfer_json(&transfer)).unwrap(),
@@ -171,6 +223,14 @@ mod tests {
             serde_json::Value::from(rejection.message())
         );
         assert_eq!(serde_json::to_string(&transfer_json(&transfer)).unwrap(), expected);
+        // A hold carries its amounts and its expiry in RFC 3339.
+        transfer.status = TransferStatus::Held;
+        transfer.hold =
+            Some(settle_cluster::ledger::HoldRecord { held: 1_234, expires_at_ms: 1_796_601_600_000, captured: 0, released: 0 });
+        assert_eq!(
+            serde_json::to_string(&transfer_json(&transfer)).unwrap(),
+            r#"{"amount":"12.34","created_at_ms":9,"currency":"USD","from":"alice","hold":{"captured":"0.00","expires_at_ms":1796601600000,"held":"12.34","released":"0.00"},"hold_expires_at":"2026-12-07T00:00:00Z","id":"t1","status":"held","to":"bob"}"#
+        );
     }
 
     /// The client's USD formatting, kept local so clients need not pull in the currency table,

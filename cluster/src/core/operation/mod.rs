@@ -10,6 +10,7 @@
 pub(super) mod account;
 pub(super) mod credit;
 pub(super) mod finalize;
+pub(super) mod holds;
 pub(super) mod read;
 pub(super) mod reserve;
 pub(super) mod stop;
@@ -52,6 +53,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::ReadStops(account) => ctx.placement.shard_of(account) == shard,
         Request::Refund(refund) => transfer::payer_shard(ctx.placement, &refund.transfer) == shard,
         Request::ReadRefunds { payee, .. } => ctx.placement.shard_of(payee) == shard,
+        Request::Hold(hold) => transfer::payer_shard(ctx.placement, &hold.transfer) == shard,
+        Request::Capture { payer, .. } | Request::Void { payer, .. } => ctx.placement.shard_of(payer) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -68,6 +71,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::System(command) => propose_single(peer, origin, deadline_ms, Command::System(command)),
         Request::Stop(command) => propose_single(peer, origin, deadline_ms, Command::Stop(command)),
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
+        request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => holds::accept(peer, origin, deadline_ms, request),
         read @ (Request::ReadAccount(_)
         | Request::ReadTransfer { .. }
         | Request::History { .. }
@@ -88,5 +92,7 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::Finalize { finalize, outcome, record } => finalize::applied(peer, finalize, outcome, record, ctx),
         AppliedCommand::System { outcome, .. } => answer_single(peer, tag, Reply::System(outcome), ctx),
         AppliedCommand::Stop { outcome, .. } => answer_single(peer, tag, Reply::Stop(outcome), ctx),
+        AppliedCommand::Hold { id, transfer, outcome, record } => holds::applied(peer, tag, id, transfer, outcome, record, ctx),
+        AppliedCommand::HoldsExpired { expired } => holds::expired(peer, &expired, ctx),
     }
 }

@@ -102,7 +102,7 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
     match request {
         Request::ReadAccount(account) => Reply::AccountState(ledger.account(account).map(|account| AccountView::from(&account))),
         Request::ReadTransfer { id, payer } => {
-            let payer_side = ledger.transfer(id).map(|record| TransferView::from(&record));
+            let payer_side = ledger.transfer_view(id);
             match payer_side.or_else(|| ledger.credit(id).map(|record| TransferView::from(&record))) {
                 Some(view) => Reply::Transfer(Some(view)),
                 // Asked as the id's home shard: point at the payer's shard.
@@ -125,6 +125,9 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::Reserve(_)
         | Request::System(_)
         | Request::Stop(_)
-        | Request::Refund(_) => Reply::Unavailable,
+        | Request::Refund(_)
+        | Request::Hold(_)
+        | Request::Capture { .. }
+        | Request::Void { .. } => Reply::Unavailable,
     }
 }

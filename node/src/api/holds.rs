@@ -1,0 +1,122 @@
+//! Holds: `POST /v1/transfers {"mode": "hold", ...}` reserves (see `create_transfer`);
+//! `POST /v1/transfers/{id}/capture {"amount"?}` moves all or part of it to the payee and
+//! releases the rest; `POST /v1/transfers/{id}/void` releases it. The rules, and expiry, live in
+//! the payer shard's ledger (`ledger/holds.rs`); this edge finds the hold's payer (the same
+//! lookup as `GET /v1/transfers/{id}`) and sends the command to its shard.
+//!
+//! Answers: 200 with the transfer (202 while a cross-shard capture is being decided); a retry
+//! of the same capture or void answers the same. 409 `hold_not_active` when the hold was already
+//! closed another way (the transfer in the error's `transfer`), 409 `transfer_not_a_hold`, 422
+//! `capture_exceeds_hold`, 422 `account_frozen` (a stop on the payer keeps the money held).
+
+use super::auth::{AuditTargets, Principal};
+use super::body;
+use super::errors::ApiError;
+use super::{call_one, transfer_outcome, types, unexpected, AppState, RequestId};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use serde_json::json;
+use settle_cluster::ids::TransferId;
+use settle_cluster::ledger::{HoldRecord, RejectCode, TransferStatus, TransferView};
+use settle_cluster::message::{Reply, Request, TransferResult};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The hold under `id` with its hold terms, for a key that may act for its payer or payee.
+async fn find_hold(state: &AppState, request_id: &RequestId, principal: &Principal, id: &TransferId) -> Result<(TransferView, HoldRecord)> {
+    let view = match state.call_with(request_id, Request::ReadTransfer { id: id.clone(), payer: None }).await? {
+        Reply::Transfer(Some(view)) => view,
+        Reply::Transfer(None) => return Err(ApiError::transfer_not_found(id.as_str())),
+        other => return Err(unexpected(other)),
+    };
+    // The payer's key or the payee's (a merchant captures what its customer authorised).
+    if !principal.may_act_for(&view.from) && !principal.may_act_for(&view.to) {
+        principal.check_account(&view.from)?;
+    }
+    let Some(hold) = view.hold.clone() else {
+        return Err(ApiError::rejected(RejectCode::NotAHold).with_detail("transfer", json!(types::transfer_json(&view))));
+    };
+    Ok((view, hold))
+}
+
+/// The answer to a capture or void: the transfer when it reached `wanted`, else 409
+/// `hold_not_active` with the transfer as it is.
+fn answer(
+    state: &AppState,
+    result: TransferResult,
+    before: &HoldRecord,
+    wanted: &[TransferStatus],
+    amount: Option<i128>,
+) -> Result<HttpResponse> {
+    let result = match result {
+        // A cross-shard capture's answer comes from its finalize, without the hold: fill it in.
+        TransferResult::Done(mut view) => {
+            if view.hold.is_none() {
+                view.hold = Some(closed_hold(before, &view));
+            }
+            let reached = wanted.contains(&view.status) && amount.is_none_or(|asked| asked == view.amount);
+            if !reached && !matches!(view.status, TransferStatus::Rejected(_)) {
+                let body = json!(types::transfer_json(&view));
+                return Err(ApiError::rejected(RejectCode::HoldNotActive).with_detail("transfer", body));
+            }
+            TransferResult::Done(view)
+        }
+        other => other,
+    };
+    let (status, view) = transfer_outcome(&state.metrics, result)?;
+    let status = if status == StatusCode::CREATED { StatusCode::OK } else { status };
+    Ok(HttpResponse::build(status).json(view))
+}
+
+/// What a hold became, from its terms and the transfer's status after a capture.
+fn closed_hold(before: &HoldRecord, view: &TransferView) -> HoldRecord {
+    let captured = match view.status {
+        TransferStatus::Posted | TransferStatus::Pending => view.amount,
+        _ => 0,
+    };
+    HoldRecord { captured, released: before.held - captured, ..before.clone() }
+}
+
+/// `POST /v1/transfers/{id}/capture {"amount"?}`.
+pub async fn capture(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<Principal>,
+) -> Result<HttpResponse> {
+    let id = types::transfer_id(&path, "id")?;
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &["amount"])?;
+    request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
+    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    let amount = match object.get("amount") {
+        None => None,
+        Some(_) => Some(types::amount(&object, view.currency)?),
+    };
+    let call = Request::Capture { id, payer: view.from.clone(), amount };
+    let result = call_one(&state, &request_id, call).await?;
+    // A retry without an amount answers the capture that happened; one with another amount
+    // than was captured is refused.
+    answer(&state, result, &hold, &[TransferStatus::Posted, TransferStatus::Pending], amount)
+}
+
+/// `POST /v1/transfers/{id}/void`.
+pub async fn void(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<Principal>,
+) -> Result<HttpResponse> {
+    let id = types::transfer_id(&path, "id")?;
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &[])?;
+    request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
+    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    let call = Request::Void { id, payer: view.from.clone() };
+    let result = call_one(&state, &request_id, call).await?;
+    answer(&state, result, &hold, &[TransferStatus::Voided], None)
+}
