@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 /// The layout of everything under a data dir this build writes and reads. Bumped whenever a
 /// stored format changes incompatibly (log entries, ledger checkpoints, store keys).
 /// 2: transfer-id reservations in the ledger and the log.
-pub const DATA_DIR_FORMAT_VERSION: u32 = 2;
+/// 3: ledger records of format 4 (holds, per-account movements, the shard clock).
+pub const DATA_DIR_FORMAT_VERSION: u32 = 3;
 
 const IDENTITY_FILE: &str = "cluster.json";
 

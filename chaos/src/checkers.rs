@@ -29,6 +29,8 @@
 //! - `holds_balanced`: a closed hold captured plus released exactly what it held, an open one
 //!   is indexed for its expiry, and every account's pending debits are exactly its pending
 //!   transfers plus its open holds (so nothing is released twice or held for ever).
+//! - `statements_match_balances`: every account's movements, in time and sequence order, form a
+//!   running balance that ends at its posted balance (statements and as-of balances are right).
 //! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
 //!   an honest node sent (only what the simulator injects as hostile).
 
@@ -231,6 +233,8 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
             return Err(Violation::new("holds_balanced", message));
         }
     }
+    // Every account's movements (its statement) run to its posted balance, in log order.
+    ledger.verify_movements().map_err(|broken| Violation::new("statements_match_balances", format!("shard {shard}: {broken}")))?;
     // Refunds of an original never exceed it, and its total counts exactly its live refunds.
     ledger.verify_refunds().map_err(|broken| Violation::new("refunds_within_original", format!("shard {shard}: {broken}")))?;
     // The audit chain links every record to the one before, and the head to the last.

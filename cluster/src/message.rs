@@ -8,8 +8,8 @@ use crate::ids::LegId;
 use crate::ids::{AccountId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd, ReserveOutcome, StopCmd, StopOutcome,
-    StopRecord, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd, ReserveOutcome, StatementPage, StopCmd,
+    StopOutcome, StopRecord, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -131,6 +131,19 @@ pub enum Request {
         id: TransferId,
         payer: AccountId,
     },
+    /// One page of an account's movements with `from_ms <= at < to_ms`, after `after`.
+    Statement {
+        account: AccountId,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<(u64, u64)>,
+        limit: u32,
+    },
+    /// An account's posted balance after its last movement at or before `at_ms`.
+    BalanceAsOf {
+        account: AccountId,
+        at_ms: u64,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -189,6 +202,10 @@ pub enum Reply {
     Stops(Option<Vec<StopRecord>>),
     /// An original's refunds; `None` when nothing was refunded of it.
     Refunds(Option<RefundTotal>),
+    /// A statement page; `None` when the account does not exist.
+    Statement(Option<StatementPage>),
+    /// A balance as of a time; `None` when the account does not exist.
+    Balance(Option<(Currency, Minor)>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

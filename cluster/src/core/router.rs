@@ -182,7 +182,7 @@ impl NodeCore {
                 }
                 CallState::Single(None)
             }
-            read @ (Request::ReadAccount(_) | Request::History { .. }) => {
+            read @ (Request::ReadAccount(_) | Request::History { .. } | Request::Statement { .. } | Request::BalanceAsOf { .. }) => {
                 legs.push((read::account_shard(placement, &read), read, Vec::new()));
                 CallState::Single(None)
             }
@@ -602,6 +602,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
         (Request::ReadTransfer { payer: None, .. }, Reply::Reserved(_)) => true,
         (Request::History { .. }, Reply::History(_)) => true,
+        (Request::Statement { .. }, Reply::Statement(_)) | (Request::BalanceAsOf { .. }, Reply::Balance(_)) => true,
         (Request::System(command), Reply::System(outcome)) => system_reply_fits(command, outcome),
         (Request::Stop(command), Reply::Stop(outcome)) => match outcome {
             StopOutcome::Placed(record) | StopOutcome::Lifted(record) | StopOutcome::Replayed(record) | StopOutcome::Conflict(record) => {

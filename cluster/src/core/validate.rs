@@ -199,7 +199,13 @@ impl NodeCore {
             Request::Hold(hold) if hold.timeout_ms == 0 || hold.timeout_ms > crate::ledger::HOLD_TIMEOUT_MS_MAX => Err("leg_bounds"),
             Request::Hold(hold) => check_transfer_request(&hold.transfer),
             Request::Capture { amount: Some(amount), .. } if *amount <= 0 || *amount > crate::money::AMOUNT_MINOR_MAX => Err("leg_bounds"),
-            Request::Capture { .. } | Request::Void { .. } => Ok(()),
+            Request::Capture { .. } | Request::Void { .. } | Request::BalanceAsOf { .. } => Ok(()),
+            Request::Statement { limit, from_ms, to_ms, .. }
+                if *limit == 0 || *limit > crate::ledger::STATEMENT_ROWS_MAX || from_ms > to_ms =>
+            {
+                Err("leg_bounds")
+            }
+            Request::Statement { .. } => Ok(()),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

@@ -205,7 +205,8 @@ impl Ledger {
                 Ok(()) => {
                     let payer = self.activate(&record.from).expect("a held record's payer exists");
                     payer.balance = payer.balance.checked_sub(amount).expect("checked for overflow");
-                    self.post_credit(&record.to, amount, &record.id, RecordKind::Transfer);
+                    self.record_movement(&record.from, &record.id, &record.to, -amount);
+                    self.post_credit(&record.to, &record.from, amount, &record.id, RecordKind::Transfer);
                     TransferStatus::Posted
                 }
                 Err(code) => {

@@ -24,6 +24,8 @@
 //! | `v` | refund transfer id | the original transfer id it refunds |
 //! | `w` | transfer id | `HoldRecord` (a transfer made with mode hold, on its payer's shard) |
 //! | `y` | expiry (u64 BE), transfer id | nothing (the active holds by expiry) |
+//! | `q` | account id length, account id, time (u64 BE), sequence (u64 BE) | `Movement` |
+//! | `z` | — | `ShardClock` (the shard's time and movement count) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -52,9 +54,11 @@ pub const REFUND_TOTAL: u8 = b'u';
 pub const REFUND_OF: u8 = b'v';
 pub const HOLD: u8 = b'w';
 pub const HOLD_EXPIRY: u8 = b'y';
+pub const MOVEMENT: u8 = b'q';
+pub const CLOCK: u8 = b'z';
 
 /// Every record kind of a generation (what a snapshot may carry).
-pub const KINDS: [u8; 20] = [
+pub const KINDS: [u8; 22] = [
     ACCOUNT,
     TRANSFER,
     CREDIT,
@@ -75,6 +79,8 @@ pub const KINDS: [u8; 20] = [
     REFUND_OF,
     HOLD,
     HOLD_EXPIRY,
+    MOVEMENT,
+    CLOCK,
 ];
 
 /// The prefix of every data key of one generation of a shard.
@@ -129,6 +135,22 @@ pub fn history_prefix(shard: ShardId, generation: u32, account: &AccountId) -> K
 pub fn history(shard: ShardId, generation: u32, account: &AccountId, position: u64) -> Key {
     let mut key = history_prefix(shard, generation, account);
     key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The movements prefix of one account (its movements follow in time and sequence order).
+pub fn movement_prefix(shard: ShardId, generation: u32, account: &AccountId) -> Key {
+    let bytes = account.as_str().as_bytes();
+    let mut rest = Vec::with_capacity(1 + bytes.len());
+    rest.push(u8::try_from(bytes.len()).expect("ids are at most 64 bytes"));
+    rest.extend_from_slice(bytes);
+    key(shard, generation, MOVEMENT, &rest)
+}
+
+pub fn movement(shard: ShardId, generation: u32, account: &AccountId, at_ms: u64, seq: u64) -> Key {
+    let mut key = movement_prefix(shard, generation, account);
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 

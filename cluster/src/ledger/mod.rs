@@ -21,6 +21,7 @@ mod cache;
 mod holds;
 pub mod keys;
 mod refunds;
+mod statements;
 mod stops;
 mod system;
 mod types;
@@ -33,6 +34,7 @@ mod tests;
 pub use cache::CacheStats;
 pub use holds::*;
 pub use refunds::*;
+pub use statements::*;
 pub use stops::*;
 pub use system::*;
 pub use types::*;
@@ -51,7 +53,8 @@ use std::sync::Arc;
 
 /// The layout of stored ledger values (and of the records a snapshot carries).
 /// 3: state in the store, one value per record (accounts without their history).
-pub const LEDGER_FORMAT_VERSION: u8 = 3;
+/// 4: per-account movements (statements, as-of balances), the shard clock; holds.
+pub const LEDGER_FORMAT_VERSION: u8 = 4;
 
 /// An account's cache budget when none is given (tests).
 const CACHE_BYTES_DEFAULT: usize = 4 << 20;
@@ -124,6 +127,8 @@ pub struct Ledger {
     audit_head: AuditHead,
     /// Accounts with active stop orders (`stops.rs`): how many block debits and credits.
     frozen: BTreeMap<AccountId, Frozen>,
+    /// The shard's time and movement count (`statements.rs`), stored beside the records.
+    clock: ShardClock,
 }
 
 impl Ledger {
@@ -166,6 +171,7 @@ impl Ledger {
             damage: RefCell::new(None),
             audit_head: AuditHead::default(),
             frozen: BTreeMap::new(),
+            clock: ShardClock::default(),
         }
     }
 
@@ -187,6 +193,7 @@ impl Ledger {
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
         self.load_audit_head()?;
         self.load_frozen()?;
+        self.load_clock()?;
         if planted(self.planted, PlantedBug::AuditHeadNotLoaded) {
             self.audit_head = AuditHead::default();
         }
@@ -283,6 +290,9 @@ impl Ledger {
             return checked;
         }
         if let Some(checked) = suffix.first().and_then(|kind| holds::check_hold_record(*kind, value)) {
+            return checked;
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| statements::check_statement_record(*kind, value)) {
             return checked;
         }
         match suffix.first().copied() {
@@ -470,7 +480,9 @@ impl Ledger {
     /// proposer's timestamp from the log entry, the same on every replica. Invalid commands never
     /// panic: they come back as rejections. The only mutator of the ledger; its writes reach the
     /// store at `commit_round`.
-    pub fn apply_command(&mut self, now_ms: u64, command: Command, report: bool) -> AppliedCommand {
+    pub fn apply_command(&mut self, entry_ms: u64, command: Command, report: bool) -> AppliedCommand {
+        // The shard clock: the entry's time, never behind an earlier entry's.
+        let now_ms = self.advance_clock(entry_ms);
         let applied = match command {
             Command::CreateAccount(create) => {
                 let outcome = self.create_account(now_ms, &create);
@@ -697,8 +709,8 @@ impl Ledger {
         let record = TransferRecord::new(transfer, status.clone(), cross_shard, now_ms);
         match &status {
             TransferStatus::Posted => {
-                self.post_debit(&transfer.from, transfer.amount, &transfer.id);
-                self.post_credit(&transfer.to, transfer.amount, &transfer.id, RecordKind::Transfer);
+                self.post_debit(&transfer.from, &transfer.to, transfer.amount, &transfer.id);
+                self.post_credit(&transfer.to, &transfer.from, transfer.amount, &transfer.id, RecordKind::Transfer);
             }
             TransferStatus::Pending => {
                 let payer = self.activate(&transfer.from).expect("checked payer");
@@ -798,7 +810,7 @@ impl Ledger {
             }
             let decision = existing.decision.clone();
             if decision == Decision::Credited && planted(self.planted, PlantedBug::DoubleCredit) {
-                self.post_credit(&credit.to, credit.amount, &credit.id, RecordKind::Credit);
+                self.post_credit(&credit.to, &credit.from, credit.amount, &credit.id, RecordKind::Credit);
                 self.add_inflow(credit.currency, credit.amount);
             }
             return CreditOutcome { decision: Some(decision), decided_now: false };
@@ -812,7 +824,7 @@ impl Ledger {
             }
         };
         if decision == Decision::Credited {
-            self.post_credit(&credit.to, credit.amount, &credit.id, RecordKind::Credit);
+            self.post_credit(&credit.to, &credit.from, credit.amount, &credit.id, RecordKind::Credit);
             self.add_inflow(credit.currency, credit.amount);
         }
         let record = CreditRecord {
@@ -864,6 +876,9 @@ impl Ledger {
             }
             Decision::Refused(code) => TransferStatus::Rejected(*code),
         };
+        if status == TransferStatus::Posted {
+            self.record_movement(&payer, &finalize.id, &record.to, -amount);
+        }
         if matches!(status, TransferStatus::Rejected(_)) {
             // A refund the original payer's shard refused gives its amount back; so does a
             // capture the payee's shard refused.
@@ -893,15 +908,17 @@ impl Ledger {
         self.write(key, &item);
     }
 
-    fn post_debit(&mut self, payer: &AccountId, amount: Minor, transfer: &TransferId) {
+    fn post_debit(&mut self, payer: &AccountId, payee: &AccountId, amount: Minor, transfer: &TransferId) {
         let account = self.activate(payer).expect("checked payer");
         account.balance = account.balance.checked_sub(amount).expect("checked for overflow");
+        self.record_movement(payer, transfer, payee, -amount);
         self.push_history(payer, transfer, RecordKind::Transfer);
     }
 
-    fn post_credit(&mut self, payee: &AccountId, amount: Minor, transfer: &TransferId, record: RecordKind) {
+    fn post_credit(&mut self, payee: &AccountId, payer: &AccountId, amount: Minor, transfer: &TransferId, record: RecordKind) {
         let account = self.activate(payee).expect("checked payee");
         account.balance = account.balance.checked_add(amount).expect("checked for overflow");
+        self.record_movement(payee, transfer, payer, amount);
         self.push_history(payee, transfer, record);
     }
 
@@ -1015,6 +1032,7 @@ impl Ledger {
         self.verify_nonces()?;
         self.verify_stops()?;
         self.verify_refunds()?;
+        self.verify_movements()?;
         Ok(())
     }
 
@@ -1047,6 +1065,9 @@ impl Ledger {
         }
         let mut stored = Ledger::unloaded(self.shard, self.shard_count, self.store.clone(), self.generation, 0);
         stored.load_meta().map_err(|error| error.to_string())?;
+        if stored.clock != self.clock {
+            return Err(format!("shard clock in memory {:?}, stored {:?}", self.clock, stored.clock));
+        }
         if stored.pending != self.pending {
             return Err(format!("pending set in memory {:?}, stored {:?}", self.pending, stored.pending));
         }

@@ -594,3 +594,44 @@ fn prepaid_cards_stay_under_their_caps() {
         Applied::Credit(CreditOutcome { decision: Some(Decision::Refused(RejectCode::PrepaidLimitExceeded)), decided_now: true })
     );
 }
+
+/// Every posted balance change is a movement with the balance after it: a statement between two
+/// times lists them oldest first with the balance before the first, pages resume where they
+/// stopped, a balance as of a time is the one after its last movement; a rejected transfer
+/// moves nothing, and a clock that goes back (a new leader) does not reorder them.
+#[test]
+fn statements_and_balances_as_of_follow_the_movements() {
+    let mut ledger = Ledger::new(0, 1);
+    let (bank, alice, bob) = (id("bank"), id("alice"), id("bob"));
+    create(&mut ledger, &bank, AccountKind::Settlement);
+    create(&mut ledger, &alice, AccountKind::Customer);
+    create(&mut ledger, &bob, AccountKind::Customer);
+    let pay = |ledger: &mut Ledger, now_ms: u64, id_text: &str, from: &AccountId, to: &AccountId, amount: Minor| {
+        let command = Command::Transfer(TransferCmd { id: tid(id_text), from: from.clone(), to: to.clone(), amount, currency: usd() });
+        ledger.apply(now_ms, &command)
+    };
+    pay(&mut ledger, 1_000, "fund", &bank, &alice, 100);
+    pay(&mut ledger, 2_000, "t1", &alice, &bob, 30);
+    pay(&mut ledger, 2_000, "t2", &alice, &bob, 500); // rejected: moves nothing
+    pay(&mut ledger, 1_500, "t3", &bob, &alice, 5); // a leader whose clock is behind: stamped 2,000
+    pay(&mut ledger, 3_000, "t4", &alice, &bob, 20);
+    assert_eq!(ledger.transfer(&tid("t3")).unwrap().created_at_ms, 2_000);
+
+    assert_eq!(ledger.balance_as_of(&alice, 999), Some((usd(), 0)));
+    assert_eq!(ledger.balance_as_of(&alice, 1_000), Some((usd(), 100)));
+    assert_eq!(ledger.balance_as_of(&alice, 2_999), Some((usd(), 75)));
+    assert_eq!(ledger.balance_as_of(&alice, u64::MAX), Some((usd(), 55)));
+    assert_eq!(ledger.balance_as_of(&id("nobody"), 5), None);
+
+    let page = ledger.statement(&alice, 1_500, 10_000, None, 2).unwrap();
+    assert_eq!(page.opening_balance, 100);
+    let rows: Vec<(&str, Minor, Minor)> = page.rows.iter().map(|row| (row.transfer.as_str(), row.amount, row.balance_after)).collect();
+    assert_eq!(rows, vec![("t1", -30, 70), ("t3", 5, 75)]);
+    let next = ledger.statement(&alice, 1_500, 10_000, page.next, 2).unwrap();
+    assert_eq!((next.opening_balance, next.rows.len(), next.rows[0].balance_after, next.next), (75, 1, 55, None));
+    assert_eq!(next.rows[0].counterparty, bob);
+    // The end is exclusive.
+    assert_eq!(ledger.statement(&alice, 1_500, 3_000, None, 10).unwrap().rows.len(), 2);
+    ledger.verify_movements().unwrap();
+    ledger.check_invariants();
+}

@@ -103,6 +103,7 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/cluster", _) => Access::Roles(EVERY_ROLE),
         ("/v1/accounts" | "/v1/accounts/batch", false) => Access::Roles(STAFF),
         ("/v1/accounts/{id}" | "/v1/accounts/{id}/transfers" | "/v1/transfers/{id}", true) => Access::Roles(EVERY_ROLE),
+        ("/v1/accounts/{id}/statement" | "/v1/accounts/{id}/balance", true) => Access::Roles(EVERY_ROLE),
         ("/v1/transfers" | "/v1/transfers/batch", false) => Access::Roles(PAYERS),
         ("/v1/api_keys" | "/v1/api_keys/{id}", _) => Access::Roles(ADMIN),
         ("/v1/audit", true) => Access::Roles(AUDITORS),

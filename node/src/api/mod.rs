@@ -10,6 +10,7 @@ pub mod errors;
 pub mod holds;
 pub mod keys;
 pub mod refunds;
+pub mod statements;
 pub mod stops;
 pub mod types;
 
@@ -122,6 +123,8 @@ pub fn app(
         .service(resource("/v1/accounts/batch").route(web::post().to(batch_accounts)))
         .service(resource("/v1/accounts/{id}").route(web::get().to(get_account)))
         .service(resource("/v1/accounts/{id}/transfers").route(web::get().to(list_transfers)))
+        .service(resource("/v1/accounts/{id}/statement").route(web::get().to(statements::statement)))
+        .service(resource("/v1/accounts/{id}/balance").route(web::get().to(statements::balance)))
         .service(resource("/v1/transfers").route(web::post().to(create_transfer)))
         .service(resource("/v1/transfers/batch").route(web::post().to(batch_transfers)))
         .service(resource("/v1/transfers/{id}").route(web::get().to(get_transfer)))

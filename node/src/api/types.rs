@@ -120,6 +120,14 @@ pub fn rfc3339(at_ms: u64) -> String {
         .unwrap_or_else(|| at_ms.to_string())
 }
 
+/// An RFC 3339 timestamp as milliseconds since the Unix epoch (`field` names it in the error).
+pub fn parse_rfc3339(text: &str, field: &'static str) -> Result<u64, ApiError> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|error| {
+        ApiError::invalid_request(field, format!("{field} must be an RFC 3339 time such as 2026-12-07T12:00:00Z: {error}"))
+    })?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| ApiError::invalid_request(field, format!("{field} is before 1970")))
+}
+
 /// How a single transfer is made: posted at once (`mode` absent or `"post"`), or held
 /// (`"hold"`, for `hold_timeout_seconds`, default 7 days, at most 30).
 pub fn hold_timeout_ms(object: &Map<String, Value>) -> Result<Option<u64>, ApiError> {

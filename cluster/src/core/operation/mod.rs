@@ -46,7 +46,9 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::CreateAccounts(items) => !items.is_empty() && items.iter().all(|item| account::shard(ctx.placement, item) == shard),
         Request::Transfers(items) => items.iter().all(|item| transfer::payer_shard(ctx.placement, item) == shard),
         Request::Reserve(items) => items.iter().all(|item| reserve::home_shard(ctx.placement, &item.id) == shard),
-        Request::ReadAccount(_) | Request::History { .. } => read::account_shard(ctx.placement, &request) == shard,
+        Request::ReadAccount(_) | Request::History { .. } | Request::Statement { .. } | Request::BalanceAsOf { .. } => {
+            read::account_shard(ctx.placement, &request) == shard
+        }
         Request::System(command) => system::shard(ctx.placement, command) == shard,
         Request::SystemRead(_) => shard == crate::ledger::SYSTEM_SHARD,
         Request::Stop(command) => stop::shard(ctx.placement, command) == shard,
@@ -77,7 +79,9 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         | Request::History { .. }
         | Request::SystemRead(_)
         | Request::ReadStops(_)
-        | Request::ReadRefunds { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
+        | Request::ReadRefunds { .. }
+        | Request::Statement { .. }
+        | Request::BalanceAsOf { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
     }
 }
 

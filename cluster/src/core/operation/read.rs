@@ -15,7 +15,10 @@ use raft::ReadState;
 /// the router never routes here).
 pub(in crate::core) fn account_shard(placement: &Placement, request: &Request) -> ShardId {
     match request {
-        Request::ReadAccount(account) | Request::History { account, .. } => placement.shard_of(account),
+        Request::ReadAccount(account)
+        | Request::History { account, .. }
+        | Request::Statement { account, .. }
+        | Request::BalanceAsOf { account, .. } => placement.shard_of(account),
         _ => 0,
     }
 }
@@ -118,6 +121,10 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         Request::SystemRead(read) => Reply::SystemRead(ledger.system_read(read)),
         Request::ReadStops(account) => Reply::Stops(ledger.account(account).map(|_| ledger.stops(account))),
         Request::ReadRefunds { original, .. } => Reply::Refunds(ledger.refunds(original)),
+        Request::Statement { account, from_ms, to_ms, after, limit } => {
+            Reply::Statement(ledger.statement(account, *from_ms, *to_ms, *after, *limit))
+        }
+        Request::BalanceAsOf { account, at_ms } => Reply::Balance(ledger.balance_as_of(account, *at_ms)),
         // The router sends only reads here (see `operation::accept`).
         Request::CreateAccount(_)
         | Request::CreateAccounts(_)
