@@ -11,7 +11,7 @@ use common::TestCluster;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use settle_cluster::ids::{AccountId, LegId, NodeId, ShardId, TransferId};
-use settle_cluster::ledger::{CreditCmd, Decision, FinalizeCmd, TransferBody};
+use settle_cluster::ledger::{AccountKind, CreditCmd, Decision, FinalizeCmd, TransferBody};
 use settle_cluster::message::{PeerMessage, Request, TransferRequest};
 use settle_cluster::money::Currency;
 use settle_cluster::placement::shard_of;
@@ -43,6 +43,7 @@ fn credit(id: &str, from: &str, to: &str, amount: i128) -> CreditCmd {
         currency: usd(),
         payer_shard: shard_of(&account(from), SHARDS),
         prevent: false,
+        payer_kind: AccountKind::Customer,
     }
 }
 

@@ -71,7 +71,8 @@ async fn refunds_are_capped_idempotent_and_survive_failover() {
 
 /// Prepaid cards through the API: issued in CNY only, loaded up to their cap through any node,
 /// and a load past it refused with `limit_exceeded` (the card's shard decides, also for a
-/// cross-shard load).
+/// cross-shard load); an anonymous card pays merchants, never a person (no cash-out), on
+/// whichever shard the payee lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepaid_cards_are_capped() {
     let cluster = TestCluster::start(3, SHARDS).await;
@@ -86,4 +87,20 @@ async fn prepaid_cards_are_capped() {
     assert_eq!(cluster.post_settled(1, "/v1/transfers", &load("load-3", "0.01")).await.0, 201, "exactly up to the cap");
     let (_, card) = cluster.get_json(3, "/v1/accounts/card-1").await;
     assert_eq!((card["balance"].as_str(), card["kind"].as_str()), (Some("1000.00"), Some("prepaid_anonymous")), "{card}");
+
+    let placement = Placement::new(vec![1, 2, 3], SHARDS);
+    let shard = |name: &str| placement.shard_of(&AccountId::new(name).unwrap());
+    let spend = |id: &str, to: &str| json!({ "id": id, "from": "card-1", "to": to, "amount": "10.00", "currency": "CNY" });
+    for same_shard in [true, false] {
+        let person = (0..).map(|n| format!("person-{n}")).find(|name| (shard(name) == shard("card-1")) == same_shard).unwrap();
+        let shop = (0..).map(|n| format!("shop-{n}")).find(|name| (shard(name) == shard("card-1")) == same_shard).unwrap();
+        cluster.create_account(1, &person, "CNY", "customer").await;
+        cluster.create_account(1, &shop, "CNY", "merchant").await;
+        let (status, body) = cluster.post_settled(2, "/v1/transfers", &spend(&format!("cash-{person}"), &person)).await;
+        assert_eq!((status, common::error_code(&body)), (422, "prepaid_cash_out_refused"), "same shard {same_shard}: {body}");
+        let (status, body) = cluster.post_settled(3, "/v1/transfers", &spend(&format!("buy-{shop}"), &shop)).await;
+        assert_eq!(status, 201, "same shard {same_shard}: {body}");
+    }
+    let (_, card) = cluster.get_json(1, "/v1/accounts/card-1").await;
+    assert_eq!(card["balance"], "980.00", "two purchases, no cash-out: {card}");
 }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use settle_cluster::ids::{AccountId, LegId, NodeId, ShardId, TransferId};
-use settle_cluster::ledger::{CreditCmd, Decision, FinalizeCmd, RejectCode, ReserveCmd, TransferBody};
+use settle_cluster::ledger::{AccountKind, CreditCmd, Decision, FinalizeCmd, RejectCode, ReserveCmd, TransferBody};
 use settle_cluster::message::{decode, AccountRequest, PeerMessage, Reply, Request, TransferRequest};
 use settle_cluster::money::Currency;
 use settle_cluster::placement::Placement;
@@ -108,6 +108,7 @@ fn message() -> impl Strategy<Value = PeerMessage> {
         currency: body.currency,
         payer_shard,
         prevent,
+        payer_kind: AccountKind::Customer,
     });
     let decision = (id(), body(), any::<bool>()).prop_map(|(id, body, credited)| FinalizeCmd {
         id,

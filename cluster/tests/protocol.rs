@@ -133,7 +133,7 @@ impl World {
                 let applied = self.apply(payer_shard, Command::Transfer(command));
                 if applied == Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)) {
                     let record = self.ledger(payer_shard).transfer(&id).unwrap().clone();
-                    self.bag.push(Message::Credit(CreditCmd::for_record(&record, payer_shard, false)));
+                    self.bag.push(Message::Credit(CreditCmd::for_record(&record, AccountKind::Customer, payer_shard, false)));
                 }
             }
             Message::Credit(credit) => {
@@ -155,7 +155,7 @@ impl World {
     fn redrive(&mut self, shard: ShardId, prevent: bool) {
         let pending: Vec<TransferRecord> = self.ledger(shard).pending();
         for record in pending {
-            self.bag.push(Message::Credit(CreditCmd::for_record(&record, shard, prevent)));
+            self.bag.push(Message::Credit(CreditCmd::for_record(&record, AccountKind::Customer, shard, prevent)));
         }
     }
 

@@ -115,7 +115,7 @@ impl Ledger {
         if checked.is_ok() && !cross_shard {
             // The payee is checked again at capture; refusing a hold it could never take now
             // spares the payer a reservation that can only be voided.
-            checked = self.check_payee(&transfer.to, transfer.currency, transfer.amount);
+            checked = self.check_payee(&transfer.to, transfer.currency, transfer.amount, self.kind_of(&transfer.from));
         }
         let status = match checked {
             Ok(()) => TransferStatus::Held,
@@ -201,7 +201,7 @@ impl Ledger {
             self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &record.id), Some(Vec::new()));
             TransferStatus::Pending
         } else {
-            match self.check_payee(&record.to, record.currency, amount) {
+            match self.check_payee(&record.to, record.currency, amount, self.kind_of(&record.from)) {
                 Ok(()) => {
                     let payer = self.activate(&record.from).expect("a held record's payer exists");
                     payer.balance = payer.balance.checked_sub(amount).expect("checked for overflow");

@@ -144,7 +144,7 @@ fn a_cross_shard_capture_posts_through_the_protocol() {
     assert_eq!(capture(&mut p, 20, "h1", Some(70)), TransferOutcome::Recorded(TransferStatus::Pending));
     assert_eq!(p.account(&alice).unwrap().debits_pending, 70);
     let record = p.transfer(&tid("h1")).unwrap();
-    let decided = q.apply(30, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    let decided = q.apply(30, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(Decision::Credited), decided_now: true }));
     p.apply(40, &Command::Finalize(FinalizeCmd { id: tid("h1"), body: record.body(), decision: Decision::Credited }));
     assert_eq!(p.transfer(&tid("h1")).unwrap().status, TransferStatus::Posted);
@@ -157,7 +157,7 @@ fn a_cross_shard_capture_posts_through_the_protocol() {
     assert_eq!(capture(&mut p, 60, "h2", None), TransferOutcome::Recorded(TransferStatus::Pending));
     let record = p.transfer(&tid("h2")).unwrap();
     let refused = Decision::Refused(RejectCode::AccountFrozen);
-    q.apply(70, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    q.apply(70, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     p.apply(80, &Command::Finalize(FinalizeCmd { id: tid("h2"), body: record.body(), decision: refused }));
     assert_eq!(p.hold(&tid("h2")).unwrap(), HoldRecord { held: 50, expires_at_ms: 50 + DAY_MS, captured: 0, released: 50 });
     let payer = p.account(&alice).unwrap();

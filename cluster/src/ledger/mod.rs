@@ -701,7 +701,7 @@ impl Ledger {
         let status = match payer_check {
             Err(code) => TransferStatus::Rejected(code),
             Ok(()) if cross_shard => TransferStatus::Pending,
-            Ok(()) => match self.check_payee(&transfer.to, transfer.currency, transfer.amount) {
+            Ok(()) => match self.check_payee(&transfer.to, transfer.currency, transfer.amount, self.kind_of(&transfer.from)) {
                 Err(code) => TransferStatus::Rejected(code),
                 Ok(()) => TransferStatus::Posted,
             },
@@ -774,7 +774,15 @@ impl Ledger {
         Ok(())
     }
 
-    fn check_payee(&mut self, payee: &AccountId, currency: Currency, amount: Minor) -> Result<(), RejectCode> {
+    /// A same-shard payer's kind (what `check_payee` needs; the payer was just checked).
+    fn kind_of(&self, payer: &AccountId) -> AccountKind {
+        self.account(payer).map_or(AccountKind::Customer, |account| account.kind)
+    }
+
+    /// The payee exists, holds this currency, takes credits (no stop blocks them), stays under a
+    /// prepaid cap, and may be paid by a payer of `payer_kind` (an anonymous prepaid card pays
+    /// merchants only: no cash-out).
+    fn check_payee(&mut self, payee: &AccountId, currency: Currency, amount: Minor, payer_kind: AccountKind) -> Result<(), RejectCode> {
         let frozen = self.frozen(payee).credits > 0;
         let account = self.activate(payee).ok_or(RejectCode::PayeeNotFound)?;
         if account.currency != currency {
@@ -789,6 +797,9 @@ impl Ledger {
         // A prepaid card never holds more than its cap (credits post on this shard, both paths).
         if account.kind.balance_cap().is_some_and(|cap| account.balance + amount > cap) {
             return Err(RejectCode::PrepaidLimitExceeded);
+        }
+        if payer_kind == AccountKind::PrepaidAnonymous && account.kind != AccountKind::Merchant {
+            return Err(RejectCode::PrepaidCashOut);
         }
         Ok(())
     }
@@ -818,7 +829,7 @@ impl Ledger {
         let decision = if credit.prevent {
             Decision::Refused(RejectCode::CreditTimeout)
         } else {
-            match self.check_payee(&credit.to, credit.currency, credit.amount) {
+            match self.check_payee(&credit.to, credit.currency, credit.amount, credit.payer_kind) {
                 Ok(()) => Decision::Credited,
                 Err(code) => Decision::Refused(code),
             }

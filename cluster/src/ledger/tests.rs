@@ -145,11 +145,11 @@ fn cross_shard_prepare_credit_finalize() {
     assert_eq!(second, Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::InsufficientFunds))));
 
     let record = p.transfer(&tid("x1")).unwrap().clone();
-    let credit = Command::Credit(CreditCmd::for_record(&record, 0, false));
+    let credit = Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false));
     let decided = q.apply(3, &credit);
     assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(Decision::Credited), decided_now: true }));
     // A duplicate, even a late "prevent", returns the first decision and credits nothing more.
-    let prevent = Command::Credit(CreditCmd::for_record(&record, 0, true));
+    let prevent = Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, true));
     assert_eq!(q.apply(4, &prevent), Applied::Credit(CreditOutcome { decision: Some(Decision::Credited), decided_now: false }));
     assert_eq!(q.account(bob).unwrap().balance, 70);
 
@@ -179,7 +179,7 @@ fn refused_credit_releases_the_hold() {
     transfer(&mut p, "fund", bank, alice, 100);
     transfer(&mut p, "x1", alice, missing, 60);
     let record = p.transfer(&tid("x1")).unwrap().clone();
-    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     let refused = Decision::Refused(RejectCode::PayeeNotFound);
     assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(refused.clone()), decided_now: true }));
     p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("x1"), body: record.body(), decision: refused }));
@@ -449,7 +449,7 @@ fn stops_hold_on_the_cross_shard_path() {
     stop(&mut q, 5, place("s2", bob, true));
     assert_eq!(transfer(&mut p, "x2", alice, bob, 10), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
     let record = p.transfer(&tid("x2")).unwrap();
-    let decided = q.apply(6, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    let decided = q.apply(6, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(Decision::Refused(RejectCode::AccountFrozen)), decided_now: true }));
     let finalize =
         Command::Finalize(FinalizeCmd { id: tid("x2"), body: record.body(), decision: Decision::Refused(RejectCode::AccountFrozen) });
@@ -527,7 +527,7 @@ fn a_refused_cross_shard_refund_gives_its_amount_back() {
     let (mut p, mut q, [_, alice, bob]) = two_shards(100);
     transfer(&mut p, "pay", &alice, &bob, 60);
     let record = p.transfer(&tid("pay")).unwrap();
-    q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    q.apply(3, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     p.apply(4, &Command::Finalize(FinalizeCmd { id: tid("pay"), body: record.body(), decision: Decision::Credited }));
 
     assert_eq!(refund(&mut q, "r1", "pay", &bob, &alice, 40), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
@@ -588,7 +588,7 @@ fn prepaid_cards_stay_under_their_caps() {
     q.apply(1, &Command::CreateAccount(CreateAccount { id: cards[0].clone(), currency: cny, kind: AccountKind::PrepaidAnonymous }));
     load(&mut p, "x1", &payers[0], &cards[0], 100_001);
     let record = p.transfer(&tid("x1")).unwrap();
-    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, 0, false)));
+    let decided = q.apply(3, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     assert_eq!(
         decided,
         Applied::Credit(CreditOutcome { decision: Some(Decision::Refused(RejectCode::PrepaidLimitExceeded)), decided_now: true })
@@ -634,4 +634,49 @@ fn statements_and_balances_as_of_follow_the_movements() {
     assert_eq!(ledger.statement(&alice, 1_500, 3_000, None, 10).unwrap().rows.len(), 2);
     ledger.verify_movements().unwrap();
     ledger.check_invariants();
+}
+
+/// An anonymous prepaid card pays merchants only, on every path: a same-shard transfer, a
+/// same-shard hold, and a cross-shard credit (whose command carries the payer's kind).
+#[test]
+fn an_anonymous_card_never_cashes_out() {
+    let accounts = ids_on(0, 2, 4);
+    let payees = ids_on(1, 2, 2);
+    let (issuer, card, friend, shop) = (&accounts[0], &accounts[1], &accounts[2], &accounts[3]);
+    let cny = Currency::from_code("CNY").unwrap();
+    let mut p = Ledger::new(0, 2);
+    let mut q = Ledger::new(1, 2);
+    let open = |ledger: &mut Ledger, account: &AccountId, kind: AccountKind| {
+        let command = Command::CreateAccount(CreateAccount { id: account.clone(), currency: cny, kind });
+        assert_eq!(ledger.apply(1, &command), Applied::Account(AccountOutcome::Created));
+    };
+    open(&mut p, issuer, AccountKind::Settlement);
+    open(&mut p, card, AccountKind::PrepaidAnonymous);
+    open(&mut p, friend, AccountKind::Customer);
+    open(&mut p, shop, AccountKind::Merchant);
+    open(&mut q, &payees[0], AccountKind::Customer);
+    open(&mut q, &payees[1], AccountKind::Merchant);
+    let move_cny = |ledger: &mut Ledger, id: &str, from: &AccountId, to: &AccountId, amount: Minor| {
+        ledger.apply(2, &Command::Transfer(TransferCmd { id: tid(id), from: from.clone(), to: to.clone(), amount, currency: cny }))
+    };
+    assert_eq!(move_cny(&mut p, "load", issuer, card, 500), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)));
+    let refused = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::PrepaidCashOut)));
+    assert_eq!(move_cny(&mut p, "cash", card, friend, 100), refused);
+    assert_eq!(move_cny(&mut p, "buy", card, shop, 100), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Posted)));
+    let hold = Command::Hold(HoldCmd {
+        transfer: TransferCmd { id: tid("h"), from: card.clone(), to: friend.clone(), amount: 10, currency: cny },
+        timeout_ms: 86_400_000,
+    });
+    assert_eq!(p.apply(3, &hold), refused);
+    // Across shards the payee's shard decides, by the kind the credit carries.
+    for (n, payee) in payees.iter().enumerate() {
+        let id = format!("x{n}");
+        assert_eq!(move_cny(&mut p, &id, card, payee, 50), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Pending)));
+        let record = p.transfer(&tid(&id)).unwrap();
+        let decided = q.apply(4, &Command::Credit(CreditCmd::for_record(&record, AccountKind::PrepaidAnonymous, 0, false)));
+        let expected = if n == 0 { Decision::Refused(RejectCode::PrepaidCashOut) } else { Decision::Credited };
+        assert_eq!(decided, Applied::Credit(CreditOutcome { decision: Some(expected), decided_now: true }));
+    }
+    p.check_invariants();
+    q.check_invariants();
 }

@@ -482,6 +482,9 @@ pub struct CreditCmd {
     pub payer_shard: ShardId,
     /// Past its deadline the coordinator asks the payee shard to refuse unless it already decided.
     pub prevent: bool,
+    /// The payer's kind, for the rules a payee shard applies by it (an anonymous prepaid card
+    /// pays merchants only).
+    pub payer_kind: AccountKind,
 }
 
 impl CreditCmd {
@@ -489,7 +492,7 @@ impl CreditCmd {
         TransferBody { from: self.from.clone(), to: self.to.clone(), amount: self.amount, currency: self.currency }
     }
 
-    pub fn for_record(record: &TransferRecord, payer_shard: ShardId, prevent: bool) -> CreditCmd {
+    pub fn for_record(record: &TransferRecord, payer_kind: AccountKind, payer_shard: ShardId, prevent: bool) -> CreditCmd {
         CreditCmd {
             id: record.id.clone(),
             from: record.from.clone(),
@@ -498,6 +501,7 @@ impl CreditCmd {
             currency: record.currency,
             payer_shard,
             prevent,
+            payer_kind,
         }
     }
 }

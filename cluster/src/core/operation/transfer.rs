@@ -9,7 +9,8 @@ use super::super::peer::{drive_of, Answer, Origin, ShardPeer, TaskKind};
 use super::super::Ctx;
 use crate::ids::{ProposalTag, ShardId};
 use crate::ledger::{
-    Command, CreditCmd, Decision, FinalizeCmd, RefundCmd, RejectCode, TransferCmd, TransferOutcome, TransferStatus, TransferView,
+    AccountKind, Command, CreditCmd, Decision, FinalizeCmd, RefundCmd, RejectCode, TransferCmd, TransferOutcome, TransferStatus,
+    TransferView,
 };
 use crate::message::{RefundRequest, Reply, TransferRequest, TransferResult};
 use crate::placement::Placement;
@@ -78,12 +79,19 @@ fn prepared(peer: &mut ShardPeer, transfer: &TransferCmd, ctx: &mut Ctx) {
         currency: transfer.currency,
         payer_shard,
         prevent: false,
+        payer_kind: payer_kind(peer, &transfer.from),
     };
     ctx.out.credits.entry(ctx.placement.shard_of(&transfer.to)).or_default().push(credit);
     let now = ctx.time.monotonic_ms;
     let drive = peer.drive(&transfer.id);
     drive.credit_sent_ms = Some(now);
     drive.since_ms = Some(now);
+}
+
+/// The kind of a pending transfer's payer (it exists: only damage hides it, and a damaged
+/// replica is quarantined before anything it sends counts).
+fn payer_kind(peer: &ShardPeer, payer: &crate::ids::AccountId) -> AccountKind {
+    peer.replica.ledger().account(payer).map_or(AccountKind::Customer, |account| account.kind)
 }
 
 /// Re-drives the pending transfers of a shard this node leads: re-sends credit requests that had
@@ -113,7 +121,8 @@ pub(in crate::core) fn redrive(peer: &mut ShardPeer, ctx: &mut Ctx) {
             // pending: a new leader gives the payee shard the full period again.
             let prevent = now.saturating_sub(since) >= ctx.limits.prevent_after_ms;
             let sent_before = drive.credit_sent_ms.replace(now).is_some();
-            resend.push((CreditCmd::for_record(record, payer_shard, prevent), sent_before));
+            let payer_kind = payer_kind(peer, &record.from);
+            resend.push((CreditCmd::for_record(record, payer_kind, payer_shard, prevent), sent_before));
         }
         for (credit, sent_before) in resend {
             let payee_shard = ctx.placement.shard_of(&credit.to);
