@@ -71,7 +71,7 @@ async fn statements_list_movements_with_running_balances() {
     // A balance as of each row's time is the balance after the last row at or before it.
     for row in &rows {
         let at_ms = row["at_ms"].as_u64().unwrap();
-        let expected = rows.iter().filter(|other| other["at_ms"].as_u64().unwrap() <= at_ms).last().unwrap()["balance_after"].clone();
+        let expected = rows.iter().rfind(|other| other["at_ms"].as_u64().unwrap() <= at_ms).unwrap()["balance_after"].clone();
         let (status, balance) =
             cluster.get_json(survivor, &format!("/v1/accounts/alice/balance?as_of={}", row["at"].as_str().unwrap())).await;
         assert_eq!((status, &balance["balance"]), (200, &expected), "{balance}");
