@@ -127,8 +127,10 @@ pub struct Ledger {
     audit_head: AuditHead,
     /// Accounts with active stop orders (`stops.rs`): how many block debits and credits.
     frozen: BTreeMap<AccountId, Frozen>,
-    /// The shard's time and movement count (`statements.rs`), stored beside the records.
+    /// The shard's time and movement count (`statements.rs`), stored beside the records (once
+    /// per round, when a command changed it).
     clock: ShardClock,
+    clock_changed: bool,
 }
 
 impl Ledger {
@@ -172,6 +174,7 @@ impl Ledger {
             audit_head: AuditHead::default(),
             frozen: BTreeMap::new(),
             clock: ShardClock::default(),
+            clock_changed: false,
         }
     }
 
@@ -610,6 +613,9 @@ impl Ledger {
         if std::mem::take(&mut self.account_count_changed) {
             batch.put(keys::account_count(self.shard, self.generation), encode_value(&self.account_count));
         }
+        if let Some((key, value)) = self.clock_write() {
+            batch.put(key, value);
+        }
         batch.put(keys::applied(self.shard, self.generation), encode_value(mark));
         self.store.write(batch)?;
         self.accounts.passivate_over_budget(false);
@@ -628,6 +634,7 @@ impl Ledger {
         self.overlay.clear();
         self.inflow_changed.clear();
         self.account_count_changed = false;
+        self.clock_changed = false;
         self.load_meta()
     }
 

@@ -50,9 +50,17 @@ impl Ledger {
     pub(super) fn advance_clock(&mut self, now_ms: u64) -> u64 {
         if now_ms > self.clock.now_ms {
             self.clock.now_ms = now_ms;
-            self.write(keys::key(self.shard, self.generation, keys::CLOCK, &[]), &self.clock.clone());
+            self.clock_changed = true;
         }
         self.clock.now_ms
+    }
+
+    /// The clock's write in a round's batch, if it changed since the last.
+    pub(super) fn clock_write(&mut self) -> Option<(crate::store::Key, crate::store::Value)> {
+        if !std::mem::take(&mut self.clock_changed) {
+            return None;
+        }
+        Some((keys::key(self.shard, self.generation, keys::CLOCK, &[]), super::encode_value(&self.clock)))
     }
 
     pub(super) fn load_clock(&mut self) -> Result<(), crate::store::StoreError> {
@@ -86,7 +94,7 @@ impl Ledger {
         };
         let key = keys::movement(self.shard, self.generation, account, movement.at_ms, movement.seq);
         self.write(key, &movement);
-        self.write(keys::key(self.shard, self.generation, keys::CLOCK, &[]), &self.clock.clone());
+        self.clock_changed = true;
     }
 
     /// The posted balance of `account` after every movement at or before `at_ms`, in its
