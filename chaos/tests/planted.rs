@@ -157,3 +157,10 @@ fn refund_cap_unchecked_is_caught() {
 fn hold_voided_twice_is_caught() {
     caught(PlantedBug::HoldVoidedTwice, &["holds_balanced", "core_assertion"]);
 }
+
+/// A cross-shard debit left out of the payer's movements: the running balance of its statement
+/// no longer ends at its balance.
+#[test]
+fn movement_lost_on_finalize_is_caught() {
+    caught(PlantedBug::MovementLostOnFinalize, &["statements_match_balances", "core_assertion"]);
+}

@@ -52,6 +52,9 @@ pub enum PlantedBug {
     /// A void of a hold that was already voided releases its amount again (the "voided twice"
     /// bug other ledgers shipped): the payer's pending debits drop below what it holds.
     HoldVoidedTwice,
+    /// A cross-shard debit posted at finalize is not recorded as a movement: the payer's
+    /// statement and its balances as of a time miss it.
+    MovementLostOnFinalize,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -59,7 +62,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 17] = [
+    pub const ALL: [PlantedBug; 18] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -77,6 +80,7 @@ impl PlantedBug {
         PlantedBug::StopIgnoredCrossShard,
         PlantedBug::RefundCapUnchecked,
         PlantedBug::HoldVoidedTwice,
+        PlantedBug::MovementLostOnFinalize,
     ];
 }
 

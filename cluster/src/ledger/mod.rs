@@ -894,7 +894,7 @@ impl Ledger {
             }
             Decision::Refused(code) => TransferStatus::Rejected(*code),
         };
-        if status == TransferStatus::Posted {
+        if status == TransferStatus::Posted && !planted(self.planted, PlantedBug::MovementLostOnFinalize) {
             self.record_movement(&payer, &finalize.id, &record.to, -amount);
         }
         if matches!(status, TransferStatus::Rejected(_)) {
