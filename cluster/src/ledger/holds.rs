@@ -188,14 +188,19 @@ impl Ledger {
             // stop is lifted or the hold ends.
             return TransferOutcome::Refused(RejectCode::AccountFrozen);
         }
-        let payer = self.activate(&record.from).expect("a held record's payer exists");
+        let Some(payer) = self.activate(&record.from) else {
+            // Only damage (the payer's record does not decode) hides a held record's payer: the
+            // replica is quarantined before anything of this round leaves.
+            self.damaged(format!("hold {} has no payer", record.id));
+            return TransferOutcome::Refused(RejectCode::PayerNotFound);
+        };
         payer.debits_pending = payer.debits_pending.checked_sub(hold.held).expect("a hold's pending debit covers it");
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.captured = amount;
         hold.released = hold.held - amount;
         record.amount = amount;
         let status = if record.cross_shard {
-            let payer = self.activate(&record.from).expect("a held record's payer exists");
+            let payer = self.activate(&record.from).expect("activated above");
             payer.debits_pending = payer.debits_pending.checked_add(amount).expect("bounded amounts");
             self.pending.insert(record.id.clone());
             self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &record.id), Some(Vec::new()));
@@ -203,7 +208,7 @@ impl Ledger {
         } else {
             match self.check_payee(&record.to, record.currency, amount, self.kind_of(&record.from)) {
                 Ok(()) => {
-                    let payer = self.activate(&record.from).expect("a held record's payer exists");
+                    let payer = self.activate(&record.from).expect("activated above");
                     payer.balance = payer.balance.checked_sub(amount).expect("checked for overflow");
                     self.record_movement(&record.from, &record.id, &record.to, -amount);
                     self.post_credit(&record.to, &record.from, amount, &record.id, RecordKind::Transfer);

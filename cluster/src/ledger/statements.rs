@@ -116,9 +116,11 @@ impl Ledger {
     pub fn statement(&self, account: &AccountId, from_ms: u64, to_ms: u64, after: Option<(u64, u64)>, limit: u32) -> Option<StatementPage> {
         let currency = self.account(account)?.currency;
         let prefix = keys::movement_prefix(self.shard, self.generation, account);
+        // A cursor never reaches before the window's start.
+        let window_start = keys::movement(self.shard, self.generation, account, from_ms, 0);
         let start = match after {
-            Some((at_ms, seq)) => keys::movement(self.shard, self.generation, account, at_ms, seq.saturating_add(1)),
-            None => keys::movement(self.shard, self.generation, account, from_ms, 0),
+            Some((at_ms, seq)) => keys::movement(self.shard, self.generation, account, at_ms, seq.saturating_add(1)).max(window_start),
+            None => window_start,
         };
         let end = keys::movement(self.shard, self.generation, account, to_ms, 0);
         let opening_balance = match self.store.scan(&prefix, &start, 1, true).into_iter().next() {
@@ -153,13 +155,15 @@ impl Ledger {
             let prefix = keys::movement_prefix(self.shard, self.generation, &account.id);
             let end = crate::store::prefix_end(&prefix);
             let mut balance: Minor = 0;
-            let mut last = (0, 0);
+            let mut last_seq = 0;
             for (_, value) in self.store.scan(&prefix, &end, usize::MAX, false) {
                 let movement: Movement = super::decode_value(&value).map_err(|error| format!("a movement does not decode: {error}"))?;
-                if (movement.at_ms, movement.seq) <= last || movement.seq > self.clock.movements {
+                // Keys sort by time, then sequence: a sequence that falls along them means a
+                // movement was stamped with a time earlier than one applied before it.
+                if movement.seq <= last_seq || movement.seq > self.clock.movements {
                     return Err(format!("movement {} of {} is out of order", movement.seq, account.id));
                 }
-                last = (movement.at_ms, movement.seq);
+                last_seq = movement.seq;
                 balance = balance.checked_add(movement.amount).ok_or("movements overflow")?;
                 if balance != movement.balance_after {
                     return Err(format!(

@@ -7,7 +7,9 @@
 //! Answers: 200 with the transfer (202 while a cross-shard capture is being decided); a retry
 //! of the same capture or void answers the same. 409 `hold_not_active` when the hold was already
 //! closed another way (the transfer in the error's `transfer`), 409 `transfer_not_a_hold`, 422
-//! `capture_exceeds_hold`, 422 `account_frozen` (a stop on the payer keeps the money held).
+//! `capture_exceeds_hold`, 422 `account_frozen` (a stop on the payer keeps the money held). A
+//! hold rejected when it was made, or whose capture the payee refused, answers its stored
+//! rejection (422), as every rejected transfer does.
 
 use super::auth::{AuditTargets, Principal};
 use super::body;
@@ -16,19 +18,28 @@ use super::{call_one, transfer_outcome, types, unexpected, AppState, RequestId};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde_json::json;
-use settle_cluster::ids::TransferId;
+use settle_cluster::ids::{AccountId, TransferId};
 use settle_cluster::ledger::{HoldRecord, RejectCode, TransferStatus, TransferView};
 use settle_cluster::message::{Reply, Request, TransferResult};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+async fn read_transfer(state: &AppState, request_id: &RequestId, id: &TransferId, payer: Option<AccountId>) -> Result<TransferView> {
+    match state.call_with(request_id, Request::ReadTransfer { id: id.clone(), payer }).await? {
+        Reply::Transfer(Some(view)) => Ok(view),
+        Reply::Transfer(None) => Err(ApiError::transfer_not_found(id.as_str())),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The hold under `id` with its hold terms, for a key that may act for its payer or payee.
 async fn find_hold(state: &AppState, request_id: &RequestId, principal: &Principal, id: &TransferId) -> Result<(TransferView, HoldRecord)> {
-    let view = match state.call_with(request_id, Request::ReadTransfer { id: id.clone(), payer: None }).await? {
-        Reply::Transfer(Some(view)) => view,
-        Reply::Transfer(None) => return Err(ApiError::transfer_not_found(id.as_str())),
-        other => return Err(unexpected(other)),
-    };
+    let mut view = read_transfer(state, request_id, id, None).await?;
+    if view.payee_side {
+        // The id's home shard is the payee's, which answered with its credit decision (a
+        // cross-shard capture was decided): the hold lives on the payer's shard.
+        view = read_transfer(state, request_id, id, Some(view.from)).await?;
+    }
     // The payer's key or the payee's (a merchant captures what its customer authorised).
     if !principal.may_act_for(&view.from) && !principal.may_act_for(&view.to) {
         principal.check_account(&view.from)?;

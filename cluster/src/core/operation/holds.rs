@@ -72,7 +72,10 @@ pub(in crate::core) fn expire_due(peer: &mut ShardPeer, ctx: &mut Ctx) {
         return;
     }
     peer.holds_checked_ms = Some(now);
-    if peer.replica.ledger().next_hold_expiry_ms().is_some_and(|due| due <= ctx.time.wall_ms) {
+    // Expiry is judged by the shard clock (entry timestamps, never going back): a leader whose
+    // wall clock is behind it still proposes what the shard already considers due.
+    let now_ms = ctx.time.wall_ms.max(peer.replica.ledger().clock().now_ms);
+    if peer.replica.ledger().next_hold_expiry_ms().is_some_and(|due| due <= now_ms) {
         peer.propose_untagged(Command::ExpireHolds);
     }
 }
