@@ -164,3 +164,11 @@ fn hold_voided_twice_is_caught() {
 fn movement_lost_on_finalize_is_caught() {
     caught(PlantedBug::MovementLostOnFinalize, &["statements_match_balances", "core_assertion"]);
 }
+
+/// A capture that applies after its hold expired (before the sweep) posts anyway: the hold's
+/// record says it was closed after its expiry. Writers capture holds of 100 ms to 2 s at random
+/// times.
+#[test]
+fn hold_captured_after_expiry_is_caught() {
+    caught(PlantedBug::HoldCapturedAfterExpiry, &["holds_balanced"]);
+}

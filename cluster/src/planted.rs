@@ -55,6 +55,9 @@ pub enum PlantedBug {
     /// A cross-shard debit posted at finalize is not recorded as a movement: the payer's
     /// statement and its balances as of a time miss it.
     MovementLostOnFinalize,
+    /// A capture (or void) that applies after the hold's expiry, before the expiry sweep ran,
+    /// still takes it: money moves on an authorisation that had lapsed.
+    HoldCapturedAfterExpiry,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -62,7 +65,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 18] = [
+    pub const ALL: [PlantedBug; 19] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -81,6 +84,7 @@ impl PlantedBug {
         PlantedBug::RefundCapUnchecked,
         PlantedBug::HoldVoidedTwice,
         PlantedBug::MovementLostOnFinalize,
+        PlantedBug::HoldCapturedAfterExpiry,
     ];
 }
 

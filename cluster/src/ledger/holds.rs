@@ -58,6 +58,9 @@ pub struct HoldRecord {
     pub captured: Minor,
     /// Given back to the payer's available balance.
     pub released: Minor,
+    /// When it was captured, voided or expired (shard clock); `None` while held, and for a hold
+    /// rejected when it was made.
+    pub closed_at_ms: Option<u64>,
 }
 
 impl Ledger {
@@ -133,7 +136,7 @@ impl Ledger {
             self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
         }
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
-        let hold = HoldRecord { held: transfer.amount, expires_at_ms, captured: 0, released: 0 };
+        let hold = HoldRecord { held: transfer.amount, expires_at_ms, captured: 0, released: 0, closed_at_ms: None };
         self.write(keys::transfer(self.shard, self.generation, keys::HOLD, &transfer.id), &hold);
         TransferOutcome::Recorded(status)
     }
@@ -148,7 +151,8 @@ impl Ledger {
         if record.status != TransferStatus::Held && !voided_again {
             return Err(TransferOutcome::Replayed(record.status));
         }
-        if now_ms >= hold.expires_at_ms {
+        let expiry_ignored = planted(self.planted, PlantedBug::HoldCapturedAfterExpiry);
+        if now_ms >= hold.expires_at_ms && !expiry_ignored {
             self.release_hold(now_ms, record, hold, TransferStatus::Expired);
             return Err(TransferOutcome::Recorded(TransferStatus::Expired));
         }
@@ -165,6 +169,7 @@ impl Ledger {
         }
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.released = hold.held;
+        hold.closed_at_ms = Some(now_ms);
         record.status = status;
         record.finalized_at_ms = Some(now_ms);
         self.write(keys::transfer(self.shard, self.generation, keys::HOLD, &record.id), &hold);
@@ -198,6 +203,7 @@ impl Ledger {
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.captured = amount;
         hold.released = hold.held - amount;
+        hold.closed_at_ms = Some(now_ms);
         record.amount = amount;
         let status = if record.cross_shard {
             let payer = self.activate(&record.from).expect("activated above");
@@ -309,10 +315,26 @@ impl Ledger {
                     if closed != hold.held || hold.captured != record.amount || indexed {
                         return Err(format!("captured hold {id}: {hold:?}, amount {}, indexed {indexed}", record.amount));
                     }
+                    if hold.closed_at_ms.is_none_or(|at| at >= hold.expires_at_ms) {
+                        return Err(format!(
+                            "hold {id} was captured at {:?}, not before its expiry {}",
+                            hold.closed_at_ms, hold.expires_at_ms
+                        ));
+                    }
                 }
                 TransferStatus::Voided | TransferStatus::Expired => {
                     if hold.released != hold.held || hold.captured != 0 || indexed {
                         return Err(format!("released hold {id}: {hold:?}, indexed {indexed}"));
+                    }
+                    // Voided before its expiry, expired at or after it.
+                    let before_expiry = hold.closed_at_ms.map(|at| at < hold.expires_at_ms);
+                    if before_expiry != Some(record.status == TransferStatus::Voided) {
+                        return Err(format!(
+                            "hold {id} is {} but was closed at {:?} (expiry {})",
+                            record.status.as_str(),
+                            hold.closed_at_ms,
+                            hold.expires_at_ms
+                        ));
                     }
                 }
                 TransferStatus::Rejected(_) => {

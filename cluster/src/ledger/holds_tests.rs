@@ -55,7 +55,10 @@ fn a_partial_capture_moves_part_and_releases_the_rest() {
     assert_eq!(capture(&mut ledger, 20, "h1", Some(60)), TransferOutcome::Recorded(TransferStatus::Posted));
     let (payer, payee) = (ledger.account(&alice).unwrap(), ledger.account(&bob).unwrap());
     assert_eq!((payer.balance, payer.available(), payee.balance), (40, 40, 60));
-    assert_eq!(ledger.hold(&tid("h1")).unwrap(), HoldRecord { held: 80, expires_at_ms: 10 + DAY_MS, captured: 60, released: 20 });
+    assert_eq!(
+        ledger.hold(&tid("h1")).unwrap(),
+        HoldRecord { held: 80, expires_at_ms: 10 + DAY_MS, captured: 60, released: 20, closed_at_ms: Some(20) }
+    );
     assert_eq!(ledger.transfer(&tid("h1")).unwrap().amount, 60);
     // Retries and late operations change nothing.
     assert_eq!(capture(&mut ledger, 30, "h1", Some(60)), TransferOutcome::Replayed(TransferStatus::Posted));
@@ -159,7 +162,10 @@ fn a_cross_shard_capture_posts_through_the_protocol() {
     let refused = Decision::Refused(RejectCode::AccountFrozen);
     q.apply(70, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
     p.apply(80, &Command::Finalize(FinalizeCmd { id: tid("h2"), body: record.body(), decision: refused }));
-    assert_eq!(p.hold(&tid("h2")).unwrap(), HoldRecord { held: 50, expires_at_ms: 50 + DAY_MS, captured: 0, released: 50 });
+    assert_eq!(
+        p.hold(&tid("h2")).unwrap(),
+        HoldRecord { held: 50, expires_at_ms: 50 + DAY_MS, captured: 0, released: 50, closed_at_ms: Some(60) }
+    );
     let payer = p.account(&alice).unwrap();
     assert_eq!((payer.balance, payer.debits_pending), (130, 0));
     assert_eq!(p.net_inflow()[&usd()] + q.net_inflow()[&usd()], 0);

@@ -233,8 +233,13 @@ mod tests {
         assert_eq!(serde_json::to_string(&transfer_json(&transfer)).unwrap(), expected);
         // A hold carries its amounts and its expiry in RFC 3339.
         transfer.status = TransferStatus::Held;
-        transfer.hold =
-            Some(settle_cluster::ledger::HoldRecord { held: 1_234, expires_at_ms: 1_796_601_600_000, captured: 0, released: 0 });
+        transfer.hold = Some(settle_cluster::ledger::HoldRecord {
+            held: 1_234,
+            expires_at_ms: 1_796_601_600_000,
+            captured: 0,
+            released: 0,
+            closed_at_ms: None,
+        });
         assert_eq!(
             serde_json::to_string(&transfer_json(&transfer)).unwrap(),
             r#"{"amount":"12.34","created_at_ms":9,"currency":"USD","from":"alice","hold":{"captured":"0.00","expires_at_ms":1796601600000,"held":"12.34","released":"0.00"},"hold_expires_at":"2026-12-07T00:00:00Z","id":"t1","status":"held","to":"bob"}"#
