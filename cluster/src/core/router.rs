@@ -17,6 +17,7 @@ use crate::ledger::{RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOu
 use crate::message::{
     AccountRequest, AccountResult, HoldRequest, PeerMessage, RefundRequest, Reply, Request, TransferRequest, TransferResult,
 };
+use crate::money::Minor;
 use crate::placement::Placement;
 use crate::planted::{planted, PlantedBug};
 use std::collections::BTreeMap;
@@ -215,12 +216,12 @@ impl NodeCore {
                 legs.push((placement.shard_of(&payee), Request::ReadRefunds { original, payee }, Vec::new()));
                 CallState::Single(None)
             }
-            request @ (Request::Capture { .. } | Request::Void { .. }) => {
-                let shard = match &request {
-                    Request::Capture { payer, .. } | Request::Void { payer, .. } => placement.shard_of(payer),
-                    _ => unreachable!("matched above"),
-                };
-                legs.push((shard, request, Vec::new()));
+            Request::Capture { id, payer, amount } => {
+                legs.push((placement.shard_of(&payer), Request::Capture { id, payer, amount }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Void { id, payer } => {
+                legs.push((placement.shard_of(&payer), Request::Void { id, payer }, Vec::new()));
                 CallState::Single(None)
             }
             Request::Refund(_) | Request::Hold(_) => unreachable!("a refund or hold became a transfer call above"),
@@ -569,6 +570,12 @@ fn transfer_legs(placement: &Placement, items: impl IntoIterator<Item = (usize, 
     by_shard.into_iter().map(|(shard, (commands, positions))| (shard, Request::Transfers(commands), positions)).collect()
 }
 
+/// Whether a stored transfer is the one asked for: id, payer, payee, currency, and `amount` (the
+/// view's own, or for a hold what it held) equal to the request's.
+fn view_answers(view: &TransferView, asked: &TransferRequest, amount: Minor) -> bool {
+    view.id == asked.id && view.from == asked.from && view.to == asked.to && view.currency == asked.currency && amount == asked.amount
+}
+
 /// Whether a reply answers this request: the right kind, and for transfers the same ids and
 /// bodies in order. A mismatch can only be a stale reply and must never reach a client.
 fn reply_fits(request: &Request, reply: &Reply) -> bool {
@@ -577,13 +584,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::Transfers(commands), Reply::Transfers(results)) => {
             commands.len() == results.len()
                 && commands.iter().zip(results).all(|(command, result)| match result {
-                    TransferResult::Done(view) => {
-                        view.id == command.id
-                            && view.from == command.from
-                            && view.to == command.to
-                            && view.amount == command.amount
-                            && view.currency == command.currency
-                    }
+                    TransferResult::Done(view) => view_answers(view, command, view.amount),
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
@@ -617,13 +618,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             let asked = &hold.transfer;
             results.len() == 1
                 && match &results[0] {
-                    TransferResult::Done(view) => {
-                        view.id == asked.id
-                            && view.from == asked.from
-                            && view.to == asked.to
-                            && view.currency == asked.currency
-                            && view.hold.as_ref().map_or(view.amount, |stored| stored.held) == asked.amount
-                    }
+                    TransferResult::Done(view) => view_answers(view, asked, view.hold.as_ref().map_or(view.amount, |stored| stored.held)),
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 }
         }

@@ -159,12 +159,24 @@ impl Ledger {
         Ok((record, hold))
     }
 
+    /// Takes a hold's amount off its payer's pending debits. False (and the ledger marked
+    /// damaged, so the replica is quarantined before anything of this round leaves) when stored
+    /// state makes that impossible: the payer's record does not decode, or the stored amounts do
+    /// not fit.
+    fn unhold(&mut self, record: &TransferRecord, hold: &HoldRecord) -> bool {
+        let released = self.activate(&record.from).and_then(|payer| {
+            payer.debits_pending = payer.debits_pending.checked_sub(hold.held)?;
+            Some(())
+        });
+        if released.is_none() {
+            self.damaged(format!("hold {}: its payer's pending debits cannot release {}", record.id, hold.held));
+        }
+        released.is_some()
+    }
+
     /// Gives a held amount back (void or expiry): the pending debit goes, nothing moves.
     fn release_hold(&mut self, now_ms: u64, mut record: TransferRecord, mut hold: HoldRecord, status: TransferStatus) {
-        if let Some(payer) = self.activate(&record.from) {
-            payer.debits_pending = payer.debits_pending.checked_sub(hold.held).expect("a hold's pending debit covers it");
-        } else {
-            self.damaged(format!("hold {} has no payer", record.id));
+        if !self.unhold(&record, &hold) {
             return;
         }
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
@@ -193,13 +205,9 @@ impl Ledger {
             // stop is lifted or the hold ends.
             return TransferOutcome::Refused(RejectCode::AccountFrozen);
         }
-        let Some(payer) = self.activate(&record.from) else {
-            // Only damage (the payer's record does not decode) hides a held record's payer: the
-            // replica is quarantined before anything of this round leaves.
-            self.damaged(format!("hold {} has no payer", record.id));
+        if !self.unhold(&record, &hold) {
             return TransferOutcome::Refused(RejectCode::PayerNotFound);
-        };
-        payer.debits_pending = payer.debits_pending.checked_sub(hold.held).expect("a hold's pending debit covers it");
+        }
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.captured = amount;
         hold.released = hold.held - amount;

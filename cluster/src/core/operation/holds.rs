@@ -13,17 +13,22 @@ use crate::ids::{ProposalTag, TransferId};
 use crate::ledger::{CaptureCmd, Command, HoldCmd, TransferCmd, TransferOutcome, TransferView, VoidCmd};
 use crate::message::{Request, TransferResult};
 
-pub(in crate::core) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, request: Request) {
-    let command = match request {
+/// The command of a hold, capture or void leg (`operation::accept` hands only those here).
+pub(in crate::core) fn command(request: Request) -> Option<Command> {
+    match request {
         Request::Hold(hold) => {
             let item = hold.transfer;
             let transfer = TransferCmd { id: item.id, from: item.from, to: item.to, amount: item.amount, currency: item.currency };
-            Command::Hold(HoldCmd { transfer, timeout_ms: hold.timeout_ms })
+            Some(Command::Hold(HoldCmd { transfer, timeout_ms: hold.timeout_ms }))
         }
-        Request::Capture { id, amount, .. } => Command::Capture(CaptureCmd { id, amount }),
-        Request::Void { id, .. } => Command::Void(VoidCmd { id }),
-        _ => unreachable!("operation::accept hands holds only"),
-    };
+        Request::Capture { id, amount, .. } => Some(Command::Capture(CaptureCmd { id, amount })),
+        Request::Void { id, .. } => Some(Command::Void(VoidCmd { id })),
+        _ => None,
+    }
+}
+
+/// Proposes a hold, capture or void; answered like one transfer.
+pub(in crate::core) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, command: Command) {
     let task = peer.open_task(origin, deadline_ms, TaskKind::Transfers, 1);
     peer.propose(task, 0, command);
 }

@@ -73,7 +73,10 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::System(command) => propose_single(peer, origin, deadline_ms, Command::System(command)),
         Request::Stop(command) => propose_single(peer, origin, deadline_ms, Command::Stop(command)),
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
-        request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => holds::accept(peer, origin, deadline_ms, request),
+        request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
+            Some(command) => holds::accept(peer, origin, deadline_ms, command),
+            None => ctx.out.replies.push((origin, Reply::Unavailable)),
+        },
         read @ (Request::ReadAccount(_)
         | Request::ReadTransfer { .. }
         | Request::History { .. }
