@@ -396,19 +396,33 @@ impl SimCluster {
     /// `crash`.
     pub fn kill(&mut self, node: NodeId) {
         let incarnation = self.nodes[&node].incarnation;
-        let inflight: Vec<(u64, u64)> = self
+        // The rounds in the order the IO actor writes them: first those whose completion a
+        // pause held back (they were due earlier), then those still queued.
+        let deferred = std::mem::take(&mut self.nodes.get_mut(&node).expect("known node").deferred);
+        let mut inflight: Vec<(PersistRound, Option<u64>)> = deferred
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::PersistDone { incarnation: i, round, state_until, .. } if i == incarnation => Some((round, state_until)),
+                _ => None,
+            })
+            .collect();
+        let queued: Vec<(u64, u64)> = self
             .events
             .iter()
             .filter(|(_, event)| matches!(event, Event::PersistDone { node: n, incarnation: i, .. } if *n == node && *i == incarnation))
             .map(|(key, _)| *key)
             .collect();
+        for key in queued {
+            let Some(Event::PersistDone { round, state_until, .. }) = self.events.remove(&key) else {
+                unreachable!("listed above");
+            };
+            inflight.push((round, state_until));
+        }
         let kept_rounds = self.rng.gen_range(0..=inflight.len());
         let store = self.nodes[&node].store.clone();
         let mut keep_seq = self.rng.gen_range(store.persisted_seq()..=store.written_seq());
-        for key in &inflight[..kept_rounds] {
-            let Some(Event::PersistDone { round, state_until, .. }) = self.events.remove(key) else {
-                unreachable!("listed above");
-            };
+        let total = inflight.len();
+        for (round, state_until) in inflight.into_iter().take(kept_rounds) {
             // The IO actor fsyncs the state store before it writes a round that needs it.
             keep_seq = keep_seq.max(state_until.unwrap_or(0));
             let sim_node = self.nodes.get_mut(&node).expect("known node");
@@ -417,10 +431,7 @@ impl SimCluster {
             }
         }
         store.crash_keeping(keep_seq);
-        self.note(format!(
-            "node {node} killed: {kept_rounds} of {} queued log rounds and state batches to {keep_seq} survive",
-            inflight.len()
-        ));
+        self.note(format!("node {node} killed: {kept_rounds} of {total} queued log rounds and state batches to {keep_seq} survive"));
         self.check_durable(node);
         self.crash(node);
     }
