@@ -31,6 +31,11 @@
 //!   transfers plus its open holds (so nothing is released twice or held for ever).
 //! - `statements_match_balances`: every account's movements, in time and sequence order, form a
 //!   running balance that ends at its posted balance (statements and as-of balances are right).
+//! - `spend_matches_history`: every customer's counter of what its accounts paid equals the
+//!   posted and pending debits and open holds its accounts' records hold (so nothing released
+//!   still counts, and nothing counts twice).
+//! - `limits_respected`: no customer paid past its KYC class's limit (the workload's customers
+//!   are class I, class II and unverified, with low limits its amounts reach).
 //! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
 //!   an honest node sent (only what the simulator injects as hostile).
 
@@ -235,6 +240,10 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
     }
     // Every account's movements (its statement) run to its posted balance, in log order.
     ledger.verify_movements().map_err(|broken| Violation::new("statements_match_balances", format!("shard {shard}: {broken}")))?;
+    // Customers' counters hold exactly what their accounts' records still count, and no
+    // customer paid past its class's limit (the simulator only ever sets limits once).
+    ledger.verify_spend().map_err(|broken| Violation::new("spend_matches_history", format!("shard {shard}: {broken}")))?;
+    ledger.verify_limits().map_err(|broken| Violation::new("limits_respected", format!("shard {shard}: {broken}")))?;
     // Refunds of an original never exceed it, and its total counts exactly its live refunds.
     ledger.verify_refunds().map_err(|broken| Violation::new("refunds_within_original", format!("shard {shard}: {broken}")))?;
     // The audit chain links every record to the one before, and the head to the last.

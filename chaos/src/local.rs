@@ -87,8 +87,10 @@ impl LocalCluster {
         let certificates = if needs_certificates { Some(node_certificates(&flags.data_dir, flags.nodes)?) } else { None };
         let ca = if flags.plain_http { None } else { Some(flags.data_dir.join("certs").join("ca.pem")) };
         let admin_key = development_admin_key(&flags.data_dir)?;
+        let pii_key = development_pii_key(&flags.data_dir)?;
         let mut env = env;
         env.push(("SETTLE_BOOTSTRAP_ADMIN_KEY".to_string(), admin_key.clone()));
+        env.push(("SETTLE_PII_KEY_FILE".to_string(), pii_key.display().to_string()));
         let mut started = LocalCluster {
             urls: Vec::new(),
             admin_key,
@@ -372,26 +374,40 @@ fn node_certificates(data_dir: &Path, nodes: u64) -> anyhow::Result<Vec<settle_a
 /// The development admin key of a local cluster: made once (32 random bytes, hex) and kept in
 /// DATA_DIR/admin.key (mode 0600), so a cluster started again on the same data accepts it.
 fn development_admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    secret_file(&data_dir.join("admin.key"), "dev_admin_")
+}
+
+/// The key file personal data is sealed with on every local node (64 hex digits), made once.
+pub fn development_pii_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("pii.key");
+    secret_file(&path, "")?;
+    Ok(path)
+}
+
+/// A secret kept in a file only its owner reads: the file's if it holds one, else a new one
+/// (`prefix` and 32 random bytes in hex).
+fn secret_file(path: &Path, prefix: &str) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("admin.key");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
+    if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_string();
         if existing.len() >= 16 {
             return Ok(existing);
         }
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
     let key: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    let key = format!("dev_admin_{key}");
+    let key = format!("{prefix}{key}");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(file, "{key}")?;
     Ok(key)

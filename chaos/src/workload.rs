@@ -18,9 +18,10 @@ use crate::sim::SimCluster;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use settle_cluster::ids::StopId;
-use settle_cluster::ids::{AccountId, NodeId, TransferId};
+use settle_cluster::ids::{AccountId, CustomerId, NodeId, TransferId, VerificationId};
 use settle_cluster::ledger::{
-    AccountKind, AuditEvent, LiftStop, PlaceStop, RejectCode, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
+    AccountKind, AuditEvent, Channel, CustomerCmd, CustomerOutcome, LiftStop, PlaceStop, RecordVerification, RegisterCustomer, RejectCode,
+    RiskLimits, RiskOutcome, SealedPii, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
 };
 use settle_cluster::message::{AccountRequest, AccountResult, HoldRequest, RefundRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
@@ -224,7 +225,14 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(config: WorkloadConfig, seed: u64) -> Workload {
-        let accounts: Vec<AccountId> = (0..config.accounts.max(3)).map(|n| AccountId::new(format!("acct-{n}")).expect("valid")).collect();
+        // Every third account belongs to a customer (`c<k>::acct-<n>`), so its debits count
+        // against the customer's KYC limits; see `SIM_CUSTOMERS`.
+        let accounts: Vec<AccountId> = (0..config.accounts.max(3))
+            .map(|n| match n % 3 {
+                1 => AccountId::new(format!("c{}::acct-{n}", (n / 3) % SIM_CUSTOMERS.len())).expect("valid"),
+                _ => AccountId::new(format!("acct-{n}")).expect("valid"),
+            })
+            .collect();
         let clients = (0..config.clients + config.readers)
             .map(|id| Client {
                 id,
@@ -236,7 +244,8 @@ impl Workload {
             .collect();
         Workload {
             config,
-            currency: Currency::from_code("USD").expect("USD"),
+            // CNY, the currency the risk limits count in.
+            currency: Currency::from_code("CNY").expect("CNY"),
             accounts,
             foreign: (0..2).map(|n| AccountId::new(format!("eur-{n}")).expect("valid")).collect(),
             clients,
@@ -275,6 +284,9 @@ impl Workload {
     /// Creates and funds the accounts before any fault; false if the cluster could not.
     pub fn setup(&mut self, cluster: &mut SimCluster) -> bool {
         self.shards = cluster.placement().shard_count();
+        if !self.setup_customers(cluster) {
+            return false;
+        }
         // The bank alone, then the customers as one batch (both creation paths are exercised).
         let bank =
             Request::CreateAccount(AccountRequest { id: self.bank().clone(), currency: self.currency, kind: AccountKind::Settlement });
@@ -892,6 +904,63 @@ fn single_result(reply: Reply) -> TransferResult {
 }
 
 /// Submits a request until `accepted` holds for its reply (setup before faults).
+/// The simulator's customers: how many distinct channels verified each (c0: class I, c1: class
+/// II, c2: none, so its accounts never pay), and the limits every run sets (low, so the
+/// workload's amounts reach them).
+pub const SIM_CUSTOMERS: [usize; 3] = [1, 3, 0];
+pub const SIM_CLASS_I_LIFETIME: Minor = 1_500;
+pub const SIM_CLASS_II_YEARLY: Minor = 3_000;
+
+impl Workload {
+    /// Registers the customers with their checks and sets the limits on every shard (the system
+    /// shard first, as the edge does).
+    fn setup_customers(&mut self, cluster: &mut SimCluster) -> bool {
+        for (k, checks) in SIM_CUSTOMERS.iter().enumerate() {
+            let customer = CustomerId::new(format!("c{k}")).expect("valid");
+            let pii = SealedPii {
+                key_id: "sim".to_string(),
+                nonce: [0; 12],
+                ciphertext: vec![1],
+                fingerprint: [u8::try_from(k).expect("small"); 32],
+            };
+            let register = CustomerCmd::Register(RegisterCustomer { id: customer.clone(), pii, actor: "sim".to_string() });
+            let done = |reply: &Reply| matches!(reply, Reply::Customer(outcome) if matches!(outcome.as_ref(), CustomerOutcome::Registered(_) | CustomerOutcome::Replayed(_)));
+            if !retry(cluster, Request::Customer(register), done) {
+                return false;
+            }
+            for channel in Channel::ALL.iter().skip(1).take(*checks) {
+                let verify = CustomerCmd::Verify(RecordVerification {
+                    customer: customer.clone(),
+                    id: VerificationId::new(channel.as_str()).expect("valid"),
+                    channel: *channel,
+                    reference: String::new(),
+                    actor: "sim".to_string(),
+                });
+                let done = |reply: &Reply| matches!(reply, Reply::Customer(outcome) if matches!(outcome.as_ref(), CustomerOutcome::Verified(_) | CustomerOutcome::Replayed(_)));
+                if !retry(cluster, Request::Customer(verify), done) {
+                    return false;
+                }
+            }
+        }
+        let limits = RiskLimits {
+            version: 1,
+            class_i_lifetime: SIM_CLASS_I_LIFETIME,
+            class_ii_yearly: SIM_CLASS_II_YEARLY,
+            ..RiskLimits::default()
+        };
+        let system = settle_cluster::ledger::SYSTEM_SHARD;
+        let shards = std::iter::once(system).chain((0..self.shards).filter(|shard| *shard != system));
+        for shard in shards.collect::<Vec<_>>() {
+            let set = Request::SetRiskLimits { shard, limits: limits.clone() };
+            let done = |reply: &Reply| matches!(reply, Reply::Risk(RiskOutcome::Set(_) | RiskOutcome::Unchanged(_)));
+            if !retry(cluster, set, done) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 fn retry(cluster: &mut SimCluster, request: Request, accepted: impl Fn(&Reply) -> bool) -> bool {
     for attempt in 0..50 {
         let nodes = cluster.live_nodes();

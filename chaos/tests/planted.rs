@@ -60,7 +60,8 @@ fn coordinator_aborting_alone_is_caught() {
 /// Skipping the funds check on the cross-shard path overdraws accounts.
 #[test]
 fn skipped_overdraft_check_is_caught() {
-    caught(PlantedBug::SkipOverdraftCheck, &["no_overdraft", "core_assertion", "reads_match_model"]);
+    // The planted path skips the rest of the payer's checks too, the KYC limits among them.
+    caught(PlantedBug::SkipOverdraftCheck, &["no_overdraft", "core_assertion", "reads_match_model", "limits_respected"]);
 }
 
 /// The bug of issue 9 (records found under a reused transfer id trusted without comparing
@@ -171,4 +172,17 @@ fn movement_lost_on_finalize_is_caught() {
 #[test]
 fn hold_captured_after_expiry_is_caught() {
     caught(PlantedBug::HoldCapturedAfterExpiry, &["holds_balanced"]);
+}
+
+/// KYC limits checked on the same-shard path only: a class I customer's payments to other
+/// shards pass its lifetime limit (the workload's customers have low limits).
+#[test]
+fn kyc_limit_unchecked_cross_shard_is_caught() {
+    caught(PlantedBug::KycLimitUncheckedCrossShard, &["limits_respected"]);
+}
+
+/// A released hold still counted against its customer: the counter drifts from the records.
+#[test]
+fn spend_kept_on_release_is_caught() {
+    caught(PlantedBug::SpendKeptOnRelease, &["spend_matches_history", "core_assertion"]);
 }

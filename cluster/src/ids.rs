@@ -90,6 +90,28 @@ macro_rules! string_id {
 string_id!(AccountId, "an account");
 string_id!(TransferId, "a transfer (also its idempotency key)");
 string_id!(StopId, "a stop order on an account (also its idempotency key)");
+string_id!(CustomerId, "a customer (the person or business accounts may belong to)");
+string_id!(VerificationId, "an identity check recorded for a customer (also its idempotency key)");
+
+/// What separates a customer's id from the rest of an account id that belongs to it:
+/// `cust-42::wallet` is placed by `cust-42`, so a customer's accounts share its shard.
+pub const CUSTOMER_SEPARATOR: &str = "::";
+
+impl AccountId {
+    /// The part of the id that decides its shard: the customer prefix before `::` when there is
+    /// a non-empty one, else the whole id.
+    pub fn placement_key(&self) -> &str {
+        match self.0.split_once(CUSTOMER_SEPARATOR) {
+            Some((customer, _)) if !customer.is_empty() => customer,
+            _ => &self.0,
+        }
+    }
+
+    /// Whether this id names an account of `customer` (`<customer>::<name>`).
+    pub fn of_customer(&self, customer: &CustomerId) -> bool {
+        self.0.split_once(CUSTOMER_SEPARATOR).is_some_and(|(prefix, rest)| prefix == customer.as_str() && !rest.is_empty())
+    }
+}
 
 macro_rules! number_id {
     ($name:ident, $doc:literal) => {

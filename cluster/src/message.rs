@@ -5,11 +5,12 @@
 use crate::codec;
 pub use crate::codec::CodecError;
 use crate::ids::LegId;
-use crate::ids::{AccountId, NodeId, ShardId, TransferId};
+use crate::ids::{AccountId, CustomerId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd, ReserveOutcome, StatementPage, StopCmd,
-    StopOutcome, StopRecord, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView,
+    AccountKind, AccountOutcome, CreditCmd, CustomerCmd, CustomerOutcome, CustomerReport, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd,
+    ReserveOutcome, RiskLimits, RiskOutcome, StatementPage, StopCmd, StopOutcome, StopRecord, SystemCmd, SystemOutcome, SystemRead,
+    SystemReadReply, TransferBody, TransferView,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -144,6 +145,20 @@ pub enum Request {
         account: AccountId,
         at_ms: u64,
     },
+    /// Registers a customer or records an identity check (the customer's shard).
+    Customer(CustomerCmd),
+    /// A customer with its class, what its accounts paid and what it may still pay.
+    ReadCustomer(CustomerId),
+    /// A change of the risk limits on one named shard (the edge sends it to the system shard
+    /// first, then to every other shard).
+    SetRiskLimits {
+        shard: ShardId,
+        limits: RiskLimits,
+    },
+    /// The risk limits one named shard applies.
+    ReadRiskLimits {
+        shard: ShardId,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -206,6 +221,11 @@ pub enum Reply {
     Statement(Option<StatementPage>),
     /// A balance as of a time; `None` when the account does not exist.
     Balance(Option<(Currency, Minor)>),
+    Customer(Box<CustomerOutcome>),
+    /// A customer as read; `None` when it does not exist.
+    CustomerState(Option<Box<CustomerReport>>),
+    Risk(RiskOutcome),
+    RiskLimits(RiskLimits),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

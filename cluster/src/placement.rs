@@ -1,7 +1,7 @@
 //! Where accounts and shard replicas live. Pure functions of the bootstrap parameters, so every
 //! node computes the same answer without asking anyone.
 
-use crate::ids::{AccountId, NodeId, ShardId, TransferId};
+use crate::ids::{AccountId, CustomerId, NodeId, ShardId, TransferId};
 
 /// Replicas per shard (Raft voters), capped by the number of nodes.
 pub const REPLICAS_PER_SHARD: usize = 3;
@@ -18,10 +18,20 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The shard that owns an account, among `shards` shards.
+/// The shard that owns an account, among `shards` shards: by the account's placement key (its
+/// customer's id for `<customer>::<name>`, so a customer's accounts live on its shard).
 pub fn shard_of(account: &AccountId, shards: u32) -> ShardId {
+    shard_of_key(account.placement_key(), shards)
+}
+
+/// The shard that holds a customer's record (and every account named `<customer>::...`).
+pub fn customer_shard_of(customer: &CustomerId, shards: u32) -> ShardId {
+    shard_of_key(customer.as_str(), shards)
+}
+
+fn shard_of_key(key: &str, shards: u32) -> ShardId {
     assert!(shards > 0, "a cluster needs shards");
-    ShardId::try_from(fnv1a_64(account.as_str().as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
+    ShardId::try_from(fnv1a_64(key.as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
 }
 
 /// The home shard of a transfer id: the one shard that records which body the id belongs to
@@ -64,6 +74,11 @@ impl Placement {
     /// The shard that owns an account.
     pub fn shard_of(&self, account: &AccountId) -> ShardId {
         shard_of(account, self.shards)
+    }
+
+    /// The shard that holds a customer's record and accounts.
+    pub fn customer_shard_of(&self, customer: &CustomerId) -> ShardId {
+        customer_shard_of(customer, self.shards)
     }
 
     /// The shard that holds a transfer id's reservation.
@@ -133,5 +148,25 @@ mod tests {
         for node in 1..=5 {
             assert_eq!(placement.shards_on(node).len(), 6);
         }
+    }
+
+    /// A customer's accounts (`<customer>::<name>`) live on the customer's shard; other ids,
+    /// and ids with an empty prefix, are placed by the whole id as before.
+    #[test]
+    fn customer_accounts_share_the_customer_shard() {
+        let customer = CustomerId::new("cust-42").unwrap();
+        let home = customer_shard_of(&customer, 64);
+        for name in ["wallet", "savings", "card.1"] {
+            let account = AccountId::new(format!("cust-42::{name}")).unwrap();
+            assert_eq!(shard_of(&account, 64), home, "{account}");
+            assert!(account.of_customer(&customer));
+        }
+        let spread: std::collections::BTreeSet<ShardId> =
+            (0..32).map(|n| shard_of(&AccountId::new(format!("plain-{n}")).unwrap(), 64)).collect();
+        assert!(spread.len() > 8, "plain ids still spread over the shards");
+        let empty_prefix = AccountId::new("::x").unwrap();
+        assert_eq!(empty_prefix.placement_key(), "::x");
+        assert!(!AccountId::new("cust-42::").unwrap().of_customer(&customer));
+        assert!(!AccountId::new("cust-4::x").unwrap().of_customer(&customer));
     }
 }

@@ -58,6 +58,12 @@ pub enum PlantedBug {
     /// A capture (or void) that applies after the hold's expiry, before the expiry sweep ran,
     /// still takes it: money moves on an authorisation that had lapsed.
     HoldCapturedAfterExpiry,
+    /// The KYC limits are checked on the same-shard path only: a customer's payments to payees
+    /// on other shards pass its class's limit.
+    KycLimitUncheckedCrossShard,
+    /// A voided or expired hold still counts against its customer's limits (the counters drift
+    /// from the history, and the customer is refused money it may spend).
+    SpendKeptOnRelease,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -65,7 +71,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 19] = [
+    pub const ALL: [PlantedBug; 21] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -85,6 +91,8 @@ impl PlantedBug {
         PlantedBug::HoldVoidedTwice,
         PlantedBug::MovementLostOnFinalize,
         PlantedBug::HoldCapturedAfterExpiry,
+        PlantedBug::KycLimitUncheckedCrossShard,
+        PlantedBug::SpendKeptOnRelease,
     ];
 }
 

@@ -163,6 +163,14 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         https = settings.http_tls().is_some(),
         "node started"
     );
+    let pii = match &settings.pii_key_file {
+        Some(path) => {
+            let key = api::pii::PiiKey::load(path)?;
+            tracing::info!(key_id = key.id(), "personal data is sealed with the PII key");
+            Some(Arc::new(key))
+        }
+        None => None,
+    };
     let settings = Arc::new(settings);
     let state = web::Data::new(api::AppState {
         driver: driver.clone(),
@@ -171,6 +179,7 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         started: Instant::now(),
         request_counter: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
         auth: api::auth::Auth::new(settings.auth_cache_ms, settings.bootstrap_admin_key.as_deref()),
+        pii,
     });
     let metrics_state = state.clone();
     let http = settings.http;

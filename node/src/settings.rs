@@ -90,6 +90,10 @@ pub struct NodeSettings {
     /// A second listener serving only `/metrics`, without a key (for Prometheus).
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// The file holding the key personal data is sealed with (64 hex digits; the same on every
+    /// node). Without it the customer endpoints answer 503 `pii_key_not_configured`.
+    #[serde(default)]
+    pub pii_key_file: Option<PathBuf>,
     /// How long a node trusts a key it looked up (a revocation holds everywhere within it).
     #[serde(default = "default_auth_cache_ms")]
     pub auth_cache_ms: u64,
@@ -268,6 +272,11 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The key file personal data is sealed with (64 hex digits, the same on every node),
+    /// e.g. made by `openssl rand -hex 32`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pii_key_file: Option<PathBuf>,
 }
 
 impl NodeSettings {

@@ -157,7 +157,11 @@ impl TestCluster {
             builder = builder.use_preconfigured_tls(settle_actors::tls::client_config_trusting(ca).expect("cluster CA"));
         }
         let client = builder.build().expect("client");
-        let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let mut env: Vec<(String, String)> = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        // Every node seals personal data with the same key (a fixed one: tests only).
+        let pii_key = dir.path().join("pii.key");
+        std::fs::write(&pii_key, "11".repeat(32)).expect("pii key");
+        env.push(("SETTLE_PII_KEY_FILE".to_string(), pii_key.display().to_string()));
         let mut cluster = TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env };
         for id in 1..=count {
             cluster.spawn(id);
@@ -287,6 +291,12 @@ impl TestCluster {
 
     pub async fn post_json(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
         let response = self.client.post(format!("{}{path}", self.node(id).url())).json(body).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put_json(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.put(format!("{}{path}", self.node(id).url())).json(body).send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

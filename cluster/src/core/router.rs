@@ -9,11 +9,13 @@
 //! transfer whose id is bound to another body is refused with `idempotency_key_reused` and
 //! moves nothing, whichever nodes and shards the two requests went through.
 
-use super::operation::{account, read, reserve, stop, system, transfer};
+use super::operation::{account, customer, read, reserve, stop, system, transfer};
 use super::peer::Origin;
 use super::{Effect, NodeCore};
 use crate::ids::{CallId, LegId, NodeId, ShardId, TransferId};
-use crate::ledger::{RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView};
+use crate::ledger::{
+    CustomerOutcome, RejectCode, ReserveOutcome, StopOutcome, SystemCmd, SystemOutcome, SystemRead, SystemReadReply, TransferView,
+};
 use crate::message::{
     AccountRequest, AccountResult, HoldRequest, PeerMessage, RefundRequest, Reply, Request, TransferRequest, TransferResult,
 };
@@ -222,6 +224,22 @@ impl NodeCore {
             }
             Request::Void { id, payer } => {
                 legs.push((placement.shard_of(&payer), Request::Void { id, payer }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::Customer(command) => {
+                legs.push((customer::shard(placement, &command), Request::Customer(command), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadCustomer(customer) => {
+                legs.push((placement.customer_shard_of(&customer), Request::ReadCustomer(customer), Vec::new()));
+                CallState::Single(None)
+            }
+            Request::SetRiskLimits { shard, limits } => {
+                legs.push((shard, Request::SetRiskLimits { shard, limits }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadRiskLimits { shard } => {
+                legs.push((shard, Request::ReadRiskLimits { shard }, Vec::new()));
                 CallState::Single(None)
             }
             Request::Refund(_) | Request::Hold(_) => unreachable!("a refund or hold became a transfer call above"),
@@ -612,6 +630,17 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             StopOutcome::AccountNotFound | StopOutcome::StopNotFound | StopOutcome::Invalid(_) => true,
         },
         (Request::ReadStops(account), Reply::Stops(stops)) => stops.iter().flatten().all(|stop| stop.account == *account),
+        (Request::Customer(command), Reply::Customer(outcome)) => match outcome.as_ref() {
+            CustomerOutcome::Registered(record)
+            | CustomerOutcome::Verified(record)
+            | CustomerOutcome::Replayed(record)
+            | CustomerOutcome::Conflict(record) => record.id == *command.customer(),
+            CustomerOutcome::CustomerNotFound | CustomerOutcome::TooManyVerifications | CustomerOutcome::Invalid(_) => true,
+        },
+        (Request::ReadCustomer(customer), Reply::CustomerState(report)) => {
+            report.as_ref().is_none_or(|report| report.record.id == *customer)
+        }
+        (Request::SetRiskLimits { .. }, Reply::Risk(_)) | (Request::ReadRiskLimits { .. }, Reply::RiskLimits(_)) => true,
         (Request::Refund(refund), Reply::Transfers(_)) => reply_fits(&Request::Transfers(vec![refund.transfer.clone()]), reply),
         (Request::Hold(hold), Reply::Transfers(results)) => {
             // A hold's record says what was captured once it is; its hold, what was held.

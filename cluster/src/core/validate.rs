@@ -206,6 +206,15 @@ impl NodeCore {
                 Err("leg_bounds")
             }
             Request::Statement { .. } => Ok(()),
+            Request::Customer(command) => command.check().map_err(|_| "customer_bounds"),
+            Request::SetRiskLimits { shard, limits } => {
+                if *shard >= self.config.placement.shard_count() {
+                    return Err("leg_bounds");
+                }
+                limits.check().map_err(|_| "risk_bounds")
+            }
+            Request::ReadRiskLimits { shard } if *shard >= self.config.placement.shard_count() => Err("leg_bounds"),
+            Request::ReadCustomer(_) | Request::ReadRiskLimits { .. } => Ok(()),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

@@ -114,7 +114,7 @@ impl Ledger {
             Err(code) => return TransferOutcome::Refused(code),
         };
         let cross_shard = self.owner(&transfer.to) != self.shard;
-        let mut checked = self.check_payer(transfer, !cross_shard);
+        let mut checked = self.check_payer(now_ms, transfer, !cross_shard);
         if checked.is_ok() && !cross_shard {
             // The payee is checked again at capture; refusing a hold it could never take now
             // spares the payer a reservation that can only be voided.
@@ -126,6 +126,7 @@ impl Ledger {
         };
         let expires_at_ms = now_ms.saturating_add(command.timeout_ms);
         if status == TransferStatus::Held {
+            self.count_spend(&transfer.from, transfer.amount, now_ms);
             let payer = self.activate(&transfer.from).expect("checked payer");
             payer.debits_pending = payer.debits_pending.checked_add(transfer.amount).expect("bounded amounts");
             self.push_history(&transfer.from, &transfer.id, RecordKind::Transfer);
@@ -178,6 +179,9 @@ impl Ledger {
     fn release_hold(&mut self, now_ms: u64, mut record: TransferRecord, mut hold: HoldRecord, status: TransferStatus) {
         if !self.unhold(&record, &hold) {
             return;
+        }
+        if !crate::planted::planted(self.planted, crate::planted::PlantedBug::SpendKeptOnRelease) {
+            self.uncount_spend(&record.from, hold.held, record.created_at_ms);
         }
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.released = hold.held;
@@ -241,6 +245,7 @@ impl Ledger {
         if status != TransferStatus::Pending {
             record.finalized_at_ms = Some(now_ms);
         }
+        self.uncount_spend(&record.from, hold.released, record.created_at_ms);
         self.write(keys::transfer(self.shard, self.generation, keys::HOLD, &record.id), &hold);
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &record.id), &record);
         TransferOutcome::Recorded(status)

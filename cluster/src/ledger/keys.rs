@@ -26,6 +26,9 @@
 //! | `y` | expiry (u64 BE), transfer id | nothing (the active holds by expiry) |
 //! | `q` | account id length, account id, time (u64 BE), sequence (u64 BE) | `Movement` |
 //! | `z` | — | `ShardClock` (the shard's time and movement count) |
+//! | `m` | customer id | `CustomerRecord` (on the customer's shard) |
+//! | `b` | customer id | `CustomerSpend` (what its accounts paid, for the risk limits) |
+//! | `j` | — | `RiskLimits` (the limits this shard applies) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -56,9 +59,12 @@ pub const HOLD: u8 = b'w';
 pub const HOLD_EXPIRY: u8 = b'y';
 pub const MOVEMENT: u8 = b'q';
 pub const CLOCK: u8 = b'z';
+pub const CUSTOMER: u8 = b'm';
+pub const SPEND: u8 = b'b';
+pub const LIMITS: u8 = b'j';
 
 /// Every record kind of a generation (what a snapshot may carry).
-pub const KINDS: [u8; 22] = [
+pub const KINDS: [u8; 25] = [
     ACCOUNT,
     TRANSFER,
     CREDIT,
@@ -81,6 +87,9 @@ pub const KINDS: [u8; 22] = [
     HOLD_EXPIRY,
     MOVEMENT,
     CLOCK,
+    CUSTOMER,
+    SPEND,
+    LIMITS,
 ];
 
 /// The prefix of every data key of one generation of a shard.

@@ -18,22 +18,28 @@
 //!   Raft log is compacted only behind an applied index the store made durable.
 
 mod cache;
+mod customers;
 mod holds;
 pub mod keys;
 mod refunds;
+mod risk;
 mod statements;
 mod stops;
 mod system;
 mod types;
 
 #[cfg(test)]
+mod customers_tests;
+#[cfg(test)]
 mod holds_tests;
 #[cfg(test)]
 mod tests;
 
 pub use cache::CacheStats;
+pub use customers::*;
 pub use holds::*;
 pub use refunds::*;
+pub use risk::*;
 pub use statements::*;
 pub use stops::*;
 pub use system::*;
@@ -127,6 +133,8 @@ pub struct Ledger {
     audit_head: AuditHead,
     /// Accounts with active stop orders (`stops.rs`): how many block debits and credits.
     frozen: BTreeMap<AccountId, Frozen>,
+    /// The risk limits this shard applies (`risk.rs`), loaded at open.
+    risk_limits: RiskLimits,
     /// The shard's time and movement count (`statements.rs`), stored beside the records (once
     /// per round, when a command changed it).
     clock: ShardClock,
@@ -173,6 +181,7 @@ impl Ledger {
             damage: RefCell::new(None),
             audit_head: AuditHead::default(),
             frozen: BTreeMap::new(),
+            risk_limits: RiskLimits::default(),
             clock: ShardClock::default(),
             clock_changed: false,
         }
@@ -196,6 +205,7 @@ impl Ledger {
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
         self.load_audit_head()?;
         self.load_frozen()?;
+        self.load_limits()?;
         self.load_clock()?;
         if planted(self.planted, PlantedBug::AuditHeadNotLoaded) {
             self.audit_head = AuditHead::default();
@@ -296,6 +306,12 @@ impl Ledger {
             return checked;
         }
         if let Some(checked) = suffix.first().and_then(|kind| statements::check_statement_record(*kind, value)) {
+            return checked;
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| customers::check_customer_record(*kind, value)) {
+            return checked;
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| risk::check_risk_record(*kind, value)) {
             return checked;
         }
         match suffix.first().copied() {
@@ -518,6 +534,14 @@ impl Ledger {
                 self.hold_applied(void.id.clone(), outcome, report)
             }
             Command::ExpireHolds => AppliedCommand::HoldsExpired { expired: self.expire_holds(now_ms) },
+            Command::Customer(command) => {
+                let outcome = self.customer_command(now_ms, &command);
+                AppliedCommand::Customer { command, outcome }
+            }
+            Command::Risk(command) => {
+                let outcome = self.risk_command(&command);
+                AppliedCommand::Risk { command, outcome }
+            }
             Command::Reserve(reserve) => {
                 let outcome = self.reserve_command(&reserve);
                 AppliedCommand::Reserve { reserve, outcome }
@@ -578,6 +602,8 @@ impl Ledger {
             AppliedCommand::Stop { outcome, .. } => Applied::Stop(outcome),
             AppliedCommand::Hold { outcome, .. } => Applied::Transfer(outcome),
             AppliedCommand::HoldsExpired { expired } => Applied::HoldsExpired(expired.len()),
+            AppliedCommand::Customer { outcome, .. } => Applied::Customer(outcome),
+            AppliedCommand::Risk { outcome, .. } => Applied::Risk(outcome),
         };
         let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
         self.commit_round(&mark).expect("a test store takes writes");
@@ -648,6 +674,11 @@ impl Ledger {
             // panic on one that did not (a log entry is input too).
             return AccountOutcome::WrongShard;
         }
+        if let Some(customer) = customer_of(&create.id) {
+            if self.customer(&customer).is_none() {
+                return AccountOutcome::CustomerNotFound;
+            }
+        }
         if let Some(existing) = self.activate(&create.id) {
             if existing.currency == create.currency && existing.kind == create.kind {
                 return AccountOutcome::AlreadyExists;
@@ -701,7 +732,7 @@ impl Ledger {
             Err(code) => return TransferOutcome::Refused(code),
         };
         let cross_shard = self.owner(&transfer.to) != self.shard;
-        let payer_check = match self.check_payer(transfer, !cross_shard) {
+        let payer_check = match self.check_payer(now_ms, transfer, !cross_shard) {
             Err(RejectCode::InsufficientFunds) if cross_shard && planted(self.planted, PlantedBug::SkipOverdraftCheck) => Ok(()),
             other => other,
         };
@@ -716,10 +747,12 @@ impl Ledger {
         let record = TransferRecord::new(transfer, status.clone(), cross_shard, now_ms);
         match &status {
             TransferStatus::Posted => {
+                self.count_spend(&transfer.from, transfer.amount, now_ms);
                 self.post_debit(&transfer.from, &transfer.to, transfer.amount, &transfer.id);
                 self.post_credit(&transfer.to, &transfer.from, transfer.amount, &transfer.id, RecordKind::Transfer);
             }
             TransferStatus::Pending => {
+                self.count_spend(&transfer.from, transfer.amount, now_ms);
                 let payer = self.activate(&transfer.from).expect("checked payer");
                 payer.debits_pending = payer.debits_pending.checked_add(transfer.amount).expect("bounded amounts");
                 self.push_history(&transfer.from, &transfer.id, RecordKind::Transfer);
@@ -758,7 +791,7 @@ impl Ledger {
 
     /// The payer exists, holds this currency and (unless it is a settlement account) has the
     /// funds available: posted balance minus debits already pending.
-    fn check_payer(&mut self, transfer: &TransferCmd, same_shard: bool) -> Result<(), RejectCode> {
+    fn check_payer(&mut self, now_ms: u64, transfer: &TransferCmd, same_shard: bool) -> Result<(), RejectCode> {
         let slack = Minor::from(same_shard && planted(self.planted, PlantedBug::OverdraftOffByOne));
         let ignored = !same_shard && planted(self.planted, PlantedBug::StopIgnoredCrossShard);
         let frozen = self.frozen(&transfer.from).debits > 0 && !ignored;
@@ -777,6 +810,11 @@ impl Ledger {
         }
         if payer.balance.checked_sub(payer.debits_pending + transfer.amount).is_none() {
             return Err(RejectCode::BalanceOverflow);
+        }
+        let (kind, cny) = (payer.kind, payer.currency.code() == RISK_CURRENCY);
+        let unchecked = !same_shard && planted(self.planted, PlantedBug::KycLimitUncheckedCrossShard);
+        if cny && !unchecked {
+            self.check_limits(&transfer.from, kind, transfer.amount, now_ms)?;
         }
         Ok(())
     }
@@ -902,6 +940,8 @@ impl Ledger {
             // capture the payee's shard refused.
             self.release_refund(&finalize.id);
             self.capture_refused(&finalize.id);
+            // What did not leave no longer counts against the payer's limits.
+            self.uncount_spend(&payer, amount, record.created_at_ms);
         }
         record.status = status.clone();
         record.finalized_at_ms = Some(now_ms);
@@ -961,7 +1001,9 @@ impl Ledger {
             AppliedCommand::Reserve { .. }
             | AppliedCommand::System { .. }
             | AppliedCommand::Stop { .. }
-            | AppliedCommand::HoldsExpired { .. } => [None, None],
+            | AppliedCommand::HoldsExpired { .. }
+            | AppliedCommand::Customer { .. }
+            | AppliedCommand::Risk { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.account(id) {
@@ -1049,6 +1091,7 @@ impl Ledger {
         self.verify_audit_chain()?;
         self.verify_nonces()?;
         self.verify_stops()?;
+        self.verify_customers()?;
         self.verify_refunds()?;
         self.verify_movements()?;
         Ok(())
@@ -1097,6 +1140,9 @@ impl Ledger {
         }
         if stored.frozen != self.frozen {
             return Err(format!("frozen accounts in memory {:?}, stored {:?}", self.frozen, stored.frozen));
+        }
+        if stored.risk_limits != self.risk_limits {
+            return Err(format!("risk limits in memory {:?}, stored {:?}", self.risk_limits, stored.risk_limits));
         }
         if stored.audit_head != self.audit_head {
             return Err(format!("audit head in memory {:?}, stored {:?}", self.audit_head, stored.audit_head));

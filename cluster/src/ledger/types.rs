@@ -1,7 +1,9 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
+use super::customers::{CustomerCmd, CustomerOutcome};
 use super::holds::{CaptureCmd, HoldCmd, HoldRecord, VoidCmd};
 use super::refunds::RefundCmd;
+use super::risk::{RiskCmd, RiskOutcome};
 use super::stops::{StopCmd, StopOutcome};
 use super::system::{SystemCmd, SystemOutcome};
 use crate::ids::{AccountId, ShardId, TransferId};
@@ -185,6 +187,14 @@ pub enum RejectCode {
     CaptureExceedsHold,
     /// Not stored: the hold was already captured, voided or expired (the transfer shows which).
     HoldNotActive,
+    /// The payer belongs to a customer with no identity check recorded (`risk.rs`).
+    KycUnverified,
+    /// A class I customer's payments since registration would pass the limit.
+    KycLifetimeLimit,
+    /// A class II or III customer's payments this calendar year would pass the limit.
+    KycYearlyLimit,
+    /// The amount passes the per-transaction limit of the payer's account kind.
+    TransactionLimit,
 }
 
 impl RejectCode {
@@ -208,6 +218,9 @@ impl RejectCode {
             RejectCode::NotAHold => "transfer_not_a_hold",
             RejectCode::CaptureExceedsHold => "capture_exceeds_hold",
             RejectCode::HoldNotActive => "hold_not_active",
+            RejectCode::KycUnverified | RejectCode::KycLifetimeLimit | RejectCode::KycYearlyLimit | RejectCode::TransactionLimit => {
+                "limit_exceeded"
+            }
         }
     }
 
@@ -242,6 +255,10 @@ impl RejectCode {
             RejectCode::NotAHold => "the transfer was not made with mode hold",
             RejectCode::CaptureExceedsHold => "a capture may not exceed the amount held",
             RejectCode::HoldNotActive => "the hold was already captured, voided or expired",
+            RejectCode::KycUnverified => "the payer's customer has no identity verification recorded, so its accounts cannot pay",
+            RejectCode::KycLifetimeLimit => "a class I customer's payments since registration would pass its limit (1,000 CNY by default)",
+            RejectCode::KycYearlyLimit => "the customer's payments this year would pass its class's yearly limit",
+            RejectCode::TransactionLimit => "the amount passes the per-transaction limit of the payer's account kind",
         }
     }
 }
@@ -534,6 +551,10 @@ pub enum Command {
     Capture(CaptureCmd),
     Void(VoidCmd),
     ExpireHolds,
+    /// Customers and their identity checks (`customers.rs`).
+    Customer(CustomerCmd),
+    /// A change of the risk limits (`risk.rs`).
+    Risk(RiskCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -545,6 +566,9 @@ pub enum AccountOutcome {
     Conflict,
     /// The command reached a shard that does not own the account: nothing changed.
     WrongShard,
+    /// The id names a customer's account (`<customer>::<name>`) and that customer does not
+    /// exist: nothing changed.
+    CustomerNotFound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -582,6 +606,8 @@ pub enum Applied {
     System(SystemOutcome),
     Stop(StopOutcome),
     HoldsExpired(usize),
+    Customer(CustomerOutcome),
+    Risk(RiskOutcome),
 }
 
 /// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
@@ -631,5 +657,13 @@ pub enum AppliedCommand {
     /// `ExpireHolds`: the holds it released.
     HoldsExpired {
         expired: Vec<TransferId>,
+    },
+    Customer {
+        command: CustomerCmd,
+        outcome: CustomerOutcome,
+    },
+    Risk {
+        command: RiskCmd,
+        outcome: RiskOutcome,
     },
 }

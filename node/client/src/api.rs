@@ -120,6 +120,9 @@ pub struct AccountView {
     pub kind: String,
     pub pending_debits: String,
     pub transfer_count: u64,
+    /// The customer the account belongs to (its id is `<customer>::<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// A transfer: the answer to `POST /v1/transfers` and `GET /v1/transfers/{id}`, one item of a

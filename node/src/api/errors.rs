@@ -14,13 +14,14 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<&'static str>,
-    /// Extra members of the error object (the stored transfer of a rejection, say).
-    pub detail: Option<(&'static str, Value)>,
+    /// Extra members of the error object (the stored transfer of a rejection, which limit
+    /// refused it).
+    pub detail: Vec<(&'static str, Value)>,
 }
 
 impl ApiError {
     pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, detail: None }
+        ApiError { status, code, message: message.into(), field: None, detail: Vec::new() }
     }
 
     pub fn invalid_request(field: &'static str, message: impl Into<String>) -> ApiError {
@@ -53,10 +54,15 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "account_exists", message)
     }
 
-    /// A rejection from the ledger (stored or not), with the HTTP status it maps to.
+    /// A rejection from the ledger (stored or not), with the HTTP status it maps to; a limit's
+    /// refusal names the limit (`details.limit`; the handler adds what remains when it can).
     pub fn rejected(code: RejectCode) -> ApiError {
         let status = StatusCode::from_u16(code.http_status()).expect("valid status");
-        ApiError::new(status, code.code(), code.message())
+        let error = ApiError::new(status, code.code(), code.message());
+        match settle_cluster::ledger::limit_name(code) {
+            Some(limit) => error.with_detail("details", json!({ "limit": limit })),
+            None => error,
+        }
     }
 
     pub fn unavailable() -> ApiError {
@@ -74,7 +80,8 @@ impl ApiError {
     }
 
     pub fn with_detail(mut self, key: &'static str, value: Value) -> ApiError {
-        self.detail = Some((key, value));
+        self.detail.retain(|(existing, _)| *existing != key);
+        self.detail.push((key, value));
         self
     }
 
@@ -88,7 +95,7 @@ impl ApiError {
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        if let Some((key, value)) = &self.detail {
+        for (key, value) in &self.detail {
             error[*key] = value.clone();
         }
         json!({ "error": error })

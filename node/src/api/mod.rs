@@ -6,9 +6,11 @@ pub mod admin;
 pub mod amount;
 pub mod auth;
 pub mod body;
+pub mod customers;
 pub mod errors;
 pub mod holds;
 pub mod keys;
+pub mod pii;
 pub mod refunds;
 pub mod statements;
 pub mod stops;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub request_counter: AtomicU64,
     /// The key cache and rate-limit buckets (`auth.rs`).
     pub auth: auth::Auth,
+    /// The key personal data is sealed with (`pii.rs`), if configured.
+    pub pii: Option<Arc<pii::PiiKey>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -137,6 +141,10 @@ pub fn app(
         .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
         .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
         .service(resource("/v1/accounts/{id}/stops").route(web::get().to(stops::list)))
+        .service(resource("/v1/customers").route(web::post().to(customers::create)))
+        .service(resource("/v1/customers/{id}").route(web::get().to(customers::show)))
+        .service(resource("/v1/customers/{id}/verifications").route(web::post().to(customers::verify)))
+        .service(resource("/v1/risk/limits").route(web::get().to(customers::get_limits)).route(web::put().to(customers::put_limits)))
         .service(
             resource("/admin/faults")
                 .route(web::get().to(admin::get_faults))
@@ -220,7 +228,8 @@ async fn guard(
         }
     }
     let mutating = !(method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD);
-    if mutating {
+    // A read of personal data is recorded like a change.
+    if mutating || pattern == "/v1/customers/{id}" {
         let targets = response.request().extensions().get::<auth::AuditTargets>().map(|targets| targets.0.clone()).unwrap_or_default();
         let status = response.status().as_u16();
         let outcome = response.response().extensions().get::<auth::AnsweredCode>().map_or("ok", |code| code.0).to_string();
@@ -412,6 +421,11 @@ fn account_outcome(id: &str, outcome: AccountOutcome, account: Option<&AccountVi
         AccountOutcome::Conflict => Err(ApiError::account_exists(id)),
         // Only a misbehaving proposer gets this; the outcome is unknown to the client.
         AccountOutcome::WrongShard => Err(ApiError::unavailable()),
+        AccountOutcome::CustomerNotFound => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "customer_not_found",
+            format!("account {id} is named for a customer (<customer>::<name>) that does not exist; register the customer first"),
+        )),
     }
 }
 
@@ -589,8 +603,16 @@ async fn create_transfer(
         Some(timeout_ms) => Request::Hold(settle_cluster::message::HoldRequest { transfer, timeout_ms }),
         None => Request::Transfers(vec![transfer]),
     };
+    let payer = match &call {
+        Request::Hold(hold) => hold.transfer.from.clone(),
+        Request::Transfers(items) => items[0].from.clone(),
+        _ => unreachable!("built above"),
+    };
     let result = call_one(&state, &request_id, call).await?;
-    let outcome = transfer_outcome(&state.metrics, result);
+    let mut outcome = transfer_outcome(&state.metrics, result);
+    if let Err(error) = &mut outcome {
+        limit_details(&state, &request_id, &payer, error).await;
+    }
     // The id as the body gave it (`types::transfer` took it unchanged), borrowed for the log.
     let transfer_id = object.get("id").and_then(Value::as_str).unwrap_or_default();
     let answer = match &outcome {
@@ -630,6 +652,20 @@ async fn batch_transfers(
     }
     let results: Vec<Value> = results.into_iter().map(|result| result.expect("every item answered")).collect();
     Ok(HttpResponse::Ok().json(json!({ "results": results })))
+}
+
+/// Adds what the payer's customer may still pay to a KYC limit's refusal (`details.remaining`).
+async fn limit_details(state: &AppState, request_id: &RequestId, payer: &settle_cluster::ids::AccountId, error: &mut ApiError) {
+    let kyc =
+        error.detail.iter().any(|(key, value)| *key == "details" && value["limit"].as_str().is_some_and(|limit| limit.starts_with("kyc_")));
+    if !kyc {
+        return;
+    }
+    if let Some(remaining) = customers::remaining_of(state, request_id, payer).await {
+        let currency = settle_cluster::money::Currency::from_code(settle_cluster::ledger::RISK_CURRENCY).expect("CNY is known");
+        let limit = error.detail.iter().find(|(key, _)| *key == "details").map(|(_, value)| value["limit"].clone()).unwrap_or_default();
+        *error = error.clone().with_detail("details", json!({ "limit": limit, "remaining": currency.format(remaining) }));
+    }
 }
 
 fn item_error(error: &ApiError) -> Value {

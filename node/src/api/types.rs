@@ -45,8 +45,15 @@ pub fn currency(text: &str) -> Result<Currency, ApiError> {
 
 /// `POST /v1/accounts {"id","currency","kind"}`.
 pub fn create_account(object: &Map<String, Value>) -> Result<AccountRequest, ApiError> {
-    super::body::only_fields(object, &["id", "currency", "kind"])?;
+    super::body::only_fields(object, &["id", "currency", "kind", "customer"])?;
     let id = account_id(required(object, "id")?, "id")?;
+    if let Some(customer) = string_field(object, "customer")? {
+        let named = settle_cluster::ledger::customer_of(&id);
+        if named.as_ref().map(|named| named.as_str()) != Some(customer) {
+            let message = format!("an account of customer {customer} is named {customer}::<name> (so it lives on the customer's shard)");
+            return Err(ApiError::invalid_request("id", message));
+        }
+    }
     let currency = currency(required(object, "currency")?)?;
     let kind = match string_field(object, "kind")? {
         None => AccountKind::Customer,
@@ -108,6 +115,7 @@ pub fn account_json(view: &AccountView) -> api::AccountView {
         kind: view.kind.as_str().to_string(),
         pending_debits: view.currency.format(view.debits_pending),
         transfer_count: view.transfer_count,
+        customer: settle_cluster::ledger::customer_of(&view.id).map(|customer| customer.to_string()),
     }
 }
 

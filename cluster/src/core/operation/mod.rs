@@ -9,6 +9,7 @@
 
 pub(super) mod account;
 pub(super) mod credit;
+pub(super) mod customer;
 pub(super) mod finalize;
 pub(super) mod holds;
 pub(super) mod read;
@@ -57,6 +58,9 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::ReadRefunds { payee, .. } => ctx.placement.shard_of(payee) == shard,
         Request::Hold(hold) => transfer::payer_shard(ctx.placement, &hold.transfer) == shard,
         Request::Capture { payer, .. } | Request::Void { payer, .. } => ctx.placement.shard_of(payer) == shard,
+        Request::Customer(command) => customer::shard(ctx.placement, command) == shard,
+        Request::ReadCustomer(customer) => ctx.placement.customer_shard_of(customer) == shard,
+        Request::SetRiskLimits { shard: named, .. } | Request::ReadRiskLimits { shard: named } => *named == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -72,6 +76,10 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Reserve(items) => reserve::accept(peer, origin, deadline_ms, items, ctx),
         Request::System(command) => propose_single(peer, origin, deadline_ms, Command::System(command)),
         Request::Stop(command) => propose_single(peer, origin, deadline_ms, Command::Stop(command)),
+        Request::Customer(command) => propose_single(peer, origin, deadline_ms, Command::Customer(command)),
+        Request::SetRiskLimits { limits, .. } => {
+            propose_single(peer, origin, deadline_ms, Command::Risk(crate::ledger::RiskCmd::SetLimits(limits)))
+        }
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
         request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
             Some(command) => holds::accept(peer, origin, deadline_ms, command),
@@ -84,7 +92,9 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         | Request::ReadStops(_)
         | Request::ReadRefunds { .. }
         | Request::Statement { .. }
-        | Request::BalanceAsOf { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
+        | Request::BalanceAsOf { .. }
+        | Request::ReadCustomer(_)
+        | Request::ReadRiskLimits { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
     }
 }
 
@@ -101,5 +111,7 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::Stop { outcome, .. } => answer_single(peer, tag, Reply::Stop(outcome), ctx),
         AppliedCommand::Hold { id, transfer, outcome, record } => holds::applied(peer, tag, id, transfer, outcome, record, ctx),
         AppliedCommand::HoldsExpired { expired } => holds::expired(peer, &expired, ctx),
+        AppliedCommand::Customer { outcome, .. } => answer_single(peer, tag, Reply::Customer(Box::new(outcome)), ctx),
+        AppliedCommand::Risk { outcome, .. } => answer_single(peer, tag, Reply::Risk(outcome), ctx),
     }
 }

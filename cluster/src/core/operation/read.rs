@@ -125,6 +125,8 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
             Reply::Statement(ledger.statement(account, *from_ms, *to_ms, *after, *limit))
         }
         Request::BalanceAsOf { account, at_ms } => Reply::Balance(ledger.balance_as_of(account, *at_ms)),
+        Request::ReadCustomer(customer) => Reply::CustomerState(ledger.customer_report(customer).map(Box::new)),
+        Request::ReadRiskLimits { .. } => Reply::RiskLimits(ledger.risk_limits().clone()),
         // The router sends only reads here (see `operation::accept`).
         Request::CreateAccount(_)
         | Request::CreateAccounts(_)
@@ -135,6 +137,8 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::Refund(_)
         | Request::Hold(_)
         | Request::Capture { .. }
-        | Request::Void { .. } => Reply::Unavailable,
+        | Request::Void { .. }
+        | Request::Customer(_)
+        | Request::SetRiskLimits { .. } => Reply::Unavailable,
     }
 }
