@@ -138,10 +138,12 @@ enum Operation {
     Stop {
         command: StopCmd,
     },
-    /// Makes a hold (`command` is what it holds).
+    /// Makes a hold (`command` is what it holds), or a delayed transfer that arrives by itself
+    /// after `timeout_ms` unless revoked.
     Hold {
         command: TransferRequest,
         timeout_ms: u64,
+        delayed: bool,
     },
     /// Captures `command.amount` of the hold `held` (the capture is the transfer `command`).
     Capture {
@@ -217,6 +219,9 @@ pub struct Workload {
     /// holds it saw voided (voided again now and then: nothing may be released twice).
     holds_open: Vec<TransferRequest>,
     holds_voided: Vec<TransferRequest>,
+    /// Delayed transfers a client saw scheduled: revoked now and then (a revoke racing the
+    /// arrival finds it posted).
+    delayed_open: Vec<(TransferRequest, u64)>,
     /// Every hold id sent: not reused for plain transfers (another mode under the same id is
     /// refused as reused even with the captured body, which the balance model would count as
     /// "never posts"; `ledger/holds_tests.rs` covers that refusal).
@@ -267,6 +272,7 @@ impl Workload {
             stops_active: Vec::new(),
             holds_open: Vec::new(),
             holds_voided: Vec::new(),
+            delayed_open: Vec::new(),
             hold_ids: BTreeSet::new(),
             operations: 0,
         }
@@ -369,7 +375,12 @@ impl Workload {
         } else {
             all[client.rng.gen_range(0..all.len())]
         };
-        if let Operation::Transfer { command } | Operation::Refund { command, .. } | Operation::Capture { command, .. } = &operation {
+        if let Operation::Transfer { command }
+        | Operation::Refund { command, .. }
+        | Operation::Capture { command, .. }
+        | Operation::Hold { command, delayed: true, .. } = &operation
+        {
+            // A delayed transfer may post (in full) without another request.
             self.sent(command);
         }
         let client = &mut self.clients[index];
@@ -385,7 +396,9 @@ impl Workload {
             }
             Operation::ReadAccount { account, .. } => Request::ReadAccount(account.clone()),
             Operation::Stop { command } => Request::Stop(command.clone()),
-            Operation::Hold { command, timeout_ms } => Request::Hold(HoldRequest { transfer: command.clone(), timeout_ms: *timeout_ms }),
+            Operation::Hold { command, timeout_ms, delayed } => {
+                Request::Hold(HoldRequest { transfer: command.clone(), timeout_ms: *timeout_ms, settle_on_expiry: *delayed })
+            }
             Operation::Capture { command, .. } => {
                 Request::Capture { id: command.id.clone(), payer: command.from.clone(), amount: Some(command.amount) }
             }
@@ -415,6 +428,15 @@ impl Workload {
         let accounts = self.accounts.len();
         let hot = self.config.hot_accounts.clamp(1, accounts - 1);
         let reader = index >= self.config.clients;
+        // A writer revokes a delayed transfer that is about due half the time it sees one: a
+        // revoke racing the arrival is where a wrong rule shows.
+        if !reader {
+            let due = self.delayed_open.iter().position(|(_, due_ms)| *due_ms <= now + 20);
+            if let Some(position) = due.filter(|_| self.clients[index].rng.gen_bool(0.5)) {
+                let (hold, _) = self.delayed_open.swap_remove(position);
+                return Operation::Void { hold };
+            }
+        }
         let read = reader || self.clients[index].rng.gen_range(0..100) < self.config.read_percent;
         if read && !self.posted.is_empty() {
             let client = &mut self.clients[index];
@@ -563,6 +585,10 @@ impl Workload {
             let held = hold.amount;
             return Operation::Capture { command: TransferRequest { amount, ..hold }, held };
         }
+        if !self.delayed_open.is_empty() && client.rng.gen_bool(0.2) {
+            let (hold, _) = self.delayed_open.swap_remove(client.rng.gen_range(0..self.delayed_open.len()));
+            return Operation::Void { hold };
+        }
         if !self.holds_voided.is_empty() && client.rng.gen_bool(0.25) {
             let hold = self.holds_voided[client.rng.gen_range(0..self.holds_voided.len())].clone();
             return Operation::Void { hold };
@@ -576,8 +602,9 @@ impl Workload {
         let command =
             TransferRequest { id, from: self.accounts[from].clone(), to: self.accounts[to].clone(), amount, currency: self.currency };
         let timeout_ms = client.rng.gen_range(100..=2_000);
+        let delayed = client.rng.gen_bool(0.3);
         self.hold_ids.insert(command.id.clone());
-        Operation::Hold { command, timeout_ms }
+        Operation::Hold { command, timeout_ms, delayed }
     }
 
     /// A transfer under an id already used with another body: an id another client has in
@@ -733,9 +760,13 @@ impl Workload {
                 }
                 true
             }
-            Operation::Hold { command, .. } => match single_result(reply) {
+            Operation::Hold { command, delayed, timeout_ms } => match single_result(reply) {
                 TransferResult::Done(view) => {
-                    if view.status == TransferStatus::Held {
+                    if view.status == TransferStatus::Held && *delayed {
+                        cluster.note(format!("ack delayed {} scheduled", command.id));
+                        // Due about `timeout_ms` after the hold applied (a little before now).
+                        self.delayed_open.push((command.clone(), view.created_at_ms.saturating_add(*timeout_ms)));
+                    } else if view.status == TransferStatus::Held {
                         cluster.note(format!("ack hold {} held", command.id));
                         self.holds_open.push(command.clone());
                     }

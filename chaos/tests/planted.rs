@@ -186,3 +186,10 @@ fn kyc_limit_unchecked_cross_shard_is_caught() {
 fn spend_kept_on_release_is_caught() {
     caught(PlantedBug::SpendKeptOnRelease, &["spend_matches_history", "core_assertion"]);
 }
+
+/// A revoke applying after its delayed transfer fell due (before the sweep) takes the money
+/// back: the transfer's record says it was revoked after its arrival time.
+#[test]
+fn delayed_revoked_after_arrival_is_caught() {
+    caught(PlantedBug::DelayedRevokedAfterArrival, &["holds_balanced"]);
+}

@@ -81,6 +81,8 @@ pub struct RefundRequest {
 pub struct HoldRequest {
     pub transfer: TransferRequest,
     pub timeout_ms: u64,
+    /// A delayed transfer: it settles when the timeout passes (unless revoked before).
+    pub settle_on_expiry: bool,
 }
 
 /// What a client asks of the cluster. `Transfers` may name payers on many shards (the batch

@@ -64,6 +64,9 @@ pub enum PlantedBug {
     /// A voided or expired hold still counts against its customer's limits (the counters drift
     /// from the history, and the customer is refused money it may spend).
     SpendKeptOnRelease,
+    /// A revoke of a delayed transfer that applies after it fell due (before the sweep
+    /// settled it) still takes the money back: a payment that had arrived is undone.
+    DelayedRevokedAfterArrival,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -71,7 +74,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 21] = [
+    pub const ALL: [PlantedBug; 22] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -93,6 +96,7 @@ impl PlantedBug {
         PlantedBug::HoldCapturedAfterExpiry,
         PlantedBug::KycLimitUncheckedCrossShard,
         PlantedBug::SpendKeptOnRelease,
+        PlantedBug::DelayedRevokedAfterArrival,
     ];
 }
 

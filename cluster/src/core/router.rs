@@ -71,8 +71,8 @@ impl Router {
 enum Wrap {
     /// A refund of `original`, with its reason.
     Refund(TransferId, String),
-    /// A hold lasting `timeout_ms`.
-    Hold(u64),
+    /// A hold lasting `timeout_ms` (a delayed transfer when it settles on expiry).
+    Hold { timeout_ms: u64, settle_on_expiry: bool },
 }
 
 struct Call {
@@ -140,7 +140,7 @@ impl NodeCore {
                 Request::Transfers(vec![request.transfer])
             }
             Request::Hold(request) => {
-                wrap = Some(Wrap::Hold(request.timeout_ms));
+                wrap = Some(Wrap::Hold { timeout_ms: request.timeout_ms, settle_on_expiry: request.settle_on_expiry });
                 Request::Transfers(vec![request.transfer])
             }
             other => other,
@@ -568,7 +568,9 @@ fn wrapped_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, wrap: Option<&Wrap>) 
                     Wrap::Refund(original, reason) => {
                         Request::Refund(RefundRequest { transfer, original: original.clone(), reason: reason.clone() })
                     }
-                    Wrap::Hold(timeout_ms) => Request::Hold(HoldRequest { transfer, timeout_ms: *timeout_ms }),
+                    Wrap::Hold { timeout_ms, settle_on_expiry } => {
+                        Request::Hold(HoldRequest { transfer, timeout_ms: *timeout_ms, settle_on_expiry: *settle_on_expiry })
+                    }
                 };
                 (shard, request, positions)
             }
@@ -647,7 +649,10 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             let asked = &hold.transfer;
             results.len() == 1
                 && match &results[0] {
-                    TransferResult::Done(view) => view_answers(view, asked, view.hold.as_ref().map_or(view.amount, |stored| stored.held)),
+                    TransferResult::Done(view) => {
+                        view_answers(view, asked, view.hold.as_ref().map_or(view.amount, |stored| stored.held))
+                            && view.hold.as_ref().is_none_or(|stored| stored.settle_on_expiry == hold.settle_on_expiry)
+                    }
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 }
         }

@@ -127,6 +127,7 @@ fn class_one_pays_at_most_its_lifetime_limit() {
     let hold = Command::Hold(HoldCmd {
         transfer: TransferCmd { id: tid("h1"), from: wallet.clone(), to: shop.clone(), amount: 30_000, currency: cny() },
         timeout_ms: DAY_MS,
+        settle_on_expiry: false,
     });
     assert_eq!(ledger.apply(JUNE_MS, &hold), Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Held)));
     let over = TransferStatus::Rejected(RejectCode::KycLifetimeLimit);

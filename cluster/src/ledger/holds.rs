@@ -12,6 +12,13 @@
 //! hold's expiry finds it expired, whether or not the sweep ran yet, so an expired hold is never
 //! captured.
 //!
+//! A **delayed transfer** (delayed arrival, 延时到账: the payer may revoke it until it arrives)
+//! is a hold that settles instead of lapsing: `settle_on_expiry`. Its expiry is its arrival
+//! time; the same sweep captures all of it then (a same-shard one posts, a cross-shard one turns
+//! pending and the credit protocol moves it); a void before then revokes it; a stop order on
+//! the payer when it falls due refuses it (`account_frozen`) and gives the money back, which is
+//! what an emergency stop of a payment in its delay window is for. It cannot be captured early.
+//!
 //! The failure modes other ledgers met are each a rule here: a hold is released exactly once
 //! (`captured + released = held` once it is closed, and only a `Held` record can be closed); a
 //! rejected hold reserved nothing and can never be captured; a capture never exceeds the hold.
@@ -33,6 +40,8 @@ pub const HOLDS_EXPIRED_PER_COMMAND: usize = 64;
 pub struct HoldCmd {
     pub transfer: TransferCmd,
     pub timeout_ms: u64,
+    /// A delayed transfer: settles (all of it) when the timeout passes instead of lapsing.
+    pub settle_on_expiry: bool,
 }
 
 /// Captures a hold: `amount` (all of it when `None`) moves to the payee, the rest is released.
@@ -61,6 +70,8 @@ pub struct HoldRecord {
     /// When it was captured, voided or expired (shard clock); `None` while held, and for a hold
     /// rejected when it was made.
     pub closed_at_ms: Option<u64>,
+    /// A delayed transfer: `expires_at_ms` is when it arrives (settles), not when it lapses.
+    pub settle_on_expiry: bool,
 }
 
 impl Ledger {
@@ -95,6 +106,7 @@ impl Ledger {
             // A retry names the same payer, payee, currency and the amount held.
             let same = self.hold(&transfer.id).is_some_and(|hold| {
                 hold.held == transfer.amount
+                    && hold.settle_on_expiry == command.settle_on_expiry
                     && existing.from == transfer.from
                     && existing.to == transfer.to
                     && existing.currency == transfer.currency
@@ -137,7 +149,14 @@ impl Ledger {
             self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
         }
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
-        let hold = HoldRecord { held: transfer.amount, expires_at_ms, captured: 0, released: 0, closed_at_ms: None };
+        let hold = HoldRecord {
+            held: transfer.amount,
+            expires_at_ms,
+            captured: 0,
+            released: 0,
+            closed_at_ms: None,
+            settle_on_expiry: command.settle_on_expiry,
+        };
         self.write(keys::transfer(self.shard, self.generation, keys::HOLD, &transfer.id), &hold);
         TransferOutcome::Recorded(status)
     }
@@ -152,8 +171,14 @@ impl Ledger {
         if record.status != TransferStatus::Held && !voided_again {
             return Err(TransferOutcome::Replayed(record.status));
         }
-        let expiry_ignored = planted(self.planted, PlantedBug::HoldCapturedAfterExpiry);
+        let expiry_ignored = planted(self.planted, PlantedBug::HoldCapturedAfterExpiry)
+            || (hold.settle_on_expiry && planted(self.planted, PlantedBug::DelayedRevokedAfterArrival));
         if now_ms >= hold.expires_at_ms && !expiry_ignored {
+            if hold.settle_on_expiry {
+                // A delayed transfer arrived before the sweep: it settles now, whoever asked.
+                let (status, _) = self.settle_delayed(now_ms, record, hold);
+                return Err(TransferOutcome::Recorded(status));
+            }
             self.release_hold(now_ms, record, hold, TransferStatus::Expired);
             return Err(TransferOutcome::Recorded(TransferStatus::Expired));
         }
@@ -193,7 +218,11 @@ impl Ledger {
     }
 
     pub(super) fn capture_command(&mut self, now_ms: u64, command: &CaptureCmd) -> TransferOutcome {
-        let (mut record, mut hold) = match self.active_hold(now_ms, &command.id) {
+        if self.hold(&command.id).is_some_and(|hold| hold.settle_on_expiry) {
+            // A delayed transfer settles when it arrives, not when someone asks.
+            return TransferOutcome::Refused(RejectCode::NotAHold);
+        }
+        let (record, hold) = match self.active_hold(now_ms, &command.id) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
@@ -209,8 +238,18 @@ impl Ledger {
             // stop is lifted or the hold ends.
             return TransferOutcome::Refused(RejectCode::AccountFrozen);
         }
+        match self.capture_hold(now_ms, record, hold, amount) {
+            Some(status) => TransferOutcome::Recorded(status),
+            None => TransferOutcome::Refused(RejectCode::PayerNotFound),
+        }
+    }
+
+    /// Captures `amount` of a held hold (checked by the caller) and releases the rest: posts it
+    /// (same shard, unless the payee refuses, which releases all of it) or turns the record
+    /// pending for it (cross shard). `None` when stored state is damaged (nothing changed).
+    fn capture_hold(&mut self, now_ms: u64, mut record: TransferRecord, mut hold: HoldRecord, amount: Minor) -> Option<TransferStatus> {
         if !self.unhold(&record, &hold) {
-            return TransferOutcome::Refused(RejectCode::PayerNotFound);
+            return None;
         }
         self.overlay.insert(keys::hold_expiry(self.shard, self.generation, hold.expires_at_ms, &record.id), None);
         hold.captured = amount;
@@ -248,7 +287,26 @@ impl Ledger {
         self.uncount_spend(&record.from, hold.released, record.created_at_ms);
         self.write(keys::transfer(self.shard, self.generation, keys::HOLD, &record.id), &hold);
         self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &record.id), &record);
-        TransferOutcome::Recorded(status)
+        Some(status)
+    }
+
+    /// A delayed transfer falls due: all of it is captured, unless a stop order now blocks its
+    /// payer's debits, which refuses it and gives the money back. The status, and the transfer
+    /// to drive when it turned pending (cross shard).
+    fn settle_delayed(&mut self, now_ms: u64, record: TransferRecord, hold: HoldRecord) -> (TransferStatus, Option<TransferCmd>) {
+        if self.frozen(&record.from).debits > 0 {
+            let status = TransferStatus::Rejected(RejectCode::AccountFrozen);
+            self.release_hold(now_ms, record, hold, status.clone());
+            return (status, None);
+        }
+        let amount = hold.held;
+        let transfer =
+            TransferCmd { id: record.id.clone(), from: record.from.clone(), to: record.to.clone(), amount, currency: record.currency };
+        match self.capture_hold(now_ms, record, hold, amount) {
+            Some(TransferStatus::Pending) => (TransferStatus::Pending, Some(transfer)),
+            Some(status) => (status, None),
+            None => (TransferStatus::Held, None),
+        }
     }
 
     pub(super) fn void_command(&mut self, now_ms: u64, command: &VoidCmd) -> TransferOutcome {
@@ -261,11 +319,13 @@ impl Ledger {
     }
 
     /// Releases the holds whose expiry is before `now_ms` (the entry's timestamp), oldest first,
-    /// at most `HOLDS_EXPIRED_PER_COMMAND`.
-    pub(super) fn expire_holds(&mut self, now_ms: u64) -> Vec<TransferId> {
+    /// at most `HOLDS_EXPIRED_PER_COMMAND`, and settles the delayed transfers due. The released
+    /// holds, and the delayed transfers that turned pending (for the leader to drive).
+    pub(super) fn expire_holds(&mut self, now_ms: u64) -> (Vec<TransferId>, Vec<TransferCmd>) {
         let (start, _) = keys::kind_range(self.shard, self.generation, keys::HOLD_EXPIRY);
         let end = keys::key(self.shard, self.generation, keys::HOLD_EXPIRY, &now_ms.saturating_add(1).to_be_bytes());
         let mut expired = Vec::new();
+        let mut settled = Vec::new();
         for key in self.scan_keys_merged(&start, &end, HOLDS_EXPIRED_PER_COMMAND) {
             let Some(id) =
                 key.get(start.len() + 8..).and_then(|bytes| std::str::from_utf8(bytes).ok()).and_then(|text| TransferId::new(text).ok())
@@ -281,10 +341,15 @@ impl Ledger {
                 self.damaged(format!("hold {id} in the expiry index is {}", record.status.as_str()));
                 continue;
             }
+            if hold.settle_on_expiry {
+                let (_, pending) = self.settle_delayed(now_ms, record, hold);
+                settled.extend(pending);
+                continue;
+            }
             self.release_hold(now_ms, record, hold, TransferStatus::Expired);
             expired.push(id);
         }
-        expired
+        (expired, settled)
     }
 
     /// A cross-shard capture the payee shard refused: what was captured is released too.
@@ -328,10 +393,12 @@ impl Ledger {
                     if closed != hold.held || hold.captured != record.amount || indexed {
                         return Err(format!("captured hold {id}: {hold:?}, amount {}, indexed {indexed}", record.amount));
                     }
-                    if hold.closed_at_ms.is_none_or(|at| at >= hold.expires_at_ms) {
+                    // A hold is captured before its expiry; a delayed transfer settles at or after it.
+                    let before_expiry = hold.closed_at_ms.map(|at| at < hold.expires_at_ms);
+                    if before_expiry != Some(!hold.settle_on_expiry) {
                         return Err(format!(
-                            "hold {id} was captured at {:?}, not before its expiry {}",
-                            hold.closed_at_ms, hold.expires_at_ms
+                            "hold {id} (settles on expiry: {}) was captured at {:?}, expiry {}",
+                            hold.settle_on_expiry, hold.closed_at_ms, hold.expires_at_ms
                         ));
                     }
                 }
@@ -339,9 +406,11 @@ impl Ledger {
                     if hold.released != hold.held || hold.captured != 0 || indexed {
                         return Err(format!("released hold {id}: {hold:?}, indexed {indexed}"));
                     }
-                    // Voided before its expiry, expired at or after it.
+                    // Voided before its expiry, expired at or after it; a delayed transfer never
+                    // lapses.
                     let before_expiry = hold.closed_at_ms.map(|at| at < hold.expires_at_ms);
-                    if before_expiry != Some(record.status == TransferStatus::Voided) {
+                    let lapsed_delayed = hold.settle_on_expiry && record.status == TransferStatus::Expired;
+                    if before_expiry != Some(record.status == TransferStatus::Voided) || lapsed_delayed {
                         return Err(format!(
                             "hold {id} is {} but was closed at {:?} (expiry {})",
                             record.status.as_str(),

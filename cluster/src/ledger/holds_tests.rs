@@ -8,8 +8,27 @@ use super::*;
 const DAY_MS: u64 = 86_400_000;
 
 fn hold(ledger: &mut Ledger, now_ms: u64, id: &str, from: &AccountId, to: &AccountId, amount: Minor, timeout_ms: u64) -> TransferOutcome {
+    make(ledger, now_ms, id, from, to, amount, timeout_ms, false)
+}
+
+/// A delayed transfer: a hold that settles when `delay_ms` passes.
+fn delayed(ledger: &mut Ledger, now_ms: u64, id: &str, from: &AccountId, to: &AccountId, amount: Minor, delay_ms: u64) -> TransferOutcome {
+    make(ledger, now_ms, id, from, to, amount, delay_ms, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make(
+    ledger: &mut Ledger,
+    now_ms: u64,
+    id: &str,
+    from: &AccountId,
+    to: &AccountId,
+    amount: Minor,
+    timeout_ms: u64,
+    settle_on_expiry: bool,
+) -> TransferOutcome {
     let transfer = TransferCmd { id: tid(id), from: from.clone(), to: to.clone(), amount, currency: usd() };
-    match ledger.apply(now_ms, &Command::Hold(HoldCmd { transfer, timeout_ms })) {
+    match ledger.apply(now_ms, &Command::Hold(HoldCmd { transfer, timeout_ms, settle_on_expiry })) {
         Applied::Transfer(outcome) => outcome,
         other => panic!("not a transfer outcome: {other:?}"),
     }
@@ -57,7 +76,7 @@ fn a_partial_capture_moves_part_and_releases_the_rest() {
     assert_eq!((payer.balance, payer.available(), payee.balance), (40, 40, 60));
     assert_eq!(
         ledger.hold(&tid("h1")).unwrap(),
-        HoldRecord { held: 80, expires_at_ms: 10 + DAY_MS, captured: 60, released: 20, closed_at_ms: Some(20) }
+        HoldRecord { held: 80, expires_at_ms: 10 + DAY_MS, captured: 60, released: 20, closed_at_ms: Some(20), settle_on_expiry: false }
     );
     assert_eq!(ledger.transfer(&tid("h1")).unwrap().amount, 60);
     // Retries and late operations change nothing.
@@ -164,11 +183,69 @@ fn a_cross_shard_capture_posts_through_the_protocol() {
     p.apply(80, &Command::Finalize(FinalizeCmd { id: tid("h2"), body: record.body(), decision: refused }));
     assert_eq!(
         p.hold(&tid("h2")).unwrap(),
-        HoldRecord { held: 50, expires_at_ms: 50 + DAY_MS, captured: 0, released: 50, closed_at_ms: Some(60) }
+        HoldRecord { held: 50, expires_at_ms: 50 + DAY_MS, captured: 0, released: 50, closed_at_ms: Some(60), settle_on_expiry: false }
     );
     let payer = p.account(&alice).unwrap();
     assert_eq!((payer.balance, payer.debits_pending), (130, 0));
     assert_eq!(p.net_inflow()[&usd()] + q.net_inflow()[&usd()], 0);
+    p.check_invariants();
+    q.check_invariants();
+}
+
+/// A delayed transfer arrives by itself when its delay passes (the sweep captures all of it),
+/// may be revoked before, cannot be captured early, and a retry with the other mode is reused.
+#[test]
+fn a_delayed_transfer_arrives_unless_revoked() {
+    let (mut ledger, alice, bob) = one_shard(100);
+    assert_eq!(delayed(&mut ledger, 10, "d1", &alice, &bob, 30, 1_000), TransferOutcome::Recorded(TransferStatus::Held));
+    assert_eq!(delayed(&mut ledger, 11, "d1", &alice, &bob, 30, 1_000), TransferOutcome::Replayed(TransferStatus::Held));
+    assert_eq!(hold(&mut ledger, 11, "d1", &alice, &bob, 30, 1_000), TransferOutcome::Refused(RejectCode::IdempotencyKeyReused));
+    assert_eq!(capture(&mut ledger, 12, "d1", None), TransferOutcome::Refused(RejectCode::NotAHold), "no early capture");
+    assert_eq!(ledger.account(&alice).unwrap().available(), 70);
+    delayed(&mut ledger, 10, "d2", &alice, &bob, 20, 1_000);
+    assert_eq!(void(&mut ledger, 500, "d2"), TransferOutcome::Recorded(TransferStatus::Voided), "revoked in its window");
+    // Not due yet: nothing happens; due: it posts, in full.
+    assert_eq!(ledger.apply(1_009, &Command::ExpireHolds), Applied::HoldsExpired(0));
+    assert_eq!(ledger.transfer(&tid("d1")).unwrap().status, TransferStatus::Held);
+    assert_eq!(ledger.apply(1_010, &Command::ExpireHolds), Applied::HoldsExpired(0), "settled, not expired");
+    assert_eq!(ledger.transfer(&tid("d1")).unwrap().status, TransferStatus::Posted);
+    let (payer, payee) = (ledger.account(&alice).unwrap(), ledger.account(&bob).unwrap());
+    assert_eq!((payer.balance, payer.available(), payee.balance), (70, 70, 30));
+    assert_eq!(void(&mut ledger, 1_020, "d1"), TransferOutcome::Replayed(TransferStatus::Posted), "too late to revoke");
+    ledger.check_invariants();
+}
+
+/// A delayed transfer whose payer is stopped when it falls due is refused and the money goes
+/// back (an emergency stop of a payment in its delay window).
+#[test]
+fn a_stop_in_the_delay_window_refuses_the_delayed_transfer() {
+    let (mut ledger, alice, bob) = one_shard(100);
+    delayed(&mut ledger, 10, "d1", &alice, &bob, 60, 1_000);
+    ledger.apply(20, &Command::Stop(place("s1", &alice, false)));
+    ledger.apply(2_000, &Command::ExpireHolds);
+    assert_eq!(ledger.transfer(&tid("d1")).unwrap().status, TransferStatus::Rejected(RejectCode::AccountFrozen));
+    assert_eq!(ledger.account(&alice).unwrap().available(), 100);
+    assert_eq!(ledger.account(&bob).unwrap().balance, 0);
+    ledger.check_invariants();
+}
+
+/// Across shards, a delayed transfer falling due turns pending for all of it and the ordinary
+/// credit and finalize post it.
+#[test]
+fn a_cross_shard_delayed_transfer_settles_through_the_protocol() {
+    let (mut p, mut q, [_, alice, bob]) = two_shards(200);
+    delayed(&mut p, 10, "d1", &alice, &bob, 80, 1_000);
+    let settled = p.apply_command(1_500, Command::ExpireHolds, false);
+    let AppliedCommand::HoldsExpired { expired, settled } = settled else { panic!("not an expiry: {settled:?}") };
+    assert_eq!((expired.len(), settled.len()), (0, 1));
+    p.commit_round(&AppliedMark { index: 1_500, ..AppliedMark::default() }).unwrap();
+    assert_eq!(p.transfer(&tid("d1")).unwrap().status, TransferStatus::Pending);
+    let record = p.transfer(&tid("d1")).unwrap();
+    q.apply(1_600, &Command::Credit(CreditCmd::for_record(&record, AccountKind::Customer, 0, false)));
+    p.apply(1_700, &Command::Finalize(FinalizeCmd { id: tid("d1"), body: record.body(), decision: Decision::Credited }));
+    assert_eq!((p.account(&alice).unwrap().balance, q.account(&bob).unwrap().balance), (120, 80));
+    let hold = p.hold(&tid("d1")).unwrap();
+    assert_eq!((hold.captured, hold.released, hold.closed_at_ms), (80, 0, Some(1_500)));
     p.check_invariants();
     q.check_invariants();
 }

@@ -533,7 +533,10 @@ impl Ledger {
                 let outcome = self.void_command(now_ms, &void);
                 self.hold_applied(void.id.clone(), outcome, report)
             }
-            Command::ExpireHolds => AppliedCommand::HoldsExpired { expired: self.expire_holds(now_ms) },
+            Command::ExpireHolds => {
+                let (expired, settled) = self.expire_holds(now_ms);
+                AppliedCommand::HoldsExpired { expired, settled }
+            }
             Command::Customer(command) => {
                 let outcome = self.customer_command(now_ms, &command);
                 AppliedCommand::Customer { command, outcome }
@@ -601,7 +604,7 @@ impl Ledger {
             AppliedCommand::System { outcome, .. } => Applied::System(outcome),
             AppliedCommand::Stop { outcome, .. } => Applied::Stop(outcome),
             AppliedCommand::Hold { outcome, .. } => Applied::Transfer(outcome),
-            AppliedCommand::HoldsExpired { expired } => Applied::HoldsExpired(expired.len()),
+            AppliedCommand::HoldsExpired { expired, .. } => Applied::HoldsExpired(expired.len()),
             AppliedCommand::Customer { outcome, .. } => Applied::Customer(outcome),
             AppliedCommand::Risk { outcome, .. } => Applied::Risk(outcome),
         };

@@ -666,6 +666,7 @@ fn an_anonymous_card_never_cashes_out() {
     let hold = Command::Hold(HoldCmd {
         transfer: TransferCmd { id: tid("h"), from: card.clone(), to: friend.clone(), amount: 10, currency: cny },
         timeout_ms: 86_400_000,
+        settle_on_expiry: false,
     });
     assert_eq!(p.apply(3, &hold), refused);
     // Across shards the payee's shard decides, by the kind the credit carries.

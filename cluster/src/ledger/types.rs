@@ -654,9 +654,11 @@ pub enum AppliedCommand {
         outcome: TransferOutcome,
         record: Option<TransferView>,
     },
-    /// `ExpireHolds`: the holds it released.
+    /// `ExpireHolds`: the holds it released, and the delayed transfers it settled that turned
+    /// pending (cross shard: the leader sends their credit requests).
     HoldsExpired {
         expired: Vec<TransferId>,
+        settled: Vec<TransferCmd>,
     },
     Customer {
         command: CustomerCmd,

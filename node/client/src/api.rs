@@ -115,14 +115,14 @@ pub struct AccountView {
     pub balance: String,
     pub created_at_ms: u64,
     pub currency: String,
+    /// The customer the account belongs to (its id is `<customer>::<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
     pub id: String,
     /// `customer`, `merchant` or `settlement` (only settlement accounts may go negative).
     pub kind: String,
     pub pending_debits: String,
     pub transfer_count: u64,
-    /// The customer the account belongs to (its id is `<customer>::<name>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer: Option<String>,
 }
 
 /// A transfer: the answer to `POST /v1/transfers` and `GET /v1/transfers/{id}`, one item of a
@@ -130,6 +130,10 @@ pub struct AccountView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {
     pub amount: String,
+    /// A delayed transfer (mode `delayed`): when it arrives (settles) unless revoked before,
+    /// RFC 3339 in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrives_at: Option<String>,
     pub created_at_ms: u64,
     pub currency: String,
     pub from: String,
@@ -143,7 +147,8 @@ pub struct TransferView {
     /// Present only when `status` is `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Rejection>,
-    /// `posted`, `rejected`, `pending`, or for holds `held`, `voided`, `expired`.
+    /// `posted`, `rejected`, `pending`, for holds `held`, `voided`, `expired`, for delayed
+    /// transfers `scheduled` (until they arrive) and `revoked`.
     pub status: String,
     pub to: String,
 }

@@ -109,7 +109,7 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/audit", true) => Access::Roles(AUDITORS),
         ("/v1/risk/stops" | "/v1/risk/stops/{id}/lift", false) => Access::Roles(STAFF),
         ("/v1/transfers/{id}/refunds", false) => Access::Roles(PAYERS),
-        ("/v1/transfers/{id}/capture" | "/v1/transfers/{id}/void", false) => Access::Roles(PAYERS),
+        ("/v1/transfers/{id}/capture" | "/v1/transfers/{id}/void" | "/v1/transfers/{id}/revoke", false) => Access::Roles(PAYERS),
         ("/v1/transfers/{id}/refunds", true) => Access::Roles(EVERY_ROLE),
         ("/v1/accounts/{id}/stops", true) => Access::Roles(OBSERVERS),
         ("/v1/customers" | "/v1/customers/{id}" | "/v1/customers/{id}/verifications", _) => Access::Roles(STAFF),

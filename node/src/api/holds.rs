@@ -102,6 +102,12 @@ pub async fn capture(
     body::only_fields(&object, &["amount"])?;
     request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
     let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    if hold.settle_on_expiry {
+        let message = "a delayed transfer arrives by itself at arrives_at; it cannot be captured (revoke it before then)";
+        return Err(
+            ApiError::new(StatusCode::CONFLICT, "transfer_not_a_hold", message).with_detail("transfer", json!(types::transfer_json(&view)))
+        );
+    }
     let amount = match object.get("amount") {
         None => None,
         Some(_) => Some(types::amount(&object, view.currency)?),
@@ -127,6 +133,34 @@ pub async fn void(
     body::only_fields(&object, &[])?;
     request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
     let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    let call = Request::Void { id, payer: view.from.clone() };
+    let result = call_one(&state, &request_id, call).await?;
+    answer(&state, result, &hold, &[TransferStatus::Voided], None)
+}
+
+/// `POST /v1/transfers/{id}/revoke`: the payer takes back a delayed transfer before it arrives
+/// (200 `status: "revoked"`, again for a retry); 409 `hold_not_active` once it arrived (the
+/// transfer as it is), 409 `transfer_not_delayed` for any other transfer. Only a key that may
+/// act for the payer revokes.
+pub async fn revoke(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<Principal>,
+) -> Result<HttpResponse> {
+    let id = types::transfer_id(&path, "id")?;
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &[])?;
+    request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
+    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    principal.check_account(&view.from)?;
+    if !hold.settle_on_expiry {
+        let message = "only a delayed transfer (mode delayed) is revoked; a hold is voided";
+        return Err(ApiError::new(StatusCode::CONFLICT, "transfer_not_delayed", message)
+            .with_detail("transfer", json!(types::transfer_json(&view))));
+    }
     let call = Request::Void { id, payer: view.from.clone() };
     let result = call_one(&state, &request_id, call).await?;
     answer(&state, result, &hold, &[TransferStatus::Voided], None)

@@ -137,6 +137,7 @@ pub fn app(
         .service(resource("/v1/audit").route(web::get().to(keys::audit)))
         .service(resource("/v1/transfers/{id}/capture").route(web::post().to(holds::capture)))
         .service(resource("/v1/transfers/{id}/void").route(web::post().to(holds::void)))
+        .service(resource("/v1/transfers/{id}/revoke").route(web::post().to(holds::revoke)))
         .service(resource("/v1/transfers/{id}/refunds").route(web::post().to(refunds::create)).route(web::get().to(refunds::list)))
         .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
         .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
@@ -595,12 +596,14 @@ async fn create_transfer(
     principal: web::ReqData<auth::Principal>,
 ) -> Result<HttpResponse> {
     let object = state.read_object(&request, payload).await?;
-    let transfer = types::transfer_with(&object, &["mode", "hold_timeout_seconds"])?;
-    let hold_timeout_ms = types::hold_timeout_ms(&object)?;
+    let transfer = types::transfer_with(&object, &["mode", "hold_timeout_seconds", "delay_hours"])?;
+    let hold_terms = types::hold_terms(&object)?;
     request.extensions_mut().insert(auth::AuditTargets(vec![transfer.id.to_string(), transfer.from.to_string(), transfer.to.to_string()]));
     principal.check_account(&transfer.from)?;
-    let call = match hold_timeout_ms {
-        Some(timeout_ms) => Request::Hold(settle_cluster::message::HoldRequest { transfer, timeout_ms }),
+    let call = match hold_terms {
+        Some((timeout_ms, settle_on_expiry)) => {
+            Request::Hold(settle_cluster::message::HoldRequest { transfer, timeout_ms, settle_on_expiry })
+        }
         None => Request::Transfers(vec![transfer]),
     };
     let payer = match &call {
@@ -699,8 +702,8 @@ pub(crate) fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Res
     let label = match &outcome {
         Ok((_, view)) => match view.status.as_str() {
             "posted" => "posted",
-            "held" => "held",
-            "voided" | "expired" => "released",
+            "held" | "scheduled" => "held",
+            "voided" | "expired" | "revoked" => "released",
             _ => "pending",
         },
         Err(error) => error.code,

@@ -111,11 +111,11 @@ pub fn account_json(view: &AccountView) -> api::AccountView {
         balance: view.currency.format(view.balance),
         created_at_ms: view.created_at_ms,
         currency: view.currency.code().to_string(),
+        customer: settle_cluster::ledger::customer_of(&view.id).map(|customer| customer.to_string()),
         id: view.id.to_string(),
         kind: view.kind.as_str().to_string(),
         pending_debits: view.currency.format(view.debits_pending),
         transfer_count: view.transfer_count,
-        customer: settle_cluster::ledger::customer_of(&view.id).map(|customer| customer.to_string()),
     }
 }
 
@@ -138,11 +138,20 @@ pub fn parse_rfc3339(text: &str, field: &'static str) -> Result<u64, ApiError> {
 
 /// How a single transfer is made: posted at once (`mode` absent or `"post"`), or held
 /// (`"hold"`, for `hold_timeout_seconds`, default 7 days, at most 30).
-pub fn hold_timeout_ms(object: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+/// How long a hold or a delayed transfer lasts, and whether it settles when that time passes
+/// (`mode: "delayed"`, after `delay_hours`: 2 or 24, default 24); `None` for a plain transfer.
+pub fn hold_terms(object: &Map<String, Value>) -> Result<Option<(u64, bool)>, ApiError> {
     let timeout = object.get("hold_timeout_seconds");
-    match string_field(object, "mode")? {
-        None | Some("post") if timeout.is_none() => Ok(None),
-        None | Some("post") => Err(ApiError::invalid_request("hold_timeout_seconds", "hold_timeout_seconds needs mode hold")),
+    let delay = object.get("delay_hours");
+    let mode = string_field(object, "mode")?;
+    if timeout.is_some() && mode != Some("hold") {
+        return Err(ApiError::invalid_request("hold_timeout_seconds", "hold_timeout_seconds needs mode hold"));
+    }
+    if delay.is_some() && mode != Some("delayed") {
+        return Err(ApiError::invalid_request("delay_hours", "delay_hours needs mode delayed"));
+    }
+    match mode {
+        None | Some("post") => Ok(None),
         Some("hold") => {
             let max_seconds = settle_cluster::ledger::HOLD_TIMEOUT_MS_MAX / 1_000;
             let seconds = match timeout {
@@ -154,11 +163,24 @@ pub fn hold_timeout_ms(object: &Map<String, Value>) -> Result<Option<u64>, ApiEr
                     )
                 })?,
             };
-            Ok(Some(seconds * 1_000))
+            Ok(Some((seconds * 1_000, false)))
         }
-        Some(_) => Err(ApiError::invalid_request("mode", "mode must be \"post\" or \"hold\"")),
+        Some("delayed") => {
+            let hours = match delay {
+                None | Some(Value::Null) => 24,
+                Some(value) => value
+                    .as_u64()
+                    .filter(|hours| DELAY_HOURS.contains(hours))
+                    .ok_or_else(|| ApiError::invalid_request("delay_hours", "delay_hours must be 2 or 24"))?,
+            };
+            Ok(Some((hours * 3_600_000, true)))
+        }
+        Some(_) => Err(ApiError::invalid_request("mode", "mode must be \"post\", \"hold\" or \"delayed\"")),
     }
 }
+
+/// The delays a delayed transfer may take (the PBOC's delayed-arrival options).
+pub const DELAY_HOURS: [u64; 2] = [2, 24];
 
 /// A hold lasts a week unless the request says otherwise.
 pub const HOLD_TIMEOUT_SECONDS_DEFAULT: u64 = 7 * 24 * 3_600;
@@ -169,7 +191,13 @@ pub fn transfer_json(view: &TransferView) -> api::TransferView {
         TransferStatus::Rejected(code) => Some(api::Rejection { code: code.code().to_string(), message: code.message().to_string() }),
         _ => None,
     };
-    let hold = view.hold.as_ref().map(|hold| api::HoldView {
+    let delayed = view.hold.as_ref().filter(|hold| hold.settle_on_expiry);
+    let status = match (&view.status, delayed.is_some()) {
+        (TransferStatus::Held, true) => "scheduled",
+        (TransferStatus::Voided, true) => "revoked",
+        (status, _) => status.as_str(),
+    };
+    let hold = view.hold.as_ref().filter(|hold| !hold.settle_on_expiry).map(|hold| api::HoldView {
         captured: view.currency.format(hold.captured),
         expires_at_ms: hold.expires_at_ms,
         held: view.currency.format(hold.held),
@@ -177,14 +205,15 @@ pub fn transfer_json(view: &TransferView) -> api::TransferView {
     });
     api::TransferView {
         amount: view.currency.format(view.amount),
+        arrives_at: delayed.map(|hold| rfc3339(hold.expires_at_ms)),
         created_at_ms: view.created_at_ms,
         currency: view.currency.code().to_string(),
         from: view.from.to_string(),
-        hold_expires_at: view.hold.as_ref().map(|hold| rfc3339(hold.expires_at_ms)),
+        hold_expires_at: view.hold.as_ref().filter(|hold| !hold.settle_on_expiry).map(|hold| rfc3339(hold.expires_at_ms)),
         hold,
         id: view.id.to_string(),
         rejection,
-        status: view.status.as_str().to_string(),
+        status: status.to_string(),
         to: view.to.to_string(),
     }
 }
@@ -247,11 +276,23 @@ mod tests {
             captured: 0,
             released: 0,
             closed_at_ms: None,
+            settle_on_expiry: false,
         });
         assert_eq!(
             serde_json::to_string(&transfer_json(&transfer)).unwrap(),
             r#"{"amount":"12.34","created_at_ms":9,"currency":"USD","from":"alice","hold":{"captured":"0.00","expires_at_ms":1796601600000,"held":"12.34","released":"0.00"},"hold_expires_at":"2026-12-07T00:00:00Z","id":"t1","status":"held","to":"bob"}"#
         );
+        // A delayed transfer is scheduled until it arrives, then shows when it did; revoked
+        // once voided.
+        if let Some(hold) = transfer.hold.as_mut() {
+            hold.settle_on_expiry = true;
+        }
+        assert_eq!(
+            serde_json::to_string(&transfer_json(&transfer)).unwrap(),
+            r#"{"amount":"12.34","arrives_at":"2026-12-07T00:00:00Z","created_at_ms":9,"currency":"USD","from":"alice","id":"t1","status":"scheduled","to":"bob"}"#
+        );
+        transfer.status = TransferStatus::Voided;
+        assert_eq!(transfer_json(&transfer).status, "revoked");
     }
 
     /// The client's USD formatting, kept local so clients need not pull in the currency table,

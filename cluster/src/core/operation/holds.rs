@@ -19,7 +19,7 @@ pub(in crate::core) fn command(request: Request) -> Option<Command> {
         Request::Hold(hold) => {
             let item = hold.transfer;
             let transfer = TransferCmd { id: item.id, from: item.from, to: item.to, amount: item.amount, currency: item.currency };
-            Some(Command::Hold(HoldCmd { transfer, timeout_ms: hold.timeout_ms }))
+            Some(Command::Hold(HoldCmd { transfer, timeout_ms: hold.timeout_ms, settle_on_expiry: hold.settle_on_expiry }))
         }
         Request::Capture { id, amount, .. } => Some(Command::Capture(CaptureCmd { id, amount })),
         Request::Void { id, .. } => Some(Command::Void(VoidCmd { id })),
@@ -58,12 +58,16 @@ pub(in crate::core) fn applied(
     }
 }
 
-/// Holds released by an `ExpireHolds`: counted by the leader.
-pub(in crate::core) fn expired(peer: &mut ShardPeer, expired: &[TransferId], ctx: &mut Ctx) {
+/// Holds released by an `ExpireHolds`: counted by the leader, which also asks the payee shards
+/// of the delayed transfers it settled across shards to decide them.
+pub(in crate::core) fn expired(peer: &mut ShardPeer, expired: &[TransferId], settled: &[TransferCmd], ctx: &mut Ctx) {
     if !peer.replica.is_leader() {
         return;
     }
     ctx.stats.holds_expired += u64::try_from(expired.len()).unwrap_or(u64::MAX);
+    for transfer in settled {
+        transfer::prepared(peer, transfer, ctx);
+    }
 }
 
 /// On a leader that has applied an entry of its term: proposes `ExpireHolds` when a hold is due.

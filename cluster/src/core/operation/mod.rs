@@ -110,7 +110,7 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::System { outcome, .. } => answer_single(peer, tag, Reply::System(outcome), ctx),
         AppliedCommand::Stop { outcome, .. } => answer_single(peer, tag, Reply::Stop(outcome), ctx),
         AppliedCommand::Hold { id, transfer, outcome, record } => holds::applied(peer, tag, id, transfer, outcome, record, ctx),
-        AppliedCommand::HoldsExpired { expired } => holds::expired(peer, &expired, ctx),
+        AppliedCommand::HoldsExpired { expired, settled } => holds::expired(peer, &expired, &settled, ctx),
         AppliedCommand::Customer { outcome, .. } => answer_single(peer, tag, Reply::Customer(Box::new(outcome)), ctx),
         AppliedCommand::Risk { outcome, .. } => answer_single(peer, tag, Reply::Risk(outcome), ctx),
     }

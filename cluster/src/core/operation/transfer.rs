@@ -69,7 +69,7 @@ pub(in crate::core) fn applied(
 }
 
 /// A transfer was just prepared on a shard this node leads: ask the payee shard to decide.
-fn prepared(peer: &mut ShardPeer, transfer: &TransferCmd, ctx: &mut Ctx) {
+pub(in crate::core) fn prepared(peer: &mut ShardPeer, transfer: &TransferCmd, ctx: &mut Ctx) {
     let payer_shard = peer.replica.shard();
     let credit = CreditCmd {
         id: transfer.id.clone(),
