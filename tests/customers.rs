@@ -137,3 +137,63 @@ async fn customers_classes_and_limits_hold_through_a_failover() {
     let (status, body) = cluster.get_json(survivor, "/v1/risk/limits").await;
     assert_eq!((status, body["version"].as_u64(), body["class_i_lifetime"].as_str()), (200, Some(1), Some("1500.00")), "{body}");
 }
+
+/// The verification step on real processes: above the threshold a payment answers 202
+/// `requires_verification` with what to prove; the one-time code reaches the delivery service
+/// (an operator's read); a wrong password is counted; the right password and code, sent through
+/// a survivor after the payer shard's leader is killed, post it; a retry answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_above_the_threshold_are_verified_through_a_failover() {
+    let mut cluster = TestCluster::start(3, SHARDS).await;
+    let placement = Placement::new(vec![1, 2, 3], SHARDS);
+    let home = placement.customer_shard_of(&CustomerId::new("cust-2").unwrap());
+    let customer = json!({ "id": "cust-2", "name": "Li Na", "id_document": { "type": "passport", "number": "E12345678" } });
+    assert_eq!(cluster.post_settled(1, "/v1/customers", &customer).await.0, 201);
+    let check = json!({ "id": "v1", "channel": "face_to_face", "reference": "branch-7" });
+    assert_eq!(cluster.post_settled(1, "/v1/customers/cust-2/verifications", &check).await.0, 201);
+    let (status, body) = cluster.post_json(1, "/v1/customers/cust-2/security", &json!({ "payment_password": "123" })).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("payment_password")), "{body}");
+    let (status, body) = cluster.post_settled(2, "/v1/customers/cust-2/security", &json!({ "payment_password": "246810" })).await;
+    assert_eq!((status, body["payment_password_set"].as_bool()), (200, Some(true)), "{body}");
+    cluster.create_account(1, "cust-2::wallet", "CNY", "customer").await;
+    cluster.create_account(1, "bank", "CNY", "settlement").await;
+    cluster.create_account(1, "shop", "CNY", "merchant").await;
+    assert_eq!(cluster.post_settled(1, "/v1/transfers", &pay("fund", "bank", "cust-2::wallet", "3000.00")).await.0, 201);
+    let (status, body) = cluster.put_json(3, "/v1/risk/limits", &json!({ "verification_threshold": "100.00" })).await;
+    assert_eq!((status, body["verification_threshold"].as_str()), (200, Some("100.00")), "{body}");
+
+    assert_eq!(cluster.post_settled(1, "/v1/transfers", &pay("small", "cust-2::wallet", "shop", "100.00")).await.0, 201);
+    let (status, body) = cluster.post_settled(1, "/v1/transfers", &pay("big", "cust-2::wallet", "shop", "250.00")).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("requires_verification")), "{body}");
+    assert_eq!(body["next_action"]["methods"], json!(["payment_password", "otp"]), "{body}");
+    assert_eq!(body["next_action"]["url"].as_str(), Some("/v1/transfers/big/verify"), "{body}");
+    let (status, again) = cluster.post_settled(2, "/v1/transfers", &pay("big", "cust-2::wallet", "shop", "250.00")).await;
+    assert_eq!((status, again["status"].as_str()), (202, Some("requires_verification")), "a retry: {again}");
+    let (status, delivery) = cluster.get_json(2, "/v1/transfers/big/verification").await;
+    let code = delivery["otp"].as_str().unwrap_or_default().to_string();
+    assert_eq!((status, code.len()), (200, 6), "{delivery}");
+    let (_, shop) = cluster.get_json(3, "/v1/accounts/shop").await;
+    assert_eq!(shop["balance"], "100.00", "nothing moved before the proof: {shop}");
+
+    let wrong = json!({ "payment_password": "000000", "otp": code });
+    let (status, body) = cluster.post_settled(3, "/v1/transfers/big/verify", &wrong).await;
+    assert_eq!(
+        (status, common::error_code(&body), body["error"]["attempts_remaining"].as_u64()),
+        (422, "verification_incorrect", Some(4)),
+        "{body}"
+    );
+
+    let view = cluster.cluster_view(1).await;
+    let leader = view["shards"][usize::try_from(home).unwrap()]["leader"].as_u64().expect("a leader");
+    cluster.kill(leader);
+    let survivor = (1..=3).find(|node| *node != leader).unwrap();
+    let right = json!({ "payment_password": "246810", "otp": code });
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers/big/verify", &right).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("posted")), "{body}");
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers/big/verify", &right).await;
+    assert_eq!((status, body["status"].as_str()), (201, Some("posted")), "a retry answers the same: {body}");
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers/small/verify", &right).await;
+    assert_eq!((status, common::error_code(&body)), (409, "transfer_not_awaiting_verification"), "{body}");
+    let (_, shop) = cluster.get_json(survivor, "/v1/accounts/shop").await;
+    assert_eq!(shop["balance"], "350.00", "{shop}");
+}

@@ -162,7 +162,7 @@ impl Storage {
 }
 
 /// Deletes every key in `[start, end)`, a batch at a time. A failure is logged and left: the
-/// range is unused, and a later install or start clears it again.
+/// range is unused, and the node clears every unused generation at its next start.
 fn delete_range(state: &StateStore, start: &[u8], end: &[u8]) {
     loop {
         let keys = state.scan(start, end, DELETE_BATCH_KEYS, false);

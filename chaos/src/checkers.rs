@@ -36,6 +36,8 @@
 //!   still counts, and nothing counts twice).
 //! - `limits_respected`: no customer paid past its KYC class's limit (the workload's customers
 //!   are class I, class II and unverified, with low limits its amounts reach).
+//! - `verified_before_paid`: every payment of a customer who verifies every payment (c1) that
+//!   moved money passed a verification first.
 //! - `valid_input_accepted`: the core's checks of untrusted peer input never drop a message
 //!   an honest node sent (only what the simulator injects as hostile).
 
@@ -142,8 +144,9 @@ impl Checkers {
         let shard = ledger.shard();
         let statuses = self.final_statuses.entry(shard).or_default();
         for record in ledger.transfers() {
-            // Pending and held are not final (a held one is captured, voided or expires).
-            if matches!(record.status, TransferStatus::Pending | TransferStatus::Held) {
+            // Pending, held and awaiting verification are not final (a held one is captured,
+            // voided or expires; an unverified one is proved, fails or expires).
+            if matches!(record.status, TransferStatus::Pending | TransferStatus::Held | TransferStatus::RequiresVerification) {
                 continue;
             }
             let earlier = first_recorded(statuses, &record.id, || record.status.clone());
@@ -244,6 +247,7 @@ pub fn check_shard(ledger: &Ledger) -> Result<(), Violation> {
     // customer paid past its class's limit (the simulator only ever sets limits once).
     ledger.verify_spend().map_err(|broken| Violation::new("spend_matches_history", format!("shard {shard}: {broken}")))?;
     ledger.verify_limits().map_err(|broken| Violation::new("limits_respected", format!("shard {shard}: {broken}")))?;
+    ledger.verify_always_verified().map_err(|broken| Violation::new("verified_before_paid", format!("shard {shard}: {broken}")))?;
     // Refunds of an original never exceed it, and its total counts exactly its live refunds.
     ledger.verify_refunds().map_err(|broken| Violation::new("refunds_within_original", format!("shard {shard}: {broken}")))?;
     // The audit chain links every record to the one before, and the head to the last.
@@ -393,6 +397,12 @@ pub fn payer_matches_payee(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Le
             if !record.cross_shard || record.status == TransferStatus::Pending {
                 continue;
             }
+            // A hold (or a payment awaiting verification) on a replica that has not applied its
+            // capture yet, while the payee's side has moved on: a lagging replica during the
+            // run, a violation once everything settled.
+            if !settled && matches!(record.status, TransferStatus::Held | TransferStatus::RequiresVerification) {
+                continue;
+            }
             let Some(payee) = ledgers.get(&placement.shard_of(&record.to)) else {
                 continue;
             };
@@ -403,6 +413,8 @@ pub fn payer_matches_payee(cluster: &SimCluster, ledgers: &BTreeMap<ShardId, &Le
                 (TransferStatus::Rejected(_), None | Some(Decision::Refused(_))) => true,
                 // A hold not captured never asked the payee's shard.
                 (TransferStatus::Held | TransferStatus::Voided | TransferStatus::Expired, None) => true,
+                // Not proved yet: the payee's shard was not asked.
+                (TransferStatus::RequiresVerification, None) => true,
                 _ => false,
             };
             if !agrees {

@@ -24,6 +24,9 @@ use settle_cluster::{cache_bytes_per_shard, CallId, CoreLimits, Effect, NodeConf
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+/// The longest a background range deletion takes to run after it was asked for.
+const DELETE_RANGE_DELAY_MS_MAX: u64 = 300;
+
 /// How the simulated network and disks behave; changeable during a run.
 #[derive(Debug, Clone)]
 pub struct NetworkSettings {
@@ -114,6 +117,14 @@ enum Event {
         /// batches written when it was handed over), as the IO actor does.
         state_until: Option<u64>,
     },
+    /// A key range deleted on the node's background thread, some time after it was asked for
+    /// (as the IO actor's deleting thread does).
+    DeleteRangeDone {
+        node: NodeId,
+        incarnation: u64,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
     /// The state store's persist asked for when `state_until` was the last batch written.
     StatePersistDone {
         node: NodeId,
@@ -127,7 +138,10 @@ impl Event {
     fn node(&self) -> NodeId {
         match self {
             Event::Deliver { to, .. } | Event::Hostile { to, .. } => *to,
-            Event::Tick { node, .. } | Event::PersistDone { node, .. } | Event::StatePersistDone { node, .. } => *node,
+            Event::Tick { node, .. }
+            | Event::PersistDone { node, .. }
+            | Event::StatePersistDone { node, .. }
+            | Event::DeleteRangeDone { node, .. } => *node,
         }
     }
 }
@@ -842,6 +856,20 @@ impl SimCluster {
                 self.check_durable(node);
                 self.after_input(node);
             }
+            Event::DeleteRangeDone { node, incarnation, start, end } => {
+                let sim_node = self.nodes.get_mut(&node).expect("known node");
+                if sim_node.incarnation != incarnation || sim_node.core.is_none() {
+                    return;
+                }
+                let store = sim_node.store.clone();
+                let mut batch = WriteBatch::default();
+                for (key, _) in store.scan(&start, &end, usize::MAX, false) {
+                    batch.delete(key);
+                }
+                if !batch.is_empty() {
+                    store.write(batch).expect("the memory store takes writes");
+                }
+            }
             Event::StatePersistDone { node, incarnation, marks, state_until } => {
                 self.mix(state_until);
                 if !self.io_done(node, incarnation) {
@@ -898,14 +926,10 @@ impl SimCluster {
                     self.schedule(at, Event::StatePersistDone { node, incarnation, marks, state_until });
                 }
                 Effect::DeleteRange { start, end } => {
-                    // Deleting unused keys is not ordered with anything: done at once.
-                    let mut batch = WriteBatch::default();
-                    for (key, _) in store.scan(&start, &end, usize::MAX, false) {
-                        batch.delete(key);
-                    }
-                    if !batch.is_empty() {
-                        store.write(batch).expect("the memory store takes writes");
-                    }
+                    // Deleting unused keys runs on a thread of its own, ordered with nothing:
+                    // it happens a while later, whatever was written meanwhile.
+                    let at = self.now_ms + self.rng.gen_range(0..=DELETE_RANGE_DELAY_MS_MAX);
+                    self.schedule(at, Event::DeleteRangeDone { node, incarnation, start, end });
                 }
                 Effect::Reply { call, reply } => {
                     self.calls_open.remove(&call);

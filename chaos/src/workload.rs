@@ -20,8 +20,9 @@ use rand::{Rng, SeedableRng};
 use settle_cluster::ids::StopId;
 use settle_cluster::ids::{AccountId, CustomerId, NodeId, TransferId, VerificationId};
 use settle_cluster::ledger::{
-    AccountKind, AuditEvent, Channel, CustomerCmd, CustomerOutcome, LiftStop, PlaceStop, RecordVerification, RegisterCustomer, RejectCode,
-    RiskLimits, RiskOutcome, SealedPii, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody, TransferStatus,
+    AccountKind, AuditEvent, Channel, CustomerCmd, CustomerOutcome, LiftStop, OtpHash, PlaceStop, RecordVerification, RegisterCustomer,
+    RejectCode, RiskLimits, RiskOutcome, SealedPii, SetSecurity, StopCmd, StopOutcome, SystemCmd, SystemOutcome, TransferBody,
+    TransferStatus, VerifyCmd,
 };
 use settle_cluster::message::{AccountRequest, AccountResult, HoldRequest, RefundRequest, Reply, Request, TransferRequest, TransferResult};
 use settle_cluster::money::{Currency, Minor};
@@ -145,6 +146,12 @@ enum Operation {
         timeout_ms: u64,
         delayed: bool,
     },
+    /// Answers the verification of a transfer awaiting it: an attempt (passed or failed, as the
+    /// edge would have found the proofs), or a new one-time code.
+    VerifyPayment {
+        command: TransferRequest,
+        attempt: Option<bool>,
+    },
     /// Captures `command.amount` of the hold `held` (the capture is the transfer `command`).
     Capture {
         command: TransferRequest,
@@ -222,6 +229,9 @@ pub struct Workload {
     /// Delayed transfers a client saw scheduled: revoked now and then (a revoke racing the
     /// arrival finds it posted).
     delayed_open: Vec<(TransferRequest, u64)>,
+    /// Transfers answered `requires_verification` (customer c1 verifies every payment): a
+    /// writer proves them, fails, or asks for a new code.
+    awaiting_verification: Vec<TransferRequest>,
     /// Every hold id sent: not reused for plain transfers (another mode under the same id is
     /// refused as reused even with the captured body, which the balance model would count as
     /// "never posts"; `ledger/holds_tests.rs` covers that refusal).
@@ -273,6 +283,7 @@ impl Workload {
             holds_open: Vec::new(),
             holds_voided: Vec::new(),
             delayed_open: Vec::new(),
+            awaiting_verification: Vec::new(),
             hold_ids: BTreeSet::new(),
             operations: 0,
         }
@@ -403,6 +414,16 @@ impl Workload {
                 Request::Capture { id: command.id.clone(), payer: command.from.clone(), amount: Some(command.amount) }
             }
             Operation::Void { hold } => Request::Void { id: hold.id.clone(), payer: hold.from.clone() },
+            Operation::VerifyPayment { command, attempt } => {
+                let verify = match attempt {
+                    Some(passed) => VerifyCmd::Attempt { id: command.id.clone(), passed: *passed },
+                    None => {
+                        let sealed = SealedPii { key_id: "sim".to_string(), nonce: [0; 12], ciphertext: vec![1], fingerprint: [0; 32] };
+                        VerifyCmd::IssueOtp { id: command.id.clone(), otp: Box::new(OtpHash { salt: [0; 16], hash: [0; 32], sealed }) }
+                    }
+                };
+                Request::VerifyTransfer { payer: command.from.clone(), command: verify }
+            }
             Operation::UseNonce { name, expires_ms } => {
                 Request::System(SystemCmd::UseNonce { name: name.clone(), expires_ms: *expires_ms })
             }
@@ -428,6 +449,17 @@ impl Workload {
         let accounts = self.accounts.len();
         let hot = self.config.hot_accounts.clamp(1, accounts - 1);
         let reader = index >= self.config.clients;
+        if !reader && !self.awaiting_verification.is_empty() && self.clients[index].rng.gen_bool(0.3) {
+            let client = &mut self.clients[index];
+            let command = self.awaiting_verification.swap_remove(client.rng.gen_range(0..self.awaiting_verification.len()));
+            // Mostly right, sometimes wrong (five wrong ones reject it), now and then a new code.
+            let attempt = match client.rng.gen_range(0..10) {
+                0 => None,
+                1..=2 => Some(false),
+                _ => Some(true),
+            };
+            return Operation::VerifyPayment { command, attempt };
+        }
         // A writer revokes a delayed transfer that is about due half the time it sees one: a
         // revoke racing the arrival is where a wrong rule shows.
         if !reader {
@@ -691,6 +723,14 @@ impl Workload {
                             self.rejected.insert((command.id.clone(), command.body()), code);
                             true
                         }
+                        TransferStatus::RequiresVerification => {
+                            self.ambiguous.remove(&client);
+                            cluster.note(format!("ack {} requires verification", command.id));
+                            if !self.awaiting_verification.contains(command) {
+                                self.awaiting_verification.push(command.clone());
+                            }
+                            true
+                        }
                         _ => {
                             self.ambiguous.insert(client, command.clone());
                             false
@@ -793,6 +833,30 @@ impl Workload {
                 };
                 cluster.note(format!("ack capture {} refused {}", command.id, refused.code()));
                 self.rejected.insert((command.id.clone(), command.body()), refused);
+                true
+            }
+            Operation::VerifyPayment { command, attempt } => {
+                match single_result(reply) {
+                    TransferResult::Done(view) if view.status == TransferStatus::Posted => {
+                        cluster.note(format!("ack verified {} posted", command.id));
+                        self.acknowledge(command.clone(), now);
+                    }
+                    TransferResult::Done(view) => match view.status {
+                        TransferStatus::Rejected(code) => {
+                            cluster.note(format!("ack verify {} rejected {}", command.id, code.code()));
+                            self.rejected.insert((command.id.clone(), command.body()), code);
+                        }
+                        // Still waiting (a failed attempt, a new code), or pending across
+                        // shards: ask again later (a passed retry answers what it became).
+                        _ => self.awaiting_verification.push(command.clone()),
+                    },
+                    TransferResult::Refused(_) => {}
+                    TransferResult::Unavailable => {
+                        if attempt.is_some() {
+                            self.awaiting_verification.push(command.clone());
+                        }
+                    }
+                }
                 true
             }
             Operation::Void { hold } => match single_result(reply) {
@@ -972,6 +1036,17 @@ impl Workload {
                     return false;
                 }
             }
+        }
+        // c1 verifies every payment (with the one-time code alone: no password set).
+        let always = CustomerCmd::SetSecurity(SetSecurity {
+            customer: CustomerId::new("c1").expect("valid"),
+            password: None,
+            always_verify: true,
+            actor: "sim".to_string(),
+        });
+        let done = |reply: &Reply| matches!(reply, Reply::Customer(outcome) if matches!(outcome.as_ref(), CustomerOutcome::Updated(_)));
+        if !retry(cluster, Request::Customer(always), done) {
+            return false;
         }
         let limits = RiskLimits {
             version: 1,

@@ -193,3 +193,36 @@ fn spend_kept_on_release_is_caught() {
 fn delayed_revoked_after_arrival_is_caught() {
     caught(PlantedBug::DelayedRevokedAfterArrival, &["holds_balanced"]);
 }
+
+/// Payments across shards that skip the verification step: customer c1, who verifies every
+/// payment, pays other shards without a passed challenge.
+#[test]
+fn verification_skipped_cross_shard_is_caught() {
+    caught(PlantedBug::VerificationSkippedCrossShard, &["verified_before_paid"]);
+}
+
+/// Snapshot streams that reuse one staging generation, cleared by a background delete that
+/// races the new stream's writes (the bug CI's catch-up test found under load): staged or
+/// installed records vanish.
+#[test]
+fn staging_range_reused_is_caught() {
+    caught(
+        PlantedBug::StagingRangeReused,
+        &[
+            "at_most_once",
+            "audit_chain_intact",
+            "compaction_behind_state",
+            "memory_matches_store",
+            "conservation",
+            "replicas_converge",
+            "acknowledged_durable",
+            "core_assertion",
+            "liveness",
+            "reads_match_model",
+            "linearizable_reads",
+            "statements_match_balances",
+            "holds_balanced",
+            "payer_matches_payee",
+        ],
+    );
+}

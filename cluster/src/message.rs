@@ -8,9 +8,9 @@ use crate::ids::LegId;
 use crate::ids::{AccountId, CustomerId, NodeId, ShardId, TransferId};
 pub use crate::ledger::AccountView;
 use crate::ledger::{
-    AccountKind, AccountOutcome, CreditCmd, CustomerCmd, CustomerOutcome, CustomerReport, FinalizeCmd, RefundTotal, RejectCode, ReserveCmd,
-    ReserveOutcome, RiskLimits, RiskOutcome, StatementPage, StopCmd, StopOutcome, StopRecord, SystemCmd, SystemOutcome, SystemRead,
-    SystemReadReply, TransferBody, TransferView,
+    AccountKind, AccountOutcome, ChallengeReport, CreditCmd, CustomerCmd, CustomerOutcome, CustomerReport, FinalizeCmd, RefundTotal,
+    RejectCode, ReserveCmd, ReserveOutcome, RiskLimits, RiskOutcome, StatementPage, StopCmd, StopOutcome, StopRecord, SystemCmd,
+    SystemOutcome, SystemRead, SystemReadReply, TransferBody, TransferView, VerifyCmd,
 };
 pub use crate::log::{EntryPayload, Proposer, Tagged};
 use crate::money::{Currency, Minor};
@@ -161,6 +161,17 @@ pub enum Request {
     ReadRiskLimits {
         shard: ShardId,
     },
+    /// A verification attempt's result or a one-time code issued, on the payer's shard;
+    /// answered like a transfer.
+    VerifyTransfer {
+        payer: AccountId,
+        command: VerifyCmd,
+    },
+    /// A transfer awaiting verification, its challenge and its payer's password hash.
+    ReadChallenge {
+        id: TransferId,
+        payer: AccountId,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -228,6 +239,8 @@ pub enum Reply {
     CustomerState(Option<Box<CustomerReport>>),
     Risk(RiskOutcome),
     RiskLimits(RiskLimits),
+    /// `None` when the transfer has no challenge on this shard.
+    Challenge(Option<Box<ChallengeReport>>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.

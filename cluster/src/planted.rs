@@ -67,6 +67,13 @@ pub enum PlantedBug {
     /// A revoke of a delayed transfer that applies after it fell due (before the sweep
     /// settled it) still takes the money back: a payment that had arrived is undone.
     DelayedRevokedAfterArrival,
+    /// Payments to payees on other shards skip the verification step: a customer who verifies
+    /// every payment pays across shards without proving it.
+    VerificationSkippedCrossShard,
+    /// The bug CI's catch-up test found: every snapshot stream stages into the same generation
+    /// and clears it first with a background delete, which then meets (and deletes) what the
+    /// new stream staged, or the state it installed.
+    StagingRangeReused,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -74,7 +81,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 22] = [
+    pub const ALL: [PlantedBug; 24] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -97,6 +104,8 @@ impl PlantedBug {
         PlantedBug::KycLimitUncheckedCrossShard,
         PlantedBug::SpendKeptOnRelease,
         PlantedBug::DelayedRevokedAfterArrival,
+        PlantedBug::VerificationSkippedCrossShard,
+        PlantedBug::StagingRangeReused,
     ];
 }
 

@@ -102,6 +102,7 @@ pub fn recover_shard(
     }
     let (ledger, mark) = Ledger::open(shard, placement.shard_count(), store.clone(), cache_bytes_max)
         .map_err(|source| RecoveryError::State { shard, source })?;
+    clear_unused_generations(store, shard, ledger.generation()).map_err(|source| RecoveryError::State { shard, source })?;
     let applied_index = mark.index;
     if applied_index < durable.compacted_index {
         return Err(RecoveryError::CompactedBeyondState { shard, compacted: durable.compacted_index, applied: applied_index });
@@ -137,6 +138,33 @@ pub type RecoveredNode = (BTreeMap<ShardId, RecoveredShard>, BTreeMap<ShardId, S
 /// the quarantined ones (a stored log record failed its checksum, or a state record does not decode) with the reason. Any other error
 /// means the node cannot start. Production (`actors::io`) and the simulator both start nodes this
 /// way.
+/// Deletes every record of `shard` outside its current generation: what an install's
+/// background delete of the old generation, or an abandoned snapshot stream, left when the node
+/// stopped. Done before the replica runs, so a snapshot stream never stages into a generation
+/// that holds anything (the background deletes of a running node only ever meet ranges
+/// nothing writes to any more).
+pub fn clear_unused_generations(store: &Arc<dyn KvStore>, shard: ShardId, generation: u32) -> Result<(), StoreError> {
+    const BATCH_KEYS: usize = 10_000;
+    let shard_start = crate::ledger::keys::shard_prefix(shard);
+    let shard_end = crate::store::prefix_end(&shard_start);
+    let current = crate::ledger::keys::generation_prefix(shard, generation);
+    let current_end = crate::store::prefix_end(&current);
+    for (start, end) in [(shard_start, current), (current_end, shard_end)] {
+        loop {
+            let found = store.scan(&start, &end, BATCH_KEYS, false);
+            if found.is_empty() {
+                break;
+            }
+            let mut batch = crate::store::WriteBatch::default();
+            for (key, _) in found {
+                batch.delete(key);
+            }
+            store.write(batch)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn recover_node(
     placement: &Placement,
     node: crate::ids::NodeId,

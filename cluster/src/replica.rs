@@ -142,6 +142,11 @@ pub struct ShardReplica {
     /// A snapshot staged in the state store under a new generation, waiting for raft to
     /// install it: (its index, the generation).
     staged: Option<(u64, u32)>,
+    /// The generation the current incoming snapshot stream stages under, once one started.
+    /// Each stream takes a generation no earlier stream used (the one before is deleted in the
+    /// background, and a background delete must never meet keys written after it was asked
+    /// for); reset by an install, whose generation becomes the current one.
+    staging: Option<u32>,
     /// Test-only (inert without the `planted-bugs` feature): kept for ledgers from snapshots.
     planted: PlantedBug,
     /// When each of this replica's own proposals was made (entry index, monotonic ms).
@@ -196,6 +201,7 @@ impl ShardReplica {
             snapshot_sources: std::collections::BTreeMap::new(),
             next_snapshot_id: 1,
             staged: None,
+            staging: None,
             planted: PlantedBug::None,
             proposed_at: std::collections::VecDeque::new(),
             last_leader: None,
@@ -473,9 +479,29 @@ impl ShardReplica {
         }
     }
 
-    /// The generation a snapshot being received is staged under (one past the current one).
+    /// The generation the current incoming stream stages under (one past the current
+    /// generation for the first stream since the last install, one more for each stream after).
     pub fn staging_generation(&self) -> u32 {
-        self.ledger.generation() + 1
+        self.staging.unwrap_or_else(|| self.ledger.generation() + 1)
+    }
+
+    /// A new incoming stream begins: it takes a generation no earlier stream wrote to. Returns
+    /// the range the previous stream staged into, if any, to delete in the background (nothing
+    /// writes there again). At start no generation but the current one holds anything
+    /// (`recovery::clear_unused_generations`).
+    pub fn begin_staging(&mut self) -> Option<(Key, Key)> {
+        if planted(self.planted, PlantedBug::StagingRangeReused) {
+            let prefix = keys::generation_prefix(self.shard, self.ledger.generation() + 1);
+            let end = prefix_end(&prefix);
+            return Some((prefix, end));
+        }
+        let previous = self.staging;
+        self.staging = Some(previous.map_or_else(|| self.ledger.generation() + 1, |generation| generation + 1));
+        previous.map(|generation| {
+            let prefix = keys::generation_prefix(self.shard, generation);
+            let end = prefix_end(&prefix);
+            (prefix, end)
+        })
     }
 
     /// Writes a chunk of a snapshot being received into the staging generation.
@@ -488,11 +514,16 @@ impl ShardReplica {
         self.ledger.store().write(batch)
     }
 
-    /// The key range of the staging generation (to clear it before a new stream).
-    pub fn staging_range(&self) -> (Key, Key) {
-        let prefix = keys::generation_prefix(self.shard, self.staging_generation());
-        let end = prefix_end(&prefix);
-        (prefix, end)
+    /// Forgets the staged snapshot unless raft took it (it is installed by the next Ready).
+    pub fn drop_staged_unless_pending(&mut self) {
+        if self.raw.raft.raft_log.unstable.snapshot.is_none() {
+            self.staged = None;
+        }
+    }
+
+    /// Whether a fully staged snapshot waits for raft to install it.
+    pub fn has_staged(&self) -> bool {
+        self.staged.is_some()
     }
 
     /// A snapshot of `index` is fully staged: the next Ready that carries it installs it.
@@ -582,6 +613,9 @@ impl ShardReplica {
             assert_eq!(staged_index, index, "the staged snapshot is the one raft installs");
             let old = keys::generation_prefix(self.shard, self.ledger.generation());
             let mark = self.ledger.install_generation(generation).expect("the state store takes the generation switch");
+            // The next stream stages one past the installed generation (every generation a
+            // stream staged into before this one is deleted or being deleted).
+            self.staging = None;
             assert_eq!(mark.index, index, "the staged records are the state at the snapshot's index");
             output.obsolete_ranges.push((old.clone(), prefix_end(&old)));
             self.raw.mut_store().apply_snapshot(&snapshot);

@@ -242,6 +242,14 @@ impl NodeCore {
                 legs.push((shard, Request::ReadRiskLimits { shard }, Vec::new()));
                 CallState::Single(None)
             }
+            Request::VerifyTransfer { payer, command } => {
+                legs.push((placement.shard_of(&payer), Request::VerifyTransfer { payer, command }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::ReadChallenge { id, payer } => {
+                legs.push((placement.shard_of(&payer), Request::ReadChallenge { id, payer }, Vec::new()));
+                CallState::Single(None)
+            }
             Request::Refund(_) | Request::Hold(_) => unreachable!("a refund or hold became a transfer call above"),
         };
         if legs.is_empty() {
@@ -635,6 +643,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::Customer(command), Reply::Customer(outcome)) => match outcome.as_ref() {
             CustomerOutcome::Registered(record)
             | CustomerOutcome::Verified(record)
+            | CustomerOutcome::Updated(record)
             | CustomerOutcome::Replayed(record)
             | CustomerOutcome::Conflict(record) => record.id == *command.customer(),
             CustomerOutcome::CustomerNotFound | CustomerOutcome::TooManyVerifications | CustomerOutcome::Invalid(_) => true,
@@ -643,6 +652,16 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             report.as_ref().is_none_or(|report| report.record.id == *customer)
         }
         (Request::SetRiskLimits { .. }, Reply::Risk(_)) | (Request::ReadRiskLimits { .. }, Reply::RiskLimits(_)) => true,
+        (Request::VerifyTransfer { payer, command }, Reply::Transfers(results)) => {
+            results.len() == 1
+                && match &results[0] {
+                    TransferResult::Done(view) => view.id == *command.id() && view.from == *payer,
+                    TransferResult::Refused(_) | TransferResult::Unavailable => true,
+                }
+        }
+        (Request::ReadChallenge { id, payer }, Reply::Challenge(report)) => {
+            report.as_ref().is_none_or(|report| report.transfer.id == *id && report.transfer.from == *payer)
+        }
         (Request::Refund(refund), Reply::Transfers(_)) => reply_fits(&Request::Transfers(vec![refund.transfer.clone()]), reply),
         (Request::Hold(hold), Reply::Transfers(results)) => {
             // A hold's record says what was captured once it is; its hold, what was held.

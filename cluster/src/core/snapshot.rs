@@ -56,9 +56,15 @@ impl NodeCore {
                 return;
             }
         }
-        // A new stream: whatever an earlier one staged is dropped first.
-        let (start, end) = peer.replica.staging_range();
-        self.effects.push(super::Effect::DeleteRange { start, end });
+        if peer.replica.has_staged() {
+            // A staged snapshot waits for its install: a newer offer comes again after it.
+            return;
+        }
+        // A new stream stages under a generation of its own; what an earlier one staged is
+        // deleted in the background (no write goes there again, so the delete races nothing).
+        if let Some((start, end)) = peer.replica.begin_staging() {
+            self.effects.push(super::Effect::DeleteRange { start, end });
+        }
         let fetch = PeerMessage::SnapshotFetch { shard, snapshot_id: descriptor.snapshot_id, after: None };
         let peer = self.peers.get_mut(&shard).expect("checked above");
         peer.incoming_snapshot = Some(IncomingSnapshot {
@@ -151,6 +157,9 @@ impl NodeCore {
             let incoming = peer.incoming_snapshot.take().expect("checked above");
             peer.replica.set_staged(incoming.index);
             let _ = peer.replica.step(incoming.message);
+            // Raft may decline it (a newer term, a commit past it): then nothing installs it,
+            // and the next stream deletes what it staged.
+            peer.replica.drop_staged_unless_pending();
             self.dirty.insert(shard);
             return;
         }

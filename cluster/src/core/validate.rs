@@ -214,7 +214,11 @@ impl NodeCore {
                 limits.check().map_err(|_| "risk_bounds")
             }
             Request::ReadRiskLimits { shard } if *shard >= self.config.placement.shard_count() => Err("leg_bounds"),
-            Request::ReadCustomer(_) | Request::ReadRiskLimits { .. } => Ok(()),
+            Request::ReadCustomer(_) | Request::ReadRiskLimits { .. } | Request::ReadChallenge { .. } => Ok(()),
+            Request::VerifyTransfer { command: crate::ledger::VerifyCmd::IssueOtp { otp, .. }, .. } => {
+                otp.sealed.check().map_err(|_| "verify_bounds")
+            }
+            Request::VerifyTransfer { .. } => Ok(()),
             Request::CreateAccount(_)
             | Request::CreateAccounts(_)
             | Request::ReadAccount(_)

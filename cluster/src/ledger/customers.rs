@@ -38,6 +38,19 @@ pub struct SealedPii {
     pub fingerprint: [u8; 32],
 }
 
+impl SealedPii {
+    /// Bounds a sealed blob meets wherever it comes from.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ciphertext.is_empty() || self.ciphertext.len() > PII_SEALED_BYTES_MAX {
+            return Err(format!("sealed data is 1..={PII_SEALED_BYTES_MAX} bytes"));
+        }
+        if self.key_id.is_empty() || self.key_id.len() > CUSTOMER_TEXT_BYTES_MAX {
+            return Err(format!("a key id is 1..={CUSTOMER_TEXT_BYTES_MAX} bytes"));
+        }
+        Ok(())
+    }
+}
+
 /// Where an identity check was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,10 +153,22 @@ pub struct RecordVerification {
     pub actor: String,
 }
 
+/// Sets a customer's payment password (its hash, made by the edge) and whether every payment
+/// of its accounts asks for a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSecurity {
+    pub customer: CustomerId,
+    /// `None` keeps the password there is.
+    pub password: Option<super::PasswordHash>,
+    pub always_verify: bool,
+    pub actor: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CustomerCmd {
     Register(RegisterCustomer),
     Verify(RecordVerification),
+    SetSecurity(SetSecurity),
 }
 
 impl CustomerCmd {
@@ -151,6 +176,7 @@ impl CustomerCmd {
         match self {
             CustomerCmd::Register(register) => &register.id,
             CustomerCmd::Verify(verify) => &verify.customer,
+            CustomerCmd::SetSecurity(security) => &security.customer,
         }
     }
 
@@ -170,6 +196,13 @@ impl CustomerCmd {
             CustomerCmd::Verify(verify) => {
                 if verify.reference.len() > CUSTOMER_TEXT_BYTES_MAX || verify.actor.len() > CUSTOMER_TEXT_BYTES_MAX {
                     return Err(format!("reference and actor are at most {CUSTOMER_TEXT_BYTES_MAX} bytes"));
+                }
+                Ok(())
+            }
+            CustomerCmd::SetSecurity(security) => {
+                let rounds = security.password.as_ref().map_or(1, |password| password.iterations);
+                if rounds == 0 || rounds > super::PASSWORD_ITERATIONS_MAX || security.actor.len() > CUSTOMER_TEXT_BYTES_MAX {
+                    return Err("a password hash names 1..=10,000,000 rounds; actor at most 256 bytes".to_string());
                 }
                 Ok(())
             }
@@ -195,6 +228,10 @@ pub struct CustomerRecord {
     pub created_at_ms: u64,
     pub created_by: String,
     pub verifications: Vec<Verification>,
+    /// The payment password's hash, once set (`verification.rs`).
+    pub password: Option<super::PasswordHash>,
+    /// Every payment of the customer's accounts asks for a verification.
+    pub always_verify: bool,
 }
 
 impl CustomerRecord {
@@ -207,6 +244,8 @@ impl CustomerRecord {
 pub enum CustomerOutcome {
     Registered(CustomerRecord),
     Verified(CustomerRecord),
+    /// The payment password or the verification setting changed.
+    Updated(CustomerRecord),
     /// Applied before (a retry): the customer as stored.
     Replayed(CustomerRecord),
     /// The id names another customer, or the check id another check: nothing changed.
@@ -246,6 +285,8 @@ impl Ledger {
                     created_at_ms: now_ms,
                     created_by: register.actor.clone(),
                     verifications: Vec::new(),
+                    password: None,
+                    always_verify: false,
                 };
                 self.write(customer_key(self, &register.id), &record);
                 CustomerOutcome::Registered(record)
@@ -270,6 +311,17 @@ impl Ledger {
                 });
                 self.write(customer_key(self, &verify.customer), &record);
                 CustomerOutcome::Verified(record)
+            }
+            CustomerCmd::SetSecurity(security) => {
+                let Some(mut record) = existing else {
+                    return CustomerOutcome::CustomerNotFound;
+                };
+                if let Some(password) = &security.password {
+                    record.password = Some(password.clone());
+                }
+                record.always_verify = security.always_verify;
+                self.write(customer_key(self, &security.customer), &record);
+                CustomerOutcome::Updated(record)
             }
         }
     }

@@ -234,3 +234,89 @@ fn limits_change_by_version() {
     system.memory_matches_store().unwrap();
     other.memory_matches_store().unwrap();
 }
+
+fn attempt(ledger: &mut Ledger, now_ms: u64, id_text: &str, passed: bool) -> TransferOutcome {
+    match ledger.apply(now_ms, &Command::Verify(VerifyCmd::Attempt { id: tid(id_text), passed })) {
+        Applied::Transfer(outcome) => outcome,
+        other => panic!("not a transfer outcome: {other:?}"),
+    }
+}
+
+fn security(ledger: &mut Ledger, password: bool, always_verify: bool) {
+    let password = password.then_some(PasswordHash { salt: [1; 16], iterations: 1, hash: [2; 32] });
+    let command = CustomerCmd::SetSecurity(SetSecurity {
+        customer: CustomerId::new("c1").unwrap(),
+        password,
+        always_verify,
+        actor: "ops".to_string(),
+    });
+    assert!(matches!(ledger.apply(JUNE_MS, &Command::Customer(command)), Applied::Customer(CustomerOutcome::Updated(_))));
+}
+
+/// Above the threshold a customer's payment waits for its proof: nothing moves until an attempt
+/// passes; wrong attempts are counted and the fifth rejects it for good; a retry of the
+/// transfer answers its state; below the threshold nothing is asked unless the customer asked
+/// to verify every payment.
+#[test]
+fn payments_above_the_threshold_wait_for_their_verification() {
+    let (mut ledger, wallet, shop) = with_customer();
+    verify(&mut ledger, "c1", "f1", Channel::FaceToFace);
+    security(&mut ledger, true, false);
+    set_limits(&mut ledger, RiskLimits { version: 1, verification_threshold: 50_000, ..RiskLimits::default() });
+    assert_eq!(pay(&mut ledger, JUNE_MS, "small", &wallet, &shop, 50_000), TransferStatus::Posted);
+    assert_eq!(pay(&mut ledger, JUNE_MS, "big", &wallet, &shop, 60_000), TransferStatus::RequiresVerification);
+    let challenge = ledger.challenge(&tid("big")).unwrap();
+    assert_eq!(challenge.methods, vec![Factor::PaymentPassword, Factor::OneTimeCode]);
+    assert_eq!(ledger.account(&shop).unwrap().balance, 50_000, "nothing moved yet");
+    ledger.check_invariants();
+    assert_eq!(attempt(&mut ledger, JUNE_MS + 1, "big", false), TransferOutcome::Recorded(TransferStatus::RequiresVerification));
+    assert_eq!(attempt(&mut ledger, JUNE_MS + 2, "big", true), TransferOutcome::Recorded(TransferStatus::Posted));
+    assert_eq!(ledger.account(&shop).unwrap().balance, 110_000);
+    assert_eq!(attempt(&mut ledger, JUNE_MS + 3, "big", true), TransferOutcome::Replayed(TransferStatus::Posted), "a retry");
+    // Five wrong attempts reject it.
+    assert_eq!(pay(&mut ledger, JUNE_MS, "bad", &wallet, &shop, 60_000), TransferStatus::RequiresVerification);
+    for n in 1..VERIFY_ATTEMPTS_MAX {
+        assert_eq!(
+            attempt(&mut ledger, JUNE_MS + u64::from(n), "bad", false),
+            TransferOutcome::Recorded(TransferStatus::RequiresVerification)
+        );
+    }
+    let failed = TransferStatus::Rejected(RejectCode::VerificationFailed);
+    assert_eq!(attempt(&mut ledger, JUNE_MS + 9, "bad", false), TransferOutcome::Recorded(failed.clone()));
+    assert_eq!(attempt(&mut ledger, JUNE_MS + 10, "bad", true), TransferOutcome::Replayed(failed));
+    // Asked for every payment.
+    security(&mut ledger, false, true);
+    assert_eq!(pay(&mut ledger, JUNE_MS, "tiny", &wallet, &shop, 1), TransferStatus::RequiresVerification);
+    assert_eq!(
+        ledger.challenge(&tid("tiny")).unwrap().methods,
+        vec![Factor::PaymentPassword, Factor::OneTimeCode],
+        "the password stays set"
+    );
+    ledger.check_invariants();
+    ledger.memory_matches_store().unwrap();
+}
+
+/// A verified payment stays within the daily cap of its verification's strength (one factor:
+/// 1,000 CNY a day); an unverified one expires through the sweep and is rejected for good.
+#[test]
+fn daily_caps_follow_the_verification_and_unverified_payments_expire() {
+    let (mut ledger, wallet, shop) = with_customer();
+    verify(&mut ledger, "c1", "f1", Channel::FaceToFace);
+    security(&mut ledger, false, true);
+    assert_eq!(pay(&mut ledger, JUNE_MS, "a", &wallet, &shop, 90_000), TransferStatus::RequiresVerification);
+    assert_eq!(ledger.challenge(&tid("a")).unwrap().methods, vec![Factor::OneTimeCode]);
+    assert_eq!(attempt(&mut ledger, JUNE_MS, "a", true), TransferOutcome::Recorded(TransferStatus::Posted));
+    assert_eq!(pay(&mut ledger, JUNE_MS, "b", &wallet, &shop, 10_001), TransferStatus::RequiresVerification);
+    let capped = TransferStatus::Rejected(RejectCode::KycDailyLimit);
+    assert_eq!(attempt(&mut ledger, JUNE_MS, "b", true), TransferOutcome::Recorded(capped));
+    // The next day the cap starts again.
+    assert_eq!(pay(&mut ledger, JUNE_MS + DAY_MS, "c", &wallet, &shop, 10_001), TransferStatus::RequiresVerification);
+    assert_eq!(attempt(&mut ledger, JUNE_MS + DAY_MS, "c", true), TransferOutcome::Recorded(TransferStatus::Posted));
+    // Not proved in time: the sweep rejects it.
+    assert_eq!(pay(&mut ledger, JUNE_MS + DAY_MS, "late", &wallet, &shop, 1), TransferStatus::RequiresVerification);
+    assert_eq!(ledger.next_hold_expiry_ms(), Some(JUNE_MS + DAY_MS + VERIFY_WINDOW_MS));
+    ledger.apply(JUNE_MS + DAY_MS + VERIFY_WINDOW_MS, &Command::ExpireHolds);
+    assert_eq!(ledger.transfer(&tid("late")).unwrap().status, TransferStatus::Rejected(RejectCode::VerificationExpired));
+    assert_eq!(ledger.next_hold_expiry_ms(), None);
+    ledger.check_invariants();
+}

@@ -92,9 +92,15 @@ impl Ledger {
     /// before proposing `ExpireHolds`).
     pub fn next_hold_expiry_ms(&self) -> Option<u64> {
         let (start, end) = keys::kind_range(self.shard, self.generation, keys::HOLD_EXPIRY);
-        let first = self.scan_keys_merged(&start, &end, 1).into_iter().next()?;
-        let bytes = first.get(start.len()..start.len() + 8)?;
-        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+        let hold = self.scan_keys_merged(&start, &end, 1).into_iter().next().and_then(|first| {
+            let bytes = first.get(start.len()..start.len() + 8)?;
+            Some(u64::from_be_bytes(bytes.try_into().ok()?))
+        });
+        // The same sweep rejects transfers whose verification window ended.
+        match (hold, self.next_challenge_expiry_ms()) {
+            (Some(hold), Some(challenge)) => Some(hold.min(challenge)),
+            (hold, challenge) => hold.or(challenge),
+        }
     }
 
     pub(super) fn hold_command(&mut self, now_ms: u64, command: &HoldCmd) -> TransferOutcome {
@@ -349,6 +355,11 @@ impl Ledger {
             self.release_hold(now_ms, record, hold, TransferStatus::Expired);
             expired.push(id);
         }
+        // Transfers whose verification window ended, in what this command has room for.
+        let room = HOLDS_EXPIRED_PER_COMMAND.saturating_sub(expired.len() + settled.len());
+        if room > 0 {
+            self.expire_challenges(now_ms, room);
+        }
         (expired, settled)
     }
 
@@ -419,6 +430,7 @@ impl Ledger {
                         ));
                     }
                 }
+                TransferStatus::RequiresVerification => return Err(format!("hold {id} awaits a verification, which holds never do")),
                 TransferStatus::Rejected(_) => {
                     if (closed != 0 && (hold.released != hold.held || hold.captured != 0)) || indexed {
                         return Err(format!("rejected hold {id}: {hold:?}, indexed {indexed}"));

@@ -29,6 +29,8 @@
 //! | `m` | customer id | `CustomerRecord` (on the customer's shard) |
 //! | `b` | customer id | `CustomerSpend` (what its accounts paid, for the risk limits) |
 //! | `j` | — | `RiskLimits` (the limits this shard applies) |
+//! | `d` | transfer id | `Challenge` (a transfer awaiting verification) |
+//! | `C` | expiry (u64 BE), transfer id | nothing (open challenges by expiry) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -62,9 +64,11 @@ pub const CLOCK: u8 = b'z';
 pub const CUSTOMER: u8 = b'm';
 pub const SPEND: u8 = b'b';
 pub const LIMITS: u8 = b'j';
+pub const CHALLENGE: u8 = b'd';
+pub const CHALLENGE_EXPIRY: u8 = b'C';
 
 /// Every record kind of a generation (what a snapshot may carry).
-pub const KINDS: [u8; 25] = [
+pub const KINDS: [u8; 27] = [
     ACCOUNT,
     TRANSFER,
     CREDIT,
@@ -90,6 +94,8 @@ pub const KINDS: [u8; 25] = [
     CUSTOMER,
     SPEND,
     LIMITS,
+    CHALLENGE,
+    CHALLENGE_EXPIRY,
 ];
 
 /// The prefix of every data key of one generation of a shard.

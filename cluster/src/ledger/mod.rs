@@ -27,6 +27,7 @@ mod statements;
 mod stops;
 mod system;
 mod types;
+mod verification;
 
 #[cfg(test)]
 mod customers_tests;
@@ -44,6 +45,7 @@ pub use statements::*;
 pub use stops::*;
 pub use system::*;
 pub use types::*;
+pub use verification::*;
 
 use crate::codec::{self, CodecError};
 use crate::ids::{AccountId, ShardId, TransferId};
@@ -314,6 +316,9 @@ impl Ledger {
         if let Some(checked) = suffix.first().and_then(|kind| risk::check_risk_record(*kind, value)) {
             return checked;
         }
+        if let Some(checked) = suffix.first().and_then(|kind| verification::check_verification_record(*kind, value)) {
+            return checked;
+        }
         match suffix.first().copied() {
             Some(keys::ACCOUNT) => decodes::<StoredAccount>(value),
             Some(keys::TRANSFER) => decodes::<TransferRecord>(value),
@@ -509,7 +514,7 @@ impl Ledger {
                 AppliedCommand::Account { create, outcome, account }
             }
             Command::Transfer(transfer) => {
-                let outcome = self.transfer_command(now_ms, &transfer);
+                let outcome = self.transfer_command(now_ms, &transfer, true);
                 let stored = matches!(&outcome, TransferOutcome::Recorded(_) | TransferOutcome::Replayed(_));
                 let record = if report && stored { self.transfer(&transfer.id).map(|record| TransferView::from(&record)) } else { None };
                 AppliedCommand::Transfer { transfer, outcome, record }
@@ -536,6 +541,10 @@ impl Ledger {
             Command::ExpireHolds => {
                 let (expired, settled) = self.expire_holds(now_ms);
                 AppliedCommand::HoldsExpired { expired, settled }
+            }
+            Command::Verify(command) => {
+                let outcome = self.verify_command(now_ms, &command);
+                self.hold_applied(command.id().clone(), outcome, report)
             }
             Command::Customer(command) => {
                 let outcome = self.customer_command(now_ms, &command);
@@ -719,7 +728,9 @@ impl Ledger {
         }
     }
 
-    fn transfer_command(&mut self, now_ms: u64, transfer: &TransferCmd) -> TransferOutcome {
+    /// A transfer (or, without `may_challenge`, a refund's transfer: refunds are never held for
+    /// verification).
+    fn transfer_command(&mut self, now_ms: u64, transfer: &TransferCmd, may_challenge: bool) -> TransferOutcome {
         if self.owner(&transfer.from) != self.shard {
             return TransferOutcome::Refused(RejectCode::WrongShard);
         }
@@ -735,20 +746,45 @@ impl Ledger {
             Err(code) => return TransferOutcome::Refused(code),
         };
         let cross_shard = self.owner(&transfer.to) != self.shard;
+        let status = self.decide(now_ms, transfer, cross_shard, may_challenge);
+        let record = TransferRecord::new(transfer, status.clone(), cross_shard, now_ms);
+        self.apply_decision(now_ms, transfer, &status);
+        if home_here && reserved.is_none() {
+            self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
+        }
+        self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
+        TransferOutcome::Recorded(status)
+    }
+
+    /// What a transfer becomes now: rejected by its payer's checks, awaiting verification (when
+    /// `may_challenge` and its payer's customer must prove it), pending (cross shard), or posted
+    /// or rejected by its payee's checks (same shard). Changes nothing.
+    fn decide(&mut self, now_ms: u64, transfer: &TransferCmd, cross_shard: bool, may_challenge: bool) -> TransferStatus {
         let payer_check = match self.check_payer(now_ms, transfer, !cross_shard) {
             Err(RejectCode::InsufficientFunds) if cross_shard && planted(self.planted, PlantedBug::SkipOverdraftCheck) => Ok(()),
             other => other,
         };
-        let status = match payer_check {
+        match payer_check {
             Err(code) => TransferStatus::Rejected(code),
+            Ok(())
+                if may_challenge
+                    && self.verification_needed(transfer).is_some()
+                    && !(cross_shard && planted(self.planted, PlantedBug::VerificationSkippedCrossShard)) =>
+            {
+                TransferStatus::RequiresVerification
+            }
             Ok(()) if cross_shard => TransferStatus::Pending,
             Ok(()) => match self.check_payee(&transfer.to, transfer.currency, transfer.amount, self.kind_of(&transfer.from)) {
                 Err(code) => TransferStatus::Rejected(code),
                 Ok(()) => TransferStatus::Posted,
             },
-        };
-        let record = TransferRecord::new(transfer, status.clone(), cross_shard, now_ms);
-        match &status {
+        }
+    }
+
+    /// Carries out what `decide` found: posts both sides, prepares the debit (pending), or
+    /// opens the verification challenge. The caller writes the record.
+    fn apply_decision(&mut self, now_ms: u64, transfer: &TransferCmd, status: &TransferStatus) {
+        match status {
             TransferStatus::Posted => {
                 self.count_spend(&transfer.from, transfer.amount, now_ms);
                 self.post_debit(&transfer.from, &transfer.to, transfer.amount, &transfer.id);
@@ -762,13 +798,12 @@ impl Ledger {
                 self.pending.insert(transfer.id.clone());
                 self.overlay.insert(keys::transfer(self.shard, self.generation, keys::PENDING, &transfer.id), Some(Vec::new()));
             }
+            TransferStatus::RequiresVerification => {
+                let methods = self.verification_needed(transfer).unwrap_or_else(|| vec![Factor::OneTimeCode]);
+                self.open_challenge(now_ms, &transfer.id, methods);
+            }
             TransferStatus::Rejected(_) | TransferStatus::Held | TransferStatus::Voided | TransferStatus::Expired => {}
         }
-        if home_here && reserved.is_none() {
-            self.write(keys::transfer(self.shard, self.generation, keys::RESERVATION, &transfer.id), &transfer.body());
-        }
-        self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &transfer.id), &record);
-        TransferOutcome::Recorded(status)
     }
 
     /// The checks of a new transfer (or hold) under an unused id: whether the id's home is this
@@ -1095,6 +1130,7 @@ impl Ledger {
         self.verify_nonces()?;
         self.verify_stops()?;
         self.verify_customers()?;
+        self.verify_challenges()?;
         self.verify_refunds()?;
         self.verify_movements()?;
         Ok(())

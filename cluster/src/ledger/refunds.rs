@@ -80,7 +80,7 @@ impl Ledger {
         }
         if self.transfer(&refund.id).is_some() {
             // A retry (replayed by the transfer rules) or a reused id (refused by them).
-            return self.transfer_command(now_ms, refund);
+            return self.transfer_command(now_ms, refund, false);
         }
         if refund.id == command.original {
             return TransferOutcome::Refused(RejectCode::IdempotencyKeyReused);
@@ -97,7 +97,7 @@ impl Ledger {
         {
             return TransferOutcome::Refused(RejectCode::RefundExceedsOriginal);
         }
-        let outcome = self.transfer_command(now_ms, refund);
+        let outcome = self.transfer_command(now_ms, refund, false);
         if matches!(outcome, TransferOutcome::Recorded(TransferStatus::Posted | TransferStatus::Pending)) {
             total.original = Some(command.original.clone());
             total.original_amount = original_amount;
@@ -132,6 +132,11 @@ impl Ledger {
     }
 
     /// What was refunded of an original whose payee lives on this shard.
+    /// The original a refund transfer refunds, if `id` is a refund made on this shard.
+    pub fn refund_of(&self, id: &TransferId) -> Option<TransferId> {
+        self.read(&keys::transfer(self.shard, self.generation, keys::REFUND_OF, id))
+    }
+
     pub fn refunds(&self, original: &TransferId) -> Option<RefundTotal> {
         self.read(&keys::transfer(self.shard, self.generation, keys::REFUND_TOTAL, original))
     }

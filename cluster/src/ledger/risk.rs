@@ -42,6 +42,13 @@ pub struct RiskLimits {
     pub class_iii_yearly: Minor,
     /// The largest single debit of an account of a kind (kinds not listed: no such limit).
     pub per_transaction: Vec<(AccountKind, Minor)>,
+    /// A customer's payment above this asks for a verification first (0: none does, unless the
+    /// customer asked to verify every payment).
+    pub verification_threshold: Minor,
+    /// What a customer may pay a day in payments verified with one factor (a one-time code) /
+    /// with two (payment password and code).
+    pub daily_single_factor: Minor,
+    pub daily_two_factor: Minor,
 }
 
 impl Default for RiskLimits {
@@ -53,6 +60,9 @@ impl Default for RiskLimits {
             class_ii_yearly: 10_000_000,
             class_iii_yearly: 20_000_000,
             per_transaction: Vec::new(),
+            verification_threshold: 0,
+            daily_single_factor: 100_000,
+            daily_two_factor: 500_000,
         }
     }
 }
@@ -63,7 +73,14 @@ impl RiskLimits {
         if !(-14 * 60..=14 * 60).contains(&self.utc_offset_minutes) {
             return Err("utc_offset_minutes is within ±14 hours".to_string());
         }
-        let amounts = [self.class_i_lifetime, self.class_ii_yearly, self.class_iii_yearly];
+        let amounts = [
+            self.class_i_lifetime,
+            self.class_ii_yearly,
+            self.class_iii_yearly,
+            self.verification_threshold,
+            self.daily_single_factor,
+            self.daily_two_factor,
+        ];
         let bounded = |amount: Minor| (0..=crate::money::AMOUNT_MINOR_MAX).contains(&amount);
         if !amounts.into_iter().chain(self.per_transaction.iter().map(|(_, amount)| *amount)).all(bounded) {
             return Err("every limit is between 0 and the largest amount".to_string());
@@ -134,6 +151,7 @@ pub fn limit_name(code: RejectCode) -> Option<&'static str> {
         RejectCode::KycLifetimeLimit => Some("kyc_class_i_lifetime"),
         RejectCode::KycYearlyLimit => Some("kyc_yearly"),
         RejectCode::TransactionLimit => Some("per_transaction"),
+        RejectCode::KycDailyLimit => Some("daily_by_verification"),
         RejectCode::PrepaidLimitExceeded => Some("prepaid_balance"),
         _ => None,
     }
@@ -168,7 +186,7 @@ pub struct CustomerReport {
     pub limits_version: u64,
 }
 
-fn spend_key(ledger: &Ledger, customer: &CustomerId) -> crate::store::Key {
+pub(super) fn spend_key(ledger: &Ledger, customer: &CustomerId) -> crate::store::Key {
     keys::key(ledger.shard, ledger.generation, keys::SPEND, customer.as_str().as_bytes())
 }
 

@@ -6,6 +6,7 @@ use super::refunds::RefundCmd;
 use super::risk::{RiskCmd, RiskOutcome};
 use super::stops::{StopCmd, StopOutcome};
 use super::system::{SystemCmd, SystemOutcome};
+use super::verification::VerifyCmd;
 use crate::ids::{AccountId, ShardId, TransferId};
 use crate::money::{Currency, Minor};
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,15 @@ pub enum RejectCode {
     KycYearlyLimit,
     /// The amount passes the per-transaction limit of the payer's account kind.
     TransactionLimit,
+    /// The payer failed to prove the transfer `VERIFY_ATTEMPTS_MAX` times.
+    VerificationFailed,
+    /// The payer did not prove the transfer within `VERIFY_WINDOW_MS`.
+    VerificationExpired,
+    /// What the customer paid today, with this one, passes the daily cap of the verification
+    /// it passed.
+    KycDailyLimit,
+    /// Not stored: the transfer is not waiting for a verification.
+    NotAwaitingVerification,
 }
 
 impl RejectCode {
@@ -218,9 +228,14 @@ impl RejectCode {
             RejectCode::NotAHold => "transfer_not_a_hold",
             RejectCode::CaptureExceedsHold => "capture_exceeds_hold",
             RejectCode::HoldNotActive => "hold_not_active",
-            RejectCode::KycUnverified | RejectCode::KycLifetimeLimit | RejectCode::KycYearlyLimit | RejectCode::TransactionLimit => {
-                "limit_exceeded"
-            }
+            RejectCode::KycUnverified
+            | RejectCode::KycLifetimeLimit
+            | RejectCode::KycYearlyLimit
+            | RejectCode::TransactionLimit
+            | RejectCode::KycDailyLimit => "limit_exceeded",
+            RejectCode::VerificationFailed => "verification_failed",
+            RejectCode::VerificationExpired => "verification_expired",
+            RejectCode::NotAwaitingVerification => "transfer_not_awaiting_verification",
         }
     }
 
@@ -230,7 +245,7 @@ impl RejectCode {
             RejectCode::PayerNotFound | RejectCode::PayeeNotFound => 404,
             RejectCode::SameAccount | RejectCode::InvalidAmount => 400,
             RejectCode::WrongShard => 503,
-            RejectCode::HoldNotActive | RejectCode::NotAHold => 409,
+            RejectCode::HoldNotActive | RejectCode::NotAHold | RejectCode::NotAwaitingVerification => 409,
             _ => 422,
         }
     }
@@ -259,6 +274,12 @@ impl RejectCode {
             RejectCode::KycLifetimeLimit => "a class I customer's payments since registration would pass its limit (1,000 CNY by default)",
             RejectCode::KycYearlyLimit => "the customer's payments this year would pass its class's yearly limit",
             RejectCode::TransactionLimit => "the amount passes the per-transaction limit of the payer's account kind",
+            RejectCode::VerificationFailed => "the payment was not proved: too many wrong passwords or codes",
+            RejectCode::VerificationExpired => "the payment was not proved in time",
+            RejectCode::KycDailyLimit => {
+                "today's payments would pass the daily cap of this verification (1,000 CNY one factor, 5,000 CNY two)"
+            }
+            RejectCode::NotAwaitingVerification => "the transfer is not waiting for a verification",
         }
     }
 }
@@ -278,6 +299,8 @@ pub enum TransferStatus {
     Voided,
     /// A hold released at its expiry: nothing moved.
     Expired,
+    /// Waiting for its payer to prove it (`verification.rs`): nothing moved yet.
+    RequiresVerification,
 }
 
 impl TransferStatus {
@@ -289,6 +312,7 @@ impl TransferStatus {
             TransferStatus::Held => "held",
             TransferStatus::Voided => "voided",
             TransferStatus::Expired => "expired",
+            TransferStatus::RequiresVerification => "requires_verification",
         }
     }
 }
@@ -310,7 +334,7 @@ pub struct TransferRecord {
 impl TransferRecord {
     /// A new record of `transfer` with `status`, made at `now_ms` (final unless pending or held).
     pub fn new(transfer: &TransferCmd, status: TransferStatus, cross_shard: bool, now_ms: u64) -> TransferRecord {
-        let open = matches!(status, TransferStatus::Pending | TransferStatus::Held);
+        let open = matches!(status, TransferStatus::Pending | TransferStatus::Held | TransferStatus::RequiresVerification);
         TransferRecord {
             id: transfer.id.clone(),
             from: transfer.from.clone(),
@@ -555,6 +579,8 @@ pub enum Command {
     Customer(CustomerCmd),
     /// A change of the risk limits (`risk.rs`).
     Risk(RiskCmd),
+    /// A verification attempt or a one-time code issued (`verification.rs`).
+    Verify(VerifyCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

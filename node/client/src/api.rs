@@ -144,11 +144,14 @@ pub struct TransferView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_expires_at: Option<String>,
     pub id: String,
+    /// Present while `status` is `requires_verification`: how to prove the payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_action: Option<NextAction>,
     /// Present only when `status` is `rejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Rejection>,
-    /// `posted`, `rejected`, `pending`, for holds `held`, `voided`, `expired`, for delayed
-    /// transfers `scheduled` (until they arrive) and `revoked`.
+    /// `posted`, `rejected`, `pending`, `requires_verification`, for holds `held`, `voided`,
+    /// `expired`, for delayed transfers `scheduled` (until they arrive) and `revoked`.
     pub status: String,
     pub to: String,
 }
@@ -162,6 +165,21 @@ pub struct HoldView {
     pub held: String,
     /// Given back to the payer's available balance (by a partial capture, a void or expiry).
     pub released: String,
+}
+
+/// How to complete a transfer awaiting verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextAction {
+    pub attempts_remaining: u32,
+    /// RFC 3339: the transfer is rejected `verification_expired` if not proved by then.
+    pub expires_at: String,
+    /// What `POST url` must carry: `payment_password` and/or `otp` (the one-time code sent to
+    /// the customer).
+    pub methods: Vec<String>,
+    /// `verify_payment`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
 }
 
 /// Why a transfer was rejected, stored under its id.

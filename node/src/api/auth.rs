@@ -112,7 +112,11 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/transfers/{id}/capture" | "/v1/transfers/{id}/void" | "/v1/transfers/{id}/revoke", false) => Access::Roles(PAYERS),
         ("/v1/transfers/{id}/refunds", true) => Access::Roles(EVERY_ROLE),
         ("/v1/accounts/{id}/stops", true) => Access::Roles(OBSERVERS),
-        ("/v1/customers" | "/v1/customers/{id}" | "/v1/customers/{id}/verifications", _) => Access::Roles(STAFF),
+        ("/v1/customers" | "/v1/customers/{id}" | "/v1/customers/{id}/verifications" | "/v1/customers/{id}/security", _) => {
+            Access::Roles(STAFF)
+        }
+        ("/v1/transfers/{id}/verify", false) => Access::Roles(PAYERS),
+        ("/v1/transfers/{id}/verification", true) => Access::Roles(STAFF),
         ("/v1/risk/limits", true) => Access::Roles(OBSERVERS),
         ("/v1/risk/limits", false) => Access::Roles(STAFF),
         ("/admin/faults", _) => Access::Roles(ADMIN),

@@ -106,6 +106,8 @@ fn customer_json(state: &AppState, record: &CustomerRecord) -> Result<Value> {
         "created_at": types::rfc3339(record.created_at_ms),
         "created_by": record.created_by,
         "account_prefix": format!("{}{}", record.id.as_str(), settle_cluster::ids::CUSTOMER_SEPARATOR),
+        "payment_password_set": record.password.is_some(),
+        "always_verify": record.always_verify,
     }))
 }
 
@@ -115,7 +117,7 @@ fn answer(state: &AppState, outcome: CustomerOutcome, created: bool) -> Result<H
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(HttpResponse::build(status).json(customer_json(state, &record)?))
         }
-        CustomerOutcome::Replayed(record) => Ok(HttpResponse::Ok().json(customer_json(state, &record)?)),
+        CustomerOutcome::Replayed(record) | CustomerOutcome::Updated(record) => Ok(HttpResponse::Ok().json(customer_json(state, &record)?)),
         CustomerOutcome::Conflict(record) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "customer_conflict",
@@ -254,6 +256,9 @@ fn limits_json(limits: &RiskLimits) -> Value {
         "class_ii_yearly": cny.format(limits.class_ii_yearly),
         "class_iii_yearly": cny.format(limits.class_iii_yearly),
         "per_transaction": per_transaction,
+        "verification_threshold": cny.format(limits.verification_threshold),
+        "daily_single_factor": cny.format(limits.daily_single_factor),
+        "daily_two_factor": cny.format(limits.daily_two_factor),
     })
 }
 
@@ -315,7 +320,19 @@ pub async fn put_limits(
     request_id: web::ReqData<RequestId>,
 ) -> Result<HttpResponse> {
     let object = state.read_object(&request, payload).await?;
-    body::only_fields(&object, &["utc_offset_minutes", "class_i_lifetime", "class_ii_yearly", "class_iii_yearly", "per_transaction"])?;
+    body::only_fields(
+        &object,
+        &[
+            "utc_offset_minutes",
+            "class_i_lifetime",
+            "class_ii_yearly",
+            "class_iii_yearly",
+            "per_transaction",
+            "verification_threshold",
+            "daily_single_factor",
+            "daily_two_factor",
+        ],
+    )?;
     request.extensions_mut().insert(AuditTargets(vec!["risk_limits".to_string()]));
     let current = match state.call_with(&request_id, Request::ReadRiskLimits { shard: SYSTEM_SHARD }).await? {
         Reply::RiskLimits(limits) => limits,
@@ -352,6 +369,9 @@ pub async fn put_limits(
         Some(_) => return Err(ApiError::invalid_request("per_transaction", "per_transaction is {\"<account kind>\": amount}")),
     };
     let limits = RiskLimits {
+        verification_threshold: limit_amount(&object, "verification_threshold", current.verification_threshold)?,
+        daily_single_factor: limit_amount(&object, "daily_single_factor", current.daily_single_factor)?,
+        daily_two_factor: limit_amount(&object, "daily_two_factor", current.daily_two_factor)?,
         version: current.version + 1,
         utc_offset_minutes,
         class_i_lifetime: limit_amount(&object, "class_i_lifetime", current.class_i_lifetime)?,
@@ -390,4 +410,43 @@ pub async fn put_limits(
             .with_detail("shards", body["shards"].clone()));
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// `POST /v1/customers/{id}/security {"payment_password"?, "always_verify"?}`: sets the payment
+/// password (6 to 64 characters; stored as a PBKDF2-HMAC-SHA256 hash made here, never in
+/// clear) and whether every payment of the customer's accounts asks for a verification. 200
+/// with the customer (`payment_password_set`, `always_verify`).
+pub async fn security(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    request_id: web::ReqData<RequestId>,
+    principal: web::ReqData<super::auth::Principal>,
+) -> Result<HttpResponse> {
+    let customer = customer_id(&path, "id")?;
+    let object = state.read_object(&request, payload).await?;
+    body::only_fields(&object, &["payment_password", "always_verify"])?;
+    let password = match object.get("payment_password") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if (6..=64).contains(&text.chars().count()) => Some(super::verify::hash_password(text)),
+        Some(_) => return Err(ApiError::invalid_request("payment_password", "payment_password is 6 to 64 characters")),
+    };
+    let always_verify = match object.get("always_verify") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(always)) => *always,
+        Some(_) => return Err(ApiError::invalid_request("always_verify", "always_verify must be true or false")),
+    };
+    request.extensions_mut().insert(AuditTargets(vec![customer.to_string()]));
+    let command = CustomerCmd::SetSecurity(settle_cluster::ledger::SetSecurity {
+        customer,
+        password,
+        always_verify,
+        actor: principal.key_id.clone(),
+    });
+    command.check().map_err(ApiError::invalid_body)?;
+    match state.call_with(&request_id, Request::Customer(command)).await? {
+        Reply::Customer(outcome) => answer(&state, *outcome, false),
+        other => Err(unexpected(other)),
+    }
 }

@@ -15,6 +15,7 @@ pub mod refunds;
 pub mod statements;
 pub mod stops;
 pub mod types;
+pub mod verify;
 
 use crate::metrics::{DiskUsage, Metrics};
 use crate::settings::NodeSettings;
@@ -138,6 +139,9 @@ pub fn app(
         .service(resource("/v1/transfers/{id}/capture").route(web::post().to(holds::capture)))
         .service(resource("/v1/transfers/{id}/void").route(web::post().to(holds::void)))
         .service(resource("/v1/transfers/{id}/revoke").route(web::post().to(holds::revoke)))
+        .service(resource("/v1/transfers/{id}/verify").route(web::post().to(verify::verify)))
+        .service(resource("/v1/transfers/{id}/verification").route(web::get().to(verify::show)))
+        .service(resource("/v1/customers/{id}/security").route(web::post().to(customers::security)))
         .service(resource("/v1/transfers/{id}/refunds").route(web::post().to(refunds::create)).route(web::get().to(refunds::list)))
         .service(resource("/v1/risk/stops").route(web::post().to(stops::place)))
         .service(resource("/v1/risk/stops/{id}/lift").route(web::post().to(stops::lift)))
@@ -230,7 +234,7 @@ async fn guard(
     }
     let mutating = !(method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD);
     // A read of personal data is recorded like a change.
-    if mutating || pattern == "/v1/customers/{id}" {
+    if mutating || pattern == "/v1/customers/{id}" || pattern == "/v1/transfers/{id}/verification" {
         let targets = response.request().extensions().get::<auth::AuditTargets>().map(|targets| targets.0.clone()).unwrap_or_default();
         let status = response.status().as_u16();
         let outcome = response.response().extensions().get::<auth::AnsweredCode>().map_or("ok", |code| code.0).to_string();
@@ -616,6 +620,11 @@ async fn create_transfer(
     if let Err(error) = &mut outcome {
         limit_details(&state, &request_id, &payer, error).await;
     }
+    if let Ok((_, body)) = &mut outcome {
+        if body.status == "requires_verification" {
+            verify::challenge_answer(&state, &request_id, body, &payer).await?;
+        }
+    }
     // The id as the body gave it (`types::transfer` took it unchanged), borrowed for the log.
     let transfer_id = object.get("id").and_then(Value::as_str).unwrap_or_default();
     let answer = match &outcome {
@@ -694,6 +703,8 @@ pub(crate) fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Res
             // A hold made (or replayed), or one already released (a retried hold request).
             TransferStatus::Held => Ok((StatusCode::CREATED, types::transfer_json(&view))),
             TransferStatus::Voided | TransferStatus::Expired => Ok((StatusCode::OK, types::transfer_json(&view))),
+            // Waiting for its payer's proof (`verify.rs` adds what to do next).
+            TransferStatus::RequiresVerification => Ok((StatusCode::ACCEPTED, types::transfer_json(&view))),
             TransferStatus::Rejected(code) => Err(ApiError::rejected(*code).with_detail("transfer", json!(types::transfer_json(&view)))),
         },
         TransferResult::Refused(code) => Err(ApiError::rejected(code)),
@@ -703,6 +714,7 @@ pub(crate) fn transfer_outcome(metrics: &Metrics, result: TransferResult) -> Res
         Ok((_, view)) => match view.status.as_str() {
             "posted" => "posted",
             "held" | "scheduled" => "held",
+            "requires_verification" => "requires_verification",
             "voided" | "expired" | "revoked" => "released",
             _ => "pending",
         },

@@ -212,6 +212,7 @@ pub fn transfer_json(view: &TransferView) -> api::TransferView {
         hold_expires_at: view.hold.as_ref().filter(|hold| !hold.settle_on_expiry).map(|hold| rfc3339(hold.expires_at_ms)),
         hold,
         id: view.id.to_string(),
+        next_action: None,
         rejection,
         status: status.to_string(),
         to: view.to.to_string(),

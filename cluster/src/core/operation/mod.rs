@@ -61,6 +61,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Customer(command) => customer::shard(ctx.placement, command) == shard,
         Request::ReadCustomer(customer) => ctx.placement.customer_shard_of(customer) == shard,
         Request::SetRiskLimits { shard: named, .. } | Request::ReadRiskLimits { shard: named } => *named == shard,
+        Request::VerifyTransfer { payer, .. } | Request::ReadChallenge { payer, .. } => ctx.placement.shard_of(payer) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
     };
@@ -81,6 +82,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
             propose_single(peer, origin, deadline_ms, Command::Risk(crate::ledger::RiskCmd::SetLimits(limits)))
         }
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
+        Request::VerifyTransfer { command, .. } => holds::accept(peer, origin, deadline_ms, Command::Verify(command)),
         request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
             Some(command) => holds::accept(peer, origin, deadline_ms, command),
             None => ctx.out.replies.push((origin, Reply::Unavailable)),
@@ -94,7 +96,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         | Request::Statement { .. }
         | Request::BalanceAsOf { .. }
         | Request::ReadCustomer(_)
-        | Request::ReadRiskLimits { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
+        | Request::ReadRiskLimits { .. }
+        | Request::ReadChallenge { .. }) => read::accept(peer, origin, deadline_ms, read, ctx),
     }
 }
 

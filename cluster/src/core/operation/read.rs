@@ -127,6 +127,7 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         Request::BalanceAsOf { account, at_ms } => Reply::Balance(ledger.balance_as_of(account, *at_ms)),
         Request::ReadCustomer(customer) => Reply::CustomerState(ledger.customer_report(customer).map(Box::new)),
         Request::ReadRiskLimits { .. } => Reply::RiskLimits(ledger.risk_limits().clone()),
+        Request::ReadChallenge { id, .. } => Reply::Challenge(ledger.challenge_report(id).map(Box::new)),
         // The router sends only reads here (see `operation::accept`).
         Request::CreateAccount(_)
         | Request::CreateAccounts(_)
@@ -139,6 +140,7 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::Capture { .. }
         | Request::Void { .. }
         | Request::Customer(_)
-        | Request::SetRiskLimits { .. } => Reply::Unavailable,
+        | Request::SetRiskLimits { .. }
+        | Request::VerifyTransfer { .. } => Reply::Unavailable,
     }
 }
