@@ -151,6 +151,8 @@ async fn delayed_transfers_are_scheduled_and_revocable_through_a_failover() {
     assert_eq!(cluster.post_settled(survivor, "/v1/transfers", &hold).await.0, 201);
     let (status, body) = cluster.post_settled(survivor, "/v1/transfers/h1/revoke", &json!({})).await;
     assert_eq!((status, common::error_code(&body)), (409, "transfer_not_delayed"), "{body}");
+    let (status, body) = cluster.post_settled(survivor, "/v1/transfers/fund/revoke", &json!({})).await;
+    assert_eq!((status, common::error_code(&body)), (409, "transfer_not_delayed"), "a plain transfer: {body}");
     let (_, alice) = cluster.get_json(survivor, "/v1/accounts/alice").await;
     assert_eq!((alice["balance"].as_str(), alice["available"].as_str()), (Some("100.00"), Some("95.00")), "{alice}");
     let (_, shop_account) = cluster.get_json(survivor, &format!("/v1/accounts/{shop}")).await;

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// stored format changes incompatibly (log entries, ledger checkpoints, store keys).
 /// 2: transfer-id reservations in the ledger and the log.
 /// 3: ledger records of format 4 (holds, per-account movements, the shard clock).
-pub const DATA_DIR_FORMAT_VERSION: u32 = 3;
+/// 4: ledger records of format 5 (customers, limits, delayed transfers, verifications); an
+///    account id `<customer>::<name>` is placed by its customer.
+pub const DATA_DIR_FORMAT_VERSION: u32 = 4;
 
 const IDENTITY_FILE: &str = "cluster.json";
 

@@ -416,7 +416,7 @@ impl Workload {
             Operation::Void { hold } => Request::Void { id: hold.id.clone(), payer: hold.from.clone() },
             Operation::VerifyPayment { command, attempt } => {
                 let verify = match attempt {
-                    Some(passed) => VerifyCmd::Attempt { id: command.id.clone(), passed: *passed },
+                    Some(passed) => VerifyCmd::Attempt { id: command.id.clone(), passed: *passed, password_wrong: false },
                     None => {
                         let sealed = SealedPii { key_id: "sim".to_string(), nonce: [0; 12], ciphertext: vec![1], fingerprint: [0; 32] };
                         VerifyCmd::IssueOtp { id: command.id.clone(), otp: Box::new(OtpHash { salt: [0; 16], hash: [0; 32], sealed }) }
@@ -1041,7 +1041,7 @@ impl Workload {
         let always = CustomerCmd::SetSecurity(SetSecurity {
             customer: CustomerId::new("c1").expect("valid"),
             password: None,
-            always_verify: true,
+            always_verify: Some(true),
             actor: "sim".to_string(),
         });
         let done = |reply: &Reply| matches!(reply, Reply::Customer(outcome) if matches!(outcome.as_ref(), CustomerOutcome::Updated(_)));

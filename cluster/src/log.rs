@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// The layout of log entries this build writes.
 /// 2: transfer-id reservations (`Command::Reserve`), finalizes carry the body they decide.
 /// 3: holds, credits carry the payer's kind.
-pub const ENTRY_FORMAT_VERSION: u8 = 3;
+/// 4: customers, risk limits, delayed transfers, verifications.
+pub const ENTRY_FORMAT_VERSION: u8 = 4;
 
 /// Who proposed an entry: the node and its incarnation (a fresh number at every start), so the
 /// proposal tags of an earlier run never match the waiters of this one.

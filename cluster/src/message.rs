@@ -21,7 +21,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 2: transfer-id reservations, decisions carry the body they decide.
 /// 3: reservation answers carry the reservation they answer.
 /// 4: transfer views carry their hold; holds, captures and voids.
-pub const PEER_FORMAT_VERSION: u8 = 4;
+/// 5: customers, risk limits, delayed transfers, verifications.
+pub const PEER_FORMAT_VERSION: u8 = 5;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -516,7 +516,9 @@ impl ShardReplica {
 
     /// Forgets the staged snapshot unless raft took it (it is installed by the next Ready).
     pub fn drop_staged_unless_pending(&mut self) {
-        if self.raw.raft.raft_log.unstable.snapshot.is_none() {
+        let staged_index = self.staged.map(|(index, _)| index);
+        let pending = self.raw.raft.raft_log.unstable.snapshot.as_ref().map(|snapshot| snapshot.get_metadata().index);
+        if pending.is_none() || pending != staged_index {
             self.staged = None;
         }
     }

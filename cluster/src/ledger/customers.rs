@@ -160,7 +160,8 @@ pub struct SetSecurity {
     pub customer: CustomerId,
     /// `None` keeps the password there is.
     pub password: Option<super::PasswordHash>,
-    pub always_verify: bool,
+    /// `None` keeps the setting there is.
+    pub always_verify: Option<bool>,
     pub actor: String,
 }
 
@@ -182,6 +183,9 @@ impl CustomerCmd {
 
     /// Bounds every customer command meets (the edge, a peer's leg, and the apply check them).
     pub fn check(&self) -> Result<(), String> {
+        if !customer_id_usable(self.customer()) {
+            return Err("a customer id neither contains \"::\" nor starts or ends with \":\"".to_string());
+        }
         match self {
             CustomerCmd::Register(register) => {
                 let pii = &register.pii;
@@ -210,6 +214,13 @@ impl CustomerCmd {
     }
 }
 
+/// Whether an id can name a customer: the part of an account id before `::` must be the whole
+/// customer id, so it neither contains `::` nor starts or ends with `:`.
+pub fn customer_id_usable(id: &CustomerId) -> bool {
+    let text = id.as_str();
+    !text.contains(crate::ids::CUSTOMER_SEPARATOR) && !text.starts_with(':') && !text.ends_with(':')
+}
+
 /// One identity check as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
@@ -232,6 +243,9 @@ pub struct CustomerRecord {
     pub password: Option<super::PasswordHash>,
     /// Every payment of the customer's accounts asks for a verification.
     pub always_verify: bool,
+    /// Wrong payment passwords in a row, across transfers; at `PASSWORD_FAILURES_MAX` the
+    /// password is locked (every attempt fails) until an operator sets a new one.
+    pub password_failures: u32,
 }
 
 impl CustomerRecord {
@@ -287,6 +301,7 @@ impl Ledger {
                     verifications: Vec::new(),
                     password: None,
                     always_verify: false,
+                    password_failures: 0,
                 };
                 self.write(customer_key(self, &register.id), &record);
                 CustomerOutcome::Registered(record)
@@ -318,8 +333,12 @@ impl Ledger {
                 };
                 if let Some(password) = &security.password {
                     record.password = Some(password.clone());
+                    // A new password starts with no failed attempts.
+                    record.password_failures = 0;
                 }
-                record.always_verify = security.always_verify;
+                if let Some(always) = security.always_verify {
+                    record.always_verify = always;
+                }
                 self.write(customer_key(self, &security.customer), &record);
                 CustomerOutcome::Updated(record)
             }

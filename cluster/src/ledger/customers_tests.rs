@@ -236,13 +236,13 @@ fn limits_change_by_version() {
 }
 
 fn attempt(ledger: &mut Ledger, now_ms: u64, id_text: &str, passed: bool) -> TransferOutcome {
-    match ledger.apply(now_ms, &Command::Verify(VerifyCmd::Attempt { id: tid(id_text), passed })) {
+    match ledger.apply(now_ms, &Command::Verify(VerifyCmd::Attempt { id: tid(id_text), passed, password_wrong: false })) {
         Applied::Transfer(outcome) => outcome,
         other => panic!("not a transfer outcome: {other:?}"),
     }
 }
 
-fn security(ledger: &mut Ledger, password: bool, always_verify: bool) {
+fn security(ledger: &mut Ledger, password: bool, always_verify: Option<bool>) {
     let password = password.then_some(PasswordHash { salt: [1; 16], iterations: 1, hash: [2; 32] });
     let command = CustomerCmd::SetSecurity(SetSecurity {
         customer: CustomerId::new("c1").unwrap(),
@@ -261,7 +261,7 @@ fn security(ledger: &mut Ledger, password: bool, always_verify: bool) {
 fn payments_above_the_threshold_wait_for_their_verification() {
     let (mut ledger, wallet, shop) = with_customer();
     verify(&mut ledger, "c1", "f1", Channel::FaceToFace);
-    security(&mut ledger, true, false);
+    security(&mut ledger, true, None);
     set_limits(&mut ledger, RiskLimits { version: 1, verification_threshold: 50_000, ..RiskLimits::default() });
     assert_eq!(pay(&mut ledger, JUNE_MS, "small", &wallet, &shop, 50_000), TransferStatus::Posted);
     assert_eq!(pay(&mut ledger, JUNE_MS, "big", &wallet, &shop, 60_000), TransferStatus::RequiresVerification);
@@ -285,7 +285,7 @@ fn payments_above_the_threshold_wait_for_their_verification() {
     assert_eq!(attempt(&mut ledger, JUNE_MS + 9, "bad", false), TransferOutcome::Recorded(failed.clone()));
     assert_eq!(attempt(&mut ledger, JUNE_MS + 10, "bad", true), TransferOutcome::Replayed(failed));
     // Asked for every payment.
-    security(&mut ledger, false, true);
+    security(&mut ledger, false, Some(true));
     assert_eq!(pay(&mut ledger, JUNE_MS, "tiny", &wallet, &shop, 1), TransferStatus::RequiresVerification);
     assert_eq!(
         ledger.challenge(&tid("tiny")).unwrap().methods,
@@ -302,7 +302,7 @@ fn payments_above_the_threshold_wait_for_their_verification() {
 fn daily_caps_follow_the_verification_and_unverified_payments_expire() {
     let (mut ledger, wallet, shop) = with_customer();
     verify(&mut ledger, "c1", "f1", Channel::FaceToFace);
-    security(&mut ledger, false, true);
+    security(&mut ledger, false, Some(true));
     assert_eq!(pay(&mut ledger, JUNE_MS, "a", &wallet, &shop, 90_000), TransferStatus::RequiresVerification);
     assert_eq!(ledger.challenge(&tid("a")).unwrap().methods, vec![Factor::OneTimeCode]);
     assert_eq!(attempt(&mut ledger, JUNE_MS, "a", true), TransferOutcome::Recorded(TransferStatus::Posted));
@@ -318,5 +318,58 @@ fn daily_caps_follow_the_verification_and_unverified_payments_expire() {
     ledger.apply(JUNE_MS + DAY_MS + VERIFY_WINDOW_MS, &Command::ExpireHolds);
     assert_eq!(ledger.transfer(&tid("late")).unwrap().status, TransferStatus::Rejected(RejectCode::VerificationExpired));
     assert_eq!(ledger.next_hold_expiry_ms(), None);
+    ledger.check_invariants();
+}
+
+fn attempt_with(ledger: &mut Ledger, id_text: &str, passed: bool, password_wrong: bool) -> TransferOutcome {
+    match ledger.apply(JUNE_MS, &Command::Verify(VerifyCmd::Attempt { id: tid(id_text), passed, password_wrong })) {
+        Applied::Transfer(outcome) => outcome,
+        other => panic!("not a transfer outcome: {other:?}"),
+    }
+}
+
+/// Wrong payment passwords count across transfers: after five the password is locked (every
+/// attempt fails, even a right one) until a new password is set; a password change keeps the
+/// verify-every-payment setting; holds and delayed transfers of such a payer are refused; a
+/// customer with no check pays nothing in any currency.
+#[test]
+fn wrong_passwords_lock_across_transfers_and_holds_need_no_bypass() {
+    let (mut ledger, wallet, shop) = with_customer();
+    verify(&mut ledger, "c1", "f1", Channel::FaceToFace);
+    security(&mut ledger, true, Some(true));
+    for n in 0..PASSWORD_FAILURES_MAX {
+        let id_text = format!("t{n}");
+        assert_eq!(pay(&mut ledger, JUNE_MS, &id_text, &wallet, &shop, 100), TransferStatus::RequiresVerification);
+        let outcome = attempt_with(&mut ledger, &id_text, false, true);
+        assert_eq!(outcome, TransferOutcome::Recorded(TransferStatus::RequiresVerification), "one wrong try per transfer");
+    }
+    assert_eq!(ledger.challenge_report(&tid("t0")).map(|report| report.password_locked), Some(true));
+    assert_eq!(attempt_with(&mut ledger, "t0", true, false), TransferOutcome::Recorded(TransferStatus::RequiresVerification), "locked");
+    security(&mut ledger, true, None);
+    let customer = ledger.customer(&CustomerId::new("c1").unwrap()).unwrap();
+    assert_eq!((customer.password_failures, customer.always_verify), (0, true), "a new password; the setting kept");
+    assert_eq!(attempt_with(&mut ledger, "t0", true, false), TransferOutcome::Recorded(TransferStatus::Posted));
+    // A hold would move money without the proof.
+    let hold = Command::Hold(HoldCmd {
+        transfer: TransferCmd { id: tid("h1"), from: wallet.clone(), to: shop.clone(), amount: 10, currency: cny() },
+        timeout_ms: DAY_MS,
+        settle_on_expiry: true,
+    });
+    let refused = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::VerificationRequired)));
+    assert_eq!(ledger.apply(JUNE_MS, &hold), refused);
+    // An unverified customer's account in another currency pays nothing either.
+    register(&mut ledger, "c2", 9);
+    let usd_wallet = id("c2::usd");
+    let usd = Currency::from_code("USD").unwrap();
+    let create = CreateAccount { id: usd_wallet.clone(), currency: usd, kind: AccountKind::Customer };
+    assert_eq!(ledger.apply(JUNE_MS, &Command::CreateAccount(create)), Applied::Account(AccountOutcome::Created));
+    let bank_usd = id("bank-usd");
+    let create = CreateAccount { id: bank_usd.clone(), currency: usd, kind: AccountKind::Settlement };
+    ledger.apply(JUNE_MS, &Command::CreateAccount(create));
+    let fund = TransferCmd { id: tid("fu"), from: bank_usd.clone(), to: usd_wallet.clone(), amount: 500, currency: usd };
+    ledger.apply(JUNE_MS, &Command::Transfer(fund));
+    let spend = TransferCmd { id: tid("su"), from: usd_wallet, to: bank_usd, amount: 1, currency: usd };
+    let unverified = Applied::Transfer(TransferOutcome::Recorded(TransferStatus::Rejected(RejectCode::KycUnverified)));
+    assert_eq!(ledger.apply(JUNE_MS, &Command::Transfer(spend)), unverified);
     ledger.check_invariants();
 }

@@ -133,6 +133,11 @@ impl Ledger {
         };
         let cross_shard = self.owner(&transfer.to) != self.shard;
         let mut checked = self.check_payer(now_ms, transfer, !cross_shard);
+        if checked.is_ok() && self.verification_needed(transfer).is_some() {
+            // A payment its payer must prove is made as a plain transfer (which waits for the
+            // proof); a hold or delayed transfer would move the money without one.
+            checked = Err(RejectCode::VerificationRequired);
+        }
         if checked.is_ok() && !cross_shard {
             // The payee is checked again at capture; refusing a hold it could never take now
             // spares the payer a reservation that can only be voided.

@@ -62,7 +62,8 @@ use std::sync::Arc;
 /// The layout of stored ledger values (and of the records a snapshot carries).
 /// 3: state in the store, one value per record (accounts without their history).
 /// 4: per-account movements (statements, as-of balances), the shard clock; holds.
-pub const LEDGER_FORMAT_VERSION: u8 = 4;
+/// 5: customers, their counters, risk limits, delayed transfers, verification challenges.
+pub const LEDGER_FORMAT_VERSION: u8 = 5;
 
 /// An account's cache budget when none is given (tests).
 const CACHE_BYTES_DEFAULT: usize = 4 << 20;
@@ -849,10 +850,10 @@ impl Ledger {
         if payer.balance.checked_sub(payer.debits_pending + transfer.amount).is_none() {
             return Err(RejectCode::BalanceOverflow);
         }
-        let (kind, cny) = (payer.kind, payer.currency.code() == RISK_CURRENCY);
+        let kind = payer.kind;
         let unchecked = !same_shard && planted(self.planted, PlantedBug::KycLimitUncheckedCrossShard);
-        if cny && !unchecked {
-            self.check_limits(&transfer.from, kind, transfer.amount, now_ms)?;
+        if !unchecked {
+            self.check_limits(&transfer.from, kind, transfer.currency, transfer.amount, now_ms)?;
         }
         Ok(())
     }

@@ -263,9 +263,18 @@ impl Ledger {
         )
     }
 
-    /// The limits a debit of `amount` from `payer` (of `kind`, in CNY) must stay within.
-    pub(super) fn check_limits(&self, payer: &AccountId, kind: AccountKind, amount: Minor, now_ms: u64) -> Result<(), RejectCode> {
-        if self.risk_limits.per_transaction(kind).is_some_and(|limit| amount > limit) {
+    /// The limits a debit of `amount` from `payer` (of `kind`) must stay within: a customer
+    /// with no identity check pays nothing in any currency; the amounts are CNY's.
+    pub(super) fn check_limits(
+        &self,
+        payer: &AccountId,
+        kind: AccountKind,
+        currency: crate::money::Currency,
+        amount: Minor,
+        now_ms: u64,
+    ) -> Result<(), RejectCode> {
+        let cny = currency.code() == RISK_CURRENCY;
+        if cny && self.risk_limits.per_transaction(kind).is_some_and(|limit| amount > limit) {
             return Err(RejectCode::TransactionLimit);
         }
         let Some(customer) = customer_of(payer) else {
@@ -276,6 +285,9 @@ impl Ledger {
             // record is the damage check's business.
             return Err(RejectCode::KycUnverified);
         };
+        if !cny {
+            return if record.class().is_some() { Ok(()) } else { Err(RejectCode::KycUnverified) };
+        }
         let limits = &self.risk_limits;
         let (day, year) = limits.period_of(now_ms);
         let spend = self.read::<CustomerSpend>(&spend_key(self, &customer)).unwrap_or_default().as_of(day, year);

@@ -205,6 +205,9 @@ pub enum RejectCode {
     KycDailyLimit,
     /// Not stored: the transfer is not waiting for a verification.
     NotAwaitingVerification,
+    /// A hold or delayed transfer from a payer who must prove its payments (made as a plain
+    /// transfer instead, which waits for the proof).
+    VerificationRequired,
 }
 
 impl RejectCode {
@@ -236,6 +239,7 @@ impl RejectCode {
             RejectCode::VerificationFailed => "verification_failed",
             RejectCode::VerificationExpired => "verification_expired",
             RejectCode::NotAwaitingVerification => "transfer_not_awaiting_verification",
+            RejectCode::VerificationRequired => "verification_required",
         }
     }
 
@@ -280,6 +284,9 @@ impl RejectCode {
                 "today's payments would pass the daily cap of this verification (1,000 CNY one factor, 5,000 CNY two)"
             }
             RejectCode::NotAwaitingVerification => "the transfer is not waiting for a verification",
+            RejectCode::VerificationRequired => {
+                "this payment must be verified: make it as a plain transfer (mode post), which asks for the proof"
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 pub const VERIFY_ATTEMPTS_MAX: u32 = 5;
 /// How long a transfer waits for its verification: 15 minutes.
 pub const VERIFY_WINDOW_MS: u64 = 15 * 60_000;
+/// Wrong payment passwords in a row (across transfers) that lock a customer's password.
+pub const PASSWORD_FAILURES_MAX: u32 = 5;
 /// PBKDF2 rounds at most (a stored hash naming more is refused as input).
 pub const PASSWORD_ITERATIONS_MAX: u32 = 10_000_000;
 
@@ -75,8 +77,9 @@ pub struct Challenge {
 pub enum VerifyCmd {
     /// The edge issued a one-time code for a transfer awaiting verification.
     IssueOtp { id: TransferId, otp: Box<OtpHash> },
-    /// The edge checked the proofs of an attempt against the stored hashes.
-    Attempt { id: TransferId, passed: bool },
+    /// The edge checked the proofs of an attempt against the stored hashes: all right
+    /// (`passed`), and whether the payment password was wrong (counted on the customer).
+    Attempt { id: TransferId, passed: bool, password_wrong: bool },
 }
 
 impl VerifyCmd {
@@ -93,6 +96,8 @@ pub struct ChallengeReport {
     pub transfer: super::TransferView,
     pub challenge: Challenge,
     pub password: Option<PasswordHash>,
+    /// The customer's password is locked by wrong attempts: every attempt fails.
+    pub password_locked: bool,
 }
 
 fn challenge_key(ledger: &Ledger, id: &TransferId) -> crate::store::Key {
@@ -139,13 +144,15 @@ impl Ledger {
     pub fn challenge_report(&self, id: &TransferId) -> Option<ChallengeReport> {
         let challenge = self.challenge(id)?;
         let transfer = self.transfer_view(id)?;
-        let password = super::customer_of(&transfer.from).and_then(|customer| self.customer(&customer)).and_then(|record| record.password);
-        Some(ChallengeReport { transfer, challenge, password })
+        let customer = super::customer_of(&transfer.from).and_then(|customer| self.customer(&customer));
+        let password_locked = customer.as_ref().is_some_and(|record| record.password_failures >= PASSWORD_FAILURES_MAX);
+        let password = customer.and_then(|record| record.password);
+        Some(ChallengeReport { transfer, challenge, password, password_locked })
     }
 
     pub(super) fn verify_command(&mut self, now_ms: u64, command: &VerifyCmd) -> TransferOutcome {
         let id = command.id();
-        let (Some(mut record), Some(mut challenge)) = (self.transfer(id), self.challenge(id)) else {
+        let (Some(record), Some(mut challenge)) = (self.transfer(id), self.challenge(id)) else {
             return TransferOutcome::Refused(RejectCode::NotAwaitingVerification);
         };
         if record.status != TransferStatus::RequiresVerification || challenge.closed {
@@ -164,40 +171,70 @@ impl Ledger {
                 self.write(challenge_key(self, id), &challenge);
                 TransferOutcome::Recorded(TransferStatus::RequiresVerification)
             }
-            VerifyCmd::Attempt { passed: false, .. } => {
-                challenge.failed_attempts += 1;
-                if challenge.failed_attempts >= VERIFY_ATTEMPTS_MAX {
-                    let status = self.close_challenge(now_ms, record, challenge, TransferStatus::Rejected(RejectCode::VerificationFailed));
-                    return TransferOutcome::Recorded(status);
+            VerifyCmd::Attempt { passed, password_wrong, .. } => {
+                let by_password = challenge.methods.contains(&Factor::PaymentPassword);
+                let customer = super::customer_of(&record.from).and_then(|id| Some((self.customer(&id)?, id)));
+                let mut passed = *passed;
+                if let Some((mut customer, id)) = customer.filter(|_| by_password) {
+                    // Wrong passwords count across transfers; a locked password fails every attempt.
+                    passed &= customer.password_failures < PASSWORD_FAILURES_MAX;
+                    let failures = if *password_wrong {
+                        customer.password_failures.saturating_add(1)
+                    } else if passed {
+                        0
+                    } else {
+                        customer.password_failures
+                    };
+                    if failures != customer.password_failures {
+                        customer.password_failures = failures;
+                        self.write(super::customers::customer_key(self, &id), &customer);
+                    }
                 }
-                self.write(challenge_key(self, id), &challenge);
-                TransferOutcome::Recorded(TransferStatus::RequiresVerification)
-            }
-            VerifyCmd::Attempt { passed: true, .. } => {
-                let transfer = TransferCmd {
-                    id: record.id.clone(),
-                    from: record.from.clone(),
-                    to: record.to.clone(),
-                    amount: record.amount,
-                    currency: record.currency,
-                };
-                let factors = challenge.methods.len();
-                let status = match self.within_daily_cap(&transfer, factors, now_ms) {
-                    Err(code) => TransferStatus::Rejected(code),
-                    Ok(()) => self.decide(now_ms, &transfer, record.cross_shard, false),
-                };
-                self.apply_decision(now_ms, &transfer, &status);
-                challenge.closed = true;
-                self.overlay.insert(expiry_key(self, challenge.expires_at_ms, id), None);
-                self.write(challenge_key(self, id), &challenge);
-                record.status = status.clone();
-                if !matches!(status, TransferStatus::Pending) {
-                    record.finalized_at_ms = Some(now_ms);
+                if passed {
+                    self.verification_passed(now_ms, record, challenge)
+                } else {
+                    self.verification_failed(now_ms, record, challenge)
                 }
-                self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, id), &record);
-                TransferOutcome::Recorded(status)
             }
         }
+    }
+
+    fn verification_failed(&mut self, now_ms: u64, record: TransferRecord, mut challenge: Challenge) -> TransferOutcome {
+        challenge.failed_attempts += 1;
+        if challenge.failed_attempts >= VERIFY_ATTEMPTS_MAX {
+            let status = self.close_challenge(now_ms, record, challenge, TransferStatus::Rejected(RejectCode::VerificationFailed));
+            return TransferOutcome::Recorded(status);
+        }
+        self.write(challenge_key(self, &record.id), &challenge);
+        TransferOutcome::Recorded(TransferStatus::RequiresVerification)
+    }
+
+    /// A passed attempt: the transfer runs now with its ordinary checks, within the daily cap
+    /// of the verification's strength. Counted (and checked) as of the transfer's creation, the
+    /// day a release would give it back to.
+    fn verification_passed(&mut self, now_ms: u64, mut record: TransferRecord, mut challenge: Challenge) -> TransferOutcome {
+        let transfer = TransferCmd {
+            id: record.id.clone(),
+            from: record.from.clone(),
+            to: record.to.clone(),
+            amount: record.amount,
+            currency: record.currency,
+        };
+        let counted_at_ms = record.created_at_ms;
+        let status = match self.within_daily_cap(&transfer, challenge.methods.len(), counted_at_ms) {
+            Err(code) => TransferStatus::Rejected(code),
+            Ok(()) => self.decide(counted_at_ms, &transfer, record.cross_shard, false),
+        };
+        self.apply_decision(counted_at_ms, &transfer, &status);
+        challenge.closed = true;
+        self.overlay.insert(expiry_key(self, challenge.expires_at_ms, &record.id), None);
+        self.write(challenge_key(self, &record.id), &challenge);
+        record.status = status.clone();
+        if !matches!(status, TransferStatus::Pending) {
+            record.finalized_at_ms = Some(now_ms);
+        }
+        self.write(keys::transfer(self.shard, self.generation, keys::TRANSFER, &record.id), &record);
+        TransferOutcome::Recorded(status)
     }
 
     /// The daily cap of a debit verified with `factors` factors, against what its customer paid
@@ -266,7 +303,7 @@ impl Ledger {
     /// `verify`: a customer may turn the setting on after paying.
     pub fn verify_always_verified(&self) -> Result<(), String> {
         for record in self.transfers() {
-            if !matches!(record.status, TransferStatus::Posted | TransferStatus::Pending) || self.hold(&record.id).is_some() {
+            if !matches!(record.status, TransferStatus::Posted | TransferStatus::Pending) {
                 continue;
             }
             let always = super::customer_of(&record.from).and_then(|customer| self.customer(&customer)).is_some_and(|c| c.always_verify);

@@ -39,10 +39,13 @@ fn customer_id(text: &str, field: &'static str) -> Result<CustomerId> {
     CustomerId::new(text)
         .map_err(|_| ApiError::invalid_request(field, "a customer id is 1..=64 of [A-Za-z0-9._:-], without \"::\""))
         .and_then(|id| {
-            if id.as_str().contains(settle_cluster::ids::CUSTOMER_SEPARATOR) {
-                Err(ApiError::invalid_request(field, "a customer id may not contain \"::\" (it separates a customer's account names)"))
-            } else {
+            if settle_cluster::ledger::customer_id_usable(&id) {
                 Ok(id)
+            } else {
+                Err(ApiError::invalid_request(
+                    field,
+                    "a customer id may not contain \"::\" (it separates a customer's account names) nor start or end with \":\"",
+                ))
             }
         })
 }
@@ -433,8 +436,8 @@ pub async fn security(
         Some(_) => return Err(ApiError::invalid_request("payment_password", "payment_password is 6 to 64 characters")),
     };
     let always_verify = match object.get("always_verify") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(always)) => *always,
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(always)) => Some(*always),
         Some(_) => return Err(ApiError::invalid_request("always_verify", "always_verify must be true or false")),
     };
     request.extensions_mut().insert(AuditTargets(vec![customer.to_string()]));

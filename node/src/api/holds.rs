@@ -154,7 +154,14 @@ pub async fn revoke(
     let object = state.read_object(&request, payload).await?;
     body::only_fields(&object, &[])?;
     request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
-    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
+    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await.map_err(|error| {
+        if error.code == "transfer_not_a_hold" {
+            // A transfer made without a mode is not delayed either: the revoke's own code.
+            ApiError::new(StatusCode::CONFLICT, "transfer_not_delayed", "only a delayed transfer (mode delayed) is revoked")
+        } else {
+            error
+        }
+    })?;
     principal.check_account(&view.from)?;
     if !hold.settle_on_expiry {
         let message = "only a delayed transfer (mode delayed) is revoked; a hold is voided";

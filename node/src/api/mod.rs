@@ -655,7 +655,19 @@ async fn batch_transfers(
             other => return Err(unexpected(other)),
         };
         for (position, answer) in positions.into_iter().zip(answers) {
-            let outcome = transfer_outcome(&state.metrics, answer);
+            let payer = match &answer {
+                TransferResult::Done(view) => Some(view.from.clone()),
+                _ => None,
+            };
+            let mut outcome = transfer_outcome(&state.metrics, answer);
+            if let (Ok((_, body)), Some(payer)) = (&mut outcome, payer) {
+                if body.status == "requires_verification" {
+                    // As the single endpoint: the code is issued and the next action named.
+                    if let Err(error) = verify::challenge_answer(&state, &request_id, body, &payer).await {
+                        outcome = Err(error);
+                    }
+                }
+            }
             results[position] = Some(match outcome {
                 Ok((status, transfer)) => json!({ "status": status.as_u16(), "transfer": transfer }),
                 Err(error) => item_error(&error),

@@ -150,18 +150,35 @@ pub async fn verify(
         body.next_action = Some(next_action(&report));
         return Ok(HttpResponse::Accepted().json(body));
     }
-    let text = |field: &'static str| object.get(field).and_then(Value::as_str);
-    let passed = report.challenge.methods.iter().all(|factor| match factor {
-        Factor::PaymentPassword => match (text("payment_password"), &report.password) {
+    if report.password_locked && report.challenge.methods.contains(&Factor::PaymentPassword) {
+        let message = "the payment password is locked after too many wrong attempts: an operator sets a new one";
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "payment_password_locked", message));
+    }
+    let text = |field: &'static str| object.get(field).and_then(Value::as_str).map(str::to_string);
+    let (password, otp) = (text("payment_password"), text("otp"));
+    let challenge_report = report.clone();
+    // Every factor is checked (no early exit that would time a right password), off the
+    // HTTP workers: PBKDF2 takes a while by design.
+    let checks = web::block(move || {
+        let report = challenge_report;
+        let password_ok = match (password.as_deref(), &report.password) {
             (Some(given), Some(stored)) => matches(stored.iterations, &stored.salt, given, &stored.hash),
             _ => false,
-        },
-        Factor::OneTimeCode => match (text("otp"), &report.challenge.otp) {
+        };
+        let otp_ok = match (otp.as_deref(), &report.challenge.otp) {
             (Some(given), Some(stored)) => matches(OTP_ROUNDS, &stored.salt, given, &stored.hash),
             _ => false,
-        },
-    });
-    let command = VerifyCmd::Attempt { id: id.clone(), passed };
+        };
+        (password.is_some(), password_ok, otp_ok)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable())?;
+    let (password_given, password_ok, otp_ok) = checks;
+    let by_password = report.challenge.methods.contains(&Factor::PaymentPassword);
+    let by_code = report.challenge.methods.contains(&Factor::OneTimeCode);
+    let passed = (!by_password || password_ok) & (!by_code || otp_ok);
+    let password_wrong = by_password && password_given && !password_ok;
+    let command = VerifyCmd::Attempt { id: id.clone(), passed, password_wrong };
     let result = call_one(&state, &request_id, Request::VerifyTransfer { payer: payer.clone(), command }).await?;
     if let TransferResult::Done(view) = &result {
         if view.status == TransferStatus::RequiresVerification {
