@@ -206,8 +206,12 @@ impl Ledger {
         if limits.version == current.version {
             return if limits == current { RiskOutcome::Unchanged(current.clone()) } else { RiskOutcome::Stale(current.clone()) };
         }
-        let takes =
-            if self.shard == super::SYSTEM_SHARD { limits.version == current.version + 1 } else { limits.version > current.version };
+        // A version is a peer's input too: never an overflow.
+        let takes = if self.shard == super::SYSTEM_SHARD {
+            current.version.checked_add(1) == Some(limits.version)
+        } else {
+            limits.version > current.version
+        };
         if !takes {
             return RiskOutcome::Stale(current.clone());
         }
@@ -240,27 +244,27 @@ impl Ledger {
     /// A customer with its counters and what it may still pay (`Request::ReadCustomer`).
     pub fn customer_report(&self, customer: &CustomerId) -> Option<CustomerReport> {
         let record = self.customer(customer)?;
-        Some(CustomerReport {
-            spend: self.customer_spend(customer),
-            remaining: self.customer_remaining(customer),
-            limits_version: self.risk_limits.version,
-            record,
-        })
+        let spend = self.customer_spend(customer);
+        let remaining = record.class().map(|class| {
+            let (spent, limit) = self.class_limit(class, &spend);
+            (limit - spent).max(0)
+        });
+        Some(CustomerReport { spend, remaining, limits_version: self.risk_limits.version, record })
     }
 
     /// How much more a customer may pay now under its class's limit (None: no class).
     pub fn customer_remaining(&self, customer: &CustomerId) -> Option<Minor> {
-        let class = self.customer(customer)?.class()?;
-        let spend = self.customer_spend(customer);
+        self.customer_report(customer)?.remaining
+    }
+
+    /// What a class's limit counts of a customer's counters, and the limit.
+    fn class_limit(&self, class: super::KycClass, spend: &CustomerSpend) -> (Minor, Minor) {
         let limits = &self.risk_limits;
-        Some(
-            match class {
-                super::KycClass::I => limits.class_i_lifetime - spend.lifetime,
-                super::KycClass::II => limits.class_ii_yearly - spend.year_spent,
-                super::KycClass::III => limits.class_iii_yearly - spend.year_spent,
-            }
-            .max(0),
-        )
+        match class {
+            super::KycClass::I => (spend.lifetime, limits.class_i_lifetime),
+            super::KycClass::II => (spend.year_spent, limits.class_ii_yearly),
+            super::KycClass::III => (spend.year_spent, limits.class_iii_yearly),
+        }
     }
 
     /// The limits a debit of `amount` from `payer` (of `kind`) must stay within: a customer
@@ -420,13 +424,7 @@ impl Ledger {
                 continue;
             };
             let spend = self.customer_spend(&id);
-            let limits = &self.risk_limits;
-            let (spent, limit) = match record.class() {
-                None => (spend.lifetime, 0),
-                Some(super::KycClass::I) => (spend.lifetime, limits.class_i_lifetime),
-                Some(super::KycClass::II) => (spend.year_spent, limits.class_ii_yearly),
-                Some(super::KycClass::III) => (spend.year_spent, limits.class_iii_yearly),
-            };
+            let (spent, limit) = record.class().map_or((spend.lifetime, 0), |class| self.class_limit(class, &spend));
             if spent > limit {
                 return Err(format!("customer {id} (class {:?}) paid {spent}, past its limit {limit}", record.class()));
             }

@@ -136,6 +136,14 @@ fn answer(state: &AppState, outcome: CustomerOutcome, created: bool) -> Result<H
     }
 }
 
+/// Has the customer's shard apply a customer command and answers its outcome.
+async fn propose(state: &AppState, request_id: &RequestId, command: CustomerCmd, created: bool) -> Result<HttpResponse> {
+    match state.call_with(request_id, Request::Customer(command)).await? {
+        Reply::Customer(outcome) => answer(state, *outcome, created),
+        other => Err(unexpected(other)),
+    }
+}
+
 fn customer_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "customer_not_found", "no customer with this id")
 }
@@ -168,10 +176,7 @@ pub async fn create(
     request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
     let command = CustomerCmd::Register(RegisterCustomer { id, pii, actor: principal.key_id.clone() });
     command.check().map_err(ApiError::invalid_body)?;
-    match state.call_with(&request_id, Request::Customer(command)).await? {
-        Reply::Customer(outcome) => answer(&state, *outcome, true),
-        other => Err(unexpected(other)),
-    }
+    propose(&state, &request_id, command, true).await
 }
 
 /// `POST /v1/customers/{id}/verifications {"id", "channel", "reference"?}`: records one identity
@@ -198,10 +203,7 @@ pub async fn verify(
     let reference = text(&object, "reference", CUSTOMER_TEXT_BYTES_MAX, false)?.unwrap_or_default();
     request.extensions_mut().insert(AuditTargets(vec![customer.to_string(), id.to_string()]));
     let command = CustomerCmd::Verify(RecordVerification { customer, id, channel, reference, actor: principal.key_id.clone() });
-    match state.call_with(&request_id, Request::Customer(command)).await? {
-        Reply::Customer(outcome) => answer(&state, *outcome, true),
-        other => Err(unexpected(other)),
-    }
+    propose(&state, &request_id, command, true).await
 }
 
 fn limits_spent_json(report: &CustomerReport) -> Value {
@@ -375,7 +377,7 @@ pub async fn put_limits(
         verification_threshold: limit_amount(&object, "verification_threshold", current.verification_threshold)?,
         daily_single_factor: limit_amount(&object, "daily_single_factor", current.daily_single_factor)?,
         daily_two_factor: limit_amount(&object, "daily_two_factor", current.daily_two_factor)?,
-        version: current.version + 1,
+        version: current.version.checked_add(1).ok_or_else(|| ApiError::invalid_body("the limits' version is exhausted"))?,
         utc_offset_minutes,
         class_i_lifetime: limit_amount(&object, "class_i_lifetime", current.class_i_lifetime)?,
         class_ii_yearly: limit_amount(&object, "class_ii_yearly", current.class_ii_yearly)?,
@@ -448,8 +450,5 @@ pub async fn security(
         actor: principal.key_id.clone(),
     });
     command.check().map_err(ApiError::invalid_body)?;
-    match state.call_with(&request_id, Request::Customer(command)).await? {
-        Reply::Customer(outcome) => answer(&state, *outcome, false),
-        other => Err(unexpected(other)),
-    }
+    propose(&state, &request_id, command, false).await
 }

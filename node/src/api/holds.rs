@@ -128,14 +128,7 @@ pub async fn void(
     request_id: web::ReqData<RequestId>,
     principal: web::ReqData<Principal>,
 ) -> Result<HttpResponse> {
-    let id = types::transfer_id(&path, "id")?;
-    let object = state.read_object(&request, payload).await?;
-    body::only_fields(&object, &[])?;
-    request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
-    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await?;
-    let call = Request::Void { id, payer: view.from.clone() };
-    let result = call_one(&state, &request_id, call).await?;
-    answer(&state, result, &hold, &[TransferStatus::Voided], None)
+    release(&state, &request, &path, payload, &request_id, &principal, false).await
 }
 
 /// `POST /v1/transfers/{id}/revoke`: the payer takes back a delayed transfer before it arrives
@@ -150,25 +143,41 @@ pub async fn revoke(
     request_id: web::ReqData<RequestId>,
     principal: web::ReqData<Principal>,
 ) -> Result<HttpResponse> {
-    let id = types::transfer_id(&path, "id")?;
-    let object = state.read_object(&request, payload).await?;
+    release(&state, &request, &path, payload, &request_id, &principal, true).await
+}
+
+/// A void, or (`revoke`) the payer's revoke of a delayed transfer: the same release on the
+/// payer's shard.
+async fn release(
+    state: &AppState,
+    request: &HttpRequest,
+    path: &str,
+    payload: web::Payload,
+    request_id: &RequestId,
+    principal: &Principal,
+    revoke: bool,
+) -> Result<HttpResponse> {
+    let id = types::transfer_id(path, "id")?;
+    let object = state.read_object(request, payload).await?;
     body::only_fields(&object, &[])?;
     request.extensions_mut().insert(AuditTargets(vec![id.to_string()]));
-    let (view, hold) = find_hold(&state, &request_id, &principal, &id).await.map_err(|error| {
-        if error.code == "transfer_not_a_hold" {
-            // A transfer made without a mode is not delayed either: the revoke's own code.
-            ApiError::new(StatusCode::CONFLICT, "transfer_not_delayed", "only a delayed transfer (mode delayed) is revoked")
-        } else {
-            error
+    let not_delayed = |message: &str| ApiError::new(StatusCode::CONFLICT, "transfer_not_delayed", message.to_string());
+    let found = find_hold(state, request_id, principal, &id).await;
+    let (view, hold) = match found {
+        // A transfer made without a mode is not delayed either: the revoke's own code.
+        Err(error) if revoke && error.code == "transfer_not_a_hold" => {
+            return Err(not_delayed("only a delayed transfer (mode delayed) is revoked"))
         }
-    })?;
-    principal.check_account(&view.from)?;
-    if !hold.settle_on_expiry {
-        let message = "only a delayed transfer (mode delayed) is revoked; a hold is voided";
-        return Err(ApiError::new(StatusCode::CONFLICT, "transfer_not_delayed", message)
-            .with_detail("transfer", json!(types::transfer_json(&view))));
+        other => other?,
+    };
+    if revoke {
+        principal.check_account(&view.from)?;
+        if !hold.settle_on_expiry {
+            let error = not_delayed("only a delayed transfer (mode delayed) is revoked; a hold is voided");
+            return Err(error.with_detail("transfer", json!(types::transfer_json(&view))));
+        }
     }
     let call = Request::Void { id, payer: view.from.clone() };
-    let result = call_one(&state, &request_id, call).await?;
-    answer(&state, result, &hold, &[TransferStatus::Voided], None)
+    let result = call_one(state, request_id, call).await?;
+    answer(state, result, &hold, &[TransferStatus::Voided], None)
 }
