@@ -139,10 +139,11 @@ async fn forged_and_malformed_peer_frames_move_nothing_and_crash_nothing() {
         let port = cluster.node(node).peer_port;
         let other: NodeId = if node == 1 { 2 } else { 1 };
         // A negative credit would drive the victim below zero.
-        let negative = PeerMessage::Credits { shard: victim_shard, credits: vec![credit("neg", &mallory, victim, -20_000)], hops: 0 };
+        let negative =
+            PeerMessage::Credits { shard: victim_shard, credits: vec![credit("neg", &mallory, victim, -20_000)], hops: 0, fence: 0 };
         send_raw(port, &frame(other, vec![negative]));
         // A credit whose payee lives on another shard than the one it names panicked on apply.
-        let misrouted = PeerMessage::Credits { shard: mallory_shard, credits: vec![credit("mis", "bank", victim, 500)], hops: 0 };
+        let misrouted = PeerMessage::Credits { shard: mallory_shard, credits: vec![credit("mis", "bank", victim, 500)], hops: 0, fence: 0 };
         send_raw(port, &frame(other, vec![misrouted]));
         // A frame claiming to come from the receiver itself killed its driver.
         send_raw(port, &frame(node, vec![PeerMessage::LeaderHint { shard: 0, leader: other }]));
@@ -159,7 +160,7 @@ async fn forged_and_malformed_peer_frames_move_nothing_and_crash_nothing() {
             body: TransferBody { from: account(victim), to: account(&mallory), amount: 0, currency: usd() },
             decision: Decision::Credited,
         };
-        send_raw(port, &frame(other, vec![PeerMessage::Decisions { shard: victim_shard, decisions: vec![decision], hops: 0 }]));
+        send_raw(port, &frame(other, vec![PeerMessage::Decisions { shard: victim_shard, decisions: vec![decision], hops: 0, fence: 0 }]));
         // A leg with an invalid transfer (same account) and one with an absurd timeout.
         let item =
             TransferRequest { id: TransferId::new("leg").unwrap(), from: account(victim), to: account(victim), amount: 1, currency: usd() };
@@ -261,6 +262,7 @@ async fn peers_must_be_the_node_their_certificate_names() {
         shard: shard_of(&account(victim), SHARDS),
         credits: vec![credit("mint", &ghost, victim, 100_000_000)],
         hops: 0,
+        fence: 0,
     };
     let forged_term = raft_bytes(3, 1, 1_000, settle_cluster::raft::eraftpb::MessageType::MsgHeartbeat);
 

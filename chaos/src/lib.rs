@@ -8,6 +8,7 @@
 //! (`bench`), the local cluster they start (`local`), and the checkers of what their clients
 //! were told against what the cluster reads back (`history`, the same names as `checkers`).
 
+pub mod backup;
 pub mod bench;
 pub mod checkers;
 pub mod drill;

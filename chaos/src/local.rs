@@ -36,6 +36,10 @@ pub struct LocalFlags {
     /// is TLS). By default the nodes serve HTTPS with the throwaway CA's certificates.
     #[arg(long)]
     pub plain_http: bool,
+    /// Start a new cluster from a backup (`settle backup --to`): each node's empty data dir is
+    /// prepared with `settle restore` first. Needs a fresh --data-dir and the backup's --shards.
+    #[arg(long)]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// A running local cluster; dropping it stops the nodes.
@@ -138,6 +142,9 @@ impl LocalCluster {
                 }
                 _ => "http",
             };
+            if let Some(backup) = &flags.restore_from {
+                started.restore(binary, &args, &data_dir, backup)?;
+            }
             started.specs.push((binary.to_path_buf(), args, data_dir.join("settle.log")));
             started.children.push(None);
             started.urls.push(format!("{scheme}://127.0.0.1:{http_port}"));
@@ -163,14 +170,83 @@ impl LocalCluster {
         env: Vec<(String, String)>,
     ) -> anyhow::Result<LocalCluster> {
         let dir = TempDir::new_for(purpose)?;
+        LocalCluster::start_temporary_in(dir, purpose, binary, nodes, shards, insecure_peers, plain_http, env, None)
+    }
+
+    /// `start_temporary`, each node prepared from the backup in `backup` first (`settle
+    /// restore`), with the development admin and PII keys of the cluster whose data dir is
+    /// `keys_from` (the backed-up cluster's API keys and sealed personal data come back with it).
+    pub fn start_temporary_restored(
+        purpose: &str,
+        binary: &Path,
+        nodes: u64,
+        shards: u32,
+        backup: &Path,
+        keys_from: &Path,
+    ) -> anyhow::Result<LocalCluster> {
+        let dir = TempDir::new_for(purpose)?;
+        for key in ["admin.key", "pii.key"] {
+            if keys_from.join(key).exists() {
+                std::fs::copy(keys_from.join(key), dir.path.join(key)).with_context(|| format!("copying {key}"))?;
+            }
+        }
+        LocalCluster::start_temporary_in(dir, purpose, binary, nodes, shards, false, false, Vec::new(), Some(backup.to_path_buf()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_temporary_in(
+        dir: TempDir,
+        purpose: &str,
+        binary: &Path,
+        nodes: u64,
+        shards: u32,
+        insecure_peers: bool,
+        plain_http: bool,
+        env: Vec<(String, String)>,
+        restore_from: Option<PathBuf>,
+    ) -> anyhow::Result<LocalCluster> {
         let http_port = free_port_range(nodes.checked_mul(2).context("too many nodes")?)?;
         let peer_port = http_port.checked_add(u16::try_from(nodes).context("too many nodes")?).context("port out of range")?;
-        let flags =
-            LocalFlags { nodes, data_dir: dir.path.clone(), http_port, peer_port: Some(peer_port), shards, insecure_peers, plain_http };
+        let flags = LocalFlags {
+            nodes,
+            data_dir: dir.path.clone(),
+            http_port,
+            peer_port: Some(peer_port),
+            shards,
+            insecure_peers,
+            plain_http,
+            restore_from,
+        };
         eprintln!("{purpose}: starting a local {nodes}-node cluster ({shards} shards) in {}", dir.path.display());
         let mut cluster = LocalCluster::start_with_env(&flags, binary, Duration::from_secs(60), env)?;
         cluster.temporary = Some(dir);
         Ok(cluster)
+    }
+
+    /// The directory a temporary cluster lives in (its keys, certificates and data dirs).
+    pub fn temporary_dir(&self) -> Option<&Path> {
+        self.temporary.as_ref().map(|dir| dir.path.as_path())
+    }
+
+    /// Prepares a node's empty data dir from a backup: `settle restore --from BACKUP` with the
+    /// flags the node will be started with.
+    fn restore(&self, binary: &Path, start_args: &[std::ffi::OsString], data_dir: &Path, backup: &Path) -> anyhow::Result<()> {
+        if std::fs::read_dir(data_dir)?.next().is_some() {
+            bail!("--restore-from needs a fresh --data-dir: {} is not empty", data_dir.display());
+        }
+        let output = Command::new(binary)
+            .arg("restore")
+            .arg("--from")
+            .arg(backup)
+            .args(&start_args[1..])
+            .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .output()
+            .context("running settle restore")?;
+        if !output.status.success() {
+            bail!("settle restore into {} failed: {}", data_dir.display(), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        eprint!("{}", String::from_utf8_lossy(&output.stdout));
+        Ok(())
     }
 
     /// Starts node `node` (1-based) from its spec.

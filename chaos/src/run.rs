@@ -2,6 +2,7 @@
 //! through the seed's fault plan, heal, let the cluster settle, and run the checkers. A panic in
 //! the core (a broken assertion) is a failure too, reported as `core_assertion`.
 
+use crate::backup::BackupDriver;
 use crate::checkers::{self, Checkers, Violation};
 use crate::faults::{self, FaultClass, FaultPlan};
 use crate::sim::{SimCluster, SimConfig};
@@ -62,6 +63,9 @@ pub struct RunReport {
     pub activations: u64,
     pub passivations: u64,
     pub snapshot_streams: u64,
+    /// Online backups taken, restored and checked during the run, and abandoned ones.
+    pub backups_checked: u64,
+    pub backups_abandoned: u64,
     pub wall: Duration,
 }
 
@@ -94,7 +98,8 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
     config.limits.leader_balance_interval_ms = 1_500;
     let mut cluster = SimCluster::new(config);
     let mut workload = Workload::new(WorkloadConfig::default(), options.seed);
-    let outcome = catch_unwind(AssertUnwindSafe(|| drive(options, &mut cluster, &mut workload)));
+    let mut backups = BackupDriver::new(options.seed);
+    let outcome = catch_unwind(AssertUnwindSafe(|| drive(options, &mut cluster, &mut workload, &mut backups)));
     let violation = match outcome {
         Ok(result) => result.err(),
         Err(panic) => {
@@ -122,11 +127,13 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         activations,
         passivations,
         snapshot_streams,
+        backups_checked: backups.checked,
+        backups_abandoned: backups.abandoned,
         wall: started.elapsed(),
     }
 }
 
-fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload) -> Result<(), Violation> {
+fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload, backups: &mut BackupDriver) -> Result<(), Violation> {
     let elected = cluster.run_until(20_000, all_shards_led);
     if !elected {
         return Err(Violation::new("liveness", "no leader for every shard 20 s after start"));
@@ -154,6 +161,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
             }
         }
         workload.step(cluster, true);
+        backups.step(cluster, true)?;
         cluster.inject_hostile();
         cluster.run_for(STEP_MS);
         elapsed = cluster.now_ms() - start;
@@ -163,7 +171,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
     }
     faults::heal_all(cluster);
     cluster.note("healed everything; settling".to_string());
-    settle(options, cluster, workload, &mut checkers)
+    settle(options, cluster, workload, backups, &mut checkers)
 }
 
 fn check(checkers: &mut Checkers, cluster: &SimCluster, workload: &Workload) -> Result<(), Violation> {
@@ -178,10 +186,17 @@ fn check(checkers: &mut Checkers, cluster: &SimCluster, workload: &Workload) -> 
 
 /// After healing: clients finish their retries, every shard has a leader, nothing is pending,
 /// replicas agree — within `settle_ms` — then the final checks.
-fn settle(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload, checkers: &mut Checkers) -> Result<(), Violation> {
+fn settle(
+    options: &RunOptions,
+    cluster: &mut SimCluster,
+    workload: &mut Workload,
+    backups: &mut BackupDriver,
+    checkers: &mut Checkers,
+) -> Result<(), Violation> {
     let start = cluster.now_ms();
     loop {
         workload.step(cluster, false);
+        backups.step(cluster, false)?;
         cluster.run_for(STEP_MS);
         let elapsed = cluster.now_ms() - start;
         if elapsed % CHECK_EVERY_MS < STEP_MS {

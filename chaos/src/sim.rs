@@ -650,8 +650,10 @@ impl SimCluster {
             // Shard out of range.
             4 => match original {
                 PeerMessage::Raft { message, .. } => PeerMessage::Raft { shard: shards + 3, message },
-                PeerMessage::Credits { credits, hops, .. } => PeerMessage::Credits { shard: shards + 1, credits, hops },
-                PeerMessage::Decisions { decisions, hops, .. } => PeerMessage::Decisions { shard: shards + 2, decisions, hops },
+                PeerMessage::Credits { credits, hops, fence, .. } => PeerMessage::Credits { shard: shards + 1, credits, hops, fence },
+                PeerMessage::Decisions { decisions, hops, fence, .. } => {
+                    PeerMessage::Decisions { shard: shards + 2, decisions, hops, fence }
+                }
                 _ => PeerMessage::LeaderHint { shard: shards, leader: member },
             },
             // Raft bytes that do not parse, for a shard this node hosts.
@@ -662,17 +664,17 @@ impl SimCluster {
             }
             // Credits and decisions that cannot be right for the shard they name.
             6 => match original {
-                PeerMessage::Credits { shard, mut credits, hops } if !credits.is_empty() => {
+                PeerMessage::Credits { shard, mut credits, hops, fence } if !credits.is_empty() => {
                     match self.rng.gen_range(0..3) {
                         0 => credits[0].amount = -credits[0].amount.abs() - 1,
                         1 => credits[0].payer_shard = shard,
-                        _ => return Some((member, PeerMessage::Credits { shard: (shard + 1) % shards, credits, hops })),
+                        _ => return Some((member, PeerMessage::Credits { shard: (shard + 1) % shards, credits, hops, fence })),
                     }
-                    PeerMessage::Credits { shard, credits, hops }
+                    PeerMessage::Credits { shard, credits, hops, fence }
                 }
-                PeerMessage::Decisions { shard, mut decisions, hops } if !decisions.is_empty() => {
+                PeerMessage::Decisions { shard, mut decisions, hops, fence } if !decisions.is_empty() => {
                     decisions[0].body.amount = 0;
-                    PeerMessage::Decisions { shard, decisions, hops }
+                    PeerMessage::Decisions { shard, decisions, hops, fence }
                 }
                 _ => return None,
             },

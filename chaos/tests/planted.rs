@@ -191,7 +191,16 @@ fn spend_kept_on_release_is_caught() {
 /// back: the transfer's record says it was revoked after its arrival time.
 #[test]
 fn delayed_revoked_after_arrival_is_caught() {
-    caught(PlantedBug::DelayedRevokedAfterArrival, &["holds_balanced"]);
+    // The restore of an online backup runs the same shard checks on the cut.
+    caught(PlantedBug::DelayedRevokedAfterArrival, &["holds_balanced", "backup_cut_consistent"]);
+}
+
+/// A shard that acts on a credit request or decision from a shard past a backup fence before
+/// taking its own cut: an online backup holds a transfer posted without its credit, or a credit
+/// without its transfer.
+#[test]
+fn fence_ignored_is_caught() {
+    caught(PlantedBug::FenceIgnored, &["backup_cut_consistent"]);
 }
 
 /// Payments across shards that skip the verification step: customer c1, who verifies every

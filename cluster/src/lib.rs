@@ -3,6 +3,7 @@
 //! messages, ticks with a timestamp, a seed) and every effect leaves as a returned value. That is
 //! what lets the simulator in `chaos/` drive the same code production runs.
 
+pub mod backup;
 pub mod codec;
 pub mod ids;
 pub mod ledger;

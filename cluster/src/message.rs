@@ -22,7 +22,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 3: reservation answers carry the reservation they answer.
 /// 4: transfer views carry their hold; holds, captures and voids.
 /// 5: customers, risk limits, delayed transfers, verifications.
-pub const PEER_FORMAT_VERSION: u8 = 5;
+pub const PEER_FORMAT_VERSION: u8 = 6;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -173,6 +173,17 @@ pub enum Request {
         id: TransferId,
         payer: AccountId,
     },
+    /// A backup fence on one named shard (`ledger/fence.rs`), answered once applied.
+    Fence {
+        shard: ShardId,
+        epoch: u64,
+    },
+    /// Records of one shard's cut for backup `epoch`, after the key `after`, from its leader.
+    BackupChunk {
+        shard: ShardId,
+        epoch: u64,
+        after: Option<Vec<u8>>,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -242,6 +253,9 @@ pub enum Reply {
     RiskLimits(RiskLimits),
     /// `None` when the transfer has no challenge on this shard.
     Challenge(Option<Box<ChallengeReport>>),
+    /// A fence applied: the shard's fence epoch after it.
+    Fenced(crate::ledger::FenceOutcome),
+    BackupChunk(Box<crate::backup::BackupChunk>),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.
@@ -275,17 +289,23 @@ pub enum PeerMessage {
     },
     /// Coordinator → payee shard leader: decide these credits. `hops` counts forwards by nodes
     /// that did not lead the shard (bounded, so two stale views cannot bounce it forever).
+    /// `fence`: the highest backup fence epoch of the payer shards that sent them; the payee
+    /// shard applies that fence before deciding (`ledger/fence.rs`).
     Credits {
         shard: ShardId,
         credits: Vec<CreditCmd>,
         hops: u8,
+        fence: u64,
     },
     /// Payee shard leader → payer shard leader: these are the decisions, each with the body it
     /// was made for (the payer finalizes only a record with that body).
+    /// `fence`: the payee shard's backup fence epoch; the payer shard applies that fence before
+    /// finalizing.
     Decisions {
         shard: ShardId,
         decisions: Vec<FinalizeCmd>,
         hops: u8,
+        fence: u64,
     },
     /// "I do not lead `shard`; `leader` does": lets a node without a replica of the shard
     /// find its leader.

@@ -74,6 +74,10 @@ pub enum PlantedBug {
     /// and clears it first with a background delete, which then meets (and deletes) what the
     /// new stream staged, or the state it installed.
     StagingRangeReused,
+    /// A shard acts on a credit request or a decision from a shard past a backup fence before
+    /// applying that fence itself (Chandy–Lamport's marker rule broken): a backup's cut can
+    /// hold a posted transfer without its credit, or a credit without its transfer.
+    FenceIgnored,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -81,7 +85,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 24] = [
+    pub const ALL: [PlantedBug; 25] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -106,6 +110,7 @@ impl PlantedBug {
         PlantedBug::DelayedRevokedAfterArrival,
         PlantedBug::VerificationSkippedCrossShard,
         PlantedBug::StagingRangeReused,
+        PlantedBug::FenceIgnored,
     ];
 }
 

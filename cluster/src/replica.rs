@@ -3,6 +3,7 @@
 //! durable, applied commands) and never does IO itself. Readies are persisted asynchronously:
 //! `advance_append_async` right away, `on_persist_ready` once the driver reports the write durable.
 
+use crate::backup::BackupChunk;
 use crate::ids::{NodeId, ProposalTag, ShardId};
 use crate::ledger::{keys, AppliedCommand, AppliedMark, Ledger};
 use crate::log::{decode_entry, EntryPayload, Proposer, Tagged};
@@ -153,6 +154,46 @@ pub struct ShardReplica {
     proposed_at: std::collections::VecDeque<(u64, u64)>,
     last_leader: Option<NodeId>,
     leader_changes: u64,
+    /// The state at the end of the entry that raised the shard's fence epoch last: this
+    /// replica's copy of the shard's cut for that backup (`ledger/fence.rs`).
+    backup_view: Option<BackupView>,
+}
+
+/// A read view of the state store at a backup fence.
+struct BackupView {
+    epoch: u64,
+    generation: u32,
+    view: Box<dyn ReadView>,
+    last_used_ms: u64,
+}
+
+/// A backup view nobody read for this long is dropped (a backup reads its chunks back to back).
+pub const BACKUP_VIEW_IDLE_MS: u64 = 15 * 60 * 1000;
+
+/// Up to `bytes_max` of a generation's records after `after` in `view`, keys without the
+/// generation prefix, and whether they are the last; every record is checked to decode first.
+fn scan_generation(
+    view: &dyn ReadView,
+    shard: ShardId,
+    generation: u32,
+    after: Option<&[u8]>,
+    bytes_max: usize,
+) -> Result<(Vec<(Key, Value)>, bool), String> {
+    let prefix = keys::generation_prefix(shard, generation);
+    let end = prefix_end(&prefix);
+    let start = match after {
+        // The first key after `after`: `after` followed by a zero byte.
+        Some(after) => [prefix.as_slice(), after, &[0u8]].concat(),
+        None => prefix.clone(),
+    };
+    let entries = view.scan(&start, &end, SNAPSHOT_CHUNK_ENTRIES_MAX, bytes_max);
+    for (key, value) in &entries {
+        Ledger::check_record(&key[prefix.len()..], value).map_err(|error| format!("a stored record does not decode: {error}"))?;
+    }
+    let done =
+        entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
+    let stripped = entries.into_iter().map(|(key, value)| (key[prefix.len()..].to_vec(), value)).collect();
+    Ok((stripped, done))
 }
 
 impl ShardReplica {
@@ -206,6 +247,7 @@ impl ShardReplica {
             proposed_at: std::collections::VecDeque::new(),
             last_leader: None,
             leader_changes: 0,
+            backup_view: None,
         })
     }
 
@@ -411,26 +453,45 @@ impl ShardReplica {
     ) -> Option<(Vec<(Key, Value)>, bool)> {
         let source = self.snapshot_sources.get_mut(&snapshot_id)?;
         source.followers.insert(to, (true, clock_ms));
-        let prefix = keys::generation_prefix(self.shard, source.generation);
-        let end = prefix_end(&prefix);
-        let start = match after {
-            // The first key after `after`: `after` followed by a zero byte.
-            Some(after) => [prefix.as_slice(), after, &[0u8]].concat(),
-            None => prefix.clone(),
-        };
-        let entries = source.view.scan(&start, &end, SNAPSHOT_CHUNK_ENTRIES_MAX, bytes_max);
-        for (key, value) in &entries {
-            if let Err(error) = Ledger::check_record(&key[prefix.len()..], value) {
+        match scan_generation(source.view.as_ref(), self.shard, source.generation, after, bytes_max) {
+            Ok(chunk) => Some(chunk),
+            Err(error) => {
                 // Damage in this replica's state: send none of it (the core quarantines the
                 // replica; another one serves the follower).
-                self.ledger.damaged(format!("a stored record does not decode: {error}"));
-                return None;
+                self.ledger.damaged(error);
+                None
             }
         }
-        let done = entries.len() < SNAPSHOT_CHUNK_ENTRIES_MAX
-            && entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>() < bytes_max;
-        let stripped = entries.into_iter().map(|(key, value)| (key[prefix.len()..].to_vec(), value)).collect();
-        Some((stripped, done))
+    }
+
+    /// Up to `bytes_max` of this shard's cut for backup `epoch` after `after` (keys without the
+    /// generation prefix), from the view taken when the fence for `epoch` applied here.
+    pub fn backup_chunk(&mut self, epoch: u64, after: Option<&[u8]>, bytes_max: usize, clock_ms: u64) -> BackupChunk {
+        let fenced = self.ledger.fence_epoch();
+        let Some(view) = self.backup_view.as_mut().filter(|view| view.epoch == epoch) else {
+            return if fenced < epoch { BackupChunk::NotYet { epoch: fenced } } else { BackupChunk::Gone { epoch: fenced } };
+        };
+        view.last_used_ms = clock_ms;
+        match scan_generation(view.view.as_ref(), self.shard, view.generation, after, bytes_max) {
+            Ok((entries, done)) => BackupChunk::Records { entries, done },
+            Err(error) => {
+                self.ledger.damaged(error);
+                BackupChunk::Gone { epoch: fenced }
+            }
+        }
+    }
+
+    /// Drops a backup view nobody read for `BACKUP_VIEW_IDLE_MS` (it pins the store's old
+    /// versions).
+    pub fn expire_backup_view(&mut self, clock_ms: u64) {
+        if self.backup_view.as_ref().is_some_and(|view| clock_ms.saturating_sub(view.last_used_ms) >= BACKUP_VIEW_IDLE_MS) {
+            self.backup_view = None;
+        }
+    }
+
+    /// The epoch of the backup view this replica holds, if any.
+    pub fn backup_view_epoch(&self) -> Option<u64> {
+        self.backup_view.as_ref().map(|view| view.epoch)
     }
 
     /// Records that an offered snapshot was sent to `to` (it must fetch it before it expires).
@@ -639,7 +700,7 @@ impl ShardReplica {
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
         output.applied_bytes = committed.iter().map(|entry| u64::try_from(entry.data.len()).unwrap_or(u64::MAX)).sum();
-        output.entries_undecodable = self.apply_entries(committed, proposer, &mut output.applied);
+        output.entries_undecodable = self.apply_entries(committed, proposer, clock_ms, &mut output.applied);
         if self.ledger.damage().is_some() {
             // What was applied may rest on a record read as absent: none of it leaves.
             output.damaged = true;
@@ -685,7 +746,7 @@ impl ShardReplica {
     /// Applies committed entries in order; returns how many did not decode. Such an entry is
     /// applied as nothing — every replica holds the same bytes, so every replica skips it — and
     /// never stops a replica (a log entry is input too).
-    fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, applied: &mut Vec<AppliedProposal>) -> u64 {
+    fn apply_entries(&mut self, entries: Vec<Entry>, proposer: Proposer, clock_ms: u64, applied: &mut Vec<AppliedProposal>) -> u64 {
         let mut undecodable = 0;
         // A leader's replica (or the proposer) reports the records its waiters need; followers
         // have no waiters.
@@ -701,12 +762,29 @@ impl ShardReplica {
                 continue;
             };
             let ours = payload.proposer == proposer;
+            let mut fenced = None;
             for tagged in payload.commands {
                 let result = self.ledger.apply_command(payload.timestamp_ms, tagged.command, leads || ours);
+                if let AppliedCommand::Fence { outcome } = &result {
+                    fenced = outcome.raised.then_some(outcome.epoch);
+                }
                 let tag = if ours { tagged.tag } else { ProposalTag(0) };
                 applied.push(AppliedProposal { tag, applied: result });
             }
+            if let Some(epoch) = fenced.filter(|_| self.ledger.damage().is_none()) {
+                self.take_backup_view(epoch, clock_ms);
+            }
         }
         undecodable
+    }
+
+    /// This entry raised the fence epoch: the state at its end is the shard's cut for `epoch`.
+    /// It is committed as a round of its own (a whole applied index, like every round) and a
+    /// read view of it kept (a store snapshot: nothing proportional to the shard is copied).
+    fn take_backup_view(&mut self, epoch: u64, clock_ms: u64) {
+        let mark = self.applied_mark();
+        self.ledger.commit_round(&mark).expect("the state store takes the round's writes");
+        let view = self.ledger.store().read_view();
+        self.backup_view = Some(BackupView { epoch, generation: self.ledger.generation(), view, last_used_ms: clock_ms });
     }
 }

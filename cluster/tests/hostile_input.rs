@@ -131,6 +131,9 @@ fn message() -> impl Strategy<Value = PeerMessage> {
             kind: settle_cluster::ledger::AccountKind::Customer
         })),
         account().prop_map(Request::ReadAccount),
+        (shard(), any::<u64>()).prop_map(|(shard, epoch)| Request::Fence { shard, epoch }),
+        (shard(), any::<u64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..2_000)))
+            .prop_map(|(shard, epoch, after)| Request::BackupChunk { shard, epoch, after }),
         (account(), any::<u32>()).prop_map(|(account, limit)| Request::History { account, before: None, limit }),
     ];
     prop_oneof![
@@ -139,16 +142,10 @@ fn message() -> impl Strategy<Value = PeerMessage> {
             PeerMessage::Leg { leg: LegId(leg), shard, timeout_ms, request, request_id: None }
         }),
         any::<u64>().prop_map(|leg| PeerMessage::LegReply { leg: LegId(leg), reply: Reply::Unavailable }),
-        (shard(), proptest::collection::vec(credit, 0..4), any::<u8>()).prop_map(|(shard, credits, hops)| PeerMessage::Credits {
-            shard,
-            credits,
-            hops
-        }),
-        (shard(), proptest::collection::vec(decision, 0..4), any::<u8>()).prop_map(|(shard, decisions, hops)| PeerMessage::Decisions {
-            shard,
-            decisions,
-            hops
-        }),
+        (shard(), proptest::collection::vec(credit, 0..4), any::<u8>(), any::<u64>())
+            .prop_map(|(shard, credits, hops, fence)| PeerMessage::Credits { shard, credits, hops, fence }),
+        (shard(), proptest::collection::vec(decision, 0..4), any::<u8>(), any::<u64>())
+            .prop_map(|(shard, decisions, hops, fence)| PeerMessage::Decisions { shard, decisions, hops, fence }),
         (shard(), 0u64..6).prop_map(|(shard, leader)| PeerMessage::LeaderHint { shard, leader }),
     ]
 }

@@ -4,6 +4,7 @@
 //! `settle_client`.
 
 mod api;
+mod backup_cli;
 mod keys_cli;
 mod logging;
 mod metrics;
@@ -46,6 +47,10 @@ enum Command {
     Bench(bench::BenchFlags),
     /// The cluster at a glance; exits non-zero when something needs attention.
     Status(status::StatusFlags),
+    /// Take an online, consistent backup of every shard into a directory (admin key).
+    Backup(backup_cli::BackupFlags),
+    /// Prepare a node's empty data dir from a backup (then `settle start` it with the same flags).
+    Restore(backup_cli::RestoreFlags),
     /// Run a failover drill under load and check nothing was lost (`settle drill heal` undoes faults).
     Drill(drill::DrillFlags),
     /// Make a cluster CA and a peer certificate per node (naming its node id and address).
@@ -103,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(flags) => sim_cli::run(flags),
         Command::Bench(flags) => bench::run(flags),
         Command::Status(flags) => status::run(flags),
+        Command::Backup(flags) => backup_cli::backup(flags),
+        Command::Restore(flags) => backup_cli::restore(flags),
         Command::Drill(flags) => drill::run(flags),
         Command::Certs(flags) => certs(flags),
         Command::Keys(command) => keys_cli::keys(command),

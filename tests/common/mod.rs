@@ -96,6 +96,13 @@ impl TestCluster {
         self.dir.path().join("certs").join("ca.pem")
     }
 
+    /// A cluster of `count` nodes whose peers talk plain TCP, configured but not started (a test
+    /// prepares the data dirs first, `settle restore` say, then `spawn`s each node).
+    pub fn prepare_insecure(count: u64, shards: u32) -> TestCluster {
+        let env = [("SETTLE_INSECURE_PEERS", "true")];
+        TestCluster::configure_in(tempfile::tempdir().expect("temp dir"), count, shards, &env, std::collections::BTreeMap::new(), None)
+    }
+
     async fn start_secured(count: u64, shards: u32, env: &[(&str, &str)], https: bool) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
@@ -138,6 +145,24 @@ impl TestCluster {
         node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
         https_ca: Option<&std::path::Path>,
     ) -> TestCluster {
+        let mut cluster = TestCluster::configure_in(dir, count, shards, env, node_env, https_ca);
+        for id in 1..=count {
+            cluster.spawn(id);
+        }
+        for id in 1..=count {
+            cluster.wait_ready(id, Duration::from_secs(60)).await;
+        }
+        cluster
+    }
+
+    fn configure_in(
+        dir: tempfile::TempDir,
+        count: u64,
+        shards: u32,
+        env: &[(&str, &str)],
+        node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+        https_ca: Option<&std::path::Path>,
+    ) -> TestCluster {
         let ports = free_ports(usize::try_from(count * 2).expect("small"));
         let mut nodes = Vec::new();
         for id in 1..=count {
@@ -162,14 +187,7 @@ impl TestCluster {
         let pii_key = dir.path().join("pii.key");
         std::fs::write(&pii_key, "11".repeat(32)).expect("pii key");
         env.push(("SETTLE_PII_KEY_FILE".to_string(), pii_key.display().to_string()));
-        let mut cluster = TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env };
-        for id in 1..=count {
-            cluster.spawn(id);
-        }
-        for id in 1..=count {
-            cluster.wait_ready(id, Duration::from_secs(60)).await;
-        }
-        cluster
+        TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env }
     }
 
     fn node_mut(&mut self, id: u64) -> &mut TestNode {
@@ -188,29 +206,30 @@ impl TestCluster {
         let data_dir = self.data_dir(id);
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("settle.log")).expect("log");
-        let (http_port, peer_port) = {
-            let node = self.node(id);
-            (node.http_port, node.peer_port)
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_settle"))
-            .arg("start")
+        let child =
+            self.command(id, "start").stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("spawn settle");
+        self.node_mut(id).child = Some(child);
+    }
+
+    /// `settle <subcommand>` with node `id`'s flags and environment (what `spawn` starts; `settle
+    /// restore` takes the same).
+    pub fn command(&self, id: u64, subcommand: &str) -> Command {
+        let node = self.node(id);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_settle"));
+        command
+            .arg(subcommand)
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--http", &format!("127.0.0.1:{http_port}")])
-            .args(["--peer", &format!("127.0.0.1:{peer_port}")])
+            .arg(self.data_dir(id))
+            .args(["--http", &format!("127.0.0.1:{}", node.http_port)])
+            .args(["--peer", &format!("127.0.0.1:{}", node.peer_port)])
             .args(["--cluster", &self.cluster_arg])
             .args(["--shards", &self.shards.to_string()])
             .env("RUST_LOG", "info")
             .env("SETTLE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
             .envs(self.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
-            .envs(self.node_env.get(&id).into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn settle");
-        self.node_mut(id).child = Some(child);
+            .envs(self.node_env.get(&id).into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str())));
+        command
     }
 
     /// SIGKILL: the process gets no chance to flush anything.

@@ -174,8 +174,32 @@ struct Outbox {
     credits: BTreeMap<ShardId, Vec<CreditCmd>>,
     /// Decisions, by payer shard (each with the body it was made for).
     decisions: BTreeMap<ShardId, Vec<FinalizeCmd>>,
+    /// The backup fence epoch the shards that produced the credits (decisions) for a shard had
+    /// applied: the receiving shard applies it before acting on them (`ledger/fence.rs`).
+    credit_fences: BTreeMap<ShardId, u64>,
+    decision_fences: BTreeMap<ShardId, u64>,
     /// Shards whose presumed leader stayed silent: the router guesses another replica.
     silent_shards: Vec<ShardId>,
+}
+
+impl Outbox {
+    /// A credit request for `payee_shard` from a payer shard whose fence epoch is `fence`.
+    fn credit(&mut self, payee_shard: ShardId, credit: CreditCmd, fence: u64) {
+        self.credits.entry(payee_shard).or_default().push(credit);
+        raise(&mut self.credit_fences, payee_shard, fence);
+    }
+
+    /// A decision for `payer_shard` from a payee shard whose fence epoch is `fence`.
+    fn decision(&mut self, payer_shard: ShardId, decision: FinalizeCmd, fence: u64) {
+        self.decisions.entry(payer_shard).or_default().push(decision);
+        raise(&mut self.decision_fences, payer_shard, fence);
+    }
+}
+
+/// Raises `fences[shard]` to at least `fence`.
+fn raise(fences: &mut BTreeMap<ShardId, u64>, shard: ShardId, fence: u64) {
+    let entry = fences.entry(shard).or_default();
+    *entry = (*entry).max(fence);
 }
 
 /// What an operation may read and where it leaves its output, lent by the node for one step.
@@ -515,8 +539,8 @@ impl NodeCore {
                 self.accept_leg(Origin::Remote(from, leg), shard, deadline_ms, request);
             }
             PeerMessage::LegReply { leg, reply } => self.leg_replied(leg, Some(from), reply),
-            PeerMessage::Credits { shard, credits, hops } => self.credits_received(from, shard, credits, hops),
-            PeerMessage::Decisions { shard, decisions, hops } => self.decisions_received(from, shard, decisions, hops),
+            PeerMessage::Credits { shard, credits, hops, fence } => self.credits_received(from, shard, credits, hops, fence),
+            PeerMessage::Decisions { shard, decisions, hops, fence } => self.decisions_received(from, shard, decisions, hops, fence),
             PeerMessage::LeaderHint { shard, leader } => self.learn_leader(shard, leader),
             PeerMessage::SnapshotFetch { shard, snapshot_id, after } => self.snapshot_fetch_received(from, shard, snapshot_id, after),
             PeerMessage::SnapshotChunk { shard, snapshot_id, entries, done, unknown } => {

@@ -179,6 +179,9 @@ pub(super) struct ShardPeer {
     pub incoming_snapshot: Option<super::snapshot::IncomingSnapshot>,
     /// When this leader last looked for due holds (`operation/holds.rs`), monotonic.
     pub holds_checked_ms: Option<u64>,
+    /// The backup fence this leader proposed because a message needed it, and when
+    /// (`operation/backup.rs`).
+    pub fence_proposed: Option<(u64, u64)>,
 }
 
 impl ShardPeer {
@@ -196,6 +199,7 @@ impl ShardPeer {
             leading: None,
             incoming_snapshot: None,
             holds_checked_ms: None,
+            fence_proposed: None,
         }
     }
 

@@ -242,6 +242,14 @@ impl NodeCore {
                 legs.push((shard, Request::ReadRiskLimits { shard }, Vec::new()));
                 CallState::Single(None)
             }
+            Request::Fence { shard, epoch } => {
+                legs.push((shard, Request::Fence { shard, epoch }, Vec::new()));
+                CallState::Single(None)
+            }
+            Request::BackupChunk { shard, epoch, after } => {
+                legs.push((shard, Request::BackupChunk { shard, epoch, after }, Vec::new()));
+                CallState::Single(None)
+            }
             Request::VerifyTransfer { payer, command } => {
                 legs.push((placement.shard_of(&payer), Request::VerifyTransfer { payer, command }, Vec::new()));
                 CallState::Single(None)
@@ -651,7 +659,10 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::ReadCustomer(customer), Reply::CustomerState(report)) => {
             report.as_ref().is_none_or(|report| report.record.id == *customer)
         }
-        (Request::SetRiskLimits { .. }, Reply::Risk(_)) | (Request::ReadRiskLimits { .. }, Reply::RiskLimits(_)) => true,
+        (Request::SetRiskLimits { .. }, Reply::Risk(_))
+        | (Request::ReadRiskLimits { .. }, Reply::RiskLimits(_))
+        | (Request::Fence { .. }, Reply::Fenced(_))
+        | (Request::BackupChunk { .. }, Reply::BackupChunk(_)) => true,
         (Request::VerifyTransfer { payer, command }, Reply::Transfers(results)) => {
             results.len() == 1
                 && match &results[0] {

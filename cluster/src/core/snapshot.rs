@@ -184,6 +184,7 @@ impl NodeCore {
         let mut resend = Vec::new();
         for (shard, peer) in self.peers.iter_mut() {
             peer.replica.expire_snapshot_sources(now);
+            peer.replica.expire_backup_view(now);
             let Some(incoming) = peer.incoming_snapshot.as_mut() else {
                 continue;
             };

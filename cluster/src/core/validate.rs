@@ -14,6 +14,8 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 
 /// The longest a leg may ask a leader to keep working on it.
+/// The longest record key a backup chunk may start after (ids are at most 64 bytes).
+const BACKUP_KEY_BYTES_MAX: usize = 1024;
 const LEG_TIMEOUT_MS_MAX: u64 = 120_000;
 /// The most items one leg may carry (a batch request's limit).
 const LEG_ITEMS_MAX: usize = 8_000;
@@ -49,6 +51,15 @@ pub(super) enum Checked {
 const SNAPSHOT_KEY_BYTES_MAX: usize = 256;
 
 impl NodeCore {
+    /// A backup fence epoch from a peer is at most `ledger::FENCE_AHEAD_MS_MAX` ahead of the
+    /// wall clock.
+    fn check_fence(&self, fence: u64) -> Result<(), Rejection> {
+        if fence > self.time.wall_ms.saturating_add(crate::ledger::FENCE_AHEAD_MS_MAX) {
+            return Err("fence_ahead");
+        }
+        Ok(())
+    }
+
     /// Checks a message from `from` before the core sees it.
     pub(super) fn check_peer_message(&self, from: NodeId, message: PeerMessage) -> Result<Checked, Rejection> {
         if from == self.config.node {
@@ -85,8 +96,9 @@ impl NodeCore {
                 Ok(Checked::Other(message))
             }
             PeerMessage::LegReply { .. } => Ok(Checked::Other(message)),
-            PeerMessage::Credits { shard, ref credits, hops } => {
+            PeerMessage::Credits { shard, ref credits, hops, fence } => {
                 self.check_shard(shard)?;
+                self.check_fence(fence)?;
                 if hops > HOPS_MAX || credits.len() > PROTOCOL_ITEMS_MAX {
                     return Err("protocol_bounds");
                 }
@@ -95,8 +107,9 @@ impl NodeCore {
                 }
                 Ok(Checked::Other(message))
             }
-            PeerMessage::Decisions { shard, ref decisions, hops } => {
+            PeerMessage::Decisions { shard, ref decisions, hops, fence } => {
                 self.check_shard(shard)?;
+                self.check_fence(fence)?;
                 if hops > HOPS_MAX || decisions.len() > PROTOCOL_ITEMS_MAX {
                     return Err("protocol_bounds");
                 }
@@ -213,7 +226,17 @@ impl NodeCore {
                 }
                 limits.check().map_err(|_| "risk_bounds")
             }
-            Request::ReadRiskLimits { shard } if *shard >= self.config.placement.shard_count() => Err("leg_bounds"),
+            Request::ReadRiskLimits { shard } | Request::Fence { shard, .. } if *shard >= self.config.placement.shard_count() => {
+                Err("leg_bounds")
+            }
+            Request::BackupChunk { shard, after, .. } => {
+                let too_long = after.as_ref().is_some_and(|after| after.len() > BACKUP_KEY_BYTES_MAX);
+                if *shard >= self.config.placement.shard_count() || too_long {
+                    return Err("leg_bounds");
+                }
+                Ok(())
+            }
+            Request::Fence { epoch, .. } => self.check_fence(*epoch),
             Request::ReadCustomer(_) | Request::ReadRiskLimits { .. } | Request::ReadChallenge { .. } => Ok(()),
             Request::VerifyTransfer { command: crate::ledger::VerifyCmd::IssueOtp { otp, .. }, .. } => {
                 otp.sealed.check().map_err(|_| "verify_bounds")

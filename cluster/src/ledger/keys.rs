@@ -31,6 +31,7 @@
 //! | `j` | — | `RiskLimits` (the limits this shard applies) |
 //! | `d` | transfer id | `Challenge` (a transfer awaiting verification) |
 //! | `C` | expiry (u64 BE), transfer id | nothing (open challenges by expiry) |
+//! | `F` | — | the backup fence epoch this shard applied last (`u64`, `fence.rs`) |
 //!
 //! The generation in use is `M`, the shard, `generation` (outside any generation). Values are
 //! bincode behind `LEDGER_FORMAT_VERSION`.
@@ -66,9 +67,10 @@ pub const SPEND: u8 = b'b';
 pub const LIMITS: u8 = b'j';
 pub const CHALLENGE: u8 = b'd';
 pub const CHALLENGE_EXPIRY: u8 = b'C';
+pub const FENCE: u8 = b'F';
 
 /// Every record kind of a generation (what a snapshot may carry).
-pub const KINDS: [u8; 27] = [
+pub const KINDS: [u8; 28] = [
     ACCOUNT,
     TRANSFER,
     CREDIT,
@@ -96,6 +98,7 @@ pub const KINDS: [u8; 27] = [
     LIMITS,
     CHALLENGE,
     CHALLENGE_EXPIRY,
+    FENCE,
 ];
 
 /// The prefix of every data key of one generation of a shard.

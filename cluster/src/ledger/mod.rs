@@ -19,6 +19,7 @@
 
 mod cache;
 mod customers;
+mod fence;
 mod holds;
 pub mod keys;
 mod refunds;
@@ -38,6 +39,7 @@ mod tests;
 
 pub use cache::CacheStats;
 pub use customers::*;
+pub use fence::*;
 pub use holds::*;
 pub use refunds::*;
 pub use risk::*;
@@ -98,11 +100,11 @@ fn stored_generation(shard: ShardId, get: impl Fn(&[u8]) -> Option<Vec<u8>>) -> 
     }
 }
 
-fn encode_value<T: Serialize>(value: &T) -> Value {
+pub(crate) fn encode_value<T: Serialize>(value: &T) -> Value {
     codec::encode(LEDGER_FORMAT_VERSION, value)
 }
 
-fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     codec::decode(LEDGER_FORMAT_VERSION, bytes)
 }
 
@@ -142,6 +144,8 @@ pub struct Ledger {
     /// per round, when a command changed it).
     clock: ShardClock,
     clock_changed: bool,
+    /// The last backup fence this shard applied (`fence.rs`), stored beside the records.
+    fence_epoch: u64,
 }
 
 impl Ledger {
@@ -187,6 +191,7 @@ impl Ledger {
             risk_limits: RiskLimits::default(),
             clock: ShardClock::default(),
             clock_changed: false,
+            fence_epoch: 0,
         }
     }
 
@@ -203,6 +208,11 @@ impl Ledger {
         }
     }
 
+    /// An applied mark as stored (a backup reads the one of its cut).
+    pub fn decode_mark(bytes: &[u8]) -> Result<AppliedMark, StoreError> {
+        decode_value(bytes).map_err(|error| StoreError(format!("an applied mark does not decode: {error}")))
+    }
+
     /// Reads what the ledger keeps in memory (the pending set, the inflow) and the applied mark
     /// of the current generation.
     fn load_meta(&mut self) -> Result<AppliedMark, StoreError> {
@@ -210,6 +220,7 @@ impl Ledger {
         self.load_frozen()?;
         self.load_limits()?;
         self.load_clock()?;
+        self.load_fence()?;
         if planted(self.planted, PlantedBug::AuditHeadNotLoaded) {
             self.audit_head = AuditHead::default();
         }
@@ -318,6 +329,9 @@ impl Ledger {
             return checked;
         }
         if let Some(checked) = suffix.first().and_then(|kind| verification::check_verification_record(*kind, value)) {
+            return checked;
+        }
+        if let Some(checked) = suffix.first().and_then(|kind| fence::check_fence_record(*kind, value)) {
             return checked;
         }
         match suffix.first().copied() {
@@ -576,6 +590,7 @@ impl Ledger {
                 let outcome = self.stop_command(now_ms, &command);
                 AppliedCommand::Stop { command, outcome }
             }
+            Command::Fence(epoch) => AppliedCommand::Fence { outcome: self.fence_command(epoch) },
         };
         if cfg!(debug_assertions) {
             self.assert_touched_accounts(&applied);
@@ -617,6 +632,7 @@ impl Ledger {
             AppliedCommand::HoldsExpired { expired, .. } => Applied::HoldsExpired(expired.len()),
             AppliedCommand::Customer { outcome, .. } => Applied::Customer(outcome),
             AppliedCommand::Risk { outcome, .. } => Applied::Risk(outcome),
+            AppliedCommand::Fence { outcome } => Applied::Fence(outcome),
         };
         let mark = AppliedMark { index: now_ms, ..AppliedMark::default() };
         self.commit_round(&mark).expect("a test store takes writes");
@@ -1042,7 +1058,8 @@ impl Ledger {
             | AppliedCommand::Stop { .. }
             | AppliedCommand::HoldsExpired { .. }
             | AppliedCommand::Customer { .. }
-            | AppliedCommand::Risk { .. } => [None, None],
+            | AppliedCommand::Risk { .. }
+            | AppliedCommand::Fence { .. } => [None, None],
         };
         for id in touched.into_iter().flatten() {
             if let Some(account) = self.account(id) {

@@ -1,6 +1,7 @@
 //! The ledger's nouns: accounts, records, commands and their outcomes.
 
 use super::customers::{CustomerCmd, CustomerOutcome};
+use super::fence::FenceOutcome;
 use super::holds::{CaptureCmd, HoldCmd, HoldRecord, VoidCmd};
 use super::refunds::RefundCmd;
 use super::risk::{RiskCmd, RiskOutcome};
@@ -588,6 +589,9 @@ pub enum Command {
     Risk(RiskCmd),
     /// A verification attempt or a one-time code issued (`verification.rs`).
     Verify(VerifyCmd),
+    /// A backup fence (`fence.rs`): raises the shard's fence epoch; the entry that raises it
+    /// ends the shard's part of that backup's cut.
+    Fence(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -641,6 +645,7 @@ pub enum Applied {
     HoldsExpired(usize),
     Customer(CustomerOutcome),
     Risk(RiskOutcome),
+    Fence(FenceOutcome),
 }
 
 /// One command as applied, with its outcome and, when asked for (on a leader, whose waiters
@@ -700,5 +705,8 @@ pub enum AppliedCommand {
     Risk {
         command: RiskCmd,
         outcome: RiskOutcome,
+    },
+    Fence {
+        outcome: FenceOutcome,
     },
 }

@@ -119,7 +119,7 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/transfers/{id}/verification", true) => Access::Roles(STAFF),
         ("/v1/risk/limits", true) => Access::Roles(OBSERVERS),
         ("/v1/risk/limits", false) => Access::Roles(STAFF),
-        ("/admin/faults", _) => Access::Roles(ADMIN),
+        ("/admin/faults" | "/admin/backup/fence" | "/admin/backup/shards/{id}", _) => Access::Roles(ADMIN),
         ("/admin/drain" | "/admin/shards/{id}/transfer-leader", _) => Access::Roles(STAFF),
         _ => Access::Roles(EVERY_ROLE),
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod amount;
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod customers;
 pub mod errors;
@@ -158,6 +159,8 @@ pub fn app(
         )
         .service(resource("/admin/shards/{id}/transfer-leader").route(web::post().to(admin::transfer_leader)))
         .service(resource("/admin/drain").route(web::post().to(admin::drain)).route(web::delete().to(admin::drain)))
+        .service(resource("/admin/backup/fence").route(web::post().to(backup::fence)))
+        .service(resource("/admin/backup/shards/{id}").route(web::get().to(backup::chunk)))
         .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response() }))
 }
 

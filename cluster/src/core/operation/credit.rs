@@ -17,23 +17,29 @@ impl NodeCore {
     /// to the other leaders.
     pub(in crate::core) fn route_credits(&mut self) {
         let node = self.config.node;
+        let mut fences = std::mem::take(&mut self.outbox.credit_fences);
         for (payee_shard, credits) in std::mem::take(&mut self.outbox.credits) {
+            let fence = fences.remove(&payee_shard).unwrap_or(0);
             let local_leader = self.peers.get(&payee_shard).is_some_and(|peer| peer.replica.is_leader());
             if !local_leader {
                 if let Some(leader) = self.leader_of(payee_shard).filter(|leader| *leader != node) {
-                    self.send(leader, PeerMessage::Credits { shard: payee_shard, credits, hops: 0 });
+                    self.send(leader, PeerMessage::Credits { shard: payee_shard, credits, hops: 0, fence });
                 }
                 continue;
             }
             let (mut ctx, peers) = self.ctx();
-            propose(peers.get_mut(&payee_shard).expect("checked"), credits, &mut ctx);
+            let peer = peers.get_mut(&payee_shard).expect("checked");
+            // Not before this shard's cut for the payers' backup fence: the payers re-send.
+            if super::backup::fenced(peer, fence, &mut ctx) {
+                propose(peer, credits, &mut ctx);
+            }
             self.dirty.insert(payee_shard);
         }
     }
 
     /// Credit requests from another node's coordinator, for a payee shard led here (or
     /// forwarded once toward the leader this node knows).
-    pub(in crate::core) fn credits_received(&mut self, from: NodeId, shard: ShardId, credits: Vec<CreditCmd>, hops: u8) {
+    pub(in crate::core) fn credits_received(&mut self, from: NodeId, shard: ShardId, credits: Vec<CreditCmd>, hops: u8, fence: u64) {
         if self.peers.get(&shard).is_some_and(|peer| peer.replica.is_leader()) {
             // Credit requests come from the payer shard's leader: that is where decisions go.
             if hops == 0 {
@@ -41,11 +47,13 @@ impl NodeCore {
                     self.learn_leader(credit.payer_shard, from);
                 }
             }
-            self.outbox.credits.entry(shard).or_default().extend(credits);
+            for credit in credits {
+                self.outbox.credit(shard, credit, fence);
+            }
             return;
         }
         if let Some(leader) = self.redirect(from, shard, hops) {
-            self.send(leader, PeerMessage::Credits { shard, credits, hops: hops + 1 });
+            self.send(leader, PeerMessage::Credits { shard, credits, hops: hops + 1, fence });
         }
     }
 }
@@ -68,7 +76,7 @@ fn propose(peer: &mut ShardPeer, credits: Vec<CreditCmd>, ctx: &mut Ctx) {
         if let Some(decision) = known {
             // Decisions never change, so an applied one can be answered without a proposal.
             let finalize = FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision };
-            ctx.out.decisions.entry(credit.payer_shard).or_default().push(finalize);
+            ctx.out.decision(credit.payer_shard, finalize, peer.replica.ledger().fence_epoch());
             continue;
         }
         if peer.credits_proposed_ms.get(&credit.id).is_some_and(|at| now.saturating_sub(*at) < retry_after) {
@@ -92,5 +100,5 @@ pub(in crate::core) fn applied(peer: &mut ShardPeer, credit: CreditCmd, outcome:
     };
     let payer_shard = credit.payer_shard;
     let finalize = FinalizeCmd { body: credit.body(), id: credit.id, decision };
-    ctx.out.decisions.entry(payer_shard).or_default().push(finalize);
+    ctx.out.decision(payer_shard, finalize, peer.replica.ledger().fence_epoch());
 }

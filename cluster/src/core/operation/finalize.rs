@@ -15,27 +15,35 @@ impl NodeCore {
     /// messages to the other leaders.
     pub(in crate::core) fn route_decisions(&mut self) {
         let node = self.config.node;
+        let mut fences = std::mem::take(&mut self.outbox.decision_fences);
         for (payer_shard, decisions) in std::mem::take(&mut self.outbox.decisions) {
+            let fence = fences.remove(&payer_shard).unwrap_or(0);
             let local_leader = self.peers.get(&payer_shard).is_some_and(|peer| peer.replica.is_leader());
             if !local_leader {
                 if let Some(leader) = self.leader_of(payer_shard).filter(|leader| *leader != node) {
-                    self.send(leader, PeerMessage::Decisions { shard: payer_shard, decisions, hops: 0 });
+                    self.send(leader, PeerMessage::Decisions { shard: payer_shard, decisions, hops: 0, fence });
                 }
                 continue;
             }
             let (mut ctx, peers) = self.ctx();
-            propose(peers.get_mut(&payer_shard).expect("checked"), decisions, &mut ctx);
+            let peer = peers.get_mut(&payer_shard).expect("checked");
+            // Not before this shard's cut for the payee's backup fence: the drive asks again.
+            if super::backup::fenced(peer, fence, &mut ctx) {
+                propose(peer, decisions, &mut ctx);
+            }
             self.dirty.insert(payer_shard);
         }
     }
 
-    pub(in crate::core) fn decisions_received(&mut self, from: NodeId, shard: ShardId, decisions: Vec<FinalizeCmd>, hops: u8) {
+    pub(in crate::core) fn decisions_received(&mut self, from: NodeId, shard: ShardId, decisions: Vec<FinalizeCmd>, hops: u8, fence: u64) {
         if self.peers.get(&shard).is_some_and(|peer| peer.replica.is_leader()) {
-            self.outbox.decisions.entry(shard).or_default().extend(decisions);
+            for decision in decisions {
+                self.outbox.decision(shard, decision, fence);
+            }
             return;
         }
         if let Some(leader) = self.redirect(from, shard, hops) {
-            self.send(leader, PeerMessage::Decisions { shard, decisions, hops: hops + 1 });
+            self.send(leader, PeerMessage::Decisions { shard, decisions, hops: hops + 1, fence });
         }
     }
 }

@@ -8,6 +8,7 @@
 //! in each match below (plus its variants in `Request`/`Command`; see ARCHITECTURE.md).
 
 pub(super) mod account;
+pub(super) mod backup;
 pub(super) mod credit;
 pub(super) mod customer;
 pub(super) mod finalize;
@@ -60,7 +61,10 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Capture { payer, .. } | Request::Void { payer, .. } => ctx.placement.shard_of(payer) == shard,
         Request::Customer(command) => customer::shard(ctx.placement, command) == shard,
         Request::ReadCustomer(customer) => ctx.placement.customer_shard_of(customer) == shard,
-        Request::SetRiskLimits { shard: named, .. } | Request::ReadRiskLimits { shard: named } => *named == shard,
+        Request::SetRiskLimits { shard: named, .. }
+        | Request::ReadRiskLimits { shard: named }
+        | Request::Fence { shard: named, .. }
+        | Request::BackupChunk { shard: named, .. } => *named == shard,
         Request::VerifyTransfer { payer, .. } | Request::ReadChallenge { payer, .. } => ctx.placement.shard_of(payer) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
@@ -82,6 +86,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
             propose_single(peer, origin, deadline_ms, Command::Risk(crate::ledger::RiskCmd::SetLimits(limits)))
         }
         Request::Refund(refund) => transfer::accept_refund(peer, origin, deadline_ms, refund),
+        Request::Fence { epoch, .. } => backup::accept_fence(peer, origin, deadline_ms, epoch),
+        Request::BackupChunk { epoch, after, .. } => backup::accept_chunk(peer, origin, epoch, after, ctx),
         Request::VerifyTransfer { command, .. } => holds::accept(peer, origin, deadline_ms, Command::Verify(command)),
         request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
             Some(command) => holds::accept(peer, origin, deadline_ms, command),
@@ -116,5 +122,6 @@ pub(super) fn applied(peer: &mut ShardPeer, proposal: AppliedProposal, ctx: &mut
         AppliedCommand::HoldsExpired { expired, settled } => holds::expired(peer, &expired, &settled, ctx),
         AppliedCommand::Customer { outcome, .. } => answer_single(peer, tag, Reply::Customer(Box::new(outcome)), ctx),
         AppliedCommand::Risk { outcome, .. } => answer_single(peer, tag, Reply::Risk(outcome), ctx),
+        AppliedCommand::Fence { outcome } => backup::applied(peer, tag, outcome, ctx),
     }
 }

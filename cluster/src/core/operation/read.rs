@@ -141,6 +141,8 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::Void { .. }
         | Request::Customer(_)
         | Request::SetRiskLimits { .. }
-        | Request::VerifyTransfer { .. } => Reply::Unavailable,
+        | Request::VerifyTransfer { .. }
+        | Request::Fence { .. }
+        | Request::BackupChunk { .. } => Reply::Unavailable,
     }
 }

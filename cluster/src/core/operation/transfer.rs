@@ -81,7 +81,7 @@ pub(in crate::core) fn prepared(peer: &mut ShardPeer, transfer: &TransferCmd, ct
         prevent: false,
         payer_kind: payer_kind(peer, &transfer.from),
     };
-    ctx.out.credits.entry(ctx.placement.shard_of(&transfer.to)).or_default().push(credit);
+    ctx.out.credit(ctx.placement.shard_of(&transfer.to), credit, peer.replica.ledger().fence_epoch());
     let now = ctx.time.monotonic_ms;
     let drive = peer.drive(&transfer.id);
     drive.credit_sent_ms = Some(now);
@@ -124,6 +124,7 @@ pub(in crate::core) fn redrive(peer: &mut ShardPeer, ctx: &mut Ctx) {
             let payer_kind = payer_kind(peer, &record.from);
             resend.push((CreditCmd::for_record(record, payer_kind, payer_shard, prevent), sent_before));
         }
+        let fence = peer.replica.ledger().fence_epoch();
         for (credit, sent_before) in resend {
             let payee_shard = ctx.placement.shard_of(&credit.to);
             ctx.stats.redrives += 1;
@@ -139,7 +140,7 @@ pub(in crate::core) fn redrive(peer: &mut ShardPeer, ctx: &mut Ctx) {
                 peer.propose_untagged(Command::Finalize(FinalizeCmd { id: credit.id.clone(), body: credit.body(), decision }));
                 continue;
             }
-            ctx.out.credits.entry(payee_shard).or_default().push(credit);
+            ctx.out.credit(payee_shard, credit, fence);
         }
     }
     let stale_after = redrive_interval_ms.saturating_mul(10);

@@ -1,0 +1,47 @@
+//! Backups (`ledger/fence.rs`, `backup.rs`): a fence proposed on one named shard, answered once
+//! applied; a chunk of a shard's cut, answered by the leader from the view its replica kept;
+//! and the marker rule of the cross-shard protocol — a leader acts on a credit request or a
+//! decision only once its shard applied the sender's fence (`fenced`).
+
+use super::super::peer::{Origin, ShardPeer};
+use super::super::Ctx;
+use crate::ledger::{Command, FenceOutcome};
+use crate::message::Reply;
+use crate::planted::{planted, PlantedBug};
+use crate::snapshot::SNAPSHOT_CHUNK_BYTES_MAX;
+
+/// A fence for this shard: proposed, answered when applied (`applied`).
+pub(super) fn accept_fence(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, epoch: u64) {
+    super::propose_single(peer, origin, deadline_ms, Command::Fence(epoch));
+}
+
+/// A chunk of the shard's cut for `epoch`, answered at once from this replica's view.
+pub(super) fn accept_chunk(peer: &mut ShardPeer, origin: Origin, epoch: u64, after: Option<Vec<u8>>, ctx: &mut Ctx) {
+    let chunk = peer.replica.backup_chunk(epoch, after.as_deref(), SNAPSHOT_CHUNK_BYTES_MAX, ctx.time.monotonic_ms);
+    let reply = if peer.replica.ledger().damage().is_some() { Reply::Unavailable } else { Reply::BackupChunk(Box::new(chunk)) };
+    ctx.out.replies.push((origin, reply));
+}
+
+/// A fence applied on this shard.
+pub(super) fn applied(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, outcome: FenceOutcome, ctx: &mut Ctx) {
+    if peer.fence_proposed.is_some_and(|(epoch, _)| epoch <= outcome.epoch) {
+        peer.fence_proposed = None;
+    }
+    super::answer_single(peer, tag, Reply::Fenced(outcome), ctx);
+}
+
+/// Whether this leader's shard has applied backup fence `fence` (a message from a shard past it
+/// may be acted on). If not, proposes that fence (again after `redrive_interval_ms`) and the
+/// caller drops the message: its sender re-sends it, and by then this shard's cut is taken.
+pub(in crate::core) fn fenced(peer: &mut ShardPeer, fence: u64, ctx: &mut Ctx) -> bool {
+    if fence <= peer.replica.ledger().fence_epoch() || planted(ctx.planted, PlantedBug::FenceIgnored) {
+        return true;
+    }
+    let now = ctx.time.monotonic_ms;
+    let recent = peer.fence_proposed.is_some_and(|(epoch, at)| epoch >= fence && now.saturating_sub(at) < ctx.limits.redrive_interval_ms);
+    if !recent {
+        peer.fence_proposed = Some((fence, now));
+        peer.propose_untagged(Command::Fence(fence));
+    }
+    false
+}
