@@ -35,7 +35,8 @@ fn every_drill_scenario_passes_on_a_local_cluster() {
             "rolling-restart",
             "full-restart",
             "slow-disk",
-            "leader-transfer"
+            "leader-transfer",
+            "backup-restore"
         ]
     );
     for scenario in scenarios {
@@ -46,6 +47,13 @@ fn every_drill_scenario_passes_on_a_local_cluster() {
         assert!(scenario["recovery_ms"].is_u64(), "{scenario}");
         assert!(scenario["requests"]["succeeded"].as_u64().unwrap() > 0, "{scenario}");
         let name = scenario["scenario"].as_str().unwrap();
+        if name == "backup-restore" {
+            let targets = scenario["targets"].as_array().unwrap();
+            let restored: Vec<&Value> =
+                targets.iter().filter(|target| target["target"].as_str().unwrap().starts_with("restored")).collect();
+            assert_eq!(restored.len(), 3, "{scenario}");
+            assert!(restored.iter().all(|target| target["met"] == true), "{scenario}");
+        }
         for extension in ["md", "json", "xml"] {
             assert!(dir.path().join("reports").join(format!("{name}.{extension}")).is_file(), "{name}.{extension}");
         }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use workload::Workload;
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "leader-kill",
     "node-pause",
     "partition-minority",
@@ -30,12 +30,14 @@ pub const SCENARIOS: [&str; 8] = [
     "full-restart",
     "slow-disk",
     "leader-transfer",
+    "backup-restore",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrillFlags {
     /// leader-kill, node-pause, partition-minority, partition-leader, rolling-restart,
-    /// full-restart, slow-disk, leader-transfer, all — or `heal` to remove every injected fault.
+    /// full-restart, slow-disk, leader-transfer, backup-restore, all — or `heal` to remove every
+    /// injected fault.
     pub scenario: String,
     /// Nodes of a running cluster (started with --faults-enabled and an admin token).
     #[arg(long, value_delimiter = ',')]
@@ -106,6 +108,12 @@ struct Drilled {
     /// Nodes currently SIGSTOPped or killed by the drill (healed on the way out).
     paused: Vec<usize>,
     killed: Vec<usize>,
+    /// What `settle backup` needs (backup-restore): the API key and the cluster CA; where the
+    /// backup goes; and, once taken, when it began (workload time).
+    api_key: Option<String>,
+    ca: Option<PathBuf>,
+    backup_dir: PathBuf,
+    backup_started_ms: Option<u64>,
 }
 
 /// `settle drill`: against `--target`, or a local cluster of the running `settle` binary.
@@ -131,9 +139,13 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
             nodes: BTreeMap::new(),
             token,
             client: client(cluster.ca.as_deref(), Some(&cluster.admin_key))?,
+            api_key: Some(cluster.admin_key.clone()),
+            ca: cluster.ca.clone(),
             local: Some(cluster),
             paused: Vec::new(),
             killed: Vec::new(),
+            backup_dir: flags.report_dir.join("backup-restore-backup"),
+            backup_started_ms: None,
         }
     } else {
         let token = flags.admin_token.clone().context("--admin-token (or SETTLE_ADMIN_TOKEN) is needed to drill a running cluster")?;
@@ -145,6 +157,10 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
             client: client(flags.ca_cert.as_deref(), flags.api_key.as_deref())?,
             paused: Vec::new(),
             killed: Vec::new(),
+            api_key: flags.api_key.clone(),
+            ca: flags.ca_cert.clone(),
+            backup_dir: flags.report_dir.join("backup-restore-backup"),
+            backup_started_ms: None,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -261,6 +277,8 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     timeline.push((workload.now_ms(), "workload stopped".to_string()));
     workload.stop().await;
     let findings = workload::check(&drilled.client, &drilled.urls, &workload).await?;
+    let restored =
+        if scenario == "backup-restore" { Some(drilled.restore_and_check(shards, &workload, &mut timeline).await?) } else { None };
     let history = workload.history.lock().expect("history");
     let mut report = Report::new(scenario, timeline, &history, &findings);
     let (throughput, p50, p99) = report::steady_state(&history, steady_from, steady_to);
@@ -273,6 +291,16 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     report.recovery_ms = recovery_ms;
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
     report.targets = targets(scenario, &report, success);
+    if let Some((ready_ms, restored)) = restored {
+        report.targets.extend(restore_targets(ready_ms, &restored));
+        // The restored cluster's checks are part of the verdict.
+        let failing: Vec<String> = restored
+            .verdicts("drill")
+            .into_iter()
+            .filter_map(|(name, verdict)| verdict.err().map(|why| format!("{name}: {why}")))
+            .collect();
+        report.checks.insert("restored_consistent", if failing.is_empty() { Ok(()) } else { Err(failing.join("; ")) });
+    }
     Ok(report)
 }
 
@@ -304,6 +332,23 @@ fn leader_moved(view: &ClusterView, id: u32, to: u64, term: u64) -> bool {
     };
     let (leader_now, term_now) = (shard.leader, shard.term);
     (leader_now == Some(to) && term_now > term) || (leader_now.is_some() && term_now >= term + 2)
+}
+
+/// What the cluster restored from the drill's backup must show: every transfer acknowledged
+/// before the backup began (RPO 0 at the backup's start), and every history check.
+fn restore_targets(ready_ms: u64, findings: &crate::history::Findings) -> Vec<(String, String, bool)> {
+    let lost = findings.acknowledged_lost_count();
+    let failing: Vec<String> =
+        findings.verdicts("drill").into_iter().filter_map(|(name, verdict)| verdict.err().map(|why| format!("{name}: {why}"))).collect();
+    vec![
+        ("restored: RPO 0 at the backup's start".to_string(), lost.to_string(), lost == 0),
+        (
+            "restored: every check passes (conservation, at most once, ...)".to_string(),
+            if failing.is_empty() { "all pass".to_string() } else { failing.join("; ") },
+            failing.is_empty(),
+        ),
+        ("restored cluster ready".to_string(), format!("{ready_ms} ms"), true),
+    ]
 }
 
 fn targets(scenario: &str, report: &Report, success: f64) -> Vec<(String, String, bool)> {
@@ -463,6 +508,7 @@ impl Drilled {
             "leader-transfer" => return self.transfer_one_leader(workload, timeline).await,
             "rolling-restart" => return self.rolling_restart(workload, timeline).await,
             "full-restart" => return self.full_restart(workload, timeline).await,
+            "backup-restore" => return self.take_backup(workload, timeline).await,
             other => bail!("unknown scenario {other}"),
         };
         // The victim: the named node, else the node leading the fewest shards for a minority
@@ -591,6 +637,77 @@ impl Drilled {
             timeline.push((workload.now_ms(), format!("node {node} restarted and ready")));
         }
         Ok(())
+    }
+
+    /// Takes an online backup with `settle backup` while the workload runs.
+    async fn take_backup(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        if self.backup_dir.exists() {
+            std::fs::remove_dir_all(&self.backup_dir).with_context(|| format!("removing {}", self.backup_dir.display()))?;
+        }
+        let mut command = std::process::Command::new(settle_binary()?);
+        command.arg("backup").arg("--to").arg(&self.backup_dir).arg("--target").arg(self.urls.join(","));
+        if let Some(key) = &self.api_key {
+            command.env("SETTLE_API_KEY", key);
+        }
+        if let Some(ca) = &self.ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        let started_ms = workload.now_ms();
+        timeline.push((started_ms, format!("settle backup --to {}", self.backup_dir.display())));
+        let output = tokio::task::spawn_blocking(move || command.output()).await??;
+        if !output.status.success() {
+            bail!("settle backup failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        let said = String::from_utf8_lossy(&output.stdout);
+        let summary = said.lines().find(|line| line.starts_with("backup complete")).unwrap_or("backup complete").to_string();
+        timeline.push((workload.now_ms(), summary));
+        self.backup_started_ms = Some(started_ms);
+        Ok(())
+    }
+
+    /// Starts a new local cluster from the backup and checks it against the history: a
+    /// transfer finished before the backup began must read back as its client was told; one
+    /// finished later may or may not be in the cut (the read-back decides), and every check
+    /// (conservation, at most once, no overdraft) must pass. Returns how long the restored
+    /// cluster took to be ready, and the findings.
+    async fn restore_and_check(
+        &mut self,
+        shards: u32,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<(u64, crate::history::Findings)> {
+        let started_ms = self.backup_started_ms.context("no backup was taken")?;
+        let keys_from = self.local.as_ref().and_then(LocalCluster::temporary_dir).map(PathBuf::from).unwrap_or_default();
+        let backup = self.backup_dir.clone();
+        let nodes = u64::try_from(self.urls.len())?;
+        let began = Instant::now();
+        timeline.push((workload.now_ms(), "restoring the backup into a new local cluster".to_string()));
+        let restored = tokio::task::spawn_blocking(move || {
+            LocalCluster::start_temporary_restored("drill-restore", &settle_binary()?, nodes, shards, &backup, &keys_from)
+        })
+        .await??;
+        let ready_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        timeline.push((workload.now_ms(), format!("restored cluster ready ({ready_ms} ms)")));
+        let mut history = workload.client_history();
+        history.transfers = workload
+            .history
+            .lock()
+            .expect("history")
+            .outcomes
+            .iter()
+            .map(|outcome| {
+                let told = if outcome.finished_ms < started_ms { outcome.told.clone() } else { crate::history::Told::Unknown };
+                (outcome.transfer.clone(), told)
+            })
+            .collect();
+        history.read_anomalies.clear();
+        let client =
+            crate::http::client_builder(restored.ca.as_deref(), self.api_key.as_deref())?.timeout(Duration::from_secs(5)).build()?;
+        let read_back = crate::history::ReadBack::read(&client, &restored.urls, &history).await?;
+        let findings = crate::history::check(&history, &read_back);
+        timeline.push((workload.now_ms(), "restored cluster checked against the history".to_string()));
+        tokio::task::spawn_blocking(move || drop(restored)).await?;
+        Ok((ready_ms, findings))
     }
 
     async fn full_restart(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {

@@ -182,6 +182,10 @@ pub(super) struct ShardPeer {
     /// The backup fence this leader proposed because a message needed it, and when
     /// (`operation/backup.rs`).
     pub fence_proposed: Option<(u64, u64)>,
+    /// Credit requests and decisions waiting for that fence to apply (then acted on at once;
+    /// bounded, and what does not fit is dropped: the protocol re-sends it).
+    pub fenced_credits: Vec<crate::ledger::CreditCmd>,
+    pub fenced_decisions: Vec<crate::ledger::FinalizeCmd>,
 }
 
 impl ShardPeer {
@@ -200,6 +204,8 @@ impl ShardPeer {
             incoming_snapshot: None,
             holds_checked_ms: None,
             fence_proposed: None,
+            fenced_credits: Vec::new(),
+            fenced_decisions: Vec::new(),
         }
     }
 
@@ -316,6 +322,9 @@ impl ShardPeer {
         self.finalize_waiters.clear();
         self.drives.clear();
         self.credits_proposed_ms.clear();
+        self.fence_proposed = None;
+        self.fenced_credits.clear();
+        self.fenced_decisions.clear();
     }
 
     /// Drops tasks long past their deadline and the bookkeeping that pointed at them.

@@ -6,8 +6,8 @@
 //! apply at different moments, so the cross-shard protocol carries the sender shard's fence
 //! epoch on its messages (credit requests, decisions: `PeerMessage::Credits/Decisions::fence`),
 //! and a shard acts on such a message only once its own fence epoch is at least as high: if it
-//! is lower, its leader proposes that fence first and drops the message, which the protocol
-//! re-sends. This is Chandy–Lamport's marker rule over the protocol's messages: no state in a cut
+//! is lower, its leader proposes that fence first and parks the message until the fence applies
+//! (bounded; what does not fit is dropped, and the protocol re-sends it). This is Chandy–Lamport's marker rule over the protocol's messages: no state in a cut
 //! depends on a message sent after the sender's cut. So a posted cross-shard transfer in its
 //! payer's cut has its credit in its payee's cut, and a credit in a payee's cut has its pending
 //! or final record in the payer's cut (a transfer prepared but not yet decided in the cut is

@@ -22,17 +22,39 @@ pub(super) fn accept_chunk(peer: &mut ShardPeer, origin: Origin, epoch: u64, aft
     ctx.out.replies.push((origin, reply));
 }
 
-/// A fence applied on this shard.
+/// A fence applied on this shard: the messages parked for it are acted on now (on a leader;
+/// a replica that does not lead drops them, their senders re-send them to the new leader).
 pub(super) fn applied(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, outcome: FenceOutcome, ctx: &mut Ctx) {
     if peer.fence_proposed.is_some_and(|(epoch, _)| epoch <= outcome.epoch) {
         peer.fence_proposed = None;
+        let shard = peer.replica.shard();
+        let credits = std::mem::take(&mut peer.fenced_credits);
+        let decisions = std::mem::take(&mut peer.fenced_decisions);
+        if peer.replica.is_leader() {
+            for credit in credits {
+                ctx.out.credit(shard, credit, outcome.epoch);
+            }
+            for decision in decisions {
+                ctx.out.decision(shard, decision, outcome.epoch);
+            }
+        }
     }
     super::answer_single(peer, tag, Reply::Fenced(outcome), ctx);
 }
 
+/// At most this many credit requests (or decisions) wait for a fence on one shard.
+const PARKED_MAX: usize = 4_096;
+
+/// Keeps messages until the fence they need applies (`applied`); past `PARKED_MAX` they are
+/// dropped, and the protocol re-sends them.
+pub(in crate::core) fn park<T>(parked: &mut Vec<T>, items: Vec<T>) {
+    let room = PARKED_MAX.saturating_sub(parked.len());
+    parked.extend(items.into_iter().take(room));
+}
+
 /// Whether this leader's shard has applied backup fence `fence` (a message from a shard past it
 /// may be acted on). If not, proposes that fence (again after `redrive_interval_ms`) and the
-/// caller drops the message: its sender re-sends it, and by then this shard's cut is taken.
+/// caller parks the message until it applies (`park`).
 pub(in crate::core) fn fenced(peer: &mut ShardPeer, fence: u64, ctx: &mut Ctx) -> bool {
     if fence <= peer.replica.ledger().fence_epoch() || planted(ctx.planted, PlantedBug::FenceIgnored) {
         return true;

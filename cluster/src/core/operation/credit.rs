@@ -29,9 +29,11 @@ impl NodeCore {
             }
             let (mut ctx, peers) = self.ctx();
             let peer = peers.get_mut(&payee_shard).expect("checked");
-            // Not before this shard's cut for the payers' backup fence: the payers re-send.
+            // Not before this shard's cut for the payers' backup fence: they wait for it.
             if super::backup::fenced(peer, fence, &mut ctx) {
                 propose(peer, credits, &mut ctx);
+            } else {
+                super::backup::park(&mut peer.fenced_credits, credits);
             }
             self.dirty.insert(payee_shard);
         }

@@ -27,9 +27,11 @@ impl NodeCore {
             }
             let (mut ctx, peers) = self.ctx();
             let peer = peers.get_mut(&payer_shard).expect("checked");
-            // Not before this shard's cut for the payee's backup fence: the drive asks again.
+            // Not before this shard's cut for the payee's backup fence: they wait for it.
             if super::backup::fenced(peer, fence, &mut ctx) {
                 propose(peer, decisions, &mut ctx);
+            } else {
+                super::backup::park(&mut peer.fenced_decisions, decisions);
             }
             self.dirty.insert(payer_shard);
         }
