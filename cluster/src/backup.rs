@@ -89,7 +89,8 @@ pub fn restore_shard(
 }
 
 /// Checks that a backup's shards form one consistent cut (every shard opened from the backup):
-/// a posted cross-shard transfer's payee shard holds its credit; a credit's payer shard holds its
+/// every recorded transfer's id is reserved on its home shard; a posted cross-shard transfer's
+/// payee shard holds its credit; a credit's payer shard holds its
 /// transfer (pending or final, never rejected while credited); and the money in flight balances
 /// — the shards' net inflows sum to what was credited for transfers still pending on their payer
 /// shard. Needs every shard; `placement` routes ids as the backed-up cluster did.
@@ -97,6 +98,23 @@ pub fn check_cut(placement: &Placement, ledgers: &BTreeMap<ShardId, Ledger>) -> 
     let mut in_flight: BTreeMap<Currency, Minor> = BTreeMap::new();
     for (shard, ledger) in ledgers {
         for record in ledger.transfers() {
+            // Every id is reserved on its home shard before its payer's shard records it.
+            let home = crate::placement::home_shard_of(&record.id, placement.shard_count());
+            if home != *shard {
+                let Some(home_ledger) = ledgers.get(&home) else {
+                    return Err(format!("the backup lacks shard {home}"));
+                };
+                // (A hold captured in part keeps the captured amount: at most what was reserved.)
+                let reserved = home_ledger.reservation(&record.id).is_some_and(|body| {
+                    body.from == record.from && body.to == record.to && body.currency == record.currency && record.amount <= body.amount
+                });
+                if !reserved {
+                    return Err(format!(
+                        "transfer {} is recorded on shard {shard} but its home shard {home} holds no reservation of it",
+                        record.id
+                    ));
+                }
+            }
             if !record.cross_shard {
                 continue;
             }

@@ -184,6 +184,12 @@ pub enum Request {
         epoch: u64,
         after: Option<Vec<u8>>,
     },
+    /// Internal to legs: a payer-shard leg (transfers, a refund, a hold) whose ids a home shard
+    /// at backup fence `fence` reserved; the payer shard applies that fence before accepting it.
+    Fenced {
+        fence: u64,
+        request: Box<Request>,
+    },
 }
 
 /// The outcome of one account of a batch.
@@ -228,7 +234,12 @@ pub enum Reply {
     /// The home shard's answer to `Request::Reserve`, item by item, each with the reservation
     /// it answers (so the origin matches it against what it asked, never trusting a leg id
     /// alone: a replayed or misdirected reply must not clear a transfer).
-    Reservations(Vec<(ReserveCmd, ReserveOutcome)>),
+    /// `fence`: the home shard's backup fence epoch; the transfers it cleared go to their payer
+    /// shards wrapped in `Request::Fenced` with it (`ledger/fence.rs`).
+    Reservations {
+        answers: Vec<(ReserveCmd, ReserveOutcome)>,
+        fence: u64,
+    },
     AccountState(Option<AccountView>),
     Transfer(Option<TransferView>),
     /// The home shard's answer to a lookup without payer when the record lives on the payer's

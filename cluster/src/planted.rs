@@ -74,9 +74,10 @@ pub enum PlantedBug {
     /// and clears it first with a background delete, which then meets (and deletes) what the
     /// new stream staged, or the state it installed.
     StagingRangeReused,
-    /// A shard acts on a credit request or a decision from a shard past a backup fence before
-    /// applying that fence itself (Chandy–Lamport's marker rule broken): a backup's cut can
-    /// hold a posted transfer without its credit, or a credit without its transfer.
+    /// A shard acts on a credit request, a decision or a reserved transfer from a shard past a
+    /// backup fence before applying that fence itself (Chandy–Lamport's marker rule broken): a
+    /// backup's cut can hold a posted transfer without its credit, a credit without its
+    /// transfer, or a transfer without its id's reservation.
     FenceIgnored,
 }
 

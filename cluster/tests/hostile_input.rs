@@ -115,15 +115,13 @@ fn message() -> impl Strategy<Value = PeerMessage> {
         body,
         decision: if credited { Decision::Credited } else { Decision::Refused(RejectCode::PayeeNotFound) },
     });
-    let transfer = (id(), body()).prop_map(|(id, body)| TransferRequest {
-        id,
-        from: body.from,
-        to: body.to,
-        amount: body.amount,
-        currency: body.currency,
-    });
+    let transfer = (id(), body())
+        .prop_map(|(id, body)| TransferRequest { id, from: body.from, to: body.to, amount: body.amount, currency: body.currency })
+        .boxed();
     let request = prop_oneof![
-        proptest::collection::vec(transfer, 0..4).prop_map(Request::Transfers),
+        proptest::collection::vec(transfer.clone(), 0..4).prop_map(Request::Transfers),
+        (any::<u64>(), proptest::collection::vec(transfer, 0..4))
+            .prop_map(|(fence, items)| Request::Fenced { fence, request: Box::new(Request::Transfers(items)) }),
         proptest::collection::vec((id(), body()).prop_map(|(id, body)| ReserveCmd { id, body }), 0..4).prop_map(Request::Reserve),
         account().prop_map(|id| Request::CreateAccount(AccountRequest {
             id,

@@ -99,13 +99,13 @@ impl Slots {
     }
 
     /// The reply once every slot is filled (a missing one would be a bug in `open` counting).
-    fn into_reply(self) -> Reply {
+    fn into_reply(self, fence: u64) -> Reply {
         match self {
             Slots::Single(reply) => reply.unwrap_or(Reply::Unavailable),
             Slots::Transfers(results) => {
                 Reply::Transfers(results.into_iter().map(|result| result.unwrap_or(TransferResult::Unavailable)).collect())
             }
-            Slots::Reservations(outcomes) => Reply::Reservations(outcomes.into_iter().flatten().collect()),
+            Slots::Reservations(outcomes) => Reply::Reservations { answers: outcomes.into_iter().flatten().collect(), fence },
             Slots::Accounts(results) => {
                 Reply::Accounts(results.into_iter().map(|result| result.unwrap_or(AccountResult::Unavailable)).collect())
             }
@@ -186,6 +186,8 @@ pub(super) struct ShardPeer {
     /// bounded, and what does not fit is dropped: the protocol re-sends it).
     pub fenced_credits: Vec<crate::ledger::CreditCmd>,
     pub fenced_decisions: Vec<crate::ledger::FinalizeCmd>,
+    /// Payer-shard legs waiting for that fence (`Request::Fenced`), accepted when it applies.
+    pub fenced_legs: Vec<(Origin, u64, Request)>,
 }
 
 impl ShardPeer {
@@ -206,6 +208,7 @@ impl ShardPeer {
             fence_proposed: None,
             fenced_credits: Vec::new(),
             fenced_decisions: Vec::new(),
+            fenced_legs: Vec::new(),
         }
     }
 
@@ -268,7 +271,8 @@ impl ShardPeer {
             return;
         }
         let task = self.remove_task(task_id).expect("present");
-        ctx.out.replies.push((task.origin, task.slots.into_reply()));
+        let fence = self.replica.ledger().fence_epoch();
+        ctx.out.replies.push((task.origin, task.slots.into_reply(fence)));
     }
 
     /// Proposes every queued command as one entry; if that fails, their tasks are told to look
@@ -325,6 +329,9 @@ impl ShardPeer {
         self.fence_proposed = None;
         self.fenced_credits.clear();
         self.fenced_decisions.clear();
+        for (origin, _, _) in std::mem::take(&mut self.fenced_legs) {
+            ctx.out.replies.push((origin, Reply::NotLeader { leader: hint }));
+        }
     }
 
     /// Drops tasks long past their deadline and the bookkeeping that pointed at them.

@@ -85,6 +85,9 @@ struct Call {
     held: BTreeMap<usize, (TransferRequest, bool)>,
     /// A refund or hold call: its one transfer's payer-shard leg is a `Refund` or a `Hold`.
     wrap: Option<Wrap>,
+    /// The highest backup fence epoch of the home shards that reserved this call's ids: its
+    /// payer-shard legs carry it (`Request::Fenced`).
+    fence: u64,
     request_id: Option<String>,
 }
 
@@ -128,6 +131,11 @@ impl NodeCore {
         if overloaded {
             self.stats.calls_overloaded += 1;
             self.effects.push(Effect::Reply { call, reply: Reply::Overloaded });
+            return;
+        }
+        if matches!(request, Request::Fenced { .. }) {
+            // Internal to legs: a client call never starts with one.
+            self.effects.push(Effect::Reply { call, reply: Reply::Unavailable });
             return;
         }
         let placement = &self.config.placement;
@@ -259,6 +267,7 @@ impl NodeCore {
                 CallState::Single(None)
             }
             Request::Refund(_) | Request::Hold(_) => unreachable!("a refund or hold became a transfer call above"),
+            Request::Fenced { .. } => unreachable!("refused above"),
         };
         if legs.is_empty() {
             // An empty batch: nothing to route, answer at once.
@@ -270,7 +279,7 @@ impl NodeCore {
             return;
         }
         self.router.transfers_inflight += transfers;
-        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, wrap, request_id });
+        self.router.calls.insert(call, Call { deadline_ms, state, legs: Vec::new(), transfers, held, wrap, fence: 0, request_id });
         self.start_legs(call, legs);
     }
 
@@ -466,8 +475,9 @@ impl NodeCore {
                 }
             }
             (CallState::Lookup(_), _) => {}
-            (CallState::Batch(slots), Reply::Reservations(answers)) => {
+            (CallState::Batch(slots), Reply::Reservations { answers, fence }) => {
                 assert_eq!(answers.len(), leg.items.len(), "a home shard answered every reservation of a leg");
+                call.fence = call.fence.max(fence);
                 for (position, (_, outcome)) in leg.items.iter().zip(answers) {
                     match outcome {
                         ReserveOutcome::Reserved | ReserveOutcome::Replayed => {
@@ -495,7 +505,7 @@ impl NodeCore {
                 .into_iter()
                 .filter_map(|(position, (item, cleared))| cleared.then_some((position, item)))
                 .collect();
-            let legs = wrapped_legs(transfer_legs(&self.config.placement, cleared), call.wrap.as_ref());
+            let legs = fenced_legs(wrapped_legs(transfer_legs(&self.config.placement, cleared), call.wrap.as_ref()), call.fence);
             if !legs.is_empty() {
                 self.start_legs(leg.call, legs);
                 return;
@@ -595,6 +605,15 @@ fn wrapped_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, wrap: Option<&Wrap>) 
         .collect()
 }
 
+/// Payer-shard legs of transfers a home shard at backup fence `fence` cleared: wrapped so the
+/// payer shard applies that fence first (nothing to wrap before any backup).
+fn fenced_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, fence: u64) -> Vec<(ShardId, Request, Vec<usize>)> {
+    if fence == 0 {
+        return legs;
+    }
+    legs.into_iter().map(|(shard, request, positions)| (shard, Request::Fenced { fence, request: Box::new(request) }, positions)).collect()
+}
+
 /// One transfer leg per payer shard, carrying the item positions in order.
 fn transfer_legs(placement: &Placement, items: impl IntoIterator<Item = (usize, TransferRequest)>) -> Vec<(ShardId, Request, Vec<usize>)> {
     let mut by_shard: BTreeMap<ShardId, (Vec<TransferRequest>, Vec<usize>)> = BTreeMap::new();
@@ -624,7 +643,8 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
-        (Request::Reserve(commands), Reply::Reservations(answers)) => {
+        (Request::Fenced { request, .. }, reply) => reply_fits(request, reply),
+        (Request::Reserve(commands), Reply::Reservations { answers, .. }) => {
             commands.len() == answers.len() && commands.iter().zip(answers).all(|(command, (answered, _))| command == answered)
         }
         (Request::CreateAccounts(creates), Reply::Accounts(results)) => {

@@ -4,14 +4,16 @@
 //! its state at the end of the entry in which its fence epoch rose to the backup's epoch (every
 //! replica keeps a read view of that state, `ShardReplica::backup_view`). The shards' fences
 //! apply at different moments, so the cross-shard protocol carries the sender shard's fence
-//! epoch on its messages (credit requests, decisions: `PeerMessage::Credits/Decisions::fence`),
+//! epoch on its messages (credit requests, decisions: `PeerMessage::Credits/Decisions::fence`;
+//! reservation answers, whose cleared transfers reach their payer shard as `Request::Fenced`),
 //! and a shard acts on such a message only once its own fence epoch is at least as high: if it
 //! is lower, its leader proposes that fence first and parks the message until the fence applies
 //! (bounded; what does not fit is dropped, and the protocol re-sends it). This is Chandy–Lamport's marker rule over the protocol's messages: no state in a cut
 //! depends on a message sent after the sender's cut. So a posted cross-shard transfer in its
 //! payer's cut has its credit in its payee's cut, and a credit in a payee's cut has its pending
 //! or final record in the payer's cut (a transfer prepared but not yet decided in the cut is
-//! re-driven by the restored cluster, as after any failover).
+//! re-driven by the restored cluster, as after any failover), and a recorded transfer has its
+//! id's reservation on its home shard.
 
 use super::{keys, Ledger};
 use serde::{Deserialize, Serialize};

@@ -30,7 +30,9 @@ pub(super) fn applied(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, outcom
         let shard = peer.replica.shard();
         let credits = std::mem::take(&mut peer.fenced_credits);
         let decisions = std::mem::take(&mut peer.fenced_decisions);
-        if peer.replica.is_leader() {
+        let legs = std::mem::take(&mut peer.fenced_legs);
+        let leads = peer.replica.is_leader();
+        if leads {
             for credit in credits {
                 ctx.out.credit(shard, credit, outcome.epoch);
             }
@@ -38,11 +40,28 @@ pub(super) fn applied(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, outcom
                 ctx.out.decision(shard, decision, outcome.epoch);
             }
         }
+        for (origin, deadline_ms, request) in legs {
+            if leads {
+                super::accept(peer, origin, deadline_ms, request, ctx);
+            } else {
+                ctx.out.replies.push((origin, Reply::NotLeader { leader: peer.replica.leader() }));
+            }
+        }
     }
     super::answer_single(peer, tag, Reply::Fenced(outcome), ctx);
 }
 
-/// At most this many credit requests (or decisions) wait for a fence on one shard.
+/// Keeps a payer-shard leg until the fence it needs applies (`applied`); past `PARKED_MAX` the
+/// origin is told to try again (it re-sends the leg).
+pub(super) fn park_leg(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, request: crate::message::Request, ctx: &mut Ctx) {
+    if peer.fenced_legs.len() >= PARKED_MAX {
+        ctx.out.replies.push((origin, Reply::NotLeader { leader: None }));
+        return;
+    }
+    peer.fenced_legs.push((origin, deadline_ms, request));
+}
+
+/// At most this many credit requests (or decisions, or legs) wait for a fence on one shard.
 const PARKED_MAX: usize = 4_096;
 
 /// Keeps messages until the fence they need applies (`applied`); past `PARKED_MAX` they are

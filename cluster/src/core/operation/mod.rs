@@ -42,6 +42,18 @@ fn answer_single(peer: &mut ShardPeer, tag: crate::ids::ProposalTag, reply: Repl
 /// A leg for a shard this node leads: its operation validates and proposes it (or, for reads,
 /// queues it for the next ReadIndex).
 pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, request: Request, ctx: &mut Ctx) {
+    if let Request::Fenced { fence, request } = request {
+        // A payer-shard leg whose ids were reserved past a backup fence: not before this
+        // shard's cut for it (`ledger/fence.rs`).
+        if matches!(*request, Request::Fenced { .. }) {
+            ctx.out.replies.push((origin, Reply::Unavailable));
+        } else if backup::fenced(peer, fence, ctx) {
+            accept(peer, origin, deadline_ms, *request, ctx);
+        } else {
+            backup::park_leg(peer, origin, deadline_ms, *request, ctx);
+        }
+        return;
+    }
     let shard = peer.replica.shard();
     let routed_here = match &request {
         Request::CreateAccount(create) => account::shard(ctx.placement, create) == shard,
@@ -68,6 +80,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::VerifyTransfer { payer, .. } | Request::ReadChallenge { payer, .. } => ctx.placement.shard_of(payer) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
+        Request::Fenced { .. } => false,
     };
     if !routed_here {
         // Another node computed a different placement: refuse rather than corrupt the shard.
@@ -89,6 +102,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::Fence { epoch, .. } => backup::accept_fence(peer, origin, deadline_ms, epoch),
         Request::BackupChunk { epoch, after, .. } => backup::accept_chunk(peer, origin, epoch, after, ctx),
         Request::VerifyTransfer { command, .. } => holds::accept(peer, origin, deadline_ms, Command::Verify(command)),
+        Request::Fenced { .. } => ctx.out.replies.push((origin, Reply::Unavailable)),
         request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
             Some(command) => holds::accept(peer, origin, deadline_ms, command),
             None => ctx.out.replies.push((origin, Reply::Unavailable)),

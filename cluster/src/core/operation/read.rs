@@ -143,6 +143,7 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::SetRiskLimits { .. }
         | Request::VerifyTransfer { .. }
         | Request::Fence { .. }
-        | Request::BackupChunk { .. } => Reply::Unavailable,
+        | Request::BackupChunk { .. }
+        | Request::Fenced { .. } => Reply::Unavailable,
     }
 }

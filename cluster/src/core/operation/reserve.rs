@@ -38,7 +38,7 @@ pub(in crate::core) fn legs(placement: &Placement, items: &[TransferRequest]) ->
 
 pub(in crate::core) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, items: Vec<ReserveCmd>, ctx: &mut Ctx) {
     if items.is_empty() {
-        ctx.out.replies.push((origin, Reply::Reservations(Vec::new())));
+        ctx.out.replies.push((origin, Reply::Reservations { answers: Vec::new(), fence: peer.replica.ledger().fence_epoch() }));
         return;
     }
     let task = peer.open_task(origin, deadline_ms, TaskKind::Reservations, items.len());
