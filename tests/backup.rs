@@ -3,6 +3,7 @@
 //! of two new clusters from them. The quiet backup restores every balance and every transfer
 //! exactly; the online one restores a consistent cut: money is conserved on every node, every
 //! transfer in it has the status the source gave it, and one in flight at the cut completes.
+//! `settle restore --check` passes a good backup and refuses one with a flipped byte.
 
 mod common;
 
@@ -176,6 +177,20 @@ async fn backups_restore_into_new_clusters_as_consistent_cuts() {
         assert_eq!(balances(&cut, node).await.values().sum::<i128>(), 0, "money is conserved through node {node}");
     }
     eprintln!("the online backup's cut holds {in_cut} of {} transfers", ids.len());
+    // `settle restore --check` checks a backup without a cluster; a flipped byte is refused.
+    let said = settle(&["restore", "--from", quiet.to_str().expect("utf-8"), "--check"]);
+    assert!(said.contains("every file matches the manifest"), "{said}");
+    let file = online.join("shard-0000.records");
+    let mut bytes = std::fs::read(&file).expect("shard file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, bytes).expect("tamper");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_settle"))
+        .args(["restore", "--from", online.to_str().expect("utf-8"), "--check"])
+        .output()
+        .expect("run settle restore --check");
+    assert!(!output.status.success(), "a tampered backup must be refused");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("checksum mismatch"), "{}", String::from_utf8_lossy(&output.stderr));
     // A restored cluster takes new transfers.
     let (status, body) = cut
         .post_settled(
