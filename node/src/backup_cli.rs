@@ -270,32 +270,91 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-/// The records of one shard file, in order.
-fn shard_records(dir: &Path, file: &ShardFile) -> anyhow::Result<Vec<(Key, Value)>> {
-    let mut reader = std::io::BufReader::new(std::fs::File::open(dir.join(&file.file))?);
-    let mut records = Vec::new();
-    loop {
+/// The records of one shard file, in order, read chunk by chunk (a shard is never held in
+/// memory whole). A read error ends the records and is kept for `finish`.
+struct ShardRecords {
+    name: String,
+    reader: std::io::BufReader<std::fs::File>,
+    chunk: std::vec::IntoIter<(Key, Value)>,
+    read: u64,
+    expected: u64,
+    error: Option<anyhow::Error>,
+}
+
+impl ShardRecords {
+    fn open(dir: &Path, file: &ShardFile) -> anyhow::Result<ShardRecords> {
+        let reader = std::io::BufReader::new(std::fs::File::open(dir.join(&file.file)).with_context(|| format!("opening {}", file.file))?);
+        Ok(ShardRecords { name: file.file.clone(), reader, chunk: Vec::new().into_iter(), read: 0, expected: file.records, error: None })
+    }
+
+    /// The next chunk's records; `None` at the end of the file.
+    fn read_chunk(&mut self) -> anyhow::Result<Option<Vec<(Key, Value)>>> {
         let mut length = [0u8; 4];
-        match reader.read_exact(&mut length) {
+        match self.reader.read_exact(&mut length) {
             Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(error) => return Err(error.into()),
         }
         let length = usize::try_from(u32::from_be_bytes(length))?;
         if length > 64 << 20 {
-            bail!("{}: a chunk of {length} bytes", file.file);
+            bail!("{}: a chunk of {length} bytes", self.name);
         }
         let mut chunk = vec![0u8; length];
-        reader.read_exact(&mut chunk)?;
+        self.reader.read_exact(&mut chunk)?;
         match decode_chunk(&chunk) {
-            Ok(BackupChunk::Records { entries, .. }) => records.extend(entries),
-            _ => bail!("{}: a chunk that does not decode", file.file),
+            Ok(BackupChunk::Records { entries, .. }) => Ok(Some(entries)),
+            _ => bail!("{}: a chunk that does not decode", self.name),
         }
     }
-    if u64::try_from(records.len())? != file.records {
-        bail!("{}: {} records, the manifest says {}", file.file, records.len(), file.records);
+
+    /// Whether the file was read whole and held as many records as the manifest says.
+    fn finish(self) -> anyhow::Result<u64> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.read != self.expected {
+            bail!("{}: {} records, the manifest says {}", self.name, self.read, self.expected);
+        }
+        Ok(self.read)
     }
-    Ok(records)
+}
+
+impl Iterator for &mut ShardRecords {
+    type Item = (Key, Value);
+
+    fn next(&mut self) -> Option<(Key, Value)> {
+        loop {
+            if let Some(record) = self.chunk.next() {
+                self.read += 1;
+                return Some(record);
+            }
+            if self.error.is_some() {
+                return None;
+            }
+            match self.read_chunk() {
+                Ok(Some(entries)) => self.chunk = entries.into_iter(),
+                Ok(None) => return None,
+                Err(error) => {
+                    self.error = Some(error);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Restores one shard file into `store`; a file that did not read whole is reported before
+/// whatever the restore made of what it read.
+fn restore_file(
+    store: &Arc<dyn KvStore>,
+    dir: &Path,
+    file: &ShardFile,
+    shard_count: u32,
+) -> anyhow::Result<(u64, settle_cluster::ledger::AppliedMark)> {
+    let mut records = ShardRecords::open(dir, file)?;
+    let restored = restore_shard(store, file.shard, shard_count, &mut records);
+    let read = records.finish()?;
+    Ok((read, restored?))
 }
 
 /// `settle restore --check`: the whole backup restored into a scratch store and checked.
@@ -309,9 +368,7 @@ fn check_backup(dir: &Path) -> anyhow::Result<()> {
         let mut records = 0u64;
         let mut ledgers = BTreeMap::new();
         for file in &manifest.files {
-            let shard_records = shard_records(dir, file)?;
-            records += u64::try_from(shard_records.len())?;
-            restore_shard(&store, file.shard, manifest.shards, shard_records)?;
+            records += restore_file(&store, dir, file, manifest.shards)?.0;
             let (ledger, _) = Ledger::open(file.shard, manifest.shards, store.clone(), 1 << 20)?;
             ledgers.insert(file.shard, ledger);
         }
@@ -359,9 +416,8 @@ pub fn restore(flags: RestoreFlags) -> anyhow::Result<()> {
     let kv: Arc<dyn KvStore> = store.clone();
     let mut records = 0u64;
     for file in manifest.files.iter().filter(|file| hosted.contains(&file.shard)) {
-        let shard_records = shard_records(&flags.from, file)?;
-        records += u64::try_from(shard_records.len())?;
-        let mark = restore_shard(&kv, file.shard, settings.shards, shard_records)?;
+        let (read, mark) = restore_file(&kv, &flags.from, file, settings.shards)?;
+        records += read;
         if (mark.index, mark.term) != (file.applied_index, file.applied_term) {
             bail!(
                 "shard {}: the cut is at index {} term {}, the manifest says {} term {}",
