@@ -188,8 +188,37 @@ pub enum Request {
     /// at backup fence `fence` reserved; the payer shard applies that fence before accepting it.
     Fenced {
         fence: u64,
-        request: Box<Request>,
+        request: FencedRequest,
     },
+}
+
+/// What a `Request::Fenced` leg carries: only payer-shard legs (not a `Request`, so a frame
+/// cannot nest them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FencedRequest {
+    Transfers(Vec<TransferRequest>),
+    Refund(RefundRequest),
+    Hold(HoldRequest),
+}
+
+impl FencedRequest {
+    /// A payer-shard leg as a fenced one (any other request back as it was).
+    pub fn wrap(request: Request) -> Result<FencedRequest, Box<Request>> {
+        match request {
+            Request::Transfers(items) => Ok(FencedRequest::Transfers(items)),
+            Request::Refund(refund) => Ok(FencedRequest::Refund(refund)),
+            Request::Hold(hold) => Ok(FencedRequest::Hold(hold)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    pub fn into_request(self) -> Request {
+        match self {
+            FencedRequest::Transfers(items) => Request::Transfers(items),
+            FencedRequest::Refund(refund) => Request::Refund(refund),
+            FencedRequest::Hold(hold) => Request::Hold(hold),
+        }
+    }
 }
 
 /// The outcome of one account of a batch.

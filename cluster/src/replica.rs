@@ -766,7 +766,10 @@ impl ShardReplica {
             for tagged in payload.commands {
                 let result = self.ledger.apply_command(payload.timestamp_ms, tagged.command, leads || ours);
                 if let AppliedCommand::Fence { outcome } = &result {
-                    fenced = outcome.raised.then_some(outcome.epoch);
+                    // A later fence of the same entry that raises nothing keeps the cut.
+                    if outcome.raised {
+                        fenced = Some(outcome.epoch);
+                    }
                 }
                 let tag = if ours { tagged.tag } else { ProposalTag(0) };
                 applied.push(AppliedProposal { tag, applied: result });

@@ -121,7 +121,7 @@ fn message() -> impl Strategy<Value = PeerMessage> {
     let request = prop_oneof![
         proptest::collection::vec(transfer.clone(), 0..4).prop_map(Request::Transfers),
         (any::<u64>(), proptest::collection::vec(transfer, 0..4))
-            .prop_map(|(fence, items)| Request::Fenced { fence, request: Box::new(Request::Transfers(items)) }),
+            .prop_map(|(fence, items)| Request::Fenced { fence, request: settle_cluster::message::FencedRequest::Transfers(items) }),
         proptest::collection::vec((id(), body()).prop_map(|(id, body)| ReserveCmd { id, body }), 0..4).prop_map(Request::Reserve),
         account().prop_map(|id| Request::CreateAccount(AccountRequest {
             id,

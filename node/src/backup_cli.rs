@@ -144,7 +144,7 @@ async fn run_backup(flags: &BackupFlags) -> anyhow::Result<()> {
             409 if flags.epoch.is_none() => {
                 let answer: serde_json::Value = response.json().await.unwrap_or_default();
                 let highest = answer.pointer("/error/details/epoch").and_then(serde_json::Value::as_u64).unwrap_or(epoch);
-                epoch = highest + 1;
+                epoch = highest.checked_add(1).context("a shard's backup epoch is at its maximum")?;
             }
             503 | 429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
             _ => bail!("fencing the shards at epoch {epoch}: {}", error_text(response).await),
@@ -255,15 +255,31 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
         if file.file != format!("shard-{:04}.records", file.shard) {
             bail!("{}: shard {} names the file {:?}", path.display(), file.shard, file.file);
         }
-        let bytes = std::fs::read(dir.join(&file.file)).with_context(|| format!("reading {}", file.file))?;
-        let sha = hex::encode(digest::digest(&digest::SHA256, &bytes).as_ref());
-        if sha != file.sha256 || u64::try_from(bytes.len())? != file.bytes {
+        let mut reader = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(dir.join(&file.file)).with_context(|| format!("reading {}", file.file))?,
+        );
+        let mut context = digest::Context::new(&digest::SHA256);
+        let mut length = 0u64;
+        loop {
+            let buffer = std::io::BufRead::fill_buf(&mut reader)?;
+            if buffer.is_empty() {
+                break;
+            }
+            context.update(buffer);
+            let read = buffer.len();
+            length += u64::try_from(read)?;
+            std::io::BufRead::consume(&mut reader, read);
+        }
+        let sha = hex::encode(context.finish().as_ref());
+        if sha != file.sha256 || length != file.bytes {
+            let bytes = length;
             bail!(
                 "{}: checksum mismatch (the manifest says {} bytes, sha256 {}; the file has {} bytes, sha256 {sha})",
                 file.file,
                 file.bytes,
                 file.sha256,
-                bytes.len()
+                bytes
             );
         }
     }
@@ -279,12 +295,28 @@ struct ShardRecords {
     read: u64,
     expected: u64,
     error: Option<anyhow::Error>,
+    /// The bytes read so far and their SHA-256: what was restored is what the manifest names.
+    sha: digest::Context,
+    bytes: u64,
+    expected_sha: String,
+    expected_bytes: u64,
 }
 
 impl ShardRecords {
     fn open(dir: &Path, file: &ShardFile) -> anyhow::Result<ShardRecords> {
         let reader = std::io::BufReader::new(std::fs::File::open(dir.join(&file.file)).with_context(|| format!("opening {}", file.file))?);
-        Ok(ShardRecords { name: file.file.clone(), reader, chunk: Vec::new().into_iter(), read: 0, expected: file.records, error: None })
+        Ok(ShardRecords {
+            name: file.file.clone(),
+            reader,
+            chunk: Vec::new().into_iter(),
+            read: 0,
+            expected: file.records,
+            error: None,
+            sha: digest::Context::new(&digest::SHA256),
+            bytes: 0,
+            expected_sha: file.sha256.clone(),
+            expected_bytes: file.bytes,
+        })
     }
 
     /// The next chunk's records; `None` at the end of the file.
@@ -295,12 +327,15 @@ impl ShardRecords {
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(error) => return Err(error.into()),
         }
+        self.sha.update(&length);
         let length = usize::try_from(u32::from_be_bytes(length))?;
         if length > 64 << 20 {
             bail!("{}: a chunk of {length} bytes", self.name);
         }
         let mut chunk = vec![0u8; length];
         self.reader.read_exact(&mut chunk)?;
+        self.sha.update(&chunk);
+        self.bytes += u64::try_from(length)? + 4;
         match decode_chunk(&chunk) {
             Ok(BackupChunk::Records { entries, .. }) => Ok(Some(entries)),
             _ => bail!("{}: a chunk that does not decode", self.name),
@@ -311,6 +346,10 @@ impl ShardRecords {
     fn finish(self) -> anyhow::Result<u64> {
         if let Some(error) = self.error {
             return Err(error);
+        }
+        let sha = hex::encode(self.sha.finish().as_ref());
+        if sha != self.expected_sha || self.bytes != self.expected_bytes {
+            bail!("{}: checksum mismatch while restoring (the file changed after it was checked)", self.name);
         }
         if self.read != self.expected {
             bail!("{}: {} records, the manifest says {}", self.name, self.read, self.expected);
@@ -345,16 +384,22 @@ impl Iterator for &mut ShardRecords {
 
 /// Restores one shard file into `store`; a file that did not read whole is reported before
 /// whatever the restore made of what it read.
-fn restore_file(
-    store: &Arc<dyn KvStore>,
-    dir: &Path,
-    file: &ShardFile,
-    shard_count: u32,
-) -> anyhow::Result<(u64, settle_cluster::ledger::AppliedMark)> {
+fn restore_file(store: &Arc<dyn KvStore>, dir: &Path, file: &ShardFile, shard_count: u32) -> anyhow::Result<u64> {
     let mut records = ShardRecords::open(dir, file)?;
     let restored = restore_shard(store, file.shard, shard_count, &mut records);
     let read = records.finish()?;
-    Ok((read, restored?))
+    let mark = restored?;
+    if (mark.index, mark.term) != (file.applied_index, file.applied_term) {
+        bail!(
+            "shard {}: the cut is at index {} term {}, the manifest says {} term {}",
+            file.shard,
+            mark.index,
+            mark.term,
+            file.applied_index,
+            file.applied_term
+        );
+    }
+    Ok(read)
 }
 
 /// `settle restore --check`: the whole backup restored into a scratch store and checked.
@@ -368,7 +413,7 @@ fn check_backup(dir: &Path) -> anyhow::Result<()> {
         let mut records = 0u64;
         let mut ledgers = BTreeMap::new();
         for file in &manifest.files {
-            records += restore_file(&store, dir, file, manifest.shards)?.0;
+            records += restore_file(&store, dir, file, manifest.shards)?;
             let (ledger, _) = Ledger::open(file.shard, manifest.shards, store.clone(), 1 << 20)?;
             ledgers.insert(file.shard, ledger);
         }
@@ -388,6 +433,37 @@ fn check_backup(dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Restores the shards `hosted` into a new data dir at `dir` and checks them (and the cut, when
+/// they are every shard), then writes the identity. Returns the records restored.
+fn restore_into(
+    dir: &Path,
+    from: &Path,
+    manifest: &Manifest,
+    placement: &Placement,
+    hosted: &[u32],
+    identity: &DataDirIdentity,
+) -> anyhow::Result<u64> {
+    let store = Arc::new(StateStore::open(&dir.join("state"))?);
+    let kv: Arc<dyn KvStore> = store.clone();
+    let mut records = 0u64;
+    for file in manifest.files.iter().filter(|file| hosted.contains(&file.shard)) {
+        records += restore_file(&kv, from, file, manifest.shards)?;
+    }
+    if hosted.len() == usize::try_from(manifest.shards)? {
+        let ledgers = hosted
+            .iter()
+            .map(|shard| Ledger::open(*shard, manifest.shards, kv.clone(), 1 << 20).map(|(ledger, _)| (*shard, ledger)))
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        check_cut(placement, &ledgers).map_err(|broken| anyhow::anyhow!("the backup is not a consistent cut: {broken}"))?;
+        println!("every shard of the backup checked, and the cut across them");
+    }
+    kv.persist()?;
+    drop(kv);
+    drop(store);
+    identity::check_or_write(dir, identity)?;
+    Ok(records)
 }
 
 pub fn restore(flags: RestoreFlags) -> anyhow::Result<()> {
@@ -412,35 +488,28 @@ pub fn restore(flags: RestoreFlags) -> anyhow::Result<()> {
     let members: Vec<u64> = settings.members.keys().copied().collect();
     let placement = Placement::new(members.clone(), settings.shards);
     let hosted = placement.shards_on(settings.node_id);
-    let store = Arc::new(StateStore::open(&data_dir.join("state"))?);
-    let kv: Arc<dyn KvStore> = store.clone();
-    let mut records = 0u64;
-    for file in manifest.files.iter().filter(|file| hosted.contains(&file.shard)) {
-        let (read, mark) = restore_file(&kv, &flags.from, file, settings.shards)?;
-        records += read;
-        if (mark.index, mark.term) != (file.applied_index, file.applied_term) {
-            bail!(
-                "shard {}: the cut is at index {} term {}, the manifest says {} term {}",
-                file.shard,
-                mark.index,
-                mark.term,
-                file.applied_index,
-                file.applied_term
-            );
+    // Everything is written beside the data dir and moved into place only once every check
+    // passed: a failed or interrupted restore never leaves a data dir `settle start` would run.
+    let name = data_dir.file_name().context("the data dir has no name")?.to_string_lossy().to_string();
+    let staging = data_dir.with_file_name(format!("{name}.restoring"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("removing an earlier attempt, {}", staging.display()))?;
+    }
+    let identity = DataDirIdentity::new(settings.node_id, settings.shards, members);
+    let records = match restore_into(&staging, &flags.from, &manifest, &placement, &hosted, &identity) {
+        Ok(records) => records,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
         }
+    };
+    if data_dir.exists() {
+        std::fs::remove_dir(data_dir).with_context(|| format!("{} is not empty any more", data_dir.display()))?;
     }
-    if hosted.len() == usize::try_from(manifest.shards)? {
-        let ledgers = hosted
-            .iter()
-            .map(|shard| Ledger::open(*shard, settings.shards, kv.clone(), 1 << 20).map(|(ledger, _)| (*shard, ledger)))
-            .collect::<Result<BTreeMap<_, _>, _>>()?;
-        check_cut(&placement, &ledgers).map_err(|broken| anyhow::anyhow!("the backup is not a consistent cut: {broken}"))?;
-        println!("every shard of the backup checked, and the cut across them");
+    std::fs::rename(&staging, data_dir).with_context(|| format!("moving {} to {}", staging.display(), data_dir.display()))?;
+    if let Some(parent) = data_dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
     }
-    kv.persist()?;
-    drop(kv);
-    drop(store);
-    identity::check_or_write(data_dir, &DataDirIdentity::new(settings.node_id, settings.shards, members))?;
     println!(
         "restored node {} from {} (epoch {}): {} of {} shards, {records} records in {:.1} s; start it with `settle start` and the same flags",
         settings.node_id,

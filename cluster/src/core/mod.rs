@@ -415,6 +415,7 @@ impl NodeCore {
             peer.expire_tasks(&mut ctx);
             operation::transfer::redrive(peer, &mut ctx);
             operation::holds::expire_due(peer, &mut ctx);
+            operation::backup::tick(peer, &mut ctx);
         }
         self.deliver_outbox();
         self.snapshot_tick();

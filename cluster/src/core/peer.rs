@@ -184,10 +184,12 @@ pub(super) struct ShardPeer {
     pub fence_proposed: Option<(u64, u64)>,
     /// Credit requests and decisions waiting for that fence to apply (then acted on at once;
     /// bounded, and what does not fit is dropped: the protocol re-sends it).
-    pub fenced_credits: Vec<crate::ledger::CreditCmd>,
-    pub fenced_decisions: Vec<crate::ledger::FinalizeCmd>,
-    /// Payer-shard legs waiting for that fence (`Request::Fenced`), accepted when it applies.
-    pub fenced_legs: Vec<(Origin, u64, Request)>,
+    /// Each with the fence it needs.
+    pub fenced_credits: Vec<(u64, crate::ledger::CreditCmd)>,
+    pub fenced_decisions: Vec<(u64, crate::ledger::FinalizeCmd)>,
+    /// Payer-shard legs waiting for the fence they need (`Request::Fenced`), with their origin
+    /// and deadline, accepted when it applies.
+    pub fenced_legs: Vec<(u64, Origin, u64, crate::message::FencedRequest)>,
 }
 
 impl ShardPeer {
@@ -329,7 +331,7 @@ impl ShardPeer {
         self.fence_proposed = None;
         self.fenced_credits.clear();
         self.fenced_decisions.clear();
-        for (origin, _, _) in std::mem::take(&mut self.fenced_legs) {
+        for (_, origin, _, _) in std::mem::take(&mut self.fenced_legs) {
             ctx.out.replies.push((origin, Reply::NotLeader { leader: hint }));
         }
     }

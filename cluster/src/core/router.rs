@@ -408,6 +408,12 @@ impl NodeCore {
             // Not an answer to this leg (a stale reply): ignore it, the leg retries.
             return;
         }
+        let fence_limit = self.time.wall_ms.saturating_add(crate::ledger::FENCE_AHEAD_MS_MAX);
+        if matches!(&reply, Reply::Reservations { fence, .. } if *fence > fence_limit) {
+            // A backup fence no honest home shard holds (input from a peer): ignored, like any
+            // reply that does not fit; the leg retries.
+            return;
+        }
         match reply {
             Reply::NotLeader { leader } => {
                 let node = self.config.node;
@@ -611,7 +617,12 @@ fn fenced_legs(legs: Vec<(ShardId, Request, Vec<usize>)>, fence: u64) -> Vec<(Sh
     if fence == 0 {
         return legs;
     }
-    legs.into_iter().map(|(shard, request, positions)| (shard, Request::Fenced { fence, request: Box::new(request) }, positions)).collect()
+    legs.into_iter()
+        .map(|(shard, request, positions)| match crate::message::FencedRequest::wrap(request) {
+            Ok(request) => (shard, Request::Fenced { fence, request }, positions),
+            Err(other) => (shard, *other, positions),
+        })
+        .collect()
 }
 
 /// One transfer leg per payer shard, carrying the item positions in order.
@@ -643,7 +654,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
                     TransferResult::Refused(_) | TransferResult::Unavailable => true,
                 })
         }
-        (Request::Fenced { request, .. }, reply) => reply_fits(request, reply),
+        (Request::Fenced { request, .. }, reply) => reply_fits(&request.clone().into_request(), reply),
         (Request::Reserve(commands), Reply::Reservations { answers, .. }) => {
             commands.len() == answers.len() && commands.iter().zip(answers).all(|(command, (answered, _))| command == answered)
         }

@@ -239,10 +239,7 @@ impl NodeCore {
             Request::Fence { epoch, .. } => self.check_fence(*epoch),
             Request::Fenced { fence, request } => {
                 self.check_fence(*fence)?;
-                if !matches!(**request, Request::Transfers(_) | Request::Refund(_) | Request::Hold(_)) {
-                    return Err("leg_bounds");
-                }
-                self.check_request(request)
+                self.check_request(&request.clone().into_request())
             }
             Request::ReadCustomer(_) | Request::ReadRiskLimits { .. } | Request::ReadChallenge { .. } => Ok(()),
             Request::VerifyTransfer { command: crate::ledger::VerifyCmd::IssueOtp { otp, .. }, .. } => {

@@ -33,7 +33,7 @@ impl NodeCore {
             if super::backup::fenced(peer, fence, &mut ctx) {
                 propose(peer, credits, &mut ctx);
             } else {
-                super::backup::park(&mut peer.fenced_credits, credits);
+                super::backup::park(&mut peer.fenced_credits, fence, credits);
             }
             self.dirty.insert(payee_shard);
         }

@@ -31,7 +31,7 @@ impl NodeCore {
             if super::backup::fenced(peer, fence, &mut ctx) {
                 propose(peer, decisions, &mut ctx);
             } else {
-                super::backup::park(&mut peer.fenced_decisions, decisions);
+                super::backup::park(&mut peer.fenced_decisions, fence, decisions);
             }
             self.dirty.insert(payer_shard);
         }

@@ -45,12 +45,10 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
     if let Request::Fenced { fence, request } = request {
         // A payer-shard leg whose ids were reserved past a backup fence: not before this
         // shard's cut for it (`ledger/fence.rs`).
-        if matches!(*request, Request::Fenced { .. }) {
-            ctx.out.replies.push((origin, Reply::Unavailable));
-        } else if backup::fenced(peer, fence, ctx) {
-            accept(peer, origin, deadline_ms, *request, ctx);
+        if backup::fenced(peer, fence, ctx) {
+            accept(peer, origin, deadline_ms, request.into_request(), ctx);
         } else {
-            backup::park_leg(peer, origin, deadline_ms, *request, ctx);
+            backup::park_leg(peer, origin, deadline_ms, fence, request, ctx);
         }
         return;
     }
