@@ -132,9 +132,7 @@ async fn run_backup(flags: &BackupFlags) -> anyhow::Result<()> {
         response.json().await?
     };
     let shards = u32::try_from(view.shards.len())?;
-    let mut epoch = flags.epoch.unwrap_or_else(|| {
-        u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(1)
-    });
+    let mut epoch = flags.epoch.unwrap_or_else(settle_actors::driver::now_ms);
     let deadline = Instant::now() + RETRY_FOR;
     loop {
         let body = serde_json::json!({ "epoch": epoch });

@@ -292,13 +292,9 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
     report.targets = targets(scenario, &report, success);
     if let Some((ready_ms, restored)) = restored {
-        report.targets.extend(restore_targets(ready_ms, &restored));
+        let failing = failing_checks(&restored);
+        report.targets.extend(restore_targets(ready_ms, restored.acknowledged_lost_count(), &failing));
         // The restored cluster's checks are part of the verdict.
-        let failing: Vec<String> = restored
-            .verdicts("drill")
-            .into_iter()
-            .filter_map(|(name, verdict)| verdict.err().map(|why| format!("{name}: {why}")))
-            .collect();
         report.checks.insert("restored_consistent", if failing.is_empty() { Ok(()) } else { Err(failing.join("; ")) });
     }
     Ok(report)
@@ -334,12 +330,14 @@ fn leader_moved(view: &ClusterView, id: u32, to: u64, term: u64) -> bool {
     (leader_now == Some(to) && term_now > term) || (leader_now.is_some() && term_now >= term + 2)
 }
 
+/// The history checks the restored cluster failed, each with what it found.
+fn failing_checks(findings: &crate::history::Findings) -> Vec<String> {
+    findings.verdicts("drill").into_iter().filter_map(|(name, verdict)| verdict.err().map(|why| format!("{name}: {why}"))).collect()
+}
+
 /// What the cluster restored from the drill's backup must show: every transfer acknowledged
 /// before the backup began (RPO 0 at the backup's start), and every history check.
-fn restore_targets(ready_ms: u64, findings: &crate::history::Findings) -> Vec<(String, String, bool)> {
-    let lost = findings.acknowledged_lost_count();
-    let failing: Vec<String> =
-        findings.verdicts("drill").into_iter().filter_map(|(name, verdict)| verdict.err().map(|why| format!("{name}: {why}"))).collect();
+fn restore_targets(ready_ms: u64, lost: u64, failing: &[String]) -> Vec<(String, String, bool)> {
     vec![
         ("restored: RPO 0 at the backup's start".to_string(), lost.to_string(), lost == 0),
         (

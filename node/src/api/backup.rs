@@ -33,8 +33,7 @@ pub async fn fence(
         .and_then(Value::as_u64)
         .filter(|epoch| *epoch > 0)
         .ok_or_else(|| ApiError::invalid_request("epoch", "epoch must be a positive integer"))?;
-    let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())
-        .unwrap_or(u64::MAX);
+    let now_ms = settle_actors::driver::now_ms();
     if epoch > now_ms.saturating_add(settle_cluster::ledger::FENCE_AHEAD_MS_MAX) {
         return Err(ApiError::invalid_request("epoch", "epoch is more than a day ahead of the clock (epochs are times in ms)"));
     }
