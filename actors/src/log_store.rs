@@ -111,6 +111,10 @@ impl LogStore {
         let mut batch = LogBatch::default();
         for write in writes {
             let region = region(write.shard);
+            if write.clean {
+                // The node's replica of this shard was removed (or a new one starts).
+                batch.add_command(region, Command::Clean);
+            }
             if let Some(snapshot) = &write.snapshot {
                 // The snapshot replaces the whole log: drop everything of this shard first.
                 batch.add_command(region, Command::Clean);

@@ -22,7 +22,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 3: reservation answers carry the reservation they answer.
 /// 4: transfer views carry their hold; holds, captures and voids.
 /// 5: customers, risk limits, delayed transfers, verifications.
-pub const PEER_FORMAT_VERSION: u8 = 6;
+pub const PEER_FORMAT_VERSION: u8 = 7;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -184,12 +184,55 @@ pub enum Request {
         epoch: u64,
         after: Option<Vec<u8>>,
     },
+    /// One step of moving the shard's replica on `from` to `to` (an admin operation, answered by
+    /// the shard's leader with where the move stands; repeated until `MoveStage::Done`).
+    MoveReplica {
+        shard: ShardId,
+        from: NodeId,
+        to: NodeId,
+    },
     /// Internal to legs: a payer-shard leg (transfers, a refund, a hold) whose ids a home shard
     /// at backup fence `fence` reserved; the payer shard applies that fence before accepting it.
     Fenced {
         fence: u64,
         request: FencedRequest,
     },
+}
+
+/// The steps of moving a replica, in order (`core/operation/membership.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveStage {
+    /// The leader compacts its log first, so the new member starts from a snapshot.
+    Preparing,
+    /// A membership change is in flight; nothing new was proposed.
+    Waiting,
+    /// Proposed: the new node joins as a learner (it receives the log, does not vote).
+    AddingLearner,
+    /// The learner is catching up (by snapshot, then the log).
+    CatchingUp,
+    /// Proposed: the caught-up learner becomes a voter.
+    Promoting,
+    /// The node leaving leads the shard: leadership is being handed to another voter.
+    HandingOff,
+    /// Proposed: the old node is removed.
+    Removing,
+    /// The new node votes and the old one is no member.
+    Done,
+    /// Neither node is a member and nothing is moving: the request names the wrong nodes.
+    NotAReplica,
+}
+
+/// Where a replica move stands, as the shard's leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveStatus {
+    pub shard: ShardId,
+    pub stage: MoveStage,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// The new node's match index and the leader's last index (catch-up progress).
+    pub matched: u64,
+    pub last_index: u64,
 }
 
 /// What a `Request::Fenced` leg carries: only payer-shard legs (not a `Request`, so a frame
@@ -296,6 +339,8 @@ pub enum Reply {
     /// A fence applied: the shard's fence epoch after it.
     Fenced(crate::ledger::FenceOutcome),
     BackupChunk(Box<crate::backup::BackupChunk>),
+    /// Where a replica move stands after the step a `Request::MoveReplica` took.
+    Moved(MoveStatus),
     /// No leader reached in time: the outcome is unknown.
     Unavailable,
     /// This node has too much in flight; nothing was started. Retry later.
@@ -367,6 +412,15 @@ pub enum PeerMessage {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
         done: bool,
         unknown: bool,
+    },
+    /// Shard leader → every node: the shard's members as of the leader's applied index
+    /// `epoch`, so nodes without a replica route to the right ones and a node added as a
+    /// learner starts its replica (`core/membership.rs`).
+    Members {
+        shard: ShardId,
+        epoch: u64,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
     },
     /// A node introduces itself to its peers (handled by the driver, not the core).
     NodeInfo {

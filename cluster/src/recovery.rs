@@ -57,6 +57,9 @@ impl DurableShard {
 
     /// Applies one shard's part of a persist round, in the order the log store must.
     pub fn apply_write(&mut self, write: &ShardWrite) {
+        if write.clean {
+            *self = DurableShard::default();
+        }
         if let Some(snapshot) = &write.snapshot {
             let metadata = snapshot.get_metadata();
             self.entries.clear();
@@ -174,9 +177,19 @@ pub fn recover_node(
 ) -> Result<RecoveredNode, RecoveryError> {
     let mut recovered = BTreeMap::new();
     let mut quarantined = BTreeMap::new();
-    for shard in placement.shards_on(node) {
+    // The shards of the bootstrap placement, and every shard with anything stored (a replica
+    // added since, or a removed one's tombstone).
+    let mut shards: std::collections::BTreeSet<ShardId> = placement.shards_on(node).into_iter().collect();
+    shards.extend(durable.iter().filter(|(_, shard)| !shard.is_empty()).map(|(shard, _)| *shard));
+    shards.extend(placement.shard_ids().filter(|shard| has_records(store, *shard)));
+    for shard in shards {
         let state = durable.remove(&shard).unwrap_or_default();
         match recover_shard(placement, shard, state, store, cache_bytes_max) {
+            Ok(replica) if is_tombstone(&replica, node) => {
+                // Removed from the shard: the records go, the applied mark without this node
+                // stays (so the placement's bootstrap does not start the shard here again).
+                clear_tombstone(store, shard, replica.ledger.generation()).map_err(|source| RecoveryError::State { shard, source })?;
+            }
             Ok(replica) => {
                 recovered.insert(shard, replica);
             }
@@ -192,6 +205,59 @@ pub fn recover_node(
         }
     }
     Ok((recovered, quarantined))
+}
+
+/// A replica whose applied membership does not name its node, with nothing in its log after
+/// that point: the shard was moved away from this node.
+fn is_tombstone(replica: &RecoveredShard, node: crate::ids::NodeId) -> bool {
+    let conf = replica.storage.conf_state();
+    let named = conf.voters.contains(&node) || conf.learners.contains(&node);
+    !named && !conf.voters.is_empty() && replica.storage.last_index() <= replica.applied_index
+}
+
+/// Whether the state store holds anything of `shard`.
+fn has_records(store: &Arc<dyn KvStore>, shard: ShardId) -> bool {
+    let start = crate::ledger::keys::shard_prefix(shard);
+    !store.scan(&start, &crate::store::prefix_end(&start), 1, false).is_empty()
+}
+
+/// Deletes every key in `[start, end)`, in bounded batches.
+fn delete_range(store: &Arc<dyn KvStore>, start: &[u8], end: &[u8]) -> Result<(), StoreError> {
+    const BATCH_KEYS: usize = 10_000;
+    loop {
+        let found = store.scan(start, end, BATCH_KEYS, false);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut batch = crate::store::WriteBatch::default();
+        for (key, _) in found {
+            batch.delete(key);
+        }
+        store.write(batch)?;
+    }
+}
+
+/// Deletes a removed replica's records but its applied mark (which says it is no member).
+fn clear_tombstone(store: &Arc<dyn KvStore>, shard: ShardId, generation: u32) -> Result<(), StoreError> {
+    use crate::ledger::keys;
+    let prefix = keys::generation_prefix(shard, generation);
+    let mut mark = prefix.clone();
+    mark.push(keys::APPLIED);
+    let mut after_mark = prefix.clone();
+    after_mark.push(keys::APPLIED + 1);
+    clear_unused_generations(store, shard, generation)?;
+    delete_range(store, &prefix, &mark)?;
+    delete_range(store, &after_mark, &crate::store::prefix_end(&prefix))
+}
+
+/// Deletes everything of `shard` in the state store (a new replica starts where an earlier
+/// one was).
+pub fn clear_shard(store: &Arc<dyn KvStore>, shard: ShardId) -> Result<(), StoreError> {
+    let start = crate::ledger::keys::shard_prefix(shard);
+    delete_range(store, &start, &crate::store::prefix_end(&start))?;
+    let mut batch = crate::store::WriteBatch::default();
+    batch.delete(crate::ledger::keys::generation_key(shard));
+    store.write(batch)
 }
 
 #[cfg(test)]

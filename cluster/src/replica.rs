@@ -12,7 +12,7 @@ use crate::snapshot::{SnapshotDescriptor, SNAPSHOT_CHUNK_ENTRIES_MAX};
 use crate::storage::ShardStorage;
 use crate::store::{prefix_end, Key, ReadView, Value};
 use crate::time::Time;
-use raft::eraftpb::{Entry, EntryType, HardState, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, Snapshot};
 use raft::{RawNode, ReadState, StateRole};
 use serde::{Deserialize, Serialize};
 
@@ -60,11 +60,14 @@ pub struct ShardWrite {
     /// Log entries up to this index (and term) may be deleted: the state store made the state
     /// at it durable.
     pub compact_to: Option<(u64, u64)>,
+    /// Drop everything of this shard's log first: the node's replica of it was removed, or a
+    /// new one starts where an earlier one was (`core/membership.rs`).
+    pub clean: bool,
 }
 
 impl ShardWrite {
     pub fn is_empty(&self) -> bool {
-        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none()
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.compact_to.is_none() && !self.clean
     }
 }
 
@@ -124,6 +127,8 @@ pub struct ReadyOutput {
     /// Ready may leave (no replies, no messages, no round written); the core quarantines the
     /// replica.
     pub damaged: bool,
+    /// A membership change of the shard was applied in this Ready (`core/membership.rs`).
+    pub conf_changed: bool,
 }
 
 pub struct ShardReplica {
@@ -157,6 +162,9 @@ pub struct ShardReplica {
     /// The state at the end of the entry that raised the shard's fence epoch last: this
     /// replica's copy of the shard's cut for that backup (`ledger/fence.rs`).
     backup_view: Option<BackupView>,
+    /// The log index of the last membership change this replica applied (0: the bootstrap
+    /// voters, or one applied before this replica's last restart or snapshot).
+    conf_index: u64,
 }
 
 /// A read view of the state store at a backup fence.
@@ -248,6 +256,7 @@ impl ShardReplica {
             last_leader: None,
             leader_changes: 0,
             backup_view: None,
+            conf_index: 0,
         })
     }
 
@@ -308,6 +317,44 @@ impl ShardReplica {
 
     pub fn log_entry_count(&self) -> usize {
         self.raw.store().entry_count()
+    }
+
+    /// The shard's voters as of this replica's applied point.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raw.store().conf_state().voters.clone()
+    }
+
+    /// The shard's learners (replicas catching up, not yet voting) as of the applied point.
+    pub fn learners(&self) -> Vec<NodeId> {
+        self.raw.store().conf_state().learners.clone()
+    }
+
+    /// Voters and learners: every node that should run a replica of the shard.
+    pub fn members(&self) -> Vec<NodeId> {
+        let conf = self.raw.store().conf_state();
+        conf.voters.iter().chain(conf.learners.iter()).copied().collect()
+    }
+
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    /// A membership change was proposed and is not applied yet (raft takes one at a time).
+    pub fn conf_change_pending(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.applied_index
+    }
+
+    /// Proposes one membership change (add a learner, promote it to voter, remove a node).
+    pub fn propose_conf_change(&mut self, change: ConfChangeType, node: NodeId) -> Result<(), raft::Error> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = node;
+        self.raw.propose_conf_change(Vec::new(), cc)
+    }
+
+    /// The log's compaction point (a new member needs a snapshot only when it is above 0).
+    pub fn compacted_index(&self) -> u64 {
+        self.raw.store().compacted_index()
     }
 
     /// A leader may act on its applied state (re-drive transfers, answer known decisions) once
@@ -686,6 +733,8 @@ impl ShardReplica {
             self.checkpoint_index = self.applied_index;
             output.write.snapshot = Some(snapshot);
             output.installed_snapshot = true;
+            // The snapshot carries the shard's membership as of its index.
+            output.conf_changed = true;
         }
         if !ready.entries().is_empty() {
             let entries = ready.take_entries();
@@ -700,7 +749,9 @@ impl ShardReplica {
         let committed = ready.take_committed_entries();
         let applied_any = !committed.is_empty();
         output.applied_bytes = committed.iter().map(|entry| u64::try_from(entry.data.len()).unwrap_or(u64::MAX)).sum();
+        let conf_index = self.conf_index;
         output.entries_undecodable = self.apply_entries(committed, proposer, clock_ms, &mut output.applied);
+        output.conf_changed |= self.conf_index != conf_index;
         if self.ledger.damage().is_some() {
             // What was applied may rest on a record read as absent: none of it leaves.
             output.damaged = true;
@@ -754,6 +805,10 @@ impl ShardReplica {
         for entry in entries {
             assert!(entry.index > self.applied_index || entry.index == 0, "entry {} applied twice", entry.index);
             self.applied_index = entry.index;
+            if entry.get_entry_type() == EntryType::EntryConfChange && !entry.data.is_empty() {
+                self.apply_conf_change(&entry);
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 continue;
             }
@@ -779,6 +834,19 @@ impl ShardReplica {
             }
         }
         undecodable
+    }
+
+    /// Applies a committed membership change. One raft refuses (removing the last voter, say)
+    /// or that does not decode is applied as nothing, the same on every replica.
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        use protobuf::Message as _;
+        let Ok(change) = ConfChange::parse_from_bytes(&entry.data) else {
+            return;
+        };
+        if let Ok(conf_state) = self.raw.apply_conf_change(&change) {
+            self.raw.mut_store().set_conf_state(conf_state);
+            self.conf_index = entry.index;
+        }
     }
 
     /// This entry raised the fence epoch: the state at its end is the shard's cut for `epoch`.

@@ -51,6 +51,11 @@ impl ShardStorage {
         &self.conf_state
     }
 
+    /// The voters and learners after an applied membership change.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
     pub fn set_hard_state(&mut self, hard_state: HardState) {
         self.hard_state = hard_state;
     }

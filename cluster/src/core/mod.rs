@@ -13,6 +13,7 @@
 //! the `Time` passed to `tick`/`advance_clock` (a wall clock only stamps entries; every timer
 //! and deadline runs on the monotonic one), randomness a seeded RNG.
 
+mod membership;
 mod operation;
 mod peer;
 mod router;
@@ -273,6 +274,11 @@ pub struct NodeCore {
     stats: CoreStats,
     /// Test-only (inert without the `planted-bugs` feature).
     planted: PlantedBug,
+    /// Shards' members this node learned, and log regions to drop (`membership.rs`).
+    membership: membership::Membership,
+    /// The node's state store and logger, for replicas started while it runs.
+    store: std::sync::Arc<dyn crate::store::KvStore>,
+    logger: slog::Logger,
 }
 
 impl NodeCore {
@@ -292,7 +298,11 @@ impl NodeCore {
         let shard_count = config.placement.shard_count();
         let mut peers = BTreeMap::new();
         let mut leadership = Leadership::default();
-        for shard in config.placement.shards_on(node) {
+        // The bootstrap placement's shards (fresh ones start here) and every shard recovered
+        // from the stores (a replica added since bootstrap).
+        let mut hosted: BTreeSet<ShardId> = config.placement.shards_on(node).into_iter().collect();
+        hosted.extend(recovered.keys().copied());
+        for shard in hosted {
             if quarantined.contains(&shard) {
                 continue;
             }
@@ -300,8 +310,12 @@ impl NodeCore {
                 Some(state) => state,
                 None => {
                     let budget = cache_bytes_per_shard(config.cache_bytes_max, &config.placement, node);
-                    let (ledger, _) = Ledger::open(shard, shard_count, store.clone(), budget)
+                    let (ledger, mark) = Ledger::open(shard, shard_count, store.clone(), budget)
                         .map_err(|error| raft::Error::Store(raft::StorageError::Other(Box::new(error))))?;
+                    if membership::removed_here(&mark.conf_state, node) {
+                        // A tombstone: the shard was moved away from this node.
+                        continue;
+                    }
                     let storage = ShardStorage::bootstrap(config.placement.replicas(shard));
                     RecoveredShard { storage, ledger, applied_index: 0 }
                 }
@@ -333,6 +347,9 @@ impl NodeCore {
             leadership,
             stats: CoreStats::default(),
             planted: PlantedBug::None,
+            membership: membership::Membership::default(),
+            store,
+            logger: logger.clone(),
             config,
         };
         let shards: Vec<ShardId> = core.peers.keys().copied().collect();
@@ -422,12 +439,14 @@ impl NodeCore {
         self.checkpoint_tick();
         self.balance_tick();
         self.drain_tick();
+        self.announce_tick();
     }
 
     /// Asks the local leader of `shard` to hand leadership to `to` (a planned operation). Errors
     /// name who leads instead.
     pub fn transfer_leader(&mut self, shard: ShardId, to: NodeId) -> Result<(), AdminError> {
         let node = self.config.node;
+        let voters = self.voters_of(shard);
         let Some(peer) = self.peers.get_mut(&shard) else {
             return Err(AdminError::NoReplica);
         };
@@ -437,7 +456,7 @@ impl NodeCore {
         if to == node {
             return Ok(());
         }
-        if !self.config.placement.replicas(shard).contains(&to) {
+        if !voters.contains(&to) {
             return Err(AdminError::NotAReplica);
         }
         peer.replica.transfer_leader(to);
@@ -482,7 +501,7 @@ impl NodeCore {
             if !peer.replica.is_leader() {
                 continue;
             }
-            let candidates = self.config.placement.replicas(*shard);
+            let candidates = peer.replica.voters();
             if let Some(target) = caught_up_target(&peer.replica, candidates, node, &self.leadership.peers_draining) {
                 peer.replica.transfer_leader(target);
                 self.dirty.insert(*shard);
@@ -546,6 +565,9 @@ impl NodeCore {
             PeerMessage::SnapshotFetch { shard, snapshot_id, after } => self.snapshot_fetch_received(from, shard, snapshot_id, after),
             PeerMessage::SnapshotChunk { shard, snapshot_id, entries, done, unknown } => {
                 self.snapshot_chunk_received(from, shard, snapshot_id, entries, done, unknown)
+            }
+            PeerMessage::Members { shard, epoch, voters, learners } => {
+                self.members_received(shard, membership::Members { epoch, voters, learners })
             }
             PeerMessage::NodeInfo { .. } => {}
         }
@@ -629,8 +651,13 @@ impl NodeCore {
             let Some(peer) = self.peers.get_mut(shard) else {
                 continue;
             };
+            // A shard about to take a new member compacts all it can (`operation/membership.rs`).
+            let (lag_entries, lag_bytes) = if peer.compact_fully { (0, 0) } else { (lag_entries, lag_bytes) };
             if let Some(compact_to) = peer.replica.checkpointed(*index, lag_entries, lag_bytes) {
                 self.rounds.compactions.insert(*shard, compact_to);
+            }
+            if peer.replica.compacted_index() > 0 {
+                peer.compact_fully = false;
             }
         }
     }
@@ -689,6 +716,7 @@ impl NodeCore {
         self.deliver_outbox();
         let mut round = Vec::new();
         let mut writes = Vec::new();
+        let mut conf_changed = Vec::new();
         let io_backlogged = self.rounds.inflight.len() >= self.config.limits.rounds_inflight_max;
         if io_backlogged {
             // No round may start: take no Ready and keep the compactions for a later round, and
@@ -719,6 +747,9 @@ impl NodeCore {
                 if output.installed_snapshot {
                     self.stats.snapshots_installed += 1;
                 }
+                if output.conf_changed {
+                    conf_changed.push(*shard);
+                }
                 self.stats.entries_undecodable += output.entries_undecodable;
                 for (start, end) in output.obsolete_ranges {
                     self.effects.push(Effect::DeleteRange { start, end });
@@ -747,6 +778,7 @@ impl NodeCore {
                     None => writes.push(ShardWrite { shard, compact_to: Some(compact_to), ..ShardWrite::default() }),
                 }
             }
+            self.take_cleans(&mut writes);
         }
         let progressed = !round.is_empty() || !writes.is_empty();
         if progressed {
@@ -762,6 +794,9 @@ impl NodeCore {
             if self.peers[shard].replica.has_ready() {
                 self.dirty.insert(*shard);
             }
+        }
+        for shard in conf_changed {
+            self.conf_changed(shard);
         }
         progressed
     }
@@ -900,7 +935,7 @@ impl NodeCore {
                 continue;
             }
             marks.push((*shard, replica.state_mark_index()));
-            due |= behind >= limits.checkpoint_entries;
+            due |= behind >= limits.checkpoint_entries || peer.compact_fully;
         }
         let stale = now.saturating_sub(self.last_state_persist_ms) >= limits.checkpoint_interval_ms;
         if marks.is_empty() || !(due || stale) {
@@ -939,6 +974,10 @@ impl NodeCore {
                 continue;
             }
             let preferred = self.config.placement.preferred_leader(*shard);
+            if !peer.replica.voters().contains(&preferred) {
+                // Moved away since bootstrap: no preference.
+                continue;
+            }
             if let Some(target) = caught_up_target(&peer.replica, [preferred], node, &self.leadership.peers_draining) {
                 peer.replica.transfer_leader(target);
             }

@@ -190,6 +190,8 @@ pub(super) struct ShardPeer {
     /// Payer-shard legs waiting for the fence they need (`Request::Fenced`), with their origin
     /// and deadline, accepted when it applies.
     pub fenced_legs: Vec<(u64, Origin, u64, crate::message::FencedRequest)>,
+    /// A replica move waits for this leader to compact its log (`operation/membership.rs`).
+    pub compact_fully: bool,
 }
 
 impl ShardPeer {
@@ -211,6 +213,7 @@ impl ShardPeer {
             fenced_credits: Vec::new(),
             fenced_decisions: Vec::new(),
             fenced_legs: Vec::new(),
+            compact_fully: false,
         }
     }
 

@@ -258,6 +258,10 @@ impl NodeCore {
                 legs.push((shard, Request::BackupChunk { shard, epoch, after }, Vec::new()));
                 CallState::Single(None)
             }
+            Request::MoveReplica { shard, from, to } => {
+                legs.push((shard, Request::MoveReplica { shard, from, to }, Vec::new()));
+                CallState::Single(None)
+            }
             Request::VerifyTransfer { payer, command } => {
                 legs.push((placement.shard_of(&payer), Request::VerifyTransfer { payer, command }, Vec::new()));
                 CallState::Single(None)
@@ -314,7 +318,7 @@ impl NodeCore {
         }
         // No replica here (or a quarantined one): guess the first other replica.
         let node = self.config.node;
-        self.config.placement.replicas(shard).into_iter().find(|replica| *replica != node)
+        self.voters_of(shard).into_iter().find(|replica| *replica != node)
     }
 
     /// Records who leads a shard this node has no replica of.
@@ -338,7 +342,7 @@ impl NodeCore {
             return;
         }
         let node = self.config.node;
-        let replicas: Vec<NodeId> = self.config.placement.replicas(shard).into_iter().filter(|replica| *replica != node).collect();
+        let replicas: Vec<NodeId> = self.voters_of(shard).into_iter().filter(|replica| *replica != node).collect();
         let Some(first) = replicas.first().copied() else {
             return;
         };
@@ -670,6 +674,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
         (Request::ReadTransfer { id, .. }, Reply::Transfer(view)) => view.as_ref().is_none_or(|view| view.id == *id),
         (Request::ReadTransfer { payer: None, .. }, Reply::Reserved(_)) => true,
         (Request::History { .. }, Reply::History(_)) => true,
+        (Request::MoveReplica { shard, .. }, Reply::Moved(status)) => status.shard == *shard,
         (Request::Statement { .. }, Reply::Statement(_)) | (Request::BalanceAsOf { .. }, Reply::Balance(_)) => true,
         (Request::System(command), Reply::System(outcome)) => system_reply_fits(command, outcome),
         (Request::Stop(command), Reply::Stop(outcome)) => match outcome {

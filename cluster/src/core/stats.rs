@@ -73,6 +73,10 @@ pub struct CoreStats {
     pub snapshot_streams_started: u64,
     pub snapshot_bytes_sent: u64,
     pub snapshot_bytes_received: u64,
+    /// Replicas this node started because a shard took it as a new member, and replicas it
+    /// stopped because a shard removed it (`core/membership.rs`).
+    pub replicas_added: u64,
+    pub replicas_removed: u64,
 }
 
 /// A node's role in one shard, as `/v1/cluster`, metrics and `settle status` show it.
@@ -121,7 +125,11 @@ impl ShardRole {
 pub struct ShardStatus {
     pub id: ShardId,
     pub leader: Option<NodeId>,
+    /// The shard's voters, and its learners (replicas being added by a move), as this node
+    /// knows them (`core/membership.rs`).
     pub replicas: Vec<NodeId>,
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
     pub term: u64,
     pub role: ShardRole,
     pub commit_index: u64,
@@ -152,7 +160,7 @@ impl NodeCore {
         placement
             .shard_ids()
             .map(|shard| {
-                let replicas = placement.replicas(shard);
+                let (replicas, learners) = (self.voters_of(shard), self.learners_of(shard));
                 match self.peers.get(&shard) {
                     Some(peer) => {
                         let replica = &peer.replica;
@@ -165,6 +173,7 @@ impl NodeCore {
                             id: shard,
                             leader: replica.leader(),
                             replicas,
+                            learners,
                             term: replica.term(),
                             role: ShardRole::of(replica.role()),
                             commit_index: replica.commit_index(),
@@ -182,6 +191,7 @@ impl NodeCore {
                         id: shard,
                         leader: self.router.leader_hint(shard),
                         replicas,
+                        learners,
                         term: 0,
                         role: if self.quarantined.contains(&shard) { ShardRole::Quarantined } else { ShardRole::None },
                         commit_index: 0,

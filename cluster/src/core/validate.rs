@@ -16,6 +16,8 @@ use raft::eraftpb::{Message, MessageType};
 /// The longest a leg may ask a leader to keep working on it.
 /// The longest record key a backup chunk may start after (ids are at most 64 bytes).
 const BACKUP_KEY_BYTES_MAX: usize = 1024;
+/// The most members (voters and learners) an announcement may name.
+const MEMBERS_MAX: usize = 16;
 const LEG_TIMEOUT_MS_MAX: u64 = 120_000;
 /// The most items one leg may carry (a batch request's limit).
 const LEG_ITEMS_MAX: usize = 8_000;
@@ -120,7 +122,7 @@ impl NodeCore {
             }
             PeerMessage::LeaderHint { shard, leader } => {
                 self.check_shard(shard)?;
-                if !self.config.placement.replicas(shard).contains(&leader) {
+                if !self.voters_of(shard).contains(&leader) {
                     return Err("hint_not_replica");
                 }
                 Ok(Checked::Other(message))
@@ -151,13 +153,28 @@ impl NodeCore {
                 }
                 Ok(Checked::Other(message))
             }
+            PeerMessage::Members { shard, ref voters, ref learners, .. } => {
+                self.check_shard(shard)?;
+                let nodes = self.config.placement.nodes();
+                let known = voters.iter().chain(learners.iter()).all(|node| nodes.contains(node));
+                let overlap = learners.iter().any(|learner| voters.contains(learner));
+                if voters.is_empty() || voters.len() + learners.len() > MEMBERS_MAX || !known || overlap {
+                    return Err("members_invalid");
+                }
+                // Only a voter of the shard announces its members (the leader does).
+                if !voters.contains(&from) {
+                    return Err("members_not_from_voter");
+                }
+                Ok(Checked::Other(message))
+            }
             PeerMessage::NodeInfo { .. } => Ok(Checked::Other(message)),
         }
     }
 
     /// The sender hosts a replica of the shard (snapshots pass only between its replicas).
     fn check_replica(&self, from: NodeId, shard: ShardId) -> Result<(), Rejection> {
-        if !self.config.placement.replicas(shard).contains(&from) || !self.config.placement.replicas(shard).contains(&self.config.node) {
+        let members = self.members_of(shard);
+        if !members.contains(&from) || !members.contains(&self.config.node) {
             return Err("snapshot_not_replica");
         }
         Ok(())
@@ -177,11 +194,15 @@ impl NodeCore {
         if message.from != from {
             return Err("raft_sender_mismatch");
         }
-        let replicas = self.config.placement.replicas(shard);
-        if message.to != self.config.node || !replicas.contains(&message.to) {
+        // A replica here takes messages from any member node (raft itself knows the shard's
+        // configuration, which a lagging replica's applied one may trail); without one, only
+        // from the members this node knows, and only if they name it.
+        let members = self.members_of(shard);
+        let hosted = self.peers.contains_key(&shard);
+        if message.to != self.config.node || !(hosted || members.contains(&message.to)) {
             return Err("raft_not_for_this_replica");
         }
-        if !replicas.contains(&from) {
+        if !members.contains(&from) && !hosted {
             return Err("raft_sender_not_replica");
         }
         Ok(())
@@ -237,6 +258,13 @@ impl NodeCore {
                 Ok(())
             }
             Request::Fence { epoch, .. } => self.check_fence(*epoch),
+            Request::MoveReplica { shard, from, to } => {
+                let nodes = self.config.placement.nodes();
+                if *shard >= self.config.placement.shard_count() || from == to || !nodes.contains(from) || !nodes.contains(to) {
+                    return Err("leg_bounds");
+                }
+                Ok(())
+            }
             Request::Fenced { fence, request } => {
                 self.check_fence(*fence)?;
                 self.check_request(&request.clone().into_request())

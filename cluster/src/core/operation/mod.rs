@@ -13,6 +13,7 @@ pub(super) mod credit;
 pub(super) mod customer;
 pub(super) mod finalize;
 pub(super) mod holds;
+pub(super) mod membership;
 pub(super) mod read;
 pub(super) mod reserve;
 pub(super) mod stop;
@@ -74,7 +75,8 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::SetRiskLimits { shard: named, .. }
         | Request::ReadRiskLimits { shard: named }
         | Request::Fence { shard: named, .. }
-        | Request::BackupChunk { shard: named, .. } => *named == shard,
+        | Request::BackupChunk { shard: named, .. }
+        | Request::MoveReplica { shard: named, .. } => *named == shard,
         Request::VerifyTransfer { payer, .. } | Request::ReadChallenge { payer, .. } => ctx.placement.shard_of(payer) == shard,
         // Without a payer hint a lookup asks every shard.
         Request::ReadTransfer { .. } => true,
@@ -101,6 +103,7 @@ pub(super) fn accept(peer: &mut ShardPeer, origin: Origin, deadline_ms: u64, req
         Request::BackupChunk { epoch, after, .. } => backup::accept_chunk(peer, origin, epoch, after, ctx),
         Request::VerifyTransfer { command, .. } => holds::accept(peer, origin, deadline_ms, Command::Verify(command)),
         Request::Fenced { .. } => ctx.out.replies.push((origin, Reply::Unavailable)),
+        Request::MoveReplica { from, to, .. } => membership::accept_move(peer, origin, from, to, ctx),
         request @ (Request::Hold(_) | Request::Capture { .. } | Request::Void { .. }) => match holds::command(request) {
             Some(command) => holds::accept(peer, origin, deadline_ms, command),
             None => ctx.out.replies.push((origin, Reply::Unavailable)),

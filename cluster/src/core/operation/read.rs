@@ -144,6 +144,7 @@ fn read_from_ledger(peer: &ShardPeer, request: &Request) -> Reply {
         | Request::VerifyTransfer { .. }
         | Request::Fence { .. }
         | Request::BackupChunk { .. }
+        | Request::MoveReplica { .. }
         | Request::Fenced { .. } => Reply::Unavailable,
     }
 }

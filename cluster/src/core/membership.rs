@@ -1,0 +1,224 @@
+//! Which nodes run a replica of each shard. The bootstrap placement (`placement.rs`) names a
+//! shard's first voters; after that a shard's members are its raft configuration, changed only
+//! through its own log (`operation/membership.rs` moves a replica one change at a time). So:
+//! - a node with a replica reads the members from it (the applied configuration);
+//! - every shard leader announces its members to every node (`PeerMessage::Members`) after a
+//!   change and every `leader_balance_interval_ms`; a node without a replica routes by the
+//!   newest announcement it has (by the leader's applied index), else by the placement;
+//! - a node named in an announcement without a replica starts one, empty: the leader's log is
+//!   compacted before a member is added (`MoveStage::Preparing`), so it starts from a snapshot;
+//! - a replica whose applied configuration no longer names its node is stopped and its log
+//!   dropped; its state stays as a tombstone (an applied mark without the node) until the node
+//!   next starts (`recovery.rs` deletes the records then) or the shard comes back to it.
+
+use super::NodeCore;
+use crate::ids::{NodeId, ShardId};
+use crate::ledger::Ledger;
+use crate::message::PeerMessage;
+use crate::replica::{ShardReplica, ShardWrite};
+use crate::storage::ShardStorage;
+use std::collections::BTreeMap;
+
+/// Whether a stored membership (an applied mark's encoded `ConfState`) leaves `node` out: the
+/// shard was moved away from it.
+pub(super) fn removed_here(conf_state: &[u8], node: NodeId) -> bool {
+    use protobuf::Message as _;
+    if conf_state.is_empty() {
+        return false;
+    }
+    raft::eraftpb::ConfState::parse_from_bytes(conf_state)
+        .is_ok_and(|conf| !conf.voters.is_empty() && !conf.voters.contains(&node) && !conf.learners.contains(&node))
+}
+
+/// A shard's members as announced by its leader at applied index `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Members {
+    pub epoch: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// What this node learned of shards it has no replica of, and what waits to be written.
+#[derive(Default)]
+pub(super) struct Membership {
+    pub learned: BTreeMap<ShardId, Members>,
+    /// Log regions of removed replicas to drop with the next persist round.
+    pub cleans: Vec<ShardId>,
+    pub last_announce_ms: u64,
+}
+
+impl NodeCore {
+    /// The shard's voters as this node knows them: its replica's applied configuration, else
+    /// the newest announcement, else the bootstrap placement.
+    pub(super) fn voters_of(&self, shard: ShardId) -> Vec<NodeId> {
+        if let Some(peer) = self.peers.get(&shard) {
+            let voters = peer.replica.voters();
+            if !voters.is_empty() {
+                return voters;
+            }
+        }
+        match self.membership.learned.get(&shard) {
+            Some(members) => members.voters.clone(),
+            None => self.config.placement.replicas(shard),
+        }
+    }
+
+    /// Voters and learners: every node that should run a replica of the shard.
+    pub(super) fn members_of(&self, shard: ShardId) -> Vec<NodeId> {
+        if let Some(peer) = self.peers.get(&shard) {
+            let members = peer.replica.members();
+            if !members.is_empty() {
+                return members;
+            }
+        }
+        match self.membership.learned.get(&shard) {
+            Some(members) => members.voters.iter().chain(members.learners.iter()).copied().collect(),
+            None => self.config.placement.replicas(shard),
+        }
+    }
+
+    /// The learners of a shard as this node knows them (replicas being added).
+    pub(super) fn learners_of(&self, shard: ShardId) -> Vec<NodeId> {
+        if let Some(peer) = self.peers.get(&shard) {
+            return peer.replica.learners();
+        }
+        self.membership.learned.get(&shard).map(|members| members.learners.clone()).unwrap_or_default()
+    }
+
+    /// A leader tells every other node of the cluster its shard's members.
+    pub(super) fn announce_members(&mut self, shard: ShardId) {
+        let Some(peer) = self.peers.get(&shard) else {
+            return;
+        };
+        if !peer.replica.is_leader() {
+            return;
+        }
+        let (epoch, voters, learners) = (peer.replica.applied_index(), peer.replica.voters(), peer.replica.learners());
+        let node = self.config.node;
+        let mut nodes: Vec<NodeId> = self.config.placement.nodes().to_vec();
+        nodes.extend(voters.iter().chain(learners.iter()).copied());
+        nodes.sort_unstable();
+        nodes.dedup();
+        for to in nodes.into_iter().filter(|to| *to != node) {
+            self.send(to, PeerMessage::Members { shard, epoch, voters: voters.clone(), learners: learners.clone() });
+        }
+    }
+
+    /// Every `leader_balance_interval_ms`, each leader announces its shard's members (a node
+    /// that restarted or missed a change learns them within one period).
+    pub(super) fn announce_tick(&mut self) {
+        let now = self.time.monotonic_ms;
+        if now.saturating_sub(self.membership.last_announce_ms) < self.config.limits.leader_balance_interval_ms {
+            return;
+        }
+        self.membership.last_announce_ms = now;
+        let led: Vec<ShardId> = self.peers.iter().filter(|(_, peer)| peer.replica.is_leader()).map(|(shard, _)| *shard).collect();
+        for shard in led {
+            self.announce_members(shard);
+        }
+    }
+
+    /// A leader's announcement (checked in `validate.rs`: `from` is one of the voters it names).
+    pub(super) fn members_received(&mut self, shard: ShardId, members: Members) {
+        let node = self.config.node;
+        let named = members.voters.contains(&node) || members.learners.contains(&node);
+        if let Some(peer) = self.peers.get(&shard) {
+            // A replica knows its members from its own log. One that was removed while it
+            // could not hear of it (down, partitioned) is told here: the leader no longer
+            // sends it anything.
+            if !named && members.epoch > peer.replica.applied_index() && !peer.replica.is_leader() {
+                self.remove_replica(shard);
+                self.membership.learned.insert(shard, members);
+            }
+            return;
+        }
+        if self.quarantined.contains(&shard) {
+            return;
+        }
+        if self.membership.learned.get(&shard).is_some_and(|known| known.epoch >= members.epoch) {
+            return;
+        }
+        self.membership.learned.insert(shard, members);
+        if named {
+            self.start_replica(shard);
+        }
+    }
+
+    /// After a membership change applied on this node's replica: a leader announces it, and a
+    /// replica whose node is no member any more stops.
+    pub(super) fn conf_changed(&mut self, shard: ShardId) {
+        let node = self.config.node;
+        let Some(peer) = self.peers.get(&shard) else {
+            return;
+        };
+        let members = peer.replica.members();
+        if !members.is_empty() && !members.contains(&node) {
+            let learned = Members { epoch: peer.replica.applied_index(), voters: peer.replica.voters(), learners: peer.replica.learners() };
+            self.remove_replica(shard);
+            self.membership.learned.insert(shard, learned);
+            return;
+        }
+        self.announce_members(shard);
+    }
+
+    /// Starts an empty replica of a shard this node was added to. Whatever an earlier replica
+    /// of the shard left in the state store is deleted first; it waits for the leader's
+    /// snapshot.
+    fn start_replica(&mut self, shard: ShardId) {
+        if let Err(error) = crate::recovery::clear_shard(&self.store, shard) {
+            slog::warn!(self.logger, "cannot clear the shard's old records; the replica is not started"; "shard" => shard, "error" => %error);
+            return;
+        }
+        let budget = super::cache_bytes_per_shard(self.config.cache_bytes_max, &self.config.placement, self.config.node);
+        let ledger = match Ledger::open(shard, self.config.placement.shard_count(), self.store.clone(), budget) {
+            Ok((ledger, _)) => ledger,
+            Err(error) => {
+                slog::warn!(self.logger, "cannot open the shard's ledger; the replica is not started"; "shard" => shard, "error" => %error);
+                return;
+            }
+        };
+        let storage = ShardStorage::bootstrap(Vec::new());
+        let replica = match ShardReplica::new(self.config.node, shard, storage, ledger, 0, &self.config.raft, &self.logger) {
+            Ok(replica) => replica,
+            Err(error) => {
+                slog::warn!(self.logger, "cannot start the replica"; "shard" => shard, "error" => %error);
+                return;
+            }
+        };
+        let mut peer = super::peer::ShardPeer::new(replica);
+        peer.replica.plant_bug(self.planted);
+        self.peers.insert(shard, peer);
+        // A log region an earlier replica left goes with the first round.
+        self.membership.cleans.push(shard);
+        self.stats.replicas_added += 1;
+        self.redraw_election_timeout(shard);
+        self.dirty.insert(shard);
+    }
+
+    /// Stops this node's replica of a shard it is no member of any more: its waiters look
+    /// elsewhere, its log is dropped with the next round.
+    fn remove_replica(&mut self, shard: ShardId) {
+        let node = self.config.node;
+        {
+            let (mut ctx, peers) = self.ctx();
+            if let Some(peer) = peers.get_mut(&shard) {
+                let hint = peer.replica.leader().filter(|leader| *leader != node);
+                peer.reset(hint, &mut ctx);
+            }
+        }
+        self.deliver_outbox();
+        self.peers.remove(&shard);
+        self.dirty.remove(&shard);
+        self.rounds.compactions.remove(&shard);
+        self.membership.cleans.push(shard);
+        self.stats.replicas_removed += 1;
+    }
+
+    /// The log regions to drop, as writes of the round being built.
+    pub(super) fn take_cleans(&mut self, writes: &mut Vec<ShardWrite>) {
+        for shard in std::mem::take(&mut self.membership.cleans) {
+            // A clean goes first in its shard's write (a new replica's first entries follow it).
+            writes.insert(0, ShardWrite { shard, clean: true, ..ShardWrite::default() });
+        }
+    }
+}
