@@ -8,6 +8,7 @@ mod backup_cli;
 mod keys_cli;
 mod logging;
 mod metrics;
+mod node_cli;
 mod settings;
 mod sim_cli;
 mod status;
@@ -61,6 +62,9 @@ enum Command {
     /// Check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(keys_cli::AuditCommand),
+    /// Move a node's replicas away: decommission a live node, replace a dead one (admin key).
+    #[command(subcommand)]
+    Node(node_cli::NodeCommand),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Command::Certs(flags) => certs(flags),
         Command::Keys(command) => keys_cli::keys(command),
         Command::Audit(command) => keys_cli::audit(command),
+        Command::Node(command) => node_cli::run(command),
     }
 }
 

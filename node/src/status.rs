@@ -164,13 +164,24 @@ async fn report(flags: &StatusFlags) -> anyhow::Result<Vec<String>> {
             .collect();
         if !missing.is_empty() {
             under_replicated.push(format!("shard {shard} (replica on node {missing:?} down or quarantined)"));
+        } else if hosts.len() < settle_cluster::placement::REPLICAS_PER_SHARD.min(members.len()) {
+            under_replicated.push(format!("shard {shard} (only {} voters: {hosts:?})", hosts.len()));
         }
     }
+    // Replica moves in flight: shards with a learner (`settle node decommission/replace`).
+    let moving: Vec<String> = by_shard
+        .iter()
+        .filter_map(|(shard, replicas)| {
+            let learners: Vec<u64> = replicas.iter().flat_map(|(_, view)| view.learners.iter().copied()).collect();
+            (!learners.is_empty()).then(|| format!("shard {shard} → node {:?}", learners.first().copied().unwrap_or_default()))
+        })
+        .collect();
     println!();
     println!("shards          {}", by_shard.len());
     println!("under-replicated {}", under_replicated.len());
     println!("without leader  {}", leaderless.len());
     println!("lagging         {}", lagging.len());
+    println!("moving          {}{}", moving.len(), if moving.is_empty() { String::new() } else { format!(" ({})", moving.join(", ")) });
     println!("quarantined     {}", quarantined.len());
     println!("in-doubt        {in_doubt} (oldest {})", format_age(oldest_ms));
     if !under_replicated.is_empty() {

@@ -100,8 +100,11 @@ pub struct ShardView {
     pub pending_oldest_ms: u64,
     /// Cross-shard transfers prepared on this shard and not finalized (in doubt).
     pub pending_transfers: u64,
-    /// The nodes holding a replica.
+    /// The shard's voters: the nodes holding a replica.
     pub replicas: Vec<u64>,
+    /// Nodes being added to the shard by a replica move (catching up, not voting yet).
+    #[serde(default)]
+    pub learners: Vec<u64>,
     /// `leader`, `follower`, `candidate`, `precandidate`, `none` or `quarantined`.
     pub role: String,
     pub term: u64,

@@ -11,6 +11,7 @@ pub mod customers;
 pub mod errors;
 pub mod holds;
 pub mod keys;
+pub mod membership;
 pub mod pii;
 pub mod refunds;
 pub mod statements;
@@ -160,6 +161,9 @@ pub fn app(
         .service(resource("/admin/shards/{id}/transfer-leader").route(web::post().to(admin::transfer_leader)))
         .service(resource("/admin/drain").route(web::post().to(admin::drain)).route(web::delete().to(admin::drain)))
         .service(resource("/admin/backup/fence").route(web::post().to(backup::fence)))
+        .service(resource("/admin/shards/{id}/move").route(web::post().to(membership::move_replica)))
+        .service(resource("/admin/nodes/{id}/decommission").route(web::post().to(membership::decommission)))
+        .service(resource("/admin/nodes/{id}/replace").route(web::post().to(membership::replace)))
         .service(resource("/admin/backup/shards/{id}").route(web::get().to(backup::chunk)))
         .default_service(web::to(|request: HttpRequest| async move { ApiError::not_found(request.path()).error_response() }))
 }
@@ -327,7 +331,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// A peer not heard from for this long counts as unreachable (for readiness and `/v1/cluster`).
 const PEER_SILENCE_MS: u64 = 3_000;
 
-fn reachable(peer: &PeerStatus) -> bool {
+pub(crate) fn reachable(peer: &PeerStatus) -> bool {
     peer.last_heard_ms.is_some_and(|ms| ms <= PEER_SILENCE_MS)
 }
 
@@ -393,6 +397,7 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
             pending_oldest_ms: shard.pending_oldest_ms,
             pending_transfers: u64::try_from(shard.pending_transfers).unwrap_or(u64::MAX),
             replicas: shard.replicas.clone(),
+            learners: shard.learners.clone(),
             role: shard.role.as_str().to_string(),
             term: shard.term,
         })

@@ -1,0 +1,160 @@
+//! Issue 15 (membership) on real processes: `settle node decommission` empties a live node
+//! while transfers run, and `settle node replace` rebuilds a dead node's replicas on the
+//! others. Afterwards no shard names the node, every shard has three voters that are up, the
+//! cluster serves without it, and money is conserved through every node.
+
+mod common;
+
+use common::{TestCluster, ADMIN_KEY};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const SHARDS: u32 = 8;
+const ACCOUNTS: usize = 16;
+
+fn account(index: usize) -> String {
+    format!("acct-{index}")
+}
+
+/// Runs `settle node ...` to completion; panics with its output if it fails.
+fn settle_node(args: &[String]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_settle")).arg("node").args(args).output().expect("run settle node");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "settle node {args:?} failed:\n{text}");
+    text
+}
+
+async fn funded_cluster(nodes: u64) -> TestCluster {
+    let cluster = TestCluster::start(nodes, SHARDS).await;
+    cluster.create_account(1, "bank", "USD", "settlement").await;
+    for index in 0..ACCOUNTS {
+        cluster.create_account(2, &account(index), "USD", "customer").await;
+    }
+    let funding: Vec<Value> = (0..ACCOUNTS)
+        .map(|index| json!({ "id": format!("fund-{index}"), "from": "bank", "to": account(index), "amount": "100.00", "currency": "USD" }))
+        .collect();
+    let (status, body) = cluster.post_settled(1, "/v1/transfers/batch", &json!({ "transfers": funding })).await;
+    assert_eq!(status, 200, "{body}");
+    cluster
+}
+
+/// Batches of transfers between the accounts through `urls`, round after round (outcomes may
+/// be unknown during a move: the balances read afterwards are the reference).
+fn load(cluster: &TestCluster, urls: Vec<String>, prefix: &'static str, rounds: usize) -> tokio::task::JoinHandle<()> {
+    let client = cluster.client.clone();
+    tokio::spawn(async move {
+        for round in 0..rounds {
+            let items: Vec<Value> = (0..20)
+                .map(|item| {
+                    let n = round * 20 + item;
+                    let (from, to) = (n % ACCOUNTS, (n * 5 + 3) % ACCOUNTS);
+                    let to = if to == from { (to + 1) % ACCOUNTS } else { to };
+                    json!({ "id": format!("{prefix}-{n}"), "from": account(from), "to": account(to), "amount": "0.37", "currency": "USD" })
+                })
+                .collect();
+            let url = format!("{}/v1/transfers/batch", urls[round % urls.len()]);
+            let _ = client.post(url).json(&json!({ "transfers": items })).send().await;
+        }
+    })
+}
+
+/// Waits until every listed node's `/v1/cluster` shows no shard with `gone` as voter or
+/// learner and every shard with three voters among `live`; at most 30 s.
+async fn wait_membership(cluster: &TestCluster, live: &[u64], gone: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut settled = true;
+        for node in live {
+            let view = cluster.cluster_view(*node).await;
+            for shard in view["shards"].as_array().expect("shards") {
+                let voters: Vec<u64> = shard["replicas"].as_array().expect("replicas").iter().filter_map(Value::as_u64).collect();
+                let learners = shard["learners"].as_array().map_or(0, Vec::len);
+                settled &= voters.len() == 3 && learners == 0 && !voters.contains(&gone) && voters.iter().all(|voter| live.contains(voter));
+            }
+        }
+        if settled {
+            return;
+        }
+        assert!(Instant::now() < deadline, "membership did not settle without node {gone}: {}", cluster.cluster_view(live[0]).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The sum of every balance through each node: zero (the bank paid what the accounts hold),
+/// and the same balances through every node.
+async fn assert_conserved(cluster: &TestCluster, live: &[u64]) {
+    let mut seen = Vec::new();
+    for node in live {
+        let mut balances = Vec::new();
+        for name in std::iter::once("bank".to_string()).chain((0..ACCOUNTS).map(account)) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let body = loop {
+                let (status, body) = cluster.get_json(*node, &format!("/v1/accounts/{name}")).await;
+                if status == 200 {
+                    break body;
+                }
+                assert!(status >= 500 && Instant::now() < deadline, "{name} through node {node}: {status} {body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            balances.push(settle_client::parse_cents(body["balance"].as_str().expect("balance")).expect("an amount"));
+        }
+        assert_eq!(balances.iter().sum::<i128>(), 0, "money is conserved through node {node}: {balances:?}");
+        seen.push(balances);
+    }
+    assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "every node reads the same balances");
+}
+
+/// A transfer through each live node posts.
+async fn assert_serves(cluster: &TestCluster, live: &[u64], prefix: &str) {
+    for node in live {
+        let body = json!({ "id": format!("{prefix}-{node}"), "from": account(0), "to": account(1), "amount": "0.01", "currency": "USD" });
+        let (status, reply) = cluster.post_settled(*node, "/v1/transfers", &body).await;
+        assert!(status == 200 || status == 201, "through node {node}: {status} {reply}");
+        assert_eq!(reply["status"], "posted", "{reply}");
+    }
+}
+
+/// Decommissioning a live node under load moves every replica off it; it is then stopped and
+/// the other three serve, with every shard on three of them and money conserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_moves_every_replica_off_a_live_node_under_load() {
+    let mut cluster = funded_cluster(4).await;
+    let urls = cluster.urls();
+    let running = load(&cluster, urls.clone(), "d", 60);
+    let said = tokio::task::spawn_blocking({
+        let args: Vec<String> = ["decommission", "4", "--target", &urls.join(","), "--api-key", ADMIN_KEY].map(String::from).to_vec();
+        move || settle_node(&args)
+    })
+    .await
+    .expect("decommission runs");
+    assert!(said.contains("node 4 holds no replica any more"), "{said}");
+    running.await.expect("load runs");
+    wait_membership(&cluster, &[1, 2, 3], 4).await;
+    cluster.terminate(4);
+    assert_serves(&cluster, &[1, 2, 3], "after").await;
+    assert_conserved(&cluster, &[1, 2, 3]).await;
+}
+
+/// A node killed and its disk lost is replaced: its replicas are rebuilt on the live nodes
+/// (the one named by --with first), every shard is back to three live voters, and the cluster
+/// serves with money conserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_rebuilds_a_dead_nodes_replicas_on_the_others() {
+    let mut cluster = funded_cluster(4).await;
+    cluster.kill(3);
+    std::fs::remove_dir_all(cluster.data_dir(3)).expect("wipe node 3's data dir");
+    let urls: Vec<String> = [1, 2, 4].iter().map(|id| cluster.node(*id).url()).collect();
+    let running = load(&cluster, urls.clone(), "r", 30);
+    let said = tokio::task::spawn_blocking({
+        let args: Vec<String> =
+            ["replace", "3", "--with", "4", "--target", &urls.join(","), "--api-key", ADMIN_KEY].map(String::from).to_vec();
+        move || settle_node(&args)
+    })
+    .await
+    .expect("replace runs");
+    assert!(said.contains("node 3 holds no replica any more"), "{said}");
+    running.await.expect("load runs");
+    wait_membership(&cluster, &[1, 2, 4], 3).await;
+    assert_serves(&cluster, &[1, 2, 4], "after").await;
+    assert_conserved(&cluster, &[1, 2, 4]).await;
+}
