@@ -16,6 +16,7 @@ pub mod faults;
 pub mod history;
 pub mod http;
 pub mod local;
+pub mod membership;
 pub mod run;
 pub mod sim;
 pub mod workload;

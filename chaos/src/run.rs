@@ -5,6 +5,7 @@
 use crate::backup::BackupDriver;
 use crate::checkers::{self, Checkers, Violation};
 use crate::faults::{self, FaultClass, FaultPlan};
+use crate::membership::MembershipDriver;
 use crate::sim::{SimCluster, SimConfig};
 use crate::workload::{Workload, WorkloadConfig};
 use rand::rngs::SmallRng;
@@ -66,6 +67,9 @@ pub struct RunReport {
     /// Online backups taken, restored and checked during the run, and abandoned ones.
     pub backups_checked: u64,
     pub backups_abandoned: u64,
+    /// Replica moves finished during the run, and moves abandoned at their deadline.
+    pub moves_done: u64,
+    pub moves_abandoned: u64,
     pub wall: Duration,
 }
 
@@ -99,7 +103,8 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
     let mut cluster = SimCluster::new(config);
     let mut workload = Workload::new(WorkloadConfig::default(), options.seed);
     let mut backups = BackupDriver::new(options.seed);
-    let outcome = catch_unwind(AssertUnwindSafe(|| drive(options, &mut cluster, &mut workload, &mut backups)));
+    let mut moves = MembershipDriver::new(options.seed);
+    let outcome = catch_unwind(AssertUnwindSafe(|| drive(options, &mut cluster, &mut workload, &mut backups, &mut moves)));
     let violation = match outcome {
         Ok(result) => result.err(),
         Err(panic) => {
@@ -129,11 +134,19 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         snapshot_streams,
         backups_checked: backups.checked,
         backups_abandoned: backups.abandoned,
+        moves_done: moves.done,
+        moves_abandoned: moves.abandoned,
         wall: started.elapsed(),
     }
 }
 
-fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload, backups: &mut BackupDriver) -> Result<(), Violation> {
+fn drive(
+    options: &RunOptions,
+    cluster: &mut SimCluster,
+    workload: &mut Workload,
+    backups: &mut BackupDriver,
+    moves: &mut MembershipDriver,
+) -> Result<(), Violation> {
     let elected = cluster.run_until(20_000, all_shards_led);
     if !elected {
         return Err(Violation::new("liveness", "no leader for every shard 20 s after start"));
@@ -162,6 +175,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
         }
         workload.step(cluster, true);
         backups.step(cluster, true)?;
+        moves.step(cluster, true)?;
         cluster.inject_hostile();
         cluster.run_for(STEP_MS);
         elapsed = cluster.now_ms() - start;
@@ -171,7 +185,7 @@ fn drive(options: &RunOptions, cluster: &mut SimCluster, workload: &mut Workload
     }
     faults::heal_all(cluster);
     cluster.note("healed everything; settling".to_string());
-    settle(options, cluster, workload, backups, &mut checkers)
+    settle(options, cluster, workload, backups, moves, &mut checkers)
 }
 
 fn check(checkers: &mut Checkers, cluster: &SimCluster, workload: &Workload) -> Result<(), Violation> {
@@ -191,12 +205,14 @@ fn settle(
     cluster: &mut SimCluster,
     workload: &mut Workload,
     backups: &mut BackupDriver,
+    moves: &mut MembershipDriver,
     checkers: &mut Checkers,
 ) -> Result<(), Violation> {
     let start = cluster.now_ms();
     loop {
         workload.step(cluster, false);
         backups.step(cluster, false)?;
+        moves.step(cluster, false)?;
         cluster.run_for(STEP_MS);
         let elapsed = cluster.now_ms() - start;
         if elapsed % CHECK_EVERY_MS < STEP_MS {

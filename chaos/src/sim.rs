@@ -183,6 +183,9 @@ const RECENT_MESSAGES_MAX: usize = 128;
 const TRACE_LINES_MAX: usize = 64;
 
 pub struct SimCluster {
+    /// Per leader replica (node, shard): its voters at the last check and before its last
+    /// membership change (`committed_on_quorum`).
+    voters_seen: BTreeMap<(NodeId, ShardId), (Vec<NodeId>, Vec<NodeId>)>,
     config: SimConfig,
     placement: Placement,
     now_ms: u64,
@@ -253,6 +256,7 @@ impl SimCluster {
             state_damaged: BTreeSet::new(),
             damaged_quarantines_past: 0,
             cache_and_snapshot_counts_past: (0, 0, 0),
+            voters_seen: BTreeMap::new(),
             logger: std::env::var("SETTLE_SIM_RAFT_LOG")
                 .map_or_else(|_| slog::Logger::root(slog::Discard, slog::o!()), |_| slog::Logger::root(DebugDrain, slog::o!())),
             config,
@@ -1000,28 +1004,66 @@ impl SimCluster {
         }
     }
 
-    /// Checked after every input a node handles: no replica's commit index is ahead of what a
-    /// quorum of the shard's replicas holds durably (in its log or its applied state) —
+    /// Checked after every input a node handles: no leader's commit index is ahead of what a
+    /// quorum of the shard's voters holds durably (in its log or its applied state) —
     /// `committed_on_quorum`: what a node acknowledges survives any minority's power loss.
     fn check_committed_durable(&mut self, node: NodeId) {
         let Some(core) = self.nodes[&node].core.as_ref() else {
             return;
         };
         let mut broken = None;
-        for replica in core.replicas() {
+        let mut seen = Vec::new();
+        // A leader's commit index is counted over its own voters (its configuration, which
+        // replica moves change): over the voters it has now, or the ones it had before its last
+        // membership change (the entry that changed them was committed by those). A follower
+        // only learns a commit index a leader reached.
+        for replica in core.replicas().filter(|replica| replica.is_leader()) {
             let shard = replica.shard();
             let commit = replica.commit_index();
-            let replicas = self.placement.replicas(shard);
-            let mut held: Vec<u64> =
-                replicas.iter().map(|holder| self.nodes[holder].durable_held.get(&shard).copied().unwrap_or(0)).collect();
-            held.sort_unstable_by(|a, b| b.cmp(a));
-            let quorum_holds = held[replicas.len() / 2];
-            if commit > quorum_holds {
+            let voters = replica.voters();
+            let previous = match self.voters_seen.get(&(node, shard)) {
+                Some((current, _)) if *current != voters => current.clone(),
+                Some((_, previous)) => previous.clone(),
+                None => voters.clone(),
+            };
+            // Membership changes apply on each replica when it applies them, so the
+            // configuration that committed an entry may be one the leader has not applied yet
+            // (or has left behind): the leader's voters now and before its last change, every
+            // live replica's, and the one a removed node recorded when it applied its removal.
+            let mut configs = vec![voters.clone(), previous.clone()];
+            for other in self.nodes.values() {
+                if let Some(replica) = other.core.as_ref().and_then(|core| core.replicas().find(|replica| replica.shard() == shard)) {
+                    configs.push(replica.voters());
+                }
+            }
+            for (holder, other) in &self.nodes {
+                let mark = Ledger::stored_mark(shard, |key| other.store.durable_get(key));
+                if let Some(mark) = mark.ok().filter(|mark| settle_cluster::recovery::removed_here(&mark.conf_state, *holder)) {
+                    configs.extend(settle_cluster::recovery::stored_voters(&mark.conf_state));
+                }
+            }
+            let quorum_holds = |replicas: &[NodeId]| {
+                if replicas.is_empty() {
+                    return 0;
+                }
+                let mut held: Vec<u64> =
+                    replicas.iter().map(|holder| self.nodes[holder].durable_held.get(&shard).copied().unwrap_or(0)).collect();
+                held.sort_unstable_by(|a, b| b.cmp(a));
+                held[replicas.len() / 2]
+            };
+            let holds = quorum_holds(&voters);
+            if configs.iter().all(|config| commit > quorum_holds(config)) {
+                let held: Vec<(NodeId, u64)> =
+                    voters.iter().map(|holder| (*holder, self.nodes[holder].durable_held.get(&shard).copied().unwrap_or(0))).collect();
                 broken = Some(format!(
-                    "node {node} shard {shard}: commit index {commit} but a quorum holds only up to {quorum_holds} durably ({held:?})"
+                    "node {node} shard {shard}: commit index {commit} but a quorum of voters {voters:?} holds only up to {holds} durably ({held:?}), and no other configuration's quorum does ({configs:?})"
                 ));
                 break;
             }
+            seen.push((shard, voters, previous));
+        }
+        for (shard, voters, previous) in seen {
+            self.voters_seen.insert((node, shard), (voters, previous));
         }
         if let Some(message) = broken {
             self.durable_violated(Violation::new("committed_on_quorum", message));

@@ -13,8 +13,14 @@ const SEEDS_MAX: u64 = 100;
 /// The first seed of the default run that catches `bug`, and the checker that did; panics when
 /// none of the first `SEEDS_MAX` does, or when the checker is not one of `expected`.
 fn caught(bug: PlantedBug, expected: &[&str]) -> u64 {
+    caught_on(3, bug, expected)
+}
+
+/// `caught` on clusters of `nodes` nodes.
+fn caught_on(nodes: u64, bug: PlantedBug, expected: &[&str]) -> u64 {
     for seed in 0..SEEDS_MAX {
         let mut options = RunOptions::new(seed);
+        options.nodes = nodes;
         options.planted = bug;
         options.faults = FaultClass::All;
         let report = run_seed(&options);
@@ -234,4 +240,11 @@ fn staging_range_reused_is_caught() {
             "payer_matches_payee",
         ],
     );
+}
+
+/// A replica move that removes the old voter before the new one caught up (on 4 nodes, where
+/// the simulator moves replicas): the new voter's own log shows it at the removal.
+#[test]
+fn remove_before_caught_up_is_caught() {
+    caught_on(4, PlantedBug::RemoveBeforeCaughtUp, &["redundancy_kept"]);
 }

@@ -219,8 +219,10 @@ pub enum MoveStage {
     Removing,
     /// The new node votes and the old one is no member.
     Done,
-    /// Neither node is a member and nothing is moving: the request names the wrong nodes.
-    NotAReplica,
+    /// The request describes no move (nothing changed): `from` is no member and `to` none
+    /// either, or `to` votes already while the shard has no voter to spare (removing `from`
+    /// would leave it short).
+    Invalid,
 }
 
 /// Where a replica move stands, as the shard's leader sees it.

@@ -79,6 +79,9 @@ pub enum PlantedBug {
     /// backup's cut can hold a posted transfer without its credit, a credit without its
     /// transfer, or a transfer without its id's reservation.
     FenceIgnored,
+    /// A replica move promotes the new node and removes the old voter without waiting for the
+    /// new one to catch up: the shard runs on fewer copies than it promises.
+    RemoveBeforeCaughtUp,
 }
 
 /// Whether this build has the planted bugs compiled in (the `planted-bugs` feature).
@@ -86,7 +89,7 @@ pub const COMPILED: bool = cfg!(feature = "planted-bugs");
 
 impl PlantedBug {
     /// Every bug that can be planted (not `None`).
-    pub const ALL: [PlantedBug; 25] = [
+    pub const ALL: [PlantedBug; 26] = [
         PlantedBug::AckBeforeFlush,
         PlantedBug::DoubleCredit,
         PlantedBug::StaleLeaderRead,
@@ -112,6 +115,7 @@ impl PlantedBug {
         PlantedBug::VerificationSkippedCrossShard,
         PlantedBug::StagingRangeReused,
         PlantedBug::FenceIgnored,
+        PlantedBug::RemoveBeforeCaughtUp,
     ];
 }
 

@@ -207,6 +207,23 @@ pub fn recover_node(
     Ok((recovered, quarantined))
 }
 
+/// Whether a stored membership (an applied mark's encoded `ConfState`) leaves `node` out: the
+/// shard was moved away from it.
+pub fn removed_here(conf_state: &[u8], node: crate::ids::NodeId) -> bool {
+    use protobuf::Message as _;
+    if conf_state.is_empty() {
+        return false;
+    }
+    raft::eraftpb::ConfState::parse_from_bytes(conf_state)
+        .is_ok_and(|conf| !conf.voters.is_empty() && !conf.voters.contains(&node) && !conf.learners.contains(&node))
+}
+
+/// The voters of a stored membership (an applied mark's encoded `ConfState`), if it decodes.
+pub fn stored_voters(conf_state: &[u8]) -> Option<Vec<crate::ids::NodeId>> {
+    use protobuf::Message as _;
+    raft::eraftpb::ConfState::parse_from_bytes(conf_state).ok().map(|conf| conf.voters)
+}
+
 /// A replica whose applied membership does not name its node, with nothing in its log after
 /// that point: the shard was moved away from this node.
 fn is_tombstone(replica: &RecoveredShard, node: crate::ids::NodeId) -> bool {

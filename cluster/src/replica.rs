@@ -339,6 +339,19 @@ impl ShardReplica {
         self.conf_index
     }
 
+    /// Records in the state store that the shard's members (as its leader announced them) leave
+    /// this node out, at the replica's applied point: the mark recovery reads as a tombstone.
+    pub fn write_tombstone(&mut self, voters: &[NodeId], learners: &[NodeId]) -> Result<(), crate::store::StoreError> {
+        use protobuf::Message as _;
+        let conf_state = raft::eraftpb::ConfState::from((voters.to_vec(), learners.to_vec()));
+        let mark = AppliedMark {
+            index: self.applied_index,
+            term: self.raw.store().term_of(self.applied_index).unwrap_or(0),
+            conf_state: conf_state.write_to_bytes().expect("in-memory protobuf encoding cannot fail"),
+        };
+        self.ledger.commit_round(&mark)
+    }
+
     /// A membership change was proposed and is not applied yet (raft takes one at a time).
     pub fn conf_change_pending(&self) -> bool {
         self.raw.raft.pending_conf_index > self.applied_index

@@ -19,17 +19,6 @@ use crate::replica::{ShardReplica, ShardWrite};
 use crate::storage::ShardStorage;
 use std::collections::BTreeMap;
 
-/// Whether a stored membership (an applied mark's encoded `ConfState`) leaves `node` out: the
-/// shard was moved away from it.
-pub(super) fn removed_here(conf_state: &[u8], node: NodeId) -> bool {
-    use protobuf::Message as _;
-    if conf_state.is_empty() {
-        return false;
-    }
-    raft::eraftpb::ConfState::parse_from_bytes(conf_state)
-        .is_ok_and(|conf| !conf.voters.is_empty() && !conf.voters.contains(&node) && !conf.learners.contains(&node))
-}
-
 /// A shard's members as announced by its leader at applied index `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Members {
@@ -42,8 +31,13 @@ pub(super) struct Members {
 #[derive(Default)]
 pub(super) struct Membership {
     pub learned: BTreeMap<ShardId, Members>,
-    /// Log regions of removed replicas to drop with the next persist round.
+    /// Log regions to drop with the next persist round.
     pub cleans: Vec<ShardId>,
+    /// Removed replicas whose log is dropped only once the state store holds their tombstone
+    /// (the applied mark without this node) durably: waiting for the next state persist, and
+    /// in the one under way. Until then the log still counts as a copy of what it held.
+    pub removed_unpersisted: Vec<ShardId>,
+    pub removed_persisting: Vec<ShardId>,
     pub last_announce_ms: u64,
 }
 
@@ -83,6 +77,28 @@ impl NodeCore {
             return peer.replica.learners();
         }
         self.membership.learned.get(&shard).map(|members| members.learners.clone()).unwrap_or_default()
+    }
+
+    /// At start: the shards this node was removed from route by the members its tombstone
+    /// recorded (until a leader's announcement brings newer ones), not by the placement.
+    pub(super) fn learn_from_tombstones(&mut self) {
+        use protobuf::Message as _;
+        let node = self.config.node;
+        for shard in self.config.placement.shard_ids() {
+            if self.peers.contains_key(&shard) || self.quarantined.contains(&shard) {
+                continue;
+            }
+            let store = &self.store;
+            let Ok(mark) = Ledger::stored_mark(shard, |key| store.get(key)) else {
+                continue;
+            };
+            if !crate::recovery::removed_here(&mark.conf_state, node) {
+                continue;
+            }
+            if let Ok(conf) = raft::eraftpb::ConfState::parse_from_bytes(&mark.conf_state) {
+                self.membership.learned.insert(shard, Members { epoch: mark.index, voters: conf.voters, learners: conf.learners });
+            }
+        }
     }
 
     /// A leader tells every other node of the cluster its shard's members.
@@ -126,7 +142,18 @@ impl NodeCore {
             // A replica knows its members from its own log. One that was removed while it
             // could not hear of it (down, partitioned) is told here: the leader no longer
             // sends it anything.
-            if !named && members.epoch > peer.replica.applied_index() && !peer.replica.is_leader() {
+            // Newer than anything the replica applied, and than the announcement that started it
+            // (a replica waiting for its first snapshot has applied nothing): not a stale one
+            // that overtook the news of its addition.
+            let started_by = self.membership.learned.get(&shard).map_or(0, |known| known.epoch);
+            let known = peer.replica.applied_index().max(started_by);
+            if !named && members.epoch > known && !peer.replica.is_leader() {
+                // Its own applied mark must say so before its log goes (else a restart would
+                // run it again from its old mark with no log).
+                let written = self.peers.get_mut(&shard).expect("looked up").replica.write_tombstone(&members.voters, &members.learners);
+                if written.is_err() {
+                    return;
+                }
                 self.remove_replica(shard);
                 self.membership.learned.insert(shard, members);
             }
@@ -165,6 +192,9 @@ impl NodeCore {
     /// of the shard left in the state store is deleted first; it waits for the leader's
     /// snapshot.
     fn start_replica(&mut self, shard: ShardId) {
+        // A removal's log drop still waiting must not meet the new replica's log.
+        self.membership.removed_unpersisted.retain(|removed| *removed != shard);
+        self.membership.removed_persisting.retain(|removed| *removed != shard);
         if let Err(error) = crate::recovery::clear_shard(&self.store, shard) {
             slog::warn!(self.logger, "cannot clear the shard's old records; the replica is not started"; "shard" => shard, "error" => %error);
             return;
@@ -196,7 +226,7 @@ impl NodeCore {
     }
 
     /// Stops this node's replica of a shard it is no member of any more: its waiters look
-    /// elsewhere, its log is dropped with the next round.
+    /// elsewhere, its log is dropped once its tombstone is durable.
     fn remove_replica(&mut self, shard: ShardId) {
         let node = self.config.node;
         {
@@ -210,7 +240,7 @@ impl NodeCore {
         self.peers.remove(&shard);
         self.dirty.remove(&shard);
         self.rounds.compactions.remove(&shard);
-        self.membership.cleans.push(shard);
+        self.membership.removed_unpersisted.push(shard);
         self.stats.replicas_removed += 1;
     }
 

@@ -312,7 +312,7 @@ impl NodeCore {
                     let budget = cache_bytes_per_shard(config.cache_bytes_max, &config.placement, node);
                     let (ledger, mark) = Ledger::open(shard, shard_count, store.clone(), budget)
                         .map_err(|error| raft::Error::Store(raft::StorageError::Other(Box::new(error))))?;
-                    if membership::removed_here(&mark.conf_state, node) {
+                    if crate::recovery::removed_here(&mark.conf_state, node) {
                         // A tombstone: the shard was moved away from this node.
                         continue;
                     }
@@ -356,6 +356,7 @@ impl NodeCore {
         for shard in shards {
             core.redraw_election_timeout(shard);
         }
+        core.learn_from_tombstones();
         Ok(core)
     }
 
@@ -525,6 +526,10 @@ impl NodeCore {
     pub fn receive(&mut self, from: NodeId, message: PeerMessage) {
         let checked = match self.check_peer_message(from, message) {
             Ok(checked) => checked,
+            Err(reason) if validate::STALE_MEMBERSHIP.contains(&reason) => {
+                *self.stats.peer_messages_stale.entry(reason).or_insert(0) += 1;
+                return;
+            }
             Err(reason) => {
                 *self.stats.peer_messages_rejected.entry(reason).or_insert(0) += 1;
                 return;
@@ -646,6 +651,8 @@ impl NodeCore {
     /// compact each shard's log behind its mark.
     pub fn state_persisted(&mut self, marks: &[(ShardId, u64)]) {
         self.state_persist_inflight = false;
+        let removed = std::mem::take(&mut self.membership.removed_persisting);
+        self.membership.cleans.extend(removed);
         let (lag_entries, lag_bytes) = (self.config.limits.compaction_lag_entries, self.config.limits.compaction_lag_bytes);
         for (shard, index) in marks {
             let Some(peer) = self.peers.get_mut(shard) else {
@@ -938,9 +945,12 @@ impl NodeCore {
             due |= behind >= limits.checkpoint_entries || peer.compact_fully;
         }
         let stale = now.saturating_sub(self.last_state_persist_ms) >= limits.checkpoint_interval_ms;
-        if marks.is_empty() || !(due || stale) {
+        let removals = !self.membership.removed_unpersisted.is_empty();
+        if (marks.is_empty() && !removals) || !(due || stale || removals) {
             return;
         }
+        let removed = std::mem::take(&mut self.membership.removed_unpersisted);
+        self.membership.removed_persisting.extend(removed);
         self.state_persist_inflight = true;
         self.last_state_persist_ms = now;
         if planted(self.planted, PlantedBug::CompactBeforeDurable) {

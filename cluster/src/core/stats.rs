@@ -62,6 +62,9 @@ pub struct CoreStats {
     pub calls_overloaded: u64,
     /// Peer messages dropped before the core acted on them, by reason (`validate.rs`).
     pub peer_messages_rejected: BTreeMap<&'static str, u64>,
+    /// Peer messages dropped because they met a membership this node has not caught up with
+    /// (or the sender has not), by reason (`validate::STALE_MEMBERSHIP`).
+    pub peer_messages_stale: BTreeMap<&'static str, u64>,
     /// Committed entries that did not decode: applied as nothing, the same on every replica.
     pub entries_undecodable: u64,
     /// Replicas stopped while running because their ledger met a stored record that does not

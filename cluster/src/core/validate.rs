@@ -33,6 +33,12 @@ const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Why a peer message was dropped (the label of `settle_peer_messages_rejected_total`).
 pub type Rejection = &'static str;
 
+/// Drops an honest node causes too, while the shard's membership changes under it (a message
+/// for a replica just removed or not started yet, a hint naming a voter this node has not
+/// heard of): counted apart (`CoreStats::peer_messages_stale`), the sender retries or learns.
+pub(super) const STALE_MEMBERSHIP: [Rejection; 4] =
+    ["raft_no_replica_here", "raft_sender_not_replica", "snapshot_not_replica", "hint_not_replica"];
+
 /// A message that passed: raft messages come back parsed. (Raft messages for a replica of
 /// this node that is quarantined pass too; the node simply does not run that replica.)
 pub(super) enum Checked {
@@ -173,6 +179,11 @@ impl NodeCore {
 
     /// The sender hosts a replica of the shard (snapshots pass only between its replicas).
     fn check_replica(&self, from: NodeId, shard: ShardId) -> Result<(), Rejection> {
+        // A replica here takes them from any member node (its applied membership may trail the
+        // leader's); without one, only between the members it knows.
+        if self.peers.contains_key(&shard) {
+            return Ok(());
+        }
         let members = self.members_of(shard);
         if !members.contains(&from) || !members.contains(&self.config.node) {
             return Err("snapshot_not_replica");
@@ -199,8 +210,11 @@ impl NodeCore {
         // from the members this node knows, and only if they name it.
         let members = self.members_of(shard);
         let hosted = self.peers.contains_key(&shard);
-        if message.to != self.config.node || !(hosted || members.contains(&message.to)) {
+        if message.to != self.config.node {
             return Err("raft_not_for_this_replica");
+        }
+        if !hosted && !members.contains(&message.to) {
+            return Err("raft_no_replica_here");
         }
         if !members.contains(&from) && !hosted {
             return Err("raft_sender_not_replica");

@@ -131,7 +131,7 @@ async fn move_all(state: &AppState, request_id: &RequestId, node: u64, with: Opt
     for result in futures_util::future::join_all(steps).await {
         answered.push(result?);
     }
-    let done = answered.iter().all(|status| matches!(status.stage, MoveStage::Done | MoveStage::NotAReplica));
+    let done = answered.iter().all(|status| matches!(status.stage, MoveStage::Done | MoveStage::Invalid));
     let moves: Vec<Value> = answered.iter().map(status_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "node": node, "done": done, "moves": moves })))
 }

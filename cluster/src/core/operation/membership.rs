@@ -16,6 +16,8 @@ use super::super::peer::{Origin, ShardPeer};
 use super::super::Ctx;
 use crate::ids::NodeId;
 use crate::message::{MoveStage, MoveStatus, Reply};
+use crate::placement::REPLICAS_PER_SHARD;
+use crate::planted::{planted, PlantedBug};
 use raft::eraftpb::ConfChangeType;
 
 /// A learner this close to the leader's last index is promoted (under load it trails by the
@@ -50,7 +52,7 @@ fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveSt
     }
     if !member(to) {
         if !member(from) {
-            return MoveStage::NotAReplica;
+            return MoveStage::Invalid;
         }
         if replica.compacted_index() == 0 {
             peer.compact_fully = true;
@@ -61,14 +63,17 @@ fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveSt
     let matched = replica.peer_matched(to).unwrap_or(0);
     if learners.contains(&to) {
         let caught_up = matched.saturating_add(CATCH_UP_SLACK_ENTRIES) >= replica.last_index() && matched > 0;
-        if !caught_up {
+        if !caught_up && !planted(ctx.planted, PlantedBug::RemoveBeforeCaughtUp) {
             return MoveStage::CatchingUp;
         }
         return propose(peer, ConfChangeType::AddNode, to, MoveStage::Promoting);
     }
-    // `to` votes and `from` is still a member.
+    // `to` votes and `from` is still a member: a move past its promotion has a voter to spare.
+    if voters.len() <= REPLICAS_PER_SHARD && voters.contains(&from) {
+        return MoveStage::Invalid;
+    }
     let holds_promotion = matched >= replica.conf_index() && matched > 0;
-    if !holds_promotion {
+    if !holds_promotion && !planted(ctx.planted, PlantedBug::RemoveBeforeCaughtUp) {
         return MoveStage::CatchingUp;
     }
     if from == ctx.node {
