@@ -293,6 +293,12 @@ impl LocalCluster {
     }
 
     /// Sends a signal to node `node` (SIGSTOP, SIGCONT, SIGTERM...).
+    /// A node's data dir (it holds the node's log file too).
+    pub fn data_dir(&self, node: usize) -> Option<PathBuf> {
+        let (_, _, log) = self.specs.get(node.checked_sub(1)?)?;
+        log.parent().map(Path::to_path_buf)
+    }
+
     pub fn signal(&self, node: usize, signal: libc::c_int) {
         if let Some(pid) = self.pid(node) {
             // SAFETY: kill(2) on the pid of a child we started and have not reaped.

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use workload::Workload;
 
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 11] = [
     "leader-kill",
     "node-pause",
     "partition-minority",
@@ -31,13 +31,21 @@ pub const SCENARIOS: [&str; 9] = [
     "slow-disk",
     "leader-transfer",
     "backup-restore",
+    "decommission",
+    "disk-loss",
 ];
+
+/// Scenarios that move replicas between nodes: they need more nodes than replicas per shard
+/// (`all` skips them on smaller clusters).
+const MEMBERSHIP_SCENARIOS: [&str; 2] = ["decommission", "disk-loss"];
+/// How long a drill waits for every replica of a node to move.
+const MOVES_WAIT_MAX: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrillFlags {
     /// leader-kill, node-pause, partition-minority, partition-leader, rolling-restart,
-    /// full-restart, slow-disk, leader-transfer, backup-restore, all — or `heal` to remove every
-    /// injected fault.
+    /// full-restart, slow-disk, leader-transfer, backup-restore, decommission, disk-loss (these
+    /// two need 4+ nodes), all — or `heal` to remove every injected fault.
     pub scenario: String,
     /// Nodes of a running cluster (started with --faults-enabled and an admin token).
     #[arg(long, value_delimiter = ',')]
@@ -114,6 +122,8 @@ struct Drilled {
     ca: Option<PathBuf>,
     backup_dir: PathBuf,
     backup_started_ms: Option<u64>,
+    /// decommission, disk-loss: how long until every replica of the node lived elsewhere.
+    replicated_ms: Option<u64>,
 }
 
 /// `settle drill`: against `--target`, or a local cluster of the running `settle` binary.
@@ -146,6 +156,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
             killed: Vec::new(),
             backup_dir: flags.report_dir.join("backup-restore-backup"),
             backup_started_ms: None,
+            replicated_ms: None,
         }
     } else {
         let token = flags.admin_token.clone().context("--admin-token (or SETTLE_ADMIN_TOKEN) is needed to drill a running cluster")?;
@@ -161,6 +172,7 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
             ca: flags.ca_cert.clone(),
             backup_dir: flags.report_dir.join("backup-restore-backup"),
             backup_started_ms: None,
+            replicated_ms: None,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -217,6 +229,10 @@ pub fn run(flags: DrillFlags) -> anyhow::Result<()> {
 async fn run_all(flags: &DrillFlags, scenarios: &[&str], drilled: &mut Drilled) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for scenario in scenarios {
+        if scenarios.len() > 1 && MEMBERSHIP_SCENARIOS.contains(scenario) && drilled.nodes.len() <= 3 {
+            eprintln!("drill: {scenario}: skipped (needs 4 or more nodes: --nodes 4)");
+            continue;
+        }
         eprintln!("drill: {scenario}");
         let report = run_scenario(flags, scenario, drilled).await?;
         let base = flags.report_dir.join(scenario);
@@ -230,7 +246,7 @@ async fn run_all(flags: &DrillFlags, scenarios: &[&str], drilled: &mut Drilled) 
 }
 
 async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled) -> anyhow::Result<Report> {
-    let needs_processes = matches!(scenario, "leader-kill" | "node-pause" | "rolling-restart" | "full-restart");
+    let needs_processes = matches!(scenario, "leader-kill" | "node-pause" | "rolling-restart" | "full-restart" | "disk-loss");
     if needs_processes && drilled.local.is_none() {
         bail!("{scenario} kills or pauses processes: run it with --local");
     }
@@ -291,6 +307,14 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     report.recovery_ms = recovery_ms;
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
     report.targets = targets(scenario, &report, success);
+    if MEMBERSHIP_SCENARIOS.contains(&scenario) {
+        let replicated = drilled.replicated_ms.take();
+        report.targets.push((
+            "every shard back on 3 live voters (time to full replication)".to_string(),
+            replicated.map_or("not reached".to_string(), |ms| format!("{ms} ms")),
+            replicated.is_some(),
+        ));
+    }
     if let Some((ready_ms, restored)) = restored {
         let failing = failing_checks(&restored);
         report.targets.extend(restore_targets(ready_ms, restored.acknowledged_lost_count(), &failing));
@@ -507,6 +531,7 @@ impl Drilled {
             "rolling-restart" => return self.rolling_restart(workload, timeline).await,
             "full-restart" => return self.full_restart(workload, timeline).await,
             "backup-restore" => return self.take_backup(workload, timeline).await,
+            "decommission" | "disk-loss" => return self.move_replicas_off(scenario, named, workload, timeline).await,
             other => bail!("unknown scenario {other}"),
         };
         // The victim: the named node, else the node leading the fewest shards for a minority
@@ -638,6 +663,71 @@ impl Drilled {
     }
 
     /// Takes an online backup with `settle backup` while the workload runs.
+    /// decommission: moves every replica off a live node (the named one, else the highest id)
+    /// under load. disk-loss: kills the node, wipes its data dir and replaces it (its replicas
+    /// rebuilt on the other nodes; the node is not started again: a node that lost its disk
+    /// comes back under a new id). Both through the admin endpoints `settle node` repeats.
+    async fn move_replicas_off(
+        &mut self,
+        scenario: &str,
+        named: Option<usize>,
+        workload: &Workload,
+        timeline: &mut Vec<(u64, String)>,
+    ) -> anyhow::Result<()> {
+        if self.nodes.len() <= 3 {
+            bail!("{scenario} needs a cluster of 4 or more nodes (--nodes 4): every node of a 3-node cluster holds every shard");
+        }
+        let victim = named.or_else(|| self.nodes.keys().max().copied()).context("a node")?;
+        let via = self.nodes.iter().find(|(id, _)| **id != victim).map(|(_, url)| url.clone()).context("another node")?;
+        let (path, body) = if scenario == "disk-loss" {
+            let local = self.local.as_mut().expect("checked: local");
+            local.kill(victim);
+            let dir = local.data_dir(victim).context("the node's data dir")?;
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.file_name().is_some_and(|name| name == "settle.log") {
+                    continue;
+                }
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?
+                } else {
+                    std::fs::remove_file(&path)?
+                }
+            }
+            let victim_url = self.url(victim)?;
+            self.urls.retain(|url| *url != victim_url);
+            self.nodes.remove(&victim);
+            timeline.push((workload.now_ms(), format!("SIGKILL node {victim}; its data dir wiped")));
+            let with = *self.nodes.keys().next().context("a live node")?;
+            (format!("/admin/nodes/{victim}/replace"), json!({ "with": with }))
+        } else {
+            (format!("/admin/nodes/{victim}/decommission"), json!({}))
+        };
+        let started = workload.now_ms();
+        timeline.push((started, format!("POST {path} (repeated until done)")));
+        let deadline = Instant::now() + MOVES_WAIT_MAX;
+        loop {
+            // A failover mid-move answers 503: the next round continues.
+            if let Ok(answer) = self.admin(&via, reqwest::Method::POST, &path, Some(body.clone())).await {
+                if answer["done"] == true {
+                    let moved = answer["moves"].as_array().map_or(0, Vec::len);
+                    let took = workload.now_ms().saturating_sub(started);
+                    timeline.push((
+                        workload.now_ms(),
+                        format!("node {victim} holds no replica ({moved} shard(s) in the last round; {took} ms)"),
+                    ));
+                    self.replicated_ms = Some(took);
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                timeline.push((workload.now_ms(), format!("replicas of node {victim} not moved within {MOVES_WAIT_MAX:?}")));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn take_backup(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
         if self.backup_dir.exists() {
             std::fs::remove_dir_all(&self.backup_dir).with_context(|| format!("removing {}", self.backup_dir.display()))?;

@@ -135,7 +135,7 @@ impl NodeCore {
     }
 
     /// A leader's announcement (checked in `validate.rs`: `from` is one of the voters it names).
-    pub(super) fn members_received(&mut self, shard: ShardId, members: Members) {
+    pub(super) fn members_received(&mut self, from: NodeId, shard: ShardId, members: Members) {
         let node = self.config.node;
         let named = members.voters.contains(&node) || members.learners.contains(&node);
         if let Some(peer) = self.peers.get(&shard) {
@@ -168,6 +168,9 @@ impl NodeCore {
         self.membership.learned.insert(shard, members);
         if named {
             self.start_replica(shard);
+        } else {
+            // Only a leader announces: a node without a replica now knows where to send legs.
+            self.learn_leader(shard, from);
         }
     }
 
@@ -237,11 +240,14 @@ impl NodeCore {
             }
         }
         self.deliver_outbox();
-        self.peers.remove(&shard);
+        let leader = self.peers.remove(&shard).and_then(|peer| peer.replica.leader());
         self.dirty.remove(&shard);
         self.rounds.compactions.remove(&shard);
         self.membership.removed_unpersisted.push(shard);
         self.stats.replicas_removed += 1;
+        if let Some(leader) = leader {
+            self.learn_leader(shard, leader);
+        }
     }
 
     /// The log regions to drop, as writes of the round being built.

@@ -572,7 +572,7 @@ impl NodeCore {
                 self.snapshot_chunk_received(from, shard, snapshot_id, entries, done, unknown)
             }
             PeerMessage::Members { shard, epoch, voters, learners } => {
-                self.members_received(shard, membership::Members { epoch, voters, learners })
+                self.members_received(from, shard, membership::Members { epoch, voters, learners })
             }
             PeerMessage::NodeInfo { .. } => {}
         }

@@ -96,15 +96,17 @@ pub struct ShardView {
     pub last_index: u64,
     /// The leader this replica knows of (`null`: none).
     pub leader: Option<u64>,
+    /// Nodes being added to the shard by a replica move (catching up, not voting yet); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<u64>,
     /// On the leader: how long the oldest in-doubt cross-shard transfer has been pending.
     pub pending_oldest_ms: u64,
     /// Cross-shard transfers prepared on this shard and not finalized (in doubt).
     pub pending_transfers: u64,
     /// The shard's voters: the nodes holding a replica.
     pub replicas: Vec<u64>,
-    /// Nodes being added to the shard by a replica move (catching up, not voting yet).
-    #[serde(default)]
-    pub learners: Vec<u64>,
+
     /// `leader`, `follower`, `candidate`, `precandidate`, `none` or `quarantined`.
     pub role: String,
     pub term: u64,
