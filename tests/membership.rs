@@ -130,6 +130,14 @@ async fn decommission_moves_every_replica_off_a_live_node_under_load() {
     assert!(said.contains("node 4 holds no replica any more"), "{said}");
     running.await.expect("load runs");
     wait_membership(&cluster, &[1, 2, 3], 4).await;
+    // The emptied node still serves its metrics (no shard family left to encode) and counts
+    // the replicas it gave up.
+    let scrape = cluster.client.get(format!("{}/metrics", cluster.node(4).url())).send().await.expect("scrape node 4");
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.expect("metrics text");
+    let removed = text.lines().find(|line| line.starts_with("settle_replicas_removed_total")).expect("settle_replicas_removed_total");
+    let count: f64 = removed.rsplit(' ').next().and_then(|value| value.parse().ok()).expect("a number");
+    assert!(count >= 6.0, "node 4 gave up the 6 shards it held: {removed}");
     cluster.terminate(4);
     assert_serves(&cluster, &[1, 2, 3], "after").await;
     assert_conserved(&cluster, &[1, 2, 3]).await;

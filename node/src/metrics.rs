@@ -220,6 +220,11 @@ impl Scrape {
     }
 
     fn family(&mut self, name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) {
+        if metrics.is_empty() {
+            // The text encoder refuses a family without samples (a node hosting no shard after
+            // a decommission, no stale message yet): leave it out, as Prometheus clients do.
+            return;
+        }
         let mut family = MetricFamily::default();
         family.set_name(format!("{PREFIX}{name}"));
         family.set_help(help.to_string());
@@ -369,6 +374,29 @@ impl Scrape {
             "shards_quarantined",
             "Replicas here kept out because a stored record failed its checksum",
             vec![(vec![], quarantined as f64)],
+        );
+        // Membership, as each replica here applied it: voters and learners of each shard (a
+        // learner is a replica move in flight; fewer than 3 voters is under-replicated).
+        self.gauge("shard_voters", "Voters of each shard, as its replica here applied them", per_shard(&|s| s.replicas.len() as f64));
+        self.gauge(
+            "shard_learners",
+            "Learners (replicas being added by a move) of each shard here",
+            per_shard(&|s| s.learners.len() as f64),
+        );
+        self.counter(
+            "replicas_added_total",
+            "Replicas this node started because a shard took it as a new member",
+            vec![(vec![], status.stats.replicas_added as f64)],
+        );
+        self.counter(
+            "replicas_removed_total",
+            "Replicas this node stopped because a shard removed it",
+            vec![(vec![], status.stats.replicas_removed as f64)],
+        );
+        self.counter(
+            "peer_messages_stale_total",
+            "Peer messages dropped because sender and receiver disagreed on a shard's members while it changed, by reason",
+            status.stats.peer_messages_stale.iter().map(|(reason, count)| (vec![("reason", reason.to_string())], *count as f64)).collect(),
         );
         self.gauge("calls_inflight", "Client calls waiting for the cluster on this node", vec![(vec![], status.calls_inflight as f64)]);
         self.gauge(
