@@ -139,3 +139,22 @@ fn a_replica_moves_to_another_node_and_stays_there_across_restarts() {
         }
     }
 }
+
+/// A move on a shard that has been quiet long enough for its state to be durable (nothing left
+/// to checkpoint) and whose log was never compacted still starts: the leader compacts at its
+/// checkpoint so the new member starts from a snapshot.
+#[test]
+fn a_move_on_a_quiet_shard_compacts_and_finishes() {
+    let mut cluster = SimCluster::new(SimConfig::new(4, 8, 5));
+    assert!(cluster.run_until(10_000, all_shards_led), "every shard elects a leader");
+    create(&mut cluster, 1, "bank", AccountKind::Settlement);
+    // Quiet: every checkpoint taken, nothing applied since.
+    cluster.run_for(20_000);
+    let shard: ShardId = (0..8).find(|shard| !cluster.placement().replicas(*shard).contains(&4)).expect("a shard without node 4");
+    let from = cluster.placement().replicas(shard)[1];
+
+    let (stages, status) = move_replica(&mut cluster, 2, shard, from, 4);
+
+    assert_eq!(stages.first(), Some(&MoveStage::Preparing), "{stages:?}");
+    assert!(status.voters.contains(&4) && !status.voters.contains(&from), "{status:?}");
+}

@@ -233,7 +233,7 @@ fn is_tombstone(replica: &RecoveredShard, node: crate::ids::NodeId) -> bool {
 }
 
 /// Whether the state store holds anything of `shard`.
-fn has_records(store: &Arc<dyn KvStore>, shard: ShardId) -> bool {
+pub fn has_records(store: &Arc<dyn KvStore>, shard: ShardId) -> bool {
     let start = crate::ledger::keys::shard_prefix(shard);
     !store.scan(&start, &crate::store::prefix_end(&start), 1, false).is_empty()
 }

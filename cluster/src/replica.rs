@@ -165,6 +165,11 @@ pub struct ShardReplica {
     /// The log index of the last membership change this replica applied (0: the bootstrap
     /// voters, or one applied before this replica's last restart or snapshot).
     conf_index: u64,
+    /// Per node: the log index of the membership change that last added it (as learner or
+    /// voter) on this replica. An acknowledgement from it of an earlier index comes from a
+    /// replica of that node the shard removed before (delayed in the network), not from the one
+    /// the addition started, which begins empty.
+    added_at: std::collections::BTreeMap<NodeId, u64>,
 }
 
 /// A read view of the state store at a backup fence.
@@ -257,6 +262,7 @@ impl ShardReplica {
             leader_changes: 0,
             backup_view: None,
             conf_index: 0,
+            added_at: std::collections::BTreeMap::new(),
         })
     }
 
@@ -337,6 +343,12 @@ impl ShardReplica {
 
     pub fn conf_index(&self) -> u64 {
         self.conf_index
+    }
+
+    /// Whether an acknowledgement from `node` of log index `index` predates `node`'s last
+    /// addition to the shard (so it comes from a removed replica of that node).
+    pub fn acknowledges_before_addition(&self, node: NodeId, index: u64) -> bool {
+        self.added_at.get(&node).is_some_and(|added| index < *added)
     }
 
     /// Records in the state store that the shard's members (as its leader announced them) leave
@@ -856,9 +868,13 @@ impl ShardReplica {
         let Ok(change) = ConfChange::parse_from_bytes(&entry.data) else {
             return;
         };
+        let was_member = self.members().contains(&change.node_id);
         if let Ok(conf_state) = self.raw.apply_conf_change(&change) {
             self.raw.mut_store().set_conf_state(conf_state);
             self.conf_index = entry.index;
+            if !was_member && self.members().contains(&change.node_id) {
+                self.added_at.insert(change.node_id, entry.index);
+            }
         }
     }
 

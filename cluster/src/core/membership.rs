@@ -38,6 +38,14 @@ pub(super) struct Membership {
     /// in the one under way. Until then the log still counts as a copy of what it held.
     pub removed_unpersisted: Vec<ShardId>,
     pub removed_persisting: Vec<ShardId>,
+    /// Replicas whose applied configuration leaves this node out, stopping once they applied
+    /// their whole log (`leave_if_done`).
+    pub leaving: std::collections::BTreeSet<ShardId>,
+    /// Shards whose log region is being dropped before a replica starts where an earlier one
+    /// was, with the persist round that drops it; and those whose drop is durable (the state
+    /// may go now: a crash can no longer leave a compacted log without its state).
+    pub cleaning: BTreeMap<ShardId, u64>,
+    pub cleaned: std::collections::BTreeSet<ShardId>,
     pub last_announce_ms: u64,
 }
 
@@ -106,11 +114,12 @@ impl NodeCore {
         let Some(peer) = self.peers.get(&shard) else {
             return;
         };
-        if !peer.replica.is_leader() {
+        let node = self.config.node;
+        if !peer.replica.is_leader() || !peer.replica.voters().contains(&node) {
+            // A leader that applied its own removal hands the shard over and says nothing.
             return;
         }
         let (epoch, voters, learners) = (peer.replica.applied_index(), peer.replica.voters(), peer.replica.learners());
-        let node = self.config.node;
         let mut nodes: Vec<NodeId> = self.config.placement.nodes().to_vec();
         nodes.extend(voters.iter().chain(learners.iter()).copied());
         nodes.sort_unstable();
@@ -183,12 +192,78 @@ impl NodeCore {
         };
         let members = peer.replica.members();
         if !members.is_empty() && !members.contains(&node) {
-            let learned = Members { epoch: peer.replica.applied_index(), voters: peer.replica.voters(), learners: peer.replica.learners() };
-            self.remove_replica(shard);
-            self.membership.learned.insert(shard, learned);
+            self.membership.leaving.insert(shard);
+            self.leave_if_done(shard);
             return;
         }
+        self.membership.leaving.remove(&shard);
         self.announce_members(shard);
+    }
+
+    /// A replica whose applied configuration leaves its node out stops once it has applied
+    /// everything in its log (a later entry could add the node again, and it may have
+    /// acknowledged it: its log must not go while a leader may count it). A leader hands its
+    /// shard to a caught-up voter first. Checked after every poll and tick; a replica left with
+    /// entries it will never apply is stopped by the next announcement.
+    pub(super) fn leave_if_done(&mut self, shard: ShardId) {
+        let node = self.config.node;
+        let Some(peer) = self.peers.get_mut(&shard) else {
+            self.membership.leaving.remove(&shard);
+            return;
+        };
+        let members = peer.replica.members();
+        if members.is_empty() || members.contains(&node) {
+            self.membership.leaving.remove(&shard);
+            return;
+        }
+        if peer.replica.is_leader() {
+            let voters = peer.replica.voters();
+            if let Some(target) = super::caught_up_target(&peer.replica, voters, node, &self.leadership.peers_draining) {
+                peer.replica.transfer_leader(target);
+                self.dirty.insert(shard);
+            }
+            return;
+        }
+        if peer.replica.applied_index() < peer.replica.last_index() {
+            return;
+        }
+        // A replica replaying the log towards the announcement that started it passes through
+        // configurations without its node: not a reason to leave.
+        let started_by = self.membership.learned.get(&shard).map_or(0, |known| known.epoch);
+        if peer.replica.applied_index() < started_by {
+            return;
+        }
+        let learned = Members { epoch: peer.replica.applied_index(), voters: peer.replica.voters(), learners: peer.replica.learners() };
+        self.membership.leaving.remove(&shard);
+        self.remove_replica(shard);
+        self.membership.learned.insert(shard, learned);
+    }
+
+    /// The persist round `id` (and every earlier one) is durable: log drops it carried are done.
+    pub(super) fn cleans_persisted(&mut self, id: u64) {
+        let done: Vec<ShardId> = self.membership.cleaning.iter().filter(|(_, round)| **round <= id).map(|(shard, _)| *shard).collect();
+        let node = self.config.node;
+        for shard in done {
+            self.membership.cleaning.remove(&shard);
+            self.membership.cleaned.insert(shard);
+            // The announcement that named this node waits for no other: start now.
+            let named = self
+                .membership
+                .learned
+                .get(&shard)
+                .is_some_and(|members| members.voters.contains(&node) || members.learners.contains(&node));
+            if named && !self.peers.contains_key(&shard) && !self.quarantined.contains(&shard) {
+                self.start_replica(shard);
+            }
+        }
+    }
+
+    /// `leave_if_done` for every replica waiting to leave.
+    pub(super) fn leaving_tick(&mut self) {
+        let leaving: Vec<ShardId> = self.membership.leaving.iter().copied().collect();
+        for shard in leaving {
+            self.leave_if_done(shard);
+        }
     }
 
     /// Starts an empty replica of a shard this node was added to. Whatever an earlier replica
@@ -198,6 +273,16 @@ impl NodeCore {
         // A removal's log drop still waiting must not meet the new replica's log.
         self.membership.removed_unpersisted.retain(|removed| *removed != shard);
         self.membership.removed_persisting.retain(|removed| *removed != shard);
+        if crate::recovery::has_records(&self.store, shard) && !self.membership.cleaned.contains(&shard) {
+            // An earlier replica of the shard was here: its log goes first, durably, then its
+            // state (the next announcement starts the replica). The other order could leave a
+            // compacted log without the state it was compacted behind.
+            if !self.membership.cleaning.contains_key(&shard) {
+                self.membership.cleans.push(shard);
+            }
+            return;
+        }
+        self.membership.cleaned.remove(&shard);
         if let Err(error) = crate::recovery::clear_shard(&self.store, shard) {
             slog::warn!(self.logger, "cannot clear the shard's old records; the replica is not started"; "shard" => shard, "error" => %error);
             return;
@@ -210,7 +295,11 @@ impl NodeCore {
                 return;
             }
         };
-        let storage = ShardStorage::bootstrap(Vec::new());
+        // The bootstrap voters, as every replica of the shard started: if the leader sends the
+        // log from its first entry instead of a snapshot (a new leader that never compacted),
+        // replaying it rebuilds the configuration change by change. From an empty
+        // configuration it would end with this node as the only voter.
+        let storage = ShardStorage::bootstrap(self.config.placement.replicas(shard));
         let replica = match ShardReplica::new(self.config.node, shard, storage, ledger, 0, &self.config.raft, &self.logger) {
             Ok(replica) => replica,
             Err(error) => {
@@ -243,6 +332,13 @@ impl NodeCore {
         let leader = self.peers.remove(&shard).and_then(|peer| peer.replica.leader());
         self.dirty.remove(&shard);
         self.rounds.compactions.remove(&shard);
+        // Its rounds still in flight are written (the clean comes after them) but never
+        // released: their Ready numbers and messages belong to this replica, not to one a later
+        // addition starts.
+        for shards in self.rounds.inflight.values_mut() {
+            shards.retain(|(round_shard, _, _)| *round_shard != shard);
+        }
+        self.membership.leaving.remove(&shard);
         self.membership.removed_unpersisted.push(shard);
         self.stats.replicas_removed += 1;
         if let Some(leader) = leader {
@@ -252,7 +348,11 @@ impl NodeCore {
 
     /// The log regions to drop, as writes of the round being built.
     pub(super) fn take_cleans(&mut self, writes: &mut Vec<ShardWrite>) {
+        let round = self.rounds.next;
         for shard in std::mem::take(&mut self.membership.cleans) {
+            if !self.peers.contains_key(&shard) {
+                self.membership.cleaning.insert(shard, round);
+            }
             // A clean goes first in its shard's write (a new replica's first entries follow it).
             writes.insert(0, ShardWrite { shard, clean: true, ..ShardWrite::default() });
         }

@@ -441,6 +441,7 @@ impl NodeCore {
         self.balance_tick();
         self.drain_tick();
         self.announce_tick();
+        self.leaving_tick();
     }
 
     /// Asks the local leader of `shard` to hand leadership to `to` (a planned operation). Errors
@@ -549,6 +550,13 @@ impl NodeCore {
                     // A draining node does not take leadership handed to it.
                     return;
                 }
+                let acknowledges = message.get_msg_type() == MessageType::MsgAppendResponse && !message.reject;
+                if acknowledges && peer.replica.acknowledges_before_addition(from, message.index) {
+                    // From the replica that node had before the shard removed it: counting it
+                    // would credit the new, empty one with entries it does not hold.
+                    *self.stats.peer_messages_stale.entry("ack_before_addition").or_insert(0) += 1;
+                    return;
+                }
                 // Raft refuses messages of stale terms; nothing to do then.
                 let _ = peer.replica.step(message);
                 self.redraw_election_timeout(shard);
@@ -633,6 +641,7 @@ impl NodeCore {
 
     /// The driver made round `id` durable (and every earlier one).
     pub fn persisted(&mut self, id: u64) {
+        self.cleans_persisted(id);
         let done = match id.checked_add(1) {
             Some(next) => {
                 let later = self.rounds.inflight.split_off(&next);
@@ -805,6 +814,7 @@ impl NodeCore {
         for shard in conf_changed {
             self.conf_changed(shard);
         }
+        self.leaving_tick();
         progressed
     }
 
@@ -935,9 +945,21 @@ impl NodeCore {
         let now = self.time.monotonic_ms;
         let mut due = false;
         let mut marks = Vec::new();
-        for (shard, peer) in &self.peers {
+        for (shard, peer) in self.peers.iter_mut() {
+            let behind = peer.replica.applied_index().saturating_sub(peer.replica.checkpoint_index());
+            if behind == 0 && peer.compact_fully && peer.replica.checkpoint_index() > 0 {
+                // A quiet shard about to take a new member: its state is durable at its
+                // checkpoint already, so its log is compacted there now.
+                let index = peer.replica.checkpoint_index();
+                if let Some(compact_to) = peer.replica.checkpointed(index, 0, 0) {
+                    self.rounds.compactions.insert(*shard, compact_to);
+                }
+                if peer.replica.compacted_index() > 0 {
+                    peer.compact_fully = false;
+                }
+                self.dirty.insert(*shard);
+            }
             let replica = &peer.replica;
-            let behind = replica.applied_index().saturating_sub(replica.checkpoint_index());
             if behind == 0 {
                 continue;
             }
@@ -980,7 +1002,10 @@ impl NodeCore {
         }
         let node = self.config.node;
         for (shard, peer) in self.peers.iter_mut() {
-            if !peer.replica.leader_ready() {
+            let moving = peer.replica.voters().len() > crate::placement::REPLICAS_PER_SHARD || !peer.replica.learners().is_empty();
+            if !peer.replica.leader_ready() || peer.replica.conf_change_pending() || moving {
+                // A membership change in flight (a move may be handing leadership away from
+                // the preferred leader it is about to remove).
                 continue;
             }
             let preferred = self.config.placement.preferred_leader(*shard);

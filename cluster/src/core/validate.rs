@@ -179,7 +179,7 @@ impl NodeCore {
 
     /// The sender hosts a replica of the shard (snapshots pass only between its replicas).
     fn check_replica(&self, from: NodeId, shard: ShardId) -> Result<(), Rejection> {
-        // A replica here takes them from any member node (its applied membership may trail the
+        // A replica here takes them from any node of the cluster (its applied membership may trail the
         // leader's); without one, only between the members it knows.
         if self.peers.contains_key(&shard) {
             return Ok(());
@@ -205,7 +205,7 @@ impl NodeCore {
         if message.from != from {
             return Err("raft_sender_mismatch");
         }
-        // A replica here takes messages from any member node (raft itself knows the shard's
+        // A replica here takes messages from any node of the cluster (raft itself knows the shard's
         // configuration, which a lagging replica's applied one may trail); without one, only
         // from the members this node knows, and only if they name it.
         let members = self.members_of(shard);

@@ -131,7 +131,13 @@ async fn move_all(state: &AppState, request_id: &RequestId, node: u64, with: Opt
     for result in futures_util::future::join_all(steps).await {
         answered.push(result?);
     }
-    let done = answered.iter().all(|status| matches!(status.stage, MoveStage::Done | MoveStage::Invalid));
+    // Done when no shard names the node: a move refused as invalid counts only if the node is
+    // no member of that shard (a stale view here may have asked for a move already made).
+    let done = answered.iter().all(|status| match status.stage {
+        MoveStage::Done => true,
+        MoveStage::Invalid => !status.voters.contains(&node) && !status.learners.contains(&node),
+        _ => false,
+    });
     let moves: Vec<Value> = answered.iter().map(status_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "node": node, "done": done, "moves": moves })))
 }

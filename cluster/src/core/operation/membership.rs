@@ -72,7 +72,13 @@ fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveSt
     if voters.len() <= REPLICAS_PER_SHARD && voters.contains(&from) {
         return MoveStage::Invalid;
     }
-    let holds_promotion = matched >= replica.conf_index() && matched > 0;
+    // The promotion's index is known to the replica that applied it; after a restart or a
+    // snapshot it is not (0): then the new voter must hold everything committed.
+    let promoted_at = match replica.conf_index() {
+        0 => replica.commit_index(),
+        index => index,
+    };
+    let holds_promotion = matched >= promoted_at && matched > 0;
     if !holds_promotion && !planted(ctx.planted, PlantedBug::RemoveBeforeCaughtUp) {
         return MoveStage::CatchingUp;
     }
