@@ -55,12 +55,17 @@ fn fixed_seeds_hold_every_invariant_with_four_nodes_moving_replicas() {
 /// recording that it left, so a restart ran it again from its old mark with no log (seed 249,
 /// fixed by writing a tombstone first); a lagging replica refused the snapshot of a leader it
 /// did not know was a member (seeds 6, 11: fixed by taking snapshots from any member node for
-/// a shard it hosts). Seeds 79 and 250 found the checker `committed_on_quorum` counting a
+/// a shard it hosts); after a review's mends, a new replica replayed the log from index 1 into a
+/// one-voter configuration of its own (seed 1005), a removed replica's delayed ack credited its
+/// node's new empty replica (seed 379), a re-added replica deleted its state before its old
+/// log's drop was durable (5 nodes, seed 318), and the ack filter dropped a stale leader's
+/// step-down signal (5 nodes, seeds 408, 489). Seeds 79 and 250 found the checker `committed_on_quorum` counting a
 /// stale leader's commit over its own old configuration only (it now accepts any
 /// configuration a replica or a removed node's tombstone holds).
 #[test]
 fn regression_replica_move_seeds() {
-    assert_passes([6, 11, 21, 79, 249, 250].into_iter(), 4, FaultClass::All);
+    assert_passes([6, 11, 21, 79, 249, 250, 379, 1005].into_iter(), 4, FaultClass::All);
+    assert_passes([318, 408, 489].into_iter(), 5, FaultClass::All);
 }
 
 /// 40 seeds of each fault class alone.

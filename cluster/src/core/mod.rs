@@ -550,7 +550,12 @@ impl NodeCore {
                     // A draining node does not take leadership handed to it.
                     return;
                 }
-                let acknowledges = message.get_msg_type() == MessageType::MsgAppendResponse && !message.reject;
+                // An acknowledgement of entries in this term (a response that only carries a higher
+                // term, index 0, must reach raft: it is how a stale leader steps down).
+                let acknowledges = message.get_msg_type() == MessageType::MsgAppendResponse
+                    && !message.reject
+                    && message.index > 0
+                    && message.term == peer.replica.term();
                 if acknowledges && peer.replica.acknowledges_before_addition(from, message.index) {
                     // From the replica that node had before the shard removed it: counting it
                     // would credit the new, empty one with entries it does not hold.
