@@ -50,41 +50,32 @@ pub(super) struct Membership {
 }
 
 impl NodeCore {
-    /// The shard's voters as this node knows them: its replica's applied configuration, else
-    /// the newest announcement, else the bootstrap placement.
-    pub(super) fn voters_of(&self, shard: ShardId) -> Vec<NodeId> {
-        if let Some(peer) = self.peers.get(&shard) {
-            let voters = peer.replica.voters();
-            if !voters.is_empty() {
-                return voters;
-            }
+    /// The shard's voters and learners as this node knows them: its replica's applied
+    /// configuration, else the newest announcement, else the bootstrap placement.
+    fn known_members(&self, shard: ShardId) -> (Vec<NodeId>, Vec<NodeId>) {
+        if let Some(replica) = self.peers.get(&shard).map(|peer| &peer.replica).filter(|replica| !replica.voters().is_empty()) {
+            return (replica.voters(), replica.learners());
         }
         match self.membership.learned.get(&shard) {
-            Some(members) => members.voters.clone(),
-            None => self.config.placement.replicas(shard),
+            Some(members) => (members.voters.clone(), members.learners.clone()),
+            None => (self.config.placement.replicas(shard), Vec::new()),
         }
     }
 
-    /// Voters and learners: every node that should run a replica of the shard.
-    pub(super) fn members_of(&self, shard: ShardId) -> Vec<NodeId> {
-        if let Some(peer) = self.peers.get(&shard) {
-            let members = peer.replica.members();
-            if !members.is_empty() {
-                return members;
-            }
-        }
-        match self.membership.learned.get(&shard) {
-            Some(members) => members.voters.iter().chain(members.learners.iter()).copied().collect(),
-            None => self.config.placement.replicas(shard),
-        }
+    pub(super) fn voters_of(&self, shard: ShardId) -> Vec<NodeId> {
+        self.known_members(shard).0
     }
 
     /// The learners of a shard as this node knows them (replicas being added).
     pub(super) fn learners_of(&self, shard: ShardId) -> Vec<NodeId> {
-        if let Some(peer) = self.peers.get(&shard) {
-            return peer.replica.learners();
-        }
-        self.membership.learned.get(&shard).map(|members| members.learners.clone()).unwrap_or_default()
+        self.known_members(shard).1
+    }
+
+    /// Voters and learners: every node that should run a replica of the shard.
+    pub(super) fn members_of(&self, shard: ShardId) -> Vec<NodeId> {
+        let (mut members, learners) = self.known_members(shard);
+        members.extend(learners);
+        members
     }
 
     /// At start: the shards this node was removed from route by the members its tombstone
