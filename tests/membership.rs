@@ -166,3 +166,75 @@ async fn replace_rebuilds_a_dead_nodes_replicas_on_the_others() {
     assert_serves(&cluster, &[1, 2, 4], "after").await;
     assert_conserved(&cluster, &[1, 2, 4]).await;
 }
+
+/// The replicas (voters and learners) each node holds, as node `through` sees the shards.
+async fn replicas_per_node(cluster: &TestCluster, through: u64) -> std::collections::BTreeMap<u64, usize> {
+    let view = cluster.cluster_view(through).await;
+    let mut load = std::collections::BTreeMap::new();
+    for shard in view["shards"].as_array().expect("shards") {
+        let members = shard["replicas"].as_array().into_iter().flatten().chain(shard["learners"].as_array().into_iter().flatten());
+        for member in members.filter_map(Value::as_u64) {
+            *load.entry(member).or_insert(0) += 1;
+        }
+    }
+    load
+}
+
+/// The value of the sample of `name` whose labels include `label` in node `id`'s `/metrics`.
+async fn metric(cluster: &TestCluster, id: u64, name: &str, label: &str) -> f64 {
+    let text = cluster.client.get(format!("{}/metrics", cluster.node(id).url())).send().await.expect("scrape").text().await.expect("text");
+    let sample = text.lines().find(|line| line.starts_with(&format!("{name}{{")) && line.contains(label));
+    sample.and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Scale-out 3 → 5 under load: a node started with `--join` before it is registered is
+/// refused (and counted), `settle node add` registers it and moves replicas onto it; a second
+/// node is registered first and joins; replicas end even over the five, every shard has three
+/// live voters, a joined node restarts from its own data dir, and money is conserved through
+/// every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_from_three_to_five_nodes_under_load() {
+    let mut cluster = funded_cluster(3).await;
+    let urls = cluster.urls();
+    let running = load(&cluster, urls.clone(), "s", 60);
+
+    // Node 4 asks to join before anyone registered it: refused until `settle node add`.
+    let four = cluster.add_node();
+    cluster.spawn(four);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&cluster, 1, "settle_peer_messages_rejected_total", "reason=\"join_not_registered\"").await < 1.0 {
+        assert!(Instant::now() < deadline, "node 1 never refused the unregistered node 4; its log:\n{}", cluster.log_tail(1, 50));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, spawn_after_registering) in [(four, false), (cluster.add_node(), true)] {
+        let peer = format!("127.0.0.1:{}", cluster.node(id).peer_port);
+        let args: Vec<String> =
+            ["add", &id.to_string(), "--peer", &peer, "--target", &urls.join(","), "--api-key", ADMIN_KEY, "--timeout-secs", "300"]
+                .map(String::from)
+                .to_vec();
+        let adding = tokio::task::spawn_blocking(move || settle_node(&args));
+        // Node 5 is registered first and started after: `settle node add` waits for it.
+        if spawn_after_registering {
+            cluster.spawn(id);
+        }
+        let said = adding.await.expect("node add runs");
+        assert!(said.contains(&format!("node {id} joined")) && said.contains("balanced"), "{said}");
+        cluster.wait_ready(id, Duration::from_secs(60)).await;
+    }
+    running.await.expect("load runs");
+
+    let all = [1, 2, 3, 4, 5];
+    wait_membership(&cluster, &all, 0).await;
+    let load = replicas_per_node(&cluster, 1).await;
+    let (least, most) = (load.values().min().copied().unwrap_or(0), load.values().max().copied().unwrap_or(0));
+    assert!(load.len() == 5 && most - least <= 1, "replicas even over five nodes: {load:?}");
+    // Through a joined node too: it knows every shard's members.
+    assert_eq!(replicas_per_node(&cluster, 5).await, load);
+
+    // A joined node restarts from its data dir (no member is asked again) and serves.
+    assert!(cluster.terminate(four).success(), "node 4 stops cleanly");
+    cluster.spawn(four);
+    cluster.wait_ready(four, Duration::from_secs(60)).await;
+    assert_serves(&cluster, &all, "after").await;
+    assert_conserved(&cluster, &all).await;
+}

@@ -6,7 +6,7 @@
 //! answers `Overloaded`.
 
 use crate::io::{io_actor, IoDone, IoJob, IoStats, Storage, StorageError};
-use crate::transport::{self, Inbound, LinkFaults, LinkState, Transport, TransportStats};
+use crate::transport::{self, Inbound, PeerTable, Transport, TransportStats};
 use settle_cluster::ids::{NodeId, ShardId};
 use settle_cluster::message::{PeerMessage, Reply, Request};
 use settle_cluster::{AdminError, CallId, CoreStats, Effect, NodeConfig, NodeCore, ShardStatus, Time};
@@ -26,7 +26,10 @@ pub struct DriverConfig {
     pub core: NodeConfig,
     pub data_dir: PathBuf,
     pub peer_listen: SocketAddr,
+    /// Every other node's peer address: the bootstrap members' and the registered ones'.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The node registry kept in the data dir (`identity::read_peers`); newer ones replace it.
+    pub registry: settle_cluster::placement::NodeRegistry,
     /// Bounds of the peer port (frame size, connections, timeouts).
     pub peer_limits: crate::transport::PeerLimits,
     /// Client calls queued for the driver before new ones are refused.
@@ -65,6 +68,9 @@ pub struct NodeStatus {
     pub cache_bytes_max: usize,
     pub stats: CoreStats,
     pub peers: Vec<PeerStatus>,
+    /// The bootstrap members (the others joined later), and the node registry's epoch.
+    pub bootstrap: Vec<NodeId>,
+    pub registry_epoch: u64,
 }
 
 /// What this node knows of another: its HTTP address and version as it introduced itself, and
@@ -72,6 +78,8 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Default)]
 pub struct PeerStatus {
     pub id: NodeId,
+    /// Its peer address (from `--cluster`, or the node registry).
+    pub address: Option<SocketAddr>,
     pub http: Option<String>,
     pub version: Option<String>,
     pub started_ms: Option<u64>,
@@ -103,8 +111,8 @@ pub struct DriverHandle {
     pub io_stats: Arc<IoStats>,
     pub loop_stats: Arc<LoopStats>,
     pub transport_stats: Arc<TransportStats>,
-    pub link_faults: Arc<BTreeMap<NodeId, LinkFaults>>,
-    pub link_states: Arc<BTreeMap<NodeId, LinkState>>,
+    /// The node's peers: addresses, fault switches, link states.
+    pub peers: Arc<PeerTable>,
 }
 
 impl DriverHandle {
@@ -167,8 +175,9 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     let recovered_shards = recovered.len();
     let incarnation = now_ms() ^ rand::random::<u64>();
     let seed = rand::random::<u64>();
-    let core =
+    let mut core =
         NodeCore::new(config.core.clone(), recovered, quarantined.keys().copied().collect(), state_store, incarnation, seed, &logger)?;
+    core.set_registry(config.registry.clone());
     tracing::info!(node = config.core.node, recovered_shards, "node core ready");
 
     // One network thread: on small machines every extra thread is a context switch per frame.
@@ -214,9 +223,15 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         io_stats,
         loop_stats: loop_stats.clone(),
         transport_stats: transport.stats.clone(),
-        link_faults: transport.faults.clone(),
-        link_states: transport.links_state.clone(),
+        peers: transport.peers.clone(),
     };
+    let bootstrap: BTreeMap<NodeId, String> = config
+        .peers
+        .iter()
+        .filter(|(id, _)| config.core.placement.nodes().contains(id))
+        .map(|(id, address)| (*id, address.to_string()))
+        .collect();
+    let own_address = config.peers.get(&config.core.node).copied().unwrap_or(config.peer_listen);
     let tick = Duration::from_millis(config.core.raft.tick_ms);
     let driver_thread = std::thread::Builder::new()
         .name("settle-driver".to_string())
@@ -236,6 +251,10 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 links_up: BTreeMap::new(),
                 leaders_seen: BTreeMap::new(),
                 node_info_rejected: 0,
+                joins_refused: 0,
+                data_dir: config.data_dir.clone(),
+                bootstrap,
+                own_address,
                 loop_stats,
                 last_slow_logged: None,
             };
@@ -401,6 +420,12 @@ struct DriverActor {
     leaders_seen: BTreeMap<ShardId, (Option<NodeId>, u64)>,
     /// Introductions dropped: from a node that is not a peer, or with implausible text.
     node_info_rejected: u64,
+    /// Join requests from nodes the registry does not hold at the address they gave.
+    joins_refused: u64,
+    /// Where the peers file is kept, the bootstrap members' addresses, and this node's own.
+    data_dir: PathBuf,
+    bootstrap: BTreeMap<NodeId, String>,
+    own_address: SocketAddr,
     loop_stats: Arc<LoopStats>,
     last_slow_logged: Option<Instant>,
 }
@@ -487,12 +512,12 @@ impl DriverActor {
 
     fn tick(&mut self) {
         // A link that just went down: its node is likely dead, so its shards elect sooner.
-        for (peer, state) in self.transport.links_state.iter() {
-            let connected = state.connected.load(std::sync::atomic::Ordering::Relaxed);
-            let was = self.links_up.insert(*peer, connected).unwrap_or(false);
+        for (peer, entry) in self.transport.peers.all() {
+            let connected = entry.state.connected.load(std::sync::atomic::Ordering::Relaxed);
+            let was = self.links_up.insert(peer, connected).unwrap_or(false);
             if was && !connected {
                 tracing::info!(peer, "peer link down; shards it leads will elect sooner");
-                self.core.peer_unreachable(*peer);
+                self.core.peer_unreachable(peer);
             }
         }
         self.core.tick(self.time());
@@ -563,6 +588,9 @@ impl DriverActor {
                     self.peers.insert(from, (http, version, started_ms));
                     self.core.set_peer_draining(from, draining);
                 }
+                PeerMessage::Join { peer } => self.join_asked(from, peer),
+                // Only a joining node reads a welcome (`join.rs`).
+                PeerMessage::Welcome { .. } => {}
                 message => {
                     if let PeerMessage::Leg { request_id: Some(request_id), shard, .. } = &message {
                         tracing::debug!(request_id = %request_id, shard_id = shard, from, "leg received");
@@ -587,11 +615,13 @@ impl DriverActor {
                     .transport
                     .peers()
                     .map(|id| {
-                        let state = self.transport.links_state.get(&id);
+                        let entry = self.transport.peers.get(id);
+                        let state = entry.as_ref().map(|entry| &entry.state);
                         let heard = state.map_or(0, |state| state.last_received_ms.load(std::sync::atomic::Ordering::Relaxed));
                         let info = self.peers.get(&id);
                         PeerStatus {
                             id,
+                            address: entry.as_ref().map(|entry| entry.address),
                             http: info.map(|(http, _, _)| http.clone()),
                             version: info.map(|(_, version, _)| version.clone()),
                             started_ms: info.map(|(_, _, started)| *started),
@@ -611,9 +641,14 @@ impl DriverActor {
                         if self.node_info_rejected > 0 {
                             stats.peer_messages_rejected.insert("node_info_invalid", self.node_info_rejected);
                         }
+                        if self.joins_refused > 0 {
+                            stats.peer_messages_rejected.insert("join_not_registered", self.joins_refused);
+                        }
                         stats
                     },
                     peers,
+                    bootstrap: self.core.placement().nodes().to_vec(),
+                    registry_epoch: self.core.registry().epoch,
                 };
                 let _ = reply.send(status);
             }
@@ -641,8 +676,45 @@ impl DriverActor {
                         let _ = waiter.send(reply);
                     }
                 }
+                Effect::Registry(registry) => self.registry_changed(registry),
             }
         }
+    }
+
+    /// A newer node registry: link to every node in it and keep it in the data dir (a node
+    /// that restarts links to them without being told again).
+    fn registry_changed(&mut self, registry: settle_cluster::placement::NodeRegistry) {
+        tracing::info!(epoch = registry.epoch, nodes = ?registry.nodes, "node registry changed");
+        for (node, peer) in &registry.nodes {
+            match peer.parse::<SocketAddr>() {
+                Ok(address) => self.transport.add_peer(*node, address),
+                Err(_) => tracing::warn!(node, peer, "registered peer address does not parse; not linked"),
+            }
+        }
+        let known = crate::identity::KnownPeers { registry, bootstrap: self.bootstrap.clone() };
+        if let Err(error) = crate::identity::write_peers(&self.data_dir, &known) {
+            // The registry is replicated: a node that restarts without it hears it again.
+            tracing::warn!(%error, "keeping the node registry in the data dir failed");
+        }
+    }
+
+    /// A node started with `--join` asks for the cluster's layout. Only a node the registry
+    /// holds at the address it gives is answered (over the link to its registered address).
+    fn join_asked(&mut self, from: NodeId, peer: String) {
+        if self.core.registry().nodes.get(&from) != Some(&peer) {
+            self.joins_refused += 1;
+            tracing::warn!(node = from, peer, "join refused: the node registry does not hold this node at that address");
+            return;
+        }
+        let mut nodes: Vec<(NodeId, String)> =
+            self.transport.peers.all().into_iter().map(|(id, entry)| (id, entry.address.to_string())).collect();
+        nodes.push((self.core.node(), self.own_address.to_string()));
+        let registry = self.core.registry();
+        let placement = self.core.placement();
+        let welcome =
+            PeerMessage::Welcome { shards: placement.shard_count(), bootstrap: placement.nodes().to_vec(), epoch: registry.epoch, nodes };
+        tracing::info!(node = from, peer, "welcoming a joining node");
+        self.transport.send(from, vec![welcome]);
     }
 
     /// Hands a job to the IO thread (waiting for room). Without the IO thread nothing can become

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub const DATA_DIR_FORMAT_VERSION: u32 = 4;
 
 const IDENTITY_FILE: &str = "cluster.json";
+const PEERS_FILE: &str = "peers.json";
 
 /// Who this data dir belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,16 +92,74 @@ pub fn check_or_write(data_dir: &Path, identity: &DataDirIdentity) -> Result<boo
             Ok(false)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let temporary = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-            let text = serde_json::to_vec_pretty(identity).expect("an identity serialises");
-            std::fs::write(&temporary, text).map_err(io(&temporary))?;
-            std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io(&temporary))?;
-            std::fs::rename(&temporary, &path).map_err(io(&path))?;
-            std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(io(data_dir))?;
+            write_atomically(data_dir, IDENTITY_FILE, &serde_json::to_vec_pretty(identity).expect("an identity serialises"))?;
             Ok(true)
         }
         Err(error) => Err(IdentityError::Io { path, source: error }),
     }
+}
+
+/// The identity a data dir holds, if it holds one (a node started with `--join` reads its
+/// shard count and bootstrap members from it after the first start).
+pub fn read(data_dir: &Path) -> Result<Option<DataDirIdentity>, IdentityError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| IdentityError::Unreadable { path: path.clone(), detail: error.to_string() }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io { path, source }),
+    }
+}
+
+/// Writes `name` in `dir` so a crash leaves the old file or the new one, never a torn one:
+/// a temporary file, synced, renamed over it, and the directory synced.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IdentityError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Io { path, source }
+    };
+    let temporary = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    std::fs::write(&temporary, bytes).map_err(io(&temporary))?;
+    std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(io(&path))?;
+    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(io(dir))?;
+    Ok(())
+}
+
+/// Every node's peer address this node knew when it last heard of a change (`peers.json`):
+/// the node registry (nodes registered after bootstrap, replicated on the system shard) and the
+/// bootstrap members' addresses (from `--cluster`, or from the member a joining node asked).
+/// Read at start, so a node links to every member without being told again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeers {
+    pub registry: settle_cluster::placement::NodeRegistry,
+    pub bootstrap: std::collections::BTreeMap<NodeId, String>,
+}
+
+impl KnownPeers {
+    /// Every node's address: the bootstrap members', then the registered ones (a registered
+    /// node's address wins). An address that does not parse is skipped.
+    pub fn addresses(&self) -> std::collections::BTreeMap<NodeId, std::net::SocketAddr> {
+        let all = self.bootstrap.iter().chain(self.registry.nodes.iter());
+        all.filter_map(|(id, peer)| Some((*id, peer.parse().ok()?))).collect()
+    }
+}
+
+/// The peers file of a data dir (empty when there is none yet).
+pub fn read_peers(data_dir: &Path) -> Result<KnownPeers, IdentityError> {
+    let path = data_dir.join(PEERS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| IdentityError::Unreadable { path, detail: error.to_string() }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(KnownPeers::default()),
+        Err(source) => Err(IdentityError::Io { path, source }),
+    }
+}
+
+/// Replaces the peers file, atomically.
+pub fn write_peers(data_dir: &Path, peers: &KnownPeers) -> Result<(), IdentityError> {
+    write_atomically(data_dir, PEERS_FILE, &serde_json::to_vec_pretty(peers).expect("known peers serialise"))
 }
 
 #[cfg(test)]
@@ -123,5 +182,24 @@ mod tests {
         let refused = check_or_write(old.path(), &identity).unwrap_err();
         assert!(matches!(refused, IdentityError::Format { found: 1, .. }), "{refused}");
         assert!(refused.to_string().contains("empty data dir"), "{refused}");
+    }
+
+    /// The peers file round-trips, a missing one reads as empty, and a registered node's
+    /// address wins over a bootstrap entry for the same id.
+    #[test]
+    fn peers_file_round_trips_and_registered_addresses_win() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_peers(dir.path()).unwrap(), KnownPeers::default());
+        let mut peers = KnownPeers::default();
+        peers.bootstrap.insert(1, "127.0.0.1:9001".to_string());
+        peers.bootstrap.insert(4, "127.0.0.1:1".to_string());
+        peers.registry.epoch = 1;
+        peers.registry.nodes.insert(4, "127.0.0.1:9004".to_string());
+        write_peers(dir.path(), &peers).unwrap();
+        let read = read_peers(dir.path()).unwrap();
+        assert_eq!(read, peers);
+        let addresses = read.addresses();
+        assert_eq!(addresses[&4].to_string(), "127.0.0.1:9004");
+        assert_eq!(addresses.len(), 2);
     }
 }

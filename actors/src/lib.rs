@@ -9,6 +9,7 @@ pub mod crash_only;
 pub mod driver;
 pub mod identity;
 pub mod io;
+pub mod join;
 pub mod log_store;
 pub mod record;
 pub mod state_store;

@@ -17,6 +17,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// The link a joining node opens to the member named by `--join`, whose node id it does not
+/// know yet (node ids start at 1): with TLS the member's certificate must cover the address.
+pub const JOIN_LINK: NodeId = 0;
+
 /// Batches queued per link before new ones are dropped.
 pub const LINK_QUEUE_BATCHES_MAX: usize = 1_024;
 const RECONNECT_DELAY_MS_MIN: u64 = 50;
@@ -60,18 +64,70 @@ pub struct TransportStats {
     pub rejections: TransportRejections,
 }
 
+/// One peer of the node: where it listens, its fault switches and its link's state.
+#[derive(Debug)]
+pub struct PeerEntry {
+    pub address: SocketAddr,
+    pub faults: LinkFaults,
+    pub state: LinkState,
+}
+
+/// The node's peers, shared by the driver, the link and reader tasks and the HTTP edge. It
+/// grows when a node joins the cluster (`Transport::add_peer`); entries are never removed
+/// while the process runs (a decommissioned node's link just stays idle).
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    entries: std::sync::RwLock<BTreeMap<NodeId, Arc<PeerEntry>>>,
+}
+
+impl PeerTable {
+    pub fn get(&self, peer: NodeId) -> Option<Arc<PeerEntry>> {
+        self.entries.read().expect("peer table lock").get(&peer).cloned()
+    }
+
+    /// Every peer, in id order.
+    pub fn all(&self) -> Vec<(NodeId, Arc<PeerEntry>)> {
+        self.entries.read().expect("peer table lock").iter().map(|(id, entry)| (*id, entry.clone())).collect()
+    }
+
+    fn insert(&self, peer: NodeId, entry: Arc<PeerEntry>) {
+        self.entries.write().expect("peer table lock").insert(peer, entry);
+    }
+}
+
 /// The sending half handed to the driver.
 pub struct Transport {
+    node: NodeId,
     links: BTreeMap<NodeId, mpsc::Sender<Vec<PeerMessage>>>,
-    pub faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    pub peers: Arc<PeerTable>,
     pub stats: Arc<TransportStats>,
-    pub links_state: Arc<BTreeMap<NodeId, LinkState>>,
+    runtime: tokio::runtime::Handle,
+    frame_bytes_max: u32,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Transport {
     /// Every peer this node has a link to.
     pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.links.keys().copied()
+    }
+
+    /// The address a peer listens on.
+    pub fn address(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.peers.get(peer).map(|entry| entry.address)
+    }
+
+    /// Starts a link to a node that joined (or moved to a new address: the old link is
+    /// dropped and a new one opened). Our own id is ignored.
+    pub fn add_peer(&mut self, peer: NodeId, address: SocketAddr) {
+        if peer == self.node || self.address(peer) == Some(address) {
+            return;
+        }
+        let entry = Arc::new(PeerEntry { address, faults: LinkFaults::default(), state: LinkState::default() });
+        self.peers.insert(peer, entry.clone());
+        let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
+        self.runtime.spawn(peer_link_actor(self.node, peer, entry, self.frame_bytes_max, receiver, self.stats.clone(), self.tls.clone()));
+        self.links.insert(peer, sender);
     }
 
     /// Queues messages for a peer; drops them (and counts it) when the link is backed up.
@@ -99,38 +155,28 @@ pub fn start(
     inbound: mpsc::Sender<Inbound>,
     tls: Option<Arc<PeerTls>>,
 ) -> std::io::Result<Transport> {
-    let frame_bytes_max = limits.frame_bytes_max;
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
-    let faults: Arc<BTreeMap<NodeId, LinkFaults>> = Arc::new(peers.keys().map(|peer| (*peer, LinkFaults::default())).collect());
+    let table = Arc::new(PeerTable::default());
     let stats = Arc::new(TransportStats::default());
-    let links_state: Arc<BTreeMap<NodeId, LinkState>> =
-        Arc::new(peers.keys().filter(|peer| **peer != node).map(|peer| (*peer, LinkState::default())).collect());
     {
         let _guard = runtime.enter();
         let listener = TcpListener::from_std(listener)?;
-        runtime.spawn(listener_actor(listener, limits, inbound, faults.clone(), stats.clone(), links_state.clone(), tls.clone()));
+        runtime.spawn(listener_actor(listener, limits, inbound, table.clone(), stats.clone(), tls.clone()));
     }
-    let mut links = BTreeMap::new();
+    let mut transport = Transport {
+        node,
+        links: BTreeMap::new(),
+        peers: table,
+        stats,
+        runtime: runtime.clone(),
+        frame_bytes_max: limits.frame_bytes_max,
+        tls,
+    };
     for (peer, address) in peers {
-        if peer == node {
-            continue;
-        }
-        let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
-        runtime.spawn(peer_link_actor(
-            node,
-            peer,
-            address,
-            frame_bytes_max,
-            receiver,
-            faults.clone(),
-            stats.clone(),
-            links_state.clone(),
-            tls.clone(),
-        ));
-        links.insert(peer, sender);
+        transport.add_peer(peer, address);
     }
-    Ok(Transport { links, faults, stats, links_state })
+    Ok(transport)
 }
 
 /// Why the transport refused a connection or a frame, with a counter each (exported as
@@ -214,9 +260,8 @@ async fn listener_actor(
     listener: TcpListener,
     limits: PeerLimits,
     inbound: mpsc::Sender<Inbound>,
-    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    table: Arc<PeerTable>,
     stats: Arc<TransportStats>,
-    states: Arc<BTreeMap<NodeId, LinkState>>,
     tls: Option<Arc<PeerTls>>,
 ) {
     let open = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
@@ -234,9 +279,8 @@ async fn listener_actor(
         };
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
-        let faults = faults.clone();
+        let table = table.clone();
         let stats = stats.clone();
-        let states = states.clone();
         let tls = tls.clone();
         let inbound_bytes = inbound_bytes.clone();
         tokio::spawn(async move {
@@ -252,7 +296,7 @@ async fn listener_actor(
                                 return;
                             };
                             let identity = PeerIdentity::Certified(certificate.into_owned());
-                            read_frames(stream, identity, limits, &inbound_bytes, inbound, faults, stats, states).await
+                            read_frames(stream, identity, limits, &inbound_bytes, inbound, table, stats).await
                         }
                         Ok(Err(error)) => {
                             stats.rejections.handshake_failed.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +310,7 @@ async fn listener_actor(
                         }
                     }
                 }
-                None => read_frames(stream, PeerIdentity::Unauthenticated, limits, &inbound_bytes, inbound, faults, stats, states).await,
+                None => read_frames(stream, PeerIdentity::Unauthenticated, limits, &inbound_bytes, inbound, table, stats).await,
             };
             if let Err(error) = result {
                 tracing::debug!(%remote, %error, "peer connection closed");
@@ -290,9 +334,8 @@ async fn read_frames<S: AsyncRead + Unpin>(
     limits: PeerLimits,
     inbound_bytes: &tokio::sync::Semaphore,
     inbound: mpsc::Sender<Inbound>,
-    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
+    table: Arc<PeerTable>,
     stats: Arc<TransportStats>,
-    states: Arc<BTreeMap<NodeId, LinkState>>,
 ) -> std::io::Result<()> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut payload = Vec::new();
@@ -345,11 +388,11 @@ async fn read_frames<S: AsyncRead + Unpin>(
             certified = Some(frame.from);
         }
         stats.frames_received.fetch_add(1, Ordering::Relaxed);
-        if faults.get(&frame.from).is_some_and(|f| f.drop_inbound.load(Ordering::Relaxed)) {
-            continue;
-        }
-        if let Some(state) = states.get(&frame.from) {
-            state.last_received_ms.store(crate::driver::now_ms(), Ordering::Relaxed);
+        if let Some(entry) = table.get(frame.from) {
+            if entry.faults.drop_inbound.load(Ordering::Relaxed) {
+                continue;
+            }
+            entry.state.last_received_ms.store(crate::driver::now_ms(), Ordering::Relaxed);
         }
         if inbound.send((frame.from, frame.messages)).await.is_err() {
             return Ok(());
@@ -433,9 +476,15 @@ async fn connect(peer: NodeId, address: SocketAddr, tls: Option<&PeerTls>) -> Op
     let Some(tls) = tls else {
         return Some(Box::new(stream));
     };
-    // Ask for the peer's node name: the handshake then proves it is the node we meant.
-    let Ok(name) = rustls::pki_types::ServerName::try_from(crate::tls::node_name(peer)) else {
-        return None;
+    // Ask for the peer's node name: the handshake then proves it is the node we meant. The
+    // join link names the member by its address (its certificate carries its IP).
+    let name = if peer == JOIN_LINK {
+        rustls::pki_types::ServerName::IpAddress(address.ip().into())
+    } else {
+        let Ok(name) = rustls::pki_types::ServerName::try_from(crate::tls::node_name(peer)) else {
+            return None;
+        };
+        name
     };
     match tls.connector.connect(name, stream).await {
         Ok(stream) => Some(Box::new(stream)),
@@ -452,22 +501,25 @@ async fn connect(peer: NodeId, address: SocketAddr, tls: Option<&PeerTls>) -> Op
 async fn peer_link_actor(
     node: NodeId,
     peer: NodeId,
-    address: SocketAddr,
+    entry: Arc<PeerEntry>,
     frame_bytes_max: u32,
     mut queue: mpsc::Receiver<Vec<PeerMessage>>,
-    faults: Arc<BTreeMap<NodeId, LinkFaults>>,
     stats: Arc<TransportStats>,
-    states: Arc<BTreeMap<NodeId, LinkState>>,
     tls: Option<Arc<PeerTls>>,
 ) {
-    let state = &states[&peer];
+    let (address, state) = (entry.address, &entry.state);
     let mut delay_ms = RECONNECT_DELAY_MS_MIN;
     let mut frame = Vec::new();
     'connect: loop {
         let Some(mut stream) = connect(peer, address, tls.as_deref()).await else {
             // Drop what piled up while the peer is unreachable: it is stale by now.
-            while queue.try_recv().is_ok() {
-                stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            loop {
+                match queue.try_recv() {
+                    Ok(_) => stats.batches_dropped.fetch_add(1, Ordering::Relaxed),
+                    // The link was replaced (the peer moved) or the transport stopped.
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                };
             }
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
@@ -484,7 +536,7 @@ async fn peer_link_actor(
                     Err(_) => break,
                 }
             }
-            let link_faults = &faults[&peer];
+            let link_faults = &entry.faults;
             if link_faults.drop_outbound.load(Ordering::Relaxed) {
                 continue;
             }
@@ -573,9 +625,7 @@ mod tests {
             let room = tokio::sync::Semaphore::new(limits.inbound_bytes_max);
             let (sender, mut receiver) = mpsc::channel(64);
             let stats = Arc::new(TransportStats::default());
-            let faults: Arc<BTreeMap<NodeId, LinkFaults>> = Arc::new(BTreeMap::new());
-            let states: Arc<BTreeMap<NodeId, LinkState>> = Arc::new(BTreeMap::new());
-            let _ = read_frames(bytes, identity, limits, &room, sender, faults, stats.clone(), states).await;
+            let _ = read_frames(bytes, identity, limits, &room, sender, Arc::new(PeerTable::default()), stats.clone()).await;
             let mut received = Vec::new();
             while let Ok(inbound) = receiver.try_recv() {
                 received.push(inbound);

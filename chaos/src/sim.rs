@@ -942,6 +942,8 @@ impl SimCluster {
                     self.mix(call.0);
                     self.replies.insert(call, reply);
                 }
+                // The simulated network reaches every node already; nothing joins it.
+                Effect::Registry(_) => {}
             }
         }
         self.check_committed_durable(node);

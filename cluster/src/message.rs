@@ -22,7 +22,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 3: reservation answers carry the reservation they answer.
 /// 4: transfer views carry their hold; holds, captures and voids.
 /// 5: customers, risk limits, delayed transfers, verifications.
-pub const PEER_FORMAT_VERSION: u8 = 7;
+/// 7: shard members announced (replica moves).
+/// 8: the node registry (`Registry`), joining (`Join`, `Welcome`).
+pub const PEER_FORMAT_VERSION: u8 = 8;
 
 /// Encodes a peer frame's payload.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -423,6 +425,26 @@ pub enum PeerMessage {
         epoch: u64,
         voters: Vec<NodeId>,
         learners: Vec<NodeId>,
+    },
+    /// The node registry as a replica of the system shard applied it: every node registered
+    /// after bootstrap with its peer address, and the registry's epoch. Each node keeps the
+    /// newest it heard (`core/membership.rs`) and links to every node in it.
+    Registry {
+        epoch: u64,
+        nodes: Vec<(NodeId, String)>,
+    },
+    /// A node started with `--join` asks a member for the cluster's layout (handled by the
+    /// driver: answered with `Welcome` only when the registry holds the sender at `peer`).
+    Join {
+        peer: String,
+    },
+    /// The answer to `Join`: the shard count, the bootstrap members, the registry's epoch and
+    /// every node's peer address (bootstrap members and registered ones).
+    Welcome {
+        shards: u32,
+        bootstrap: Vec<NodeId>,
+        epoch: u64,
+        nodes: Vec<(NodeId, String)>,
     },
     /// A node introduces itself to its peers (handled by the driver, not the core).
     NodeInfo {

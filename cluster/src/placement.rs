@@ -42,6 +42,15 @@ pub fn home_shard_of(id: &TransferId, shards: u32) -> ShardId {
     ShardId::try_from(fnv1a_64(id.as_str().as_bytes()) % u64::from(shards)).expect("a remainder of a u32 modulus fits in u32")
 }
 
+/// The nodes that joined after bootstrap, as the system shard's registry holds them: id →
+/// peer address, with the registry's epoch (one per registration). Every node keeps the newest
+/// it has seen; a node is a cluster member if it is a bootstrap member or registered here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRegistry {
+    pub epoch: u64,
+    pub nodes: std::collections::BTreeMap<NodeId, String>,
+}
+
 /// The cluster's static layout, fixed at bootstrap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {

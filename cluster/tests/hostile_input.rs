@@ -145,6 +145,25 @@ fn message() -> impl Strategy<Value = PeerMessage> {
         (shard(), proptest::collection::vec(decision, 0..4), any::<u8>(), any::<u64>())
             .prop_map(|(shard, decisions, hops, fence)| PeerMessage::Decisions { shard, decisions, hops, fence }),
         (shard(), 0u64..6).prop_map(|(shard, leader)| PeerMessage::LeaderHint { shard, leader }),
+        (shard(), any::<u64>(), proptest::collection::vec(0u64..8, 0..5), proptest::collection::vec(0u64..8, 0..3))
+            .prop_map(|(shard, epoch, voters, learners)| PeerMessage::Members { shard, epoch, voters, learners }),
+        (prop_oneof![0u64..4, any::<u64>()], proptest::collection::vec((0u64..8, peer_address()), 0..5))
+            .prop_map(|(epoch, nodes)| PeerMessage::Registry { epoch, nodes }),
+        peer_address().prop_map(|peer| PeerMessage::Join { peer }),
+        (any::<u32>(), proptest::collection::vec(0u64..8, 0..4), any::<u64>(), proptest::collection::vec((0u64..8, peer_address()), 0..5))
+            .prop_map(|(shards, bootstrap, epoch, nodes)| PeerMessage::Welcome { shards, bootstrap, epoch, nodes }),
+    ]
+}
+
+/// Peer addresses as a hostile registry might carry them: good ones, unspecified, port 0,
+/// junk, and one far over the length bound.
+fn peer_address() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (1u16..10).prop_map(|port| format!("127.0.0.1:{port}")),
+        Just("0.0.0.0:9000".to_string()),
+        Just("127.0.0.1:0".to_string()),
+        "\\PC{0,12}",
+        Just("9".repeat(10_000)),
     ]
 }
 
@@ -167,6 +186,34 @@ proptest! {
         for replica in core.replicas() {
             prop_assert!(replica.ledger().verify().is_ok());
         }
+    }
+
+    /// A node registry is taken only from a voter of the system shard, only newer than the
+    /// one held, and only when every entry is a well-formed, non-bootstrap node: a forged or
+    /// malformed registry changes nothing, a good one is adopted and announced to the driver.
+    #[test]
+    fn only_a_well_formed_registry_from_a_system_shard_voter_is_adopted(epoch in 1u64..4, id in 4u64..8, port in 1u16..100) {
+        let mut core = core();
+        let mut now = 0;
+        for _ in 0..30 {
+            honest_peers(&mut core, &mut now);
+        }
+        let peer = format!("127.0.0.1:{port}");
+        // From a stranger; naming a bootstrap member; more nodes than registrations; bad address.
+        core.receive(9, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())] });
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(2, peer.clone())] });
+        core.receive(2, PeerMessage::Registry { epoch: 0, nodes: vec![(id, peer.clone())] });
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, "0.0.0.0:1".to_string())] });
+        prop_assert_eq!(core.registry().epoch, 0);
+        prop_assert_eq!(core.cluster_nodes(), vec![1, 2, 3]);
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())] });
+        prop_assert_eq!(core.registry().epoch, epoch);
+        prop_assert_eq!(core.cluster_nodes(), vec![1, 2, 3, id]);
+        let told = core.drain_effects().into_iter().any(|effect| matches!(effect, settle_cluster::Effect::Registry(ref registry) if registry.epoch == epoch));
+        prop_assert!(told, "the driver hears of the new registry");
+        // An older one is ignored.
+        core.receive(2, PeerMessage::Registry { epoch: epoch - 1, nodes: Vec::new() });
+        prop_assert_eq!(core.registry().epoch, epoch);
     }
 
     /// Any bytes as a frame payload: they decode to messages or to an error, never a panic.

@@ -470,6 +470,9 @@ pub fn restore(flags: RestoreFlags) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let settings = crate::settings::NodeSettings::load(&flags.node)?;
+    if settings.join.is_some() {
+        bail!("a restore bootstraps a new cluster: give every node the same --cluster, not --join");
+    }
     let manifest = read_manifest(&flags.from)?;
     if settings.shards != manifest.shards {
         bail!(

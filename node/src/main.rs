@@ -126,6 +126,40 @@ fn init_logging(format: &str) {
     logging::init(format);
 }
 
+/// How long a node started with `--join` waits to be welcomed (registered) before it gives up.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The data dir's identity (written on the first start) and the peers it knows. A bootstrap
+/// member takes the layout from its flags; a node started with `--join` asks a member on its
+/// first start and keeps the answer (`peers.json` first, then `cluster.json`: a crash between
+/// the two joins again). Settings that follow from the layout (shards) are set from it.
+fn layout(settings: &mut NodeSettings) -> anyhow::Result<(DataDirIdentity, bool, identity::KnownPeers)> {
+    let Some(member) = settings.join else {
+        let identity = DataDirIdentity::new(settings.node_id, settings.shards, settings.members.keys().copied().collect());
+        let bootstrapped = identity::check_or_write(&settings.data_dir, &identity)?;
+        let known = identity::read_peers(&settings.data_dir)?;
+        return Ok((identity, bootstrapped, known));
+    };
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    if let Some(stored) = identity::read(&settings.data_dir)? {
+        identity::check_or_write(&settings.data_dir, &DataDirIdentity { node_id: settings.node_id, ..stored.clone() })?;
+        let known = identity::read_peers(&settings.data_dir)?;
+        settings.shards = stored.shards;
+        return Ok((stored, false, known));
+    }
+    let limits = settings.peer_limits();
+    tracing::info!(node = settings.node_id, %member, "joining the cluster");
+    let welcome = settle_actors::join::join(settings.node_id, settings.peer, member, limits, settings.peer_tls(), JOIN_TIMEOUT)?;
+    let bootstrap =
+        welcome.addresses.iter().filter(|(id, _)| welcome.bootstrap.contains(id)).map(|(id, address)| (*id, address.to_string())).collect();
+    let known = identity::KnownPeers { registry: welcome.registry.clone(), bootstrap };
+    identity::write_peers(&settings.data_dir, &known)?;
+    let identity = DataDirIdentity::new(settings.node_id, welcome.shards, welcome.bootstrap.clone());
+    identity::check_or_write(&settings.data_dir, &identity)?;
+    settings.shards = welcome.shards;
+    Ok((identity, true, known))
+}
+
 fn start(flags: StartFlags) -> anyhow::Result<()> {
     let settings = NodeSettings::load(&flags)?;
     init_logging(&settings.log_format);
@@ -135,9 +169,12 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
             "peers talk plain TCP (--insecure-peers): anyone who reaches the peer port can claim to be a node; development only"
         );
     }
-    let identity = DataDirIdentity::new(settings.node_id, settings.shards, settings.members.keys().copied().collect());
-    let bootstrapped = identity::check_or_write(&settings.data_dir, &identity)?;
-    let placement = Placement::new(identity.members.clone(), settings.shards);
+    let mut settings = settings;
+    let (identity, bootstrapped, known) = layout(&mut settings)?;
+    let placement = Placement::new(identity.members.clone(), identity.shards);
+    let mut peers = known.addresses();
+    peers.extend(settings.members.iter().map(|(id, address)| (*id, *address)));
+    peers.insert(settings.node_id, settings.peer);
     let config = DriverConfig {
         core: NodeConfig {
             node: settings.node_id,
@@ -148,14 +185,9 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
         },
         data_dir: settings.data_dir.clone(),
         peer_listen: settings.peer,
-        peers: settings.members.clone(),
-        peer_limits: settle_actors::transport::PeerLimits {
-            frame_bytes_max: settings.frame_bytes_max,
-            connections_max: settings.peer_connections_max,
-            inbound_bytes_max: settings.peer_inbound_bytes_max,
-            handshake_timeout_ms: settings.peer_handshake_timeout_ms,
-            frame_read_timeout_ms: settings.peer_frame_read_timeout_ms,
-        },
+        peers,
+        registry: known.registry.clone(),
+        peer_limits: settings.peer_limits(),
         inbox_calls_max: settings.inbox_calls_max,
         io_queue_jobs_max: settings.io_queue_jobs_max,
         http_advertise: format!("{}://{}", settings.http_scheme(), settings.http),

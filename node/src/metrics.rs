@@ -161,9 +161,10 @@ impl Metrics {
         }
         scrape.counter("peer_messages_rejected_total", "Peer input dropped before it was acted on, by reason", rejected);
         let links = driver
-            .link_states
-            .iter()
-            .map(|(peer, state)| (vec![("peer", peer.to_string())], f64::from(u8::from(state.connected.load(Ordering::Relaxed)))))
+            .peers
+            .all()
+            .into_iter()
+            .map(|(peer, entry)| (vec![("peer", peer.to_string())], f64::from(u8::from(entry.state.connected.load(Ordering::Relaxed)))))
             .collect();
         scrape.gauge("peer_link_up", "1 while the outbound link to a peer is connected", links);
         if let Some(status) = status {

@@ -20,8 +20,12 @@ pub struct NodeSettings {
     pub peer: SocketAddr,
     /// Every initial member's peer address by node id: the `cluster` setting
     /// (`1=127.0.0.1:9080,2=...`), parsed once, when the settings load.
-    #[serde(rename = "cluster", deserialize_with = "members_from_text", serialize_with = "members_to_text")]
+    /// Empty for a node started with `--join` (it learns the members from the cluster).
+    #[serde(rename = "cluster", default, deserialize_with = "members_from_text", serialize_with = "members_to_text")]
     pub members: BTreeMap<NodeId, SocketAddr>,
+    /// A member's peer address to join through (a node added after bootstrap).
+    #[serde(default)]
+    pub join: Option<SocketAddr>,
     #[serde(default = "default_shards")]
     pub shards: u32,
     /// How long the HTTP edge waits for the cluster before answering 503 `unavailable`.
@@ -215,6 +219,11 @@ pub struct StartFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Join a running cluster through this member's peer address, instead of --cluster (a node
+    /// added after bootstrap: register it first with `settle node add ID --peer ADDR`).
+    #[arg(long, conflicts_with = "cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<SocketAddr>,
     /// Shards, fixed at bootstrap (default 64).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,11 +302,22 @@ impl NodeSettings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let Some(listed) = self.members.get(&self.node_id) else {
-            bail!("--cluster does not list this node's id {}", self.node_id);
-        };
-        if *listed != self.peer {
-            bail!("--cluster lists {listed} for node {}, but --peer is {}", self.node_id, self.peer);
+        match self.join {
+            Some(_) if !self.members.is_empty() => {
+                bail!("--join and --cluster exclude each other: a new node joins, a bootstrap member lists the cluster")
+            }
+            Some(_) => {}
+            None if self.members.is_empty() => {
+                bail!("give --cluster (the bootstrap members) or --join (a member's peer address, for a node added later)")
+            }
+            None => {
+                let Some(listed) = self.members.get(&self.node_id) else {
+                    bail!("--cluster does not list this node's id {}", self.node_id);
+                };
+                if *listed != self.peer {
+                    bail!("--cluster lists {listed} for node {}, but --peer is {}", self.node_id, self.peer);
+                }
+            }
         }
         if self.shards == 0 {
             bail!("--shards must be at least 1");
@@ -334,8 +354,13 @@ impl NodeSettings {
             bail!("HTTPS needs both --http-tls-cert and --http-tls-key");
         }
         if tls_given == 0 && self.insecure_peers {
-            let exposed: Vec<String> =
-                self.members.values().filter(|address| !address.ip().is_loopback()).map(|address| address.to_string()).collect();
+            let exposed: Vec<String> = self
+                .members
+                .values()
+                .chain(self.join.iter())
+                .filter(|address| !address.ip().is_loopback())
+                .map(|address| address.to_string())
+                .collect();
             if !exposed.is_empty() || !self.peer.ip().is_loopback() {
                 bail!("--insecure-peers is only allowed when every peer address is loopback; not: {}", exposed.join(", "));
             }
@@ -356,6 +381,17 @@ impl NodeSettings {
     /// Certificate and key of the HTTPS client API, when configured.
     pub fn http_tls(&self) -> Option<(PathBuf, PathBuf)> {
         Some((self.http_tls_cert.clone()?, self.http_tls_key.clone()?))
+    }
+
+    /// The bounds of the peer port.
+    pub fn peer_limits(&self) -> settle_actors::transport::PeerLimits {
+        settle_actors::transport::PeerLimits {
+            frame_bytes_max: self.frame_bytes_max,
+            connections_max: self.peer_connections_max,
+            inbound_bytes_max: self.peer_inbound_bytes_max,
+            handshake_timeout_ms: self.peer_handshake_timeout_ms,
+            frame_read_timeout_ms: self.peer_frame_read_timeout_ms,
+        }
     }
 
     /// Certificate, key and CA for peer mTLS, when configured.
@@ -468,5 +504,29 @@ mod tests {
         assert!(NodeSettings::load(&flags(loopback, true)).is_ok());
         let refused = NodeSettings::load(&flags(exposed, true)).unwrap_err();
         assert!(format!("{refused:#}").contains("loopback"), "{refused:#}");
+    }
+
+    /// A node added later starts with --join instead of --cluster; one of the two is needed,
+    /// not both, and an insecure join through a non-loopback member is refused.
+    #[test]
+    fn join_replaces_the_cluster_list() {
+        let flags = |join: Option<&str>, cluster: Option<&str>| StartFlags {
+            node_id: Some(4),
+            data_dir: Some(PathBuf::from("/tmp/unused")),
+            http: Some("127.0.0.1:8084".parse().unwrap()),
+            peer: Some("127.0.0.1:9004".parse().unwrap()),
+            join: join.map(|join| join.parse().unwrap()),
+            cluster: cluster.map(str::to_string),
+            insecure_peers: true,
+            ..StartFlags::default()
+        };
+        let settings = NodeSettings::load(&flags(Some("127.0.0.1:9001"), None)).unwrap();
+        assert!(settings.members.is_empty() && settings.join.is_some());
+        let neither = NodeSettings::load(&flags(None, None)).unwrap_err();
+        assert!(format!("{neither:#}").contains("--join"), "{neither:#}");
+        let both = NodeSettings::load(&flags(Some("127.0.0.1:9001"), Some("4=127.0.0.1:9004"))).unwrap_err();
+        assert!(format!("{both:#}").contains("exclude"), "{both:#}");
+        let exposed = NodeSettings::load(&flags(Some("10.1.2.3:9001"), None)).unwrap_err();
+        assert!(format!("{exposed:#}").contains("loopback"), "{exposed:#}");
     }
 }

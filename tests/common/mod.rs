@@ -43,6 +43,9 @@ pub struct TestNode {
     pub child: Option<Child>,
     /// The client API is served over HTTPS (`start_https`).
     pub https: bool,
+    /// A node added after bootstrap: started with `--join` this member peer address instead
+    /// of `--cluster` (`add_node`).
+    pub join: Option<String>,
 }
 
 impl TestNode {
@@ -107,7 +110,8 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).expect("certs dir");
-        let nodes: Vec<(u64, std::net::IpAddr)> = (1..=count).map(|id| (id, "127.0.0.1".parse().expect("ip"))).collect();
+        // Certificates for two nodes more than bootstrap, for nodes a test adds (`add_node`).
+        let nodes: Vec<(u64, std::net::IpAddr)> = (1..=count + 2).map(|id| (id, "127.0.0.1".parse().expect("ip"))).collect();
         let generated = settle_actors::tls::generate(&certs, &nodes).expect("certificates");
         let node_env = generated
             .into_iter()
@@ -173,6 +177,7 @@ impl TestCluster {
                 peer_port: ports[2 * index + 1],
                 child: None,
                 https: https_ca.is_some(),
+                join: None,
             });
         }
         let cluster_arg = nodes.iter().map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port)).collect::<Vec<_>>().join(",");
@@ -188,6 +193,17 @@ impl TestCluster {
         std::fs::write(&pii_key, "11".repeat(32)).expect("pii key");
         env.push(("SETTLE_PII_KEY_FILE".to_string(), pii_key.display().to_string()));
         TestCluster { dir, nodes, cluster_arg, shards, client, env, node_env }
+    }
+
+    /// Configures a node added after bootstrap (the next id, fresh ports), joining through
+    /// node 1's peer address; the test registers it (`settle node add`) and `spawn`s it.
+    pub fn add_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        let join = Some(format!("127.0.0.1:{}", self.node(1).peer_port));
+        let https = self.nodes.first().is_some_and(|node| node.https);
+        self.nodes.push(TestNode { id, http_port: ports[0], peer_port: ports[1], child: None, https, join });
+        id
     }
 
     fn node_mut(&mut self, id: u64) -> &mut TestNode {
@@ -223,7 +239,10 @@ impl TestCluster {
             .arg(self.data_dir(id))
             .args(["--http", &format!("127.0.0.1:{}", node.http_port)])
             .args(["--peer", &format!("127.0.0.1:{}", node.peer_port)])
-            .args(["--cluster", &self.cluster_arg])
+            .args(match &node.join {
+                Some(member) => ["--join", member.as_str()],
+                None => ["--cluster", self.cluster_arg.as_str()],
+            })
             .args(["--shards", &self.shards.to_string()])
             .env("RUST_LOG", "info")
             .env("SETTLE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)

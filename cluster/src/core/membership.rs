@@ -13,8 +13,9 @@
 
 use super::NodeCore;
 use crate::ids::{NodeId, ShardId};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SYSTEM_SHARD};
 use crate::message::PeerMessage;
+use crate::placement::NodeRegistry;
 use crate::replica::{ShardReplica, ShardWrite};
 use crate::storage::ShardStorage;
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub(super) struct Membership {
     pub cleaning: BTreeMap<ShardId, u64>,
     pub cleaned: std::collections::BTreeSet<ShardId>,
     pub last_announce_ms: u64,
+    /// The newest node registry this node has seen (`registry_tick`, `registry_received`).
+    pub registry: NodeRegistry,
 }
 
 impl NodeCore {
@@ -111,7 +114,7 @@ impl NodeCore {
             return;
         }
         let (epoch, voters, learners) = (peer.replica.applied_index(), peer.replica.voters(), peer.replica.learners());
-        let mut nodes: Vec<NodeId> = self.config.placement.nodes().to_vec();
+        let mut nodes: Vec<NodeId> = self.cluster_nodes();
         nodes.extend(voters.iter().chain(learners.iter()).copied());
         nodes.sort_unstable();
         nodes.dedup();
@@ -120,11 +123,84 @@ impl NodeCore {
         }
     }
 
+    /// Every node of the cluster: the bootstrap members and every node registered since, in
+    /// id order.
+    pub fn cluster_nodes(&self) -> Vec<NodeId> {
+        let mut nodes = self.config.placement.nodes().to_vec();
+        nodes.extend(self.membership.registry.nodes.keys().copied());
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Whether a node is a bootstrap member or registered.
+    pub fn is_cluster_node(&self, node: NodeId) -> bool {
+        self.config.placement.nodes().contains(&node) || self.membership.registry.nodes.contains_key(&node)
+    }
+
+    /// The newest node registry this node has seen.
+    pub fn registry(&self) -> &NodeRegistry {
+        &self.membership.registry
+    }
+
+    /// The registry this node kept from its last run (the driver reads it from the data dir
+    /// before the first tick); a newer one replaces it as soon as it is heard of.
+    pub fn set_registry(&mut self, registry: NodeRegistry) {
+        if registry.epoch > self.membership.registry.epoch {
+            self.membership.registry = registry;
+        }
+    }
+
+    /// Takes a newer registry and tells the driver (which links to new nodes and keeps it on
+    /// disk). An older or equal one changes nothing. Whether it took it.
+    fn adopt_registry(&mut self, registry: NodeRegistry) -> bool {
+        if registry.epoch <= self.membership.registry.epoch {
+            return false;
+        }
+        self.membership.registry = registry.clone();
+        self.effects.push(super::Effect::Registry(registry));
+        true
+    }
+
+    /// A replica of the system shard reads the registry it applied (one store read a tick);
+    /// its leader tells every node after a change and every `leader_balance_interval_ms`.
+    fn registry_tick(&mut self, periodic: bool) {
+        let Some(peer) = self.peers.get(&SYSTEM_SHARD) else {
+            return;
+        };
+        let leading = peer.replica.is_leader();
+        let ledger = peer.replica.ledger();
+        let mut changed = false;
+        if ledger.registry_epoch() > self.membership.registry.epoch {
+            let (epoch, records) = ledger.node_registry();
+            let nodes = records.into_iter().map(|record| (record.id, record.peer)).collect();
+            changed = self.adopt_registry(NodeRegistry { epoch, nodes });
+        }
+        if leading && (changed || periodic) && self.membership.registry.epoch > 0 {
+            let registry = &self.membership.registry;
+            let message = PeerMessage::Registry {
+                epoch: registry.epoch,
+                nodes: registry.nodes.iter().map(|(id, peer)| (*id, peer.clone())).collect(),
+            };
+            let node = self.config.node;
+            for to in self.cluster_nodes().into_iter().filter(|to| *to != node) {
+                self.send(to, message.clone());
+            }
+        }
+    }
+
+    /// A registry from a replica of the system shard (checked in `validate.rs`).
+    pub(super) fn registry_received(&mut self, epoch: u64, nodes: Vec<(NodeId, String)>) {
+        self.adopt_registry(NodeRegistry { epoch, nodes: nodes.into_iter().collect() });
+    }
+
     /// Every `leader_balance_interval_ms`, each leader announces its shard's members (a node
     /// that restarted or missed a change learns them within one period).
     pub(super) fn announce_tick(&mut self) {
         let now = self.time.monotonic_ms;
-        if now.saturating_sub(self.membership.last_announce_ms) < self.config.limits.leader_balance_interval_ms {
+        let periodic = now.saturating_sub(self.membership.last_announce_ms) >= self.config.limits.leader_balance_interval_ms;
+        self.registry_tick(periodic);
+        if !periodic {
             return;
         }
         self.membership.last_announce_ms = now;

@@ -163,6 +163,8 @@ pub enum Effect {
         call: CallId,
         reply: Reply,
     },
+    /// The node registry changed: link to its nodes and keep it on disk.
+    Registry(crate::placement::NodeRegistry),
 }
 
 /// What the peers and operations produced for the node to route: replies to the legs' origins
@@ -367,6 +369,11 @@ impl NodeCore {
         for peer in self.peers.values_mut() {
             peer.replica.plant_bug(bug);
         }
+    }
+
+    /// The bootstrap layout (shard count, bootstrap members).
+    pub fn placement(&self) -> &Placement {
+        &self.config.placement
     }
 
     pub fn node(&self) -> NodeId {
@@ -587,7 +594,8 @@ impl NodeCore {
             PeerMessage::Members { shard, epoch, voters, learners } => {
                 self.members_received(from, shard, membership::Members { epoch, voters, learners })
             }
-            PeerMessage::NodeInfo { .. } => {}
+            PeerMessage::Registry { epoch, nodes } => self.registry_received(epoch, nodes),
+            PeerMessage::NodeInfo { .. } | PeerMessage::Join { .. } | PeerMessage::Welcome { .. } => {}
         }
     }
 

@@ -737,6 +737,7 @@ fn reply_fits(request: &Request, reply: &Reply) -> bool {
             (SystemRead::Key(_), SystemReadReply::Key(_))
                 | (SystemRead::Keys { .. }, SystemReadReply::Keys(_))
                 | (SystemRead::Audit { .. }, SystemReadReply::Audit { .. })
+                | (SystemRead::Nodes, SystemReadReply::Nodes { .. })
         ),
         _ => false,
     }
@@ -752,6 +753,9 @@ fn system_reply_fits(command: &SystemCmd, outcome: &SystemOutcome) -> bool {
         (SystemCmd::UseNonce { .. }, SystemOutcome::NonceFresh | SystemOutcome::NonceReplayed) => true,
         (SystemCmd::Audit(events), SystemOutcome::Audited { count, .. }) => {
             usize::try_from(*count).is_ok_and(|count| count == events.len())
+        }
+        (SystemCmd::RegisterNode { id, .. }, SystemOutcome::NodeRegistered { record, .. } | SystemOutcome::NodeExists { record, .. }) => {
+            record.id == *id
         }
         _ => false,
     }

@@ -73,7 +73,7 @@ impl NodeCore {
         if from == self.config.node {
             return Err("sender_is_self");
         }
-        if !self.config.placement.nodes().contains(&from) {
+        if !self.is_cluster_node(from) {
             return Err("sender_not_member");
         }
         match message {
@@ -161,8 +161,7 @@ impl NodeCore {
             }
             PeerMessage::Members { shard, ref voters, ref learners, .. } => {
                 self.check_shard(shard)?;
-                let nodes = self.config.placement.nodes();
-                let known = voters.iter().chain(learners.iter()).all(|node| nodes.contains(node));
+                let known = voters.iter().chain(learners.iter()).all(|node| self.is_cluster_node(*node));
                 let overlap = learners.iter().any(|learner| voters.contains(learner));
                 if voters.is_empty() || voters.len() + learners.len() > MEMBERS_MAX || !known || overlap {
                     return Err("members_invalid");
@@ -173,7 +172,24 @@ impl NodeCore {
                 }
                 Ok(Checked::Other(message))
             }
+            PeerMessage::Registry { epoch, ref nodes } => {
+                // Only a voter of the system shard (where the registry is replicated) speaks
+                // for it, and each registration adds at most one node.
+                if !self.voters_of(crate::ledger::SYSTEM_SHARD).contains(&from) {
+                    return Err("registry_not_from_voter");
+                }
+                let bootstrap = self.config.placement.nodes();
+                let well_formed =
+                    nodes.iter().all(|(id, peer)| *id != 0 && !bootstrap.contains(id) && crate::ledger::valid_peer_address(peer));
+                let count = u64::try_from(nodes.len()).unwrap_or(u64::MAX);
+                if nodes.len() > crate::ledger::REGISTERED_NODES_MAX || count > epoch || !well_formed {
+                    return Err("registry_invalid");
+                }
+                Ok(Checked::Other(message))
+            }
             PeerMessage::NodeInfo { .. } => Ok(Checked::Other(message)),
+            // The driver answers these before the core sees any message.
+            PeerMessage::Join { .. } | PeerMessage::Welcome { .. } => Err("join_not_for_core"),
         }
     }
 
@@ -273,8 +289,8 @@ impl NodeCore {
             }
             Request::Fence { epoch, .. } => self.check_fence(*epoch),
             Request::MoveReplica { shard, from, to } => {
-                let nodes = self.config.placement.nodes();
-                if *shard >= self.config.placement.shard_count() || from == to || !nodes.contains(from) || !nodes.contains(to) {
+                if *shard >= self.config.placement.shard_count() || from == to || !self.is_cluster_node(*from) || !self.is_cluster_node(*to)
+                {
                     return Err("leg_bounds");
                 }
                 Ok(())

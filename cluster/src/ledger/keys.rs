@@ -68,9 +68,13 @@ pub const LIMITS: u8 = b'j';
 pub const CHALLENGE: u8 = b'd';
 pub const CHALLENGE_EXPIRY: u8 = b'C';
 pub const FENCE: u8 = b'F';
+/// A node registered after bootstrap (system shard), by id.
+pub const NODE: u8 = b'N';
+/// The node registry's epoch (system shard): how many registrations it applied.
+pub const REGISTRY_HEAD: u8 = b'R';
 
 /// Every record kind of a generation (what a snapshot may carry).
-pub const KINDS: [u8; 28] = [
+pub const KINDS: [u8; 30] = [
     ACCOUNT,
     TRANSFER,
     CREDIT,
@@ -99,6 +103,8 @@ pub const KINDS: [u8; 28] = [
     CHALLENGE,
     CHALLENGE_EXPIRY,
     FENCE,
+    NODE,
+    REGISTRY_HEAD,
 ];
 
 /// The prefix of every data key of one generation of a shard.

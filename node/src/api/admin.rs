@@ -23,9 +23,11 @@ fn faults_allowed(state: &AppState) -> Result<()> {
 fn faults_json(state: &AppState) -> Value {
     let driver = &state.driver;
     let peers: serde_json::Map<String, Value> = driver
-        .link_faults
-        .iter()
-        .map(|(peer, faults)| {
+        .peers
+        .all()
+        .into_iter()
+        .map(|(peer, entry)| {
+            let faults = &entry.faults;
             let value = json!({
                 "drop_outbound": faults.drop_outbound.load(Ordering::Relaxed),
                 "drop_inbound": faults.drop_inbound.load(Ordering::Relaxed),
@@ -52,10 +54,11 @@ pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, payloa
         let peers = peers.as_object().ok_or_else(|| ApiError::invalid_request("peers", "peers must be an object of node id → faults"))?;
         for (peer, faults) in peers {
             let peer: u64 = peer.parse().map_err(|_| ApiError::invalid_request("peers", format!("{peer:?} is not a node id")))?;
-            let link = driver
-                .link_faults
-                .get(&peer)
+            let entry = driver
+                .peers
+                .get(peer)
                 .ok_or_else(|| ApiError::invalid_request("peers", format!("node {peer} is not a peer of this node")))?;
+            let link = &entry.faults;
             let flag = |name: &str| faults.get(name).and_then(Value::as_bool);
             let number = |name: &str| faults.get(name).and_then(Value::as_u64);
             if let Some(value) = flag("drop_outbound") {
@@ -83,7 +86,8 @@ pub async fn set_faults(state: web::Data<AppState>, request: HttpRequest, payloa
 /// Removes every injected fault (the drill's kill switch).
 pub async fn clear_faults(state: web::Data<AppState>) -> Result<HttpResponse> {
     let driver = &state.driver;
-    for link in driver.link_faults.values() {
+    for (_, entry) in driver.peers.all() {
+        let link = &entry.faults;
         link.drop_outbound.store(false, Ordering::Relaxed);
         link.drop_inbound.store(false, Ordering::Relaxed);
         link.delay_ms.store(0, Ordering::Relaxed);

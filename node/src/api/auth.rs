@@ -121,6 +121,7 @@ pub fn access(method: &Method, pattern: &str) -> Access {
         ("/v1/risk/limits", false) => Access::Roles(STAFF),
         ("/admin/faults" | "/admin/backup/fence" | "/admin/backup/shards/{id}", _) => Access::Roles(ADMIN),
         ("/admin/shards/{id}/move" | "/admin/nodes/{id}/decommission" | "/admin/nodes/{id}/replace", _) => Access::Roles(ADMIN),
+        ("/admin/nodes" | "/admin/rebalance", _) => Access::Roles(ADMIN),
         ("/admin/drain" | "/admin/shards/{id}/transfer-leader", _) => Access::Roles(STAFF),
         _ => Access::Roles(EVERY_ROLE),
     }

@@ -162,6 +162,8 @@ pub fn app(
         .service(resource("/admin/drain").route(web::post().to(admin::drain)).route(web::delete().to(admin::drain)))
         .service(resource("/admin/backup/fence").route(web::post().to(backup::fence)))
         .service(resource("/admin/shards/{id}/move").route(web::post().to(membership::move_replica)))
+        .service(resource("/admin/nodes").route(web::post().to(membership::register)).route(web::get().to(membership::list)))
+        .service(resource("/admin/rebalance").route(web::post().to(membership::rebalance)))
         .service(resource("/admin/nodes/{id}/decommission").route(web::post().to(membership::decommission)))
         .service(resource("/admin/nodes/{id}/replace").route(web::post().to(membership::replace)))
         .service(resource("/admin/backup/shards/{id}").route(web::get().to(backup::chunk)))
@@ -355,9 +357,12 @@ async fn cluster(state: web::Data<AppState>) -> Result<HttpResponse> {
     let now = settle_actors::now_ms();
     let uptime_ms = u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let version = env!("CARGO_PKG_VERSION");
-    let nodes: Vec<api::NodeView> = state
-        .settings
-        .members
+    // This node and every peer: the bootstrap members and the nodes registered since.
+    let mut members: Vec<(u64, String)> =
+        status.peers.iter().map(|peer| (peer.id, peer.address.map(|address| address.to_string()).unwrap_or_default())).collect();
+    members.push((status.node, state.settings.peer.to_string()));
+    members.sort_unstable();
+    let nodes: Vec<api::NodeView> = members
         .iter()
         .map(|(id, peer)| {
             let leads = status.shards.iter().filter(|shard| shard.leader == Some(*id)).count();
