@@ -5,7 +5,8 @@
 use serde_json::Value;
 use std::process::Command;
 
-/// Every drill scenario passes on a local cluster, with RPO 0, and reports its numbers.
+/// Every drill scenario passes on a local cluster (3 nodes, grown to 5 by scale-out and back to
+/// 3 by disk-loss and decommission), with RPO 0, and reports its numbers.
 #[test]
 fn every_drill_scenario_passes_on_a_local_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,7 +37,10 @@ fn every_drill_scenario_passes_on_a_local_cluster() {
             "full-restart",
             "slow-disk",
             "leader-transfer",
-            "backup-restore"
+            "backup-restore",
+            "scale-out",
+            "disk-loss",
+            "decommission"
         ]
     );
     for scenario in scenarios {
@@ -53,6 +57,14 @@ fn every_drill_scenario_passes_on_a_local_cluster() {
                 targets.iter().filter(|target| target["target"].as_str().unwrap().starts_with("restored")).collect();
             assert_eq!(restored.len(), 3, "{scenario}");
             assert!(restored.iter().all(|target| target["met"] == true), "{scenario}");
+        }
+        if ["scale-out", "disk-loss", "decommission"].contains(&name) {
+            // 3 → 5 nodes, one of them lost and replaced, then back to 3: replicas placed.
+            let targets = scenario["targets"].as_array().unwrap();
+            let placed: Vec<&Value> =
+                targets.iter().filter(|target| target["target"].as_str().unwrap().contains("3 live voters")).collect();
+            assert_eq!(placed.len(), 1, "{scenario}");
+            assert_eq!(placed[0]["met"], true, "{scenario}");
         }
         for extension in ["md", "json", "xml"] {
             assert!(dir.path().join("reports").join(format!("{name}.{extension}")).is_file(), "{name}.{extension}");

@@ -139,8 +139,29 @@ async fn decommission_moves_every_replica_off_a_live_node_under_load() {
     let count: f64 = removed.rsplit(' ').next().and_then(|value| value.parse().ok()).expect("a number");
     assert!(count >= 6.0, "node 4 gave up the 6 shards it held: {removed}");
     cluster.terminate(4);
+    assert_retired(&cluster, &[1, 2, 3], 4).await;
     assert_serves(&cluster, &[1, 2, 3], "after").await;
     assert_conserved(&cluster, &[1, 2, 3]).await;
+}
+
+/// The node is retired: the registry says so, and no live node lists it any more.
+async fn assert_retired(cluster: &TestCluster, live: &[u64], gone: u64) {
+    let (status, nodes) = cluster.get_json(live[0], "/admin/nodes").await;
+    assert_eq!(status, 200, "{nodes}");
+    let entry = nodes["nodes"].as_array().expect("nodes").iter().find(|node| node["id"] == gone).cloned().unwrap_or_default();
+    assert_eq!(entry["retired"], true, "{nodes}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in live {
+        loop {
+            let view = cluster.cluster_view(*node).await;
+            let listed = view["nodes"].as_array().expect("nodes").iter().any(|entry| entry["id"] == gone);
+            if !listed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {node} still lists retired node {gone}: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A node killed and its disk lost is replaced: its replicas are rebuilt on the live nodes
@@ -163,6 +184,7 @@ async fn replace_rebuilds_a_dead_nodes_replicas_on_the_others() {
     assert!(said.contains("node 3 holds no replica any more"), "{said}");
     running.await.expect("load runs");
     wait_membership(&cluster, &[1, 2, 4], 3).await;
+    assert_retired(&cluster, &[1, 2, 4], 3).await;
     assert_serves(&cluster, &[1, 2, 4], "after").await;
     assert_conserved(&cluster, &[1, 2, 4]).await;
 }

@@ -68,9 +68,11 @@ pub struct NodeStatus {
     pub cache_bytes_max: usize,
     pub stats: CoreStats,
     pub peers: Vec<PeerStatus>,
-    /// The bootstrap members (the others joined later), and the node registry's epoch.
+    /// The bootstrap members (the others joined later), the node registry's epoch, and the
+    /// nodes retired from the cluster.
     pub bootstrap: Vec<NodeId>,
     pub registry_epoch: u64,
+    pub retired: Vec<NodeId>,
 }
 
 /// What this node knows of another: its HTTP address and version as it introduced itself, and
@@ -649,6 +651,7 @@ impl DriverActor {
                     peers,
                     bootstrap: self.core.placement().nodes().to_vec(),
                     registry_epoch: self.core.registry().epoch,
+                    retired: self.core.registry().retired.iter().copied().collect(),
                 };
                 let _ = reply.send(status);
             }
@@ -685,7 +688,13 @@ impl DriverActor {
     /// that restarts links to them without being told again).
     fn registry_changed(&mut self, registry: settle_cluster::placement::NodeRegistry) {
         tracing::info!(epoch = registry.epoch, nodes = ?registry.nodes, "node registry changed");
-        for (node, peer) in &registry.nodes {
+        for node in &registry.retired {
+            if self.transport.address(*node).is_some() {
+                tracing::warn!(node, "node retired from the cluster: no more links to it");
+            }
+            self.transport.remove_peer(*node);
+        }
+        for (node, peer) in registry.nodes.iter().filter(|(node, _)| !registry.retired.contains(node)) {
             match peer.parse::<SocketAddr>() {
                 Ok(address) => self.transport.add_peer(*node, address),
                 Err(_) => tracing::warn!(node, peer, "registered peer address does not parse; not linked"),
@@ -701,7 +710,8 @@ impl DriverActor {
     /// A node started with `--join` asks for the cluster's layout. Only a node the registry
     /// holds at the address it gives is answered (over the link to its registered address).
     fn join_asked(&mut self, from: NodeId, peer: String) {
-        if self.core.registry().nodes.get(&from) != Some(&peer) {
+        let registry = self.core.registry();
+        if registry.nodes.get(&from) != Some(&peer) || registry.retired.contains(&from) {
             self.joins_refused += 1;
             tracing::warn!(node = from, peer, "join refused: the node registry does not hold this node at that address");
             return;
@@ -711,8 +721,13 @@ impl DriverActor {
         nodes.push((self.core.node(), self.own_address.to_string()));
         let registry = self.core.registry();
         let placement = self.core.placement();
-        let welcome =
-            PeerMessage::Welcome { shards: placement.shard_count(), bootstrap: placement.nodes().to_vec(), epoch: registry.epoch, nodes };
+        let welcome = PeerMessage::Welcome {
+            shards: placement.shard_count(),
+            bootstrap: placement.nodes().to_vec(),
+            epoch: registry.epoch,
+            nodes,
+            retired: registry.retired.iter().copied().collect(),
+        };
         tracing::info!(node = from, peer, "welcoming a joining node");
         self.transport.send(from, vec![welcome]);
     }

@@ -140,10 +140,10 @@ pub struct KnownPeers {
 
 impl KnownPeers {
     /// Every node's address: the bootstrap members', then the registered ones (a registered
-    /// node's address wins). An address that does not parse is skipped.
+    /// node's address wins); none of a retired node. An address that does not parse is skipped.
     pub fn addresses(&self) -> std::collections::BTreeMap<NodeId, std::net::SocketAddr> {
         let all = self.bootstrap.iter().chain(self.registry.nodes.iter());
-        all.filter_map(|(id, peer)| Some((*id, peer.parse().ok()?))).collect()
+        all.filter(|(id, _)| !self.registry.retired.contains(id)).filter_map(|(id, peer)| Some((*id, peer.parse().ok()?))).collect()
     }
 }
 

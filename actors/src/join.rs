@@ -77,8 +77,8 @@ pub fn join(
                     break;
                 };
                 for message in messages {
-                    if let PeerMessage::Welcome { shards, bootstrap, epoch, nodes } = message {
-                        match welcome_from(node, shards, bootstrap, epoch, nodes) {
+                    if let PeerMessage::Welcome { shards, bootstrap, epoch, nodes, retired } = message {
+                        match welcome_from(node, shards, bootstrap, epoch, nodes, retired) {
                             Ok(welcome) => {
                                 tracing::info!(member = from, shards, epoch, "welcomed into the cluster");
                                 return Ok(welcome);
@@ -103,7 +103,11 @@ fn welcome_from(
     bootstrap: Vec<NodeId>,
     epoch: u64,
     nodes: Vec<(NodeId, String)>,
+    retired: Vec<NodeId>,
 ) -> Result<Welcome, &'static str> {
+    if retired.len() > settle_cluster::ledger::REGISTRY_RECORDS_MAX || retired.contains(&node) {
+        return Err("retired nodes out of bounds, or this node among them");
+    }
     if shards == 0 || shards > SHARDS_MAX || bootstrap.is_empty() || bootstrap.len() > BOOTSTRAP_MEMBERS_MAX {
         return Err("layout out of bounds");
     }
@@ -113,14 +117,17 @@ fn welcome_from(
         return Err("addresses malformed");
     }
     let addresses: BTreeMap<NodeId, SocketAddr> = nodes.iter().filter_map(|(id, peer)| Some((*id, peer.parse().ok()?))).collect();
-    if bootstrap.iter().any(|id| !addresses.contains_key(id)) || !addresses.contains_key(&node) || bootstrap.contains(&node) {
+    // Every bootstrap member that is still one has an address.
+    let lacking = bootstrap.iter().any(|id| !retired.contains(id) && !addresses.contains_key(id));
+    if lacking || !addresses.contains_key(&node) || bootstrap.contains(&node) {
         return Err("welcome does not name this node as registered or lacks a member's address");
     }
     let registered = nodes.into_iter().filter(|(id, _)| !bootstrap.contains(id)).collect();
     let mut bootstrap = bootstrap;
     bootstrap.sort_unstable();
     bootstrap.dedup();
-    Ok(Welcome { shards, bootstrap, registry: NodeRegistry { epoch, nodes: registered }, addresses })
+    let registry = NodeRegistry { epoch, nodes: registered, retired: retired.into_iter().collect() };
+    Ok(Welcome { shards, bootstrap, registry, addresses })
 }
 
 #[cfg(test)]
@@ -136,7 +143,7 @@ mod tests {
     #[test]
     fn a_welcome_splits_into_layout_and_registry() {
         let all = nodes(&[(1, "127.0.0.1:9001"), (2, "127.0.0.1:9002"), (3, "127.0.0.1:9003"), (4, "127.0.0.1:9004")]);
-        let welcome = welcome_from(4, 8, vec![3, 1, 2], 1, all).unwrap();
+        let welcome = welcome_from(4, 8, vec![3, 1, 2], 1, all, Vec::new()).unwrap();
         assert_eq!(welcome.bootstrap, vec![1, 2, 3]);
         assert_eq!(welcome.registry.nodes.keys().copied().collect::<Vec<_>>(), vec![4]);
         assert_eq!(welcome.addresses.len(), 4);
@@ -147,19 +154,25 @@ mod tests {
     #[test]
     fn a_malformed_welcome_is_refused() {
         let base = [(1, "127.0.0.1:9001"), (2, "127.0.0.1:9002"), (4, "127.0.0.1:9004")];
-        assert!(welcome_from(5, 8, vec![1, 2], 1, nodes(&base)).is_err());
-        assert!(welcome_from(4, 8, vec![1, 2, 3], 1, nodes(&base)).is_err());
+        assert!(welcome_from(5, 8, vec![1, 2], 1, nodes(&base), Vec::new()).is_err());
+        assert!(welcome_from(4, 8, vec![1, 2, 3], 1, nodes(&base), Vec::new()).is_err());
         assert!(welcome_from(
             4,
             8,
             vec![1, 2],
             1,
-            nodes(&[(0, "127.0.0.1:1"), (1, "127.0.0.1:9001"), (2, "127.0.0.1:9002"), (4, "127.0.0.1:9004")])
+            nodes(&[(0, "127.0.0.1:1"), (1, "127.0.0.1:9001"), (2, "127.0.0.1:9002"), (4, "127.0.0.1:9004")]),
+            Vec::new()
         )
         .is_err());
-        assert!(welcome_from(4, 8, vec![1, 2], 1, nodes(&[(1, "nowhere"), (2, "127.0.0.1:9002"), (4, "127.0.0.1:9004")])).is_err());
-        assert!(welcome_from(4, 0, vec![1, 2], 1, nodes(&base)).is_err());
-        assert!(welcome_from(4, 8, vec![], 1, nodes(&base)).is_err());
-        assert!(welcome_from(1, 8, vec![1, 2], 1, nodes(&base)).is_err());
+        assert!(
+            welcome_from(4, 8, vec![1, 2], 1, nodes(&[(1, "nowhere"), (2, "127.0.0.1:9002"), (4, "127.0.0.1:9004")]), Vec::new()).is_err()
+        );
+        assert!(welcome_from(4, 0, vec![1, 2], 1, nodes(&base), Vec::new()).is_err());
+        assert!(welcome_from(4, 8, vec![], 1, nodes(&base), Vec::new()).is_err());
+        assert!(welcome_from(1, 8, vec![1, 2], 1, nodes(&base), Vec::new()).is_err());
+        // A retired bootstrap member needs no address; this node retired is refused.
+        assert!(welcome_from(4, 8, vec![1, 2, 3], 3, nodes(&base), vec![3]).is_ok());
+        assert!(welcome_from(4, 8, vec![1, 2], 3, nodes(&base), vec![4]).is_err());
     }
 }

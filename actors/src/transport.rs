@@ -73,8 +73,8 @@ pub struct PeerEntry {
 }
 
 /// The node's peers, shared by the driver, the link and reader tasks and the HTTP edge. It
-/// grows when a node joins the cluster (`Transport::add_peer`); entries are never removed
-/// while the process runs (a decommissioned node's link just stays idle).
+/// grows when a node joins the cluster (`Transport::add_peer`) and shrinks when one is retired
+/// (`Transport::remove_peer`).
 #[derive(Debug, Default)]
 pub struct PeerTable {
     entries: std::sync::RwLock<BTreeMap<NodeId, Arc<PeerEntry>>>,
@@ -92,6 +92,10 @@ impl PeerTable {
 
     fn insert(&self, peer: NodeId, entry: Arc<PeerEntry>) {
         self.entries.write().expect("peer table lock").insert(peer, entry);
+    }
+
+    fn remove(&self, peer: NodeId) {
+        self.entries.write().expect("peer table lock").remove(&peer);
     }
 }
 
@@ -128,6 +132,12 @@ impl Transport {
         let (sender, receiver) = mpsc::channel(LINK_QUEUE_BATCHES_MAX);
         self.runtime.spawn(peer_link_actor(self.node, peer, entry, self.frame_bytes_max, receiver, self.stats.clone(), self.tls.clone()));
         self.links.insert(peer, sender);
+    }
+
+    /// Stops linking to a node retired from the cluster (its link actor ends with its queue).
+    pub fn remove_peer(&mut self, peer: NodeId) {
+        self.links.remove(&peer);
+        self.peers.remove(peer);
     }
 
     /// Queues messages for a peer; drops them (and counts it) when the link is backed up.

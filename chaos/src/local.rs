@@ -60,6 +60,23 @@ pub struct LocalCluster {
     temporary: Option<TempDir>,
 }
 
+/// Nodes a local cluster makes certificates for beyond its bootstrap members, so that many
+/// may join it later.
+pub const SPARE_NODES: u64 = 2;
+
+/// Replaces the value after `flag` in a node's arguments (or appends both).
+fn set_arg(args: &mut Vec<std::ffi::OsString>, flag: &str, value: std::ffi::OsString) {
+    match args.iter().position(|arg| arg == flag) {
+        Some(index) if index + 1 < args.len() => args[index + 1] = value,
+        _ => args.extend([flag.into(), value]),
+    }
+}
+
+/// The value after `flag` in a node's arguments.
+fn arg_value<'a>(args: &'a [std::ffi::OsString], flag: &str) -> Option<&'a std::ffi::OsString> {
+    args.iter().position(|arg| arg == flag).and_then(|index| args.get(index + 1))
+}
+
 impl LocalCluster {
     /// Starts the nodes (`binary start ...`) and waits (at most `ready_timeout`) until each
     /// serves requests.
@@ -88,7 +105,8 @@ impl LocalCluster {
         }
         let cluster = members.join(",");
         let needs_certificates = !flags.insecure_peers || !flags.plain_http;
-        let certificates = if needs_certificates { Some(node_certificates(&flags.data_dir, flags.nodes)?) } else { None };
+        // Certificates for `SPARE_NODES` more, for nodes added later (`add_node`, `settle node add`).
+        let certificates = if needs_certificates { Some(node_certificates(&flags.data_dir, flags.nodes + SPARE_NODES)?) } else { None };
         let ca = if flags.plain_http { None } else { Some(flags.data_dir.join("certs").join("ca.pem")) };
         let admin_key = development_admin_key(&flags.data_dir)?;
         let pii_key = development_pii_key(&flags.data_dir)?;
@@ -247,6 +265,45 @@ impl LocalCluster {
         }
         eprint!("{}", String::from_utf8_lossy(&output.stdout));
         Ok(())
+    }
+
+    /// Configures a node that joins the running cluster (the next id, fresh loopback ports, an
+    /// empty data dir beside the others, the spare certificate of its id) and returns its id
+    /// and peer address; register it (`POST /admin/nodes`) and `spawn` it. It joins through
+    /// node 1's peer address.
+    pub fn add_node(&mut self) -> anyhow::Result<(usize, String)> {
+        let node = self.specs.len() + 1;
+        let (binary, template, log) = self.specs.first().cloned().context("a cluster has a first node")?;
+        let member = arg_value(&template, "--peer").cloned().context("node 1's peer address")?;
+        let ports = free_port_range(2)?;
+        let peer = format!("127.0.0.1:{}", ports + 1);
+        let data_dir = log.parent().and_then(Path::parent).context("the cluster's directory")?.join(format!("node-{node}"));
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut args = template.clone();
+        set_arg(&mut args, "--node-id", node.to_string().into());
+        set_arg(&mut args, "--data-dir", data_dir.clone().into_os_string());
+        set_arg(&mut args, "--http", format!("127.0.0.1:{ports}").into());
+        set_arg(&mut args, "--peer", peer.clone().into());
+        if let Some(index) = args.iter().position(|arg| arg == "--cluster") {
+            args.drain(index..index + 2);
+        }
+        set_arg(&mut args, "--join", member);
+        let certs = data_dir.parent().context("the cluster's directory")?.join("certs");
+        let files = [("--tls-cert", "pem"), ("--tls-key", "key"), ("--http-tls-cert", "pem"), ("--http-tls-key", "key")];
+        for (flag, extension) in files {
+            if arg_value(&args, flag).is_some() {
+                let path = certs.join(format!("node-{node}.{extension}"));
+                if !path.is_file() {
+                    bail!("no certificate for node {node} in {} (a local cluster makes {SPARE_NODES} spare ones)", certs.display());
+                }
+                set_arg(&mut args, flag, path.into_os_string());
+            }
+        }
+        let scheme = if arg_value(&args, "--http-tls-cert").is_some() { "https" } else { "http" };
+        self.specs.push((binary, args, data_dir.join("settle.log")));
+        self.children.push(None);
+        self.urls.push(format!("{scheme}://127.0.0.1:{ports}"));
+        Ok((node, peer))
     }
 
     /// Starts node `node` (1-based) from its spec.

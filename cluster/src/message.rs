@@ -432,6 +432,7 @@ pub enum PeerMessage {
     Registry {
         epoch: u64,
         nodes: Vec<(NodeId, String)>,
+        retired: Vec<NodeId>,
     },
     /// A node started with `--join` asks a member for the cluster's layout (handled by the
     /// driver: answered with `Welcome` only when the registry holds the sender at `peer`).
@@ -445,6 +446,7 @@ pub enum PeerMessage {
         bootstrap: Vec<NodeId>,
         epoch: u64,
         nodes: Vec<(NodeId, String)>,
+        retired: Vec<NodeId>,
     },
     /// A node introduces itself to its peers (handled by the driver, not the core).
     NodeInfo {

@@ -49,6 +49,9 @@ pub fn home_shard_of(id: &TransferId, shards: u32) -> ShardId {
 pub struct NodeRegistry {
     pub epoch: u64,
     pub nodes: std::collections::BTreeMap<NodeId, String>,
+    /// Nodes taken out for good (bootstrap members too): no members any more.
+    #[serde(default)]
+    pub retired: std::collections::BTreeSet<NodeId>,
 }
 
 /// The cluster's static layout, fixed at bootstrap.

@@ -147,11 +147,15 @@ fn message() -> impl Strategy<Value = PeerMessage> {
         (shard(), 0u64..6).prop_map(|(shard, leader)| PeerMessage::LeaderHint { shard, leader }),
         (shard(), any::<u64>(), proptest::collection::vec(0u64..8, 0..5), proptest::collection::vec(0u64..8, 0..3))
             .prop_map(|(shard, epoch, voters, learners)| PeerMessage::Members { shard, epoch, voters, learners }),
-        (prop_oneof![0u64..4, any::<u64>()], proptest::collection::vec((0u64..8, peer_address()), 0..5))
-            .prop_map(|(epoch, nodes)| PeerMessage::Registry { epoch, nodes }),
+        (
+            prop_oneof![0u64..4, any::<u64>()],
+            proptest::collection::vec((0u64..8, peer_address()), 0..5),
+            proptest::collection::vec(0u64..8, 0..3)
+        )
+            .prop_map(|(epoch, nodes, retired)| PeerMessage::Registry { epoch, nodes, retired }),
         peer_address().prop_map(|peer| PeerMessage::Join { peer }),
         (any::<u32>(), proptest::collection::vec(0u64..8, 0..4), any::<u64>(), proptest::collection::vec((0u64..8, peer_address()), 0..5))
-            .prop_map(|(shards, bootstrap, epoch, nodes)| PeerMessage::Welcome { shards, bootstrap, epoch, nodes }),
+            .prop_map(|(shards, bootstrap, epoch, nodes)| PeerMessage::Welcome { shards, bootstrap, epoch, nodes, retired: Vec::new() }),
     ]
 }
 
@@ -200,20 +204,29 @@ proptest! {
         }
         let peer = format!("127.0.0.1:{port}");
         // From a stranger; naming a bootstrap member; more nodes than registrations; bad address.
-        core.receive(9, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())] });
-        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(2, peer.clone())] });
-        core.receive(2, PeerMessage::Registry { epoch: 0, nodes: vec![(id, peer.clone())] });
-        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, "0.0.0.0:1".to_string())] });
+        core.receive(9, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())], retired: Vec::new() });
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(2, peer.clone())], retired: Vec::new() });
+        core.receive(2, PeerMessage::Registry { epoch: 0, nodes: vec![(id, peer.clone())], retired: Vec::new() });
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, "0.0.0.0:1".to_string())], retired: Vec::new() });
         prop_assert_eq!(core.registry().epoch, 0);
         prop_assert_eq!(core.cluster_nodes(), vec![1, 2, 3]);
-        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())] });
+        core.receive(2, PeerMessage::Registry { epoch, nodes: vec![(id, peer.clone())], retired: Vec::new() });
         prop_assert_eq!(core.registry().epoch, epoch);
         prop_assert_eq!(core.cluster_nodes(), vec![1, 2, 3, id]);
         let told = core.drain_effects().into_iter().any(|effect| matches!(effect, settle_cluster::Effect::Registry(ref registry) if registry.epoch == epoch));
         prop_assert!(told, "the driver hears of the new registry");
         // An older one is ignored.
-        core.receive(2, PeerMessage::Registry { epoch: epoch - 1, nodes: Vec::new() });
+        core.receive(2, PeerMessage::Registry { epoch: epoch - 1, nodes: Vec::new(), retired: Vec::new() });
         prop_assert_eq!(core.registry().epoch, epoch);
+        // Retiring a node that is also listed is refused; retiring it (and bootstrap node 3)
+        // takes both out of the cluster: what they send is dropped from then on.
+        core.receive(2, PeerMessage::Registry { epoch: epoch + 2, nodes: vec![(id, peer.clone())], retired: vec![id] });
+        prop_assert_eq!(core.registry().epoch, epoch);
+        core.receive(2, PeerMessage::Registry { epoch: epoch + 2, nodes: Vec::new(), retired: vec![id, 3] });
+        prop_assert_eq!(core.cluster_nodes(), vec![1, 2]);
+        let rejected_before = core.stats().peer_messages_rejected.get("sender_not_member").copied().unwrap_or(0);
+        core.receive(3, PeerMessage::LeaderHint { shard: 0, leader: 3 });
+        prop_assert_eq!(core.stats().peer_messages_rejected.get("sender_not_member").copied().unwrap_or(0), rejected_before + 1);
     }
 
     /// Any bytes as a frame payload: they decode to messages or to an error, never a panic.

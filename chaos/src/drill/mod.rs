@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use workload::Workload;
 
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "leader-kill",
     "node-pause",
     "partition-minority",
@@ -31,21 +31,25 @@ pub const SCENARIOS: [&str; 11] = [
     "slow-disk",
     "leader-transfer",
     "backup-restore",
-    "decommission",
+    "scale-out",
     "disk-loss",
+    "decommission",
 ];
 
-/// Scenarios that move replicas between nodes: they need more nodes than replicas per shard
-/// (`all` skips them on smaller clusters).
+/// Scenarios that move replicas off a node: they need more nodes than replicas per shard
+/// (`all` skips them on smaller clusters; in `all`, `scale-out` adds two nodes first).
 const MEMBERSHIP_SCENARIOS: [&str; 2] = ["decommission", "disk-loss"];
+/// Nodes `scale-out` adds.
+const SCALE_OUT_NODES: usize = 2;
 /// How long a drill waits for every replica of a node to move.
 const MOVES_WAIT_MAX: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrillFlags {
     /// leader-kill, node-pause, partition-minority, partition-leader, rolling-restart,
-    /// full-restart, slow-disk, leader-transfer, backup-restore, decommission, disk-loss (these
-    /// two need 4+ nodes), all — or `heal` to remove every injected fault.
+    /// full-restart, slow-disk, leader-transfer, backup-restore, scale-out (two nodes join,
+    /// --local), disk-loss and decommission (these two need 4+ nodes; decommission shrinks the
+    /// cluster back to 3), all — or `heal` to remove every injected fault.
     pub scenario: String,
     /// Nodes of a running cluster (started with --faults-enabled and an admin token).
     #[arg(long, value_delimiter = ',')]
@@ -246,7 +250,7 @@ async fn run_all(flags: &DrillFlags, scenarios: &[&str], drilled: &mut Drilled) 
 }
 
 async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled) -> anyhow::Result<Report> {
-    let needs_processes = matches!(scenario, "leader-kill" | "node-pause" | "rolling-restart" | "full-restart" | "disk-loss");
+    let needs_processes = matches!(scenario, "leader-kill" | "node-pause" | "rolling-restart" | "full-restart" | "disk-loss" | "scale-out");
     if needs_processes && drilled.local.is_none() {
         bail!("{scenario} kills or pauses processes: run it with --local");
     }
@@ -307,10 +311,15 @@ async fn run_scenario(flags: &DrillFlags, scenario: &str, drilled: &mut Drilled)
     report.recovery_ms = recovery_ms;
     let success = if report.requests == 0 { 0.0 } else { report.succeeded as f64 / report.requests as f64 };
     report.targets = targets(scenario, &report, success);
-    if MEMBERSHIP_SCENARIOS.contains(&scenario) {
+    if MEMBERSHIP_SCENARIOS.contains(&scenario) || scenario == "scale-out" {
         let replicated = drilled.replicated_ms.take();
+        let what = if scenario == "scale-out" {
+            "replicas even over every node, 3 live voters per shard (time to rebalance)"
+        } else {
+            "every shard back on 3 live voters (time to full replication)"
+        };
         report.targets.push((
-            "every shard back on 3 live voters (time to full replication)".to_string(),
+            what.to_string(),
             replicated.map_or("not reached".to_string(), |ms| format!("{ms} ms")),
             replicated.is_some(),
         ));
@@ -532,6 +541,7 @@ impl Drilled {
             "full-restart" => return self.full_restart(workload, timeline).await,
             "backup-restore" => return self.take_backup(workload, timeline).await,
             "decommission" | "disk-loss" => return self.move_replicas_off(scenario, named, workload, timeline).await,
+            "scale-out" => return self.scale_out(workload, timeline).await,
             other => bail!("unknown scenario {other}"),
         };
         // The victim: the named node, else the node leading the fewest shards for a minority
@@ -662,11 +672,12 @@ impl Drilled {
         Ok(())
     }
 
-    /// Takes an online backup with `settle backup` while the workload runs.
-    /// decommission: moves every replica off a live node (the named one, else the highest id)
-    /// under load. disk-loss: kills the node, wipes its data dir and replaces it (its replicas
-    /// rebuilt on the other nodes; the node is not started again: a node that lost its disk
-    /// comes back under a new id). Both through the admin endpoints `settle node` repeats.
+    /// decommission: moves every replica off live nodes under load — the named one, else the
+    /// highest ids until 3 nodes hold every replica (5 → 3) — and stops each emptied node of a
+    /// local cluster. disk-loss: kills the node, wipes its data dir and replaces it (its
+    /// replicas rebuilt on the other nodes; the node is not started again: a node that lost
+    /// its disk comes back under a new id). Both through the admin endpoints `settle node`
+    /// repeats.
     async fn move_replicas_off(
         &mut self,
         scenario: &str,
@@ -677,57 +688,128 @@ impl Drilled {
         if self.nodes.len() <= 3 {
             bail!("{scenario} needs a cluster of 4 or more nodes (--nodes 4): every node of a 3-node cluster holds every shard");
         }
-        let victim = named.or_else(|| self.nodes.keys().max().copied()).context("a node")?;
-        let via = self.nodes.iter().find(|(id, _)| **id != victim).map(|(_, url)| url.clone()).context("another node")?;
-        let (path, body) = if scenario == "disk-loss" {
-            let local = self.local.as_mut().expect("checked: local");
-            local.kill(victim);
-            let dir = local.data_dir(victim).context("the node's data dir")?;
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                if path.file_name().is_some_and(|name| name == "settle.log") {
-                    continue;
+        let started = workload.now_ms();
+        let victims: Vec<usize> = match named {
+            Some(node) => vec![node],
+            None if scenario == "disk-loss" => self.nodes.keys().max().copied().into_iter().collect(),
+            None => self.nodes.keys().rev().take(self.nodes.len() - 3).copied().collect(),
+        };
+        for victim in victims {
+            let via = self.nodes.iter().find(|(id, _)| **id != victim).map(|(_, url)| url.clone()).context("another node")?;
+            let (path, body) = if scenario == "disk-loss" {
+                let local = self.local.as_mut().expect("checked: local");
+                local.kill(victim);
+                let dir = local.data_dir(victim).context("the node's data dir")?;
+                for entry in std::fs::read_dir(&dir)? {
+                    let path = entry?.path();
+                    if path.file_name().is_some_and(|name| name == "settle.log") {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(&path)?
+                    } else {
+                        std::fs::remove_file(&path)?
+                    }
                 }
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path)?
-                } else {
-                    std::fs::remove_file(&path)?
+                self.forget(victim)?;
+                timeline.push((workload.now_ms(), format!("SIGKILL node {victim}; its data dir wiped")));
+                let with = *self.nodes.keys().next().context("a live node")?;
+                (format!("/admin/nodes/{victim}/replace"), json!({ "with": with }))
+            } else {
+                (format!("/admin/nodes/{victim}/decommission"), json!({}))
+            };
+            timeline.push((workload.now_ms(), format!("POST {path} (repeated until done)")));
+            let Some(answer) = self.repeat_until_done(&via, &path, body).await else {
+                timeline.push((workload.now_ms(), format!("replicas of node {victim} not moved within {MOVES_WAIT_MAX:?}")));
+                return Ok(());
+            };
+            let moved = answer["moves"].as_array().map_or(0, Vec::len);
+            timeline.push((workload.now_ms(), format!("node {victim} holds no replica ({moved} shard(s) in the last round)")));
+            if scenario == "decommission" {
+                if let Some(local) = self.local.as_mut() {
+                    local.terminate(victim, Duration::from_secs(20)).await;
+                    self.forget(victim)?;
+                    timeline.push((workload.now_ms(), format!("node {victim} stopped")));
                 }
             }
-            let victim_url = self.url(victim)?;
-            self.urls.retain(|url| *url != victim_url);
-            self.nodes.remove(&victim);
-            timeline.push((workload.now_ms(), format!("SIGKILL node {victim}; its data dir wiped")));
-            let with = *self.nodes.keys().next().context("a live node")?;
-            (format!("/admin/nodes/{victim}/replace"), json!({ "with": with }))
-        } else {
-            (format!("/admin/nodes/{victim}/decommission"), json!({}))
-        };
-        let started = workload.now_ms();
-        timeline.push((started, format!("POST {path} (repeated until done)")));
+        }
+        self.replicated_ms = Some(workload.now_ms().saturating_sub(started));
+        Ok(())
+    }
+
+    /// A node that left the drill: no more requests or checks through it.
+    fn forget(&mut self, node: usize) -> anyhow::Result<()> {
+        let url = self.url(node)?;
+        self.urls.retain(|known| *known != url);
+        self.nodes.remove(&node);
+        Ok(())
+    }
+
+    /// POSTs an admin step endpoint every 200 ms until it answers `done` (that answer), or
+    /// `MOVES_WAIT_MAX` passes (`None`). A failover mid-move answers 503: the next round
+    /// continues.
+    async fn repeat_until_done(&self, via: &str, path: &str, body: Value) -> Option<Value> {
         let deadline = Instant::now() + MOVES_WAIT_MAX;
         loop {
-            // A failover mid-move answers 503: the next round continues.
-            if let Ok(answer) = self.admin(&via, reqwest::Method::POST, &path, Some(body.clone())).await {
+            if let Ok(answer) = self.admin(via, reqwest::Method::POST, path, Some(body.clone())).await {
                 if answer["done"] == true {
-                    let moved = answer["moves"].as_array().map_or(0, Vec::len);
-                    let took = workload.now_ms().saturating_sub(started);
-                    timeline.push((
-                        workload.now_ms(),
-                        format!("node {victim} holds no replica ({moved} shard(s) in the last round; {took} ms)"),
-                    ));
-                    self.replicated_ms = Some(took);
-                    return Ok(());
+                    return Some(answer);
                 }
             }
             if Instant::now() >= deadline {
-                timeline.push((workload.now_ms(), format!("replicas of node {victim} not moved within {MOVES_WAIT_MAX:?}")));
-                return Ok(());
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
+    /// scale-out: `SCALE_OUT_NODES` nodes join under load (each registered through `POST
+    /// /admin/nodes`, then started with `--join` and an empty data dir), then `POST
+    /// /admin/rebalance` is repeated until every node holds about as many replicas. The new
+    /// nodes serve (and are checked) from then on.
+    async fn scale_out(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
+        let via = self.urls.first().cloned().context("a node")?;
+        let started = workload.now_ms();
+        let mut added = Vec::new();
+        for _ in 0..SCALE_OUT_NODES {
+            let (node, peer) = self.local.as_mut().expect("checked: local").add_node()?;
+            self.admin(&via, reqwest::Method::POST, "/admin/nodes", Some(json!({ "id": node, "peer": peer }))).await?;
+            let local = self.local.as_mut().expect("checked: local");
+            local.spawn(node)?;
+            local.wait_ready(node, Duration::from_secs(60)).await?;
+            let url = local.urls[node - 1].clone();
+            self.urls.push(url.clone());
+            self.nodes.insert(node, url);
+            timeline.push((workload.now_ms(), format!("node {node} registered at {peer}, started with --join, ready")));
+            added.push(node);
+        }
+        let deadline = Instant::now() + MOVES_WAIT_MAX;
+        // The rebalance counts only nodes its answering node hears from.
+        loop {
+            let listed = self.admin(&via, reqwest::Method::GET, "/admin/nodes", None).await.unwrap_or(Value::Null);
+            let live =
+                |node: usize| listed["nodes"].as_array().into_iter().flatten().any(|entry| entry["id"] == node && entry["live"] == true);
+            if added.iter().all(|node| live(*node)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("nodes {added:?} joined but node 1 does not hear from them");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        timeline.push((workload.now_ms(), "POST /admin/rebalance (repeated until done)".to_string()));
+        match self.repeat_until_done(&via, "/admin/rebalance", json!({})).await {
+            Some(answer) => {
+                let took = workload.now_ms().saturating_sub(started);
+                timeline.push((workload.now_ms(), format!("balanced: replicas per node {} ({took} ms)", answer["replicas"])));
+                self.replicated_ms = Some(took);
+            }
+            None => timeline.push((workload.now_ms(), format!("replicas not balanced within {MOVES_WAIT_MAX:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Takes an online backup with `settle backup` while the workload runs.
     async fn take_backup(&mut self, workload: &Workload, timeline: &mut Vec<(u64, String)>) -> anyhow::Result<()> {
         if self.backup_dir.exists() {
             std::fs::remove_dir_all(&self.backup_dir).with_context(|| format!("removing {}", self.backup_dir.display()))?;

@@ -126,16 +126,19 @@ impl NodeCore {
     /// Every node of the cluster: the bootstrap members and every node registered since, in
     /// id order.
     pub fn cluster_nodes(&self) -> Vec<NodeId> {
+        let registry = &self.membership.registry;
         let mut nodes = self.config.placement.nodes().to_vec();
-        nodes.extend(self.membership.registry.nodes.keys().copied());
+        nodes.extend(registry.nodes.keys().copied());
+        nodes.retain(|node| !registry.retired.contains(node));
         nodes.sort_unstable();
         nodes.dedup();
         nodes
     }
 
-    /// Whether a node is a bootstrap member or registered.
+    /// Whether a node is a bootstrap member or registered, and not retired.
     pub fn is_cluster_node(&self, node: NodeId) -> bool {
-        self.config.placement.nodes().contains(&node) || self.membership.registry.nodes.contains_key(&node)
+        let registry = &self.membership.registry;
+        (self.config.placement.nodes().contains(&node) || registry.nodes.contains_key(&node)) && !registry.retired.contains(&node)
     }
 
     /// The newest node registry this node has seen.
@@ -173,14 +176,17 @@ impl NodeCore {
         let mut changed = false;
         if ledger.registry_epoch() > self.membership.registry.epoch {
             let (epoch, records) = ledger.node_registry();
-            let nodes = records.into_iter().map(|record| (record.id, record.peer)).collect();
-            changed = self.adopt_registry(NodeRegistry { epoch, nodes });
+            let retired = records.iter().filter(|record| record.retired_at_ms.is_some()).map(|record| record.id).collect();
+            let nodes =
+                records.into_iter().filter(|record| record.retired_at_ms.is_none()).map(|record| (record.id, record.peer)).collect();
+            changed = self.adopt_registry(NodeRegistry { epoch, nodes, retired });
         }
         if leading && (changed || periodic) && self.membership.registry.epoch > 0 {
             let registry = &self.membership.registry;
             let message = PeerMessage::Registry {
                 epoch: registry.epoch,
                 nodes: registry.nodes.iter().map(|(id, peer)| (*id, peer.clone())).collect(),
+                retired: registry.retired.iter().copied().collect(),
             };
             let node = self.config.node;
             for to in self.cluster_nodes().into_iter().filter(|to| *to != node) {
@@ -190,8 +196,8 @@ impl NodeCore {
     }
 
     /// A registry from a replica of the system shard (checked in `validate.rs`).
-    pub(super) fn registry_received(&mut self, epoch: u64, nodes: Vec<(NodeId, String)>) {
-        self.adopt_registry(NodeRegistry { epoch, nodes: nodes.into_iter().collect() });
+    pub(super) fn registry_received(&mut self, epoch: u64, nodes: Vec<(NodeId, String)>, retired: Vec<NodeId>) {
+        self.adopt_registry(NodeRegistry { epoch, nodes: nodes.into_iter().collect(), retired: retired.into_iter().collect() });
     }
 
     /// Every `leader_balance_interval_ms`, each leader announces its shard's members (a node

@@ -594,7 +594,7 @@ impl NodeCore {
             PeerMessage::Members { shard, epoch, voters, learners } => {
                 self.members_received(from, shard, membership::Members { epoch, voters, learners })
             }
-            PeerMessage::Registry { epoch, nodes } => self.registry_received(epoch, nodes),
+            PeerMessage::Registry { epoch, nodes, retired } => self.registry_received(epoch, nodes, retired),
             PeerMessage::NodeInfo { .. } | PeerMessage::Join { .. } | PeerMessage::Welcome { .. } => {}
         }
     }

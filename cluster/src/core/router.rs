@@ -757,6 +757,7 @@ fn system_reply_fits(command: &SystemCmd, outcome: &SystemOutcome) -> bool {
         (SystemCmd::RegisterNode { id, .. }, SystemOutcome::NodeRegistered { record, .. } | SystemOutcome::NodeExists { record, .. }) => {
             record.id == *id
         }
+        (SystemCmd::RetireNode { id }, SystemOutcome::NodeRetired { record, .. }) => record.id == *id,
         _ => false,
     }
 }

@@ -172,17 +172,19 @@ impl NodeCore {
                 }
                 Ok(Checked::Other(message))
             }
-            PeerMessage::Registry { epoch, ref nodes } => {
+            PeerMessage::Registry { epoch, ref nodes, ref retired } => {
                 // Only a voter of the system shard (where the registry is replicated) speaks
-                // for it, and each registration adds at most one node.
+                // for it, and each registration or retirement raised the epoch by one.
                 if !self.voters_of(crate::ledger::SYSTEM_SHARD).contains(&from) {
                     return Err("registry_not_from_voter");
                 }
                 let bootstrap = self.config.placement.nodes();
                 let well_formed =
                     nodes.iter().all(|(id, peer)| *id != 0 && !bootstrap.contains(id) && crate::ledger::valid_peer_address(peer));
-                let count = u64::try_from(nodes.len()).unwrap_or(u64::MAX);
-                if nodes.len() > crate::ledger::REGISTERED_NODES_MAX || count > epoch || !well_formed {
+                let disjoint = retired.iter().all(|id| *id != 0 && !nodes.iter().any(|(node, _)| node == id));
+                let records = nodes.len() + retired.len();
+                let count = u64::try_from(records).unwrap_or(u64::MAX);
+                if records > crate::ledger::REGISTRY_RECORDS_MAX || count > epoch || !well_formed || !disjoint {
                     return Err("registry_invalid");
                 }
                 Ok(Checked::Other(message))

@@ -29,6 +29,8 @@ pub const AUDIT_EVENTS_MAX: usize = 256;
 pub const SYSTEM_PAGE_MAX: u32 = 1000;
 /// Nodes registered after bootstrap, at most (the bootstrap members come on top).
 pub const REGISTERED_NODES_MAX: usize = 64;
+/// Records the registry holds at most: registered nodes and retired ones.
+pub const REGISTRY_RECORDS_MAX: usize = 2 * REGISTERED_NODES_MAX;
 /// A registered node's peer address (`IP:port`), at most this long.
 pub const PEER_ADDRESS_BYTES_MAX: usize = 64;
 /// A nonce is kept at most this long after the entry that stored it.
@@ -237,12 +239,15 @@ pub struct AuditHead {
     pub hash: [u8; 32],
 }
 
-/// A node that joined after bootstrap: its id and the peer address every member links to.
+/// A node of the registry: one that joined after bootstrap (its id and the peer address every
+/// member links to), or any node retired from the cluster (a bootstrap member's record has no
+/// address). A retired node is no member any more and its id is never used again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: NodeId,
     pub peer: String,
     pub registered_at_ms: u64,
+    pub retired_at_ms: Option<u64>,
 }
 
 /// Whether a registered peer address is well formed: a socket address (`IP:port`) that a node
@@ -275,6 +280,11 @@ pub enum SystemCmd {
         id: NodeId,
         peer: String,
     },
+    /// Takes a node out of the cluster for good, once it holds no replica (the edge checks):
+    /// members stop linking to it and drop what it sends; its id is never registered again.
+    RetireNode {
+        id: NodeId,
+    },
 }
 
 impl SystemCmd {
@@ -294,6 +304,8 @@ impl SystemCmd {
                 Err(format!("a peer address is IP:port, at most {PEER_ADDRESS_BYTES_MAX} bytes"))
             }
             SystemCmd::RegisterNode { .. } => Ok(()),
+            SystemCmd::RetireNode { id: 0 } => Err("node ids start at 1".to_string()),
+            SystemCmd::RetireNode { .. } => Ok(()),
         }
     }
 
@@ -331,6 +343,11 @@ pub enum SystemOutcome {
     },
     /// The node was registered before with this address: nothing changed.
     NodeExists {
+        record: NodeRecord,
+        epoch: u64,
+    },
+    /// The node is retired (now, or before: then nothing changed).
+    NodeRetired {
         record: NodeRecord,
         epoch: u64,
     },
@@ -445,6 +462,9 @@ impl Ledger {
                 let key = keys::key(self.shard, self.generation, keys::NODE, &id.to_be_bytes());
                 let epoch = self.registry_epoch();
                 match self.read::<NodeRecord>(&key) {
+                    Some(record) if record.retired_at_ms.is_some() => {
+                        return SystemOutcome::Invalid(format!("node {id} was retired; a node id is never used again"));
+                    }
                     Some(record) if &record.peer == peer => return SystemOutcome::NodeExists { record, epoch },
                     Some(record) => {
                         return SystemOutcome::Invalid(format!("node {id} is registered with peer address {}", record.peer));
@@ -452,14 +472,34 @@ impl Ledger {
                     None => {}
                 }
                 let (start, end) = keys::kind_range(self.shard, self.generation, keys::NODE);
-                if self.scan_keys_merged(&start, &end, REGISTERED_NODES_MAX).len() >= REGISTERED_NODES_MAX {
+                if self.scan_keys_merged(&start, &end, REGISTRY_RECORDS_MAX).len() >= REGISTERED_NODES_MAX {
                     return SystemOutcome::Invalid(format!("at most {REGISTERED_NODES_MAX} nodes join after bootstrap"));
                 }
-                let record = NodeRecord { id: *id, peer: peer.clone(), registered_at_ms: now_ms };
+                let record = NodeRecord { id: *id, peer: peer.clone(), registered_at_ms: now_ms, retired_at_ms: None };
                 self.write(key, &record);
                 let epoch = epoch + 1;
                 self.write(keys::key(self.shard, self.generation, keys::REGISTRY_HEAD, &[]), &epoch);
                 SystemOutcome::NodeRegistered { record, epoch }
+            }
+            SystemCmd::RetireNode { id } => {
+                let key = keys::key(self.shard, self.generation, keys::NODE, &id.to_be_bytes());
+                let epoch = self.registry_epoch();
+                let record = match self.read::<NodeRecord>(&key) {
+                    Some(record) if record.retired_at_ms.is_some() => return SystemOutcome::NodeRetired { record, epoch },
+                    Some(record) => NodeRecord { retired_at_ms: Some(now_ms), ..record },
+                    None => {
+                        let (start, end) = keys::kind_range(self.shard, self.generation, keys::NODE);
+                        if self.scan_keys_merged(&start, &end, REGISTRY_RECORDS_MAX).len() >= REGISTRY_RECORDS_MAX {
+                            return SystemOutcome::Invalid(format!("the registry holds at most {REGISTRY_RECORDS_MAX} nodes"));
+                        }
+                        // A bootstrap member (the edge checked it is one).
+                        NodeRecord { id: *id, peer: String::new(), registered_at_ms: now_ms, retired_at_ms: Some(now_ms) }
+                    }
+                };
+                self.write(key, &record);
+                let epoch = epoch + 1;
+                self.write(keys::key(self.shard, self.generation, keys::REGISTRY_HEAD, &[]), &epoch);
+                SystemOutcome::NodeRetired { record, epoch }
             }
         }
     }
@@ -473,7 +513,7 @@ impl Ledger {
     pub fn node_registry(&self) -> (u64, Vec<NodeRecord>) {
         let (start, end) = keys::kind_range(self.shard, self.generation, keys::NODE);
         // Through the overlay like the epoch, so both describe the same point.
-        let nodes = self.scan_keys_merged(&start, &end, REGISTERED_NODES_MAX).iter().filter_map(|key| self.read(key)).collect();
+        let nodes = self.scan_keys_merged(&start, &end, REGISTRY_RECORDS_MAX).iter().filter_map(|key| self.read(key)).collect();
         (self.registry_epoch(), nodes)
     }
 
@@ -699,6 +739,20 @@ mod tests {
             nodes.iter().map(|record| (record.id, record.peer.as_str())).collect::<Vec<_>>(),
             vec![(4, "127.0.0.1:9004"), (5, "127.0.0.1:9005")]
         );
+        // Retiring: a registered node and a bootstrap member (no record before); again changes
+        // nothing; a retired id is never registered again.
+        assert!(matches!(system(&mut ledger, 60, SystemCmd::RetireNode { id: 4 }), SystemOutcome::NodeRetired { epoch: 3, .. }));
+        let bootstrap = system(&mut ledger, 70, SystemCmd::RetireNode { id: 2 });
+        assert!(
+            matches!(&bootstrap, SystemOutcome::NodeRetired { record, epoch: 4 } if record.peer.is_empty() && record.retired_at_ms == Some(70))
+        );
+        let again = system(&mut ledger, 80, SystemCmd::RetireNode { id: 4 });
+        assert!(matches!(&again, SystemOutcome::NodeRetired { record, epoch: 4 } if record.retired_at_ms == Some(60)));
+        assert!(matches!(system(&mut ledger, 90, register(4, "127.0.0.1:9004")), SystemOutcome::Invalid(_)));
+        let (epoch, nodes) = ledger.node_registry();
+        assert_eq!(epoch, 4);
+        let retired: Vec<NodeId> = nodes.iter().filter(|record| record.retired_at_ms.is_some()).map(|record| record.id).collect();
+        assert_eq!(retired, vec![2, 4]);
         ledger.verify().unwrap();
     }
 

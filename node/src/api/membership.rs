@@ -19,7 +19,11 @@
 //!   before with the same address); 409 `node_conflict` for a bootstrap member's id or an id
 //!   registered with another address.
 //! - `GET /admin/nodes`: every node, bootstrap and registered, with its peer address, whether
-//!   this node hears from it, and the replicas it holds: `{"epoch", "nodes": [...]}`.
+//!   this node hears from it, whether it is retired, and the replicas it holds: `{"epoch",
+//!   "nodes": [...]}`.
+//! - decommission and replace **retire** the node once no shard names it (`"retired": true`
+//!   in the answer that says `done`): through the system shard, every member stops linking to
+//!   it and drops what it sends, and its id is never used again.
 //! - `POST /admin/rebalance` takes one step of evening out replicas over the live nodes (moves
 //!   in flight first, then up to `REBALANCE_MOVES_MAX` new ones, from the most loaded nodes to
 //!   the least loaded): `{"done", "moves": [...]}`, `done` once no live node holds two
@@ -64,6 +68,15 @@ fn node_id(status: &NodeStatus, field: &'static str, value: Option<u64>) -> Resu
     Ok(node)
 }
 
+/// A node to empty: a member, or one retired already (emptying it again finds nothing to move:
+/// a repeated command whose last answer was lost still ends `done`).
+fn leaving_node_id(status: &NodeStatus, value: Option<u64>) -> Result<u64> {
+    match value {
+        Some(node) if status.retired.contains(&node) => Ok(node),
+        _ => node_id(status, "id", value),
+    }
+}
+
 fn status_json(status: &MoveStatus) -> Value {
     json!({
         "shard": status.shard,
@@ -106,7 +119,7 @@ pub async fn move_replica(
 
 pub async fn decommission(state: web::Data<AppState>, request_id: web::ReqData<RequestId>, path: web::Path<u64>) -> Result<HttpResponse> {
     let status = node_status(&state).await?;
-    let node = node_id(&status, "id", Some(path.into_inner()))?;
+    let node = leaving_node_id(&status, Some(path.into_inner()))?;
     move_all(&state, &request_id, status, node, None).await
 }
 
@@ -118,7 +131,7 @@ pub async fn replace(
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     let status = node_status(&state).await?;
-    let node = node_id(&status, "id", Some(path.into_inner()))?;
+    let node = leaving_node_id(&status, Some(path.into_inner()))?;
     let object = state.read_object(&request, payload).await?;
     let with = node_id(&status, "with", object.get("with").and_then(Value::as_u64))?;
     if with == node {
@@ -152,13 +165,30 @@ async fn move_all(state: &AppState, request_id: &RequestId, status: NodeStatus, 
     }
     // Done when no shard names the node: a move refused as invalid counts only if the node is
     // no member of that shard (a stale view here may have asked for a move already made).
-    let done = answered.iter().all(|status| match status.stage {
+    let moved = answered.iter().all(|status| match status.stage {
         MoveStage::Done => true,
         MoveStage::Invalid => !status.voters.contains(&node) && !status.learners.contains(&node),
         _ => false,
     });
+    // Once this node sees no shard naming the node (the round after the last move finished),
+    // the node is retired: no member links to it or listens to it any more.
+    let retired = if answered.is_empty() { Some(retire(state, request_id, node).await?) } else { None };
     let moves: Vec<Value> = answered.iter().map(status_json).collect();
-    Ok(HttpResponse::Ok().json(json!({ "node": node, "done": done, "moves": moves })))
+    let done = moved && retired.is_some();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "node": node, "done": done, "retired": retired.is_some(), "registry_epoch": retired, "moves": moves })))
+}
+
+/// Retires a node that holds no replica (through the system shard); the registry's epoch after.
+async fn retire(state: &AppState, request_id: &RequestId, node: u64) -> Result<u64> {
+    match state.call_with(request_id, Request::System(SystemCmd::RetireNode { id: node })).await? {
+        Reply::System(SystemOutcome::NodeRetired { epoch, .. }) => {
+            tracing::warn!(node, epoch, "node retired from the cluster");
+            Ok(epoch)
+        }
+        Reply::System(SystemOutcome::Invalid(reason)) => Err(ApiError::new(StatusCode::CONFLICT, "node_conflict", reason)),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Replicas (voters and learners) per live node.
@@ -296,11 +326,14 @@ pub async fn list(state: web::Data<AppState>, request_id: web::ReqData<RequestId
         .map(|id| {
             let record = registered.iter().find(|record| record.id == *id);
             let live = *id == status.node || status.peers.iter().any(|peer| peer.id == *id && super::reachable(peer));
+            let peer = status.peers.iter().find(|peer| peer.id == *id).and_then(|peer| peer.address).map(|address| address.to_string());
+            let peer = if *id == status.node { Some(state.settings.peer.to_string()) } else { peer };
             json!({
                 "id": id,
                 "bootstrap": status.bootstrap.contains(id),
-                "peer": record.map(|record| record.peer.clone()),
+                "peer": peer.or_else(|| record.map(|record| record.peer.clone()).filter(|peer| !peer.is_empty())),
                 "live": live,
+                "retired": record.is_some_and(|record| record.retired_at_ms.is_some()),
                 "replicas": load.get(id).copied().unwrap_or(0),
             })
         })
