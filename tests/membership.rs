@@ -210,8 +210,8 @@ async fn metric(cluster: &TestCluster, id: u64, name: &str, label: &str) -> f64 
 }
 
 /// Scale-out 3 → 5 under load: a node started with `--join` before it is registered is
-/// refused (and counted), `settle node add` registers it and moves replicas onto it; a second
-/// node is registered first and joins; replicas end even over the five, every shard has three
+/// refused (and counted), `settle node add 4` (no address: the one it asked with) registers it
+/// and moves replicas onto it; a second node is registered first with `--peer` and joins; replicas end even over the five, every shard has three
 /// live voters, a joined node restarts from its own data dir, and money is conserved through
 /// every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +229,14 @@ async fn scale_out_from_three_to_five_nodes_under_load() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (id, spawn_after_registering) in [(four, false), (cluster.add_node(), true)] {
-        let peer = format!("127.0.0.1:{}", cluster.node(id).peer_port);
-        let args: Vec<String> =
-            ["add", &id.to_string(), "--peer", &peer, "--target", &urls.join(","), "--api-key", ADMIN_KEY, "--timeout-secs", "300"]
-                .map(String::from)
-                .to_vec();
+        let mut args: Vec<String> = ["add", &id.to_string(), "--target", &urls.join(","), "--api-key", ADMIN_KEY, "--timeout-secs", "300"]
+            .map(String::from)
+            .to_vec();
+        // Node 4 asked to join already: `settle node add 4` finds the address it gave. Node 5
+        // is registered with its address first.
+        if spawn_after_registering {
+            args.extend(["--peer".to_string(), format!("127.0.0.1:{}", cluster.node(id).peer_port)]);
+        }
         let adding = tokio::task::spawn_blocking(move || settle_node(&args));
         // Node 5 is registered first and started after: `settle node add` waits for it.
         if spawn_after_registering {
@@ -241,6 +244,7 @@ async fn scale_out_from_three_to_five_nodes_under_load() {
         }
         let said = adding.await.expect("node add runs");
         assert!(said.contains(&format!("node {id} joined")) && said.contains("balanced"), "{said}");
+        assert_eq!(said.contains("asked to join"), !spawn_after_registering, "{said}");
         cluster.wait_ready(id, Duration::from_secs(60)).await;
     }
     running.await.expect("load runs");

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
+/// Unregistered nodes asking to join that a node remembers, and for how long.
+const JOIN_REQUESTS_MAX: usize = 16;
+const JOIN_REQUEST_KEPT: Duration = Duration::from_secs(60);
+
 /// Inputs taken from each channel per wake-up before the core is polled.
 const INPUTS_PER_POLL_MAX: usize = 4_096;
 
@@ -73,6 +77,8 @@ pub struct NodeStatus {
     pub bootstrap: Vec<NodeId>,
     pub registry_epoch: u64,
     pub retired: Vec<NodeId>,
+    /// Nodes asking to join through this node, not registered yet, with the address they gave.
+    pub join_requests: Vec<(NodeId, String)>,
 }
 
 /// What this node knows of another: its HTTP address and version as it introduced itself, and
@@ -254,6 +260,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
                 leaders_seen: BTreeMap::new(),
                 node_info_rejected: 0,
                 joins_refused: 0,
+                join_requests: BTreeMap::new(),
                 data_dir: config.data_dir.clone(),
                 bootstrap,
                 own_address,
@@ -424,6 +431,9 @@ struct DriverActor {
     node_info_rejected: u64,
     /// Join requests from nodes the registry does not hold at the address they gave.
     joins_refused: u64,
+    /// Nodes asking to join through this node that are not registered yet: id → (the peer
+    /// address they gave, when they last asked), for `settle node add` without `--peer`.
+    join_requests: BTreeMap<NodeId, (String, Instant)>,
     /// Where the peers file is kept, the bootstrap members' addresses, and this node's own.
     data_dir: PathBuf,
     bootstrap: BTreeMap<NodeId, String>,
@@ -652,6 +662,12 @@ impl DriverActor {
                     bootstrap: self.core.placement().nodes().to_vec(),
                     registry_epoch: self.core.registry().epoch,
                     retired: self.core.registry().retired.iter().copied().collect(),
+                    join_requests: self
+                        .join_requests
+                        .iter()
+                        .filter(|(_, (_, asked))| asked.elapsed() < JOIN_REQUEST_KEPT)
+                        .map(|(id, (peer, _))| (*id, peer.clone()))
+                        .collect(),
                 };
                 let _ = reply.send(status);
             }
@@ -714,8 +730,15 @@ impl DriverActor {
         if registry.nodes.get(&from) != Some(&peer) || registry.retired.contains(&from) {
             self.joins_refused += 1;
             tracing::warn!(node = from, peer, "join refused: the node registry does not hold this node at that address");
+            // Kept (bounded, recent only) so an admin can register it without retyping its address.
+            let fresh = |(_, asked): &(String, Instant)| asked.elapsed() < JOIN_REQUEST_KEPT;
+            self.join_requests.retain(|_, request| fresh(request));
+            if self.join_requests.len() < JOIN_REQUESTS_MAX || self.join_requests.contains_key(&from) {
+                self.join_requests.insert(from, (peer, Instant::now()));
+            }
             return;
         }
+        self.join_requests.remove(&from);
         let mut nodes: Vec<(NodeId, String)> =
             self.transport.peers.all().into_iter().map(|(id, entry)| (id, entry.address.to_string())).collect();
         nodes.push((self.core.node(), self.own_address.to_string()));

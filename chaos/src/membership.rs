@@ -31,7 +31,7 @@ struct Move {
     to: NodeId,
     started_ms: u64,
     call: Option<CallId>,
-    /// The leader's last index when it answered that it promotes `to`.
+    /// The leader's last index when it last answered that it promotes `to`.
     promoted_at: Option<u64>,
     checked: bool,
 }
@@ -40,25 +40,22 @@ pub struct MembershipDriver {
     rng: SmallRng,
     next_at_ms: u64,
     current: Option<Move>,
-    /// Moves finished, and moves abandoned at their deadline.
+    /// Moves finished, moves abandoned at their deadline, and quarantined replicas rebuilt.
     pub done: u64,
     pub abandoned: u64,
+    pub rebuilt: u64,
 }
 
 impl MembershipDriver {
     pub fn new(seed: u64) -> MembershipDriver {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x00de_c0de);
         let next_at_ms = rng.gen_range(0..MOVE_GAP_MS_MAX);
-        MembershipDriver { rng, next_at_ms, current: None, done: 0, abandoned: 0 }
+        MembershipDriver { rng, next_at_ms, current: None, done: 0, abandoned: 0, rebuilt: 0 }
     }
 
     /// Advances the move in progress; begins a new one when it is time and `begin` allows.
     pub fn step(&mut self, cluster: &mut SimCluster, begin: bool) -> Result<(), Violation> {
         let now = cluster.now_ms();
-        let nodes = cluster.node_ids();
-        if nodes.len() <= settle_cluster::placement::REPLICAS_PER_SHARD {
-            return Ok(());
-        }
         if self.current.as_ref().is_some_and(|moving| now.saturating_sub(moving.started_ms) > MOVE_DEADLINE_MS) {
             let moving = self.current.take().expect("checked");
             cluster.note(format!("move shard {} {}→{}: abandoned at its deadline", moving.shard, moving.from, moving.to));
@@ -75,6 +72,15 @@ impl MembershipDriver {
             self.next_at_ms = now + self.rng.gen_range(0..MOVE_GAP_MS_MAX);
             return Ok(());
         };
+        // A rebuild is done once the node runs a voter of the shard again (its own applied
+        // configuration says so): the leader cannot tell.
+        if moving.from == moving.to && moving.call.is_none() && runs_voter(cluster, moving.to, moving.shard) {
+            cluster.note(format!("rebuild shard {} on node {}: done", moving.shard, moving.to));
+            self.rebuilt += 1;
+            self.current = None;
+            self.next_at_ms = now + self.rng.gen_range(0..MOVE_GAP_MS_MAX);
+            return Ok(());
+        }
         let request = Request::MoveReplica { shard: moving.shard, from: moving.from, to: moving.to };
         let Some(pending) = moving.call else {
             moving.call = Some(submit(cluster, &mut self.rng, request));
@@ -91,7 +97,9 @@ impl MembershipDriver {
         moving.call = None;
         match status.stage {
             MoveStage::Promoting => {
-                moving.promoted_at.get_or_insert(status.last_index);
+                // The latest proposal counts: one lost with its leader is proposed again (at
+                // another index, maybe a lower one on the new leader's log).
+                moving.promoted_at = Some(status.last_index);
             }
             MoveStage::Removing if !moving.checked => {
                 moving.checked = true;
@@ -110,7 +118,7 @@ impl MembershipDriver {
             }
             MoveStage::Done | MoveStage::Invalid => {
                 cluster.note(format!("move shard {} {}→{}: {:?} {:?}", moving.shard, moving.from, moving.to, status.stage, status.voters));
-                if status.stage == MoveStage::Done {
+                if status.stage == MoveStage::Done && moving.from != moving.to {
                     self.done += 1;
                 }
                 self.current = None;
@@ -121,10 +129,23 @@ impl MembershipDriver {
         Ok(())
     }
 
-    /// A shard, one of its voters and a node without a replica of it, as a live node sees the
-    /// shard (a learner already added by an abandoned move is taken up again).
+    /// A quarantined replica on a live node to rebuild (`from == to`, any cluster size), else
+    /// on clusters with a node to spare a shard, one of its voters and a node without a replica
+    /// of it, as a live node sees the shard (a learner already added by an abandoned move is
+    /// taken up again).
     fn choose(&mut self, cluster: &mut SimCluster, now: u64) -> Option<Move> {
         let live = cluster.live_nodes();
+        let quarantined = live.iter().find_map(|node| {
+            let status = cluster.core(*node)?.shard_status();
+            status.iter().find(|shard| shard.role == settle_cluster::ShardRole::Quarantined).map(|shard| (*node, shard.id))
+        });
+        if let Some((node, shard)) = quarantined {
+            cluster.note(format!("rebuild shard {shard} on node {node}: begins"));
+            return Some(Move { shard, from: node, to: node, started_ms: now, call: None, promoted_at: None, checked: false });
+        }
+        if cluster.node_ids().len() <= settle_cluster::placement::REPLICAS_PER_SHARD {
+            return None;
+        }
         let viewer = *live.get(self.rng.gen_range(0..live.len().max(1)))?;
         let shards = cluster.placement().shard_count();
         let shard = self.rng.gen_range(0..shards);
@@ -142,6 +163,15 @@ impl MembershipDriver {
         cluster.note(format!("move shard {shard} {from}→{to}: begins"));
         Some(Move { shard, from, to, started_ms: now, call: None, promoted_at: None, checked: false })
     }
+}
+
+/// Whether `node` runs a replica of `shard` that is a voter by its own applied configuration
+/// (one that applied something: an empty replica waiting for its snapshot still shows the
+/// bootstrap voters).
+fn runs_voter(cluster: &SimCluster, node: NodeId, shard: ShardId) -> bool {
+    cluster.core(node).is_some_and(|core| {
+        core.replicas().any(|replica| replica.shard() == shard && replica.applied_index() > 0 && replica.voters().contains(&node))
+    })
 }
 
 fn submit(cluster: &mut SimCluster, rng: &mut SmallRng, request: Request) -> CallId {

@@ -70,6 +70,8 @@ pub struct RunReport {
     /// Replica moves finished during the run, and moves abandoned at their deadline.
     pub moves_done: u64,
     pub moves_abandoned: u64,
+    /// Quarantined replicas rebuilt (removed, added back empty, promoted) during the run.
+    pub replicas_rebuilt: u64,
     pub wall: Duration,
 }
 
@@ -136,6 +138,7 @@ pub fn run_seed(options: &RunOptions) -> RunReport {
         backups_abandoned: backups.abandoned,
         moves_done: moves.done,
         moves_abandoned: moves.abandoned,
+        replicas_rebuilt: moves.rebuilt,
         wall: started.elapsed(),
     }
 }

@@ -525,11 +525,22 @@ impl SimCluster {
         self.note(format!("node {node}: next flush will fail"));
     }
 
-    /// Whether another node has a corrupt (quarantined) replica. The simulator corrupts one
-    /// node at a time: two replicas of a shard lost together is a double fault the cluster is
-    /// not built to survive.
+    /// Whether another node has a corrupt (quarantined) replica, or one being rebuilt (a
+    /// learner not yet promoted). The simulator corrupts one node at a time: two replicas of a
+    /// shard lost together is a double fault the cluster is not built to survive.
     fn corrupt_elsewhere(&self, node: NodeId) -> bool {
-        self.nodes.iter().filter(|(id, _)| **id != node).any(|(_, other)| other.durable.values().any(|durable| durable.corrupt.is_some()))
+        let rebuilding = self.nodes.iter().filter(|(id, _)| **id != node).any(|(id, other)| {
+            other.core.as_ref().is_some_and(|core| {
+                core.shard_status().iter().any(|shard| shard.role == settle_cluster::ShardRole::Quarantined)
+                    || core.replicas().any(|replica| replica.applied_index() == 0 || replica.learners().contains(id))
+            })
+        });
+        rebuilding
+            || self
+                .nodes
+                .iter()
+                .filter(|(id, _)| **id != node)
+                .any(|(_, other)| other.durable.values().any(|durable| durable.corrupt.is_some()))
             || self.state_damaged.iter().any(|(damaged, _)| *damaged != node)
     }
 

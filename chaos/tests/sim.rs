@@ -61,10 +61,12 @@ fn fixed_seeds_hold_every_invariant_with_four_nodes_moving_replicas() {
 /// log's drop was durable (5 nodes, seed 318), and the ack filter dropped a stale leader's
 /// step-down signal (5 nodes, seeds 408, 489). Seeds 79 and 250 found the checker `committed_on_quorum` counting a
 /// stale leader's commit over its own old configuration only (it now accepts any
-/// configuration a replica or a removed node's tombstone holds).
+/// configuration a replica or a removed node's tombstone holds). Seed 562 found a node moved
+/// away and back installing the leader's older snapshot, which named it a voter of the
+/// configuration before its removal: it won an election there and overwrote a committed entry.
 #[test]
 fn regression_replica_move_seeds() {
-    assert_passes([6, 11, 21, 79, 249, 250, 379, 1005].into_iter(), 4, FaultClass::All);
+    assert_passes([6, 11, 21, 79, 249, 250, 379, 562, 1005].into_iter(), 4, FaultClass::All);
     assert_passes([318, 408, 489].into_iter(), 5, FaultClass::All);
 }
 
@@ -160,19 +162,36 @@ fn regression_seed_383057579_kill_while_paused_keeps_rounds_in_order() {
 /// A record corrupted on disk is never served: the replica is quarantined and the shard keeps
 /// serving from its other replicas (disk faults include corruption, one node at a time) — a log
 /// record at restart, or a state record a running node's ledger meets (that replica stops, the
-/// node and its other shards run on, nothing crash-loops).
+/// node and its other shards run on, nothing crash-loops). The quarantined replica is then
+/// rebuilt (removed, added back empty, promoted) under the seed's faults, every checker on.
 #[test]
 fn corrupt_records_quarantine_the_replica_and_the_shard_serves_on() {
-    let (mut corruptions, mut quarantined_running) = (0, 0);
+    let (mut corruptions, mut quarantined_running, mut rebuilt) = (0, 0, 0);
     for seed in 0..80 {
         let report = run(seed, 3, FaultClass::Disk);
         assert!(report.passed(), "seed {seed}: {:?}", report.violation);
         corruptions += report.corruptions;
         quarantined_running += report.damaged_quarantines;
+        rebuilt += report.replicas_rebuilt;
     }
-    println!("{corruptions} records corrupted, {quarantined_running} replicas quarantined while running");
+    println!("{corruptions} records corrupted, {quarantined_running} replicas quarantined while running, {rebuilt} rebuilt");
     assert!(corruptions > 0, "the disk fault plans corrupted at least one record");
     assert!(quarantined_running > 0, "a running node met a damaged state record and quarantined the replica");
+    assert!(rebuilt > 0, "a quarantined replica was rebuilt on a 3-node cluster");
+}
+
+/// Disk-fault seeds that found the rebuild's hazards: a late step removing the rebuilt voter
+/// again while the other voter lagged (committed entries on one node: 222), an old snapshot
+/// naming the empty replica a voter, whose replay of its own removal stopped it (235, 13), a
+/// leader still counting the old replica's entries sending a heartbeat past the new one's log
+/// (a raft panic: 24). Fixed: the voters that stay must hold everything committed, the leader
+/// remembers whom it added back, the empty replica starts from a snapshot taken after its
+/// removal, and a heartbeat past the log is dropped. 4-node seed 25 found `redundancy_kept`
+/// comparing against a promotion proposal lost with its leader (it now takes the latest).
+#[test]
+fn regression_rebuild_seeds() {
+    assert_passes([13, 24, 222, 235].into_iter(), 3, FaultClass::Disk);
+    assert_passes([25].into_iter(), 4, FaultClass::Disk);
 }
 
 /// Five-node seeds found legs looping on a replica that could not name the leader (one with a

@@ -9,6 +9,7 @@ mod keys_cli;
 mod logging;
 mod metrics;
 mod node_cli;
+mod scheduler;
 mod settings;
 mod sim_cli;
 mod status;
@@ -264,6 +265,11 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
             None => None,
         };
         let metrics_handle = metrics_server.as_ref().map(actix_web::dev::Server::handle);
+        if settings.rebuild_interval_ms > 0 {
+            let interval = std::time::Duration::from_millis(settings.rebuild_interval_ms);
+            let timeout = std::time::Duration::from_millis(settings.request_timeout_ms);
+            actix_web::rt::spawn(scheduler::run(driver.clone(), interval, timeout));
+        }
         if let Some(metrics_server) = metrics_server {
             actix_web::rt::spawn(metrics_server);
         }

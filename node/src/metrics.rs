@@ -390,6 +390,11 @@ impl Scrape {
             vec![(vec![], status.stats.replicas_added as f64)],
         );
         self.counter(
+            "replicas_rebuilt_total",
+            "Quarantined replicas here dropped for an empty one the shard added back (a rebuild)",
+            vec![(vec![], status.stats.replicas_rebuilt as f64)],
+        );
+        self.counter(
             "replicas_removed_total",
             "Replicas this node stopped because a shard removed it",
             vec![(vec![], status.stats.replicas_removed as f64)],

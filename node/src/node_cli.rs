@@ -16,9 +16,11 @@ pub enum NodeCommand {
     Add {
         /// The new node's id (not used by any member).
         id: u64,
-        /// The new node's peer address (what it passes as --peer), IP:port.
+        /// The new node's peer address (what it passes as --peer), IP:port. Without it, the
+        /// address the node gave when it asked to join through one of the --target nodes
+        /// (start it with --join first).
         #[arg(long)]
-        peer: std::net::SocketAddr,
+        peer: Option<std::net::SocketAddr>,
         /// Only register it; leave the replicas where they are.
         #[arg(long)]
         no_rebalance: bool,
@@ -83,10 +85,14 @@ fn client(flags: &TargetFlags) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Registers the node, waits until a member hears from it, then rebalances.
-async fn add(id: u64, peer: std::net::SocketAddr, no_rebalance: bool, flags: &TargetFlags) -> anyhow::Result<()> {
+async fn add(id: u64, peer: Option<std::net::SocketAddr>, no_rebalance: bool, flags: &TargetFlags) -> anyhow::Result<()> {
     let client = client(flags)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(flags.timeout_secs);
+    let peer = match peer {
+        Some(peer) => peer,
+        None => asking_to_join(&client, flags, id).await?,
+    };
     let body = serde_json::json!({ "id": id, "peer": peer.to_string() });
     let registered = loop {
         match post(&client, &flags.target, "/admin/nodes", &body).await? {
@@ -127,6 +133,23 @@ async fn add(id: u64, peer: std::net::SocketAddr, no_rebalance: bool, flags: &Ta
         return Ok(());
     }
     rebalance(flags, started).await
+}
+
+/// The peer address node `id` gave when it asked to join through one of the targets.
+async fn asking_to_join(client: &reqwest::Client, flags: &TargetFlags, id: u64) -> anyhow::Result<std::net::SocketAddr> {
+    for target in &flags.target {
+        let Ok(Ok(nodes)) = get(client, std::slice::from_ref(target), "/admin/nodes").await else {
+            continue;
+        };
+        let asking = nodes.get("asking_to_join").and_then(Value::as_array).into_iter().flatten();
+        if let Some(peer) =
+            asking.filter(|node| node.get("id").and_then(Value::as_u64) == Some(id)).find_map(|node| node.get("peer")?.as_str())
+        {
+            println!("node {id} asked to join through {target} from {peer}");
+            return peer.parse().with_context(|| format!("node {id} gave the peer address {peer:?}"));
+        }
+    }
+    bail!("no --target has heard node {id} ask to join: give --peer ADDR, or start it with --join naming a --target node's peer address first")
 }
 
 /// Repeats `POST /admin/rebalance` until no live node holds two replicas more than another.

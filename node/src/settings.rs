@@ -101,6 +101,10 @@ pub struct NodeSettings {
     /// How long a node trusts a key it looked up (a revocation holds everywhere within it).
     #[serde(default = "default_auth_cache_ms")]
     pub auth_cache_ms: u64,
+    /// How often the node rebuilds its own quarantined replicas (`scheduler.rs`); 0 turns the
+    /// repair off (then `POST /admin/shards/{id}/move {"from": N, "to": N}` does it by hand).
+    #[serde(default = "default_rebuild_interval_ms")]
+    pub rebuild_interval_ms: u64,
     /// Requests per second and burst for each role's keys (a key may carry its own).
     #[serde(default)]
     pub rate_limits: RateLimits,
@@ -112,6 +116,10 @@ pub struct NodeSettings {
 
 fn default_auth_cache_ms() -> u64 {
     1_000
+}
+
+fn default_rebuild_interval_ms() -> u64 {
+    5_000
 }
 
 /// The default token bucket of each role's keys (`[rate_limits.merchant]` in the TOML file,

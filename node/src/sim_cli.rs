@@ -77,7 +77,7 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
     let end = flags.start.saturating_add(flags.seeds);
     let failures: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
     let totals: Mutex<(u64, u64, u64, u64, u64, u64)> = Mutex::new((0, 0, 0, 0, 0, 0));
-    let moves: Mutex<(u64, u64)> = Mutex::new((0, 0));
+    let moves: Mutex<(u64, u64, u64)> = Mutex::new((0, 0, 0));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -100,6 +100,7 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
                     let mut moves = moves.lock().expect("moves");
                     moves.0 += report.moves_done;
                     moves.1 += report.moves_abandoned;
+                    moves.2 += report.replicas_rebuilt;
                 }
                 if !report.passed() {
                     failures.lock().expect("failures").push(report);
@@ -124,7 +125,7 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let failures = failures.into_inner().expect("failures");
     let (virtual_ms, longest_ms, longest_seed, operations, backups_checked, backups_abandoned) = totals.into_inner().expect("totals");
-    let (moves_done, moves_abandoned) = moves.into_inner().expect("moves");
+    let (moves_done, moves_abandoned, rebuilt) = moves.into_inner().expect("moves");
     if let Some(bug) = flags.planted {
         print_catch_rate(&flags, bug, &failures);
         return Ok(());
@@ -134,7 +135,7 @@ pub fn run(flags: SimFlags) -> anyhow::Result<()> {
     }
     let seconds = elapsed.as_secs_f64().max(1e-9);
     println!(
-        "sim: {} seeds from {} ({} nodes, {} shards, faults {}) in {:.1} s: {:.1} seeds/s, {} failures; {} client operations; {backups_checked} online backups restored and checked ({backups_abandoned} abandoned); {moves_done} replica moves done ({moves_abandoned} abandoned); virtual time {:.0}x real time; longest run {:.1} s virtual (seed {longest_seed})",
+        "sim: {} seeds from {} ({} nodes, {} shards, faults {}) in {:.1} s: {:.1} seeds/s, {} failures; {} client operations; {backups_checked} online backups restored and checked ({backups_abandoned} abandoned); {moves_done} replica moves done ({moves_abandoned} abandoned), {rebuilt} quarantined replicas rebuilt; virtual time {:.0}x real time; longest run {:.1} s virtual (seed {longest_seed})",
         flags.seeds,
         flags.start,
         flags.nodes,
@@ -205,7 +206,7 @@ fn replay(flags: &SimFlags, seed: u64) -> anyhow::Result<()> {
         }
     }
     println!(
-        "seed {seed}: {} in {:.1} s virtual ({} events, {} client operations, {} posted, {} rejected, {} backups checked, {} abandoned, {} replica moves done, {} abandoned), trace hash {:016x}, {:?} wall",
+        "seed {seed}: {} in {:.1} s virtual ({} events, {} client operations, {} posted, {} rejected, {} backups checked, {} abandoned, {} replica moves done, {} abandoned, {} rebuilt), trace hash {:016x}, {:?} wall",
         if report.passed() { "passed" } else { "FAILED" },
         report.virtual_ms as f64 / 1000.0,
         report.events,
@@ -216,6 +217,7 @@ fn replay(flags: &SimFlags, seed: u64) -> anyhow::Result<()> {
         report.backups_abandoned,
         report.moves_done,
         report.moves_abandoned,
+        report.replicas_rebuilt,
         report.trace_hash,
         report.wall,
     );

@@ -242,7 +242,14 @@ impl NodeCore {
             return;
         }
         if self.quarantined.contains(&shard) {
-            return;
+            // Named as a learner: the shard removed the damaged replica and adds this node back
+            // (a rebuild), so the quarantined records go and an empty replica starts. Named as
+            // a voter, the damaged replica would vote again: it stays out.
+            if !members.learners.contains(&node) || members.voters.contains(&node) {
+                return;
+            }
+            self.quarantined.remove(&shard);
+            self.stats.replicas_rebuilt += 1;
         }
         if self.membership.learned.get(&shard).is_some_and(|known| known.epoch >= members.epoch) {
             return;

@@ -192,6 +192,9 @@ pub(super) struct ShardPeer {
     pub fenced_legs: Vec<(u64, Origin, u64, crate::message::FencedRequest)>,
     /// A replica move waits for this leader to compact its log (`operation/membership.rs`).
     pub compact_fully: bool,
+    /// Nodes this leader added back for a rebuild: once voters again, they are done (a late
+    /// request must not remove the rebuilt replica).
+    pub rebuilt: std::collections::BTreeSet<crate::ids::NodeId>,
 }
 
 impl ShardPeer {
@@ -214,6 +217,7 @@ impl ShardPeer {
             fenced_decisions: Vec::new(),
             fenced_legs: Vec::new(),
             compact_fully: false,
+            rebuilt: std::collections::BTreeSet::new(),
         }
     }
 

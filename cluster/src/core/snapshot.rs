@@ -38,6 +38,17 @@ impl NodeCore {
     /// answers it); otherwise this replica fetches it first.
     pub(super) fn snapshot_offered(&mut self, from: NodeId, shard: ShardId, message: Message, descriptor: SnapshotDescriptor) {
         let now = self.time.monotonic_ms;
+        let node = self.config.node;
+        // A replica started as a learner takes no snapshot from before the announcement that
+        // added it which names it a voter: that is an older configuration (before an earlier
+        // removal of this node), and installing it would let the empty replica vote in it.
+        let started_as_learner =
+            self.membership.learned.get(&shard).filter(|members| members.learners.contains(&node) && !members.voters.contains(&node));
+        let metadata = message.get_snapshot().get_metadata();
+        if started_as_learner.is_some_and(|members| metadata.index < members.epoch && metadata.get_conf_state().voters.contains(&node)) {
+            *self.stats.peer_messages_stale.entry("snapshot_before_addition").or_insert(0) += 1;
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&shard) else {
             return;
         };

@@ -79,6 +79,8 @@ pub struct CoreStats {
     /// Replicas this node started because a shard took it as a new member, and replicas it
     /// stopped because a shard removed it (`core/membership.rs`).
     pub replicas_added: u64,
+    /// Quarantined replicas here dropped for an empty one the shard added back (a rebuild).
+    pub replicas_rebuilt: u64,
     pub replicas_removed: u64,
 }
 

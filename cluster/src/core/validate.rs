@@ -36,8 +36,8 @@ pub type Rejection = &'static str;
 /// Drops an honest node causes too, while the shard's membership changes under it (a message
 /// for a replica just removed or not started yet, a hint naming a voter this node has not
 /// heard of): counted apart (`CoreStats::peer_messages_stale`), the sender retries or learns.
-pub(super) const STALE_MEMBERSHIP: [Rejection; 4] =
-    ["raft_no_replica_here", "raft_sender_not_replica", "snapshot_not_replica", "hint_not_replica"];
+pub(super) const STALE_MEMBERSHIP: [Rejection; 5] =
+    ["raft_no_replica_here", "raft_sender_not_replica", "snapshot_not_replica", "hint_not_replica", "heartbeat_beyond_log"];
 
 /// A message that passed: raft messages come back parsed. (Raft messages for a replica of
 /// this node that is quarantined pass too; the node simply does not run that replica.)
@@ -237,6 +237,13 @@ impl NodeCore {
         if !members.contains(&from) && !hosted {
             return Err("raft_sender_not_replica");
         }
+        // A heartbeat commits what the leader counts this replica as holding: from a leader
+        // that still counts what an earlier replica of this node held (removed and added back
+        // empty: a rebuild) it reaches past the log, which raft would panic on.
+        let beyond_log = |peer: &super::peer::ShardPeer| message.commit > peer.replica.last_index();
+        if message.get_msg_type() == MessageType::MsgHeartbeat && self.peers.get(&shard).is_some_and(beyond_log) {
+            return Err("heartbeat_beyond_log");
+        }
         Ok(())
     }
 
@@ -291,8 +298,8 @@ impl NodeCore {
             }
             Request::Fence { epoch, .. } => self.check_fence(*epoch),
             Request::MoveReplica { shard, from, to } => {
-                if *shard >= self.config.placement.shard_count() || from == to || !self.is_cluster_node(*from) || !self.is_cluster_node(*to)
-                {
+                // `from == to` rebuilds that node's replica (`operation/membership.rs`).
+                if *shard >= self.config.placement.shard_count() || !self.is_cluster_node(*from) || !self.is_cluster_node(*to) {
                     return Err("leg_bounds");
                 }
                 Ok(())

@@ -4,7 +4,9 @@
 //!   replica on node `N` to node `M` (`core/operation/membership.rs`) and answers where the
 //!   move stands: 200 `{"shard", "stage", "voters", "learners", "matched", "last_index"}`.
 //!   Repeat until `stage` is `done`; every step is idempotent, and a move interrupted by a
-//!   failover continues from the shard's applied membership.
+//!   failover continues from the shard's applied membership. `from == to` rebuilds that node's
+//!   replica (removed, added back empty, promoted) — what each node does by itself for its
+//!   quarantined replicas (`scheduler.rs`); repeat until the node runs a voter again.
 //! - `POST /admin/nodes/{id}/decommission` takes one step for every shard with a replica on
 //!   node `id`, each towards the live node with the fewest replicas that has none of the shard
 //!   (or the learner a move already added), and answers 200 `{"node", "done", "moves": [...]}`
@@ -19,8 +21,9 @@
 //!   before with the same address); 409 `node_conflict` for a bootstrap member's id or an id
 //!   registered with another address.
 //! - `GET /admin/nodes`: every node, bootstrap and registered, with its peer address, whether
-//!   this node hears from it, whether it is retired, and the replicas it holds: `{"epoch",
-//!   "nodes": [...]}`.
+//!   this node hears from it, whether it is retired, and the replicas it holds, and the nodes
+//!   asking to join through this node that are not registered yet: `{"epoch", "nodes": [...],
+//!   "asking_to_join": [{"id", "peer"}]}`.
 //! - decommission and replace **retire** the node once no shard names it (`"retired": true`
 //!   in the answer that says `done`): through the system shard, every member stops linking to
 //!   it and drops what it sends, and its id is never used again.
@@ -110,9 +113,6 @@ pub async fn move_replica(
     let status = node_status(&state).await?;
     let from = node_id(&status, "from", object.get("from").and_then(Value::as_u64))?;
     let to = node_id(&status, "to", object.get("to").and_then(Value::as_u64))?;
-    if from == to {
-        return Err(ApiError::invalid_request("to", "to must differ from from"));
-    }
     let status = step(&state, &request_id, shard, from, to).await?;
     Ok(HttpResponse::Ok().json(status_json(&status)))
 }
@@ -338,7 +338,8 @@ pub async fn list(state: web::Data<AppState>, request_id: web::ReqData<RequestId
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "nodes": nodes })))
+    let asking: Vec<Value> = status.join_requests.iter().map(|(id, peer)| json!({ "id": id, "peer": peer })).collect();
+    Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "nodes": nodes, "asking_to_join": asking })))
 }
 
 /// Where a shard's replica on `node` goes: the learner a move already added, else `with` if it

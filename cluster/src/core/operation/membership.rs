@@ -11,6 +11,14 @@
 //!
 //! Every step looks at the applied membership, so a repeated or re-routed request (after a
 //! failover mid-move) continues where the shard is.
+//!
+//! A move with `from == to` **rebuilds** that node's replica (one quarantined after its records
+//! failed a checksum): the voter is removed first (the others hold every committed entry once
+//! the removal commits), then added back as a learner with an empty log and promoted like any
+//! new member — a new replica under the same node id, never the damaged state voting again.
+//! The leader cannot tell a damaged voter from a sound one in a quiet shard (both look caught
+//! up), so the requester decides: the node itself asks while its replica is quarantined or a
+//! learner, and stops once it runs a voter again (`api/scheduler.rs`; the simulator's driver).
 
 use super::super::peer::{Origin, ShardPeer};
 use super::super::Ctx;
@@ -41,6 +49,9 @@ pub(in crate::core) fn accept_move(peer: &mut ShardPeer, origin: Origin, from: N
 }
 
 fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveStage {
+    if from == to {
+        return rebuild_step(peer, to, ctx);
+    }
     let replica = &mut peer.replica;
     let (voters, learners) = (replica.voters(), replica.learners());
     let member = |node: NodeId| voters.contains(&node) || learners.contains(&node);
@@ -54,7 +65,9 @@ fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveSt
         if !member(from) {
             return MoveStage::Invalid;
         }
-        if replica.compacted_index() == 0 {
+        // The new member starts from a snapshot taken after the last membership change: an
+        // older one may name it a voter of a configuration it was removed from.
+        if replica.compacted_index() == 0 || replica.compacted_index() < replica.conf_index() {
             peer.compact_fully = true;
             return MoveStage::Preparing;
         }
@@ -95,6 +108,54 @@ fn step(peer: &mut ShardPeer, from: NodeId, to: NodeId, ctx: &mut Ctx) -> MoveSt
         return MoveStage::HandingOff;
     }
     propose(peer, ConfChangeType::RemoveNode, from, MoveStage::Removing)
+}
+
+/// One step of rebuilding `node`'s replica: remove it while it does not keep up, add it back
+/// as a learner, promote it once caught up.
+fn rebuild_step(peer: &mut ShardPeer, node: NodeId, ctx: &mut Ctx) -> MoveStage {
+    let replica = &mut peer.replica;
+    let (voters, learners) = (replica.voters(), replica.learners());
+    let matched = replica.peer_matched(node).unwrap_or(0);
+    let caught_up = matched > 0 && matched.saturating_add(CATCH_UP_SLACK_ENTRIES) >= replica.last_index();
+    if node == ctx.node || (voters.contains(&node) && peer.rebuilt.contains(&node)) {
+        // The leader runs its replica (nothing of it is damaged), or added it back itself.
+        return MoveStage::Done;
+    }
+    if replica.conf_change_pending() {
+        return MoveStage::Waiting;
+    }
+    if voters.contains(&node) {
+        // Never below two voters: the shard keeps a quorum that can commit the re-addition.
+        if voters.len() < REPLICAS_PER_SHARD {
+            return MoveStage::Invalid;
+        }
+        // The voters that stay must hold everything committed: removing the one that holds
+        // an entry they lack would leave it on fewer copies than a quorum of the new set.
+        let commit = replica.commit_index();
+        let others_hold = voters
+            .iter()
+            .filter(|voter| **voter != node)
+            .all(|voter| *voter == ctx.node || replica.peer_matched(*voter).is_some_and(|matched| matched >= commit));
+        if !others_hold {
+            return MoveStage::CatchingUp;
+        }
+        peer.rebuilt.remove(&node);
+        return propose(peer, ConfChangeType::RemoveNode, node, MoveStage::Removing);
+    }
+    if learners.contains(&node) {
+        if !caught_up && !planted(ctx.planted, PlantedBug::RemoveBeforeCaughtUp) {
+            return MoveStage::CatchingUp;
+        }
+        return propose(peer, ConfChangeType::AddNode, node, MoveStage::Promoting);
+    }
+    // The empty replica must start from a snapshot taken after its removal: an older one names
+    // it a voter, and replaying its own removal would stop it.
+    if replica.compacted_index() == 0 || replica.compacted_index() < replica.conf_index() {
+        peer.compact_fully = true;
+        return MoveStage::Preparing;
+    }
+    peer.rebuilt.insert(node);
+    propose(peer, ConfChangeType::AddLearnerNode, node, MoveStage::AddingLearner)
 }
 
 fn propose(peer: &mut ShardPeer, change: ConfChangeType, node: NodeId, stage: MoveStage) -> MoveStage {
