@@ -170,6 +170,7 @@ async fn forged_and_malformed_peer_frames_move_nothing_and_crash_nothing() {
             timeout_ms: 1_000,
             request: Request::Transfers(vec![item]),
             request_id: None,
+            members_epoch: 0,
         };
         send_raw(port, &frame(other, vec![leg]));
     }

@@ -23,7 +23,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// 4: transfer views carry their hold; holds, captures and voids.
 /// 5: customers, risk limits, delayed transfers, verifications.
 /// 7: shard members announced (replica moves).
-/// 8: the node registry (`Registry`), joining (`Join`, `Welcome`).
+/// 8: the node registry (`Registry`), joining (`Join`, `Welcome`), legs carry the sender's members epoch.
 pub const PEER_FORMAT_VERSION: u8 = 8;
 
 /// Encodes a peer frame's payload.
@@ -371,6 +371,10 @@ pub enum PeerMessage {
         timeout_ms: u64,
         request: Request,
         request_id: Option<String>,
+        /// The sender's membership epoch for the shard (its replica's applied index, else the
+        /// newest announcement's, else 0): a voter that is not the leader and knows a newer
+        /// configuration corrects the sender's routing (`core/membership.rs`).
+        members_epoch: u64,
     },
     LegReply {
         leg: LegId,

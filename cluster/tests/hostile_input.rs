@@ -136,9 +136,16 @@ fn message() -> impl Strategy<Value = PeerMessage> {
     ];
     prop_oneof![
         (shard(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(shard, message)| PeerMessage::Raft { shard, message }),
-        (any::<u64>(), shard(), prop_oneof![0u64..10_000, any::<u64>()], request).prop_map(|(leg, shard, timeout_ms, request)| {
-            PeerMessage::Leg { leg: LegId(leg), shard, timeout_ms, request, request_id: None }
-        }),
+        (any::<u64>(), shard(), prop_oneof![0u64..10_000, any::<u64>()], request, any::<u64>()).prop_map(
+            |(leg, shard, timeout_ms, request, members_epoch)| PeerMessage::Leg {
+                leg: LegId(leg),
+                shard,
+                timeout_ms,
+                request,
+                request_id: None,
+                members_epoch
+            }
+        ),
         any::<u64>().prop_map(|leg| PeerMessage::LegReply { leg: LegId(leg), reply: Reply::Unavailable }),
         (shard(), proptest::collection::vec(credit, 0..4), any::<u8>(), any::<u64>())
             .prop_map(|(shard, credits, hops, fence)| PeerMessage::Credits { shard, credits, hops, fence }),
@@ -234,4 +241,51 @@ proptest! {
     fn arbitrary_payloads_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode::<(NodeId, Vec<PeerMessage>)>(&bytes);
     }
+}
+
+/// A leg reaching a voter that does not lead its shard, from a node whose view of the shard's
+/// members is older, gets the members first and then the NotLeader answer (a stale router is
+/// corrected at once); a sender whose view is as new gets only the answer.
+#[test]
+fn a_stale_router_is_corrected_by_the_voter_it_reached() {
+    use protobuf::Message as _;
+    use settle_cluster::raft::eraftpb::{Message, MessageType};
+    let mut core = core();
+    let mut now = 0;
+    for _ in 0..30 {
+        honest_peers(&mut core, &mut now);
+    }
+    let shard = 0;
+    let (term, applied) =
+        core.replicas().find(|replica| replica.shard() == shard).map(|replica| (replica.term(), replica.applied_index())).unwrap();
+    assert!(applied > 0, "the shard applied entries");
+    // Node 2 leads a newer term: node 1 follows it.
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = 2;
+    heartbeat.to = 1;
+    heartbeat.term = term + 1;
+    core.receive(2, PeerMessage::Raft { shard, message: heartbeat.write_to_bytes().unwrap() });
+    core.poll();
+    core.drain_effects();
+    let sent_to_3 = |core: &mut NodeCore, members_epoch: u64| -> Vec<&'static str> {
+        let request = Request::ReadAccount(AccountId::new("acct-1").unwrap());
+        core.receive(3, PeerMessage::Leg { leg: LegId(9), shard, timeout_ms: 1_000, request, request_id: None, members_epoch });
+        core.poll();
+        let mut kinds = Vec::new();
+        for effect in core.drain_effects() {
+            if let settle_cluster::Effect::Send { to: 3, messages } = effect {
+                for message in messages {
+                    match message {
+                        PeerMessage::Members { .. } => kinds.push("members"),
+                        PeerMessage::LegReply { .. } => kinds.push("not_leader"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        kinds
+    };
+    assert_eq!(sent_to_3(&mut core, 0), vec!["members", "not_leader"]);
+    assert_eq!(sent_to_3(&mut core, u64::MAX), vec!["not_leader"]);
 }

@@ -395,6 +395,11 @@ impl Scrape {
             vec![(vec![], status.stats.replicas_rebuilt as f64)],
         );
         self.counter(
+            "routers_corrected_total",
+            "Legs from a node with an older view of a shard's members, answered with the members first",
+            vec![(vec![], status.stats.routers_corrected as f64)],
+        );
+        self.counter(
             "replicas_removed_total",
             "Replicas this node stopped because a shard removed it",
             vec![(vec![], status.stats.replicas_removed as f64)],

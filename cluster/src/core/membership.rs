@@ -123,6 +123,32 @@ impl NodeCore {
         }
     }
 
+    /// How new this node's view of a shard's members is: its replica's applied index, else the
+    /// newest announcement's epoch, else 0 (the placement). Carried by every leg it sends.
+    pub(super) fn members_epoch(&self, shard: ShardId) -> u64 {
+        match self.peers.get(&shard) {
+            Some(peer) => peer.replica.applied_index(),
+            None => self.membership.learned.get(&shard).map_or(0, |members| members.epoch),
+        }
+    }
+
+    /// A leg reached this node, which does not lead the shard: if it runs a voter of the shard
+    /// whose configuration is newer than the sender's view, the sender gets the members first
+    /// (then the NotLeader answer with the leader hint), so a stale router is corrected at once
+    /// instead of at the next announcement.
+    pub(super) fn correct_router(&mut self, to: NodeId, shard: ShardId, their_epoch: u64) {
+        let node = self.config.node;
+        let Some(replica) = self.peers.get(&shard).map(|peer| &peer.replica) else {
+            return;
+        };
+        if replica.is_leader() || !replica.voters().contains(&node) || replica.applied_index() <= their_epoch {
+            return;
+        }
+        let (epoch, voters, learners) = (replica.applied_index(), replica.voters(), replica.learners());
+        self.stats.routers_corrected += 1;
+        self.send(to, PeerMessage::Members { shard, epoch, voters, learners });
+    }
+
     /// Every node of the cluster: the bootstrap members and every node registered since, in
     /// id order.
     pub fn cluster_nodes(&self) -> Vec<NodeId> {

@@ -579,7 +579,8 @@ impl NodeCore {
         };
         match message {
             PeerMessage::Raft { .. } => {}
-            PeerMessage::Leg { leg, shard, timeout_ms, request, request_id: _ } => {
+            PeerMessage::Leg { leg, shard, timeout_ms, request, request_id: _, members_epoch } => {
+                self.correct_router(from, shard, members_epoch);
                 let deadline_ms = self.time.monotonic_ms.saturating_add(timeout_ms);
                 self.accept_leg(Origin::Remote(from, leg), shard, deadline_ms, request);
             }

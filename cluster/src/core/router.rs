@@ -388,9 +388,9 @@ impl NodeCore {
                 leg.sent = Some((self.time.monotonic_ms, leader));
                 self.stats.legs_forwarded += 1;
                 let timeout_ms = leg.deadline_ms.saturating_sub(self.time.monotonic_ms);
-                let message =
-                    PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request: leg.request.clone(), request_id: leg.request_id.clone() };
-                self.send(leader, message);
+                let (request, request_id) = (leg.request.clone(), leg.request_id.clone());
+                let members_epoch = self.members_epoch(shard);
+                self.send(leader, PeerMessage::Leg { leg: leg_id, shard, timeout_ms, request, request_id, members_epoch });
             }
             None => {
                 self.router.legs.get_mut(&leg_id).expect("looked up").sent = None;

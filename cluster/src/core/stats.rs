@@ -81,6 +81,9 @@ pub struct CoreStats {
     pub replicas_added: u64,
     /// Quarantined replicas here dropped for an empty one the shard added back (a rebuild).
     pub replicas_rebuilt: u64,
+    /// Legs from a node whose view of a shard's members was older than this voter's: it was
+    /// sent the members (`correct_router`).
+    pub routers_corrected: u64,
     pub replicas_removed: u64,
 }
 
