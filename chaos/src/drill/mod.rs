@@ -723,8 +723,8 @@ impl Drilled {
                 timeline.push((workload.now_ms(), format!("replicas of node {victim} not moved within {MOVES_WAIT_MAX:?}")));
                 return Ok(());
             };
-            let moved = answer["moves"].as_array().map_or(0, Vec::len);
-            timeline.push((workload.now_ms(), format!("node {victim} holds no replica ({moved} shard(s) in the last round)")));
+            let retired = if answer["retired"] == true { " and is retired" } else { "" };
+            timeline.push((workload.now_ms(), format!("node {victim} holds no replica{retired}")));
             if scenario == "decommission" {
                 if let Some(local) = self.local.as_mut() {
                     local.terminate(victim, Duration::from_secs(20)).await;
