@@ -726,10 +726,16 @@ impl DriverActor {
     /// A node started with `--join` asks for the cluster's layout. Only a node the registry
     /// holds at the address it gives is answered (over the link to its registered address).
     fn join_asked(&mut self, from: NodeId, peer: String) {
+        if !settle_cluster::ledger::valid_peer_address(&peer) {
+            self.joins_refused += 1;
+            return;
+        }
         let registry = self.core.registry();
         if registry.nodes.get(&from) != Some(&peer) || registry.retired.contains(&from) {
             self.joins_refused += 1;
-            tracing::warn!(node = from, peer, "join refused: the node registry does not hold this node at that address");
+            if !self.join_requests.contains_key(&from) {
+                tracing::warn!(node = from, peer, "join refused: the node registry does not hold this node at that address");
+            }
             // Kept (bounded, recent only) so an admin can register it without retyping its address.
             let fresh = |(_, asked): &(String, Instant)| asked.elapsed() < JOIN_REQUEST_KEPT;
             self.join_requests.retain(|_, request| fresh(request));

@@ -79,6 +79,10 @@ pub fn join(
                 for message in messages {
                     if let PeerMessage::Welcome { shards, bootstrap, epoch, nodes, retired } = message {
                         match welcome_from(node, shards, bootstrap, epoch, nodes, retired) {
+                            // Only the member asked answers (its own address in the welcome).
+                            Ok(welcome) if welcome.addresses.get(&from) != Some(&member) => {
+                                tracing::warn!(member = from, "join answer from a node other than the one asked; ignored")
+                            }
                             Ok(welcome) => {
                                 tracing::info!(member = from, shards, epoch, "welcomed into the cluster");
                                 return Ok(welcome);

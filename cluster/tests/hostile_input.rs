@@ -199,11 +199,11 @@ proptest! {
         }
     }
 
-    /// A node registry is taken only from a voter of the system shard, only newer than the
-    /// one held, and only when every entry is a well-formed, non-bootstrap node: a forged or
-    /// malformed registry changes nothing, a good one is adopted and announced to the driver.
+    /// A node registry is taken only from a member, only newer than the one held, and only
+    /// when every entry is a well-formed, non-bootstrap node: a forged or malformed registry
+    /// changes nothing, a good one is adopted and announced to the driver.
     #[test]
-    fn only_a_well_formed_registry_from_a_system_shard_voter_is_adopted(epoch in 1u64..4, id in 4u64..8, port in 1u16..100) {
+    fn only_a_well_formed_registry_from_a_member_is_adopted(epoch in 1u64..4, id in 4u64..8, port in 1u16..100) {
         let mut core = core();
         let mut now = 0;
         for _ in 0..30 {

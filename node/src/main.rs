@@ -175,6 +175,8 @@ fn start(flags: StartFlags) -> anyhow::Result<()> {
     let placement = Placement::new(identity.members.clone(), identity.shards);
     let mut peers = known.addresses();
     peers.extend(settings.members.iter().map(|(id, address)| (*id, *address)));
+    // A bootstrap member retired since stays out (`--cluster` still lists it).
+    peers.retain(|id, _| !known.registry.retired.contains(id));
     peers.insert(settings.node_id, settings.peer);
     let config = DriverConfig {
         core: NodeConfig {

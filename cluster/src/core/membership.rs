@@ -192,22 +192,23 @@ impl NodeCore {
     }
 
     /// A replica of the system shard reads the registry it applied (one store read a tick);
-    /// its leader tells every node after a change and every `leader_balance_interval_ms`.
+    /// its leader tells every node after a change, and every node that knows a registry passes
+    /// it on every `leader_balance_interval_ms` (a node that missed a registration while down
+    /// may know none of the system shard's voters any more).
     fn registry_tick(&mut self, periodic: bool) {
-        let Some(peer) = self.peers.get(&SYSTEM_SHARD) else {
-            return;
-        };
-        let leading = peer.replica.is_leader();
-        let ledger = peer.replica.ledger();
-        let mut changed = false;
-        if ledger.registry_epoch() > self.membership.registry.epoch {
-            let (epoch, records) = ledger.node_registry();
+        let known = self.membership.registry.epoch;
+        let applied = self.peers.get(&SYSTEM_SHARD).filter(|peer| peer.replica.ledger().registry_epoch() > known).map(|peer| {
+            let (epoch, records) = peer.replica.ledger().node_registry();
             let retired = records.iter().filter(|record| record.retired_at_ms.is_some()).map(|record| record.id).collect();
             let nodes =
                 records.into_iter().filter(|record| record.retired_at_ms.is_none()).map(|record| (record.id, record.peer)).collect();
-            changed = self.adopt_registry(NodeRegistry { epoch, nodes, retired });
-        }
-        if leading && (changed || periodic) && self.membership.registry.epoch > 0 {
+            (peer.replica.is_leader(), NodeRegistry { epoch, nodes, retired })
+        });
+        let leader_changed = match applied {
+            Some((leading, registry)) => self.adopt_registry(registry) && leading,
+            None => false,
+        };
+        if (leader_changed || periodic) && self.membership.registry.epoch > 0 {
             let registry = &self.membership.registry;
             let message = PeerMessage::Registry {
                 epoch: registry.epoch,
@@ -268,10 +269,7 @@ impl NodeCore {
             return;
         }
         if self.quarantined.contains(&shard) {
-            // Named as a learner: the shard removed the damaged replica and adds this node back
-            // (a rebuild), so the quarantined records go and an empty replica starts. Named as
-            // a voter, the damaged replica would vote again: it stays out.
-            if !members.learners.contains(&node) || members.voters.contains(&node) {
+            if !self.rebuild_admits(shard, &members) {
                 return;
             }
             self.quarantined.remove(&shard);
@@ -287,6 +285,30 @@ impl NodeCore {
             // Only a leader announces: a node without a replica now knows where to send legs.
             self.learn_leader(shard, from);
         }
+    }
+
+    /// Whether an announcement lets this node drop its quarantined replica of `shard` for an
+    /// empty one: the damaged replica was a **voter** (its stored applied mark says so), and the
+    /// announcement, made after the damaged replica's last applied point, names this node a
+    /// learner — a voter becomes a learner only by being removed and added back, so the shard
+    /// removed the damaged replica after the damage (a rebuild). An older announcement (from
+    /// before this node was promoted, relayed late), a damaged learner (the leader would count
+    /// what it acknowledged before), or an unreadable mark leave it quarantined.
+    fn rebuild_admits(&self, shard: ShardId, members: &Members) -> bool {
+        let node = self.config.node;
+        if !members.learners.contains(&node) || members.voters.contains(&node) {
+            return false;
+        }
+        let Ok(mark) = Ledger::stored_mark(shard, |key| self.store.get(key)) else {
+            return false;
+        };
+        let was_voter = match crate::recovery::stored_voters(&mark.conf_state) {
+            Some(voters) if !voters.is_empty() => voters.contains(&node),
+            // No configuration recorded: the bootstrap voters.
+            _ if mark.conf_state.is_empty() => self.config.placement.replicas(shard).contains(&node),
+            _ => false,
+        };
+        was_voter && members.epoch > mark.index
     }
 
     /// After a membership change applied on this node's replica: a leader announces it, and a

@@ -173,11 +173,9 @@ impl NodeCore {
                 Ok(Checked::Other(message))
             }
             PeerMessage::Registry { epoch, ref nodes, ref retired } => {
-                // Only a voter of the system shard (where the registry is replicated) speaks
-                // for it, and each registration or retirement raised the epoch by one.
-                if !self.voters_of(crate::ledger::SYSTEM_SHARD).contains(&from) {
-                    return Err("registry_not_from_voter");
-                }
+                // Any member passes the registry on (a node that missed a registration while
+                // down may not know the system shard's voters any more); each registration or
+                // retirement raised the epoch by one.
                 let bootstrap = self.config.placement.nodes();
                 let well_formed =
                     nodes.iter().all(|(id, peer)| *id != 0 && !bootstrap.contains(id) && crate::ledger::valid_peer_address(peer));

@@ -472,8 +472,13 @@ impl Ledger {
                     None => {}
                 }
                 let (start, end) = keys::kind_range(self.shard, self.generation, keys::NODE);
-                if self.scan_keys_merged(&start, &end, REGISTRY_RECORDS_MAX).len() >= REGISTERED_NODES_MAX {
-                    return SystemOutcome::Invalid(format!("at most {REGISTERED_NODES_MAX} nodes join after bootstrap"));
+                let records = self.scan_keys_merged(&start, &end, REGISTRY_RECORDS_MAX);
+                let members =
+                    records.iter().filter_map(|key| self.read::<NodeRecord>(key)).filter(|record| record.retired_at_ms.is_none()).count();
+                if members >= REGISTERED_NODES_MAX || records.len() >= REGISTRY_RECORDS_MAX {
+                    return SystemOutcome::Invalid(format!(
+                        "at most {REGISTERED_NODES_MAX} registered nodes, and {REGISTRY_RECORDS_MAX} registry records with the retired ones"
+                    ));
                 }
                 let record = NodeRecord { id: *id, peer: peer.clone(), registered_at_ms: now_ms, retired_at_ms: None };
                 self.write(key, &record);

@@ -216,7 +216,10 @@ fn rebalance_plan(shards: &[ShardStatus], live: &[u64]) -> Vec<(u32, u64, u64)> 
     let heaviest =
         |voters: &[u64], load: &BTreeMap<u64, usize>| voters.iter().copied().max_by_key(|id| (load.get(id).copied().unwrap_or(0), *id));
     let mut plan = Vec::new();
-    for shard in shards.iter().filter(|shard| !shard.learners.is_empty() || shard.replicas.len() > REPLICAS_PER_SHARD) {
+    let all_live = |shard: &ShardStatus| shard.replicas.iter().chain(shard.learners.iter()).all(|id| load.contains_key(id));
+    // Moves with a member down (a learner left on a dead node, a dead voter) are `replace`'s.
+    let in_flight = shards.iter().filter(|shard| !shard.learners.is_empty() || shard.replicas.len() > REPLICAS_PER_SHARD);
+    for shard in in_flight.filter(|shard| all_live(shard)) {
         let to = match shard.learners.first() {
             Some(learner) => Some(*learner),
             None => shard.replicas.iter().copied().min_by_key(|id| (load.get(id).copied().unwrap_or(0), *id)),
@@ -292,6 +295,8 @@ pub async fn register(
     if !settle_cluster::ledger::valid_peer_address(&peer) {
         return Err(ApiError::invalid_request("peer", "peer must be the node's peer address, IP:port"));
     }
+    // The form a joining node gives (`SocketAddr` printed), so the two compare equal.
+    let peer = peer.parse::<std::net::SocketAddr>().map(|address| address.to_string()).unwrap_or(peer);
     let status = node_status(&state).await?;
     if status.bootstrap.contains(&id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "node_conflict", format!("node {id} is a bootstrap member of the cluster")));
@@ -438,5 +443,8 @@ mod tests {
         // Node 3 is down: no shard it holds is moved by a rebalance (that is `replace`).
         let all_on_three: Vec<ShardStatus> = (0..4).map(|id| shard(id, &[1, 2, 3], &[])).collect();
         assert!(rebalance_plan(&all_on_three, &[1, 2, 4]).is_empty());
+        // A learner left on a node that died is not continued (nor its shard moved).
+        let dead_learner = vec![shard(0, &[1, 2, 3], &[5]), shard(1, &[1, 2, 3], &[])];
+        assert!(rebalance_plan(&dead_learner, &[1, 2, 3]).is_empty());
     }
 }

@@ -117,8 +117,9 @@ fn rebuild_step(peer: &mut ShardPeer, node: NodeId, ctx: &mut Ctx) -> MoveStage 
     let (voters, learners) = (replica.voters(), replica.learners());
     let matched = replica.peer_matched(node).unwrap_or(0);
     let caught_up = matched > 0 && matched.saturating_add(CATCH_UP_SLACK_ENTRIES) >= replica.last_index();
-    if node == ctx.node || (voters.contains(&node) && peer.rebuilt.contains(&node)) {
-        // The leader runs its replica (nothing of it is damaged), or added it back itself.
+    if node == ctx.node || (voters.contains(&node) && caught_up && peer.rebuilt.contains(&node)) {
+        // The leader runs its replica (nothing of it is damaged), or added it back itself and it
+        // keeps up (one damaged again, which stops acknowledging, is rebuilt again).
         return MoveStage::Done;
     }
     if replica.conf_change_pending() {
