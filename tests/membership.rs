@@ -25,7 +25,11 @@ fn settle_node(args: &[String]) -> String {
 }
 
 async fn funded_cluster(nodes: u64) -> TestCluster {
-    let cluster = TestCluster::start(nodes, SHARDS).await;
+    funded_cluster_with(nodes, &[]).await
+}
+
+async fn funded_cluster_with(nodes: u64, env: &[(&str, &str)]) -> TestCluster {
+    let cluster = TestCluster::start_with_env(nodes, SHARDS, env).await;
     cluster.create_account(1, "bank", "USD", "settlement").await;
     for index in 0..ACCOUNTS {
         cluster.create_account(2, &account(index), "USD", "customer").await;
@@ -118,8 +122,13 @@ async fn assert_serves(cluster: &TestCluster, live: &[u64], prefix: &str) {
 /// the other three serve, with every shard on three of them and money conserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_moves_every_replica_off_a_live_node_under_load() {
-    let mut cluster = funded_cluster(4).await;
+    // A retired node can no longer read API keys from the system shard (its peers drop what it
+    // sends): it authenticates the scrape below from its key cache, kept for the whole test and
+    // filled by a first scrape before the decommission.
+    let mut cluster = funded_cluster_with(4, &[("SETTLE_AUTH_CACHE_MS", "600000")]).await;
     let urls = cluster.urls();
+    let before = cluster.client.get(format!("{}/metrics", cluster.node(4).url())).send().await.expect("scrape node 4");
+    assert_eq!(before.status(), 200, "node 4 serves its metrics before the decommission");
     let running = load(&cluster, urls.clone(), "d", 60);
     let said = tokio::task::spawn_blocking({
         let args: Vec<String> = ["decommission", "4", "--target", &urls.join(","), "--api-key", ADMIN_KEY].map(String::from).to_vec();
