@@ -33,7 +33,11 @@ impl StateStore {
         let database = fjall::Database::builder(path)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
-            .worker_threads(2)
+            // One worker does flushes and compactions. With two, fjall 3.1's worker 0 hands
+            // every compaction request back to the queue and takes it again while worker 1
+            // compacts: a busy loop that took ~15% of the machine's CPU under load
+            // (BENCHMARKS.md, session 11).
+            .worker_threads(1)
             .open()
             .map_err(error)?;
         let ledger = database.keyspace("ledger", fjall::KeyspaceCreateOptions::default).map_err(error)?;
