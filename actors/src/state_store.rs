@@ -33,11 +33,13 @@ impl StateStore {
         let database = fjall::Database::builder(path)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
-            // One worker does flushes and compactions. With two, fjall 3.1's worker 0 hands
-            // every compaction request back to the queue and takes it again while worker 1
-            // compacts: a busy loop that took ~15% of the machine's CPU under load
-            // (BENCHMARKS.md, session 11).
-            .worker_threads(1)
+            // Two workers, not one. fjall 3.1's worker 0 hands every compaction request back to
+            // the queue while worker 1 compacts (a busy loop, ~15% of the machine under batch
+            // load), but a single worker deadlocks: while it compacts, writers fill its queue
+            // (1,000) with rotation requests, and rotating then blocks sending a flush request
+            // into that full queue, which only it drains — memtables then grow without bound
+            // (found by the session-11 soak: 8 GB RSS in 17 minutes; BENCHMARKS.md).
+            .worker_threads(2)
             .open()
             .map_err(error)?;
         let ledger = database.keyspace("ledger", fjall::KeyspaceCreateOptions::default).map_err(error)?;
