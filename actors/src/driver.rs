@@ -121,6 +121,8 @@ pub struct DriverHandle {
     pub transport_stats: Arc<TransportStats>,
     /// The node's peers: addresses, fault switches, link states.
     pub peers: Arc<PeerTable>,
+    /// The state store, for its engine's gauges (`/metrics`).
+    pub state_store: Arc<crate::state_store::StateStore>,
 }
 
 impl DriverHandle {
@@ -179,7 +181,8 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
     let storage = Storage::open(&config.data_dir)?;
     let per_shard = settle_cluster::cache_bytes_per_shard(config.core.cache_bytes_max, &config.core.placement, config.core.node);
     let (recovered, quarantined) = storage.recover(&config.core.placement, config.core.node, per_shard)?;
-    let state_store: std::sync::Arc<dyn settle_cluster::store::KvStore> = storage.state();
+    let engine = storage.state();
+    let state_store: std::sync::Arc<dyn settle_cluster::store::KvStore> = engine.clone();
     let recovered_shards = recovered.len();
     let incarnation = now_ms() ^ rand::random::<u64>();
     let seed = rand::random::<u64>();
@@ -232,6 +235,7 @@ pub fn start(config: DriverConfig, logger: slog::Logger) -> Result<(DriverHandle
         loop_stats: loop_stats.clone(),
         transport_stats: transport.stats.clone(),
         peers: transport.peers.clone(),
+        state_store: engine,
     };
     let bootstrap: BTreeMap<NodeId, String> = config
         .peers

@@ -33,13 +33,15 @@ impl StateStore {
         let database = fjall::Database::builder(path)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
-            // Two workers, not one. fjall 3.1's worker 0 hands every compaction request back to
-            // the queue while worker 1 compacts (a busy loop, ~15% of the machine under batch
-            // load), but a single worker deadlocks: while it compacts, writers fill its queue
-            // (1,000) with rotation requests, and rotating then blocks sending a flush request
-            // into that full queue, which only it drains — memtables then grow without bound
-            // (found by the session-11 soak: 8 GB RSS in 17 minutes; BENCHMARKS.md).
-            .worker_threads(2)
+            // Three workers. fjall 3.1's worker 0 never compacts: it hands every compaction
+            // request back to the queue until another worker is free to take it, a busy loop
+            // while every other worker compacts (with two workers that is most of the time under
+            // load: ~15% of the machine). A second compacting worker takes those requests, so
+            // the loop ends quickly. One worker deadlocks: while it compacts, writers fill its
+            // queue (1,000) with rotation requests, and rotating then blocks sending a flush
+            // request into that full queue, which only it drains — memtables then grow without
+            // bound (the session-11 soak: 8 GB RSS in 17 minutes). BENCHMARKS.md, session 11.
+            .worker_threads(3)
             .open()
             .map_err(error)?;
         let ledger = database.keyspace("ledger", fjall::KeyspaceCreateOptions::default).map_err(error)?;
@@ -51,6 +53,32 @@ impl StateStore {
     pub fn disk_bytes(&self) -> u64 {
         self.database.disk_space().unwrap_or(0)
     }
+
+    /// What the engine's background work looks like now (for `/metrics`). Memtable bytes that
+    /// only grow mean flushes have stopped: the node's memory follows them.
+    pub fn engine_stats(&self) -> EngineStats {
+        EngineStats {
+            memtable_bytes: self.database.write_buffer_size(),
+            flushes_queued: self.database.outstanding_flushes(),
+            journal_bytes: self.database.journal_disk_space().unwrap_or(0),
+            compactions: self.database.compactions_completed(),
+            compaction_seconds: self.database.time_compacting().as_secs_f64(),
+        }
+    }
+}
+
+/// A sample of the engine's state (`StateStore::engine_stats`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    /// Bytes in memtables: the active one and those sealed and waiting for a flush.
+    pub memtable_bytes: u64,
+    /// Sealed memtables queued for a flush.
+    pub flushes_queued: usize,
+    /// Journal bytes on disk (replayed at the next start for what no flush covered).
+    pub journal_bytes: u64,
+    /// Compactions finished since the node started, and the time they took.
+    pub compactions: usize,
+    pub compaction_seconds: f64,
 }
 
 fn collect(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Vec<(Key, Value)> {
@@ -177,5 +205,21 @@ mod tests {
         assert_eq!(store.get(b"k2"), None);
         let keys: Vec<Key> = store.scan(b"k", b"l", 10, true).into_iter().map(|(key, _)| key).collect();
         assert_eq!(keys, vec![b"k4".to_vec(), b"k3".to_vec(), b"k1".to_vec()]);
+    }
+
+    /// The engine's gauges follow writes: memtable bytes grow by what was written and not yet
+    /// flushed, and the journal holds it once persisted.
+    #[test]
+    fn engine_stats_count_unflushed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let before = store.engine_stats();
+        let value = "v".repeat(100_000);
+        store.write(batch(&[("k1", Some(value.as_str()))])).unwrap();
+        store.persist().unwrap();
+        let after = store.engine_stats();
+        assert!(after.memtable_bytes >= before.memtable_bytes + 100_000, "{before:?} then {after:?}");
+        assert!(after.journal_bytes >= 100_000, "{after:?}");
+        assert_eq!(after.flushes_queued, 0, "nothing sealed yet: {after:?}");
     }
 }

@@ -131,6 +131,24 @@ impl Metrics {
             "Most CPU time one driver loop iteration used over the last 10-20 s (over 0.1 s is a bug in our work per iteration)",
             vec![(vec![], driver.loop_stats.recent_max_cpu_seconds())],
         );
+        let engine = disk.map(|disk| disk.engine).unwrap_or_else(|| driver.state_store.engine_stats());
+        scrape.gauge(
+            "state_store_memtable_bytes",
+            "Bytes in the state store's memtables (active and sealed); growing without bound means flushes stopped",
+            vec![(vec![], engine.memtable_bytes as f64)],
+        );
+        scrape.gauge("state_store_flushes_queued", "Sealed memtables waiting for a flush", vec![(vec![], engine.flushes_queued as f64)]);
+        scrape.gauge(
+            "state_store_journal_bytes",
+            "Bytes of the state store's journal on disk (replayed at start for what no flush covered)",
+            vec![(vec![], engine.journal_bytes as f64)],
+        );
+        scrape.counter("state_store_compactions_total", "Compactions the state store finished", vec![(vec![], engine.compactions as f64)]);
+        scrape.counter(
+            "state_store_compaction_seconds_total",
+            "Time the state store's compactions took, seconds",
+            vec![(vec![], engine.compaction_seconds)],
+        );
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;
         scrape.counter("io_syncs_total", "IO groups written and synced (one sync each)", vec![(vec![], load(&io.syncs))]);
@@ -183,11 +201,13 @@ pub struct DiskUsage {
     pub data_dir_bytes: u64,
     /// Size and free space of the filesystem holding the data dir.
     pub filesystem_bytes: Option<(u64, u64)>,
+    /// The state store's engine (its journal size takes the journal's lock: off the workers too).
+    pub engine: settle_actors::state_store::EngineStats,
 }
 
 impl DiskUsage {
-    pub fn measure(data_dir: &Path) -> DiskUsage {
-        DiskUsage { data_dir_bytes: dir_bytes(data_dir), filesystem_bytes: filesystem_bytes(data_dir) }
+    pub fn measure(data_dir: &Path, store: &settle_actors::state_store::StateStore) -> DiskUsage {
+        DiskUsage { data_dir_bytes: dir_bytes(data_dir), filesystem_bytes: filesystem_bytes(data_dir), engine: store.engine_stats() }
     }
 }
 

@@ -341,7 +341,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.driver.status().await;
     // Walking the data dir and statvfs block: keep them off the few HTTP workers.
     let data_dir = state.settings.data_dir.clone();
-    let disk = match web::block(move || DiskUsage::measure(&data_dir)).await {
+    let store = state.driver.state_store.clone();
+    let disk = match web::block(move || DiskUsage::measure(&data_dir, &store)).await {
         Ok(disk) => Some(disk),
         Err(error) => {
             tracing::warn!(%error, "measuring the data dir failed; its gauges are left out of this scrape");
