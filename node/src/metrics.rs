@@ -105,8 +105,8 @@ impl Metrics {
     }
 
     /// The text exposition: registered metrics plus families built from the node's status and
-    /// the data dir's disk use (measured beforehand, off the async workers; absent when that
-    /// measurement failed).
+    /// the data dir's disk use and state store engine (measured beforehand, off the async
+    /// workers; absent when that measurement failed).
     pub fn render(&self, driver: &DriverHandle, status: Option<&NodeStatus>, disk: Option<&DiskUsage>) -> String {
         let mut families = self.registry.gather();
         families.extend(self.process_registry.gather());
@@ -119,6 +119,7 @@ impl Metrics {
                 scrape.gauge("data_dir_fs_size_bytes", "Size of the filesystem holding the data dir", vec![(vec![], size as f64)]);
                 scrape.gauge("data_dir_fs_free_bytes", "Bytes available to this process on that filesystem", vec![(vec![], free as f64)]);
             }
+            scrape.state_store(&disk.engine);
         }
         scrape.gauge("driver_inbox_depth", "Client calls queued for the node driver", vec![(vec![], driver.inbox_depth() as f64)]);
         scrape.gauge(
@@ -130,24 +131,6 @@ impl Metrics {
             "driver_loop_recent_max_cpu_seconds",
             "Most CPU time one driver loop iteration used over the last 10-20 s (over 0.1 s is a bug in our work per iteration)",
             vec![(vec![], driver.loop_stats.recent_max_cpu_seconds())],
-        );
-        let engine = disk.map(|disk| disk.engine).unwrap_or_else(|| driver.state_store.engine_stats());
-        scrape.gauge(
-            "state_store_memtable_bytes",
-            "Bytes in the state store's memtables (active and sealed); growing without bound means flushes stopped",
-            vec![(vec![], engine.memtable_bytes as f64)],
-        );
-        scrape.gauge("state_store_flushes_queued", "Sealed memtables waiting for a flush", vec![(vec![], engine.flushes_queued as f64)]);
-        scrape.gauge(
-            "state_store_journal_bytes",
-            "Bytes of the state store's journal on disk (replayed at start for what no flush covered)",
-            vec![(vec![], engine.journal_bytes as f64)],
-        );
-        scrape.counter("state_store_compactions_total", "Compactions the state store finished", vec![(vec![], engine.compactions as f64)]);
-        scrape.counter(
-            "state_store_compaction_seconds_total",
-            "Time the state store's compactions took, seconds",
-            vec![(vec![], engine.compaction_seconds)],
         );
         let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed) as f64;
         let io = &driver.io_stats;
@@ -195,8 +178,9 @@ impl Metrics {
     }
 }
 
-/// Disk use of the data dir for one scrape. Measuring it walks the tree and calls statvfs:
-/// blocking IO, so the handler runs [`DiskUsage::measure`] on actix's blocking pool.
+/// Disk use of the data dir, and the state store's engine, for one scrape. Measuring it walks
+/// the tree, calls statvfs and takes the store's journal lock: blocking, so the handler runs
+/// [`DiskUsage::measure`] on actix's blocking pool.
 pub struct DiskUsage {
     pub data_dir_bytes: u64,
     /// Size and free space of the filesystem holding the data dir.
@@ -227,6 +211,27 @@ enum Kind {
 }
 
 impl Scrape {
+    /// The state store's engine, sampled with the data dir (off the HTTP workers).
+    fn state_store(&mut self, engine: &settle_actors::state_store::EngineStats) {
+        self.gauge(
+            "state_store_memtable_bytes",
+            "Bytes in the state store's memtables (active and sealed); growing without bound means flushes stopped",
+            vec![(vec![], engine.memtable_bytes as f64)],
+        );
+        self.gauge("state_store_flushes_queued", "Sealed memtables waiting for a flush", vec![(vec![], engine.flushes_queued as f64)]);
+        self.gauge(
+            "state_store_journal_bytes",
+            "Bytes of the state store's journal on disk (replayed at start for what no flush covered)",
+            vec![(vec![], engine.journal_bytes as f64)],
+        );
+        self.counter("state_store_compactions_total", "Compactions the state store finished", vec![(vec![], engine.compactions as f64)]);
+        self.counter(
+            "state_store_compaction_seconds_total",
+            "Time the state store's compactions took, seconds",
+            vec![(vec![], engine.compaction_seconds)],
+        );
+    }
+
     fn labels(&self, labels: &[(&'static str, String)]) -> Vec<LabelPair> {
         let mut pairs = Vec::new();
         for (name, value) in
