@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// 3: ledger records of format 4 (holds, per-account movements, the shard clock).
 /// 4: ledger records of format 5 (customers, limits, delayed transfers, verifications); an
 ///    account id `<customer>::<name>` is placed by its customer.
-pub const DATA_DIR_FORMAT_VERSION: u32 = 4;
+/// 5: the state store is RocksDB (`state/`), no longer fjall.
+pub const DATA_DIR_FORMAT_VERSION: u32 = 5;
 
 const IDENTITY_FILE: &str = "cluster.json";
 const PEERS_FILE: &str = "peers.json";

@@ -1,70 +1,143 @@
-//! The state store on disk: fjall (an LSM tree in pure Rust), one keyspace `ledger` holding every
-//! shard's records (`cluster::ledger::keys` has the layout), the production implementation of
-//! `cluster::store::KvStore`. Why fjall: measured against redb, sled and RocksDB with Settle's
-//! write pattern (ARCHITECTURE.md, BENCHMARKS.md).
+//! The state store on disk: RocksDB (as TiKV uses it), linked from the system's `librocksdb`
+//! (Debian's `librocksdb-dev`, `.cargo/config.toml`), one column family holding every shard's
+//! records (`cluster::ledger::keys` has the layout), the production implementation of
+//! `cluster::store::KvStore`. Why RocksDB, with universal compaction: measured against fjall,
+//! redb and sled with Settle's write pattern and over an hour of load (ARCHITECTURE.md,
+//! BENCHMARKS.md).
 //!
-//! Writes from the driver actor go into fjall's memtable and journal buffer (the journal is
-//! persisted manually: `manual_journal_persist`), so a write costs no syscall; `persist` (the IO
-//! actor, at every state checkpoint) writes the journal buffer out and fsyncs the journal files:
-//! everything written before it is then durable, also against power loss. The Raft log is
-//! compacted only behind what a persist covered, so a crash loses nothing the log cannot replay. fjall checksums its journal and
-//! blocks and refuses damaged ones.
+//! Writes from the driver actor go into RocksDB's memtable and its write-ahead log's buffer (the
+//! WAL is flushed manually: `manual_wal_flush`), so a write costs no syscall; `persist` (the IO
+//! actor, at every state checkpoint) writes the WAL buffer out and fsyncs it (and the directory
+//! for new WAL files): everything written before it is then durable, also against power loss.
+//! The Raft log is compacted only behind what a persist covered, so a crash loses nothing the
+//! log cannot replay. RocksDB checksums its WAL records and table blocks and refuses damaged ones;
+//! a torn WAL tail is recovered to the last whole record (`PointInTime`).
 
 use settle_cluster::store::{Key, KvStore, ReadView, StoreError, Value, WriteBatch};
 use std::path::Path;
+use std::sync::Arc;
+
+type Db = rocksdb::DB;
 
 pub struct StateStore {
-    database: fjall::Database,
-    ledger: fjall::Keyspace,
+    db: Arc<Db>,
+    /// Kept for `engine_stats`: RocksDB's statistics object lives in the options it opened with.
+    options: rocksdb::Options,
     path: std::path::PathBuf,
-    /// The store's directory, held open to sync new journals' entries (`persist`).
-    directory: std::fs::File,
 }
 
-/// Bytes of fjall's block cache (the accounts' own cache is the ledger's, `cache_mb`).
-const BLOCK_CACHE_BYTES: u64 = 64 << 20;
+/// Bytes of RocksDB's block cache, which also holds the tables' index and filter blocks (so the
+/// node's memory does not grow with the data on disk). The accounts' own cache is the ledger's
+/// (`cache_mb`).
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
+/// One memtable; up to `MEMTABLES_MAX` of them (the active one and those being flushed).
+const MEMTABLE_BYTES: usize = 64 << 20;
+const MEMTABLES_MAX: i32 = 4;
 
 fn error(error: impl std::fmt::Display) -> StoreError {
     StoreError(error.to_string())
 }
 
+fn options() -> Result<rocksdb::Options, StoreError> {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.set_manual_wal_flush(true);
+    options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    options.set_paranoid_checks(true);
+    // Universal (tiered) compaction: every transfer adds records keyed by random transfer ids or
+    // spread over every account, so leveled compaction (fjall's, the previous engine) rewrote each
+    // byte once per level and took a growing share of the machine as the data grew (the
+    // session-11 soak: throughput 0.37x after an hour). Tiered merges sorted runs of similar
+    // size, writing each byte about log(runs) times.
+    options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+    let mut universal = rocksdb::UniversalCompactOptions::default();
+    universal.set_size_ratio(1);
+    universal.set_min_merge_width(2);
+    universal.set_max_size_amplification_percent(200);
+    options.set_universal_compaction_options(&universal);
+    options.set_level_zero_file_num_compaction_trigger(4);
+    options.set_level_zero_slowdown_writes_trigger(24);
+    options.set_level_zero_stop_writes_trigger(40);
+    options.set_write_buffer_size(MEMTABLE_BYTES);
+    options.set_max_write_buffer_number(MEMTABLES_MAX);
+    options.set_max_background_jobs(4);
+    options.set_bytes_per_sync(1 << 20);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(error)?;
+    let mut tables = rocksdb::BlockBasedOptions::default();
+    tables.set_block_cache(&cache);
+    tables.set_block_size(16 << 10);
+    // Every new transfer id is first looked up (a miss): bloom filters answer it without reading
+    // data blocks. Filters and indexes are partitioned and live in the block cache, so memory
+    // stays bounded however much is stored.
+    tables.set_bloom_filter(10.0, false);
+    tables.set_cache_index_and_filter_blocks(true);
+    tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    tables.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    tables.set_partition_filters(true);
+    tables.set_pin_top_level_index_and_filter(true);
+    tables.set_format_version(5);
+    options.set_block_based_table_factory(&tables);
+    options.enable_statistics();
+    Ok(options)
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StoreError> {
-        let database = fjall::Database::builder(path)
-            .manual_journal_persist(true)
-            .cache_size(BLOCK_CACHE_BYTES)
-            // Three workers. fjall 3.1's worker 0 never compacts: it hands every compaction
-            // request back to the queue until another worker is free to take it, a busy loop
-            // while every other worker compacts (with two workers that is most of the time under
-            // load: ~15% of the machine). A second compacting worker takes those requests, so
-            // the loop ends quickly. One worker deadlocks: while it compacts, writers fill its
-            // queue (1,000) with rotation requests, and rotating then blocks sending a flush
-            // request into that full queue, which only it drains — memtables then grow without
-            // bound (the session-11 soak: 8 GB RSS in 17 minutes). BENCHMARKS.md, session 11.
-            .worker_threads(3)
-            .open()
-            .map_err(error)?;
-        let ledger = database.keyspace("ledger", fjall::KeyspaceCreateOptions::default).map_err(error)?;
-        let directory = std::fs::File::open(path).map_err(error)?;
-        Ok(StateStore { database, ledger, path: path.to_path_buf(), directory })
+        let options = options()?;
+        let db = Db::open(&options, path).map_err(error)?;
+        Ok(StateStore { db: Arc::new(db), options, path: path.to_path_buf() })
+    }
+
+    fn property(&self, name: &str) -> u64 {
+        self.db.property_int_value(name).ok().flatten().unwrap_or(0)
+    }
+
+    /// Bytes of write-ahead log on disk.
+    fn wal_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.path) else { return 0 };
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|extension| extension == "log"))
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum()
     }
 
     /// Bytes the store holds on disk.
     pub fn disk_bytes(&self) -> u64 {
-        self.database.disk_space().unwrap_or(0)
+        self.property("rocksdb.total-sst-files-size") + self.wal_bytes()
     }
 
     /// What the engine's background work looks like now (for `/metrics`). Memtable bytes that
     /// only grow mean flushes have stopped: the node's memory follows them.
     pub fn engine_stats(&self) -> EngineStats {
+        let (compactions, compaction_micros) =
+            self.options.get_statistics().map_or((0, 0), |statistics| histogram_count_sum(&statistics, "rocksdb.compaction.times.micros"));
         EngineStats {
-            memtable_bytes: self.database.write_buffer_size(),
-            flushes_queued: self.database.outstanding_flushes(),
-            journal_bytes: self.database.journal_disk_space().unwrap_or(0),
-            compactions: self.database.compactions_completed(),
-            compaction_seconds: self.database.time_compacting().as_secs_f64(),
+            memtable_bytes: self.property("rocksdb.cur-size-all-mem-tables"),
+            flushes_queued: usize::try_from(self.property("rocksdb.num-immutable-mem-table")).unwrap_or(usize::MAX),
+            journal_bytes: self.wal_bytes(),
+            compactions: usize::try_from(compactions).unwrap_or(usize::MAX),
+            compaction_seconds: compaction_micros as f64 / 1e6,
         }
     }
+}
+
+/// `COUNT` and `SUM` of one histogram in RocksDB's statistics dump (lines such as
+/// `rocksdb.compaction.times.micros P50 : 1.0 ... COUNT : 7 SUM : 1234`).
+fn histogram_count_sum(statistics: &str, name: &str) -> (u64, u64) {
+    let Some(line) = statistics.lines().find(|line| line.split_whitespace().next() == Some(name)) else { return (0, 0) };
+    let field = |label: &str| {
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == label && words.next() == Some(":") {
+                return words.next().and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        0
+    };
+    (field("COUNT"), field("SUM"))
 }
 
 /// A sample of the engine's state (`StateStore::engine_stats`).
@@ -72,109 +145,114 @@ impl StateStore {
 pub struct EngineStats {
     /// Bytes in memtables: the active one and those sealed and waiting for a flush.
     pub memtable_bytes: u64,
-    /// Sealed memtables queued for a flush.
+    /// Sealed memtables waiting for a flush.
     pub flushes_queued: usize,
-    /// Journal bytes on disk (replayed at the next start for what no flush covered).
+    /// Write-ahead log bytes on disk (replayed at the next start for what no flush covered).
     pub journal_bytes: u64,
     /// Compactions finished since the node started, and the time they took.
     pub compactions: usize,
     pub compaction_seconds: f64,
 }
 
-fn collect(iter: impl Iterator<Item = fjall::Guard>, limit: usize) -> Vec<(Key, Value)> {
+/// Reads `[start, end)` through a raw iterator bounded to that range, ascending or descending,
+/// while `more` accepts what was read so far. A damaged block: the engine refuses it and the node
+/// stops (crash-only) rather than serve a partial answer.
+fn read_range<D: rocksdb::DBAccess>(
+    mut iterator: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    reverse: bool,
+    mut more: impl FnMut(&[(Key, Value)]) -> bool,
+) -> Vec<(Key, Value)> {
     let mut out = Vec::new();
-    for guard in iter.take(limit) {
-        match guard.into_inner() {
-            Ok((key, value)) => out.push((key.to_vec(), value.to_vec())),
-            // A damaged block: the engine refuses it; the node stops (crash-only) rather than
-            // serve a partial answer.
-            Err(failure) => panic!("state store read failed: {failure}"),
+    if reverse {
+        iterator.seek_to_last();
+    } else {
+        iterator.seek_to_first();
+    }
+    while iterator.valid() && more(&out) {
+        if let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            out.push((key.to_vec(), value.to_vec()));
         }
+        if reverse {
+            iterator.prev();
+        } else {
+            iterator.next();
+        }
+    }
+    if let Err(failure) = iterator.status() {
+        panic!("state store read failed: {failure}");
     }
     out
 }
 
+fn bounded(start: &[u8], end: &[u8]) -> rocksdb::ReadOptions {
+    let mut options = rocksdb::ReadOptions::default();
+    options.set_iterate_lower_bound(start.to_vec());
+    options.set_iterate_upper_bound(end.to_vec());
+    options
+}
+
 impl KvStore for StateStore {
     fn get(&self, key: &[u8]) -> Option<Value> {
-        match self.ledger.get(key) {
-            Ok(value) => value.map(|value| value.to_vec()),
+        match self.db.get(key) {
+            Ok(value) => value,
             Err(failure) => panic!("state store read failed: {failure}"),
         }
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize, reverse: bool) -> Vec<(Key, Value)> {
-        if start >= end {
+        if start >= end || limit == 0 {
             return Vec::new();
         }
-        let range = self.ledger.range(start..end);
-        if reverse {
-            collect(range.rev(), limit)
-        } else {
-            collect(range, limit)
-        }
+        read_range(self.db.raw_iterator_opt(bounded(start, end)), reverse, |out| out.len() < limit)
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut writes = self.database.batch();
+        let mut writes = rocksdb::WriteBatch::default();
         for (key, value) in batch.puts {
             match value {
-                Some(value) => writes.insert(&self.ledger, key, value),
-                None => writes.remove(&self.ledger, key),
+                Some(value) => writes.put(key, value),
+                None => writes.delete(key),
             }
         }
-        writes.commit().map_err(error)
+        self.db.write(writes).map_err(error)
     }
 
-    /// Hands the journal's buffer to the OS under fjall's journal lock (one write, quick), then
-    /// fsyncs the journal files through descriptors of our own, without that lock, and the
-    /// directory (new journals' entries). fjall's own `SyncAll` fsyncs while holding the lock
-    /// every writer needs, which stalled the driver for as long as each fsync took.
+    /// Writes the WAL's buffer out and fsyncs the WAL (RocksDB also syncs the directory when a
+    /// new WAL file was created since). Writers are not held while the fsync runs.
     fn persist(&self) -> Result<(), StoreError> {
-        self.database.persist(fjall::PersistMode::Buffer).map_err(error)?;
-        for entry in std::fs::read_dir(&self.path).map_err(error)? {
-            let path = entry.map_err(error)?.path();
-            if path.extension().is_none_or(|extension| extension != "jnl") {
-                continue;
-            }
-            match std::fs::File::open(&path) {
-                Ok(journal) => journal.sync_data().map_err(error)?,
-                // Retired since the listing: its contents are in tables fjall synced itself.
-                Err(failure) if failure.kind() == std::io::ErrorKind::NotFound => {}
-                Err(failure) => return Err(error(failure)),
-            }
-        }
-        self.directory.sync_all().map_err(error)
+        self.db.flush_wal(true).map_err(error)
     }
 
     fn read_view(&self) -> Box<dyn ReadView> {
-        Box::new(View { snapshot: self.database.snapshot(), ledger: self.ledger.clone() })
+        Box::new(View::new(Arc::clone(&self.db), |db| db.snapshot()))
     }
 }
 
-/// A consistent view (fjall's MVCC snapshot): later writes are invisible to it.
-struct View {
-    snapshot: fjall::Snapshot,
-    ledger: fjall::Keyspace,
-}
+self_cell::self_cell!(
+    /// A consistent view (a RocksDB snapshot, which keeps the database it reads alive): later
+    /// writes are invisible to it.
+    struct View {
+        owner: Arc<Db>,
+        #[covariant]
+        dependent: Snapshot,
+    }
+);
+
+type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, Db>;
 
 impl ReadView for View {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize, bytes_max: usize) -> Vec<(Key, Value)> {
-        use fjall::Readable;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for guard in self.snapshot.range(&self.ledger, start..end) {
-            if out.len() >= limit || (!out.is_empty() && bytes >= bytes_max) {
-                break;
-            }
-            match guard.into_inner() {
-                Ok((key, value)) => {
-                    bytes += key.len() + value.len();
-                    out.push((key.to_vec(), value.to_vec()));
-                }
-                Err(failure) => panic!("state store read failed: {failure}"),
-            }
+        if start >= end || limit == 0 {
+            return Vec::new();
         }
-        out
+        let iterator = self.borrow_dependent().raw_iterator_opt(bounded(start, end));
+        let mut bytes = 0;
+        read_range(iterator, false, |out| {
+            if let Some((key, value)) = out.last() {
+                bytes += key.len() + value.len();
+            }
+            out.len() < limit && (out.is_empty() || bytes < bytes_max)
+        })
     }
 }
 
