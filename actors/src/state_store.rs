@@ -62,6 +62,10 @@ fn options() -> Result<rocksdb::Options, StoreError> {
     options.set_max_write_buffer_number(MEMTABLES_MAX);
     options.set_max_background_jobs(4);
     options.set_bytes_per_sync(1 << 20);
+    // A bloom filter over each memtable's keys: the lookup of every new transfer id (a miss)
+    // skips the memtables' skiplists.
+    options.set_memtable_whole_key_filtering(true);
+    options.set_memtable_prefix_bloom_ratio(0.02);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(error)?;
     let mut tables = rocksdb::BlockBasedOptions::default();

@@ -179,13 +179,13 @@ impl Metrics {
 }
 
 /// Disk use of the data dir, and the state store's engine, for one scrape. Measuring it walks
-/// the tree, calls statvfs and takes the store's journal lock: blocking, so the handler runs
+/// the tree, calls statvfs and lists the store's write-ahead log files: blocking, so the handler runs
 /// [`DiskUsage::measure`] on actix's blocking pool.
 pub struct DiskUsage {
     pub data_dir_bytes: u64,
     /// Size and free space of the filesystem holding the data dir.
     pub filesystem_bytes: Option<(u64, u64)>,
-    /// The state store's engine (its journal size takes the journal's lock: off the workers too).
+    /// The state store's engine (its WAL size lists the store's directory: off the workers too).
     pub engine: settle_actors::state_store::EngineStats,
 }
 
