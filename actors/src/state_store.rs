@@ -108,11 +108,6 @@ impl StateStore {
             .sum()
     }
 
-    /// Bytes the store holds on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.property("rocksdb.total-sst-files-size") + self.wal_bytes()
-    }
-
     /// What the engine's background work looks like now (for `/metrics`). Memtable bytes that
     /// only grow mean flushes have stopped: the node's memory follows them.
     pub fn engine_stats(&self) -> EngineStats {
